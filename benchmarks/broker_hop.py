@@ -1,0 +1,83 @@
+"""One RabbitMQ hop through taskfabric's transport: publish to delivery, and to the confirm.
+
+A task crosses two such hops (its endpoint's task queue, then the result queue), so this is the
+floor of the fabric's latency. Compares a quorum queue (what the topology declares) with a
+classic one, on a private node (or the broker that TASKFABRIC_TEST_AMQP_URL names). Prints one
+readable line and one JSON line per queue type. Figures are measured, never asserted.
+
+    .venv/bin/python benchmarks/broker_hop.py --messages 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import threading
+import time
+
+from taskfabric import __version__
+from taskfabric.testing import broker_for_tests, unique_name
+from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
+
+
+def one_queue_type(publisher: RabbitTransport, consumer: RabbitTransport, kind: str, messages: int) -> dict[str, float]:
+    queue = unique_name(f"hop-{kind}")
+    publisher.declare_queue(queue, arguments={"x-queue-type": kind})
+    delivered = threading.Event()
+
+    def on_delivery(delivery: Delivery) -> None:
+        consumer.ack(delivery)
+        delivered.set()
+
+    consumer.consume(queue, on_delivery, prefetch=10)
+    to_delivery: list[float] = []
+    to_confirm: list[float] = []
+    try:
+        for _ in range(messages):
+            delivered.clear()
+            started = time.perf_counter()
+            confirm = publisher.publish(OutgoingMessage(exchange="", routing_key=queue, body=b"x" * 100))
+            if not delivered.wait(10):
+                raise TimeoutError(f"no delivery from {queue} within 10 s")
+            to_delivery.append((time.perf_counter() - started) * 1000)
+            confirm.result(10)
+            to_confirm.append((time.perf_counter() - started) * 1000)
+    finally:
+        publisher.delete_queue(queue)
+    return {
+        "delivery_p50_ms": statistics.median(to_delivery),
+        "delivery_p99_ms": sorted(to_delivery)[int(len(to_delivery) * 0.99) - 1],
+        "confirm_p50_ms": statistics.median(to_confirm),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1000)
+    args = parser.parse_args()
+    with broker_for_tests() as broker:
+        publisher, consumer = RabbitTransport(broker.amqp_url), RabbitTransport(broker.amqp_url)
+        publisher.start()
+        consumer.start()
+        try:
+            for kind in ("quorum", "classic"):
+                figures = one_queue_type(publisher, consumer, kind, args.messages)
+                print(
+                    f"{kind:8} queue: publish -> delivery p50 {figures['delivery_p50_ms']:.2f} ms, "
+                    f"p99 {figures['delivery_p99_ms']:.2f} ms; "
+                    f"publish -> confirm p50 {figures['confirm_p50_ms']:.2f} ms"
+                )
+                record = {"benchmark": "broker_hop", "queue_type": kind, "messages": args.messages, **figures}
+                record |= {"python": platform.python_version(), "taskfabric": __version__}
+                print(json.dumps(record | {"date": time.strftime("%Y-%m-%d")}))
+        finally:
+            publisher.close()
+            consumer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The RabbitMQ broker: its topology as code, a management API client, and a private node.
+
+- `Topology`: every exchange and queue name, the quorum-queue arguments (delivery limit,
+  at-least-once dead-lettering) and idempotent declarations; per-endpoint permissions.
+- `ManagementClient`: creates and deletes per-endpoint broker users (HTTP management API).
+- `RabbitNode`: starts and stops a private, loopback-only node in a directory
+  (`taskfabric broker up|down|status`), configured from `rabbitmq.conf` and `enabled_plugins`
+  in this folder.
+
+State: none here; the broker's queues hold messages in flight.
+"""
+
+from __future__ import annotations
+
+from taskfabric.broker_config.management import ManagementClient
+from taskfabric.broker_config.node import NodeInfo, RabbitNode, find_rabbitmq_bin, install_hint
+from taskfabric.broker_config.topology import (
+    DEFAULT_DELIVERY_LIMIT,
+    EndpointPermissions,
+    EndpointQueues,
+    Topology,
+    new_queue_secret,
+)
+
+__all__ = [
+    "DEFAULT_DELIVERY_LIMIT",
+    "EndpointPermissions",
+    "EndpointQueues",
+    "ManagementClient",
+    "NodeInfo",
+    "RabbitNode",
+    "Topology",
+    "find_rabbitmq_bin",
+    "install_hint",
+    "new_queue_secret",
+]

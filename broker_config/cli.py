@@ -1,0 +1,83 @@
+"""`taskfabric broker up|down|status`: a private RabbitMQ node for development and tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from taskfabric.broker_config.node import NodeInfo, RabbitNode
+from taskfabric.errors import BrokerError
+from taskfabric.exit_codes import RET_OK, RET_STOPPED
+from taskfabric.paths import taskfabric_home
+
+__all__ = ["broker", "default_broker_dir"]
+
+
+def default_broker_dir() -> Path:
+    return taskfabric_home() / "broker"
+
+
+def _dir_option(fn: click.decorators.FC) -> click.decorators.FC:
+    return click.option(
+        "--dir",
+        "directory",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Directory of the node (default: $TASKFABRIC_HOME/broker, i.e. ~/.taskfabric/broker).",
+    )(fn)
+
+
+def _print_info(info: NodeInfo, as_json: bool) -> None:
+    if as_json:
+        click.echo(
+            json.dumps({"node": info.node_name, "amqp_url": info.amqp_url, "management_url": info.management_url})
+        )
+    else:
+        click.echo(f"node:           {info.node_name}")
+        click.echo(f"AMQP URL:       {info.amqp_url}")
+        click.echo(f"management URL: {info.management_url}")
+
+
+@click.group()
+def broker() -> None:
+    """Run a private RabbitMQ node (loopback only) in a directory."""
+
+
+@broker.command()
+@_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the URLs as one JSON line.")
+@click.option("--timeout", "timeout_s", default=90.0, show_default=True, help="Seconds to wait for the node.")
+def up(directory: Path | None, as_json: bool, timeout_s: float) -> None:
+    """Start the node (or find it running) and print its AMQP and management URLs."""
+    node = RabbitNode(directory or default_broker_dir())
+    try:
+        info = node.start(timeout_s=timeout_s)
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_info(info, as_json)
+
+
+@broker.command()
+@_dir_option
+def down(directory: Path | None) -> None:
+    """Stop the node (its data stays in the directory)."""
+    node = RabbitNode(directory or default_broker_dir())
+    node.stop()
+    click.echo(f"stopped ({node.directory})")
+
+
+@broker.command()
+@_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the URLs as one JSON line.")
+@click.pass_context
+def status(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
+    """Say whether the node runs, with its URLs; exit code 3 when stopped."""
+    node = RabbitNode(directory or default_broker_dir())
+    info = node.info()
+    if info is None or not node.is_running():
+        click.echo(f"not running ({node.directory})", err=True)
+        ctx.exit(RET_STOPPED)
+    _print_info(info, as_json)
+    ctx.exit(RET_OK)

@@ -1,0 +1,99 @@
+"""A small client of RabbitMQ's management HTTP API: broker users and their permissions.
+
+The forwarder uses it to give each endpoint its own broker user, allowed only its own queues
+(see `Topology.endpoint_permissions`), and to revoke it (deleting a user closes its connections).
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from typing import Any
+
+import httpx
+
+from taskfabric.broker_config.topology import EndpointPermissions
+from taskfabric.errors import AccessRefused, BrokerError, BrokerUnavailable, NotFound
+from taskfabric.transport import redact_url
+
+__all__ = ["ManagementClient"]
+
+log = logging.getLogger(__name__)
+
+
+class ManagementClient:
+    """Talks to ``http://user:pass@host:port`` (the management URL) for virtual host `vhost`."""
+
+    def __init__(self, url: str, *, vhost: str = "/", timeout_s: float = 10.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"management URL must be http(s)://user:pass@host:port, got {redact_url(url)!r}")
+        auth = (urllib.parse.unquote(parts.username or "guest"), urllib.parse.unquote(parts.password or "guest"))
+        port = f":{parts.port}" if parts.port else ""
+        base = f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}/api"
+        self._url = url
+        self._vhost = vhost
+        self._http = httpx.Client(base_url=base, auth=auth, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ManagementClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- calls --------------------------------------------------------------------------
+
+    def overview(self) -> dict[str, Any]:
+        """The broker's overview (version, node, totals)."""
+        result: dict[str, Any] = self._request("GET", "/overview").json()
+        return result
+
+    def create_user(self, name: str, password: str, *, tags: str = "") -> None:
+        """Create (or update the password of) a broker user."""
+        self._request("PUT", f"/users/{_q(name)}", json={"password": password, "tags": tags})
+
+    def delete_user(self, name: str) -> None:
+        """Delete a broker user, which also closes its connections. Missing users are fine."""
+        self._request("DELETE", f"/users/{_q(name)}", missing_ok=True)
+
+    def user_exists(self, name: str) -> bool:
+        return self._request("GET", f"/users/{_q(name)}", missing_ok=True).status_code == 200
+
+    def set_permissions(self, user: str, permissions: EndpointPermissions) -> None:
+        """Set a user's configure/write/read regexes on this client's virtual host."""
+        body = {"configure": permissions.configure, "write": permissions.write, "read": permissions.read}
+        self._request("PUT", f"/permissions/{_q(self._vhost)}/{_q(user)}", json=body)
+
+    def connections_of(self, user: str) -> list[str]:
+        """Names of the open connections authenticated as `user`."""
+        rows = self._request("GET", "/connections", params={"columns": "name,user"}).json()
+        return [row["name"] for row in rows if row.get("user") == user]
+
+    def close_connections_of(self, user: str, *, reason: str = "credentials revoked") -> int:
+        """Close every connection of `user`; returns how many were closed."""
+        names = self.connections_of(user)
+        for name in names:
+            self._request("DELETE", f"/connections/{_q(name)}", headers={"X-Reason": reason}, missing_ok=True)
+        return len(names)
+
+    def _request(self, method: str, path: str, *, missing_ok: bool = False, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise BrokerUnavailable(f"management API at {redact_url(self._url)} unreachable: {exc}") from None
+        if response.status_code == 404 and missing_ok:
+            return response
+        if response.status_code in (401, 403):
+            raise AccessRefused(f"management API refused {method} {path}: {response.status_code}")
+        if response.status_code == 404:
+            raise NotFound(f"management API: {method} {path} not found")
+        if response.status_code >= 400:
+            raise BrokerError(f"management API {method} {path} failed: {response.status_code} {response.text[:200]}")
+        return response
+
+
+def _q(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")

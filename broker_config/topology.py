@@ -1,0 +1,149 @@
+"""The broker topology as code: every exchange and queue name lives here, and nowhere else.
+
+::
+
+    exchange <prefix>.tasks       (direct)  --rk = queue name-->  <prefix>.tasks.<endpoint>.<secret>
+    exchange <prefix>.results     (direct)  --rk = queue name-->  <prefix>.results.<endpoint>.<secret>
+    exchange <prefix>.dead-letter (fanout)  ------------------->  <prefix>.dead-letters
+
+Per-endpoint queues are quorum queues with an explicit delivery limit and at-least-once
+dead-lettering (which requires `x-overflow: reject-publish`). Their names end in a random secret
+handed out only to the forwarder and the endpoint itself: a passive `queue.declare` needs no
+permission and would reveal a guessable queue's depth.
+
+The prefix makes a whole topology unique (tests use one per test; deployments keep "taskfabric").
+Every declare here is idempotent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+import uuid
+from typing import Any
+
+from taskfabric.transport import Transport
+
+__all__ = [
+    "DEFAULT_DELIVERY_LIMIT",
+    "EndpointPermissions",
+    "EndpointQueues",
+    "Topology",
+    "new_queue_secret",
+]
+
+DEFAULT_DELIVERY_LIMIT = 5
+_SECRET_RE = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def new_queue_secret() -> str:
+    """A fresh unguessable suffix for an endpoint's queue names."""
+    return secrets.token_hex(16)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EndpointQueues:
+    """The names of one endpoint's queues (routing key = queue name)."""
+
+    task_queue: str
+    result_queue: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EndpointPermissions:
+    """RabbitMQ permission regexes for an endpoint's own broker user."""
+
+    configure: str
+    write: str
+    read: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Topology:
+    """Names and declarations of one taskfabric deployment's exchanges and queues."""
+
+    prefix: str = "taskfabric"
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.prefix):
+            raise ValueError(f"invalid topology prefix {self.prefix!r}")
+        if self.delivery_limit < 1:
+            raise ValueError("delivery_limit must be at least 1")
+
+    # --- names --------------------------------------------------------------------------
+
+    @property
+    def tasks_exchange(self) -> str:
+        return f"{self.prefix}.tasks"
+
+    @property
+    def results_exchange(self) -> str:
+        return f"{self.prefix}.results"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.prefix}.dead-letter"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.prefix}.dead-letters"
+
+    def endpoint_queues(self, endpoint_id: uuid.UUID, secret: str) -> EndpointQueues:
+        """The queue names of an endpoint; `secret` comes from `new_queue_secret()`."""
+        if not _SECRET_RE.match(secret):
+            raise ValueError("queue secret must be 16-64 lowercase hex characters")
+        return EndpointQueues(
+            task_queue=f"{self.prefix}.tasks.{endpoint_id}.{secret}",
+            result_queue=f"{self.prefix}.results.{endpoint_id}.{secret}",
+        )
+
+    def endpoint_permissions(self, queues: EndpointQueues) -> EndpointPermissions:
+        """What an endpoint's broker user may do: read its task queue; publish results and
+        dead-letter its poison tasks; configure nothing."""
+        writable = "|".join(re.escape(name) for name in (self.results_exchange, self.dead_letter_exchange))
+        return EndpointPermissions(
+            configure="^$",
+            write=f"^({writable})$",
+            read=f"^{re.escape(queues.task_queue)}$",
+        )
+
+    def queue_arguments(self) -> dict[str, Any]:
+        """Arguments of every per-endpoint queue."""
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    # --- declarations -------------------------------------------------------------------
+
+    def declare_shared(self, transport: Transport) -> None:
+        """Declare the exchanges and the dead-letter queue (idempotent)."""
+        transport.declare_exchange(self.tasks_exchange, "direct")
+        transport.declare_exchange(self.results_exchange, "direct")
+        transport.declare_exchange(self.dead_letter_exchange, "fanout")
+        transport.declare_queue(self.dead_letter_queue, arguments={"x-queue-type": "quorum"})
+        transport.bind_queue(self.dead_letter_queue, self.dead_letter_exchange, "")
+
+    def declare_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
+        """Declare and bind one endpoint's task and result queues (idempotent)."""
+        arguments = self.queue_arguments()
+        transport.declare_queue(queues.task_queue, arguments=arguments)
+        transport.bind_queue(queues.task_queue, self.tasks_exchange, queues.task_queue)
+        transport.declare_queue(queues.result_queue, arguments=arguments)
+        transport.bind_queue(queues.result_queue, self.results_exchange, queues.result_queue)
+
+    def delete_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
+        """Delete one endpoint's queues and the messages in them."""
+        transport.delete_queue(queues.task_queue)
+        transport.delete_queue(queues.result_queue)
+
+    def delete_shared(self, transport: Transport) -> None:
+        """Delete the shared exchanges and the dead-letter queue (tests clean up with this)."""
+        transport.delete_queue(self.dead_letter_queue)
+        for name in (self.tasks_exchange, self.results_exchange, self.dead_letter_exchange):
+            transport.delete_exchange(name)

@@ -1,0 +1,59 @@
+"""The researcher's client library: `Client` and `Executor`.
+
+`Client` talks to the forwarder over HTTP (register functions, submit tasks, fetch results,
+list endpoints); `Executor` is a `concurrent.futures.Executor` that batches submissions in the
+background and receives results over the forwarder's WebSocket results stream. Only here (and in
+workers) are user payloads unpickled, and here only the user's own results.
+
+State: the Executor's queue of calls not yet sent and its table of futures awaiting results.
+"""
+
+from __future__ import annotations
+
+from taskfabric.client.client import Batch, Client
+from taskfabric.client.config import ClientConfig
+from taskfabric.client.executor import Executor, TaskFuture
+from taskfabric.client.serialization import RemoteTraceback
+from taskfabric.errors import (
+    AuthenticationError,
+    DeserializationFailed,
+    EndpointDeleted,
+    InvalidRequest,
+    ManagerLost,
+    NotFoundError,
+    PayloadTooLarge,
+    PermissionDenied,
+    ResultTooLarge,
+    ServiceError,
+    TaskDeadLettered,
+    TaskExecutionFailed,
+    TaskFailed,
+    TaskPending,
+    WalltimeExceeded,
+    WorkerLost,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "Batch",
+    "Client",
+    "ClientConfig",
+    "DeserializationFailed",
+    "EndpointDeleted",
+    "Executor",
+    "InvalidRequest",
+    "ManagerLost",
+    "NotFoundError",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RemoteTraceback",
+    "ResultTooLarge",
+    "ServiceError",
+    "TaskDeadLettered",
+    "TaskExecutionFailed",
+    "TaskFailed",
+    "TaskFuture",
+    "TaskPending",
+    "WalltimeExceeded",
+    "WorkerLost",
+]

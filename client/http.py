@@ -1,0 +1,113 @@
+"""The client's HTTP edge: one `httpx.Client` to the forwarder, errors translated to taskfabric's.
+
+A 4xx/5xx answer becomes the matching `ServiceError` subclass carrying the server's error code and
+message (401 `AuthenticationError`, 403 `PermissionDenied`, 404 `NotFoundError`, 413
+`PayloadTooLarge`, 400/422 `InvalidRequest`); a connection failure becomes `ServiceError` with
+status 0 and says which URL could not be reached. Idempotent reads are retried on connection errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import httpx
+import msgpack
+
+from taskfabric import __version__
+from taskfabric.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    NotFoundError,
+    PayloadTooLarge,
+    PermissionDenied,
+    ServiceError,
+)
+
+__all__ = ["ServiceHTTP"]
+
+log = logging.getLogger(__name__)
+
+_BY_STATUS: dict[int, type[ServiceError]] = {
+    400: InvalidRequest,
+    401: AuthenticationError,
+    403: PermissionDenied,
+    404: NotFoundError,
+    413: PayloadTooLarge,
+    422: InvalidRequest,
+}
+MSGPACK = "application/msgpack"
+
+
+class ServiceHTTP:
+    """Calls to the forwarder at `url` with bearer `token`."""
+
+    def __init__(self, url: str, token: str, *, timeout_s: float = 60.0, read_retries: int = 3) -> None:
+        self.url = url
+        self._read_retries = read_retries
+        self._http = httpx.Client(
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}", "User-Agent": f"taskfabric-client/{__version__}"},
+            timeout=timeout_s,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self._json(self._send("GET", path, retries=self._read_retries, **kwargs))
+
+    def post(self, path: str, body: Any, *, idempotent: bool = False) -> Any:
+        return self._json(self._send("POST", path, json=body, retries=self._read_retries if idempotent else 0))
+
+    def post_msgpack(self, path: str, body: Any) -> Any:
+        payload = msgpack.packb(body, use_bin_type=True)
+        response = self._send("POST", path, content=payload, headers={"Content-Type": MSGPACK, "Accept": MSGPACK})
+        if response.headers.get("content-type", "").startswith(MSGPACK):
+            return msgpack.unpackb(response.content, raw=False)
+        return self._json(response)
+
+    def delete(self, path: str) -> None:
+        self._send("DELETE", path)
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, *, retries: int = 0, **kwargs: Any) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+                break
+            except httpx.HTTPError as exc:
+                if attempt >= retries:
+                    raise ServiceError(
+                        f"cannot reach the forwarder at {self.url}: {exc}", status=0, code="UNREACHABLE"
+                    ) from None
+                attempt += 1
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+
+def _error_from(response: httpx.Response) -> ServiceError:
+    code, message = "HTTP_ERROR", response.text[:500] or response.reason_phrase
+    try:
+        body = response.json()
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            code = str(error.get("code", code))
+            message = str(error.get("message", message))
+        elif isinstance(body, dict) and "detail" in body:
+            message = str(body["detail"])
+    except ValueError:
+        pass
+    kind = _BY_STATUS.get(response.status_code, ServiceError)
+    return kind(f"{message} (HTTP {response.status_code} {code})", status=response.status_code, code=code)

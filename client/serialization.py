@@ -1,0 +1,134 @@
+"""Turning functions and arguments into bytes, and results back into values or exceptions.
+
+Functions are cloudpickled: defined in a notebook or `__main__`, they travel by value; defined in an
+importable module, they travel by reference and that module must be importable on the endpoint
+(`by_value=True` ships the module's functions by value instead). Arguments travel as a cloudpickled
+`(args, kwargs)` pair. Only the client unpickles its own results.
+
+A failed task is re-raised as the original exception type when it can be rebuilt here, with the
+remote traceback attached as its `__cause__` (as `concurrent.futures.ProcessPoolExecutor` does);
+otherwise as the `TaskFailed` subclass for its error code, carrying the remote traceback text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import platform
+import sys
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cloudpickle
+
+from taskfabric.errors import DeserializationFailed, ErrorCode, TaskExecutionFailed, TaskFailed
+
+__all__ = [
+    "CLIENT_PYTHON",
+    "RemoteTraceback",
+    "content_hash",
+    "exception_from_error",
+    "serialize_arguments",
+    "serialize_function",
+    "value_from_result",
+]
+
+CLIENT_PYTHON = platform.python_version()
+
+
+class RemoteTraceback(Exception):
+    """The traceback of the worker, attached as `__cause__` of a re-raised remote exception."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def serialize_function(fn: Callable[..., Any], *, by_value: bool = False) -> bytes:
+    """The cloudpickled function; `by_value` also ships its module's code by value."""
+    if not callable(fn):
+        raise TypeError(f"expected a function, got {type(fn).__name__}")
+    module = inspect.getmodule(fn)
+    with _pickled_by_value(module if by_value else None):
+        return cloudpickle.dumps(fn, protocol=5)
+
+
+@contextlib.contextmanager
+def _pickled_by_value(module: types.ModuleType | None) -> Iterator[None]:
+    if module is None or module.__name__ in ("__main__", "builtins") or module.__name__ in sys.builtin_module_names:
+        yield
+        return
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def serialize_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    return cloudpickle.dumps((args, kwargs), protocol=5)
+
+
+def content_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def value_from_result(value: bytes, *, worker_python: str = "", task_id: object = None) -> Any:
+    """Unpickle a task's return value (naming a Python version mismatch if that is the cause)."""
+    try:
+        return cloudpickle.loads(value)
+    except Exception as exc:
+        raise DeserializationFailed(
+            f"the result could not be unpickled here: {type(exc).__name__}: {exc}{_version_note(worker_python)}",
+            task_id=task_id,
+        ) from None
+
+
+def exception_from_error(error: dict[str, Any], *, worker_python: str = "", task_id: object = None) -> BaseException:
+    """The exception a failed task raises on the client."""
+    code = str(error.get("code", ErrorCode.TASK_FAILED))
+    message = str(error.get("message", "the task failed"))
+    remote_traceback = str(error.get("traceback") or "")
+    pickled = error.get("exception")
+    if code == ErrorCode.TASK_FAILED and pickled:
+        rebuilt = _rebuild(pickled)
+        if rebuilt is not None:
+            if remote_traceback:
+                rebuilt.__cause__ = RemoteTraceback(remote_traceback)
+            rebuilt.task_id = task_id  # type: ignore[attr-defined]
+            return rebuilt
+    kind = TaskFailed.for_code(code)
+    if code == ErrorCode.TASK_FAILED:
+        kind = TaskExecutionFailed
+        exception_type = error.get("exception_type")
+        if exception_type:
+            message = f"{message} (remote exception type {exception_type}, not importable here)"
+    if code == ErrorCode.DESERIALIZATION_FAILED:
+        message += _version_note(worker_python)
+    return kind(message, remote_traceback=remote_traceback, task_id=task_id)
+
+
+def _rebuild(pickled: bytes) -> BaseException | None:
+    try:
+        exc = cloudpickle.loads(pickled)
+    except Exception:
+        return None
+    return exc if isinstance(exc, BaseException) else None
+
+
+def _version_note(worker_python: str) -> str:
+    if worker_python and _minor(worker_python) != _minor(CLIENT_PYTHON):
+        return (
+            f" [Python version mismatch: the worker runs Python {worker_python}, this client Python {CLIENT_PYTHON}; "
+            "pickled objects do not travel between minor versions]"
+        )
+    return ""
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])

@@ -1,0 +1,173 @@
+"""The results stream: one WebSocket to the forwarder that pushes results as they arrive.
+
+`ResultStream` runs a thread that keeps the connection up (reconnecting with backoff and
+re-subscribing to every task still awaited), and hands each batch of results to a callback on that
+thread. Subscribing to a finished task gets its result at once, so a client that restarts simply
+subscribes again to the ids it still waits for. The only module of the client importing websockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgpack
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection, connect
+
+from taskfabric.client.client import as_uuid
+from taskfabric.errors import AuthenticationError
+from taskfabric.logs import wrap_with_logs
+
+__all__ = ["ResultStream"]
+
+log = logging.getLogger(__name__)
+
+# Backoff jitter from a generator of our own: the stream thread leaves the global `random` alone.
+_jitter = random.Random()
+
+ResultsCallback = Callable[[list[dict[str, Any]]], None]
+ErrorCallback = Callable[[BaseException], None]
+
+
+class ResultStream:
+    """Subscribes to task results over `ws(s)://.../v1/results/ws`."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        on_results: ResultsCallback,
+        *,
+        on_fatal: ErrorCallback | None = None,
+        max_backoff_s: float = 10.0,
+    ) -> None:
+        self._url = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1).rstrip("/") + "/v1/results/ws"
+        self._token = token
+        self._on_results = on_results
+        self._on_fatal = on_fatal
+        self._max_backoff_s = max_backoff_s
+        self._wanted: set[uuid.UUID] = set()
+        self._lock = threading.Lock()
+        self._connection: ClientConnection | None = None
+        self._stopping = threading.Event()
+        self._connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="result-stream", daemon=True)
+        self.unknown: set[uuid.UUID] = set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopping.set()
+        connection = self._connection
+        if connection is not None:
+            connection.close()
+        self._thread.join(timeout=10)
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    def subscribe(self, task_ids: Iterable[uuid.UUID]) -> None:
+        """Ask for these tasks' results (sent at once if they are finished)."""
+        ids = list(task_ids)
+        with self._lock:
+            self._wanted.update(ids)
+            connection = self._connection
+        if connection is not None and ids:
+            self._send(connection, ids)
+
+    def forget(self, task_ids: Iterable[uuid.UUID]) -> None:
+        with self._lock:
+            self._wanted.difference_update(task_ids)
+
+    # --- the stream thread --------------------------------------------------------------
+
+    @wrap_with_logs
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                with connect(
+                    self._url,
+                    additional_headers={"Authorization": f"Bearer {self._token}"},
+                    max_size=None,
+                    compression=None,  # results are pickles: compressing them costs CPU for little
+                    open_timeout=10,
+                    ping_interval=20,
+                    ping_timeout=20,
+                ) as connection:
+                    attempt = 0
+                    self._attach(connection)
+                    self._receive(connection)
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403):
+                    self._fatal(
+                        AuthenticationError(f"the results stream refused the token (HTTP {status})", status=status)
+                    )
+                    return
+                log.warning("results stream refused (HTTP %s); retrying", status)
+            except (OSError, WebSocketException, TimeoutError) as exc:
+                if self._stopping.is_set():
+                    return
+                log.warning("results stream lost (%s); reconnecting", exc)
+            finally:
+                self._connection = None
+                self._connected.clear()
+            attempt += 1
+            delay = min(self._max_backoff_s, 0.2 * 2**attempt)
+            self._stopping.wait(delay / 2 + _jitter.uniform(0, delay / 2))
+
+    def _attach(self, connection: ClientConnection) -> None:
+        with self._lock:
+            self._connection = connection
+            wanted = list(self._wanted)
+        if wanted:
+            self._send(connection, wanted)
+        self._connected.set()
+
+    def _receive(self, connection: ClientConnection) -> None:
+        while not self._stopping.is_set():
+            try:
+                frame = connection.recv()
+            except ConnectionClosed:
+                if self._stopping.is_set():
+                    return
+                raise
+            if not isinstance(frame, bytes):
+                continue
+            message = msgpack.unpackb(frame, raw=False)
+            if not isinstance(message, dict):
+                continue
+            results = message.get("results")
+            if results:
+                for result in results:
+                    result["task_id"] = as_uuid(result["task_id"])
+                self.forget([result["task_id"] for result in results])
+                self._on_results(results)
+            unknown = message.get("unknown")
+            if unknown:
+                ids = {uuid.UUID(str(task_id)) for task_id in unknown}
+                self.unknown.update(ids)
+                self.forget(ids)
+                self._on_results([{"task_id": task_id, "unknown": True} for task_id in ids])
+
+    def _send(self, connection: ClientConnection, ids: list[uuid.UUID]) -> None:
+        for start in range(0, len(ids), 5000):
+            frame = msgpack.packb(
+                {"subscribe": [task_id.bytes for task_id in ids[start : start + 5000]]}, use_bin_type=True
+            )
+            try:
+                connection.send(frame)
+            except (ConnectionClosed, OSError):
+                return  # the reconnect re-subscribes everything still wanted
+
+    def _fatal(self, error: BaseException) -> None:
+        log.error("results stream stopped: %s", error)
+        if self._on_fatal is not None:
+            self._on_fatal(error)

@@ -1,0 +1,51 @@
+"""`taskfabric agent run`: the agent process of one endpoint (what `endpoint start` launches)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from taskfabric.endpoint_agent.agent import Agent, AgentPaths
+from taskfabric.endpoint_agent.config import EndpointConfig
+from taskfabric.endpoint_agent.connection import EndpointConnection
+from taskfabric.gc_tuning import tune_for_service
+from taskfabric.logs import setup_logging
+
+__all__ = ["agent", "run_agent"]
+
+
+def run_agent(endpoint_dir: Path, *, log_to_stderr: bool = True) -> int:
+    """Run the agent of the endpoint in `endpoint_dir` (config.yaml + connection.json) until stopped."""
+    paths = AgentPaths(endpoint_dir)
+    config = EndpointConfig.from_file(paths.config) if paths.config.exists() else EndpointConfig()
+    connection = EndpointConnection.load(paths.connection)
+    setup_logging(getattr(logging, config.log_level.upper()), file=paths.log, stream=log_to_stderr)
+    paths.pid.write_text(str(os.getpid()))
+    try:
+        agent = Agent(config, connection, paths)
+        tune_for_service()
+        return agent.run()
+    finally:
+        paths.pid.unlink(missing_ok=True)
+
+
+@click.group()
+def agent() -> None:
+    """The endpoint agent process (started by `taskfabric endpoint start`)."""
+
+
+@agent.command()
+@click.option(
+    "--endpoint-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The endpoint's folder, with config.yaml and connection.json.",
+)
+@click.option("--quiet", is_flag=True, help="Log only to agent.log in the endpoint folder.")
+def run(endpoint_dir: Path, quiet: bool) -> None:
+    """Run the agent in the foreground until SIGTERM/SIGINT (then it drains and stops)."""
+    sys.exit(run_agent(endpoint_dir, log_to_stderr=not quiet))

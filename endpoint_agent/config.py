@@ -1,0 +1,139 @@
+"""An endpoint's configuration file (`config.yaml` in its folder), typed and validated eagerly.
+
+Every key, its default and its meaning is listed by `taskfabric endpoint config-keys` and in
+docs/endpoint-owner.md (both generated from the `help` texts below).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from taskfabric.endpoint_agent.providers import BlockConfig, load_block_config
+from taskfabric.endpoint_agent.strategy import ScalingSettings
+from taskfabric.settings import load_settings, load_yaml, setting
+
+__all__ = ["EndpointConfig"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EndpointConfig:
+    """What an endpoint runs and how (one YAML file per endpoint)."""
+
+    display_name: str | None = setting(None, help="A human-friendly name shown in `endpoint list`.")
+    prefetch: int | None = setting(
+        None,
+        min=0,
+        help=(
+            "Tasks each manager holds beyond its workers, to keep them busy between tasks. Default (null): "
+            "max(128, 8 x scaling.workers_per_node) when at most one manager can run (provider.max_blocks x "
+            "provider.nodes_per_block == 1), "
+            "else 0, so long tasks never queue on one node while another node idles."
+        ),
+    )
+    max_retries_on_system_failure: int = setting(
+        1,
+        min=0,
+        help=(
+            "How many times a task is run again after the fabric lost its run (its worker or manager died); "
+            "then it fails with WORKER_LOST / MANAGER_LOST and is dead-lettered."
+        ),
+    )
+    max_result_bytes: int = setting(
+        10 * 1024 * 1024,
+        min=1024,
+        help="Largest pickled result (or exception) a task may return; larger is a RESULT_TOO_LARGE error.",
+    )
+    default_walltime_s: float | None = setting(
+        None, min=0.001, help="Walltime for tasks that do not set their own; null means unlimited."
+    )
+    heartbeat_period_s: float = setting(
+        10.0, min=0.1, help="How often the interchange and its managers exchange heartbeats."
+    )
+    heartbeat_threshold_s: float = setting(
+        60.0, min=0.3, help="A manager (or the interchange, seen from a manager) silent this long is declared lost."
+    )
+    status_period_s: float = setting(
+        5.0, min=0.1, help="How often the agent reports its status (its heartbeat) to the forwarder."
+    )
+    task_buffer: int = setting(
+        1024,
+        min=1,
+        help=(
+            "Tasks the agent takes from the broker beyond what its managers can hold; it stops consuming above "
+            "this, which bounds its memory however long the queue is."
+        ),
+    )
+    drain_timeout_s: float = setting(
+        30.0, min=0, help="On a graceful stop, how long running tasks may finish before the agent stops anyway."
+    )
+    interchange_address: str = setting(
+        "127.0.0.1",
+        help="The address managers connect back to; use the login node's cluster-facing address on a cluster.",
+    )
+    interchange_port: int = setting(0, min=0, max=65535, help="The interchange's port; 0 picks a free one.")
+    manager_command: str | None = setting(
+        None,
+        help=(
+            "The command that starts a manager on a node; default: this agent's Python running "
+            "`-m taskfabric manager run`. Set it when nodes (or containers) use another Python environment."
+        ),
+    )
+    scaling: ScalingSettings = setting(
+        default_factory=ScalingSettings,
+        help=(
+            "Workers per node and how blocks scale: workers_per_node (1), max_idle_time_s (120), "
+            "strategy_period_s (5). See docs/endpoint-providers.md."
+        ),
+    )
+    provider: dict[str, Any] = setting(
+        default_factory=lambda: {"type": "LocalProvider"},
+        help=(
+            "The Parsl provider that starts blocks of managers, by class name (`type: LocalProvider`, "
+            "`SlurmProvider`, ...) with its options (init_blocks, min_blocks, max_blocks, nodes_per_block, "
+            "walltime, worker_init, launcher, ...). See docs/endpoint-providers.md."
+        ),
+    )
+    container: dict[str, Any] | None = setting(
+        None,
+        help="Run managers and workers in a container: container_type, container_uri, container_cmd_options.",
+    )
+    log_level: str = setting("INFO", help="The agent's log level (DEBUG, INFO, WARNING, ERROR).")
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_threshold_s < 2 * self.heartbeat_period_s:
+            raise ValueError(
+                f"heartbeat_threshold_s ({self.heartbeat_threshold_s:g}) must be at least twice heartbeat_period_s "
+                f"({self.heartbeat_period_s:g}) so one late heartbeat does not lose a manager"
+            )
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    @classmethod
+    def from_file(cls, path: Path) -> EndpointConfig:
+        """Load and validate a config file (a `ConfigError` names the bad key and the file)."""
+        return cls.from_mapping(load_yaml(path), source=str(path))
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], *, source: str = "config") -> EndpointConfig:
+        config = load_settings(cls, data, source=source)
+        config.block_config(source=source)  # the provider and container sections, validated now
+        return config
+
+    def block_config(self, *, source: str = "config") -> BlockConfig:
+        """The provider, container and scaling sections, validated (`ConfigError` names the key)."""
+        sections: dict[str, Any] = {"provider": self.provider, "scaling": dataclasses.asdict(self.scaling)}
+        if self.container is not None:
+            sections["container"] = self.container
+        return load_block_config(sections, source=source)
+
+    @property
+    def workers_per_node(self) -> int:
+        return self.scaling.workers_per_node
+
+    def effective_prefetch(self, max_managers: int) -> int:
+        """The prefetch to give managers, resolving the default (see `prefetch`)."""
+        if self.prefetch is not None:
+            return self.prefetch
+        return max(128, 8 * self.workers_per_node) if max_managers <= 1 else 0

@@ -1,0 +1,68 @@
+"""How an agent reaches the broker: its endpoint id and its own broker credentials and queues.
+
+Written to `connection.json` (mode 0600) in the endpoint's folder when the endpoint registers with
+the forwarder (the `broker` part of the registration answer, see docs/api.md), read by the agent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from taskfabric.errors import ConfigError
+
+__all__ = ["EndpointConnection"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EndpointConnection:
+    """An endpoint's identity and broker access."""
+
+    endpoint_id: uuid.UUID
+    amqp_url: str
+    username: str
+    task_queue: str
+    result_queue: str
+    results_exchange: str
+    dead_letter_exchange: str
+    status_period_s: float | None = None
+
+    @classmethod
+    def from_registration(cls, answer: dict[str, Any]) -> EndpointConnection:
+        """From the forwarder's answer to `POST /v1/endpoints`."""
+        broker = answer["broker"]
+        return cls(
+            endpoint_id=uuid.UUID(answer["endpoint_id"]),
+            amqp_url=broker["amqp_url"],
+            username=broker["username"],
+            task_queue=broker["task_queue"],
+            result_queue=broker["result_queue"],
+            results_exchange=broker["results_exchange"],
+            dead_letter_exchange=broker["dead_letter_exchange"],
+            status_period_s=answer.get("status_period_s"),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> EndpointConnection:
+        try:
+            data = json.loads(path.read_text())
+            data["endpoint_id"] = uuid.UUID(data["endpoint_id"])
+            return cls(**data)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{path} does not exist: register the endpoint first (taskfabric endpoint start)"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"not a valid connection file: {exc}", source=str(path)) from None
+
+    def save(self, path: Path) -> None:
+        data = dataclasses.asdict(self)
+        data["endpoint_id"] = str(self.endpoint_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)

@@ -1,0 +1,73 @@
+"""The command that starts a manager in a block, and the registration token it proves itself with.
+
+The token is random per agent run and written to a file readable only by the endpoint's user
+(`<endpoint>/blocks/manager.token`, which containers see through the mounted run directory): the
+interchange turns away managers that do not present it, and the token never shows in `ps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["ManagerLaunch", "new_registration_token", "write_token_file"]
+
+
+def new_registration_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def write_token_file(path: Path, token: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)
+    return path
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ManagerLaunch:
+    """Everything a manager needs on its command line."""
+
+    interchange_address: str
+    workers: int
+    prefetch: int
+    heartbeat_period_s: float
+    heartbeat_threshold_s: float
+    max_result_bytes: int
+    token_file: Path
+    log_root: Path
+    base_command: str | None = None
+
+    def argv(self, block_id: str) -> list[str]:
+        """The manager's command line for block `block_id` (a provider runs it once per node)."""
+        base = (
+            shlex.split(self.base_command)
+            if self.base_command
+            else [sys.executable, "-m", "taskfabric", "manager", "run"]
+        )
+        return [
+            *base,
+            "--interchange",
+            self.interchange_address,
+            "--workers",
+            str(self.workers),
+            "--prefetch",
+            str(self.prefetch),
+            "--block-id",
+            block_id,
+            "--heartbeat-period",
+            f"{self.heartbeat_period_s:g}",
+            "--heartbeat-threshold",
+            f"{self.heartbeat_threshold_s:g}",
+            "--max-result-bytes",
+            str(self.max_result_bytes),
+            "--token-file",
+            str(self.token_file),
+            "--log-dir",
+            str(self.log_root / f"block-{block_id}"),
+        ]

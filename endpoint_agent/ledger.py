@@ -1,0 +1,269 @@
+"""The agent's ledger: tasks it has taken from the broker and not yet answered, kept on disk.
+
+DESIGN (the ack point): the agent acknowledges a task message to RabbitMQ once each of its tasks is
+*safe*: committed here, or already answered (its result confirmed by the broker) — never when it
+merely finishes running. So no delivery is held for the length of a task (tasks longer than the
+broker's `consumer_timeout` complete normally), and no task is lost when the agent dies: a message
+not yet acked is redelivered, and on restart every task still in the ledger is run again (or, if its
+result was already made, that result is re-published). A task is deleted from the ledger only once
+the broker has confirmed its result. Results that cannot be published yet (broker down) are stored
+next to their task and re-sent later. A crash can therefore run a task twice; the forwarder keeps
+the first result per task id.
+
+Group commit: tasks are *staged* as they arrive (and run at once) and written in one transaction
+every few milliseconds (`flush`). A task whose result is confirmed before that is never written at
+all — most short tasks never touch the disk — and its message is acked all the same.
+
+A memory of recently finished task ids (in RAM, the last `DONE_MEMORY` of them) keeps a task
+message that the broker redelivers (an ack lost with a dropped connection) from re-running tasks
+already answered; after a restart that memory is empty and such a task may run twice (the forwarder
+reports it once).
+
+Layout: rows are keyed by an increasing integer in arrival order and the task id -> row map lives in
+RAM, so the deletes of one commit touch few, neighbouring pages (random-UUID keys would dirty a page
+per task). SQLite in WAL mode with synchronous=NORMAL: a committed transaction survives the agent
+being killed (it is in the OS's page cache); a power loss may lose the last transactions (their
+tasks re-run or wait in the broker: at-least-once still holds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from taskfabric.protocol import FunctionBody, Result, ResultBatch, Task, TaskBatch, pack, unpack_as
+
+__all__ = ["DONE_MEMORY", "HeldTask", "Ledger"]
+
+#: how many recently finished task ids the ledger remembers (in two generations)
+DONE_MEMORY = 200_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY,
+    task_id BLOB NOT NULL,
+    function_id BLOB NOT NULL,
+    payload BLOB NOT NULL,
+    walltime_s REAL,
+    submitted_at REAL,
+    client_python TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    received_at REAL NOT NULL,
+    result BLOB
+);
+CREATE TABLE IF NOT EXISTS functions (
+    function_id BLOB PRIMARY KEY,
+    body BLOB NOT NULL,
+    python_version TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+@dataclasses.dataclass(slots=True)
+class HeldTask:
+    """A task in the agent's hands (waiting for a manager, or running on one)."""
+
+    task: Task
+    client_python: str = ""
+    #: how many times a system failure (lost worker or manager) cost this task a run
+    attempts: int = 0
+
+    @property
+    def task_id(self) -> uuid.UUID:
+        return self.task.task_id
+
+
+class Ledger:
+    """The on-disk record of an agent's unanswered tasks. Used from one thread only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._rows: dict[uuid.UUID, int] = {}  # held task -> its row
+        for seq, task_id in self._db.execute("SELECT seq, task_id FROM tasks"):
+            self._rows[uuid.UUID(bytes=task_id)] = seq
+        self._next_seq = 1 + (self._db.execute("SELECT MAX(seq) FROM tasks").fetchone()[0] or 0)
+        self._done: set[uuid.UUID] = set()
+        self._done_before: set[uuid.UUID] = set()
+        self._staged: dict[uuid.UUID, list[Any]] = {}  # task -> its row, not yet written
+        self._staged_functions: dict[uuid.UUID, FunctionBody] = {}
+        self._deletes: list[tuple[int]] = []
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def staged(self) -> int:
+        """Tasks and deletions waiting for the next `flush`."""
+        return len(self._staged) + len(self._deletes)
+
+    # --- intake -------------------------------------------------------------------------
+
+    def stage(self, batches: Iterable[TaskBatch], *, now: float | None = None) -> list[HeldTask]:
+        """Take the tasks of `batches` (written at the next `flush`); return the new ones (a task
+        already held or recently answered is not run again)."""
+        received_at = time.time() if now is None else now
+        fresh: list[HeldTask] = []
+        for batch in batches:
+            for body in batch.functions:
+                self._staged_functions[body.function_id] = body
+            for task in batch.tasks:
+                task_id = task.task_id
+                if task_id in self._rows or task_id in self._done or task_id in self._done_before:
+                    continue
+                seq = self._next_seq
+                self._next_seq += 1
+                self._rows[task_id] = seq
+                fresh.append(HeldTask(task, batch.client_python))
+                self._staged[task_id] = [
+                    seq,
+                    task_id.bytes,
+                    task.function_id.bytes,
+                    task.payload,
+                    task.walltime_s,
+                    task.submitted_at,
+                    batch.client_python,
+                    received_at,
+                    0,
+                ]
+        return fresh
+
+    def record(self, batches: Iterable[TaskBatch], *, now: float | None = None) -> list[HeldTask]:
+        """Stage and write at once (for callers that do not group their commits)."""
+        fresh = self.stage(batches, now=now)
+        self.flush()
+        return fresh
+
+    def flush(self) -> list[uuid.UUID]:
+        """Write everything staged, in one transaction; returns the tasks now on disk."""
+        if not self._staged and not self._deletes and not self._staged_functions:
+            return []
+        written = list(self._staged)
+        with self._transaction():
+            if self._staged_functions:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO functions (function_id, body, python_version) VALUES (?, ?, ?)",
+                    [(f.function_id.bytes, f.body, f.python_version) for f in self._staged_functions.values()],
+                )
+            if self._staged:
+                self._db.executemany(
+                    "INSERT INTO tasks (seq, task_id, function_id, payload, walltime_s, submitted_at, client_python, "
+                    "received_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    list(self._staged.values()),
+                )
+            if self._deletes:
+                self._db.executemany("DELETE FROM tasks WHERE seq = ?", self._deletes)
+        self._staged.clear()
+        self._staged_functions.clear()
+        self._deletes = []
+        return written
+
+    # --- progress -----------------------------------------------------------------------
+
+    def set_attempts(self, task_id: uuid.UUID, attempts: int) -> None:
+        staged = self._staged.get(task_id)
+        if staged is not None:
+            staged[-1] = attempts
+            return
+        seq = self._rows.get(task_id)
+        if seq is not None:
+            self._db.execute("UPDATE tasks SET attempts = ? WHERE seq = ?", (attempts, seq))
+
+    def store_results(self, results: list[Result]) -> list[uuid.UUID]:
+        """Keep results whose publishing failed, to re-send them later (also after a restart).
+        Writes what was staged first; returns those tasks (now on disk), as `flush` does."""
+        written = self.flush()
+        rows = [
+            (pack(ResultBatch(results=[result])), self._rows[result.task_id])
+            for result in results
+            if result.task_id in self._rows
+        ]
+        with self._transaction():
+            self._db.executemany("UPDATE tasks SET result = ? WHERE seq = ?", rows)
+        return written
+
+    def complete(self, task_ids: Iterable[uuid.UUID]) -> None:
+        """The broker confirmed these tasks' results: forget the tasks (at the next `flush`; one
+        never written is simply dropped), remember they are done."""
+        for task_id in task_ids:
+            seq = self._rows.pop(task_id, None)
+            if seq is not None and self._staged.pop(task_id, None) is None:
+                self._deletes.append((seq,))
+            self._remember_done(task_id)
+
+    def _remember_done(self, task_id: uuid.UUID) -> None:
+        self._done.add(task_id)
+        if len(self._done) >= DONE_MEMORY // 2:
+            self._done_before, self._done = self._done, set()
+
+    def __contains__(self, task_id: uuid.UUID) -> bool:
+        return task_id in self._rows
+
+    # --- recovery -----------------------------------------------------------------------
+
+    def unfinished(self) -> tuple[list[HeldTask], list[Result]]:
+        """After a restart: tasks to run again, and stored results to publish again (written ones)."""
+        to_run: list[HeldTask] = []
+        to_publish: list[Result] = []
+        rows = self._db.execute(
+            "SELECT task_id, function_id, payload, walltime_s, submitted_at, client_python, attempts, result "
+            "FROM tasks ORDER BY seq"
+        )
+        for task_id, function_id, payload, walltime_s, submitted_at, client_python, attempts, result in rows:
+            if result is not None:
+                to_publish.extend(unpack_as(result, ResultBatch).results)
+                continue
+            task = Task(
+                task_id=uuid.UUID(bytes=task_id),
+                function_id=uuid.UUID(bytes=function_id),
+                payload=payload,
+                walltime_s=walltime_s,
+                submitted_at=submitted_at,
+            )
+            to_run.append(HeldTask(task, client_python, attempts))
+        return to_run, to_publish
+
+    def stored_results(self, limit: int = 1000) -> list[Result]:
+        rows = self._db.execute("SELECT result FROM tasks WHERE result IS NOT NULL LIMIT ?", (limit,))
+        return [result for (data,) in rows for result in unpack_as(data, ResultBatch).results]
+
+    def functions(self, function_ids: Iterable[uuid.UUID]) -> list[FunctionBody]:
+        keys = [function_id.bytes for function_id in function_ids]
+        if not keys:
+            return []
+        marks = ",".join("?" * len(keys))
+        rows = self._db.execute(
+            f"SELECT function_id, body, python_version FROM functions WHERE function_id IN ({marks})",
+            keys,
+        )
+        return [FunctionBody(function_id=uuid.UUID(bytes=fid), body=body, python_version=pv) for fid, body, pv in rows]
+
+    def counts(self) -> dict[str, int]:  # of what is on disk
+        """How many tasks are held, and how many of those have stored results (for status)."""
+        held, stored = self._db.execute("SELECT COUNT(*), COUNT(result) FROM tasks").fetchone()
+        return {"held": held, "stored_results": stored}
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN")
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")

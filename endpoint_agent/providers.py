@@ -1,0 +1,574 @@
+"""Parsl providers and launchers from an endpoint's config, validated eagerly; the block command.
+
+The ``provider:`` section names a class of `parsl.providers` with ``type:`` and passes the other
+keys to its constructor; its ``launcher:`` names a class of `parsl.launchers` the same way::
+
+    provider:
+      type: SlurmProvider
+      partition: debug
+      max_blocks: 2
+      walltime: "00:10:00"
+      launcher: {type: SrunLauncher}
+
+`parse_provider_config` checks everything it can without running anything: the type (suggesting
+the closest name), every key against the class's ``__init__`` signature (suggesting the closest),
+each value's type where the signature's annotation or default makes it clear, and the block
+counts. Mistakes are `ConfigError`s naming the key path (``provider.max_blockz``) and the file.
+`build_provider` then creates the provider (some run a scheduler command while doing so:
+SlurmProvider probes ``sacct``) and sets its ``script_dir``. `load_block_config` reads the three
+sections this package owns (``provider``, ``container``, ``scaling``) from an endpoint config.
+
+`render_block_command` is the command a block runs. Every Parsl provider writes its own
+``worker_init`` into the job script ahead of that command (Slurm, PBS, Torque, LSF, GridEngine and
+Condor through their templates, LocalProvider and KubernetesProvider by prepending it), so the
+command does not repeat it; with a container, ``worker_init`` runs on the node, outside it.
+
+This module and `blocks` are the only ones that touch Parsl; Parsl's errors stop here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import importlib.util
+import inspect
+import logging
+import re
+import shlex
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import parsl.launchers
+import parsl.providers
+from parsl.errors import OptionalModuleMissing
+from parsl.launchers.base import Launcher
+from parsl.providers.base import ExecutionProvider
+
+from taskfabric.endpoint_agent.block_types import BlockSpec
+from taskfabric.endpoint_agent.containers import ContainerSettings, load_container_settings, wrap_launch_command
+from taskfabric.endpoint_agent.strategy import ScalingSettings
+from taskfabric.errors import ConfigError
+from taskfabric.settings import load_settings
+
+__all__ = [
+    "CONTAINERLESS_PROVIDERS",
+    "DEFAULT_PROVIDER_TYPE",
+    "LAUNCHER_TYPES",
+    "PROVIDER_TYPES",
+    "BlockConfig",
+    "LauncherSpec",
+    "ProviderSpec",
+    "build_provider",
+    "load_block_config",
+    "parse_provider_config",
+    "render_block_command",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROVIDER_TYPE = "LocalProvider"
+PROVIDER_TYPES: tuple[str, ...] = tuple(sorted(set(parsl.providers.__all__)))
+LAUNCHER_TYPES: tuple[str, ...] = tuple(sorted(set(parsl.launchers.__all__)))
+
+CONTAINERLESS_PROVIDERS = frozenset({"KubernetesProvider", "AWSProvider", "AzureProvider", "GoogleCloudProvider"})
+"""Providers whose blocks already are containers or VMs of an image: `container_*` settings are refused."""
+
+# module to import -> what to pip install, for providers whose dependencies are optional
+_OPTIONAL_DEPENDENCIES: dict[str, tuple[str, str]] = {
+    "KubernetesProvider": ("kubernetes", "kubernetes"),
+    "AWSProvider": ("boto3", "boto3"),
+    "GoogleCloudProvider": ("googleapiclient", "google-api-python-client"),
+    "AzureProvider": ("azure.mgmt.compute", "azure-mgmt-compute azure-mgmt-network azure-mgmt-resource"),
+}
+
+# Types of common keys where a provider's signature has no annotation (PBSPro, Torque, LSF, GridEngine
+# and Local are unannotated; their defaults alone would read `parallelism=1` as an integer).
+_KNOWN_TYPES: dict[str, Any] = {
+    "nodes_per_block": int,
+    "init_blocks": int,
+    "min_blocks": int,
+    "max_blocks": int,
+    "parallelism": float,
+    "walltime": str,
+    "worker_init": str,
+    "scheduler_options": str,
+    "select_options": str,
+    "cmd_timeout": int,
+    "account": str | None,
+    "queue": str | None,
+    "project": str | None,
+    "cpus_per_node": int,
+    "cores_per_node": int | None,
+    "cores_per_block": int | None,
+    "bsub_redirection": bool,
+    "request_by_nodes": bool,
+}
+_BLOCK_COUNTS = ("init_blocks", "min_blocks", "max_blocks")
+_WALLTIME = re.compile(r"^\d+:[0-5]?\d:[0-5]?\d$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LauncherSpec:
+    """A validated ``launcher:`` section: the class name in `parsl.launchers` and its arguments."""
+
+    type: str
+    options: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """A validated ``provider:`` section, ready for `build_provider`.
+
+    `options` are the constructor's keyword arguments (the launcher aside); `launcher` is None
+    when the provider's default launcher is wanted; `block` is the block shape the agent needs.
+    """
+
+    type: str
+    options: Mapping[str, Any]
+    launcher: LauncherSpec | None
+    block: BlockSpec
+    source: str = "config"
+    key: str = "provider"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockConfig:
+    """The sections of an endpoint config that say how blocks of managers are started and scaled."""
+
+    provider: ProviderSpec
+    container: ContainerSettings
+    scaling: ScalingSettings
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Param:
+    name: str
+    expected: Any  # a type annotation, or None when the signature does not make it clear
+    default: Any
+    required: bool
+
+
+# --- public -------------------------------------------------------------------------------
+
+
+def parse_provider_config(
+    data: Mapping[str, Any] | None, *, source: str = "config", key: str = "provider"
+) -> ProviderSpec:
+    """Validate a ``provider:`` mapping (None: a default LocalProvider) without creating anything.
+
+    Raises `ConfigError` naming the key path (e.g. ``provider.launcher.type``) and `source`.
+    """
+    data = _require_mapping(data or {}, key=key, source=source)
+    type_name = _type_name(data, "provider", PROVIDER_TYPES, DEFAULT_PROVIDER_TYPE, key=key, source=source)
+    cls = getattr(parsl.providers, type_name)
+    params = _init_params(cls)
+    options: dict[str, Any] = {}
+    launcher: LauncherSpec | None = None
+    for name, value in data.items():
+        if name == "type":
+            continue
+        path = f"{key}.{name}"
+        param = _known_param(params, str(name), path=path, owner=type_name, source=source)
+        if name == "launcher":
+            launcher = _parse_launcher(value, key=path, source=source)
+        else:
+            options[name] = _conform_value(param, value, key=path, source=source)
+    _require_all(params, options.keys() | ({"launcher"} if launcher else set()), key=key, source=source)
+    block = _block_spec(params, options, key=key, source=source)
+    return ProviderSpec(type_name, options, launcher, block, source, key)
+
+
+def build_provider(spec: ProviderSpec, *, script_dir: Path) -> ExecutionProvider:
+    """Create the provider `spec` describes, with its ``script_dir`` set to `script_dir` (created).
+
+    Job scripts, and the jobs' stdout/stderr files, go to `script_dir`: on a cluster put it on a
+    file system the compute nodes share (e.g. under the endpoint's directory in $HOME). May run
+    scheduler commands (SlurmProvider probes ``sacct``), so call it at start-up or from the
+    scaling thread. Raises `ConfigError` when the provider cannot be created (a missing optional
+    package, an unreachable Kubernetes config...), naming the section and the file.
+    """
+    _check_optional_dependency(spec)
+    kwargs = dict(spec.options)
+    if spec.launcher is not None:
+        kwargs["launcher"] = _build_launcher(spec.launcher, key=f"{spec.key}.launcher", source=spec.source)
+    cls = getattr(parsl.providers, spec.type)
+    try:
+        provider: ExecutionProvider = cls(**kwargs)
+    except OptionalModuleMissing as exc:
+        raise ConfigError(f"{spec.type} needs optional packages: {exc}", key=spec.key, source=spec.source) from None
+    except Exception as exc:  # any constructor failure is a configuration problem at this boundary
+        raise ConfigError(
+            f"could not create {spec.type}: {type(exc).__name__}: {exc}", key=spec.key, source=spec.source
+        ) from None
+    try:
+        Path(script_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the submit script directory {script_dir}: {exc}") from None
+    provider.script_dir = str(Path(script_dir).absolute())
+    _keep_final_job_states(provider)
+    return provider
+
+
+def load_block_config(data: Mapping[str, Any], *, source: str = "config") -> BlockConfig:
+    """The ``provider``, ``container`` and ``scaling`` sections of an endpoint config, validated.
+
+    Other top-level keys belong to the agent and are left alone. Raises `ConfigError`.
+    """
+    data = _require_mapping(data, key=None, source=source)
+    provider = parse_provider_config(data.get("provider"), source=source, key="provider")
+    container = load_container_settings(data.get("container"), source=source, prefix="container.")
+    scaling = load_settings(ScalingSettings, data.get("scaling") or {}, source=source, prefix="scaling.")
+    if container.enabled and provider.type in CONTAINERLESS_PROVIDERS:
+        raise ConfigError(
+            f"{provider.type} starts managers in its own image; container_* settings are not supported with it",
+            key="container.container_type",
+            source=source,
+        )
+    return BlockConfig(provider, container, scaling)
+
+
+def render_block_command(
+    manager_command: str | Sequence[str], *, rundir: str | Path, container: ContainerSettings | None = None
+) -> str:
+    """The command a provider submits for one block: the manager's command, in the container if any.
+
+    `manager_command` is an argument list (quoted here) or a shell string of plain words, e.g.
+    ``["taskfabric", "manager", "run", "--interchange", "tcp://HOST:PORT", "--block-id", "B"]``.
+    ``worker_init`` is not part of it: the provider writes it into the job script before this
+    command (see the module docstring). Launchers paste the command into a bash script (SrunLauncher
+    through an unquoted here-document), so keep ``$``, backticks and backslashes out of it unless
+    they are meant to be expanded on the node.
+    """
+    command = manager_command if isinstance(manager_command, str) else shlex.join(manager_command)
+    if container is None or not container.enabled:
+        return command
+    return wrap_launch_command(container, command, rundir)
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def _require_mapping(data: Any, *, key: str | None, source: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping, got {type(data).__name__}", key=key, source=source)
+    return data
+
+
+def _type_name(
+    data: Mapping[str, Any], kind: str, choices: Sequence[str], default: str | None, *, key: str, source: str
+) -> str:
+    name = data.get("type", default)
+    if name is None:
+        raise ConfigError(
+            f"is required: the {kind} class, one of {', '.join(choices)}", key=f"{key}.type", source=source
+        )
+    if not isinstance(name, str) or name not in choices:
+        raise ConfigError(
+            f"unknown {kind} type {name!r}{_did_you_mean(str(name), choices)}; known: {', '.join(choices)}",
+            key=f"{key}.type",
+            source=source,
+        )
+    return name
+
+
+def _did_you_mean(name: str, choices: Sequence[str]) -> str:
+    by_lower = {choice.lower(): choice for choice in choices}
+    lowered = name.lower()
+    close = [by_lower[c] for c in by_lower if c.startswith(lowered) and lowered] or [
+        by_lower[c] for c in difflib.get_close_matches(lowered, list(by_lower), n=1, cutoff=0.6)
+    ]
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _init_params(cls: type) -> dict[str, _Param]:
+    """The keyword parameters of `cls.__init__` with their expected types."""
+    init: Callable[..., Any] = cls.__init__  # type: ignore[misc]
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # unresolvable annotations: fall back to defaults
+        hints = {}
+    params = {}
+    for param in list(inspect.signature(init).parameters.values())[1:]:
+        if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            continue
+        required = param.default is param.empty
+        default = None if required else param.default
+        expected = hints.get(param.name) or _KNOWN_TYPES.get(param.name) or _type_of_default(default)
+        params[param.name] = _Param(param.name, expected, default, required)
+    return params
+
+
+def _type_of_default(default: Any) -> Any:
+    if isinstance(default, (bool, int, float, str, list, dict)):
+        return type(default)
+    return None
+
+
+def _known_param(params: Mapping[str, _Param], name: str, *, path: str, owner: str, source: str) -> _Param:
+    if name in params:
+        return params[name]
+    raise ConfigError(
+        f"unknown key for {owner}{_did_you_mean(name, list(params))}; known keys: {', '.join(sorted(params))}",
+        key=path,
+        source=source,
+    )
+
+
+def _require_all(params: Mapping[str, _Param], given: typing.AbstractSet[str], *, key: str, source: str) -> None:
+    for name, param in params.items():
+        if param.required and name not in given:
+            raise ConfigError("is required", key=f"{key}.{name}", source=source)
+
+
+def _conform_value(param: _Param, value: Any, *, key: str, source: str) -> Any:
+    if param.name == "walltime":
+        return _check_walltime(value, key=key, source=source)
+    try:
+        return _conform(value, param.expected)
+    except _Mismatch:
+        raise ConfigError(f"expected {_describe(param.expected)}, got {value!r}", key=key, source=source) from None
+
+
+def _check_walltime(value: Any, *, key: str, source: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ConfigError(
+            f'expected "HH:MM:SS" in quotes, got the number {value} (YAML reads an unquoted 00:10:00 as a '
+            'number of seconds): write walltime: "00:10:00"',
+            key=key,
+            source=source,
+        )
+    if not isinstance(value, str) or not _WALLTIME.match(value):
+        raise ConfigError(f'expected "HH:MM:SS", got {value!r}', key=key, source=source)
+    hours, minutes, _ = (int(part) for part in value.split(":"))
+    if hours * 60 + minutes < 1:
+        raise ConfigError(
+            f"must be at least one minute (schedulers count minutes), got {value!r}", key=key, source=source
+        )
+    return value
+
+
+def _block_spec(params: Mapping[str, _Param], options: Mapping[str, Any], *, key: str, source: str) -> BlockSpec:
+    def value(name: str, fallback: Any) -> Any:
+        if name in options:
+            return options[name]
+        return params[name].default if name in params else fallback
+
+    spec = BlockSpec(
+        nodes_per_block=value("nodes_per_block", 1),
+        init_blocks=value("init_blocks", 0),
+        min_blocks=value("min_blocks", 0),
+        max_blocks=value("max_blocks", 1),
+        parallelism=float(value("parallelism", 1.0)),
+        walltime=value("walltime", None),
+        worker_init=value("worker_init", "") or "",
+    )
+    for problem_key, problem in _block_problems(spec):
+        raise ConfigError(problem, key=f"{key}.{problem_key}", source=source)
+    return spec
+
+
+def _block_problems(spec: BlockSpec) -> list[tuple[str, str]]:
+    problems = [(name, "must not be negative") for name in _BLOCK_COUNTS if getattr(spec, name) < 0]
+    if spec.nodes_per_block < 1:
+        problems.append(("nodes_per_block", "must be at least 1"))
+    if not 0 <= spec.parallelism <= 1:
+        problems.append(("parallelism", f"must be between 0 and 1, got {spec.parallelism:g}"))
+    if spec.min_blocks > spec.max_blocks:
+        problems.append(("min_blocks", f"({spec.min_blocks}) is more than max_blocks ({spec.max_blocks})"))
+    if spec.init_blocks > spec.max_blocks:
+        problems.append(("init_blocks", f"({spec.init_blocks}) is more than max_blocks ({spec.max_blocks})"))
+    return problems
+
+
+def _parse_launcher(value: Any, *, key: str, source: str) -> LauncherSpec:
+    if isinstance(value, str):  # shorthand: `launcher: SrunLauncher`
+        value = {"type": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"expected a mapping with a type (e.g. {{type: SrunLauncher}}), got {value!r}", key=key, source=source
+        )
+    type_name = _type_name(value, "launcher", LAUNCHER_TYPES, None, key=key, source=source)
+    params = _init_params(getattr(parsl.launchers, type_name))
+    options = {}
+    for name, item in value.items():
+        if name != "type":
+            param = _known_param(params, str(name), path=f"{key}.{name}", owner=type_name, source=source)
+            options[name] = _conform_value(param, item, key=f"{key}.{name}", source=source)
+    _require_all(params, options.keys(), key=key, source=source)
+    return LauncherSpec(type_name, options)
+
+
+# --- value types --------------------------------------------------------------------------
+
+
+class _Mismatch(Exception):
+    """Internal: a value is not of the expected kind (`_describe` says which kind)."""
+
+
+def _conform(value: Any, expected: Any) -> Any:
+    """`value` checked against annotation `expected` (YAML lists become tuples where wanted)."""
+    if expected is None or expected is Any:
+        return value
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return _conform_union(value, typing.get_args(expected))
+    if expected is type(None):
+        if value is None:
+            return None
+        raise _Mismatch
+    scalar = _SCALARS.get(expected)
+    if scalar is not None:
+        if scalar[0](value):
+            return float(value) if expected is float else value
+        raise _Mismatch
+    container = _CONTAINERS.get(origin or expected)
+    if container is not None:
+        return container(value, typing.get_args(expected))
+    if isinstance(expected, type) and not isinstance(value, expected):
+        raise _Mismatch
+    return value
+
+
+def _describe(expected: Any) -> str:
+    """An annotation in words, for error messages."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if expected is type(None):
+        return "null"
+    if expected in _SCALARS:
+        return _SCALARS[expected][1]
+    describe_container = _CONTAINER_WORDS.get(origin or expected)
+    if describe_container is not None:
+        return describe_container(args)
+    return f"a {getattr(expected, '__name__', expected)}"
+
+
+def _describe_list(args: tuple[Any, ...]) -> str:
+    return f"a list (of {_describe(args[0])})" if args else "a list"
+
+
+def _describe_dict(args: tuple[Any, ...]) -> str:
+    return f"a mapping (of {_describe(args[0])} to {_describe(args[1])})" if args else "a mapping"
+
+
+def _describe_tuple(args: tuple[Any, ...]) -> str:
+    if not args or Ellipsis in args:
+        return "a list"
+    return f"a list of {len(args)} items ({', '.join(_describe(arg) for arg in args)})"
+
+
+_CONTAINER_WORDS: dict[Any, Callable[[tuple[Any, ...]], str]] = {
+    list: _describe_list,
+    dict: _describe_dict,
+    tuple: _describe_tuple,
+}
+
+
+def _conform_union(value: Any, options: tuple[Any, ...]) -> Any:
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is not type(None):
+            with contextlib.suppress(_Mismatch):
+                return _conform(value, option)
+    raise _Mismatch
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_SCALARS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (_is_int, "an integer"),
+    float: (_is_number, "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _conform_list(value: Any, args: tuple[Any, ...]) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Mismatch
+    return [_conform(item, args[0]) for item in value] if args else list(value)
+
+
+def _conform_tuple(value: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    fixed = [arg for arg in args if arg is not Ellipsis]
+    if not isinstance(value, (list, tuple)) or (Ellipsis not in args and args and len(value) != len(args)):
+        raise _Mismatch
+    if not args:
+        return tuple(value)
+    if Ellipsis in args:
+        return tuple(_conform(item, fixed[0]) for item in value)
+    return tuple(_conform(item, arg) for item, arg in zip(value, args, strict=True))
+
+
+def _conform_dict(value: Any, args: tuple[Any, ...]) -> dict[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise _Mismatch
+    if not args:
+        return dict(value)
+    return {_conform(k, args[0]): _conform(v, args[1]) for k, v in value.items()}
+
+
+_CONTAINERS: dict[Any, Callable[[Any, tuple[Any, ...]], Any]] = {
+    list: _conform_list,
+    tuple: _conform_tuple,
+    dict: _conform_dict,
+}
+
+
+# --- creation -----------------------------------------------------------------------------
+
+
+def _check_optional_dependency(spec: ProviderSpec) -> None:
+    needed = _OPTIONAL_DEPENDENCIES.get(spec.type)
+    if needed is None:
+        return
+    module, pip_name = needed
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package of a dotted name
+        found = False
+    if not found:
+        raise ConfigError(
+            f"{spec.type} needs the optional Python package {pip_name!r}, which is not installed in the agent's "
+            f"environment: pip install {pip_name}",
+            key=f"{spec.key}.type",
+            source=spec.source,
+        )
+
+
+def _build_launcher(spec: LauncherSpec, *, key: str, source: str) -> Launcher:
+    cls = getattr(parsl.launchers, spec.type)
+    try:
+        launcher: Launcher = cls(**spec.options)
+    except Exception as exc:  # a constructor failure is a configuration problem at this boundary
+        raise ConfigError(f"could not create {spec.type}: {exc}", key=key, source=source) from None
+    return launcher
+
+
+def _keep_final_job_states(provider: ExecutionProvider) -> None:
+    """Let SlurmProvider see how jobs ended when Slurm accounting (sacct) is off.
+
+    Without accounting, SlurmProvider asks ``squeue --job IDS``, which lists only live jobs; every
+    job that disappears is reported COMPLETED, whatever happened (walltime, failure). With
+    ``--states=all`` squeue also lists finished jobs while slurmctld remembers them (MinJobAge,
+    300 s by default), so TIMEOUT, FAILED and CANCELLED come through. This edits a private
+    attribute of SlurmProvider; when it is not there (another Parsl), nothing changes.
+    """
+    command = getattr(provider, "_cmd", None)
+    if type(provider).__name__ != "SlurmProvider" or not isinstance(command, str):
+        return
+    if command.startswith("squeue ") and "--states" not in command:
+        provider._cmd = command.replace("squeue ", "squeue --states=all ", 1)  # type: ignore[attr-defined]
+        log.info("Slurm accounting is off: reading job end states from squeue --states=all")

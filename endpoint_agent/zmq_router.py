@@ -1,0 +1,88 @@
+"""The interchange's ZeroMQ ROUTER: the only module of the agent importing zmq.
+
+Managers connect with a DEALER whose identity is their manager id; every message is one frame
+holding a packed protocol message. `poll()` also watches raw file descriptors (the agent's wake-up
+pipe), so the agent loop sleeps in exactly one place.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from taskfabric.errors import TaskfabricError
+
+__all__ = ["ManagerSockets", "RouterError"]
+
+
+class RouterError(TaskfabricError):
+    """The interchange's socket failed (e.g. the address could not be bound)."""
+
+
+class ManagerSockets:
+    """A ROUTER bound on `address`:`port` (port 0 picks a free one)."""
+
+    def __init__(self, address: str, port: int = 0) -> None:
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a gone manager raises, not drops silently
+        self._socket.setsockopt(zmq.SNDHWM, 0)
+        self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        try:
+            if port:
+                self._socket.bind(f"tcp://{address}:{port}")
+                self.port = port
+            else:
+                self.port = self._socket.bind_to_random_port(f"tcp://{address}", min_port=20000, max_port=32000)
+        except zmq.ZMQError as exc:
+            self._socket.close()
+            raise RouterError(f"cannot bind the interchange to {address}:{port or 'a free port'}: {exc}") from None
+        self.address = f"tcp://{address}:{self.port}"
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+
+    def watch(self, fd: int) -> None:
+        self._poller.register(fd, zmq.POLLIN)
+
+    def poll(self, timeout_s: float) -> tuple[bool, list[int]]:
+        """Wait up to `timeout_s`; returns (messages waiting, readable fds)."""
+        try:
+            events = self._poller.poll(max(0, int(timeout_s * 1000)))
+        except zmq.ZMQError as exc:
+            raise RouterError(f"poll failed: {exc}") from None
+        ready = False
+        fds: list[int] = []
+        for item, _mask in events:
+            if item is self._socket:
+                ready = True
+            else:
+                fds.append(int(item))
+        return ready, fds
+
+    def receive_all(self, limit: int = 10_000) -> list[tuple[bytes, bytes]]:
+        """Waiting (manager id, payload) pairs, at most `limit`; never blocks."""
+        messages: list[tuple[bytes, bytes]] = []
+        while len(messages) < limit:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError as exc:
+                raise RouterError(f"receive failed: {exc}") from None
+            if len(frames) == 2:
+                messages.append((frames[0], frames[1]))
+        return messages
+
+    def send(self, manager_id: bytes, payload: bytes) -> bool:
+        """Send to one manager; False if it is not connected (any more)."""
+        try:
+            self._socket.send_multipart([manager_id, payload], zmq.NOBLOCK, copy=len(payload) < 65536)
+        except zmq.ZMQError as exc:
+            if exc.errno in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                return False
+            raise RouterError(f"send failed: {exc}") from None
+        return True
+
+    def close(self) -> None:
+        self._socket.close(linger=0)

@@ -1,0 +1,58 @@
+"""The FastAPI application: `create_app(settings)`.
+
+The lifespan starts the `Forwarder` (store, broker link, consumers, ingest thread) before the first
+request and stops it after the last. Middleware limits request sizes; exception handlers give
+every error the same body and keep bad input away from 500 (see `http_errors`). The OpenAPI
+description is served at /openapi.json (interactive docs at /docs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from taskfabric import __version__
+from taskfabric.forwarder.http_errors import install_error_handlers
+from taskfabric.forwarder.limits import RequestSizeLimit
+from taskfabric.forwarder.routes import router, websocket_router
+from taskfabric.forwarder.service import Forwarder
+from taskfabric.forwarder.settings import ForwarderSettings
+
+__all__ = ["create_app"]
+
+_DESCRIPTION = (
+    "The taskfabric forwarder: register functions and endpoints, submit task batches, "
+    "read results (also as a WebSocket stream at /v1/results/ws). See docs/api.md."
+)
+
+
+def create_app(settings: ForwarderSettings) -> FastAPI:
+    """A FastAPI app serving API v1 with a `Forwarder` built from `settings`."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        forwarder = Forwarder(settings)
+        try:
+            await forwarder.start()
+        except BaseException as exc:
+            app.state.startup_error = exc  # `serve` re-raises it for a named exit code
+            raise
+        app.state.forwarder = forwarder
+        try:
+            yield
+        finally:
+            await forwarder.stop()
+
+    app = FastAPI(
+        title="taskfabric forwarder",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(websocket_router)
+    return app

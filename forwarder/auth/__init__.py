@@ -1,0 +1,50 @@
+"""Authentication providers behind one interface: `authenticate(token) -> Identity`.
+
+- `local`: tokens created by `taskfabric admin create-token NAME`, stored as SHA-256 hashes.
+- `globus`: Globus Auth token introspection (globus-sdk), cached until the token expires.
+
+`make_provider(settings, users)` builds the configured one.
+"""
+
+from __future__ import annotations
+
+from taskfabric.forwarder.auth.base import AUTHENTICATION_REQUIRED, INVALID_TOKEN, AuthProvider, invalid_token
+from taskfabric.forwarder.auth.cache import TokenCache
+from taskfabric.forwarder.auth.globus import AUTH_UNAVAILABLE, GlobusTokenProvider, globus_introspection
+from taskfabric.forwarder.auth.local import LocalTokenProvider
+from taskfabric.forwarder.auth.tokens import TOKEN_PREFIX, hash_token, new_token
+from taskfabric.forwarder.settings import AuthSettings
+from taskfabric.forwarder.store.users import UserTable
+
+__all__ = [
+    "AUTHENTICATION_REQUIRED",
+    "AUTH_UNAVAILABLE",
+    "INVALID_TOKEN",
+    "TOKEN_PREFIX",
+    "AuthProvider",
+    "GlobusTokenProvider",
+    "LocalTokenProvider",
+    "TokenCache",
+    "hash_token",
+    "invalid_token",
+    "make_provider",
+    "new_token",
+]
+
+
+def make_provider(settings: AuthSettings, users: UserTable) -> AuthProvider:
+    """The provider `settings` name."""
+    if settings.provider == "globus":
+        assert settings.globus_client_id and settings.globus_client_secret  # checked by AuthSettings
+        introspect, close = globus_introspection(settings.globus_client_id, settings.globus_client_secret)
+        return GlobusTokenProvider(
+            introspect,
+            users,
+            required_scope=settings.globus_required_scope,
+            cache=TokenCache(settings.cache_max_entries),
+            cache_max_age_s=settings.cache_max_age_s,
+            close=close,
+        )
+    return LocalTokenProvider(
+        users, cache_s=min(60.0, settings.cache_max_age_s), cache_max_entries=settings.cache_max_entries
+    )

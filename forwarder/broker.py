@@ -1,0 +1,121 @@
+"""The forwarder's side of RabbitMQ: one administrator connection and the management API.
+
+- declares the shared topology at start and each endpoint's queues at registration;
+- gives each endpoint its own broker user `ep-<endpoint id>` (random password, permissions from
+  `Topology.endpoint_permissions`: read its task queue, publish results and dead letters) and
+  deletes it on endpoint deletion (which closes its connections);
+- publishes task batch messages with confirms. Each message carries `user_id` = the forwarder's
+  own broker user: the broker verifies it, and it survives dead-lettering, so a dead-lettered task
+  batch provably came from us.
+
+Every call here blocks (pika's IO thread or HTTP to the management API): call it from a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future
+
+from taskfabric.broker_config import EndpointQueues, ManagementClient, Topology
+from taskfabric.forwarder.settings import ForwarderSettings
+from taskfabric.transport import OutgoingMessage, RabbitTransport
+
+__all__ = ["TASK_BATCH_CONTENT_TYPE", "BrokerLink", "broker_username", "endpoint_id_of_username"]
+
+log = logging.getLogger(__name__)
+
+TASK_BATCH_CONTENT_TYPE = "application/x-taskfabric"
+_USER_PREFIX = "ep-"
+
+
+def broker_username(endpoint_id: uuid.UUID) -> str:
+    """The broker user of an endpoint."""
+    return f"{_USER_PREFIX}{endpoint_id}"
+
+
+def endpoint_id_of_username(username: str | None) -> uuid.UUID | None:
+    """The endpoint id of an endpoint's broker user name (None for other users)."""
+    if not username or not username.startswith(_USER_PREFIX):
+        return None
+    try:
+        return uuid.UUID(username[len(_USER_PREFIX) :])
+    except ValueError:
+        return None
+
+
+class BrokerLink:
+    """The administrator transport, the topology and the management API, used together."""
+
+    def __init__(self, settings: ForwarderSettings) -> None:
+        self.topology = Topology(prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit)
+        self.transport = RabbitTransport(
+            settings.amqp_url, connection_name="taskfabric-forwarder", confirm_timeout_s=settings.confirm_timeout_s
+        )
+        self.management = ManagementClient(settings.management_url, vhost=settings.vhost)
+        self._connect_timeout_s = settings.broker_connect_timeout_s
+
+    @property
+    def username(self) -> str:
+        """The forwarder's own broker user."""
+        return self.transport.username
+
+    def start(self) -> None:
+        """Connect and declare the shared exchanges and dead-letter queue."""
+        self.transport.start(wait_s=self._connect_timeout_s)
+        self.topology.declare_shared(self.transport)
+
+    def close(self) -> None:
+        self.transport.close()
+        self.management.close()
+
+    # --- endpoints ----------------------------------------------------------------------
+
+    def queues_of(self, endpoint_id: uuid.UUID, queue_secret: str) -> EndpointQueues:
+        return self.topology.endpoint_queues(endpoint_id, queue_secret)
+
+    def declare_endpoint_queues(self, queues: EndpointQueues) -> None:
+        """Declare (idempotently) an endpoint's task and result queues."""
+        self.topology.declare_endpoint(self.transport, queues)
+
+    def issue_credentials(self, endpoint_id: uuid.UUID, queues: EndpointQueues, *, revoke_old: bool) -> str:
+        """Create or re-key the endpoint's broker user; returns its new password. With
+        `revoke_old`, connections made with the previous password are closed."""
+        username = broker_username(endpoint_id)
+        password = secrets.token_urlsafe(24)
+        self.management.create_user(username, password)
+        self.management.set_permissions(username, self.topology.endpoint_permissions(queues))
+        if revoke_old:
+            closed = self.management.close_connections_of(username, reason="endpoint re-registered")
+            if closed:
+                log.info("closed %d connection(s) of %s after re-keying it", closed, username)
+        return password
+
+    def revoke_credentials(self, endpoint_id: uuid.UUID) -> None:
+        """Delete the endpoint's broker user, which closes its connections."""
+        username = broker_username(endpoint_id)
+        self.management.delete_user(username)
+        # the broker closes a deleted user's connections; make sure none is left behind
+        self.management.close_connections_of(username, reason="endpoint deleted")
+
+    def delete_endpoint_queues(self, queues: EndpointQueues) -> None:
+        """Delete an endpoint's queues and the messages in them."""
+        self.topology.delete_endpoint(self.transport, queues)
+
+    # --- tasks --------------------------------------------------------------------------
+
+    def publish_task_messages(self, queues: EndpointQueues, bodies: Sequence[bytes]) -> list[Future[None]]:
+        """Publish packed `TaskBatch` messages to an endpoint's task queue, in order; each future
+        resolves on the broker's confirm (or fails with a `BrokerError`)."""
+        return self.transport.publish_many(
+            OutgoingMessage(
+                exchange=self.topology.tasks_exchange,
+                routing_key=queues.task_queue,
+                body=body,
+                user_id=self.username,
+                content_type=TASK_BATCH_CONTENT_TYPE,
+            )
+            for body in bodies
+        )

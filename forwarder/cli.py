@@ -1,0 +1,198 @@
+"""`taskfabric forwarder serve|settings` and `taskfabric admin create-user|create-token|list-users`.
+
+Thin click commands: they build `ForwarderSettings` (file, environment, flags) and call plain
+functions (`serve` here, `admin.*`), which tests call directly. Errors map to named exit codes in
+the root command.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from taskfabric.errors import TaskfabricError
+from taskfabric.forwarder import admin as admin_functions
+from taskfabric.forwarder.settings import ForwarderSettings
+from taskfabric.gc_tuning import tune_for_service
+
+__all__ = ["admin", "forwarder", "serve"]
+
+log = logging.getLogger(__name__)
+
+_LISTEN_BACKLOG = 2048
+#: in-flight submissions may wait up to confirm_timeout_s for the broker: let them finish
+_SHUTDOWN_GRACE_S = 5.0
+
+
+def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = click.echo) -> None:
+    """Run the forwarder (one process, uvicorn) until SIGINT/SIGTERM. With `port` 0 a free port is
+    chosen; either way the address is announced once the socket listens."""
+    import uvicorn
+    import uvicorn.config
+
+    from taskfabric.forwarder.app import create_app
+
+    app = create_app(settings)
+    sock = _listen(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        app,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        ws="websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS else "websockets",
+        ws_max_size=settings.ws_max_message_bytes,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.confirm_timeout_s + _SHUTDOWN_GRACE_S),
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    tune_for_service()
+    shown_host = f"[{host}]" if ":" in host else host
+    announce(f"taskfabric forwarder listening on http://{shown_host}:{port}")
+    try:
+        server.run(sockets=[sock])
+    except SystemExit:  # uvicorn exits when the lifespan startup fails: report why, below
+        pass
+    finally:
+        sock.close()
+    startup_error = getattr(app.state, "startup_error", None)
+    if isinstance(startup_error, TaskfabricError):
+        raise startup_error
+    if not server.started:
+        raise TaskfabricError(f"the forwarder did not start: {startup_error or 'see the log above'}")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise TaskfabricError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(_LISTEN_BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+# --- options ------------------------------------------------------------------------------
+
+
+def _store_options(fn: Any) -> Any:
+    fn = click.option(
+        "--database-url", default=None, help="SQLAlchemy URL of the store (default: SQLite in $TASKFABRIC_HOME)."
+    )(fn)
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        envvar="TASKFABRIC_FORWARDER_CONFIG",
+        help="YAML settings file (keys: `taskfabric forwarder settings`).",
+    )(fn)
+
+
+def _settings(config_file: Path | None, **overrides: Any) -> ForwarderSettings:
+    return ForwarderSettings.load(config_file, overrides=overrides)
+
+
+# --- taskfabric forwarder -----------------------------------------------------------------
+
+
+@click.group()
+def forwarder() -> None:
+    """The forwarder service: HTTP API, task store, routing through RabbitMQ."""
+
+
+@forwarder.command("serve")
+@_store_options
+@click.option("--host", default=None, help="Listen address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="TCP port (default 8470; 0 picks a free one).")
+@click.option("--amqp-url", default=None, help="Broker URL with administrator credentials.")
+@click.option("--management-url", default=None, help="Broker management API URL with administrator credentials.")
+@click.option("--endpoint-amqp-url", default=None, help="The broker as endpoints reach it (no credentials).")
+@click.option("--topology-prefix", default=None, help="Prefix of every exchange and queue name.")
+def serve_command(
+    *,
+    config_file: Path | None,
+    database_url: str | None,
+    host: str | None,
+    port: int | None,
+    amqp_url: str | None,
+    management_url: str | None,
+    endpoint_amqp_url: str | None,
+    topology_prefix: str | None,
+) -> None:
+    """Serve the HTTP API until interrupted (SIGINT / SIGTERM stop it gracefully)."""
+    settings = _settings(
+        config_file,
+        database_url=database_url,
+        host=host,
+        port=port,
+        amqp_url=amqp_url,
+        management_url=management_url,
+        endpoint_amqp_url=endpoint_amqp_url,
+        topology_prefix=topology_prefix,
+    )
+    serve(settings)
+
+
+@forwarder.command("settings")
+def settings_command() -> None:
+    """List every settings key with its type, default and meaning."""
+    from taskfabric.settings import describe_settings
+
+    for doc in describe_settings(ForwarderSettings):
+        click.echo(f"{doc.key}  ({doc.type}, default {doc.default})\n    {doc.help}")
+
+
+# --- taskfabric admin ---------------------------------------------------------------------
+
+
+@click.group()
+def admin() -> None:
+    """Manage the forwarder's local users and tokens (works on the store directly)."""
+
+
+@admin.command("create-user")
+@click.argument("name")
+@_store_options
+def create_user_command(name: str, config_file: Path | None, database_url: str | None) -> None:
+    """Add a local user NAME."""
+    user = admin_functions.create_user(_settings(config_file, database_url=database_url), name)
+    click.echo(f"created user {user.username} ({user.user_id})")
+
+
+@admin.command("create-token")
+@click.argument("name")
+@click.option("--description", default="", help="What the token is for (shown nowhere else).")
+@_store_options
+def create_token_command(name: str, description: str, config_file: Path | None, database_url: str | None) -> None:
+    """Create a bearer token for local user NAME and print it (only this once)."""
+    token = admin_functions.create_token(
+        _settings(config_file, database_url=database_url), name, description=description
+    )
+    click.echo(token)
+
+
+@admin.command("list-users")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_store_options
+def list_users_command(as_json: bool, config_file: Path | None, database_url: str | None) -> None:
+    """List users with their number of tokens."""
+    for user in admin_functions.list_users(_settings(config_file, database_url=database_url)):
+        if as_json:
+            record = {"user_id": str(user.user_id), "username": user.username, "auth": user.auth, "tokens": user.tokens}
+            click.echo(json.dumps(record))
+        else:
+            click.echo(f"{user.username:<32} {user.auth:<7} {user.tokens:>3} token(s)  {user.user_id}")

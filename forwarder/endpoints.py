@@ -1,0 +1,258 @@
+"""Endpoint registration and deletion.
+
+Registering declares the endpoint's queues (at registration, well before any traffic: a quorum
+queue declared just before a broker crash can come back leaderless), creates or re-keys its broker
+user `ep-<id>` with a fresh random password and narrow permissions, and starts consuming its
+result queue. The same owner registering the same name gets the same id (stable across restarts).
+
+Deleting revokes the broker user (closing its connections), stops the result consumer, deletes the
+queues, fails the endpoint's unfinished tasks with `ENDPOINT_DELETED`, and forgets the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+from taskfabric.broker_config import EndpointQueues, new_queue_secret
+from taskfabric.errors import ErrorCode, NotFoundError, PermissionDenied, ServiceError
+from taskfabric.forwarder.broker import BrokerLink, broker_username
+from taskfabric.forwarder.consumers import ResultConsumers
+from taskfabric.forwarder.ingest import StatusBook
+from taskfabric.forwarder.records import EndpointRecord, Identity, TaskRecord
+from taskfabric.forwarder.settings import ForwarderSettings
+from taskfabric.forwarder.store import Failure, Store, StoreConflict, StoreRunner
+from taskfabric.forwarder.ttl_cache import TTLCache
+
+__all__ = ["CONFLICT", "BrokerCredentials", "EndpointRegistry", "Registration"]
+
+log = logging.getLogger(__name__)
+
+CONFLICT = "CONFLICT"
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerCredentials:
+    """What an endpoint needs to reach its queues."""
+
+    amqp_url: str
+    username: str
+    task_queue: str
+    result_queue: str
+    results_exchange: str
+    dead_letter_exchange: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Registration:
+    endpoint: EndpointRecord
+    created: bool
+    broker: BrokerCredentials
+
+
+class EndpointRegistry:
+    """Registers, reads, lists and deletes endpoints (ownership enforced)."""
+
+    def __init__(
+        self,
+        settings: ForwarderSettings,
+        *,
+        store: Store,
+        runner: StoreRunner,
+        broker: BrokerLink,
+        consumers: ResultConsumers,
+        statuses: StatusBook,
+        on_failed: Callable[[Sequence[TaskRecord]], None],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._runner = runner
+        self._broker = broker
+        self._consumers = consumers
+        self._statuses = statuses
+        self._on_failed = on_failed
+        self._lock = asyncio.Lock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="broker-admin")
+        # submits look an endpoint up every time; a deletion elsewhere is noticed within the sync period
+        self._targets: TTLCache[uuid.UUID, EndpointRecord] = TTLCache(settings.endpoint_sync_period_s)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    async def _blocking(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await asyncio.wrap_future(self._executor.submit(fn, *args, **kwargs))
+
+    # --- registration -------------------------------------------------------------------
+
+    async def register(
+        self, identity: Identity, *, name: str, endpoint_id: uuid.UUID | None, metadata: dict[str, Any] | None
+    ) -> Registration:
+        """Create or re-register an endpoint and issue fresh broker credentials."""
+        metadata_json = json.dumps(metadata, separators=(",", ":")) if metadata is not None else None
+        async with self._lock:
+            existing = await self._existing(identity, name=name, endpoint_id=endpoint_id)
+            if existing is None:
+                record = await self._create(identity, name=name, endpoint_id=endpoint_id, metadata=metadata_json)
+                created = True
+            else:
+                record = await self._reregister(existing, name=name, metadata=metadata_json)
+                created = False
+            queues = self._broker.queues_of(record.endpoint_id, record.queue_secret)
+            password = await self._blocking(
+                self._broker.issue_credentials, record.endpoint_id, queues, revoke_old=not created
+            )
+            await self._blocking(self._consumers.ensure, record)
+        log.info(
+            "%s endpoint %s (%s) of %s",
+            "registered" if created else "re-registered",
+            record.endpoint_id,
+            name,
+            identity.username,
+        )
+        return Registration(endpoint=record, created=created, broker=self._credentials(record, queues, password))
+
+    async def _existing(self, identity: Identity, *, name: str, endpoint_id: uuid.UUID | None) -> EndpointRecord | None:
+        if endpoint_id is not None:
+            by_id = await self._runner.read(self._store.endpoints.get, endpoint_id)
+            if by_id is not None:
+                return _owned(identity, endpoint_id, by_id)
+        by_name = await self._runner.read(self._store.endpoints.find, identity.user_id, name)
+        if by_name is not None and endpoint_id is not None and by_name.endpoint_id != endpoint_id:
+            raise ServiceError(
+                f"you already have an endpoint named {name!r} with id {by_name.endpoint_id}", status=409, code=CONFLICT
+            )
+        return by_name
+
+    async def _create(
+        self, identity: Identity, *, name: str, endpoint_id: uuid.UUID | None, metadata: str | None
+    ) -> EndpointRecord:
+        new_id = endpoint_id or uuid.uuid4()
+        record = EndpointRecord(
+            endpoint_id=new_id,
+            owner_id=identity.user_id,
+            name=name,
+            queue_secret=new_queue_secret(),
+            broker_username=broker_username(new_id),
+            created_at=time.time(),
+            metadata=metadata or "{}",
+        )
+        queues = self._broker.queues_of(new_id, record.queue_secret)
+        await self._blocking(self._broker.declare_endpoint_queues, queues)
+        try:
+            await self._runner.write(self._store.endpoints.add, record)
+        except StoreConflict:
+            await self._blocking(self._broker.delete_endpoint_queues, queues)
+            raise ServiceError(
+                f"endpoint {new_id} or the name {name!r} was registered concurrently; retry", status=409, code=CONFLICT
+            ) from None
+        return record
+
+    async def _reregister(self, existing: EndpointRecord, *, name: str, metadata: str | None) -> EndpointRecord:
+        new_metadata = metadata if metadata is not None else existing.metadata
+        try:
+            await self._runner.write(
+                self._store.endpoints.update_registration, existing.endpoint_id, name=name, metadata=new_metadata
+            )
+        except StoreConflict:
+            raise ServiceError(f"you already have another endpoint named {name!r}", status=409, code=CONFLICT) from None
+        record = dataclasses.replace(existing, name=name, metadata=new_metadata)
+        # idempotent: re-declares queues lost with a broker's data
+        await self._blocking(
+            self._broker.declare_endpoint_queues, self._broker.queues_of(record.endpoint_id, record.queue_secret)
+        )
+        return record
+
+    def _credentials(self, record: EndpointRecord, queues: EndpointQueues, password: str) -> BrokerCredentials:
+        topology = self._broker.topology
+        return BrokerCredentials(
+            amqp_url=self._settings.endpoint_broker_url(record.broker_username, password),
+            username=record.broker_username,
+            task_queue=queues.task_queue,
+            result_queue=queues.result_queue,
+            results_exchange=topology.results_exchange,
+            dead_letter_exchange=topology.dead_letter_exchange,
+        )
+
+    # --- reads --------------------------------------------------------------------------
+
+    async def get(self, identity: Identity, endpoint_id: uuid.UUID) -> EndpointRecord:
+        record = await self._runner.read(self._store.endpoints.get, endpoint_id)
+        return self._with_fresh_status(_owned(identity, endpoint_id, record))
+
+    async def owned(self, identity: Identity, endpoint_id: uuid.UUID) -> EndpointRecord:
+        """The caller's endpoint (404 / 403 otherwise), as stored."""
+        record = await self._runner.read(self._store.endpoints.get, endpoint_id)
+        return _owned(identity, endpoint_id, record)
+
+    async def submit_target(self, identity: Identity, endpoint_id: uuid.UUID) -> EndpointRecord:
+        """The caller's endpoint for a submit (its owner and queue secret; its status may be old)."""
+        record = self._targets.get(endpoint_id)
+        if record is None:
+            record = await self._runner.read(self._store.endpoints.get, endpoint_id)
+            if record is not None:
+                self._targets.put(endpoint_id, record)
+        return _owned(identity, endpoint_id, record)
+
+    async def list(self, identity: Identity) -> list[EndpointRecord]:
+        records = await self._runner.read(self._store.endpoints.list, identity.user_id)
+        return [self._with_fresh_status(record) for record in records]
+
+    def _with_fresh_status(self, record: EndpointRecord) -> EndpointRecord:
+        """The store's status may lag by `status_flush_s`; this replica may know a newer one."""
+        fresh = self._statuses.latest(record.endpoint_id)
+        stored_at = record.status.last_heartbeat_at
+        if (
+            fresh is not None
+            and fresh.last_heartbeat_at is not None
+            and (stored_at is None or fresh.last_heartbeat_at > stored_at)
+        ):
+            return dataclasses.replace(record, status=fresh)
+        return record
+
+    # --- deletion -----------------------------------------------------------------------
+
+    async def delete(self, identity: Identity, endpoint_id: uuid.UUID) -> int:
+        """Delete an endpoint; returns how many unfinished tasks were failed."""
+        self._targets.discard(endpoint_id)
+        async with self._lock:
+            record = await self.owned(identity, endpoint_id)
+            queues = self._broker.queues_of(endpoint_id, record.queue_secret)
+            await self._blocking(self._broker.revoke_credentials, endpoint_id)
+            await self._blocking(self._consumers.stop, endpoint_id)
+            await self._blocking(self._broker.delete_endpoint_queues, queues)
+            failure = Failure(
+                ErrorCode.ENDPOINT_DELETED.value, f"endpoint {endpoint_id} was deleted before the task ran"
+            )
+            failed = await self._runner.write(self._store.tasks.fail_endpoint, endpoint_id, failure, now=time.time())
+            await self._runner.write(self._store.endpoints.delete, endpoint_id)
+            self._statuses.forget(endpoint_id)
+        if failed:
+            self._on_failed(failed)
+        log.info("deleted endpoint %s; failed %d unfinished tasks", endpoint_id, len(failed))
+        return len(failed)
+
+    # --- replicas -----------------------------------------------------------------------
+
+    async def sync_consumers(self) -> None:
+        """Consume exactly the result queues of the stored endpoints (other replicas register too)."""
+        async with self._lock:
+            endpoints = await self._runner.read(self._store.endpoints.list)
+            await self._blocking(self._consumers.reconcile, endpoints)
+
+
+def _owned(identity: Identity, endpoint_id: uuid.UUID, record: EndpointRecord | None) -> EndpointRecord:
+    if record is None:
+        raise NotFoundError(f"no endpoint {endpoint_id}", code="NOT_FOUND")
+    if record.owner_id != identity.user_id:
+        raise PermissionDenied(f"endpoint {endpoint_id} belongs to another user", code="FORBIDDEN")
+    return record

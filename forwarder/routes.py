@@ -1,0 +1,303 @@
+"""The HTTP routes of API v1 (see docs/api.md). Each handler parses, checks, calls one service
+of the `Forwarder`, and renders the answer; errors are raised and rendered by `http_errors`."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Annotated, Any
+
+import msgpack
+from fastapi import APIRouter, Depends, Query, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from taskfabric import __version__
+from taskfabric.errors import ServiceError
+from taskfabric.forwarder import schemas
+from taskfabric.forwarder.records import EndpointRecord, Identity
+from taskfabric.forwarder.requests import (
+    SubmitLimits,
+    check_python_version,
+    check_text,
+    decode_base64,
+    invalid,
+    parse_submit_json,
+    parse_submit_msgpack,
+    parse_task_ids,
+    too_large,
+)
+from taskfabric.forwarder.service import Forwarder
+from taskfabric.forwarder.stream import serve_stream
+from taskfabric.forwarder.views import endpoint_info, function_info, task_info
+
+__all__ = ["API_VERSION", "MIN_CLIENT_VERSION", "router", "websocket_router"]
+
+API_VERSION = 1
+MIN_CLIENT_VERSION = "0.1.0"
+MSGPACK = "application/msgpack"
+_MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
+_MAX_TASK_IDS = 10_000
+
+_bearer = HTTPBearer(auto_error=False, description="a token from `taskfabric admin create-token`, or Globus Auth")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 413, 422, 503)
+}
+
+router = APIRouter(prefix="/v1", responses=_ERRORS)
+websocket_router = APIRouter(prefix="/v1")
+
+
+def _forwarder(request: Request) -> Forwarder:
+    forwarder: Forwarder = request.app.state.forwarder
+    return forwarder
+
+
+async def forwarder_of(request: Request) -> Forwarder:  # async: FastAPI runs sync dependencies on threads
+    return _forwarder(request)
+
+
+async def current_identity(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Identity:
+    return await _forwarder(request).authenticate(credentials.credentials if credentials else None)
+
+
+Caller = Annotated[Identity, Depends(current_identity)]
+Service = Annotated[Forwarder, Depends(forwarder_of)]
+
+
+# --- version and identity -----------------------------------------------------------------
+
+
+@router.get("/version", response_model=schemas.Version, responses={401: {}})
+async def get_version() -> JSONResponse:
+    """The API and service versions (no authentication)."""
+    return JSONResponse({"api": API_VERSION, "version": __version__, "min_client_version": MIN_CLIENT_VERSION})
+
+
+@router.get("/whoami", responses={200: {"model": schemas.WhoAmI}})
+async def whoami(identity: Caller) -> JSONResponse:
+    return JSONResponse({"user_id": str(identity.user_id), "username": identity.username, "auth": identity.auth})
+
+
+# --- functions ----------------------------------------------------------------------------
+
+
+@router.post(
+    "/functions",
+    status_code=201,
+    responses={200: {"model": schemas.FunctionRegistered}, 201: {"model": schemas.FunctionRegistered}},
+)
+async def register_function(body: schemas.FunctionRegistration, identity: Caller, service: Service) -> JSONResponse:
+    """Register a function; the same body again (same owner) returns the existing id with 200."""
+    limit = service.settings.max_function_bytes
+    name = check_text(body.name, "name", max_length=256)
+    python_version = check_python_version(body.python_version, "python_version")
+    function_body = decode_base64(body.body, "body", limit, "max_function_bytes")
+    if len(function_body) > limit:
+        raise too_large("body", len(function_body), limit, "max_function_bytes")
+    if not function_body:
+        raise invalid("body: must not be empty")
+    record, created = await service.functions.register(
+        identity, name=name, body=function_body, python_version=python_version
+    )
+    return JSONResponse(
+        {"function_id": str(record.function_id), "content_hash": record.content_hash},
+        status_code=201 if created else 200,
+    )
+
+
+@router.get("/functions", responses={200: {"model": schemas.FunctionList}})
+async def list_functions(identity: Caller, service: Service) -> JSONResponse:
+    records = await service.functions.list(identity)
+    return JSONResponse({"functions": [function_info(record) for record in records]})
+
+
+@router.get("/functions/{function_id}", responses={200: {"model": schemas.FunctionInfo}})
+async def get_function(
+    function_id: uuid.UUID, identity: Caller, service: Service, include_body: Annotated[bool, Query()] = False
+) -> JSONResponse:
+    record = await service.functions.get(identity, function_id, include_body=include_body)
+    return JSONResponse(function_info(record, include_body=include_body))
+
+
+@router.delete("/functions/{function_id}", status_code=204, response_class=Response)
+async def delete_function(function_id: uuid.UUID, identity: Caller, service: Service) -> Response:
+    """Delete a function; tasks already submitted still run (their messages carry the body)."""
+    await service.functions.delete(identity, function_id)
+    service.tasks.forget_function(function_id)
+    return Response(status_code=204)
+
+
+# --- endpoints ----------------------------------------------------------------------------
+
+
+@router.post(
+    "/endpoints",
+    status_code=201,
+    responses={
+        200: {"model": schemas.EndpointRegistered},
+        201: {"model": schemas.EndpointRegistered},
+        409: {"model": schemas.ErrorBody},
+    },
+)
+async def register_endpoint(body: schemas.EndpointRegistration, identity: Caller, service: Service) -> JSONResponse:
+    """Register (or re-register) an endpoint: its queues, a broker user, fresh credentials."""
+    settings = service.settings
+    if body.metadata is not None:
+        size = len(json.dumps(body.metadata, separators=(",", ":")))
+        if size > settings.max_metadata_bytes:
+            raise too_large("metadata", size, settings.max_metadata_bytes, "max_metadata_bytes")
+    registration = await service.endpoints.register(
+        identity, name=body.name, endpoint_id=body.endpoint_id, metadata=body.metadata
+    )
+    broker = registration.broker
+    return JSONResponse(
+        {
+            "endpoint_id": str(registration.endpoint.endpoint_id),
+            "name": registration.endpoint.name,
+            "broker": {
+                "amqp_url": broker.amqp_url,
+                "username": broker.username,
+                "task_queue": broker.task_queue,
+                "result_queue": broker.result_queue,
+                "results_exchange": broker.results_exchange,
+                "dead_letter_exchange": broker.dead_letter_exchange,
+            },
+            "status_period_s": settings.status_period_s,
+        },
+        status_code=201 if registration.created else 200,
+    )
+
+
+@router.get("/endpoints", responses={200: {"model": schemas.EndpointList}})
+async def list_endpoints(identity: Caller, service: Service) -> JSONResponse:
+    records = await service.endpoints.list(identity)
+    return JSONResponse({"endpoints": [_endpoint_info(service, record) for record in records]})
+
+
+@router.get("/endpoints/{endpoint_id}", responses={200: {"model": schemas.EndpointInfo}})
+async def get_endpoint(endpoint_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
+    return JSONResponse(_endpoint_info(service, await service.endpoints.get(identity, endpoint_id)))
+
+
+@router.get("/endpoints/{endpoint_id}/status", responses={200: {"model": schemas.EndpointInfo}})
+async def get_endpoint_status(endpoint_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
+    return JSONResponse(_endpoint_info(service, await service.endpoints.get(identity, endpoint_id)))
+
+
+@router.delete("/endpoints/{endpoint_id}", status_code=204, response_class=Response)
+async def delete_endpoint(endpoint_id: uuid.UUID, identity: Caller, service: Service) -> Response:
+    """Delete an endpoint: its broker user, its queues; its unfinished tasks fail ENDPOINT_DELETED."""
+    await service.endpoints.delete(identity, endpoint_id)
+    return Response(status_code=204)
+
+
+def _endpoint_info(service: Forwarder, record: EndpointRecord) -> dict[str, Any]:
+    return endpoint_info(record, now=time.time(), offline_after_s=service.settings.endpoint_offline_after_s)
+
+
+# --- tasks --------------------------------------------------------------------------------
+
+
+@router.post(
+    "/endpoints/{endpoint_id}/tasks",
+    status_code=201,
+    responses={201: {"model": schemas.TaskSubmitted, "content": {MSGPACK: {}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schemas.SUBMIT_BODY_SCHEMA},
+                MSGPACK: {"schema": schemas.SUBMIT_BODY_SCHEMA},
+            },
+        }
+    },
+)
+async def submit_tasks(endpoint_id: uuid.UUID, request: Request, identity: Caller, service: Service) -> Response:
+    """Submit a batch of tasks (JSON with base64 payloads, or msgpack with raw bytes)."""
+    settings = service.settings
+    limits = SubmitLimits(max_tasks=settings.max_batch_tasks, max_payload_bytes=settings.max_payload_bytes)
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    body = await request.body()
+    binary = content_type in _MSGPACK_TYPES
+    if binary:
+        parsed = parse_submit_msgpack(body, limits)
+    elif content_type in ("application/json", ""):
+        parsed = parse_submit_json(body, limits)
+    else:
+        raise ServiceError(
+            f"unsupported content type {content_type[:64]!r}: use application/json or {MSGPACK}",
+            status=415,
+            code="UNSUPPORTED_MEDIA_TYPE",
+        )
+    accepted = await service.tasks.submit(identity, endpoint_id, parsed)
+    service.hub.accepted(accepted, identity.user_id)
+    if parsed.binary_ids:
+        answer = msgpack.packb({"task_ids": [task_id.bytes for task_id in accepted]}, use_bin_type=True)
+        return Response(answer, status_code=201, media_type=MSGPACK)
+    task_ids = [str(task_id) for task_id in accepted]
+    if binary:
+        return Response(msgpack.packb({"task_ids": task_ids}), status_code=201, media_type=MSGPACK)
+    return JSONResponse({"task_ids": task_ids}, status_code=201)
+
+
+@router.get("/tasks/{task_id}", responses={200: {"model": schemas.TaskInfo}})
+async def get_task(task_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
+    return JSONResponse(task_info(await service.tasks.get(identity, task_id)))
+
+
+@router.post("/tasks/batch", responses={200: {"model": schemas.BatchStatus}})
+async def batch_status(body: schemas.TaskIds, identity: Caller, service: Service) -> JSONResponse:
+    """Many tasks at once; ids that are unknown or not yours are listed in `unknown`."""
+    ids, malformed = parse_task_ids(body.task_ids, limit=_MAX_TASK_IDS)
+    found, unknown = await service.tasks.get_many(identity, ids)
+    return JSONResponse(
+        {
+            "tasks": {str(task_id): task_info(record) for task_id, record in found.items()},
+            "unknown": [str(task_id) for task_id in unknown] + malformed,
+        }
+    )
+
+
+# --- results stream -----------------------------------------------------------------------
+
+
+@websocket_router.websocket("/results/ws")
+async def results_stream(websocket: WebSocket) -> None:
+    """Subscribe to task ids; receive their results as msgpack frames (see docs/api.md)."""
+    forwarder: Forwarder = websocket.app.state.forwarder
+    try:
+        identity = await forwarder.authenticate(_bearer_token(websocket.headers.get("authorization")))
+    except ServiceError as exc:
+        await _deny(websocket, exc)
+        return
+    await websocket.accept()
+    await serve_stream(
+        websocket,
+        identity.user_id,
+        hub=forwarder.hub,
+        store=forwarder.store,
+        runner=forwarder.runner,
+        limits=forwarder.stream_limits,
+    )
+
+
+def _bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+async def _deny(websocket: WebSocket, exc: ServiceError) -> None:
+    """Refuse the handshake with the HTTP status (when the server supports it), else close."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        body = {"error": {"code": exc.code, "message": str(exc)}}
+        await websocket.send_denial_response(
+            JSONResponse(body, status_code=exc.status, headers={"WWW-Authenticate": "Bearer"})
+        )
+    else:
+        await websocket.close(code=1008, reason=str(exc)[:120])

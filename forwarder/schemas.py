@@ -1,0 +1,200 @@
+"""Pydantic models of the JSON bodies: request validation for the low-volume routes, and the
+OpenAPI description of every route. The submit route (the hot path) is validated by hand in
+`requests`; its schema here only documents it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "SUBMIT_BODY_SCHEMA",
+    "BatchStatus",
+    "BrokerInfo",
+    "EndpointInfo",
+    "EndpointList",
+    "EndpointRegistered",
+    "EndpointRegistration",
+    "ErrorBody",
+    "FunctionInfo",
+    "FunctionList",
+    "FunctionRegistered",
+    "FunctionRegistration",
+    "TaskIds",
+    "TaskInfo",
+    "TaskSubmitted",
+    "Version",
+    "WhoAmI",
+]
+
+ENDPOINT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    detail: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Version(BaseModel):
+    api: int
+    version: str
+    min_client_version: str
+
+
+class WhoAmI(BaseModel):
+    user_id: str
+    username: str
+    auth: str
+
+
+# --- functions ----------------------------------------------------------------------------
+
+
+class FunctionRegistration(_Request):
+    name: str = Field(min_length=1, max_length=256, description="a display name")
+    body: str = Field(description="the serialized function (cloudpickle bytes), base64")
+    python_version: str = Field("", max_length=64, description="the registering Python, e.g. 3.11.7")
+
+
+class FunctionRegistered(BaseModel):
+    function_id: str
+    content_hash: str
+
+
+class FunctionInfo(BaseModel):
+    function_id: str
+    name: str
+    content_hash: str
+    python_version: str
+    size_bytes: int
+    created_at: float
+    body: str | None = Field(None, description="base64; only with ?include_body=true")
+
+
+class FunctionList(BaseModel):
+    functions: list[FunctionInfo]
+
+
+# --- endpoints ----------------------------------------------------------------------------
+
+
+class EndpointRegistration(_Request):
+    name: str = Field(pattern=ENDPOINT_NAME_PATTERN, description="unique among your endpoints")
+    endpoint_id: uuid.UUID | None = Field(None, description="re-register this endpoint of yours")
+    metadata: dict[str, Any] | None = Field(None, description="free-form JSON kept with the endpoint")
+
+
+class BrokerInfo(BaseModel):
+    amqp_url: str
+    username: str
+    task_queue: str
+    result_queue: str
+    results_exchange: str
+    dead_letter_exchange: str
+
+
+class EndpointRegistered(BaseModel):
+    endpoint_id: str
+    name: str
+    broker: BrokerInfo
+    status_period_s: float
+
+
+class EndpointInfo(BaseModel):
+    endpoint_id: str
+    name: str
+    status: str = Field(description="online | offline | draining")
+    last_heartbeat_at: float | None
+    managers: int
+    workers: int
+    idle_workers: int
+    outstanding_tasks: int
+    pending_blocks: int
+    running_blocks: int
+    hostname: str
+    created_at: float
+
+
+class EndpointList(BaseModel):
+    endpoints: list[EndpointInfo]
+
+
+# --- tasks --------------------------------------------------------------------------------
+
+SUBMIT_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["tasks"],
+    "properties": {
+        "tasks": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["function_id", "payload"],
+                "properties": {
+                    "function_id": {"type": "string", "format": "uuid"},
+                    "payload": {
+                        "type": "string",
+                        "contentEncoding": "base64",
+                        "description": "serialized (args, kwargs): base64 in JSON, raw bytes in msgpack",
+                    },
+                    "walltime_s": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                },
+            },
+        },
+        "client_python": {"type": "string", "maxLength": 64},
+    },
+}
+
+
+class TaskSubmitted(BaseModel):
+    task_ids: list[str]
+
+
+class TaskIds(_Request):
+    task_ids: list[str] = Field(description="at most 10,000 task ids")
+
+
+class TaskErrorInfo(BaseModel):
+    code: str
+    message: str
+    traceback: str
+    exception_type: str
+    exception: str | None = Field(description="the pickled exception, base64")
+
+
+class TaskDetails(BaseModel):
+    worker_python: str
+    client_python: str
+    received_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+
+
+class TaskInfo(BaseModel):
+    task_id: str
+    status: str = Field(description="waiting | success | failed")
+    endpoint_id: str
+    function_id: str
+    created_at: float
+    completed_at: float | None
+    result: str | None = Field(None, description="the pickled result, base64 (success only)")
+    error: TaskErrorInfo | None = Field(None, description="failed only")
+    details: TaskDetails
+
+
+class BatchStatus(BaseModel):
+    tasks: dict[str, TaskInfo]
+    unknown: list[str]

@@ -1,0 +1,203 @@
+"""The forwarder assembled: store, broker link, consumers, ingestor, registries, results hub.
+
+`Forwarder.start()` opens the store (migrating it), connects to the broker and declares the shared
+topology, starts the ingest thread, consumes every registered endpoint's result queue and the
+dead-letter queue, and starts two housekeeping loops (expired results; consumers of endpoints
+registered through other replicas). `stop()` undoes it in reverse order. The HTTP layer (`app`)
+only calls the registries and services exposed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from taskfabric.errors import AuthenticationError, TaskfabricError
+from taskfabric.forwarder.auth import AUTHENTICATION_REQUIRED, AuthProvider, make_provider
+from taskfabric.forwarder.batching import FunctionBodyCache
+from taskfabric.forwarder.broker import BrokerLink
+from taskfabric.forwarder.consumers import ResultConsumers
+from taskfabric.forwarder.endpoints import EndpointRegistry
+from taskfabric.forwarder.functions import FunctionRegistry
+from taskfabric.forwarder.ingest import Ingestor
+from taskfabric.forwarder.records import Identity, TaskRecord
+from taskfabric.forwarder.settings import ForwarderSettings
+from taskfabric.forwarder.store import Store, StoreRunner
+from taskfabric.forwarder.store.engine import redact_db_url
+from taskfabric.forwarder.stream import ResultHub, StreamLimits
+from taskfabric.forwarder.tasks import TaskService
+from taskfabric.transport import redact_url
+
+__all__ = ["Forwarder"]
+
+log = logging.getLogger(__name__)
+
+
+class Forwarder:
+    """The running service's parts. Create, `await start()`, use, `await stop()`."""
+
+    def __init__(self, settings: ForwarderSettings) -> None:
+        self.settings = settings
+        self.hub = ResultHub()
+        self.stream_limits = StreamLimits(
+            buffer_bytes=settings.stream_buffer_bytes,
+            max_ids_per_frame=settings.max_batch_tasks,
+            poll_s=settings.stream_poll_s,
+        )
+        self._background: list[asyncio.Task[None]] = []
+        # token checks may wait on an identity provider: not on the store's reader threads
+        self._auth_executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="auth")
+        self._cleanups: list[Callable[[], None]] = []
+        # set by start()
+        self.store: Store
+        self.runner: StoreRunner
+        self.auth: AuthProvider
+        self.broker: BrokerLink
+        self.ingestor: Ingestor
+        self.consumers: ResultConsumers
+        self.functions: FunctionRegistry
+        self.endpoints: EndpointRegistry
+        self.tasks: TaskService
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring every part up; on failure, whatever was started is stopped again."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        log.info(
+            "forwarder starting: store %s, broker %s", redact_db_url(settings.store_url), redact_url(settings.amqp_url)
+        )
+        await self._open_store_and_auth()
+        await self._connect_broker()
+        self._start_ingest(asyncio.get_running_loop())
+        self._build_services()
+        await asyncio.to_thread(self.consumers.start_dead_letters)
+        await self.endpoints.sync_consumers()
+        self._background = [
+            asyncio.create_task(self._every(settings.cleanup_period_s, self.delete_expired), name="expire-results"),
+            asyncio.create_task(
+                self._every(settings.endpoint_sync_period_s, self.endpoints.sync_consumers), name="sync-consumers"
+            ),
+        ]
+        log.info("forwarder started (%d endpoints)", len(self.consumers.endpoint_ids))
+
+    async def _open_store_and_auth(self) -> None:
+        settings = self.settings
+        self.store = await asyncio.to_thread(Store.open, settings.store_url, pool_size=settings.db_read_threads + 2)
+        self._cleanups.append(self.store.close)
+        self.runner = StoreRunner(read_threads=settings.db_read_threads)
+        self._cleanups.append(self.runner.close)
+        self.auth = make_provider(settings.auth, self.store.users)
+        self._cleanups.append(self.auth.close)
+        self._cleanups.append(lambda: self._auth_executor.shutdown(wait=True))
+
+    async def _connect_broker(self) -> None:
+        self.broker = BrokerLink(self.settings)
+        self._cleanups.append(self.broker.close)
+        await asyncio.to_thread(self.broker.start)
+
+    def _start_ingest(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The ingest thread, and the result consumers feeding it."""
+
+        def on_finished(records: Sequence[TaskRecord]) -> None:  # called on the ingest thread
+            loop.call_soon_threadsafe(self.hub.publish, records)
+
+        self.ingestor = Ingestor(
+            self.store,
+            self.runner,
+            self.broker.transport,
+            forwarder_username=self.broker.username,
+            on_finished=on_finished,
+            batch_messages=self.settings.ingest_batch_messages,
+            status_flush_s=self.settings.status_flush_s,
+        )
+        self.ingestor.start()
+        self._cleanups.append(self.ingestor.stop)
+        self.consumers = ResultConsumers(
+            self.broker.transport, self.broker.topology, self.ingestor.put, prefetch=self.settings.result_prefetch
+        )
+        self._cleanups.append(self.consumers.close)
+
+    def _build_services(self) -> None:
+        cache = FunctionBodyCache(self.settings.function_cache_bytes)
+        self.functions = FunctionRegistry(self.store, self.runner, cache)
+        self.endpoints = EndpointRegistry(
+            self.settings,
+            store=self.store,
+            runner=self.runner,
+            broker=self.broker,
+            consumers=self.consumers,
+            statuses=self.ingestor.statuses,
+            on_failed=self.hub.publish,
+        )
+        self._cleanups.append(self.endpoints.close)
+        self.tasks = TaskService(
+            self.settings,
+            store=self.store,
+            runner=self.runner,
+            broker=self.broker,
+            endpoints=self.endpoints,
+            cache=cache,
+        )
+
+    async def stop(self) -> None:
+        """Stop the housekeeping loops, then every part in reverse order of starting."""
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background = []
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            try:
+                await asyncio.to_thread(cleanup)
+            except Exception:
+                log.exception("error while stopping the forwarder")
+        log.info("forwarder stopped")
+
+    # --- services -----------------------------------------------------------------------
+
+    async def authenticate(self, token: str | None) -> Identity:
+        """The identity of a bearer token (`AuthenticationError` if missing or not accepted)."""
+        if not token:
+            raise AuthenticationError(
+                "a bearer token is required (Authorization: Bearer <token>)", code=AUTHENTICATION_REQUIRED
+            )
+        known = self.auth.cached(token)  # most requests: no thread hop, no database read
+        if known is not None:
+            return known
+        return await asyncio.wrap_future(self._auth_executor.submit(self.auth.authenticate, token))
+
+    async def delete_expired(self) -> None:
+        """Delete tasks finished more than `result_ttl_s` ago, a chunk at a time."""
+        before = time.time() - self.settings.result_ttl_s
+        total = 0
+        while True:
+            deleted = await self.runner.write(self.store.tasks.delete_expired, before)
+            total += deleted
+            if deleted == 0:
+                break
+        if total:
+            log.info("deleted %d expired tasks", total)
+
+    @staticmethod
+    async def _every(period_s: float, job: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await job()
+            except TaskfabricError as exc:
+                log.warning("%s failed: %s", getattr(job, "__name__", job), exc)
+            except Exception:
+                log.exception("%s failed", getattr(job, "__name__", job))

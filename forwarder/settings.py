@@ -1,0 +1,205 @@
+"""The forwarder's settings: one keyword-only dataclass, loaded from YAML, environment and flags.
+
+Precedence, lowest first: defaults, the YAML file (`--config`), environment variables
+(`TASKFABRIC_FORWARDER_<KEY>`, and `TASKFABRIC_FORWARDER_AUTH_<KEY>` for the `auth` section), then
+command-line flags. Every key is validated eagerly; a bad key or value raises `ConfigError` naming
+it. `describe_settings(ForwarderSettings)` lists every key with its help text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from taskfabric.broker_config import Topology
+from taskfabric.errors import ConfigError
+from taskfabric.paths import taskfabric_home
+from taskfabric.settings import load_settings, load_yaml, setting, settings_from_env
+
+__all__ = ["ENV_PREFIX", "AuthSettings", "ForwarderSettings", "default_database_url"]
+
+ENV_PREFIX = "TASKFABRIC_FORWARDER_"
+_AUTH_ENV_PREFIX = "TASKFABRIC_FORWARDER_AUTH_"
+_MIB = 1024 * 1024
+#: JSON carries binary values as base64: 4 bytes for every 3, plus the rest of the request
+_BASE64_GROWTH = 4 / 3
+_REQUEST_SLACK_BYTES = 64 * 1024
+
+
+def default_database_url() -> str:
+    """SQLite in `$TASKFABRIC_HOME/forwarder/forwarder.db`."""
+    return f"sqlite:///{taskfabric_home() / 'forwarder' / 'forwarder.db'}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuthSettings:
+    """How the forwarder authenticates bearer tokens."""
+
+    provider: Literal["local", "globus"] = setting(
+        "local",
+        help="'local': tokens made by `taskfabric admin create-token`; 'globus': Globus Auth token introspection",
+    )
+    globus_client_id: str | None = setting(None, help="the forwarder's Globus Auth confidential client id")
+    globus_client_secret: str | None = setting(
+        None, help="its client secret (prefer the TASKFABRIC_FORWARDER_AUTH_GLOBUS_CLIENT_SECRET variable)"
+    )
+    globus_required_scope: str | None = setting(
+        None, help="when set, an introspected token must carry this scope string"
+    )
+    cache_max_entries: int = setting(10000, help="introspected tokens kept in memory until they expire", min=0)
+    cache_max_age_s: float = setting(
+        300.0, help="keep an introspection result at most this long, even if the token lives longer", min=0
+    )
+
+    def __post_init__(self) -> None:
+        if self.provider == "globus" and not (self.globus_client_id and self.globus_client_secret):
+            raise ValueError("auth.provider 'globus' needs auth.globus_client_id and auth.globus_client_secret")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ForwarderSettings:
+    """Everything `taskfabric forwarder serve` can be told."""
+
+    host: str = setting("127.0.0.1", help="address the HTTP server listens on")
+    port: int = setting(8470, help="TCP port of the HTTP server (0 picks a free one)", min=0, max=65535)
+    database_url: str | None = setting(
+        None,
+        help="SQLAlchemy URL of the store: sqlite:///PATH (default $TASKFABRIC_HOME/forwarder/forwarder.db) "
+        "or postgresql+psycopg://user:pass@host/db",
+    )
+    amqp_url: str = setting(
+        "amqp://guest:guest@127.0.0.1:5672/%2F",
+        help="the broker, with administrator credentials (declares queues, publishes tasks, reads results)",
+    )
+    management_url: str = setting(
+        "http://guest:guest@127.0.0.1:15672",
+        help="the broker's management API, with administrator credentials (creates endpoint users)",
+    )
+    endpoint_amqp_url: str | None = setting(
+        None,
+        help="the broker as endpoints reach it (amqp[s]://host:port/vhost, no credentials: each endpoint gets "
+        "its own); default: amqp_url's host, port and vhost",
+    )
+    topology_prefix: str = setting("taskfabric", help="prefix of every exchange and queue name")
+    delivery_limit: int = setting(5, help="deliveries of one message before the broker dead-letters it", min=1)
+    auth: AuthSettings = setting(default_factory=AuthSettings, help="authentication")
+    max_payload_bytes: int = setting(10 * _MIB, help="largest task payload accepted", min=1)
+    max_function_bytes: int = setting(10 * _MIB, help="largest function body accepted", min=1)
+    max_batch_tasks: int = setting(10000, help="most tasks in one submit request", min=1)
+    max_request_bytes: int = setting(
+        64 * _MIB, help="largest HTTP request body (must fit a base64 payload or function body)", min=1024
+    )
+    max_metadata_bytes: int = setting(64 * 1024, help="largest endpoint metadata (as JSON)", min=2)
+    publish_batch_tasks: int = setting(256, help="most tasks carried by one AMQP message", min=1)
+    publish_batch_bytes: int = setting(
+        4 * _MIB, help="AMQP messages stop growing past this many payload bytes (one big task may exceed it)", min=1
+    )
+    result_ttl_s: float = setting(14 * 86400.0, help="how long finished tasks are kept", min=1)
+    cleanup_period_s: float = setting(3600.0, help="how often expired tasks are deleted", min=1)
+    endpoint_offline_after_s: float = setting(
+        30.0, help="an endpoint without a status report for this long is offline", min=0.1
+    )
+    status_period_s: float = setting(5.0, help="how often endpoints are told to report their status", min=0.1)
+    status_flush_s: float = setting(1.0, help="endpoint status reports are written at most this often", min=0)
+    confirm_timeout_s: float = setting(15.0, help="bounded wait for the broker to confirm a publish", min=0.1)
+    broker_connect_timeout_s: float = setting(
+        15.0, help="at start, how long to wait for the broker before giving up", min=0.1
+    )
+    result_prefetch: int = setting(32, help="unacknowledged result messages per endpoint consumer", min=1)
+    ingest_batch_messages: int = setting(64, help="most broker messages stored in one transaction", min=1)
+    endpoint_sync_period_s: float = setting(
+        10.0, help="how often result consumers are reconciled with the store (other replicas' endpoints)", min=0.1
+    )
+    function_cache_bytes: int = setting(64 * _MIB, help="memory for cached function bodies", min=0)
+    stream_poll_s: float = setting(
+        5.0, help="results streams also poll the store this often (results ingested by other replicas); 0: never"
+    )
+    stream_buffer_bytes: int = setting(
+        64 * _MIB, help="a results stream whose unsent results exceed this is closed (the client re-subscribes)"
+    )
+    ws_max_message_bytes: int = setting(16 * _MIB, help="largest WebSocket message a client may send", min=1024)
+    db_read_threads: int = setting(2, help="threads for store reads (writes have one thread)", min=1, max=64)
+
+    def __post_init__(self) -> None:
+        if self.database_url is None:
+            object.__setattr__(self, "database_url", default_database_url())
+        if self.endpoint_offline_after_s <= self.status_period_s:
+            raise ValueError("endpoint_offline_after_s must be longer than status_period_s")
+        needed = int(max(self.max_payload_bytes, self.max_function_bytes) * _BASE64_GROWTH) + _REQUEST_SLACK_BYTES
+        if self.max_request_bytes < needed:
+            raise ValueError(
+                f"max_request_bytes ({self.max_request_bytes}) must be at least {needed} to fit one base64-encoded "
+                "payload or function body of the configured maximum size"
+            )
+        try:
+            Topology(prefix=self.topology_prefix, delivery_limit=self.delivery_limit)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="topology_prefix") from None
+        _check_url(self.amqp_url, ("amqp", "amqps"), "amqp_url")
+        _check_url(self.management_url, ("http", "https"), "management_url")
+        if self.endpoint_amqp_url is not None:
+            _check_url(self.endpoint_amqp_url, ("amqp", "amqps"), "endpoint_amqp_url")
+
+    # --- loading ------------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> ForwarderSettings:
+        """Validate a mapping of keys (as in the YAML file)."""
+        return load_settings(cls, data, source=source)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ForwarderSettings:
+        """Load a YAML file (no environment, no flags)."""
+        return cls.from_mapping(load_yaml(path), source=str(path))
+
+    @classmethod
+    def load(
+        cls,
+        path: Path | None = None,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> ForwarderSettings:
+        """File, then environment, then `overrides` (flags; None values are ignored)."""
+        data: dict[str, Any] = dict(load_yaml(path)) if path is not None else {}
+        data.update(settings_from_env(cls, ENV_PREFIX, environ))
+        auth_env = settings_from_env(AuthSettings, _AUTH_ENV_PREFIX, environ)
+        if auth_env:
+            auth = data.get("auth")
+            data["auth"] = {**(auth if isinstance(auth, dict) else {}), **auth_env}
+        data.update({key: value for key, value in (overrides or {}).items() if value is not None})
+        source = f"{path} + environment" if path is not None else "environment and flags"
+        return cls.from_mapping(data, source=source)
+
+    # --- derived values -----------------------------------------------------------------
+
+    @property
+    def store_url(self) -> str:
+        """The database URL (never None after construction)."""
+        return str(self.database_url)
+
+    @property
+    def vhost(self) -> str:
+        """The broker virtual host named by `amqp_url`."""
+        path = urllib.parse.urlsplit(self.amqp_url).path
+        return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
+
+    def endpoint_broker_url(self, username: str, password: str) -> str:
+        """The AMQP URL an endpoint uses, with its own credentials."""
+        base = urllib.parse.urlsplit(self.endpoint_amqp_url or self.amqp_url)
+        port = f":{base.port}" if base.port else ""
+        host = base.hostname or "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{urllib.parse.quote(username, safe='')}:{urllib.parse.quote(password, safe='')}@{host}{port}"
+        path = base.path if len(base.path) > 1 else "/%2F"
+        return urllib.parse.urlunsplit((base.scheme, netloc, path, base.query, ""))
+
+
+def _check_url(url: str, schemes: tuple[str, ...], key: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(f"expected a {'/'.join(schemes)} URL with a host", key=key)

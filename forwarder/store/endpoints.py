@@ -1,0 +1,137 @@
+"""Registered endpoints: owner, name, queue secret, broker user and the last status report."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Engine, Row, bindparam, select
+
+from taskfabric.forwarder.records import EndpointRecord, StatusReport
+from taskfabric.forwarder.store._sql import clean_text
+from taskfabric.forwarder.store.engine import translate_errors
+from taskfabric.forwarder.store.schema import endpoints
+
+__all__ = ["EndpointTable"]
+
+_TEXT_LIMIT = 256
+_STATUS_COUNTERS = ("managers", "workers", "idle_workers", "outstanding_tasks", "pending_blocks", "running_blocks")
+_STATUS_TEXTS = ("hostname", "python_version", "agent_version")
+#: counters are clamped into a signed 32-bit column
+_COUNTER_MAX = 2**31 - 1
+
+
+class EndpointTable:
+    """Reads and writes of `endpoints`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def add(self, record: EndpointRecord) -> None:
+        """Insert a new endpoint; `StoreConflict` if the owner already has one by that name (or id)."""
+        now = time.time()
+        with translate_errors("registering an endpoint"), self._engine.begin() as connection:
+            connection.execute(
+                endpoints.insert().values(
+                    endpoint_id=record.endpoint_id,
+                    owner_id=record.owner_id,
+                    name=record.name,
+                    queue_secret=record.queue_secret,
+                    broker_username=record.broker_username,
+                    metadata=record.metadata,
+                    created_at=record.created_at,
+                    registered_at=now,
+                )
+            )
+
+    def update_registration(self, endpoint_id: uuid.UUID, *, name: str, metadata: str) -> None:
+        """A re-registration: new name and metadata (`StoreConflict` if the name is taken)."""
+        with translate_errors("re-registering an endpoint"), self._engine.begin() as connection:
+            connection.execute(
+                endpoints.update()
+                .where(endpoints.c.endpoint_id == endpoint_id)
+                .values(name=name, metadata=metadata, registered_at=time.time())
+            )
+
+    def get(self, endpoint_id: uuid.UUID) -> EndpointRecord | None:
+        with translate_errors("reading an endpoint"), self._engine.connect() as connection:
+            row = connection.execute(select(endpoints).where(endpoints.c.endpoint_id == endpoint_id)).first()
+        return _endpoint(row) if row is not None else None
+
+    def find(self, owner_id: uuid.UUID, name: str) -> EndpointRecord | None:
+        query = select(endpoints).where(endpoints.c.owner_id == owner_id, endpoints.c.name == name)
+        with translate_errors("looking up an endpoint"), self._engine.connect() as connection:
+            row = connection.execute(query).first()
+        return _endpoint(row) if row is not None else None
+
+    def list(self, owner_id: uuid.UUID | None = None) -> list[EndpointRecord]:
+        """The owner's endpoints, or every endpoint (for the result consumers)."""
+        query = select(endpoints).order_by(endpoints.c.created_at)
+        if owner_id is not None:
+            query = query.where(endpoints.c.owner_id == owner_id)
+        with translate_errors("listing endpoints"), self._engine.connect() as connection:
+            return [_endpoint(row) for row in connection.execute(query)]
+
+    def delete(self, endpoint_id: uuid.UUID) -> bool:
+        with translate_errors("deleting an endpoint"), self._engine.begin() as connection:
+            deleted = connection.execute(endpoints.delete().where(endpoints.c.endpoint_id == endpoint_id))
+        return bool(deleted.rowcount)
+
+    def record_statuses(self, reports: Sequence[tuple[uuid.UUID, StatusReport]]) -> None:
+        """Write the latest status report of several endpoints (one statement)."""
+        if not reports:
+            return
+        statement = (
+            endpoints.update()
+            .where(endpoints.c.endpoint_id == bindparam("b_endpoint_id"))
+            .values(
+                state=bindparam("b_state"),
+                last_heartbeat_at=bindparam("b_last_heartbeat_at"),
+                **{name: bindparam(f"b_{name}") for name in (*_STATUS_COUNTERS, *_STATUS_TEXTS)},
+            )
+        )
+        rows = [_status_params(endpoint_id, report) for endpoint_id, report in reports]
+        with translate_errors("recording endpoint status"), self._engine.begin() as connection:
+            connection.execute(statement, rows)
+
+
+def _status_params(endpoint_id: uuid.UUID, report: StatusReport) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "b_endpoint_id": endpoint_id,
+        "b_state": report.state,
+        "b_last_heartbeat_at": report.last_heartbeat_at,
+    }
+    for name in _STATUS_COUNTERS:
+        params[f"b_{name}"] = max(0, min(_COUNTER_MAX, getattr(report, name)))
+    for name in _STATUS_TEXTS:
+        params[f"b_{name}"] = clean_text(getattr(report, name), _TEXT_LIMIT)
+    return params
+
+
+def _endpoint(row: Row[Any]) -> EndpointRecord:
+    m = row._mapping
+    status = StatusReport(
+        state=m["state"],
+        last_heartbeat_at=m["last_heartbeat_at"],
+        managers=m["managers"] or 0,
+        workers=m["workers"] or 0,
+        idle_workers=m["idle_workers"] or 0,
+        outstanding_tasks=m["outstanding_tasks"] or 0,
+        pending_blocks=m["pending_blocks"] or 0,
+        running_blocks=m["running_blocks"] or 0,
+        hostname=m["hostname"] or "",
+        python_version=m["python_version"] or "",
+        agent_version=m["agent_version"] or "",
+    )
+    return EndpointRecord(
+        endpoint_id=m["endpoint_id"],
+        owner_id=m["owner_id"],
+        name=m["name"],
+        queue_secret=m["queue_secret"],
+        broker_username=m["broker_username"],
+        created_at=m["created_at"],
+        metadata=m["metadata"],
+        status=status,
+    )

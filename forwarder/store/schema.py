@@ -1,0 +1,150 @@
+"""The store's tables (SQLAlchemy Core) and its versioned migrations.
+
+Ids are UUIDs (native on PostgreSQL, 32 hex characters on SQLite); timestamps are float seconds
+since the epoch, as in the API. Tasks keep their endpoint and function ids without foreign keys:
+a task outlives a deleted endpoint or function (it ends as `ENDPOINT_DELETED`, or still runs).
+Task payloads are not stored: they travel in the broker's task messages.
+
+Migrations are numbered functions run in order inside one transaction each; `schema_version`
+holds the last one applied. Add a migration by appending to `MIGRATIONS`, never by editing one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    select,
+)
+
+__all__ = ["MIGRATIONS", "endpoints", "functions", "metadata", "migrate", "schema_version", "tasks", "tokens", "users"]
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", Uuid, primary_key=True),
+    Column("username", String(256), nullable=False),
+    Column("auth", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("auth", "username", name="uq_users_auth_username"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # sha256 hex: the token itself is never stored
+    Column("user_id", Uuid, ForeignKey("users.user_id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("description", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+functions = Table(
+    "functions",
+    metadata,
+    Column("function_id", Uuid, primary_key=True),
+    Column("owner_id", Uuid, ForeignKey("users.user_id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("python_version", Text, nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("owner_id", "content_hash", name="uq_functions_owner_hash"),
+)
+
+endpoints = Table(
+    "endpoints",
+    metadata,
+    Column("endpoint_id", Uuid, primary_key=True),
+    Column("owner_id", Uuid, ForeignKey("users.user_id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("queue_secret", String(64), nullable=False),
+    Column("broker_username", String(64), nullable=False),
+    Column("metadata", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("registered_at", Float, nullable=False),
+    # the last status report
+    Column("state", String(16)),
+    Column("last_heartbeat_at", Float),
+    Column("managers", Integer, nullable=False, default=0),
+    Column("workers", Integer, nullable=False, default=0),
+    Column("idle_workers", Integer, nullable=False, default=0),
+    Column("outstanding_tasks", Integer, nullable=False, default=0),
+    Column("pending_blocks", Integer, nullable=False, default=0),
+    Column("running_blocks", Integer, nullable=False, default=0),
+    Column("hostname", Text, nullable=False, default=""),
+    Column("python_version", Text, nullable=False, default=""),
+    Column("agent_version", Text, nullable=False, default=""),
+    UniqueConstraint("owner_id", "name", name="uq_endpoints_owner_name"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("task_id", Uuid, primary_key=True),
+    Column("owner_id", Uuid, nullable=False),
+    Column("endpoint_id", Uuid, nullable=False),
+    Column("function_id", Uuid, nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("completed_at", Float),
+    Column("client_python", Text, nullable=False),
+    Column("result", LargeBinary),
+    Column("error_code", String(64)),
+    Column("error_message", Text),
+    Column("error_traceback", Text),
+    Column("error_exception_type", Text),
+    Column("error_exception", LargeBinary),
+    Column("worker_python", Text),
+    Column("received_at", Float),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("attempts", Integer, nullable=False, default=0),
+    Index("ix_tasks_completed_at", "completed_at"),
+    # not (endpoint_id, status): finishing a task then leaves this index alone
+    Index("ix_tasks_endpoint", "endpoint_id"),
+)
+
+
+def _v1_initial(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[users, tokens, functions, endpoints, tasks])
+
+
+#: schema version n is reached by running MIGRATIONS[n - 1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
+
+
+def migrate(connection: Connection) -> int:
+    """Bring the schema to the newest version; returns it. Runs in the caller's transaction."""
+    schema_version.create(connection, checkfirst=True)
+    current = connection.execute(select(schema_version.c.version)).scalar()
+    if current is None:
+        connection.execute(schema_version.insert().values(version=0))
+        current = 0
+    if current > len(MIGRATIONS):
+        raise RuntimeError(f"the database schema (version {current}) is newer than this forwarder ({len(MIGRATIONS)})")
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        log.info("migrating the store schema to version %d", version)
+        MIGRATIONS[version - 1](connection)
+        connection.execute(schema_version.update().values(version=version))
+    return len(MIGRATIONS)

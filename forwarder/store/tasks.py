@@ -1,0 +1,301 @@
+"""Tasks and their outcomes: the hot path, so every operation works on a batch.
+
+- `insert`: one statement for a whole submit request (an executemany on SQLite, an
+  `INSERT ... SELECT FROM unnest(...)` on PostgreSQL).
+- `store_results`: results of several broker messages in one transaction. A result for a finished
+  task changes nothing (the first outcome wins; duplicates are dropped by task id); a result for a
+  task of another endpoint, or an unknown one, is ignored. On SQLite (in-process, no round trips)
+  one `SELECT ... IN` per 900 ids finds the tasks still waiting on the endpoint that sent them and
+  one executemany `UPDATE` with the same guard stores them (`sqlite_batches`); on PostgreSQL one
+  `UPDATE ... FROM unnest(<arrays>) ... RETURNING` per 5,000 results does both (`postgres_batches`).
+- `fail` / `fail_endpoint`: the same rules for failures the forwarder decides (dead letters,
+  deleted endpoints), on the portable SQLAlchemy Core path.
+- reads fetch many tasks by id in chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, bindparam, func, select
+
+from taskfabric.forwarder.records import NewTask, TaskRecord, TaskStatus
+from taskfabric.forwarder.store import postgres_batches, sqlite_batches
+from taskfabric.forwarder.store._sql import statement_chunks
+from taskfabric.forwarder.store.engine import translate_errors
+from taskfabric.forwarder.store.outcomes import (
+    OUTCOME_FIELDS,
+    Failure,
+    Outcome,
+    finished,
+    outcome_of_failure,
+    outcome_of_result,
+)
+from taskfabric.forwarder.store.schema import tasks
+from taskfabric.protocol import Result
+
+__all__ = ["Failure", "TaskTable"]
+
+log = logging.getLogger(__name__)
+
+_WAITING = TaskStatus.WAITING.value
+
+#: the columns needed to describe a task without its outcome
+_HEAD = [
+    tasks.c.task_id,
+    tasks.c.owner_id,
+    tasks.c.endpoint_id,
+    tasks.c.function_id,
+    tasks.c.created_at,
+    tasks.c.client_python,
+]
+
+_FINISH = (
+    tasks.update()
+    .where(
+        tasks.c.task_id == bindparam("b_task_id"),
+        tasks.c.endpoint_id == bindparam("b_endpoint_id"),
+        tasks.c.status == _WAITING,
+    )
+    .values({name: bindparam(f"b_{name}") for name in OUTCOME_FIELDS if name != "endpoint_id"})
+)
+
+
+class TaskTable:
+    """Batch reads and writes of `tasks`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    # --- submission ---------------------------------------------------------------------
+
+    def insert(
+        self,
+        *,
+        owner_id: uuid.UUID,
+        endpoint_id: uuid.UUID,
+        client_python: str,
+        new_tasks: Sequence[NewTask],
+        created_at: float,
+    ) -> None:
+        """Store a submitted batch as `waiting` tasks (one executemany, one transaction)."""
+        with translate_errors("storing submitted tasks"), self._engine.begin() as connection:
+            fast = {"sqlite": sqlite_batches.insert_waiting, "postgresql": postgres_batches.insert_waiting}
+            insert = fast.get(connection.dialect.name)
+            if insert is not None:
+                insert(
+                    connection,
+                    owner_id=owner_id,
+                    endpoint_id=endpoint_id,
+                    client_python=client_python,
+                    new_tasks=new_tasks,
+                    created_at=created_at,
+                )
+                return
+            rows = [
+                {
+                    "task_id": task.task_id,
+                    "owner_id": owner_id,
+                    "endpoint_id": endpoint_id,
+                    "function_id": task.function_id,
+                    "status": _WAITING,
+                    "created_at": created_at,
+                    "client_python": client_python,
+                    "attempts": 0,
+                }
+                for task in new_tasks
+            ]
+            connection.execute(tasks.insert(), rows)
+
+    def delete(self, task_ids: Sequence[uuid.UUID]) -> None:
+        """Remove tasks (a submission whose publish failed: it was never accepted)."""
+        with translate_errors("withdrawing tasks"), self._engine.begin() as connection:
+            for chunk in statement_chunks(task_ids):
+                connection.execute(tasks.delete().where(tasks.c.task_id.in_(chunk)))
+
+    # --- outcomes -----------------------------------------------------------------------
+
+    def store_results(self, batches: Sequence[tuple[uuid.UUID, Sequence[Result]]], *, now: float) -> list[TaskRecord]:
+        """Store results reported by endpoints: (endpoint id, its results) per broker message.
+        Returns the tasks this call finished (not the duplicates or the ignored ones)."""
+        outcomes: dict[uuid.UUID, Outcome] = {}
+        for endpoint_id, results in batches:
+            for result in results:
+                if result.task_id not in outcomes:
+                    outcomes[result.task_id] = outcome_of_result(endpoint_id, result, now)
+        if not outcomes:
+            return []
+        with translate_errors("storing results"), self._engine.begin() as connection:
+            if self._sqlite:
+                done = sqlite_batches.finish_waiting(connection, outcomes)
+            elif connection.dialect.name == "postgresql":
+                done = postgres_batches.finish_waiting(connection, outcomes)
+            else:
+                heads = _waiting_heads(connection, list(outcomes))
+                mine = {
+                    task_id: head
+                    for task_id, head in heads.items()
+                    if head.endpoint_id == outcomes[task_id].endpoint_id
+                }
+                done = _finish_known(connection, mine, outcomes)
+        ignored = len(outcomes) - len(done)
+        if ignored:
+            log.debug("ignored %d results (duplicate, unknown or another endpoint's task)", ignored)
+        return done
+
+    def fail(
+        self,
+        task_ids: Iterable[uuid.UUID],
+        failure: Failure,
+        *,
+        now: float,
+        endpoint_id: uuid.UUID | None = None,
+    ) -> list[TaskRecord]:
+        """Fail the given tasks that are still waiting (only `endpoint_id`'s, when given)."""
+        ids = list(dict.fromkeys(task_ids))
+        with translate_errors("failing tasks"), self._engine.begin() as connection:
+            heads = _waiting_heads(connection, ids)
+            if endpoint_id is not None:
+                heads = {task_id: head for task_id, head in heads.items() if head.endpoint_id == endpoint_id}
+            outcomes = {task_id: outcome_of_failure(head.endpoint_id, failure, now) for task_id, head in heads.items()}
+            return _finish_known(connection, heads, outcomes)
+
+    def fail_endpoint(self, endpoint_id: uuid.UUID, failure: Failure, *, now: float) -> list[TaskRecord]:
+        """Fail every waiting task of an endpoint (it is being deleted)."""
+        query = select(*_HEAD).where(tasks.c.endpoint_id == endpoint_id, tasks.c.status == _WAITING)
+        with translate_errors("failing an endpoint's tasks"), self._engine.begin() as connection:
+            heads = {row.task_id: _head(row) for row in connection.execute(query)}
+            outcomes = {task_id: outcome_of_failure(endpoint_id, failure, now) for task_id in heads}
+            return _finish_known(connection, heads, outcomes)
+
+    # --- reads --------------------------------------------------------------------------
+
+    def get_many(self, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TaskRecord]:
+        """The stored tasks among `task_ids` (chunked `IN` lists, one connection)."""
+        found: dict[uuid.UUID, TaskRecord] = {}
+        with translate_errors("reading tasks"), self._engine.connect() as connection:
+            for chunk in statement_chunks(task_ids):
+                for row in connection.execute(select(tasks).where(tasks.c.task_id.in_(chunk))):
+                    found[row.task_id] = _task(row)
+        return found
+
+    def finished_since(self, owner_id: uuid.UUID, since: float) -> list[uuid.UUID]:
+        """Ids of the owner's tasks finished at or after `since` (results streams poll this)."""
+        query = select(tasks.c.task_id).where(tasks.c.completed_at >= since, tasks.c.owner_id == owner_id)
+        with translate_errors("polling finished tasks"), self._engine.connect() as connection:
+            return [row.task_id for row in connection.execute(query)]
+
+    def finished_since_hex(self, owner_id: uuid.UUID, since: float) -> list[str]:
+        """`finished_since` as 32-digit hex strings, without building a UUID per row (results
+        streams poll this every few seconds, over every task finished meanwhile)."""
+        return [
+            task_id.replace("-", "") if len(task_id) == 36 else task_id
+            for task_id in self._finished_raw(owner_id, since)
+        ]
+
+    def _finished_raw(self, owner_id: uuid.UUID, since: float) -> list[str]:
+        if self._sqlite:
+            query = "SELECT task_id FROM tasks WHERE completed_at >= ? AND owner_id = ?"
+            with translate_errors("polling finished tasks"), self._engine.connect() as connection:
+                return [row[0] for row in connection.exec_driver_sql(query, (since, owner_id.hex))]
+        return [task_id.hex for task_id in self.finished_since(owner_id, since)]
+
+    def delete_expired(self, before: float, *, limit: int = 5000) -> int:
+        """Delete up to `limit` tasks finished before `before`; returns how many."""
+        query = select(tasks.c.task_id).where(tasks.c.completed_at < before).limit(limit)
+        with translate_errors("deleting expired tasks"), self._engine.begin() as connection:
+            ids = [row.task_id for row in connection.execute(query)]
+            for chunk in statement_chunks(ids):
+                connection.execute(tasks.delete().where(tasks.c.task_id.in_(chunk)))
+        return len(ids)
+
+    def count(self, *, status: TaskStatus | None = None, owner_id: uuid.UUID | None = None) -> int:
+        """How many tasks there are (of this owner, with this status): for operators and tests."""
+        query = select(func.count()).select_from(tasks)
+        if owner_id is not None:
+            query = query.where(tasks.c.owner_id == owner_id)
+        if status is not None:
+            query = query.where(tasks.c.status == status.value)
+        with translate_errors("counting tasks"), self._engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+
+# --- the portable path --------------------------------------------------------------------
+
+
+def _waiting_heads(connection: Connection, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TaskRecord]:
+    heads: dict[uuid.UUID, TaskRecord] = {}
+    for chunk in statement_chunks(task_ids):
+        query = select(*_HEAD).where(tasks.c.task_id.in_(chunk), tasks.c.status == _WAITING)
+        for row in connection.execute(query):
+            heads[row.task_id] = _head(row)
+    return heads
+
+
+def _finish_known(
+    connection: Connection, heads: dict[uuid.UUID, TaskRecord], outcomes: dict[uuid.UUID, Outcome]
+) -> list[TaskRecord]:
+    """Store the outcomes of tasks known to be waiting (with the same guard, for races)."""
+    if not heads:
+        return []
+    connection.execute(_FINISH, [_finish_params(task_id, outcomes[task_id]) for task_id in heads])
+    return [
+        finished(
+            task_id,
+            outcomes[task_id],
+            owner_id=head.owner_id,
+            function_id=head.function_id,
+            created_at=head.created_at,
+            client_python=head.client_python,
+        )
+        for task_id, head in heads.items()
+    ]
+
+
+def _finish_params(task_id: uuid.UUID, outcome: Outcome) -> dict[str, Any]:
+    params = {f"b_{name}": getattr(outcome, name) for name in OUTCOME_FIELDS}
+    params["b_status"] = outcome.status.value
+    params["b_task_id"] = task_id
+    return params
+
+
+def _head(row: Row[Any]) -> TaskRecord:
+    """A waiting task from the `_HEAD` columns."""
+    return TaskRecord(
+        task_id=row.task_id,
+        owner_id=row.owner_id,
+        endpoint_id=row.endpoint_id,
+        function_id=row.function_id,
+        status=TaskStatus.WAITING,
+        created_at=row.created_at,
+        client_python=row.client_python or "",
+    )
+
+
+def _task(row: Row[Any]) -> TaskRecord:
+    """A task from all its columns."""
+    return TaskRecord(
+        task_id=row.task_id,
+        owner_id=row.owner_id,
+        endpoint_id=row.endpoint_id,
+        function_id=row.function_id,
+        status=TaskStatus(row.status),
+        created_at=row.created_at,
+        completed_at=row.completed_at,
+        result=bytes(row.result) if row.result is not None else None,
+        error_code=row.error_code,
+        error_message=row.error_message,
+        error_traceback=row.error_traceback,
+        error_exception_type=row.error_exception_type,
+        error_exception=bytes(row.error_exception) if row.error_exception is not None else None,
+        client_python=row.client_python or "",
+        worker_python=row.worker_python or "",
+        received_at=row.received_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        attempts=row.attempts or 0,
+    )

@@ -1,0 +1,393 @@
+"""The results stream: WebSocket connections subscribe to task ids and receive results as msgpack.
+
+- `ResultHub` (event loop only) maps each watched task id to the subscribers waiting for it; the
+  ingestor's `publish(records)` hands each newly finished task to its watchers, once.
+- `StreamSubscriber` is one connection's state: ids it waits for (`pending`), a bounded memory of
+  ids already sent (so a result goes out once per connection, even if subscribed again or reported
+  twice), and an outbox of frames, sent in order (a subscription's replayed results, then its
+  `unknown` ids; a `pong` after everything asked before the `ping`). Memory is bounded: a
+  connection whose unsent results exceed `stream_buffer_bytes` is closed (code 1013; the client
+  reconnects and re-subscribes), replays from the store wait for room, and a connection may wait
+  for at most `max_subscriptions` ids.
+- `serve_stream` runs one connection: a receive loop (subscribe / ping), a send loop, and a poll
+  loop that catches results stored by other forwarder replicas.
+
+Frames (all binary msgpack maps): client -> server ``{"subscribe": [ids]}``, ``{"ping": x}``;
+server -> client ``{"results": [...]}``, ``{"unknown": [ids]}``, ``{"pong": x}``,
+``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgpack
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from taskfabric.forwarder.recent import RecentIds
+from taskfabric.forwarder.records import TaskRecord
+from taskfabric.forwarder.store import Store, StoreRunner
+from taskfabric.forwarder.views import task_result_frame
+from taskfabric.ids import uuid_from_bytes
+
+__all__ = ["ResultHub", "StreamLimits", "StreamSubscriber", "serve_stream"]
+
+log = logging.getLogger(__name__)
+
+#: a results frame stops growing past this many bytes of values (or `_FRAME_RESULTS` results)
+_FRAME_BYTES = 1024 * 1024
+_FRAME_RESULTS = 1000
+#: ids fetched from the store per query when replaying a subscription
+_REPLAY_CHUNK = 900
+#: results committed just before a poll may carry a slightly older completion time
+_POLL_MARGIN_S = 2.0
+#: how many sent ids a connection remembers (to send each result once)
+_SENT_MEMORY = 200_000
+#: close code: "try again later" (the client re-subscribes on a new connection)
+_CLOSE_OVERFLOW = 1013
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamLimits:
+    buffer_bytes: int = 64 * 1024 * 1024
+    max_subscriptions: int = 1_000_000
+    max_ids_per_frame: int = 10_000
+    poll_s: float = 5.0
+
+
+class StreamSubscriber:
+    """One connection's subscriptions and outbox (touched only on the event loop).
+
+    Subscriptions are keyed by the ids' integers: hashed in C, where a UUID hashes through a
+    Python-level method (this runs for every task, several times)."""
+
+    def __init__(self, owner_id: uuid.UUID, limits: StreamLimits) -> None:
+        self.owner_id = owner_id
+        self.limits = limits
+        self.binary_ids = False
+        self._pending: dict[int, uuid.UUID] = {}
+        self._sent: collections.OrderedDict[int, None] = collections.OrderedDict()
+        # frames in order: results (grouped when sent) and control frames (unknown, pong, error)
+        self._outbox: collections.deque[tuple[bool, dict[str, Any]]] = collections.deque()
+        self.outbox_bytes = 0
+        self.overflowed = False
+        self.wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    @property
+    def pending(self) -> collections.abc.ValuesView[uuid.UUID]:
+        """The ids this connection waits for."""
+        return self._pending.values()
+
+    def waiting_for(self, task_id: uuid.UUID) -> bool:
+        return task_id.int in self._pending
+
+    def want(self, task_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+        """Add ids to wait for; returns those new to this connection (not pending, not sent)."""
+        pending, sent = self._pending, self._sent
+        new = [task_id for task_id in task_ids if (key := task_id.int) not in pending and key not in sent]
+        pending.update((task_id.int, task_id) for task_id in new)
+        return new
+
+    def drop(self, task_id: uuid.UUID) -> None:
+        self._pending.pop(task_id.int, None)
+
+    def clear(self) -> None:
+        self._pending.clear()
+
+    def deliver(self, record: TaskRecord) -> bool:
+        """Queue a finished task's result if this connection waits for it; True if queued."""
+        key = record.task_id.int
+        if key not in self._pending or record.owner_id != self.owner_id:
+            return False
+        del self._pending[key]
+        self._remember_sent(key)
+        self._outbox.append((True, task_result_frame(record, binary_id=self.binary_ids)))
+        self.outbox_bytes += _frame_size(record)
+        if self.outbox_bytes > self.limits.buffer_bytes:
+            self.overflowed = True
+        if self.outbox_bytes > self.limits.buffer_bytes // 2:
+            self._room.clear()
+        self.wakeup.set()
+        return True
+
+    def control(self, frame: dict[str, Any]) -> None:
+        """Queue a control frame (unknown ids, pong, error), in order with the results."""
+        self._outbox.append((False, frame))
+        self.wakeup.set()
+
+    def next_frame(self) -> dict[str, Any] | None:
+        """The next frame to send: a control frame, or consecutive results grouped in one."""
+        if not self._outbox:
+            return None
+        is_result, frame = self._outbox[0]
+        if not is_result:
+            self._outbox.popleft()
+            return frame
+        batch: list[dict[str, Any]] = []
+        size = 0
+        while self._outbox and self._outbox[0][0] and len(batch) < _FRAME_RESULTS and size < _FRAME_BYTES:
+            frame = self._outbox.popleft()[1]
+            batch.append(frame)
+            size += _result_size(frame)
+        self.outbox_bytes = max(0, self.outbox_bytes - size) if self._outbox else 0
+        if self.outbox_bytes <= self.limits.buffer_bytes // 2:
+            self._room.set()
+        return {"results": batch}
+
+    async def wait_for_room(self) -> None:
+        """Wait until the outbox is at most half full (replays pace themselves with this)."""
+        await self._room.wait()
+
+    def _remember_sent(self, key: int) -> None:
+        self._sent[key] = None
+        if len(self._sent) > _SENT_MEMORY:
+            self._sent.popitem(last=False)
+
+
+def _frame_size(record: TaskRecord) -> int:
+    return 128 + len(record.result or b"") + len(record.error_exception or b"") + len(record.error_traceback or "")
+
+
+def _result_size(frame: dict[str, Any]) -> int:
+    error = frame.get("error") or {}
+    return 128 + len(frame.get("value") or b"") + len(error.get("exception") or b"") + len(error.get("traceback") or "")
+
+
+class ResultHub:
+    """Task id -> the subscribers waiting for it (event loop only)."""
+
+    def __init__(self) -> None:
+        self._watchers: dict[int, StreamSubscriber | list[StreamSubscriber]] = {}  # keyed by id.int
+        self.recently_accepted: RecentIds[uuid.UUID] = RecentIds()
+        self.recently_finished: RecentIds[bool] = RecentIds()
+
+    @property
+    def watched(self) -> int:
+        return len(self._watchers)
+
+    def watch(self, subscriber: StreamSubscriber, task_ids: Iterable[uuid.UUID]) -> None:
+        watchers = self._watchers
+        for task_id in task_ids:
+            key = task_id.int
+            current = watchers.get(key)
+            if current is None:
+                watchers[key] = subscriber
+            elif isinstance(current, list):
+                if subscriber not in current:
+                    current.append(subscriber)
+            elif current is not subscriber:
+                watchers[key] = [current, subscriber]
+
+    def unwatch(self, subscriber: StreamSubscriber, task_ids: Iterable[uuid.UUID]) -> None:
+        watchers = self._watchers
+        for task_id in task_ids:
+            key = task_id.int
+            current = watchers.get(key)
+            if current is subscriber:
+                del watchers[key]
+            elif isinstance(current, list) and subscriber in current:
+                current.remove(subscriber)
+                if len(current) == 1:
+                    watchers[key] = current[0]
+
+    def detach(self, subscriber: StreamSubscriber) -> None:
+        self.unwatch(subscriber, list(subscriber.pending))
+        subscriber.clear()
+
+    def accepted(self, task_ids: Sequence[uuid.UUID], owner_id: uuid.UUID) -> None:
+        """Tasks just accepted from `owner_id` (their owner need not be read from the store when
+        they are subscribed to soon)."""
+        self.recently_accepted.add_many(task_ids, owner_id)
+
+    def publish(self, records: Sequence[TaskRecord]) -> None:
+        """Hand newly finished tasks to their watchers."""
+        self.recently_finished.add_many((record.task_id for record in records), True)
+        for record in records:
+            watchers = self._watchers.pop(record.task_id.int, None)
+            if watchers is None:
+                continue
+            for subscriber in watchers if isinstance(watchers, list) else (watchers,):
+                subscriber.deliver(record)
+
+
+# --- one connection -----------------------------------------------------------------------
+
+
+async def serve_stream(
+    websocket: WebSocket,
+    owner_id: uuid.UUID,
+    *,
+    hub: ResultHub,
+    store: Store,
+    runner: StoreRunner,
+    limits: StreamLimits,
+) -> None:
+    """Run an accepted WebSocket until the client leaves (or falls too far behind)."""
+    subscriber = StreamSubscriber(owner_id, limits)
+    connection = _Connection(websocket, subscriber, hub, store, runner)
+    sender = asyncio.create_task(connection.send_loop(), name="stream-send")
+    poller = asyncio.create_task(connection.poll_loop(), name="stream-poll") if limits.poll_s > 0 else None
+    try:
+        await connection.receive_loop(sender)
+    finally:
+        for task in (sender, poller):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        hub.detach(subscriber)
+
+
+class _Connection:
+    def __init__(
+        self, websocket: WebSocket, subscriber: StreamSubscriber, hub: ResultHub, store: Store, runner: StoreRunner
+    ) -> None:
+        self.websocket = websocket
+        self.subscriber = subscriber
+        self.hub = hub
+        self.store = store
+        self.runner = runner
+
+    async def receive_loop(self, sender: asyncio.Task[None]) -> None:
+        receive = asyncio.ensure_future(self.websocket.receive())
+        try:
+            while True:
+                done, _ = await asyncio.wait({receive, sender}, return_when=asyncio.FIRST_COMPLETED)
+                if sender in done:
+                    return  # the send loop closed the connection (or the client went away)
+                message = receive.result()
+                if message["type"] == "websocket.disconnect":
+                    return
+                await self.handle(message.get("bytes"), message.get("text"))
+                receive = asyncio.ensure_future(self.websocket.receive())
+        finally:
+            receive.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await receive
+
+    async def handle(self, data: bytes | None, text: str | None) -> None:
+        if data is None:
+            self._error("frames must be binary msgpack maps")
+            return
+        try:
+            frame = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except Exception:  # msgpack raises many types on garbage
+            self._error("the frame is not valid msgpack")
+            return
+        if type(frame) is not dict:
+            self._error("a frame must be a map")
+            return
+        if "ping" in frame:
+            self.subscriber.control({"pong": frame["ping"]})
+        if "subscribe" in frame:
+            await self.subscribe(frame["subscribe"])
+        elif "ping" not in frame:
+            self._error("unknown frame: expected 'subscribe' or 'ping'")
+
+    async def subscribe(self, raw_ids: Any) -> None:
+        limits = self.subscriber.limits
+        if type(raw_ids) is not list or len(raw_ids) > limits.max_ids_per_frame:
+            self._error(f"subscribe: expected a list of at most {limits.max_ids_per_frame} task ids")
+            return
+        ids, unknown = _parse_ids(raw_ids)
+        if raw_ids and type(raw_ids[0]) is bytes:
+            self.subscriber.binary_ids = True  # answer in the form the client uses
+        room = limits.max_subscriptions - len(self.subscriber.pending)
+        if len(ids) > room:
+            self._error(f"subscribe: at most {limits.max_subscriptions} unfinished subscriptions per connection")
+            ids = ids[: max(0, room)]
+        new = self.subscriber.want(ids)
+        self.hub.watch(self.subscriber, new)
+        new = self._needing_a_lookup(new)
+        for start in range(0, len(new), _REPLAY_CHUNK):
+            chunk = new[start : start + _REPLAY_CHUNK]
+            records = await self.runner.read(self.store.tasks.get_many, chunk)
+            unknown.extend(self._replay(chunk, records))
+            await self.subscriber.wait_for_room()
+        if unknown:
+            self.subscriber.control({"unknown": unknown})
+
+    def _needing_a_lookup(self, task_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        """Tasks this forwarder accepted from this owner moments ago and has not seen finish
+        are pending for sure: their results will come through the hub (which they now watch).
+        Only the others are looked up in the store."""
+        accepted, finished, owner = self.hub.recently_accepted, self.hub.recently_finished, self.subscriber.owner_id
+        return [task_id for task_id in task_ids if accepted.get(task_id) != owner or task_id in finished]
+
+    def _replay(self, chunk: Sequence[uuid.UUID], records: dict[uuid.UUID, TaskRecord]) -> list[str]:
+        unknown: list[str] = []
+        settled: list[uuid.UUID] = []
+        for task_id in chunk:
+            record = records.get(task_id)
+            if record is None or record.owner_id != self.subscriber.owner_id:
+                unknown.append(str(task_id))
+                self.subscriber.drop(task_id)
+                settled.append(task_id)
+            elif record.finished:
+                self.subscriber.deliver(record)
+                settled.append(task_id)
+        self.hub.unwatch(self.subscriber, settled)
+        return unknown
+
+    async def send_loop(self) -> None:
+        subscriber = self.subscriber
+        while True:
+            await subscriber.wakeup.wait()
+            subscriber.wakeup.clear()
+            if subscriber.overflowed:
+                log.warning("closing a results stream that fell too far behind")
+                await self.websocket.close(code=_CLOSE_OVERFLOW, reason="too many unsent results: re-subscribe")
+                return
+            while (frame := subscriber.next_frame()) is not None:
+                await self.websocket.send_bytes(msgpack.packb(frame, use_bin_type=True))
+
+    async def poll_loop(self) -> None:
+        """Deliver results stored by other replicas (this one's arrive through the hub)."""
+        since = time.time()
+        while True:
+            await asyncio.sleep(self.subscriber.limits.poll_s)
+            started = time.time()
+            if self.subscriber.pending:
+                await self._poll(since - _POLL_MARGIN_S)
+            since = started
+
+    async def _poll(self, since: float) -> None:
+        finished = await self.runner.read(self.store.tasks.finished_since_hex, self.subscriber.owner_id, since)
+        pending = {task_id.hex: task_id for task_id in self.subscriber.pending}
+        hits = [pending[task_hex] for task_hex in finished if task_hex in pending]
+        if not hits:
+            return
+        records = await self.runner.read(self.store.tasks.get_many, hits)
+        delivered = [task_id for task_id, record in records.items() if self.subscriber.deliver(record)]
+        self.hub.unwatch(self.subscriber, delivered)
+
+    def _error(self, message: str) -> None:
+        self.subscriber.control({"error": {"code": "INVALID_REQUEST", "message": message}})
+
+
+def _parse_ids(raw_ids: list[Any]) -> tuple[list[uuid.UUID], list[str]]:
+    """Ids as UUID strings or as 16-byte bin (cheaper); anything else is reported unknown."""
+    ids: dict[uuid.UUID, None] = {}
+    unknown: list[str] = []
+    for raw in raw_ids:
+        kind = type(raw)
+        if kind is bytes and len(raw) == 16:
+            ids[uuid_from_bytes(raw)] = None
+            continue
+        try:
+            if kind is not str or len(raw) > 64:
+                raise ValueError
+            ids[uuid.UUID(raw)] = None
+        except ValueError:
+            unknown.append(raw if kind is str and len(raw) <= 64 else repr(raw)[:64])
+    return list(ids), unknown

@@ -1,0 +1,120 @@
+"""Records rendered as response bodies: JSON (binary as base64) and msgpack (binary as bytes)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from taskfabric.forwarder.records import EndpointRecord, EndpointState, FunctionRecord, TaskRecord, TaskStatus
+
+__all__ = [
+    "endpoint_info",
+    "endpoint_state",
+    "function_info",
+    "task_details",
+    "task_error",
+    "task_info",
+    "task_result_frame",
+]
+
+
+def _b64(value: bytes | None) -> str | None:
+    return base64.b64encode(value).decode("ascii") if value is not None else None
+
+
+def function_info(record: FunctionRecord, *, include_body: bool = False) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "function_id": str(record.function_id),
+        "name": record.name,
+        "content_hash": record.content_hash,
+        "python_version": record.python_version,
+        "size_bytes": record.size_bytes,
+        "created_at": record.created_at,
+    }
+    if include_body:
+        info["body"] = _b64(record.body)
+    return info
+
+
+def endpoint_state(record: EndpointRecord, *, now: float, offline_after_s: float) -> EndpointState:
+    """online/draining while the last report is fresh and said so; otherwise offline."""
+    status = record.status
+    if status.last_heartbeat_at is None or now - status.last_heartbeat_at > offline_after_s:
+        return EndpointState.OFFLINE
+    if status.state == EndpointState.DRAINING.value:
+        return EndpointState.DRAINING
+    if status.state == EndpointState.ONLINE.value:
+        return EndpointState.ONLINE
+    return EndpointState.OFFLINE
+
+
+def endpoint_info(record: EndpointRecord, *, now: float, offline_after_s: float) -> dict[str, Any]:
+    status = record.status
+    return {
+        "endpoint_id": str(record.endpoint_id),
+        "name": record.name,
+        "status": endpoint_state(record, now=now, offline_after_s=offline_after_s).value,
+        "last_heartbeat_at": status.last_heartbeat_at,
+        "managers": status.managers,
+        "workers": status.workers,
+        "idle_workers": status.idle_workers,
+        "outstanding_tasks": status.outstanding_tasks,
+        "pending_blocks": status.pending_blocks,
+        "running_blocks": status.running_blocks,
+        "hostname": status.hostname,
+        "created_at": record.created_at,
+    }
+
+
+def task_details(record: TaskRecord) -> dict[str, Any]:
+    return {
+        "worker_python": record.worker_python,
+        "client_python": record.client_python,
+        "received_at": record.received_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "attempts": record.attempts,
+    }
+
+
+def task_error(record: TaskRecord, *, binary: bool) -> dict[str, Any] | None:
+    if record.status is not TaskStatus.FAILED:
+        return None
+    return {
+        "code": record.error_code or "TASK_FAILED",
+        "message": record.error_message or "",
+        "traceback": record.error_traceback or "",
+        "exception_type": record.error_exception_type or "",
+        "exception": record.error_exception if binary else _b64(record.error_exception),
+    }
+
+
+def task_info(record: TaskRecord) -> dict[str, Any]:
+    """The JSON task info of GET /v1/tasks/{id} and POST /v1/tasks/batch."""
+    info: dict[str, Any] = {
+        "task_id": str(record.task_id),
+        "status": record.status.value,
+        "endpoint_id": str(record.endpoint_id),
+        "function_id": str(record.function_id),
+        "created_at": record.created_at,
+        "completed_at": record.completed_at,
+        "details": task_details(record),
+    }
+    if record.status is TaskStatus.SUCCESS:
+        info["result"] = _b64(record.result or b"")
+    elif record.status is TaskStatus.FAILED:
+        info["error"] = task_error(record, binary=False)
+    return info
+
+
+def task_result_frame(record: TaskRecord, *, binary_id: bool = False) -> dict[str, Any]:
+    """One result of the WebSocket stream (msgpack: binary values stay bytes; the id as 16-byte
+    bin for a client that subscribes with binary ids)."""
+    ok = record.status is TaskStatus.SUCCESS
+    return {
+        "task_id": record.task_id.bytes if binary_id else str(record.task_id),
+        "ok": ok,
+        "value": (record.result or b"") if ok else None,
+        "error": task_error(record, binary=True),
+        "details": task_details(record),
+    }

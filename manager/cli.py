@@ -1,0 +1,83 @@
+"""`taskfabric manager run`: the command a provider starts on each node of a block."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+from taskfabric.gc_tuning import tune_for_service
+from taskfabric.logs import setup_logging
+from taskfabric.manager.manager import Manager, ManagerSettings
+
+__all__ = ["manager", "run_manager"]
+
+TOKEN_ENV = "TASKFABRIC_MANAGER_TOKEN"
+
+
+def run_manager(settings: ManagerSettings) -> int:
+    """Run one manager to completion; returns its exit code."""
+    manager = Manager(settings)
+    tune_for_service()
+    return manager.run()
+
+
+@click.group()
+def manager() -> None:
+    """The per-node manager (started by an endpoint's provider)."""
+
+
+@manager.command()
+@click.option("--interchange", "address", required=True, help="The interchange's address, tcp://HOST:PORT.")
+@click.option("--workers", type=click.IntRange(min=1), required=True, help="Worker processes on this node.")
+@click.option(
+    "--prefetch", type=click.IntRange(min=0), default=0, show_default=True, help="Extra tasks held beyond the workers."
+)
+@click.option("--block-id", default=None, help="The block this manager belongs to.")
+@click.option("--heartbeat-period", "heartbeat_period_s", type=float, default=10.0, show_default=True)
+@click.option("--heartbeat-threshold", "heartbeat_threshold_s", type=float, default=60.0, show_default=True)
+@click.option("--max-result-bytes", type=click.IntRange(min=1), default=10 * 1024 * 1024, show_default=True)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"File holding the registration token (else ${TOKEN_ENV}).",
+)
+@click.option(
+    "--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where worker output goes."
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def run(
+    address: str,
+    workers: int,
+    prefetch: int,
+    block_id: str | None,
+    heartbeat_period_s: float,
+    heartbeat_threshold_s: float,
+    max_result_bytes: int,
+    token_file: Path | None,
+    log_dir: Path | None,
+    log_level: str,
+) -> None:
+    """Connect to the interchange and run its tasks on WORKERS processes. The registration token
+    comes from --token-file or $TASKFABRIC_MANAGER_TOKEN (never the command line)."""
+    if log_dir is not None:  # one folder per manager: a block may span several nodes
+        log_dir = log_dir / f"{socket.gethostname()}-{os.getpid()}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(getattr(logging, log_level.upper(), logging.INFO), file=log_dir / "manager.log" if log_dir else None)
+    settings = ManagerSettings(
+        interchange_address=address,
+        workers=workers,
+        prefetch=prefetch,
+        block_id=block_id,
+        registration_token=token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV, ""),
+        heartbeat_period_s=heartbeat_period_s,
+        heartbeat_threshold_s=heartbeat_threshold_s,
+        max_result_bytes=max_result_bytes,
+        log_dir=log_dir,
+    )
+    sys.exit(run_manager(settings))

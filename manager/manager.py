@@ -1,0 +1,323 @@
+"""The manager: one per compute node. A DEALER to the interchange, a pool of worker processes.
+
+Its loop is a fixed sequence of steps over explicit state (see `Manager.run`):
+
+    poll -> process_interchange_messages -> process_worker_output -> dispatch_to_workers
+         -> enforce_walltimes -> flush_results -> send_heartbeat -> check_interchange
+
+State: `queue` (tasks received, not yet on a worker), the pool's per-worker assignments, `results`
+not yet sent, and the function bodies seen. A worker that dies is replaced and the task it was
+running comes back as a `WORKER_LOST` result (the interchange decides whether to retry it); the
+other tasks it held go back to the queue untouched.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import os
+import platform
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+from types import FrameType
+
+from taskfabric import __version__
+from taskfabric.errors import ErrorCode, ProtocolError
+from taskfabric.manager.pool import Worker, WorkerPool
+from taskfabric.manager.zmq_link import InterchangeLink
+from taskfabric.protocol import (
+    Drain,
+    FunctionBody,
+    Heartbeat,
+    ManagerAccepted,
+    ManagerRegister,
+    Result,
+    ResultBatch,
+    Task,
+    TaskBatch,
+    TaskError,
+    pack,
+    unpack,
+)
+
+__all__ = ["EXIT_DRAINED", "EXIT_INTERCHANGE_LOST", "EXIT_REFUSED", "Manager", "ManagerSettings"]
+
+log = logging.getLogger(__name__)
+
+EXIT_DRAINED = 0
+EXIT_INTERCHANGE_LOST = 3
+EXIT_REFUSED = 4
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ManagerSettings:
+    """How to run one manager (from `taskfabric manager run` flags)."""
+
+    interchange_address: str
+    workers: int
+    prefetch: int = 0
+    block_id: str | None = None
+    registration_token: str = ""
+    #: used until the interchange's ManagerAccepted says otherwise
+    heartbeat_period_s: float = 10.0
+    heartbeat_threshold_s: float = 60.0
+    max_result_bytes: int = 10 * 1024 * 1024
+    #: a task is killed this long after its walltime if it ignored the soft timeout
+    walltime_grace_s: float = 5.0
+    #: at most this many queued tasks go to an idle worker in one batch
+    worker_batch_max: int = 16
+    log_dir: Path | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class _Queued:
+    task: Task
+    client_python: str
+
+
+class Manager:
+    """Runs tasks from the interchange on a pool of workers until drained or orphaned."""
+
+    def __init__(self, settings: ManagerSettings) -> None:
+        self.settings = settings
+        self.manager_id = uuid.uuid4().hex
+        self.link = InterchangeLink(settings.interchange_address, self.manager_id.encode())
+        self.pool = WorkerPool(settings.workers, max_result_bytes=settings.max_result_bytes, log_dir=settings.log_dir)
+        self.queue: collections.deque[_Queued] = collections.deque()
+        self.functions: dict[uuid.UUID, FunctionBody] = {}
+        self.results: list[Result] = []
+        self.heartbeat_period_s = settings.heartbeat_period_s
+        self.heartbeat_threshold_s = settings.heartbeat_threshold_s
+        self.accepted = False
+        self.draining = False
+        self.stopping = False
+        self.exit_code: int | None = None
+        self._wake_read = -1
+        self._last_heard = time.monotonic()
+        self._last_heartbeat_sent = 0.0
+        self._walltime_kills: dict[int, uuid.UUID] = {}
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until drained, told to stop, or cut off from the interchange; returns the exit code."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        # a signal wakes the poll at once (its handler alone would run only after the poll times out)
+        self._wake_read, wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        self.link.watch(self._wake_read)
+        self.pool.start()
+        for fd in self.pool.result_fds:
+            self.link.watch(fd)
+        self.register()
+        try:
+            while self.exit_code is None:
+                self.step()
+        finally:
+            self.shutdown()
+        return self.exit_code
+
+    def step(self) -> None:
+        """One pass of the loop."""
+        socket_ready, fds = self.link.poll(self._poll_timeout_s())
+        if socket_ready:
+            self.process_interchange_messages()
+        for fd in fds:
+            if fd == self._wake_read:
+                _drain_fd(fd)
+            else:
+                self.process_worker_output(fd)
+        self.dispatch_to_workers()
+        self.enforce_walltimes()
+        self.flush_results()
+        self.send_heartbeat()
+        self.check_interchange()
+        self.check_finished()
+
+    def register(self) -> None:
+        message = ManagerRegister(
+            manager_id=self.manager_id,
+            hostname=socket.gethostname(),
+            workers=self.settings.workers,
+            prefetch=self.settings.prefetch,
+            python_version=platform.python_version(),
+            taskfabric_version=__version__,
+            block_id=self.settings.block_id,
+            pid=os.getpid(),
+            registration_token=self.settings.registration_token,
+        )
+        self.link.send(pack(message))
+        log.info(
+            "manager %s registering with %s (%d workers)",
+            self.manager_id,
+            self.settings.interchange_address,
+            self.settings.workers,
+        )
+
+    def shutdown(self) -> None:
+        if self.exit_code == EXIT_DRAINED:
+            try:  # tell the interchange at once, so it need not wait for missed heartbeats
+                self.flush_results()
+                reason = "manager stopping (signal)" if self.stopping else "drained"
+                self.link.send(pack(Drain(reason=reason)))
+            except Exception:
+                log.exception("could not say goodbye to the interchange")
+        # told to stop (e.g. the scheduler cancelled the block): running tasks are abandoned and
+        # the interchange has already put them back, so do not wait for them
+        self.pool.stop(timeout_s=0.5 if self.stopping else 5.0)
+        self.link.close()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("manager got signal %d; stopping", signum)
+        self.stopping = True
+        self.exit_code = EXIT_DRAINED
+
+    # --- loop steps ---------------------------------------------------------------------
+
+    def process_interchange_messages(self) -> None:
+        for frame in self.link.receive_all():
+            self._last_heard = time.monotonic()
+            try:
+                message = unpack(frame)
+            except ProtocolError as exc:
+                log.error("bad message from the interchange: %s", exc)
+                continue
+            if isinstance(message, TaskBatch):
+                self._accept_tasks(message)
+            elif isinstance(message, ManagerAccepted):
+                self.accepted = True
+                self.heartbeat_period_s = message.heartbeat_period_s
+                self.heartbeat_threshold_s = message.heartbeat_threshold_s
+                log.info("registered; heartbeat every %.1f s", self.heartbeat_period_s)
+            elif isinstance(message, Drain):
+                self._drain(message)
+            elif not isinstance(message, Heartbeat):
+                log.warning("ignoring a %s from the interchange", type(message).__name__)
+
+    def _accept_tasks(self, batch: TaskBatch) -> None:
+        for body in batch.functions:
+            self.functions[body.function_id] = body
+        for task in batch.tasks:
+            self.queue.append(_Queued(task, batch.client_python))
+
+    def _drain(self, message: Drain) -> None:
+        if not self.accepted:
+            log.error("the interchange refused this manager: %s", message.reason)
+            self.exit_code = EXIT_REFUSED
+            return
+        log.info("draining: %s", message.reason or "asked by the interchange")
+        self.draining = True
+
+    def process_worker_output(self, fd: int) -> None:
+        worker = self.pool.by_fd(fd)
+        if worker is None:
+            return
+        results, died = self.pool.read(worker)
+        self.results.extend(results)
+        if died:
+            self._replace_dead_worker(worker)
+
+    def _replace_dead_worker(self, worker: Worker) -> None:
+        walltime_task = self._walltime_kills.pop(worker.index, None)
+        code = worker.process.poll()
+        self.link.unwatch(worker.from_worker)
+        running, waiting = self.pool.replace(worker)
+        self.link.watch(self.pool.workers[worker.index].from_worker)
+        for task in reversed(waiting):  # not its fault: back to the queue, untouched
+            self.queue.appendleft(_Queued(task, ""))
+        if running is None:
+            return
+        if walltime_task == running.task_id:
+            message = (
+                f"the task ran past its walltime of {running.walltime_s:g} s and did not stop; "
+                f"its worker was killed after a {self.settings.walltime_grace_s:g} s grace period"
+            )
+            self.results.append(_error_result(running, ErrorCode.WALLTIME_EXCEEDED, message))
+        else:
+            how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+            message = f"the worker process (pid {worker.pid}) running this task {how}"
+            self.results.append(_error_result(running, ErrorCode.WORKER_LOST, message))
+
+    def dispatch_to_workers(self) -> None:
+        idle = self.pool.idle_workers()
+        if not idle or not self.queue:
+            return
+        per_worker = max(1, min(self.settings.worker_batch_max, math.ceil(len(self.queue) / len(idle))))
+        for worker in idle:
+            if not self.queue:
+                return
+            batch = [self.queue.popleft() for _ in range(min(per_worker, len(self.queue)))]
+            client_python = batch[0].client_python
+            self.pool.send(worker, [entry.task for entry in batch], self.functions, client_python)
+
+    def enforce_walltimes(self) -> None:
+        """Kill a worker whose task ignored its walltime (the soft SIGALRM did not stop it)."""
+        now = time.monotonic()
+        for worker in self.pool.workers:
+            if worker.idle or worker.index in self._walltime_kills:
+                continue
+            seen = worker.running_since(now)
+            if seen is None:
+                continue
+            task_id, since = seen
+            task = next((task for task in worker.assigned if task.task_id == task_id), None)
+            if task is not None and task.walltime_s and now - since > task.walltime_s + self.settings.walltime_grace_s:
+                log.warning("task %s ignored its walltime; killing worker %d", task_id, worker.index)
+                self._walltime_kills[worker.index] = task_id
+                self.pool.kill(worker)
+
+    def flush_results(self) -> None:
+        if self.results:
+            batch, self.results = self.results, []
+            self.link.send(pack(ResultBatch(results=batch)))
+
+    def send_heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat_sent >= self.heartbeat_period_s:
+            self.link.send(pack(Heartbeat(sent_at=time.time())))
+            self._last_heartbeat_sent = now
+
+    def check_interchange(self) -> None:
+        silent_s = time.monotonic() - self._last_heard
+        if silent_s > self.heartbeat_threshold_s:
+            log.error("no word from the interchange for %.0f s; exiting", silent_s)
+            self.exit_code = EXIT_INTERCHANGE_LOST
+
+    def check_finished(self) -> None:
+        if self.draining and not self.queue and all(worker.idle for worker in self.pool.workers) and not self.results:
+            self.exit_code = EXIT_DRAINED
+
+    def _poll_timeout_s(self) -> float:
+        timeout = self.heartbeat_period_s
+        if any(not worker.idle for worker in self.pool.workers):
+            timeout = min(timeout, 1.0)  # walltime checks
+        return timeout
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _error_result(task: Task, code: ErrorCode, message: str) -> Result:
+    now = time.time()
+    return Result(
+        task_id=task.task_id,
+        ok=False,
+        error=TaskError(code=code, message=message),
+        worker_python=platform.python_version(),
+        received_at=now,
+        started_at=now,
+        finished_at=now,
+    )

@@ -1,0 +1,147 @@
+"""The worker process: reads task batches from its manager's pipe and runs them one by one.
+
+Results go back in small batches: a result waits at most `FLUSH_AFTER_S` (a background thread
+flushes it even while the next task runs), and all are flushed when the batch is done. So that the
+manager knows exactly which task a dead worker was running, the worker writes the id of the task
+it is running into a 16-byte shared-memory *slot* (zeros between tasks): a task is blamed for a
+death only if it was in that slot.
+
+Started by the manager as ``python -m taskfabric.manager.worker --fd-in R --fd-out W --slot PATH ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import signal
+import sys
+import threading
+import time
+
+from taskfabric.errors import ProtocolError
+from taskfabric.manager.execution import TaskRunner
+from taskfabric.manager.frames import read_frame, write_frame
+from taskfabric.protocol import Result, ResultBatch, TaskBatch, pack, unpack_as
+
+__all__ = ["FLUSH_AFTER_S", "ResultWriter", "RunningSlot", "main", "serve"]
+
+#: the longest a finished result waits in the worker before it is sent
+FLUSH_AFTER_S = 0.001
+_EMPTY = bytes(16)
+
+
+class RunningSlot:
+    """The 16-byte shared-memory record of the task a worker is running."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self._map = mmap.mmap(fd, 16)
+        finally:
+            os.close(fd)
+
+    def set(self, task_id: bytes) -> None:
+        self._map[0:16] = task_id
+
+    def clear(self) -> None:
+        self._map[0:16] = _EMPTY
+
+
+class ResultWriter:
+    """Buffers results and writes them as one frame, at the latest `flush_after_s` after the first."""
+
+    def __init__(self, fd: int, flush_after_s: float = FLUSH_AFTER_S) -> None:
+        self._fd = fd
+        self._flush_after_s = flush_after_s
+        self._buffer: list[Result] = []
+        self._oldest = 0.0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        threading.Thread(target=self._flush_aged, name="result-flusher", daemon=True).start()
+
+    def add(self, result: Result) -> None:
+        with self._lock:
+            if not self._buffer:
+                self._oldest = time.monotonic()
+                self._wake.set()
+            self._buffer.append(result)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._write_locked()
+
+    def close(self) -> None:
+        self.flush()
+        self._closed = True
+        self._wake.set()
+
+    def _write_locked(self) -> None:
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            write_frame(self._fd, pack(ResultBatch(results=batch)))
+
+    def _flush_aged(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            while not self._closed:
+                with self._lock:
+                    if not self._buffer:
+                        break
+                    wait_s = self._oldest + self._flush_after_s - time.monotonic()
+                    if wait_s <= 0:
+                        try:
+                            self._write_locked()
+                        except OSError:
+                            return  # the manager is gone; the main thread finds out too
+                        break
+                time.sleep(max(wait_s, 0.0002))
+
+
+def serve(fd_in: int, writer: ResultWriter, runner: TaskRunner, slot: RunningSlot) -> None:
+    """Run batches from `fd_in` until it closes."""
+    while True:
+        frame = read_frame(fd_in)
+        if frame is None:
+            return
+        batch = unpack_as(frame, TaskBatch)
+        if batch.client_python:
+            runner.client_python = batch.client_python
+        runner.add_functions(batch.functions)
+        for task in batch.tasks:
+            slot.set(task.task_id.bytes)
+            result = runner.run(task)
+            slot.clear()
+            writer.add(result)
+        writer.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="taskfabric-worker")
+    parser.add_argument("--fd-in", type=int, required=True)
+    parser.add_argument("--fd-out", type=int, required=True)
+    parser.add_argument("--slot", required=True, help="the 16-byte shared-memory file of the running task id")
+    parser.add_argument("--max-result-bytes", type=int, required=True)
+    parser.add_argument("--worker-id", default="0")
+    args = parser.parse_args(argv)
+    # The manager decides when workers stop: a scheduler cancelling a job signals every process in
+    # it, and a task should be lost once (with its manager), not once more with its worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.environ["TASKFABRIC_WORKER_ID"] = args.worker_id
+    writer = ResultWriter(args.fd_out)
+    try:
+        serve(args.fd_in, writer, TaskRunner(max_result_bytes=args.max_result_bytes), RunningSlot(args.slot))
+        writer.close()
+    except ProtocolError as exc:
+        print(f"worker {args.worker_id}: bad frame from the manager: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0  # the manager is gone
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

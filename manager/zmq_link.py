@@ -1,0 +1,78 @@
+"""The manager's ZeroMQ DEALER to the interchange: the only module of the manager importing zmq.
+
+`poll()` waits on the socket and on any number of raw file descriptors (the workers' result pipes)
+at once, so the manager's loop has a single place where it sleeps.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from taskfabric.errors import TaskfabricError
+
+__all__ = ["InterchangeLink", "LinkError"]
+
+
+class LinkError(TaskfabricError):
+    """The ZeroMQ link to the interchange failed."""
+
+
+class InterchangeLink:
+    """A DEALER connected to the interchange's ROUTER at `address` (``tcp://host:port``)."""
+
+    def __init__(self, address: str, identity: bytes) -> None:
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.IDENTITY, identity)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, 0)
+        self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        try:
+            self._socket.connect(address)
+        except zmq.ZMQError as exc:
+            self._socket.close()
+            raise LinkError(f"cannot connect to the interchange at {address!r}: {exc}") from None
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+
+    def watch(self, fd: int) -> None:
+        self._poller.register(fd, zmq.POLLIN)
+
+    def unwatch(self, fd: int) -> None:
+        self._poller.unregister(fd)
+
+    def poll(self, timeout_s: float) -> tuple[bool, list[int]]:
+        """Wait up to `timeout_s`; returns (the socket has messages, readable fds)."""
+        try:
+            events = self._poller.poll(max(0, int(timeout_s * 1000)))
+        except zmq.ZMQError as exc:
+            raise LinkError(f"poll failed: {exc}") from None
+        socket_ready = False
+        fds: list[int] = []
+        for item, _mask in events:
+            if item is self._socket:
+                socket_ready = True
+            else:
+                fds.append(int(item))
+        return socket_ready, fds
+
+    def send(self, payload: bytes) -> None:
+        try:
+            self._socket.send(payload, 0, copy=len(payload) < 65536)
+        except zmq.ZMQError as exc:
+            raise LinkError(f"send to the interchange failed: {exc}") from None
+
+    def receive_all(self) -> list[bytes]:
+        """Every message waiting on the socket (never blocks)."""
+        messages = []
+        while True:
+            try:
+                messages.append(self._socket.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return messages
+            except zmq.ZMQError as exc:
+                raise LinkError(f"receive from the interchange failed: {exc}") from None
+
+    def close(self) -> None:
+        self._socket.close(linger=0)

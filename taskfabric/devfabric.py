@@ -1,0 +1,333 @@
+"""`taskfabric dev up | down | status`: a whole fabric on this machine, in one command.
+
+`dev up` starts a private RabbitMQ node, a forwarder on SQLite, a user `dev` with a token, and an
+endpoint named `local` (its workers on this machine), and writes the client config so that
+`Client()` with no arguments talks to it. Everything lives in `$TASKFABRIC_HOME/dev/` (the endpoint
+in `$TASKFABRIC_HOME/endpoints/local/`); `dev down` stops it all, keeping the data for next time.
+
+This module composes the components (broker_config, forwarder, endpoint_agent, client), so it
+imports them lazily, inside its functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import yaml
+
+from taskfabric.daemon import spawn_detached
+from taskfabric.errors import TaskfabricError
+from taskfabric.exit_codes import RET_OK, RET_STOPPED
+from taskfabric.paths import taskfabric_home
+
+__all__ = ["DevState", "dev", "dev_down", "dev_status", "dev_up"]
+
+DEV_USER = "dev"
+DEV_ENDPOINT = "local"
+DEFAULT_PORT = 8470
+
+
+def _root() -> Path:
+    return taskfabric_home() / "dev"
+
+
+@dataclasses.dataclass
+class DevState:
+    """What `dev up` started (saved in `dev/state.json`, mode 0600)."""
+
+    forwarder_url: str = ""
+    forwarder_pid: int | None = None
+    endpoint_id: str | None = None
+    token: str = ""
+
+    @classmethod
+    def load(cls) -> DevState:
+        try:
+            return cls(**json.loads((_root() / "state.json").read_text()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return cls()
+
+    def save(self) -> None:
+        path = _root() / "state.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(dataclasses.asdict(self), handle, indent=2)
+
+
+def dev_up(*, workers: int | None = None, announce: Any = print) -> DevState:
+    """Start (or find running) the broker, the forwarder and the `local` endpoint."""
+    from taskfabric.broker_config import RabbitNode
+
+    root = _root()
+    root.mkdir(parents=True, exist_ok=True)
+    state = DevState.load()
+    announce("starting the broker (a private RabbitMQ node)...")
+    info = RabbitNode(root / "broker").start()
+    if not _forwarder_alive(state):
+        port = _port_of(state.forwarder_url) or DEFAULT_PORT
+        if not _port_free(port):
+            port = _free_port()
+        state.forwarder_url = f"http://127.0.0.1:{port}"
+        settings_file = _write_forwarder_settings(root, info.amqp_url, info.management_url, port)
+        state.token = _dev_token(settings_file, saved=state.token)
+        announce("starting the forwarder (SQLite store)...")
+        state.forwarder_pid = _start_forwarder(root, settings_file, state.forwarder_url)
+    state.save()
+    _save_client_config(state)
+    announce(f"starting endpoint {DEV_ENDPOINT!r}...")
+    state.endpoint_id = _start_local_endpoint(state, workers)
+    state.save()
+    _wait_online(state)
+    return state
+
+
+def dev_down(*, announce: Any = print) -> None:
+    """Stop the endpoint, the forwarder and the broker (their data stays)."""
+    from taskfabric.broker_config import RabbitNode
+    from taskfabric.endpoint_agent.local import LocalEndpoint, stop_endpoint
+
+    state = DevState.load()
+    if LocalEndpoint(DEV_ENDPOINT).exists and stop_endpoint(DEV_ENDPOINT, timeout_s=60):
+        announce(f"stopped endpoint {DEV_ENDPOINT!r}")
+    if _forwarder_alive(state) and state.forwarder_pid:
+        os.kill(state.forwarder_pid, signal.SIGTERM)
+        _wait_gone(state.forwarder_pid, 30)
+        announce("stopped the forwarder")
+    state.forwarder_pid = None
+    state.save()
+    node = RabbitNode(_root() / "broker")
+    if node.is_running():
+        node.stop()
+        announce("stopped the broker")
+
+
+def dev_status() -> dict[str, Any]:
+    """Whether each part runs, the forwarder's URL and the `local` endpoint's id."""
+    from taskfabric.broker_config import RabbitNode
+    from taskfabric.endpoint_agent.local import LocalEndpoint
+
+    state = DevState.load()
+    endpoint = LocalEndpoint(DEV_ENDPOINT)
+    return {
+        "forwarder_url": state.forwarder_url or None,
+        "endpoint_id": state.endpoint_id,
+        "broker_running": RabbitNode(_root() / "broker").is_running(),
+        "forwarder_running": _forwarder_alive(state),
+        "endpoint_running": endpoint.exists and endpoint.pid() is not None,
+    }
+
+
+# --- steps ----------------------------------------------------------------------------------
+
+
+def _write_forwarder_settings(root: Path, amqp_url: str, management_url: str, port: int) -> Path:
+    settings = {
+        "host": "127.0.0.1",
+        "port": port,
+        "database_url": f"sqlite:///{root / 'forwarder.db'}",
+        "amqp_url": amqp_url,
+        "management_url": management_url,
+        "endpoint_offline_after_s": 15.0,
+        "status_period_s": 2.0,
+    }
+    path = root / "forwarder.yaml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump(settings, handle)
+    return path
+
+
+def _dev_token(settings_file: Path, *, saved: str) -> str:
+    """The `dev` user's token: the saved one while the store still has that user, else a new one
+    (the store is new, or its file was deleted)."""
+    from taskfabric.forwarder.admin import create_token, create_user, list_users
+    from taskfabric.forwarder.settings import ForwarderSettings
+
+    settings = ForwarderSettings.from_file(settings_file)
+    if DEV_USER in {user.username for user in list_users(settings)}:
+        if saved:
+            return saved
+    else:
+        create_user(settings, DEV_USER)
+    return create_token(settings, DEV_USER, description="taskfabric dev up")
+
+
+def _start_forwarder(root: Path, settings_file: Path, url: str) -> int:
+    pid = spawn_detached(
+        [
+            sys.executable,
+            "-m",
+            "taskfabric",
+            "--log-level",
+            "INFO",
+            "forwarder",
+            "serve",
+            "--config",
+            str(settings_file),
+        ],
+        log=root / "forwarder.log",
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise TaskfabricError(f"the forwarder exited at once; see {root / 'forwarder.log'}") from None
+        try:
+            if httpx.get(f"{url}/v1/version", timeout=2).status_code == 200:
+                return pid
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TaskfabricError(f"the forwarder did not answer within 60 s; see {root / 'forwarder.log'}")
+
+
+def _save_client_config(state: DevState) -> None:
+    from taskfabric.client.config import ClientConfig
+
+    ClientConfig(url=state.forwarder_url, token=state.token).save()
+
+
+def _start_local_endpoint(state: DevState, workers: int | None) -> str:
+    from taskfabric.client import Client
+    from taskfabric.endpoint_agent.local import LocalEndpoint, configure_endpoint, register_endpoint, start_endpoint
+
+    endpoint = LocalEndpoint(DEV_ENDPOINT)
+    if not endpoint.exists:
+        configure_endpoint(
+            DEV_ENDPOINT,
+            settings={
+                "display_name": "this machine (taskfabric dev)",
+                "scaling": {"workers_per_node": workers or os.cpu_count() or 1},
+                "provider": {"type": "LocalProvider", "init_blocks": 1, "min_blocks": 1, "max_blocks": 1},
+                "heartbeat_period_s": 5.0,
+                "heartbeat_threshold_s": 30.0,
+                "status_period_s": 2.0,
+            },
+        )
+    with Client(url=state.forwarder_url, token=state.token) as client:
+        connection = register_endpoint(DEV_ENDPOINT, client)
+    if endpoint.pid() is None:
+        start_endpoint(DEV_ENDPOINT, detach=True)
+    return str(connection.endpoint_id)
+
+
+def _wait_online(state: DevState, timeout_s: float = 60.0) -> None:
+    from taskfabric.client import Client
+
+    deadline = time.monotonic() + timeout_s
+    with Client(url=state.forwarder_url, token=state.token) as client:
+        while time.monotonic() < deadline:
+            status = client.get_endpoint_status(str(state.endpoint_id))
+            if status.get("status") == "online" and status.get("workers"):
+                return
+            time.sleep(0.2)
+    raise TaskfabricError(f"endpoint {DEV_ENDPOINT!r} did not come online within {timeout_s:g} s")
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _forwarder_alive(state: DevState) -> bool:
+    if not state.forwarder_pid or not state.forwarder_url:
+        return False
+    try:
+        os.kill(state.forwarder_pid, 0)
+        return httpx.get(f"{state.forwarder_url}/v1/version", timeout=2).status_code == 200
+    except (ProcessLookupError, PermissionError, httpx.HTTPError):
+        return False
+
+
+def _wait_gone(pid: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+def _port_of(url: str) -> int | None:
+    try:
+        return int(url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]) if url else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+@click.group()
+def dev() -> None:
+    """A local fabric (broker, forwarder, endpoint `local`) for trying taskfabric out."""
+
+
+@dev.command()
+@click.option("--detach", is_flag=True, help="Return once everything is up (stop it with `taskfabric dev down`).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Workers of the `local` endpoint (default: CPUs)."
+)
+def up(detach: bool, workers: int | None) -> None:
+    """Start the local fabric and point `Client()` at it."""
+    state = dev_up(workers=workers, announce=click.echo)
+    click.echo(f"\nforwarder: {state.forwarder_url}\nendpoint {DEV_ENDPOINT!r}: {state.endpoint_id}")
+    click.echo("Client() and Executor(endpoint_id) now work without arguments for the URL and token.")
+    if detach:
+        click.echo("stop it with: taskfabric dev down")
+        return
+    click.echo("press Ctrl-C to stop")
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        signal.sigwait(stop_signals)
+    finally:
+        dev_down(announce=click.echo)
+
+
+@dev.command()
+def down() -> None:
+    """Stop the local fabric."""
+    dev_down(announce=click.echo)
+
+
+@dev.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON line (forwarder_url, endpoint_id, ...).")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Whether the local fabric runs (exit code 3 when not), its URL and endpoint id."""
+    info = dev_status()
+    if as_json:
+        click.echo(json.dumps(info))
+    else:
+        for key, value in info.items():
+            click.echo(f"{key + ':':19} {value}")
+    running = info["broker_running"] and info["forwarder_running"] and info["endpoint_running"]
+    ctx.exit(RET_OK if running else RET_STOPPED)

@@ -1,0 +1,88 @@
+"""taskfabric's wire protocol: every byte that crosses a process boundary.
+
+Used on the broker (forwarder <-> endpoint agent), on ZeroMQ (interchange <-> manager) and on the
+manager's pipes to its workers.
+
+Frame format
+------------
+::
+
+    frame    = version || body
+    version  = one byte, currently 0x01
+    body     = msgpack map {"type": <tag: str>, "data": <fields: map>}
+
+Field values use msgpack's own types: str, int, float, bool, nil, bin (bytes), array, map with
+string keys. UUIDs (task, function and endpoint ids) travel as 16-byte bin. Timestamps are float
+seconds since the Unix epoch. Floats must be finite (NaN and infinities are rejected); msgpack
+extension types are rejected.
+
+Decoding rules: unknown keys in the envelope or in any record are ignored (a newer peer may add
+fields); a missing required field, a value of the wrong type, an unknown type tag or an unsupported
+version byte raises `ProtocolError` naming the problem. `unpack` never raises anything else, and
+never unpickles: user payloads (`Task.payload`, `FunctionBody.body`, `Result.value`,
+`TaskError.exception`) are opaque bytes here, unpickled only by workers (and the client, for its own
+results).
+
+Messages (type tag -> fields, `?` = optional)
+---------------------------------------------
+``task_batch``        tasks: [Task], functions?: [FunctionBody], client_python?: str
+``result_batch``      results: [Result]
+``endpoint_status``   endpoint_id, sent_at, state (online|draining|offline), heartbeat_period_s,
+                      managers?, workers?, idle_workers?, outstanding_tasks?, pending_blocks?,
+                      running_blocks?, hostname?, python_version?, agent_version?, scaling?
+``manager_register``  manager_id: str, hostname, workers >= 1, prefetch?, python_version?,
+                      taskfabric_version?, block_id?, pid?, registration_token?
+``manager_accepted``  heartbeat_period_s, heartbeat_threshold_s
+``heartbeat``         sent_at
+``drain``             reason?, deadline_s?
+
+Records inside them:
+
+``Task``          task_id, function_id, payload: bin, walltime_s?: float > 0, submitted_at?
+``FunctionBody``  function_id, body: bin, python_version?
+``Result``        task_id, ok: bool, value?: bin (required when ok), error?: TaskError (required
+                  when not ok), worker_python?, received_at?, started_at?, finished_at?, attempts?
+``TaskError``     code: str (see `taskfabric.errors.ErrorCode`), message, traceback?,
+                  exception_type?, exception?: bin
+"""
+
+from __future__ import annotations
+
+from taskfabric.errors import ProtocolError
+from taskfabric.protocol.messages import (
+    MESSAGE_TYPES,
+    Drain,
+    EndpointStatus,
+    FunctionBody,
+    Heartbeat,
+    ManagerAccepted,
+    ManagerRegister,
+    Message,
+    Result,
+    ResultBatch,
+    Task,
+    TaskBatch,
+    TaskError,
+)
+from taskfabric.protocol.packer import PROTOCOL_VERSION, pack, unpack, unpack_as
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "Drain",
+    "EndpointStatus",
+    "FunctionBody",
+    "Heartbeat",
+    "ManagerAccepted",
+    "ManagerRegister",
+    "Message",
+    "ProtocolError",
+    "Result",
+    "ResultBatch",
+    "Task",
+    "TaskBatch",
+    "TaskError",
+    "pack",
+    "unpack",
+    "unpack_as",
+]

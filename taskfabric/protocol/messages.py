@@ -1,0 +1,223 @@
+"""The message types: plain frozen dataclasses that never pack themselves.
+
+Top-level messages (the ones `pack`/`unpack` accept) are registered with a type tag by
+`@message(tag)`. Records (`Task`, `Result`, ...) only travel inside them. The annotations are the
+schema (see `schema.py`); `check()` adds the cross-field rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+from taskfabric.errors import ErrorCode
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "Drain",
+    "EndpointStatus",
+    "FunctionBody",
+    "Heartbeat",
+    "ManagerAccepted",
+    "ManagerRegister",
+    "Message",
+    "Result",
+    "ResultBatch",
+    "Task",
+    "TaskBatch",
+    "TaskError",
+]
+
+_M = TypeVar("_M")
+
+#: type tag -> top-level message class
+MESSAGE_TYPES: dict[str, type] = {}
+#: top-level message class -> type tag
+TAG_OF: dict[type, str] = {}
+
+
+def message(tag: str) -> Callable[[type[_M]], type[_M]]:
+    """Register a dataclass as a top-level message with the wire type tag `tag`."""
+
+    def register(cls: type[_M]) -> type[_M]:
+        if tag in MESSAGE_TYPES:
+            raise TypeError(f"duplicate message tag {tag!r}")
+        MESSAGE_TYPES[tag] = cls
+        TAG_OF[cls] = tag
+        return cls
+
+    return register
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class FunctionBody:
+    """A registered function's serialized body (opaque bytes; only workers unpickle it)."""
+
+    function_id: uuid.UUID
+    body: bytes
+    python_version: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Task:
+    """One invocation: which function, with which opaque argument payload."""
+
+    task_id: uuid.UUID
+    function_id: uuid.UUID
+    payload: bytes
+    walltime_s: float | None = None
+    submitted_at: float | None = None
+
+    def check(self) -> None:
+        if self.walltime_s is not None and not self.walltime_s > 0:
+            raise ValueError("walltime_s must be positive")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskError:
+    """Why a task failed. `exception` is the pickled exception (opaque), when it pickled."""
+
+    code: str
+    message: str
+    traceback: str = ""
+    exception_type: str = ""
+    exception: bytes | None = None
+
+    @property
+    def error_code(self) -> ErrorCode | None:
+        """The known `ErrorCode`, or None for a code from a newer peer."""
+        try:
+            return ErrorCode(self.code)
+        except ValueError:
+            return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    """The outcome of one task: a pickled value when `ok`, else a `TaskError`."""
+
+    task_id: uuid.UUID
+    ok: bool
+    value: bytes | None = None
+    error: TaskError | None = None
+    worker_python: str = ""
+    received_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 1
+
+    def check(self) -> None:
+        if self.ok and self.value is None:
+            raise ValueError("an ok result needs a value")
+        if not self.ok and self.error is None:
+            raise ValueError("a failed result needs an error")
+
+
+# --- top-level messages -------------------------------------------------------------------
+
+
+@message("task_batch")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskBatch:
+    """Tasks, with the bodies of the functions they call that the receiver may not have yet.
+
+    The forwarder includes every body its tasks need (once per message, not per task); the
+    interchange and managers send only the bodies the next hop has not seen."""
+
+    tasks: list[Task]
+    functions: list[FunctionBody] = dataclasses.field(default_factory=list)
+    client_python: str = ""
+
+
+@message("result_batch")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ResultBatch:
+    """Results of finished tasks."""
+
+    results: list[Result]
+
+
+@message("endpoint_status")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointStatus:
+    """An endpoint agent's periodic heartbeat and status report."""
+
+    endpoint_id: uuid.UUID
+    sent_at: float
+    state: str
+    heartbeat_period_s: float
+    managers: int = 0
+    workers: int = 0
+    idle_workers: int = 0
+    outstanding_tasks: int = 0
+    pending_blocks: int = 0
+    running_blocks: int = 0
+    hostname: str = ""
+    python_version: str = ""
+    agent_version: str = ""
+    #: the scaling strategy's last decision, in words
+    scaling: str = ""
+
+    STATES = ("online", "draining", "offline")
+
+    def check(self) -> None:
+        if self.state not in self.STATES:
+            raise ValueError(f"state must be one of {', '.join(self.STATES)}")
+
+
+@message("manager_register")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ManagerRegister:
+    """A manager introducing itself to the interchange."""
+
+    manager_id: str
+    hostname: str
+    workers: int
+    prefetch: int = 0
+    python_version: str = ""
+    taskfabric_version: str = ""
+    block_id: str | None = None
+    pid: int = 0
+    #: the secret the agent handed to the managers it launched; others are turned away
+    registration_token: str = ""
+
+    def check(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.prefetch < 0:
+            raise ValueError("prefetch must not be negative")
+
+
+@message("manager_accepted")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ManagerAccepted:
+    """The interchange's answer to a registration, with the heartbeat timing to follow."""
+
+    heartbeat_period_s: float
+    heartbeat_threshold_s: float
+
+
+@message("heartbeat")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat:
+    """A liveness ping, both ways between interchange and manager."""
+
+    sent_at: float
+
+
+@message("drain")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Drain:
+    """Stop taking tasks, finish the ones in hand, then leave (interchange -> manager) or
+    announce leaving (manager -> interchange)."""
+
+    reason: str = ""
+    deadline_s: float | None = None
+
+
+Message = TaskBatch | ResultBatch | EndpointStatus | ManagerRegister | ManagerAccepted | Heartbeat | Drain

@@ -1,0 +1,118 @@
+"""The `taskfabric admin` and `taskfabric forwarder` commands as real processes, and one whole trip:
+a token made on the command line, a served forwarder, a fake endpoint with its own credentials,
+results streamed back; then a graceful stop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import msgpack
+from websockets.sync.client import connect
+
+from taskfabric.exit_codes import RET_BROKER, RET_CONFIG, RET_ERROR, RET_OK
+from taskfabric.forwarder import ForwarderSettings, create_token, create_user, list_users
+from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi, ForwarderProcess
+from taskfabric.protocol import Result
+from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
+
+TASKFABRIC = str(Path(sys.executable).parent / "taskfabric")
+
+
+def _run(*args: str, home: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {"TASKFABRIC_HOME": str(home), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    return subprocess.run([TASKFABRIC, *args], capture_output=True, text=True, env=env, timeout=timeout_s, check=False)
+
+
+def test_admin_commands(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    created = _run("admin", "create-user", "alice", home=home)
+    assert created.returncode == RET_OK, created.stderr
+    assert "created user alice" in created.stdout
+    duplicate = _run("admin", "create-user", "alice", home=home)
+    assert duplicate.returncode == RET_ERROR
+    assert "already exists" in duplicate.stderr
+    token = _run("admin", "create-token", "alice", "--description", "laptop", home=home)
+    assert token.returncode == RET_OK and token.stdout.strip().startswith("tf_")
+    assert _run("admin", "create-token", "nobody", home=home).returncode == RET_ERROR
+    assert _run("admin", "create-user", "bad name", home=home).returncode == RET_ERROR
+    listed = _run("admin", "list-users", "--json", home=home)
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (row["username"], row["auth"], row["tokens"]) == ("alice", "local", 1)
+    # the default store lives in TASKFABRIC_HOME, and the token itself is not in it
+    database = home / "forwarder" / "forwarder.db"
+    assert database.exists()
+    assert token.stdout.strip().encode() not in database.read_bytes()
+
+
+def test_admin_functions(tmp_path: Path) -> None:
+    settings = ForwarderSettings(database_url=f"sqlite:///{tmp_path / 'f.db'}")
+    user = create_user(settings, "bob")
+    first, second = create_token(settings, "bob"), create_token(settings, "bob", description="ci")
+    assert first != second
+    assert [(u.username, u.tokens, u.user_id) for u in list_users(settings)] == [("bob", 2, user.user_id)]
+
+
+def test_serve_refuses_bad_settings_and_an_unreachable_broker(tmp_path: Path) -> None:
+    config = tmp_path / "forwarder.yaml"
+    config.write_text("prot: 80\n")
+    bad = _run("forwarder", "serve", "--config", str(config), home=tmp_path)
+    assert bad.returncode == RET_CONFIG
+    assert "prot: unknown key" in bad.stderr and "port" in bad.stderr
+    config.write_text(
+        "port: 0\nbroker_connect_timeout_s: 1\n"
+        "amqp_url: amqp://guest:guest@127.0.0.1:1/%2F\nmanagement_url: http://guest:guest@127.0.0.1:1\n"
+    )
+    unreachable = _run("forwarder", "serve", "--config", str(config), home=tmp_path)
+    assert unreachable.returncode == RET_BROKER, unreachable.stderr
+    assert "could not connect to the broker" in unreachable.stderr
+    described = _run("forwarder", "settings", home=tmp_path)
+    assert "max_payload_bytes" in described.stdout and "auth.provider" in described.stdout
+
+
+def test_a_whole_trip_through_a_served_forwarder(broker: BrokerUnderTest, tmp_path: Path) -> None:
+    database_url = f"sqlite:///{tmp_path / 'forwarder.db'}"
+    assert _run("admin", "create-user", "carol", "--database-url", database_url, home=tmp_path).returncode == RET_OK
+    token = _run("admin", "create-token", "carol", "--database-url", database_url, home=tmp_path).stdout.strip()
+    settings = {
+        "database_url": database_url,
+        "amqp_url": broker.amqp_url,
+        "management_url": broker.management_url,
+        "topology_prefix": unique_name("e2e"),
+    }
+    process = ForwarderProcess(tmp_path / "run", settings).start()
+    try:
+        with ForwarderApi(process.url, token) as carol:
+            registration = carol.register_endpoint("carols-lab")
+            function_id = carol.register_function(b"def f(x): return x" + uuid.uuid4().bytes)
+            task_ids = carol.submit(registration["endpoint_id"], function_id, [b"%d" % i for i in range(500)])
+            ws_url = process.url.replace("http://", "ws://") + "/v1/results/ws"
+            with (
+                connect(ws_url, additional_headers={"Authorization": f"Bearer {token}"}) as stream,
+                FakeEndpoint(registration) as endpoint,
+            ):
+                stream.send(msgpack.packb({"subscribe": task_ids}))
+                stream.send(msgpack.packb({"ping": "ready"}))
+                assert msgpack.unpackb(stream.recv(timeout=15)) == {"pong": "ready"}
+                endpoint.consume_tasks()
+                wait_until(lambda: len(endpoint.task_ids) == 500, what="500 tasks at the endpoint")
+                for batch in endpoint.batches:
+                    endpoint.publish_results(
+                        [Result(task_id=t.task_id, ok=True, value=b"r" + t.payload) for t in batch.tasks]
+                    )
+                received: dict[str, bytes] = {}
+                while len(received) < 500:
+                    for result in msgpack.unpackb(stream.recv(timeout=15))["results"]:
+                        received[result["task_id"]] = result["value"]
+            assert received == {task_id: b"r%d" % i for i, task_id in enumerate(task_ids)}
+            assert httpx.get(f"{process.url}/openapi.json").json()["info"]["title"] == "taskfabric forwarder"
+    finally:
+        # SIGTERM: a graceful stop (uvicorn re-raises the signal once it has shut down)
+        assert process.stop() in (RET_OK, -signal.SIGTERM)
+    log = process.log_file.read_text()
+    assert "forwarder stopped" in log and "Traceback" not in log

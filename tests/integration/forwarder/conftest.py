@@ -1,0 +1,160 @@
+"""Fixtures for the forwarder's integration tests: the real thing, as a subprocess.
+
+One forwarder process per database backend for the session (SQLite in a temporary directory;
+PostgreSQL from `postgres_for_tests`), each on its own topology prefix of the session broker.
+Tests isolate themselves by creating their own users (`new_user`), endpoints and functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskfabric.broker_config import ManagementClient
+from taskfabric.forwarder import ForwarderSettings, create_token, create_user
+from taskfabric.forwarder.store import Store
+from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi, ForwarderProcess
+from taskfabric.testing import BrokerUnderTest, unique_name
+
+#: small limits and quick periods, so the tests that exercise them stay fast
+TEST_SETTINGS: dict[str, Any] = {
+    "max_payload_bytes": 256 * 1024,
+    "max_function_bytes": 256 * 1024,
+    "max_request_bytes": 2 * 1024 * 1024,
+    "max_batch_tasks": 2000,
+    "publish_batch_tasks": 100,
+    "delivery_limit": 2,
+    "status_period_s": 0.5,
+    "endpoint_offline_after_s": 2.0,
+    "status_flush_s": 0.2,
+    "endpoint_sync_period_s": 1.0,
+    "stream_poll_s": 1.0,
+    "confirm_timeout_s": 5.0,
+}
+
+
+@dataclasses.dataclass
+class RunningForwarder:
+    """A forwarder process and what tests need around it."""
+
+    backend: str
+    process: ForwarderProcess
+    settings: ForwarderSettings
+    broker: BrokerUnderTest
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def new_user(self, stem: str = "user") -> ForwarderApi:
+        name = unique_name(stem)
+        create_user(self.settings, name)
+        return ForwarderApi(self.url, create_token(self.settings, name), username=name)
+
+    def store(self) -> Store:
+        return Store.open(self.settings.store_url)
+
+    def management(self) -> ManagementClient:
+        assert self.broker.management_url
+        return ManagementClient(self.broker.management_url)
+
+
+class ForwarderPool:
+    """Starts at most one forwarder per backend, on first use; stops them at the end."""
+
+    def __init__(self, broker: BrokerUnderTest, directory: Path, postgres_url: Callable[[], str]) -> None:
+        self._broker = broker
+        self._directory = directory
+        self._postgres_url = postgres_url
+        self._running: dict[str, RunningForwarder] = {}
+        self._stack = contextlib.ExitStack()
+
+    def get(self, backend: str) -> RunningForwarder:
+        if backend not in self._running:
+            self._running[backend] = self._start(backend)
+        return self._running[backend]
+
+    def _start(self, backend: str) -> RunningForwarder:
+        folder = self._directory / backend
+        is_postgres = backend == "postgres"
+        database_url = self._postgres_url() if is_postgres else f"sqlite:///{folder / 'forwarder.db'}"
+        assert self._broker.management_url, "the forwarder needs the broker's management API"
+        values = {
+            **TEST_SETTINGS,
+            "database_url": database_url,
+            "amqp_url": self._broker.amqp_url,
+            "management_url": self._broker.management_url,
+            "topology_prefix": unique_name(f"fw-{backend}"),
+        }
+        process = ForwarderProcess(folder, values)
+        self._stack.enter_context(process)
+        return RunningForwarder(backend, process, ForwarderSettings.from_mapping(values), self._broker)
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+@pytest.fixture(scope="session")
+def forwarder_pool(
+    request: pytest.FixtureRequest, broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ForwarderPool]:
+    pool = ForwarderPool(broker, tmp_path_factory.mktemp("forwarders"), lambda: request.getfixturevalue("postgres_url"))
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A `Store` (schema created) on SQLite and on PostgreSQL."""
+    url = (
+        request.getfixturevalue("postgres_url") if request.param == "postgres" else f"sqlite:///{tmp_path / 'store.db'}"
+    )
+    with Store.open(url) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def forwarder(request: pytest.FixtureRequest, forwarder_pool: ForwarderPool) -> RunningForwarder:
+    """The forwarder on each database backend (core tests run on both)."""
+    return forwarder_pool.get(request.param)
+
+
+@pytest.fixture(scope="session")
+def sqlite_forwarder(forwarder_pool: ForwarderPool) -> RunningForwarder:
+    """The forwarder on SQLite only."""
+    return forwarder_pool.get("sqlite")
+
+
+@pytest.fixture
+def users() -> Iterator[Callable[[RunningForwarder], ForwarderApi]]:
+    """Make API sessions of fresh users; closed after the test."""
+    made: list[ForwarderApi] = []
+
+    def make(running: RunningForwarder) -> ForwarderApi:
+        api = running.new_user()
+        made.append(api)
+        return api
+
+    yield make
+    for api in made:
+        api.close()
+
+
+@pytest.fixture
+def fake_endpoints() -> Iterator[Callable[..., FakeEndpoint]]:
+    """Start fake endpoints (broker side of an agent); closed after the test."""
+    made: list[FakeEndpoint] = []
+
+    def make(registration: dict[str, Any], **kwargs: Any) -> FakeEndpoint:
+        endpoint = FakeEndpoint(registration, **kwargs).start()
+        made.append(endpoint)
+        return endpoint
+
+    yield make
+    for endpoint in made:
+        endpoint.close()

@@ -1,0 +1,173 @@
+"""The WebSocket results stream of a real forwarder: live pushes, replays, unknown ids, once per
+connection, and authentication of the handshake."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi
+from taskfabric.protocol import Result, TaskError
+
+Users = Callable[[Any], ForwarderApi]
+FakeEndpoints = Callable[..., FakeEndpoint]
+
+
+class Stream:
+    """A results stream connection with helpers to send and receive msgpack frames."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.connection.send(msgpack.packb(frame))
+
+    def receive(self) -> dict[str, Any]:
+        frame: dict[str, Any] = msgpack.unpackb(self.connection.recv(timeout=15))
+        return frame
+
+    def results(self, count: int) -> dict[str, dict[str, Any]]:
+        """Receive frames until `count` results arrived; fail on anything else."""
+        found: dict[str, dict[str, Any]] = {}
+        while len(found) < count:
+            frame = self.receive()
+            assert set(frame) == {"results"}, frame
+            for result in frame["results"]:
+                assert result["task_id"] not in found, "a result was sent twice"
+                found[result["task_id"]] = result
+        assert len(found) == count
+        return found
+
+    def ping(self, marker: object) -> None:
+        """Round trip a ping; everything the server queued before it must have been received."""
+        self.send({"ping": marker})
+        assert self.receive() == {"pong": marker}
+
+
+@pytest.fixture
+def streams(forwarder: Any) -> Iterator[Callable[[ForwarderApi], Stream]]:
+    with contextlib.ExitStack() as stack:
+
+        def open_stream(api: ForwarderApi) -> Stream:
+            url = forwarder.url.replace("http://", "ws://") + "/v1/results/ws"
+            headers = {"Authorization": f"Bearer {api.token}"}
+            return Stream(stack.enter_context(connect(url, additional_headers=headers, open_timeout=15)))
+
+        yield open_stream
+
+
+def _ok(task_id: str, value: bytes) -> Result:
+    return Result(task_id=uuid.UUID(task_id), ok=True, value=value, worker_python="3.11.9")
+
+
+def test_results_are_pushed_live_and_replayed(
+    forwarder: Any, users: Users, fake_endpoints: FakeEndpoints, streams: Callable[[ForwarderApi], Stream]
+) -> None:
+    alice = users(forwarder)
+    registration = alice.register_endpoint("lab")
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    task_ids = alice.submit(registration["endpoint_id"], function_id, [b"%d" % i for i in range(6)])
+    endpoint = fake_endpoints(registration)
+
+    early = streams(alice)
+    early.send({"subscribe": task_ids[:4]})
+    early.ping("subscribed")  # nothing finished yet: nothing before the pong
+    endpoint.publish_results([_ok(task_ids[0], b"zero"), _ok(task_ids[1], b"one")])
+    endpoint.publish_results(
+        [Result(task_id=uuid.UUID(task_ids[2]), ok=False, error=TaskError(code="WALLTIME_EXCEEDED", message="late"))]
+    )
+    pushed = early.results(3)
+    assert pushed[task_ids[0]]["ok"] is True and pushed[task_ids[0]]["value"] == b"zero"
+    assert pushed[task_ids[0]]["error"] is None
+    assert pushed[task_ids[0]]["details"]["worker_python"] == "3.11.9"
+    assert pushed[task_ids[2]]["ok"] is False and pushed[task_ids[2]]["value"] is None
+    assert pushed[task_ids[2]]["error"]["code"] == "WALLTIME_EXCEEDED"
+
+    # a later connection gets the finished ones at once, then the rest as they come
+    late = streams(alice)
+    late.send({"subscribe": task_ids})
+    replayed = late.results(3)
+    assert set(replayed) == set(task_ids[:3])
+    assert replayed[task_ids[1]]["value"] == b"one"
+    endpoint.publish_results([_ok(task_id, b"rest") for task_id in task_ids[3:]])
+    assert set(late.results(3)) == set(task_ids[3:])
+    assert set(early.results(1)) == {task_ids[3]}  # only what it subscribed to
+
+
+def test_each_result_once_per_connection(
+    forwarder: Any, users: Users, fake_endpoints: FakeEndpoints, streams: Callable[[ForwarderApi], Stream]
+) -> None:
+    alice = users(forwarder)
+    registration = alice.register_endpoint("lab")
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    first, second, third = alice.submit(registration["endpoint_id"], function_id, [b"1", b"2", b"3"])
+    endpoint = fake_endpoints(registration)
+    stream = streams(alice)
+    stream.send({"subscribe": [first, second, first]})
+    endpoint.publish_results([_ok(first, b"v1")])
+    assert set(stream.results(1)) == {first}
+    # a duplicate report of `first`, then `second`: only `second` comes
+    endpoint.publish_results([_ok(first, b"v1 again")])
+    endpoint.publish_results([_ok(second, b"v2")])
+    assert set(stream.results(1)) == {second}
+    # subscribing again to what was sent sends nothing more
+    stream.send({"subscribe": [first, second, third]})
+    stream.ping("after re-subscribe")
+    endpoint.publish_results([_ok(third, b"v3")])
+    assert set(stream.results(1)) == {third}
+    stream.ping("end")
+
+
+def test_unknown_and_foreign_ids_are_named(
+    forwarder: Any, users: Users, streams: Callable[[ForwarderApi], Stream]
+) -> None:
+    alice, bob = users(forwarder), users(forwarder)
+    registration = bob.register_endpoint("bobs")
+    function_id = bob.register_function(b"f" + uuid.uuid4().bytes)
+    (bobs_task,) = bob.submit(registration["endpoint_id"], function_id, [b"secret"])
+    missing = str(uuid.uuid4())
+    stream = streams(alice)
+    stream.send({"subscribe": [bobs_task, missing, "not-a-uuid", 42]})
+    frame = stream.receive()
+    assert set(frame) == {"unknown"}
+    assert set(frame["unknown"]) == {bobs_task, missing, "not-a-uuid", "42"}
+    stream.send({"hello": 1})
+    assert stream.receive()["error"]["code"] == "INVALID_REQUEST"
+    stream.connection.send(b"\xc1 not msgpack")
+    assert stream.receive()["error"]["code"] == "INVALID_REQUEST"
+    stream.ping({"still": "alive"})
+
+
+def test_the_handshake_needs_a_valid_token(forwarder: Any, users: Users) -> None:
+    url = forwarder.url.replace("http://", "ws://") + "/v1/results/ws"
+    for headers in ({}, {"Authorization": "Bearer tf_wrong"}, {"Authorization": "Basic eDp5"}):
+        with pytest.raises(InvalidStatus) as refused, connect(url, additional_headers=headers, open_timeout=15):
+            pass
+        assert refused.value.response.status_code == 401
+
+
+def test_results_stored_by_another_replica_arrive_by_polling(
+    forwarder: Any, users: Users, streams: Callable[[ForwarderApi], Stream]
+) -> None:
+    alice = users(forwarder)
+    registration = alice.register_endpoint("lab")
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    (task_id,) = alice.submit(registration["endpoint_id"], function_id, [b"x"])
+    stream = streams(alice)
+    stream.send({"subscribe": [task_id]})
+    stream.ping("subscribed")
+    # another forwarder replica stores the result: this one's hub never hears of it
+    with forwarder.store() as store:
+        stored = store.tasks.store_results(
+            [(uuid.UUID(registration["endpoint_id"]), [_ok(task_id, b"from elsewhere")])], now=time.time()
+        )
+    assert len(stored) == 1
+    assert stream.results(1)[task_id]["value"] == b"from elsewhere"

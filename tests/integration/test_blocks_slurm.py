@@ -1,0 +1,101 @@
+"""BlockManager over a real SlurmProvider (built by our factory) on the private single-node Slurm."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from taskfabric.endpoint_agent.block_types import BlockState, EndReason
+from taskfabric.endpoint_agent.blocks import BlockChange, BlockManager, BlockRecord
+from taskfabric.endpoint_agent.providers import build_provider, parse_provider_config
+from taskfabric.testing import wait_until
+from taskfabric.testing.slurm import SlurmCluster
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture
+def blocks(slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BlockManager]:
+    """A BlockManager over SlurmProvider(partition=debug, exclusive=False, launcher=SingleNodeLauncher())."""
+    for name, value in slurm_cluster.env_overrides.items():
+        monkeypatch.setenv(name, value)  # Parsl runs sbatch/squeue/scancel with this process's environment
+    spec = parse_provider_config(
+        {
+            "type": "SlurmProvider",
+            "partition": slurm_cluster.partition,
+            "exclusive": False,
+            "init_blocks": 0,
+            "max_blocks": 2,
+            "walltime": "00:05:00",
+            "worker_init": "echo worker_init ran",
+            "launcher": {"type": "SingleNodeLauncher"},
+        },
+        source="test",
+    )
+    manager = BlockManager(build_provider(spec, script_dir=tmp_path / "scripts"), label="tftest")
+    yield manager
+    live = [record.block_id for record in manager.snapshot().blocks if record.state != BlockState.ENDED]
+    manager.cancel(live)
+
+
+def poll_until(manager: BlockManager, block_id: str, state: BlockState, changes: list[BlockChange]) -> BlockRecord:
+    def reached() -> BlockRecord | None:
+        changes.extend(manager.poll())
+        record = manager.snapshot().get(block_id)
+        return record if record is not None and record.state == state else None
+
+    return wait_until(reached, timeout_s=60, interval_s=0.25, what=f"block {block_id} to be {state}")
+
+
+def test_a_block_goes_pending_running_and_ends_cancelled(blocks: BlockManager, slurm_cluster: SlurmCluster) -> None:
+    (block_id,) = blocks.submit_blocks(1, lambda _: "sleep 30")
+    submitted = blocks.snapshot().get(block_id)
+    assert submitted is not None and submitted.state == BlockState.PENDING
+    assert slurm_cluster.job_state(submitted.job_id) in ("PENDING", "RUNNING")
+
+    changes: list[BlockChange] = []
+    running = poll_until(blocks, block_id, BlockState.RUNNING, changes)
+    assert BlockChange(block_id, BlockState.PENDING, BlockState.RUNNING) in changes
+    assert running.started_at is not None
+    assert slurm_cluster.job_state(running.job_id) == "RUNNING"
+
+    assert blocks.cancel([block_id]) == [block_id]
+    ended = poll_until(blocks, block_id, BlockState.ENDED, changes)
+    assert ended.end_reason == EndReason.CANCELLED
+    assert ended.ended_at is not None
+    wait_until(lambda: slurm_cluster.job_state(ended.job_id) == "CANCELLED", timeout_s=30, what="Slurm to agree")
+
+
+def test_blocks_whose_command_exits_end_completed_or_failed(blocks: BlockManager, slurm_cluster: SlurmCluster) -> None:
+    commands = {}
+
+    def command_for(block_id: str) -> str:
+        commands[block_id] = "true" if not commands else "exit 3"
+        return commands[block_id]
+
+    done, failed = blocks.submit_blocks(2, command_for)
+    changes: list[BlockChange] = []
+    ended_ok = poll_until(blocks, done, BlockState.ENDED, changes)
+    ended_bad = poll_until(blocks, failed, BlockState.ENDED, changes)
+    assert ended_ok.end_reason == EndReason.COMPLETED
+    assert ended_bad.end_reason == EndReason.FAILED  # squeue --states=all: accounting is off here
+    assert slurm_cluster.job_state(ended_bad.job_id) == "FAILED"
+    assert blocks.snapshot().ended == (done, failed)
+
+
+def test_the_job_script_runs_worker_init_once_before_the_command(blocks: BlockManager, tmp_path: Path) -> None:
+    (block_id,) = blocks.submit_blocks(1, lambda _: "echo manager ran")
+    poll_until(blocks, block_id, BlockState.ENDED, [])
+    (script,) = [
+        path
+        for path in (tmp_path / "scripts").iterdir()
+        if path.name.startswith(f"tftest.{block_id}.") and path.suffix not in (".stdout", ".stderr")
+    ]
+    text = script.read_text()
+    assert text.count("echo worker_init ran") == 1
+    assert text.index("echo worker_init ran") < text.index("echo manager ran")
+    stdout = Path(f"{script}.stdout").read_text()
+    assert stdout.count("worker_init ran") == 1
+    assert stdout.index("worker_init ran") < stdout.index("manager ran")

@@ -1,0 +1,150 @@
+"""The endpoint side from task queue to result queue: a real agent, manager and workers on a real
+broker, fed in the protocol's task format (no forwarder)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from taskfabric.endpoint_agent.testing import EndpointHarness
+from taskfabric.errors import ErrorCode
+from taskfabric.protocol import pack
+from taskfabric.testing import wait_until
+from taskfabric.transport import Delivery, OutgoingMessage
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def test_results_of_every_kind(endpoints: EndpointHarness) -> None:
+    endpoint = endpoints.start(max_result_bytes=4096)
+    factory = endpoint.factory
+    scale = 3
+
+    def scaled(x: int) -> int:  # a closure
+        return x * scale
+
+    def with_kwargs(a: int, *, b: int = 0, c: str = "") -> str:
+        return f"{a}-{b}-{c}"
+
+    def fails(x: int) -> None:
+        raise ValueError(f"bad input {x}")
+
+    def big() -> bytes:
+        return b"x" * 10_000
+
+    def sleepy() -> None:
+        time.sleep(30)
+
+    squares = [factory.task(square, i) for i in range(50)]
+    others = {
+        "closure": factory.task(scaled, 5),
+        "kwargs": factory.task(with_kwargs, 1, b=2, c="z"),
+        "numpy": factory.task(np.linalg.norm, np.array([3.0, 4.0])),
+        "array": factory.task(np.multiply, np.arange(4), 2),
+        "raises": factory.task(fails, 9),
+        "too_big": factory.task(big),
+        "walltime": factory.task(sleepy, walltime_s=0.5),
+    }
+    endpoint.submit(squares + list(others.values()))
+    results = endpoint.wait([task.task_id for task, _ in squares + list(others.values())], timeout_s=60)
+
+    value = endpoint.collector.value
+    assert [value(results[task.task_id]) for task, _ in squares] == [i * i for i in range(50)]
+    got = {name: results[task.task_id] for name, (task, _) in others.items()}
+    assert value(got["closure"]) == 15
+    assert value(got["kwargs"]) == "1-2-z"
+    assert value(got["numpy"]) == 5.0
+    assert (value(got["array"]) == np.array([0, 2, 4, 6])).all()
+    raised = got["raises"].error
+    assert raised is not None and raised.code == ErrorCode.TASK_FAILED
+    assert raised.exception_type == "builtins.ValueError"
+    assert "ValueError: bad input 9" in raised.traceback and "in fails" in raised.traceback
+    too_big = got["too_big"].error
+    assert too_big is not None and too_big.code == ErrorCode.RESULT_TOO_LARGE and "4096 bytes" in too_big.message
+    walltime = got["walltime"].error
+    assert walltime is not None and walltime.code == ErrorCode.WALLTIME_EXCEEDED
+    assert all(result.attempts == 1 for result in results.values())
+    assert all(result.worker_python for result in results.values())
+    # results are published by the endpoint's own broker user (the broker validated it)
+    assert endpoint.collector.senders == {endpoint.connection.username}
+    assert not endpoint.collector.duplicates
+
+
+def test_a_malformed_message_is_dead_lettered_and_the_agent_keeps_running(endpoints: EndpointHarness) -> None:
+    endpoint = endpoints.start()
+    first = endpoint.run(square, 3)
+    endpoint.wait([first])
+    garbage = [b"not a message", pack(endpoint.factory.batches([endpoint.factory.task(square, 1)])[0])[:20]]
+    for body in garbage:
+        endpoints.admin.publish(
+            OutgoingMessage(
+                exchange=endpoints.topology.tasks_exchange, routing_key=endpoint.connection.task_queue, body=body
+            )
+        ).result(timeout=10)
+    after = endpoint.run(square, 4)
+    assert endpoint.collector.value(endpoint.wait([after])[after]) == 16
+    dead: list[Delivery] = []
+    endpoints.admin.consume(
+        endpoints.topology.dead_letter_queue, lambda d: (dead.append(d), endpoints.admin.ack(d)), prefetch=10
+    )
+    wait_until(lambda: len(dead) == 2, what="two dead letters")
+    assert sorted(d.body for d in dead) == sorted(garbage)
+    assert {d.headers["x-first-death-queue"] for d in dead} == {endpoint.connection.task_queue}
+    assert endpoint.agent.process is not None and endpoint.agent.process.poll() is None
+
+
+def test_status_reports(endpoints: EndpointHarness) -> None:
+    endpoint = endpoints.start()
+    wait_until(lambda: any(s.managers == 1 for s in endpoint.collector.statuses), what="a status with one manager")
+    status = next(s for s in endpoint.collector.statuses if s.managers == 1)
+    assert status.endpoint_id == endpoint.connection.endpoint_id
+    assert status.state == "online"
+    assert status.workers == 2
+    assert status.idle_workers == 2
+    assert status.running_blocks + status.pending_blocks == 1
+    assert status.heartbeat_period_s == 0.5
+
+
+def test_a_graceful_stop_lets_running_tasks_finish(endpoints: EndpointHarness) -> None:
+    endpoint = endpoints.start()
+
+    def slow(x: int) -> int:
+        time.sleep(1.5)
+        return x
+
+    ids = endpoint.submit([endpoint.factory.task(slow, i) for i in range(2)])
+    wait_until(
+        lambda: any(s.managers == 1 and s.idle_workers == 0 for s in endpoint.collector.statuses),
+        what="both workers busy",
+    )
+    assert endpoint.agent.stop(timeout_s=30) == 0
+    results = endpoint.wait(ids, timeout_s=5)
+    assert sorted(endpoint.collector.value(r) for r in results.values()) == [0, 1]
+    assert any(s.state == "draining" for s in endpoint.collector.statuses)
+    wait_until(lambda: not endpoint.agent.descendants(), timeout_s=15, what="managers and workers gone")
+
+
+def test_tasks_wait_in_the_queue_while_the_endpoint_is_stopped(endpoints: EndpointHarness) -> None:
+    endpoint = endpoints.start()
+    endpoint.wait([endpoint.run(square, 2)])
+    assert endpoint.agent.stop() == 0
+    ids = endpoint.submit([endpoint.factory.task(square, i) for i in range(20)])
+    # the endpoint is down: its tasks wait in its queue (one message of 20 tasks)
+    assert endpoints.admin.queue_depth(endpoint.connection.task_queue) == 1
+    assert not set(ids) & set(endpoint.collector.snapshot())
+    endpoint.restart_agent()
+    results = endpoint.wait(ids)
+    assert [endpoint.collector.value(results[i]) for i in ids] == [i * i for i in range(20)]
+
+
+def test_ten_thousand_tasks_in_large_batches(endpoints: EndpointHarness) -> None:
+    endpoint = endpoints.start()
+    items = [endpoint.factory.task(square, i) for i in range(10_000)]
+    ids = endpoint.submit(items)
+    results = endpoint.wait(ids, timeout_s=240)
+    assert all(results[task_id].ok for task_id in ids)
+    assert endpoint.collector.value(results[ids[-1]]) == 9999 * 9999
+    assert not endpoint.collector.duplicates

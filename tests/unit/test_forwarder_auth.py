@@ -1,0 +1,164 @@
+"""Tokens, the token cache and both providers' rules, on in-memory fakes (no network, no database)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping
+from typing import Any, cast
+
+import pytest
+
+from taskfabric.errors import AuthenticationError, ServiceError
+from taskfabric.forwarder.auth import (
+    TOKEN_PREFIX,
+    GlobusTokenProvider,
+    LocalTokenProvider,
+    TokenCache,
+    hash_token,
+    new_token,
+)
+from taskfabric.forwarder.records import Identity, UserRecord
+from taskfabric.forwarder.store.users import UserTable
+
+
+class FakeUsers:
+    """The parts of `UserTable` the providers use, in memory."""
+
+    def __init__(self) -> None:
+        self.by_hash: dict[str, Identity] = {}
+        self.ensured: dict[uuid.UUID, str] = {}
+        self.lookups = 0
+
+    def identity_for_token(self, token_hash: str) -> Identity | None:
+        self.lookups += 1
+        return self.by_hash.get(token_hash)
+
+    def ensure(self, user_id: uuid.UUID, username: str, *, auth: str) -> UserRecord:
+        self.ensured[user_id] = username
+        return UserRecord(user_id=user_id, username=username, auth=auth, created_at=0.0)
+
+
+class FakeIntrospection:
+    def __init__(self) -> None:
+        self.answers: dict[str, Mapping[str, Any]] = {}
+        self.calls = 0
+
+    def __call__(self, token: str) -> Mapping[str, Any]:
+        self.calls += 1
+        return self.answers.get(token, {"active": False})
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_new_tokens_are_random_prefixed_and_stored_as_sha256() -> None:
+    tokens = {new_token() for _ in range(100)}
+    assert len(tokens) == 100
+    for token in tokens:
+        assert token.startswith(TOKEN_PREFIX)
+        assert len(token) >= len(TOKEN_PREFIX) + 43  # 256 random bits
+        digest = hash_token(token)
+        assert digest == hashlib.sha256(token.encode()).hexdigest()
+        assert token not in digest and len(digest) == 64
+    assert hash_token("tf_a") == hash_token("tf_a") != hash_token("tf_b")
+
+
+def test_local_provider_accepts_only_stored_hashes() -> None:
+    users = FakeUsers()
+    token = new_token()
+    alice = Identity(user_id=uuid.uuid4(), username="alice", auth="local")
+    users.by_hash[hash_token(token)] = alice
+    provider = LocalTokenProvider(cast(UserTable, users))
+    assert provider.authenticate(token) == alice
+    for bad in (new_token(), token + "x", "not-ours", "tf_" + "a" * 5000):
+        with pytest.raises(AuthenticationError) as refused:
+            provider.authenticate(bad)
+        assert refused.value.status == 401 and refused.value.code == "INVALID_TOKEN"
+    assert users.lookups == 3  # tokens without our prefix (or absurdly long) never reach the store
+
+
+def test_token_cache_expires_and_is_bounded() -> None:
+    cache = TokenCache(max_entries=2)
+    identities = [Identity(user_id=uuid.uuid4(), username=f"u{i}", auth="globus") for i in range(3)]
+    cache.put("a", identities[0], expires_at=100)
+    cache.put("b", identities[1], expires_at=200)
+    assert cache.get("a", now=50) == identities[0]  # a is now the most recent
+    cache.put("c", identities[2], expires_at=300)  # b goes
+    assert cache.get("b", now=50) is None
+    assert cache.get("a", now=100) is None  # expired
+    assert cache.get("c", now=299) == identities[2]
+    assert len(cache) == 1
+
+
+def _globus(
+    introspection: FakeIntrospection, clock: Clock, users: FakeUsers | None = None, **kwargs: Any
+) -> GlobusTokenProvider:
+    return GlobusTokenProvider(introspection, cast(UserTable, users or FakeUsers()), clock=clock, **kwargs)
+
+
+def test_globus_active_tokens_are_accepted_and_cached_until_they_expire() -> None:
+    introspection, clock, users = FakeIntrospection(), Clock(), FakeUsers()
+    sub = uuid.uuid4()
+    introspection.answers["tok"] = {"active": True, "sub": str(sub), "username": "ada@uni.example", "exp": 1060}
+    provider = _globus(introspection, clock, users, cache_max_age_s=300)
+    identity = provider.authenticate("tok")
+    assert identity == Identity(user_id=sub, username="ada@uni.example", auth="globus")
+    assert users.ensured == {sub: "ada@uni.example"}
+    clock.now = 1059
+    assert provider.authenticate("tok") == identity
+    assert introspection.calls == 1
+    clock.now = 1060  # the token's exp: ask again, and now it is expired
+    with pytest.raises(AuthenticationError):
+        provider.authenticate("tok")
+    assert introspection.calls == 2
+
+
+def test_globus_cache_age_is_bounded_even_for_long_lived_tokens() -> None:
+    introspection, clock = FakeIntrospection(), Clock()
+    introspection.answers["tok"] = {"active": True, "sub": str(uuid.uuid4()), "username": "u", "exp": 10**9}
+    provider = _globus(introspection, clock, cache_max_age_s=60)
+    provider.authenticate("tok")
+    clock.now += 61
+    provider.authenticate("tok")
+    assert introspection.calls == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"active": False},
+        {"active": "true", "sub": str(uuid.uuid4()), "exp": 2000},
+        {"active": True, "sub": str(uuid.uuid4()), "exp": 999},
+        {"active": True, "sub": str(uuid.uuid4())},
+        {"active": True, "sub": "not-a-uuid", "exp": 2000},
+        {"active": True, "sub": str(uuid.uuid4()), "exp": 2000, "scope": "openid email"},
+    ],
+)
+def test_globus_refuses_inactive_expired_malformed_or_unscoped_tokens(answer: dict[str, Any]) -> None:
+    introspection, clock = FakeIntrospection(), Clock()
+    introspection.answers["tok"] = answer
+    provider = _globus(introspection, clock, required_scope="taskfabric:all")
+    with pytest.raises(AuthenticationError) as refused:
+        provider.authenticate("tok")
+    assert refused.value.code == "INVALID_TOKEN"
+    with pytest.raises(AuthenticationError):
+        provider.authenticate("tok")
+    assert introspection.calls == 2  # refusals are not cached
+
+
+def test_globus_outage_is_not_an_authentication_failure() -> None:
+    def unreachable(token: str) -> Mapping[str, Any]:
+        raise ServiceError("the identity provider is unreachable", status=503, code="AUTH_UNAVAILABLE")
+
+    provider = GlobusTokenProvider(unreachable, cast(UserTable, FakeUsers()))
+    with pytest.raises(ServiceError) as failed:
+        provider.authenticate("tok")
+    assert failed.value.status == 503
+    with pytest.raises(AuthenticationError):
+        provider.authenticate("")

@@ -1,0 +1,89 @@
+"""The forwarder's settings: defaults, file/environment/flag precedence, named errors, docs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from taskfabric.errors import ConfigError
+from taskfabric.forwarder.settings import ForwarderSettings
+from taskfabric.settings import describe_settings
+
+
+def test_defaults(tmp_home: Path) -> None:
+    settings = ForwarderSettings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8470)
+    assert settings.store_url == f"sqlite:///{tmp_home / 'forwarder' / 'forwarder.db'}"
+    assert settings.topology_prefix == "taskfabric"
+    assert settings.max_payload_bytes == settings.max_function_bytes == 10 * 1024 * 1024
+    assert settings.max_batch_tasks == 10000
+    assert settings.result_ttl_s == 14 * 86400
+    assert settings.auth.provider == "local"
+    assert settings.vhost == "/"
+
+
+def test_file_then_environment_then_flags(tmp_path: Path, tmp_home: Path) -> None:
+    config = tmp_path / "forwarder.yaml"
+    config.write_text("port: 9000\nhost: 0.0.0.0\nauth:\n  provider: globus\n  globus_client_id: abc\n")
+    environ = {
+        "TASKFABRIC_FORWARDER_PORT": "9100",
+        "TASKFABRIC_FORWARDER_AUTH_GLOBUS_CLIENT_SECRET": "s3cret",
+        "TASKFABRIC_FORWARDER_DATABASE_URL": "postgresql+psycopg://u@db/forwarder",
+    }
+    settings = ForwarderSettings.load(config, environ=environ, overrides={"host": "127.0.0.2", "port": None})
+    assert settings.port == 9100
+    assert settings.host == "127.0.0.2"
+    assert settings.auth.provider == "globus"
+    assert settings.auth.globus_client_id == "abc" and settings.auth.globus_client_secret == "s3cret"
+    assert settings.store_url == "postgresql+psycopg://u@db/forwarder"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"prot": 1}, r"prot: unknown key \(did you mean 'port'\?\)"),
+        ({"port": 70000}, "port: must be at most 65535"),
+        ({"max_payload_bytes": "big"}, "max_payload_bytes: expected an integer"),
+        ({"auth": {"provider": "ldap"}}, "auth.provider: expected one of 'local', 'globus'"),
+        ({"auth": {"provider": "globus"}}, "needs auth.globus_client_id"),
+        ({"amqp_url": "http://x"}, "amqp_url: expected a amqp/amqps URL"),
+        ({"status_period_s": 10, "endpoint_offline_after_s": 5}, "endpoint_offline_after_s must be longer"),
+        ({"max_request_bytes": 1024 * 1024}, "max_request_bytes"),
+        ({"topology_prefix": "bad prefix!"}, "topology_prefix: invalid topology prefix"),
+    ],
+)
+def test_bad_values_are_named(data: dict[str, object], message: str, tmp_home: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ForwarderSettings.from_mapping(data, source="forwarder.yaml")
+
+
+def test_endpoint_broker_url_has_the_endpoints_own_credentials(tmp_home: Path) -> None:
+    settings = ForwarderSettings(amqp_url="amqp://admin:pw@10.0.0.5:5672/%2F")
+    url = settings.endpoint_broker_url("ep-1", "p/ss:w@rd")
+    assert url == "amqp://ep-1:p%2Fss%3Aw%40rd@10.0.0.5:5672/%2F"
+    public = ForwarderSettings(
+        amqp_url="amqp://admin:pw@10.0.0.5:5672/%2F", endpoint_amqp_url="amqps://broker.example.org:5671/tf"
+    )
+    assert public.endpoint_broker_url("ep-1", "x") == "amqps://ep-1:x@broker.example.org:5671/tf"
+    assert ForwarderSettings(amqp_url="amqp://a:b@h:1/tf").vhost == "tf"
+
+
+def test_every_key_is_documented() -> None:
+    docs = describe_settings(ForwarderSettings)
+    keys = {doc.key for doc in docs}
+    assert {"host", "port", "database_url", "amqp_url", "management_url", "endpoint_amqp_url", "auth.provider"} <= keys
+    assert {
+        "auth.globus_client_id",
+        "auth.globus_client_secret",
+        "auth.globus_required_scope",
+        "publish_batch_tasks",
+    } <= keys
+    assert {
+        "result_ttl_s",
+        "endpoint_offline_after_s",
+        "status_period_s",
+        "confirm_timeout_s",
+        "delivery_limit",
+    } <= keys
+    assert all(doc.help for doc in docs), [doc.key for doc in docs if not doc.help]

@@ -1,0 +1,92 @@
+"""The agent's on-disk ledger: intake dedupe, completion, stored results, recovery after a restart."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from taskfabric.endpoint_agent.ledger import Ledger
+from taskfabric.errors import ErrorCode
+from taskfabric.protocol import FunctionBody, Result, Task, TaskBatch, TaskError
+
+FN = uuid.uuid4()
+
+
+def batch(count: int, client: str = "3.11.7") -> TaskBatch:
+    return TaskBatch(
+        tasks=[Task(task_id=uuid.uuid4(), function_id=FN, payload=b"p%d" % i, walltime_s=5.0) for i in range(count)],
+        functions=[FunctionBody(function_id=FN, body=b"body", python_version="3.11.7")],
+        client_python=client,
+    )
+
+
+def test_record_returns_only_new_tasks(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    first = batch(3)
+    assert [held.task for held in ledger.record([first])] == first.tasks
+    assert ledger.record([first]) == []  # a redelivered message runs nothing twice
+    assert ledger.counts() == {"held": 3, "stored_results": 0}
+
+
+def test_completed_tasks_are_forgotten_but_not_rerun(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    first = batch(2)
+    ledger.record([first])
+    ledger.complete([first.tasks[0].task_id])
+    ledger.flush()
+    assert ledger.counts()["held"] == 1
+    assert ledger.record([first]) == []  # the answered one is remembered as done
+
+
+def test_recovery_after_restart(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    ledger = Ledger(path)
+    first = batch(3, client="3.10.1")
+    ledger.record([first])
+    ledger.set_attempts(first.tasks[1].task_id, 2)
+    failed = Result(task_id=first.tasks[2].task_id, ok=False, error=TaskError(code=ErrorCode.TASK_FAILED, message="x"))
+    ledger.store_results([failed])
+    ledger.complete([first.tasks[0].task_id])
+    ledger.flush()
+    ledger.close()
+
+    reopened = Ledger(path)
+    to_run, to_publish = reopened.unfinished()
+    assert [held.task for held in to_run] == [first.tasks[1]]
+    assert to_run[0].attempts == 2
+    assert to_run[0].client_python == "3.10.1"
+    assert to_publish == [failed]
+    assert reopened.stored_results() == [failed]
+    assert reopened.functions([FN]) == first.functions
+    assert first.tasks[1].task_id in reopened
+    # new tasks after a restart get fresh rows (no clash with the old ones)
+    more = batch(2)
+    assert len(reopened.record([more])) == 2
+    reopened.complete([first.tasks[1].task_id, first.tasks[2].task_id, *[t.task_id for t in more.tasks]])
+    reopened.flush()
+    assert reopened.counts() == {"held": 0, "stored_results": 0}
+
+
+def test_staged_tasks_are_written_in_one_flush_and_answered_ones_never(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    first = batch(4)
+    fresh = ledger.stage([first])
+    assert len(fresh) == 4 and ledger.counts()["held"] == 0  # nothing on disk yet
+    assert ledger.stage([first]) == []  # staged tasks are known too
+    ledger.complete([first.tasks[0].task_id])  # answered before the flush: never written
+    ledger.set_attempts(first.tasks[1].task_id, 2)  # changes the staged row
+    written = ledger.flush()
+    assert set(written) == {task.task_id for task in first.tasks[1:]}
+    assert ledger.counts()["held"] == 3
+    assert ledger.flush() == []
+    to_run, _ = Ledger(tmp_path / "l.sqlite").unfinished()
+    assert {held.task_id: held.attempts for held in to_run}[first.tasks[1].task_id] == 2
+
+
+def test_storing_results_writes_staged_tasks_first(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    first = batch(1)
+    ledger.stage([first])
+    failed = Result(task_id=first.tasks[0].task_id, ok=False, error=TaskError(code=ErrorCode.TASK_FAILED, message="x"))
+    ledger.store_results([failed])
+    assert ledger.counts() == {"held": 1, "stored_results": 1}
