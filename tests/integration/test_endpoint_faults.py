@@ -40,11 +40,13 @@ def harness(node: RabbitNode, tmp_path: Path) -> Iterator[EndpointHarness]:
     info = node.start()
     admin = RabbitTransport(info.amqp_url, confirm_timeout_s=10, backoff_max_s=1.0)
     admin.start(wait_s=30)
-    endpoints = EndpointHarness(admin, info.amqp_url, info.management_url, tmp_path)
-    yield endpoints
-    if node.is_running():
-        endpoints.cleanup()
-    admin.close()
+    try:
+        endpoints = EndpointHarness(admin, info.amqp_url, info.management_url, tmp_path)
+        yield endpoints
+        if node.is_running():
+            endpoints.cleanup()
+    finally:
+        admin.close()  # never leave an I/O thread reconnecting to this module's node after it stops
 
 
 def slow_square(x: int, delay: float = 0.05) -> int:
