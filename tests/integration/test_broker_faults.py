@@ -3,6 +3,7 @@ and confirm waits are bounded."""
 
 from __future__ import annotations
 
+import random
 import threading
 import uuid
 from collections.abc import Iterator
@@ -94,11 +95,15 @@ def test_confirm_waits_are_bounded_while_the_broker_is_down(
     node.stop_app()
     try:
         wait_until(lambda: not transport.connected, timeout_s=15, what="disconnect")
+        global_random = random.getstate()
         future = transport.publish(
             OutgoingMessage(exchange=topo.tasks_exchange, routing_key=queues.task_queue, body=b"x")
         )
         with pytest.raises((PublishTimeout, ConnectionLost)):
             future.result(timeout=10)  # the transport's own 3 s deadline fires first
+        # several jittered reconnect attempts happened meanwhile, none drawing on the global random
+        # (that thread must not disturb user code or hypothesis, which checks that state)
+        assert random.getstate() == global_random
     finally:
         node.start_app()
     wait_until(lambda: transport.connected, timeout_s=30, what="reconnect")
