@@ -169,8 +169,10 @@ def test_tasks_longer_than_the_consumer_timeout_complete(node: RabbitNode, harne
         assert result.attempts == 1
         assert not endpoint.collector.duplicates
     finally:
+        # back to rabbit.app's defaults. Never unset_env: open channels read the tick interval on
+        # every tick and crash (541 INTERNAL_ERROR) when it is missing
         node.ctl("eval", "application:set_env(rabbit, consumer_timeout, 1800000).")
-        node.ctl("eval", "application:unset_env(rabbit, channel_tick_interval).")
+        node.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 60000).")
 
 
 def _assert_holding_a_delivery_is_cut_off(harness: EndpointHarness) -> None:
