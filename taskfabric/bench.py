@@ -203,15 +203,13 @@ def backlog(fabric: Fabric, tasks: int, progress: Callable[[int], None]) -> dict
 def _submit_many(
     client: Any, endpoint_id: str, function_id: Any, tasks: int, progress: Callable[[int], None]
 ) -> list[Any]:
-    from taskfabric.client.client import _Call
-    from taskfabric.client.serialization import serialize_arguments
-
-    payload = serialize_arguments((), {})
-    call = _Call(function_id, payload, None)
     task_ids: list[Any] = []
     for start in range(0, tasks, 5000):
         count = min(5000, tasks - start)
-        task_ids.extend(client.submit_calls(endpoint_id, [call] * count))
+        batch = client.create_batch()
+        for _ in range(count):
+            batch.add(function_id)
+        task_ids.extend(client.batch_run(endpoint_id, batch))
         progress(count // 2)
     return task_ids
 
