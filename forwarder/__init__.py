@@ -21,7 +21,7 @@ Layers, outside in: `cli` -> `app`/`routes` (HTTP) -> `service.Forwarder` -> `fu
 
 from __future__ import annotations
 
-from taskfabric.forwarder.admin import create_token, create_user, list_users
+from taskfabric.forwarder.admin import create_token, create_user, list_users, revoke_tokens
 from taskfabric.forwarder.app import create_app
 from taskfabric.forwarder.auth import AuthProvider, GlobusTokenProvider, LocalTokenProvider, hash_token, new_token
 from taskfabric.forwarder.cli import serve
@@ -46,5 +46,6 @@ __all__ = [
     "hash_token",
     "list_users",
     "new_token",
+    "revoke_tokens",
     "serve",
 ]

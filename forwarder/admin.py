@@ -13,7 +13,7 @@ from taskfabric.forwarder.records import UserRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreConflict
 
-__all__ = ["create_token", "create_user", "list_users"]
+__all__ = ["create_token", "create_user", "list_users", "revoke_tokens"]
 
 _USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
@@ -34,15 +34,34 @@ def create_user(settings: ForwarderSettings, name: str) -> UserRecord:
 def create_token(settings: ForwarderSettings, name: str, *, description: str = "") -> str:
     """A new token for local user `name`. The token is returned once and stored only as a hash."""
     with Store.open(settings.store_url) as store:
-        user = store.users.find(name, auth="local")
-        if user is None:
-            raise TaskfabricError(f"no local user named {name!r}; create it with: taskfabric admin create-user {name}")
+        user = _local_user(store, name)
         token = new_token()
         store.users.add_token(user.user_id, hash_token(token), description=description[:256])
     return token
+
+
+def revoke_tokens(settings: ForwarderSettings, name: str, *, token: str | None = None) -> int:
+    """Delete `token` of local user `name` or, with `token=None`, all of that user's tokens; returns
+    how many were deleted. A running forwarder stops accepting a revoked token within a minute
+    (it remembers accepted tokens for at most `auth.cache_max_age_s`, capped at 60 s)."""
+    with Store.open(settings.store_url) as store:
+        user = _local_user(store, name)
+        if token is None:
+            return store.users.delete_tokens(user.user_id)
+        deleted = store.users.delete_tokens(user.user_id, token_hash=hash_token(token.strip()))
+    if deleted == 0:
+        raise TaskfabricError(f"that token is not one of {name!r}'s tokens (nothing was revoked)")
+    return deleted
 
 
 def list_users(settings: ForwarderSettings) -> list[UserRecord]:
     """Every user (local and Globus) with its number of local tokens."""
     with Store.open(settings.store_url) as store:
         return store.users.list()
+
+
+def _local_user(store: Store, name: str) -> UserRecord:
+    user = store.users.find(name, auth="local")
+    if user is None:
+        raise TaskfabricError(f"no local user named {name!r}; create it with: taskfabric admin create-user {name}")
+    return user

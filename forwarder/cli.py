@@ -185,6 +185,19 @@ def create_token_command(name: str, description: str, config_file: Path | None, 
     click.echo(token)
 
 
+@admin.command("revoke-token")
+@click.argument("name")
+@click.option("--all", "revoke_all", is_flag=True, help="Revoke every token of NAME.")
+@_store_options
+def revoke_token_command(name: str, revoke_all: bool, config_file: Path | None, database_url: str | None) -> None:
+    """Revoke a token of local user NAME (read from a hidden prompt or standard input, so it stays
+    out of the shell history), or all of NAME's tokens with --all. A running forwarder refuses a
+    revoked token within a minute."""
+    token = None if revoke_all else click.prompt("token to revoke", hide_input=True, err=True)
+    revoked = admin_functions.revoke_tokens(_settings(config_file, database_url=database_url), name, token=token)
+    click.echo(f"revoked {revoked} token(s) of {name}")
+
+
 @admin.command("list-users")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @_store_options

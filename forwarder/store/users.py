@@ -78,6 +78,15 @@ class UserTable:
                 )
             )
 
+    def delete_tokens(self, user_id: uuid.UUID, *, token_hash: str | None = None) -> int:
+        """Delete one token of the user (by hash) or, without `token_hash`, all of them; returns
+        how many were deleted."""
+        statement = tokens.delete().where(tokens.c.user_id == user_id)
+        if token_hash is not None:
+            statement = statement.where(tokens.c.token_hash == token_hash)
+        with translate_errors("revoking tokens"), self._engine.begin() as connection:
+            return int(connection.execute(statement).rowcount)
+
     def identity_for_token(self, token_hash: str) -> Identity | None:
         """The local user a token hash belongs to, if any."""
         query = (

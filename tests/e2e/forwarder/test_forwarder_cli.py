@@ -13,10 +13,12 @@ from pathlib import Path
 
 import httpx
 import msgpack
+import pytest
 from websockets.sync.client import connect
 
+from taskfabric.errors import TaskfabricError
 from taskfabric.exit_codes import RET_BROKER, RET_CONFIG, RET_ERROR, RET_OK
-from taskfabric.forwarder import ForwarderSettings, create_token, create_user, list_users
+from taskfabric.forwarder import ForwarderSettings, create_token, create_user, list_users, revoke_tokens
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi, ForwarderProcess
 from taskfabric.protocol import Result
 from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
@@ -24,9 +26,11 @@ from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
 TASKFABRIC = str(Path(sys.executable).parent / "taskfabric")
 
 
-def _run(*args: str, home: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, home: Path, timeout_s: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {"TASKFABRIC_HOME": str(home), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
-    return subprocess.run([TASKFABRIC, *args], capture_output=True, text=True, env=env, timeout=timeout_s, check=False)
+    return subprocess.run(
+        [TASKFABRIC, *args], capture_output=True, text=True, env=env, timeout=timeout_s, check=False, input=stdin
+    )
 
 
 def test_admin_commands(tmp_path: Path) -> None:
@@ -48,6 +52,14 @@ def test_admin_commands(tmp_path: Path) -> None:
     database = home / "forwarder" / "forwarder.db"
     assert database.exists()
     assert token.stdout.strip().encode() not in database.read_bytes()
+    # revoking: the token comes on standard input (not in argv); a wrong one revokes nothing
+    wrong = _run("admin", "revoke-token", "alice", home=home, stdin="tf_not-a-token-of-alice\n")
+    assert wrong.returncode == RET_ERROR and "not one of 'alice'" in wrong.stderr
+    revoked = _run("admin", "revoke-token", "alice", home=home, stdin=token.stdout)
+    assert revoked.returncode == RET_OK, revoked.stderr
+    assert "revoked 1 token(s) of alice" in revoked.stdout
+    listed = _run("admin", "list-users", "--json", home=home)
+    assert json.loads(listed.stdout)["tokens"] == 0
 
 
 def test_admin_functions(tmp_path: Path) -> None:
@@ -56,6 +68,14 @@ def test_admin_functions(tmp_path: Path) -> None:
     first, second = create_token(settings, "bob"), create_token(settings, "bob", description="ci")
     assert first != second
     assert [(u.username, u.tokens, u.user_id) for u in list_users(settings)] == [("bob", 2, user.user_id)]
+    assert revoke_tokens(settings, "bob", token=first) == 1
+    with pytest.raises(TaskfabricError, match="not one of 'bob'"):
+        revoke_tokens(settings, "bob", token=first)  # already gone
+    with pytest.raises(TaskfabricError, match="no local user named 'nobody'"):
+        revoke_tokens(settings, "nobody")
+    create_token(settings, "bob")
+    assert revoke_tokens(settings, "bob") == 2  # --all
+    assert [u.tokens for u in list_users(settings)] == [0]
 
 
 def test_serve_refuses_bad_settings_and_an_unreachable_broker(tmp_path: Path) -> None:
@@ -84,6 +104,7 @@ def test_a_whole_trip_through_a_served_forwarder(broker: BrokerUnderTest, tmp_pa
         "amqp_url": broker.amqp_url,
         "management_url": broker.management_url,
         "topology_prefix": unique_name("e2e"),
+        "auth": {"cache_max_age_s": 1},  # so a revoked token is refused within a second
     }
     process = ForwarderProcess(tmp_path / "run", settings).start()
     try:
@@ -111,6 +132,16 @@ def test_a_whole_trip_through_a_served_forwarder(broker: BrokerUnderTest, tmp_pa
                         received[result["task_id"]] = result["value"]
             assert received == {task_id: b"r%d" % i for i, task_id in enumerate(task_ids)}
             assert httpx.get(f"{process.url}/openapi.json").json()["info"]["title"] == "taskfabric forwarder"
+        # a revoked token stops working at the running forwarder once its cache entry expires
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{process.url}/v1/endpoints", headers=headers).status_code == 200
+        revoke = _run("admin", "revoke-token", "carol", "--all", "--database-url", database_url, home=tmp_path)
+        assert revoke.returncode == RET_OK, revoke.stderr
+        wait_until(
+            lambda: httpx.get(f"{process.url}/v1/endpoints", headers=headers).status_code == 401,
+            timeout_s=10,
+            what="the revoked token refused",
+        )
     finally:
         # SIGTERM: a graceful stop (uvicorn re-raises the signal once it has shut down)
         assert process.stop() in (RET_OK, -signal.SIGTERM)
