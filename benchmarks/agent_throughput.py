@@ -39,7 +39,13 @@ def noop() -> None:
 
 
 def one_run(
-    admin: RabbitTransport, info: object, workdir: Path, tasks: int, workers: int, prefetch: int | None
+    admin: RabbitTransport,
+    info: object,
+    workdir: Path,
+    tasks: int,
+    workers: int,
+    prefetch: int | None,
+    encrypted: bool = True,
 ) -> dict[str, float]:
     topology = Topology(prefix=unique_name("bench"))
     topology.declare_shared(admin)
@@ -48,6 +54,7 @@ def one_run(
         "status_period_s": 5,
         "heartbeat_period_s": 2,
         "heartbeat_threshold_s": 10,
+        "interchange_encrypted": encrypted,
     }
     if prefetch is not None:
         config["prefetch"] = prefetch
@@ -93,6 +100,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--prefetch", type=int, default=None, help="manager prefetch (default: the endpoint's auto)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--plain-interchange", action="store_true", help="turn CurveZMQ off between interchange and manager"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
         node = RabbitNode(Path(tmp) / "broker")
@@ -100,14 +110,18 @@ def main() -> int:
         admin = RabbitTransport(info.amqp_url, confirm_timeout_s=60)
         admin.start()
         try:
-            runs = [one_run(admin, info, Path(tmp), args.tasks, args.workers, args.prefetch) for _ in range(args.runs)]
+            runs = [
+                one_run(admin, info, Path(tmp), args.tasks, args.workers, args.prefetch, not args.plain_interchange)
+                for _ in range(args.runs)
+            ]
         finally:
             admin.close()
             node.stop()
     rates = [run["tasks_per_s"] for run in runs]
     median = statistics.median(rates)
     print(
-        f"agent path, broker to broker: {args.tasks} no-op tasks, {args.workers} workers: "
+        f"agent path, broker to broker: {args.tasks} no-op tasks, {args.workers} workers, "
+        f"interchange {'plain' if args.plain_interchange else 'CurveZMQ'}: "
         f"median {median:,.0f} tasks/s over {args.runs} runs ({', '.join(f'{r:,.0f}' for r in rates)})"
     )
     print(
@@ -117,6 +131,7 @@ def main() -> int:
                 "tasks": args.tasks,
                 "workers": args.workers,
                 "prefetch": args.prefetch,
+                "interchange_encrypted": not args.plain_interchange,
                 "runs": runs,
                 "median_tasks_per_s": round(median, 1),
                 "cpus": os.cpu_count(),

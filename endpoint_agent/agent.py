@@ -41,7 +41,7 @@ from taskfabric.endpoint_agent.interchange import Interchange, LostTask
 from taskfabric.endpoint_agent.launch import ManagerLaunch, new_registration_token, write_token_file
 from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
 from taskfabric.endpoint_agent.scaler import Scaler
-from taskfabric.endpoint_agent.zmq_router import ManagerSockets
+from taskfabric.endpoint_agent.zmq_router import ManagerSockets, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode
 from taskfabric.protocol import EndpointStatus, FunctionBody, Result, TaskError
 from taskfabric.transport import Delivery
@@ -133,7 +133,9 @@ class Agent:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
-        self.sockets = ManagerSockets(config.interchange_address, config.interchange_port)
+        public_key, secret_key = curve_keypair() if config.interchange_encrypted else (None, None)
+        self.sockets = ManagerSockets(config.interchange_address, config.interchange_port, curve_secret_key=secret_key)
+        self._interchange_key = public_key
         self.token = new_registration_token()
         self.interchange = Interchange(
             self.sockets,
@@ -181,6 +183,11 @@ class Agent:
             token_file=write_token_file(self.paths.blocks / "manager.token", self.token),
             log_root=self.paths.blocks,
             base_command=self.config.manager_command,
+            interchange_key_file=(
+                write_token_file(self.paths.blocks / "interchange.key", self._interchange_key)
+                if self._interchange_key
+                else None
+            ),
         )
 
     # --- lifecycle ----------------------------------------------------------------------

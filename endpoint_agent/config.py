@@ -73,6 +73,13 @@ class EndpointConfig:
         help="The address managers connect back to; use the login node's cluster-facing address on a cluster.",
     )
     interchange_port: int = setting(0, min=0, max=65535, help="The interchange's port; 0 picks a free one.")
+    interchange_encrypted: bool = setting(
+        True,
+        help=(
+            "Encrypt the link between the interchange and its managers with CurveZMQ (a key pair per agent run; "
+            "managers read the public key from the endpoint's blocks folder). Turn off only on a trusted network."
+        ),
+    )
     manager_command: str | None = setting(
         None,
         help=(

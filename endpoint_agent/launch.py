@@ -2,7 +2,8 @@
 
 The token is random per agent run and written to a file readable only by the endpoint's user
 (`<endpoint>/blocks/manager.token`, which containers see through the mounted run directory): the
-interchange turns away managers that do not present it, and the token never shows in `ps`.
+interchange turns away managers that do not present it, and the token never shows in `ps`. When
+the interchange is encrypted (CurveZMQ), its public key goes in `blocks/interchange.key` beside it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ def new_registration_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def write_token_file(path: Path, token: str) -> Path:
+def write_token_file(path: Path, token: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(token.encode() if isinstance(token, str) else token)
     return path
 
 
@@ -42,6 +43,8 @@ class ManagerLaunch:
     token_file: Path
     log_root: Path
     base_command: str | None = None
+    #: the interchange's CurveZMQ public key; None when the link is not encrypted
+    interchange_key_file: Path | None = None
 
     def argv(self, block_id: str) -> list[str]:
         """The manager's command line for block `block_id` (a provider runs it once per node)."""
@@ -68,6 +71,7 @@ class ManagerLaunch:
             str(self.max_result_bytes),
             "--token-file",
             str(self.token_file),
+            *(["--interchange-key-file", str(self.interchange_key_file)] if self.interchange_key_file else []),
             "--log-dir",
             str(self.log_root / f"block-{block_id}"),
         ]

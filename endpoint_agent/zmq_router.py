@@ -3,6 +3,11 @@
 Managers connect with a DEALER whose identity is their manager id; every message is one frame
 holding a packed protocol message. `poll()` also watches raw file descriptors (the agent's wake-up
 pipe), so the agent loop sleeps in exactly one place.
+
+With a CURVE secret key the ROUTER is a CurveZMQ server: every connection is encrypted, and a
+manager can only connect when it knows the matching public key (`curve_keypair()` makes a pair).
+Managers still prove themselves with the registration token; CURVE keeps it, the tasks and the
+results from anyone watching the network.
 """
 
 from __future__ import annotations
@@ -11,19 +16,32 @@ import zmq
 
 from taskfabric.errors import TaskfabricError
 
-__all__ = ["ManagerSockets", "RouterError"]
+__all__ = ["ManagerSockets", "RouterError", "curve_keypair"]
 
 
 class RouterError(TaskfabricError):
     """The interchange's socket failed (e.g. the address could not be bound)."""
 
 
-class ManagerSockets:
-    """A ROUTER bound on `address`:`port` (port 0 picks a free one)."""
+def curve_keypair() -> tuple[bytes, bytes]:
+    """A new CurveZMQ (public, secret) key pair, Z85-encoded (40 bytes each)."""
+    if not zmq.has("curve"):
+        raise RouterError("this pyzmq/libzmq has no CURVE support: set interchange_encrypted: false")
+    public, secret = zmq.curve_keypair()
+    return public, secret
 
-    def __init__(self, address: str, port: int = 0) -> None:
+
+class ManagerSockets:
+    """A ROUTER bound on `address`:`port` (port 0 picks a free one); a CurveZMQ server when given
+    its `curve_secret_key`."""
+
+    def __init__(self, address: str, port: int = 0, *, curve_secret_key: bytes | None = None) -> None:
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._socket = self._context.socket(zmq.ROUTER)
+        if curve_secret_key is not None:
+            self._socket.setsockopt(zmq.CURVE_SERVER, 1)
+            self._socket.setsockopt(zmq.CURVE_SECRETKEY, curve_secret_key)
+        self.encrypted = curve_secret_key is not None
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a gone manager raises, not drops silently
         self._socket.setsockopt(zmq.SNDHWM, 0)

@@ -48,6 +48,12 @@ def manager() -> None:
     help=f"File holding the registration token (else ${TOKEN_ENV}).",
 )
 @click.option(
+    "--interchange-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the interchange's CurveZMQ public key: the link is encrypted (the agent writes it).",
+)
+@click.option(
     "--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where worker output goes."
 )
 @click.option("--log-level", default="INFO", show_default=True)
@@ -60,6 +66,7 @@ def run(
     heartbeat_threshold_s: float,
     max_result_bytes: int,
     token_file: Path | None,
+    interchange_key_file: Path | None,
     log_dir: Path | None,
     log_level: str,
 ) -> None:
@@ -75,6 +82,7 @@ def run(
         prefetch=prefetch,
         block_id=block_id,
         registration_token=token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV, ""),
+        interchange_key=interchange_key_file.read_bytes().strip() if interchange_key_file else None,
         heartbeat_period_s=heartbeat_period_s,
         heartbeat_threshold_s=heartbeat_threshold_s,
         max_result_bytes=max_result_bytes,

@@ -63,6 +63,8 @@ class ManagerSettings:
     prefetch: int = 0
     block_id: str | None = None
     registration_token: str = ""
+    #: the interchange's CurveZMQ public key (Z85); None means a plain, unencrypted link
+    interchange_key: bytes | None = None
     #: used until the interchange's ManagerAccepted says otherwise
     heartbeat_period_s: float = 10.0
     heartbeat_threshold_s: float = 60.0
@@ -86,7 +88,9 @@ class Manager:
     def __init__(self, settings: ManagerSettings) -> None:
         self.settings = settings
         self.manager_id = uuid.uuid4().hex
-        self.link = InterchangeLink(settings.interchange_address, self.manager_id.encode())
+        self.link = InterchangeLink(
+            settings.interchange_address, self.manager_id.encode(), server_key=settings.interchange_key
+        )
         self.pool = WorkerPool(settings.workers, max_result_bytes=settings.max_result_bytes, log_dir=settings.log_dir)
         self.queue: collections.deque[_Queued] = collections.deque()
         self.functions: dict[uuid.UUID, FunctionBody] = {}

@@ -18,12 +18,15 @@ class LinkError(TaskfabricError):
 
 
 class InterchangeLink:
-    """A DEALER connected to the interchange's ROUTER at `address` (``tcp://host:port``)."""
+    """A DEALER connected to the interchange's ROUTER at `address` (``tcp://host:port``); with the
+    interchange's CURVE public key, an encrypted CurveZMQ client (its own key pair is made here)."""
 
-    def __init__(self, address: str, identity: bytes) -> None:
+    def __init__(self, address: str, identity: bytes, *, server_key: bytes | None = None) -> None:
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.IDENTITY, identity)
+        if server_key is not None:
+            self._use_curve(server_key)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, 0)
         self._socket.setsockopt(zmq.RCVHWM, 0)
@@ -35,6 +38,19 @@ class InterchangeLink:
             raise LinkError(f"cannot connect to the interchange at {address!r}: {exc}") from None
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
+
+    def _use_curve(self, server_key: bytes) -> None:
+        if not zmq.has("curve"):
+            self._socket.close()
+            raise LinkError("the interchange is encrypted, but this pyzmq/libzmq has no CURVE support")
+        public, secret = zmq.curve_keypair()
+        try:
+            self._socket.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+        except zmq.ZMQError:
+            self._socket.close()
+            raise LinkError(f"not a CurveZMQ public key (40 Z85 characters): {server_key[:60]!r}") from None
+        self._socket.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        self._socket.setsockopt(zmq.CURVE_SECRETKEY, secret)
 
     def watch(self, fd: int) -> None:
         self._poller.register(fd, zmq.POLLIN)

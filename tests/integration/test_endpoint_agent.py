@@ -140,6 +140,18 @@ def test_tasks_wait_in_the_queue_while_the_endpoint_is_stopped(endpoints: Endpoi
     assert [endpoint.collector.value(results[i]) for i in ids] == [i * i for i in range(20)]
 
 
+def test_the_interchange_link_is_encrypted_unless_turned_off(endpoints: EndpointHarness) -> None:
+    encrypted = endpoints.start()
+    key_file = encrypted.directory / "blocks" / "interchange.key"
+    plain = endpoints.start(interchange_encrypted=False)
+    for endpoint, x in ((encrypted, 3), (plain, 4)):
+        task_id = endpoint.run(square, x)
+        assert endpoint.collector.value(endpoint.wait([task_id])[task_id]) == x * x
+    # the managers were told the interchange's CurveZMQ public key through a private file
+    assert len(key_file.read_bytes()) == 40 and key_file.stat().st_mode & 0o777 == 0o600
+    assert not (plain.directory / "blocks" / "interchange.key").exists()
+
+
 def test_ten_thousand_tasks_in_large_batches(endpoints: EndpointHarness) -> None:
     endpoint = endpoints.start()
     items = [endpoint.factory.task(square, i) for i in range(10_000)]
