@@ -16,9 +16,9 @@ from taskfabric.testing.slurm import SlurmCluster
 pytestmark = pytest.mark.slurm
 
 
-@pytest.fixture
-def blocks(slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BlockManager]:
-    """A BlockManager over SlurmProvider(partition=debug, exclusive=False, launcher=SingleNodeLauncher())."""
+def _slurm_blocks(
+    slurm_cluster: SlurmCluster, script_dir: Path, monkeypatch: pytest.MonkeyPatch, walltime: str
+) -> Iterator[BlockManager]:
     for name, value in slurm_cluster.env_overrides.items():
         monkeypatch.setenv(name, value)  # Parsl runs sbatch/squeue/scancel with this process's environment
     spec = parse_provider_config(
@@ -28,25 +28,41 @@ def blocks(slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.Monk
             "exclusive": False,
             "init_blocks": 0,
             "max_blocks": 2,
-            "walltime": "00:05:00",
+            "walltime": walltime,
             "worker_init": "echo worker_init ran",
             "launcher": {"type": "SingleNodeLauncher"},
         },
         source="test",
     )
-    manager = BlockManager(build_provider(spec, script_dir=tmp_path / "scripts"), label="tftest")
+    manager = BlockManager(build_provider(spec, script_dir=script_dir), label="tftest")
     yield manager
     live = [record.block_id for record in manager.snapshot().blocks if record.state != BlockState.ENDED]
     manager.cancel(live)
 
 
-def poll_until(manager: BlockManager, block_id: str, state: BlockState, changes: list[BlockChange]) -> BlockRecord:
+@pytest.fixture
+def blocks(slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BlockManager]:
+    """A BlockManager over SlurmProvider(partition=debug, exclusive=False, launcher=SingleNodeLauncher())."""
+    yield from _slurm_blocks(slurm_cluster, tmp_path / "scripts", monkeypatch, walltime="00:05:00")
+
+
+@pytest.fixture
+def short_blocks(
+    slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[BlockManager]:
+    """The same with Slurm's shortest walltime, one minute."""
+    yield from _slurm_blocks(slurm_cluster, tmp_path / "scripts", monkeypatch, walltime="00:01:00")
+
+
+def poll_until(
+    manager: BlockManager, block_id: str, state: BlockState, changes: list[BlockChange], timeout_s: float = 60
+) -> BlockRecord:
     def reached() -> BlockRecord | None:
         changes.extend(manager.poll())
         record = manager.snapshot().get(block_id)
         return record if record is not None and record.state == state else None
 
-    return wait_until(reached, timeout_s=60, interval_s=0.25, what=f"block {block_id} to be {state}")
+    return wait_until(reached, timeout_s=timeout_s, interval_s=0.25, what=f"block {block_id} to be {state}")
 
 
 def test_a_block_goes_pending_running_and_ends_cancelled(blocks: BlockManager, slurm_cluster: SlurmCluster) -> None:
@@ -99,3 +115,18 @@ def test_the_job_script_runs_worker_init_once_before_the_command(blocks: BlockMa
     stdout = Path(f"{script}.stdout").read_text()
     assert stdout.count("worker_init ran") == 1
     assert stdout.index("worker_init ran") < stdout.index("manager ran")
+
+
+def test_a_block_that_outlives_its_walltime_ends_as_walltime(
+    short_blocks: BlockManager, slurm_cluster: SlurmCluster
+) -> None:
+    """Slurm stops the job at its one-minute limit (checked every half minute or so, KillWait 2 s);
+    the block ends with the reason `walltime`, which the agent treats as its managers lost."""
+    (block_id,) = short_blocks.submit_blocks(1, lambda _: "sleep 600")
+    changes: list[BlockChange] = []
+    running = poll_until(short_blocks, block_id, BlockState.RUNNING, changes)
+    ended = poll_until(short_blocks, block_id, BlockState.ENDED, changes, timeout_s=150)
+    assert ended.end_reason == EndReason.WALLTIME
+    assert slurm_cluster.job_state(running.job_id) == "TIMEOUT"
+    assert ended.started_at is not None and ended.ended_at is not None
+    assert ended.ended_at - ended.started_at >= 55  # stopped by the limit, not by anything earlier
