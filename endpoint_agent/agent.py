@@ -38,7 +38,7 @@ from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.endpoint_agent.dispatch import retry_decision
 from taskfabric.endpoint_agent.interchange import Interchange, LostTask
-from taskfabric.endpoint_agent.launch import ManagerLaunch, new_registration_token, write_token_file
+from taskfabric.endpoint_agent.launch import ManagerLaunch, new_registration_token, write_private_file
 from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
 from taskfabric.endpoint_agent.scaler import Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, curve_keypair
@@ -180,11 +180,11 @@ class Agent:
             heartbeat_period_s=self.config.heartbeat_period_s,
             heartbeat_threshold_s=self.config.heartbeat_threshold_s,
             max_result_bytes=self.config.max_result_bytes,
-            token_file=write_token_file(self.paths.blocks / "manager.token", self.token),
+            token_file=write_private_file(self.paths.blocks / "manager.token", self.token),
             log_root=self.paths.blocks,
             base_command=self.config.manager_command,
             interchange_key_file=(
-                write_token_file(self.paths.blocks / "interchange.key", self._interchange_key)
+                write_private_file(self.paths.blocks / "interchange.key", self._interchange_key)
                 if self._interchange_key
                 else None
             ),

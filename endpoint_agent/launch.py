@@ -15,18 +15,19 @@ import shlex
 import sys
 from pathlib import Path
 
-__all__ = ["ManagerLaunch", "new_registration_token", "write_token_file"]
+__all__ = ["ManagerLaunch", "new_registration_token", "write_private_file"]
 
 
 def new_registration_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def write_token_file(path: Path, token: str | bytes) -> Path:
+def write_private_file(path: Path, content: str | bytes) -> Path:
+    """Write `content` to `path`, readable and writable by this user only (mode 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
-        handle.write(token.encode() if isinstance(token, str) else token)
+        handle.write(content.encode() if isinstance(content, str) else content)
     return path
 
 

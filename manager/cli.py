@@ -43,13 +43,13 @@ def manager() -> None:
 @click.option("--max-result-bytes", type=click.IntRange(min=1), default=10 * 1024 * 1024, show_default=True)
 @click.option(
     "--token-file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help=f"File holding the registration token (else ${TOKEN_ENV}).",
 )
 @click.option(
     "--interchange-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="File holding the interchange's CurveZMQ public key: the link is encrypted (the agent writes it).",
 )
