@@ -7,8 +7,9 @@ them into response bodies. No dicts of loose keys between layers.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import uuid
+
+from taskfabric.protocol.states import EndpointState, TaskStatus
 
 __all__ = [
     "EndpointRecord",
@@ -21,18 +22,6 @@ __all__ = [
     "TaskStatus",
     "UserRecord",
 ]
-
-
-class TaskStatus(enum.StrEnum):
-    WAITING = "waiting"
-    SUCCESS = "success"
-    FAILED = "failed"
-
-
-class EndpointState(enum.StrEnum):
-    ONLINE = "online"
-    OFFLINE = "offline"
-    DRAINING = "draining"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

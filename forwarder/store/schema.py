@@ -28,10 +28,22 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    inspect,
     select,
 )
 
-__all__ = ["MIGRATIONS", "endpoints", "functions", "metadata", "migrate", "schema_version", "tasks", "tokens", "users"]
+__all__ = [
+    "MIGRATIONS",
+    "dead_letters",
+    "endpoints",
+    "functions",
+    "metadata",
+    "migrate",
+    "schema_version",
+    "tasks",
+    "tokens",
+    "users",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +117,7 @@ tasks = Table(
     Column("owner_id", Uuid, nullable=False),
     Column("endpoint_id", Uuid, nullable=False),
     Column("function_id", Uuid, nullable=False),
-    Column("status", String(8), nullable=False),
+    Column("status", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("completed_at", Float),
     Column("client_python", Text, nullable=False),
@@ -120,18 +132,66 @@ tasks = Table(
     Column("started_at", Float),
     Column("finished_at", Float),
     Column("attempts", Integer, nullable=False, default=0),
+    # schema v2: task groups, captured output, cancellation
+    Column("task_group_id", Uuid),
+    Column("stdout", Text),
+    Column("stderr", Text),
+    Column("cancel_requested_at", Float),
     Index("ix_tasks_completed_at", "completed_at"),
     # not (endpoint_id, status): finishing a task then leaves this index alone
     Index("ix_tasks_endpoint", "endpoint_id"),
 )
 
 
+#: dead-lettered task messages, kept for operators (`taskfabric admin dead-letters`)
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("dead_letter_id", Uuid, primary_key=True),
+    Column("task_id", Uuid),
+    Column("endpoint_id", Uuid),
+    Column("owner_id", Uuid),
+    Column("reason", Text, nullable=False),
+    Column("deliveries", Integer, nullable=False, default=0),
+    Column("queue", Text, nullable=False, default=""),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_dead_letters_created_at", "created_at"),
+)
+
+
 def _v1_initial(connection: Connection) -> None:
+    # creates the tables as they are now; later migrations therefore check what already exists
     metadata.create_all(connection, tables=[users, tokens, functions, endpoints, tasks])
 
 
+_V2_TASK_COLUMNS = ("task_group_id", "stdout", "stderr", "cancel_requested_at")
+
+
+def _v2_lifecycle(connection: Connection) -> None:
+    """Task groups, captured output, cancellation, listing indexes, kept dead letters."""
+    inspector = inspect(connection)
+    present = {column["name"] for column in inspector.get_columns("tasks")}
+    for name in _V2_TASK_COLUMNS:
+        if name not in present:
+            type_sql = tasks.c[name].type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(f"ALTER TABLE tasks ADD COLUMN {name} {type_sql}")
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("ALTER TABLE tasks ALTER COLUMN status TYPE VARCHAR(16)")
+    indexes = {index["name"] for index in inspector.get_indexes("tasks")}
+    for index in (_IX_OWNER_CREATED, _IX_GROUP):
+        if index.name not in indexes:
+            index.create(connection)
+    dead_letters.create(connection, checkfirst=True)
+
+
+#: listing a user's tasks newest first, keyset-paginated on (created_at, task_id)
+_IX_OWNER_CREATED = Index("ix_tasks_owner_created", tasks.c.owner_id, tasks.c.created_at, tasks.c.task_id)
+_IX_GROUP = Index("ix_tasks_group", tasks.c.task_group_id)
+
+
 #: schema version n is reached by running MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle]
 
 
 def migrate(connection: Connection) -> int:

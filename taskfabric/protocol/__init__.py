@@ -27,6 +27,8 @@ Messages (type tag -> fields, `?` = optional)
 ---------------------------------------------
 ``task_batch``        tasks: [Task], functions?: [FunctionBody], client_python?: str
 ``result_batch``      results: [Result]
+``task_events``       started?: [TaskStarted]
+``cancel_tasks``      task_ids: [uuid], grace_period_s?: float >= 0
 ``endpoint_status``   endpoint_id, sent_at, state (online|draining|offline), heartbeat_period_s,
                       managers?, workers?, idle_workers?, outstanding_tasks?, pending_blocks?,
                       running_blocks?, hostname?, python_version?, agent_version?, scaling?
@@ -36,12 +38,18 @@ Messages (type tag -> fields, `?` = optional)
 ``heartbeat``         sent_at
 ``drain``             reason?, deadline_s?
 
+State vocabularies (`states.py`): `TaskStatus` (waiting, running, success, failed, cancelled) and
+`EndpointState` (online, draining, offline), used by every component and by the HTTP API.
+
 Records inside them:
 
-``Task``          task_id, function_id, payload: bin, walltime_s?: float > 0, submitted_at?
+``Task``          task_id, function_id, payload: bin, walltime_s?: float > 0, submitted_at?,
+                  task_group_id?, user?: str, resource_specification?: {str: int >= 0}
+``TaskStarted``   task_id, started_at, attempt?: int >= 1
 ``FunctionBody``  function_id, body: bin, python_version?
 ``Result``        task_id, ok: bool, value?: bin (required when ok), error?: TaskError (required
-                  when not ok), worker_python?, received_at?, started_at?, finished_at?, attempts?
+                  when not ok), worker_python?, received_at?, started_at?, finished_at?, attempts?, stdout?: str,
+                  stderr?: str
 ``TaskError``     code: str (see `taskfabric.errors.ErrorCode`), message, traceback?,
                   exception_type?, exception?: bin
 """
@@ -51,6 +59,7 @@ from __future__ import annotations
 from taskfabric.errors import ProtocolError
 from taskfabric.protocol.messages import (
     MESSAGE_TYPES,
+    CancelTasks,
     Drain,
     EndpointStatus,
     FunctionBody,
@@ -63,13 +72,19 @@ from taskfabric.protocol.messages import (
     Task,
     TaskBatch,
     TaskError,
+    TaskEvents,
+    TaskStarted,
 )
 from taskfabric.protocol.packer import PROTOCOL_VERSION, pack, unpack, unpack_as
+from taskfabric.protocol.states import TERMINAL_TASK_STATES, EndpointState, TaskStatus
 
 __all__ = [
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
+    "TERMINAL_TASK_STATES",
+    "CancelTasks",
     "Drain",
+    "EndpointState",
     "EndpointStatus",
     "FunctionBody",
     "Heartbeat",
@@ -82,6 +97,9 @@ __all__ = [
     "Task",
     "TaskBatch",
     "TaskError",
+    "TaskEvents",
+    "TaskStarted",
+    "TaskStatus",
     "pack",
     "unpack",
     "unpack_as",

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from taskfabric.errors import ErrorCode
+from taskfabric.protocol.states import EndpointState
 
 __all__ = [
     "MESSAGE_TYPES",
+    "CancelTasks",
     "Drain",
     "EndpointStatus",
     "FunctionBody",
@@ -28,6 +30,8 @@ __all__ = [
     "Task",
     "TaskBatch",
     "TaskError",
+    "TaskEvents",
+    "TaskStarted",
 ]
 
 _M = TypeVar("_M")
@@ -72,10 +76,19 @@ class Task:
     payload: bytes
     walltime_s: float | None = None
     submitted_at: float | None = None
+    #: the Executor's task group (None for tasks submitted outside a group)
+    task_group_id: uuid.UUID | None = None
+    #: who submitted it (a username, for logging on the endpoint; never a credential)
+    user: str = ""
+    #: best-effort resource request, e.g. {"num_cores": 2}; carried to the worker's environment
+    resource_specification: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def check(self) -> None:
         if self.walltime_s is not None and not self.walltime_s > 0:
             raise ValueError("walltime_s must be positive")
+        for key, value in self.resource_specification.items():
+            if value < 0:
+                raise ValueError(f"resource_specification.{key} must not be negative")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,12 +123,28 @@ class Result:
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 1
+    #: the task's own captured output (the last `max_output_bytes` of each, with a note when cut)
+    stdout: str = ""
+    stderr: str = ""
 
     def check(self) -> None:
         if self.ok and self.value is None:
             raise ValueError("an ok result needs a value")
         if not self.ok and self.error is None:
             raise ValueError("a failed result needs an error")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskStarted:
+    """A worker started a task (its `attempt`-th run; 1 for the first)."""
+
+    task_id: uuid.UUID
+    started_at: float
+    attempt: int = 1
+
+    def check(self) -> None:
+        if self.attempt < 1:
+            raise ValueError("attempt must be at least 1")
 
 
 # --- top-level messages -------------------------------------------------------------------
@@ -142,6 +171,29 @@ class ResultBatch:
     results: list[Result]
 
 
+@message("task_events")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskEvents:
+    """Progress of tasks that have not finished yet, batched (manager -> interchange -> agent ->
+    forwarder, on the endpoint's result queue)."""
+
+    started: list[TaskStarted] = dataclasses.field(default_factory=list)
+
+
+@message("cancel_tasks")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CancelTasks:
+    """Cancel these tasks (forwarder -> agent, agent -> manager): drop them if not started, else
+    stop their workers (SIGTERM, then SIGKILL after `grace_period_s`). Each ends `cancelled`."""
+
+    task_ids: list[uuid.UUID]
+    grace_period_s: float | None = None
+
+    def check(self) -> None:
+        if self.grace_period_s is not None and not self.grace_period_s >= 0:
+            raise ValueError("grace_period_s must not be negative")
+
+
 @message("endpoint_status")
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class EndpointStatus:
@@ -163,7 +215,7 @@ class EndpointStatus:
     #: the scaling strategy's last decision, in words
     scaling: str = ""
 
-    STATES = ("online", "draining", "offline")
+    STATES = tuple(EndpointState)
 
     def check(self) -> None:
         if self.state not in self.STATES:
@@ -220,4 +272,14 @@ class Drain:
     deadline_s: float | None = None
 
 
-Message = TaskBatch | ResultBatch | EndpointStatus | ManagerRegister | ManagerAccepted | Heartbeat | Drain
+Message = (
+    TaskBatch
+    | ResultBatch
+    | TaskEvents
+    | CancelTasks
+    | EndpointStatus
+    | ManagerRegister
+    | ManagerAccepted
+    | Heartbeat
+    | Drain
+)

@@ -17,6 +17,7 @@ from taskfabric.protocol import (
     PROTOCOL_VERSION,
     Drain,
     EndpointStatus,
+    CancelTasks,
     FunctionBody,
     Heartbeat,
     ManagerAccepted,
@@ -26,6 +27,8 @@ from taskfabric.protocol import (
     Task,
     TaskBatch,
     TaskError,
+    TaskEvents,
+    TaskStarted,
     pack,
     unpack,
     unpack_as,
@@ -42,7 +45,11 @@ def _task(**overrides: Any) -> Task:
 
 EXAMPLES = [
     TaskBatch(
-        tasks=[_task(), _task(walltime_s=2.5, submitted_at=time.time())],
+        tasks=[
+            _task(),
+            _task(walltime_s=2.5, submitted_at=time.time()),
+            _task(task_group_id=uuid.uuid4(), user="alice", resource_specification={"num_cores": 2}),
+        ],
         functions=[FunctionBody(function_id=FN, body=b"fn", python_version="3.11.7")],
         client_python="3.11.7",
     ),
@@ -57,6 +64,8 @@ EXAMPLES = [
                 received_at=1.0,
                 started_at=2.0,
                 finished_at=3.0,
+                stdout="hello\n",
+                stderr="",
             ),
             Result(
                 task_id=uuid.uuid4(),
@@ -88,6 +97,10 @@ EXAMPLES = [
     ),
     ManagerAccepted(heartbeat_period_s=2.0, heartbeat_threshold_s=10.0),
     Heartbeat(sent_at=time.time()),
+    TaskEvents(started=[TaskStarted(task_id=uuid.uuid4(), started_at=time.time(), attempt=2)]),
+    TaskEvents(),
+    CancelTasks(task_ids=[uuid.uuid4(), uuid.uuid4()], grace_period_s=10.0),
+    CancelTasks(task_ids=[]),
     Drain(reason="walltime", deadline_s=30.0),
     Drain(),
 ]
