@@ -15,9 +15,9 @@ from taskfabric.errors import ErrorCode, ProtocolError
 from taskfabric.protocol import (
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
+    CancelTasks,
     Drain,
     EndpointStatus,
-    CancelTasks,
     FunctionBody,
     Heartbeat,
     ManagerAccepted,
