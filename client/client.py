@@ -17,6 +17,7 @@ from typing import Any
 
 from taskfabric.client.config import ClientConfig
 from taskfabric.client.http import ServiceHTTP
+from taskfabric.client.retry import retry_transient
 from taskfabric.client.serialization import (
     CLIENT_PYTHON,
     exception_from_error,
@@ -56,7 +57,20 @@ class Batch:
 class Client:
     """Talks to one forwarder as one user. Thread-safe; close it (or use `with`) when done."""
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout_s: float = 60.0,
+        submit_retry_s: float = 60.0,
+    ) -> None:
+        """`submit_retry_s`: how long a submission is retried through a forwarder restart or a
+        broker outage (503, timeouts, refused connections) before it fails; 0 disables retries.
+        Retries never make second tasks (each request carries a `submission_id`)."""
+        if submit_retry_s < 0:
+            raise ValueError("submit_retry_s must not be negative")
+        self.submit_retry_s = submit_retry_s
         self.config = ClientConfig.resolve(url, token)
         self._http = ServiceHTTP(self.config.url, self.config.token, timeout_s=timeout_s)
 
@@ -166,15 +180,20 @@ class Client:
         return task_ids
 
     def submit_calls(self, endpoint_id: uuid.UUID | str, calls: Iterable[_Call]) -> list[uuid.UUID]:
-        """One submit request (the Executor's fast path: msgpack, raw bytes)."""
+        """One submit request (the Executor's fast path: msgpack, raw bytes), retried with the
+        same `submission_id` through short outages (see `taskfabric.client.retry`)."""
         tasks = []
         for call in calls:
             entry: dict[str, Any] = {"function_id": str(call.function_id), "payload": call.payload}
             if call.walltime_s is not None:
                 entry["walltime_s"] = float(call.walltime_s)
             tasks.append(entry)
-        answer = self._http.post_msgpack(
-            f"/v1/endpoints/{endpoint_id}/tasks", {"tasks": tasks, "client_python": CLIENT_PYTHON}
+        body = {"tasks": tasks, "client_python": CLIENT_PYTHON, "submission_id": str(uuid.uuid4())}
+        path = f"/v1/endpoints/{endpoint_id}/tasks"
+        answer = retry_transient(
+            lambda: self._http.post_msgpack(path, body),
+            budget_s=self.submit_retry_s,
+            what=f"submitting {len(tasks)} tasks",
         )
         return [uuid.UUID(str(task_id)) for task_id in answer["task_ids"]]
 

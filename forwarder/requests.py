@@ -63,6 +63,9 @@ class SubmitRequest:
     client_python: str
     #: msgpack only: the client sent `"id_format": "binary"` and gets its task ids as 16-byte bin
     binary_ids: bool = False
+    #: the client's idempotency key for this request: a retry with the same key never makes
+    #: second tasks (see `taskfabric.forwarder.tasks`)
+    submission_id: uuid.UUID | None = None
 
     @property
     def function_ids(self) -> set[uuid.UUID]:
@@ -127,7 +130,20 @@ def _parse_submit(data: Any, limits: SubmitLimits, *, binary: bool) -> SubmitReq
         raise invalid("id_format: expected 'text', or 'binary' (msgpack bodies only)")
     function_ids: dict[str | bytes, uuid.UUID] = {}
     tasks = [_parse_task(raw, index, limits, binary, function_ids) for index, raw in enumerate(raw_tasks)]
-    return SubmitRequest(tasks=tasks, client_python=client_python, binary_ids=id_format == "binary")
+    return SubmitRequest(
+        tasks=tasks,
+        client_python=client_python,
+        binary_ids=id_format == "binary",
+        submission_id=_submission_id(data.get("submission_id"), binary),
+    )
+
+
+def _submission_id(value: Any, binary: bool) -> uuid.UUID | None:
+    if value is None:
+        return None
+    if binary and type(value) is bytes and len(value) == 16:
+        return uuid_from_bytes(value)
+    return parse_uuid(value, "submission_id")
 
 
 def _parse_task(

@@ -4,9 +4,19 @@ Submitting a batch, in order: check the endpoint and every function are the call
 tasks as `waiting` (one executemany); pack them into few `TaskBatch` messages carrying the
 function bodies (cached in memory); publish them and await every confirm together, bounded by
 `confirm_timeout_s`. If the broker does not confirm, the rows are deleted and the caller gets 503:
-nothing is accepted (a message the broker did confirm may still run; its result is then ignored,
-as its task no longer exists). Rows go in before the publish so that a result can never arrive
-for a task the store does not know.
+nothing is recorded. Rows go in before the publish so that a result can never arrive for a task the
+store does not know.
+
+Idempotent retries (DESIGN). A broker that did not confirm may still have taken a message, so a
+503 cannot promise that nothing will run. A request may carry a `submission_id` (the client's
+idempotency key; `Client` always sends one and retries 503s, timeouts and dropped connections with
+it). Its task ids are then derived from (user, submission id, index): a retry names the same tasks.
+If they are stored already (the first attempt was accepted but its answer was lost), the retry
+returns them and publishes nothing. If they were withdrawn after a 503, the retry stores and
+publishes them again under the same ids: a copy the broker did take and the retried copy are one
+task, which the agent's ledger deduplicates while it holds it and whose first result the store
+keeps. So a retry never makes a second task; a task may run twice (at-least-once), and its outcome
+is reported once.
 """
 
 from __future__ import annotations
@@ -26,16 +36,17 @@ from taskfabric.forwarder.functions import FORBIDDEN, NOT_FOUND
 from taskfabric.forwarder.records import Identity, NewTask, TaskRecord
 from taskfabric.forwarder.requests import SubmitRequest
 from taskfabric.forwarder.settings import ForwarderSettings
-from taskfabric.forwarder.store import Store, StoreRunner
+from taskfabric.forwarder.store import Store, StoreConflict, StoreRunner
 from taskfabric.forwarder.ttl_cache import TTLCache
 from taskfabric.ids import new_uuid4s
 from taskfabric.protocol import FunctionBody, pack
 
-__all__ = ["BROKER_UNAVAILABLE", "TaskService"]
+__all__ = ["BROKER_UNAVAILABLE", "SUBMISSION_CONFLICT", "TaskService", "submission_task_ids"]
 
 log = logging.getLogger(__name__)
 
 BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
+SUBMISSION_CONFLICT = "SUBMISSION_CONFLICT"
 #: extra time, beyond the transport's own confirm deadline, before we stop waiting
 _CONFIRM_GRACE_S = 5.0
 
@@ -43,6 +54,13 @@ _CONFIRM_GRACE_S = 5.0
 def new_task_ids(count: int) -> list[uuid.UUID]:
     """`count` fresh random task ids."""
     return new_uuid4s(count)
+
+
+def submission_task_ids(owner_id: uuid.UUID, submission_id: uuid.UUID, count: int) -> list[uuid.UUID]:
+    """The task ids of a submission with an idempotency key: the same for every retry of it, and
+    different for another user, or another batch size, using the same key."""
+    namespace = uuid.uuid5(submission_id, f"{owner_id}:{count}")
+    return [uuid.uuid5(namespace, str(index)) for index in range(count)]
 
 
 class TaskService:
@@ -71,22 +89,32 @@ class TaskService:
     # --- submission ---------------------------------------------------------------------
 
     async def submit(self, identity: Identity, endpoint_id: uuid.UUID, request: SubmitRequest) -> list[uuid.UUID]:
-        """Store and publish a batch; returns the new task ids in request order."""
+        """Store and publish a batch; returns the task ids in request order."""
         endpoint = await self._endpoints.submit_target(identity, endpoint_id)
         bodies = await self._function_bodies(identity, request.function_ids)
+        task_ids = (
+            new_task_ids(len(request.tasks))
+            if request.submission_id is None
+            else submission_task_ids(identity.user_id, request.submission_id, len(request.tasks))
+        )
         new_tasks = [
             NewTask(task_id=task_id, function_id=task.function_id, payload=task.payload, walltime_s=task.walltime_s)
-            for task_id, task in zip(new_task_ids(len(request.tasks)), request.tasks, strict=True)
+            for task_id, task in zip(task_ids, request.tasks, strict=True)
         ]
         now = time.time()
-        await self._runner.write(
-            self._store.tasks.insert,
-            owner_id=identity.user_id,
-            endpoint_id=endpoint_id,
-            client_python=request.client_python,
-            new_tasks=new_tasks,
-            created_at=now,
-        )
+        try:
+            await self._runner.write(
+                self._store.tasks.insert,
+                owner_id=identity.user_id,
+                endpoint_id=endpoint_id,
+                client_python=request.client_python,
+                new_tasks=new_tasks,
+                created_at=now,
+            )
+        except StoreConflict:
+            if request.submission_id is None:
+                raise
+            return await self._accepted_before(identity, endpoint_id, new_tasks)
         messages = plan_task_batches(
             new_tasks,
             bodies,
@@ -102,12 +130,36 @@ class TaskService:
             await self._withdraw([task.task_id for task in new_tasks])
             log.warning("the broker did not confirm %d tasks for endpoint %s: %s", len(new_tasks), endpoint_id, exc)
             raise ServiceError(
-                f"the broker did not confirm the tasks in time ({exc}); nothing was accepted",
+                f"the broker did not confirm the tasks in time ({exc}): they were not recorded, but a copy "
+                "the broker took may still run. Retry with the same submission_id (the client does): the "
+                "retry names the same tasks and never makes second ones",
                 status=503,
                 code=BROKER_UNAVAILABLE,
             ) from None
         self.submitted += len(new_tasks)
         return [task.task_id for task in new_tasks]
+
+    async def _accepted_before(
+        self, identity: Identity, endpoint_id: uuid.UUID, new_tasks: list[NewTask]
+    ) -> list[uuid.UUID]:
+        """A retried submission whose tasks are stored already: the same ids, nothing published."""
+        task_ids = [task.task_id for task in new_tasks]
+        found = await self._runner.read(self._store.tasks.get_many, task_ids)
+        same = len(found) == len(task_ids) and all(
+            (record := found.get(task.task_id)) is not None
+            and record.owner_id == identity.user_id
+            and record.endpoint_id == endpoint_id
+            and record.function_id == task.function_id
+            for task in new_tasks
+        )
+        if not same:
+            raise ServiceError(
+                "submission_id was used before for a different batch (another endpoint or other functions)",
+                status=409,
+                code=SUBMISSION_CONFLICT,
+            )
+        log.info("a retried submission of %d tasks was accepted before: answering with its task ids", len(task_ids))
+        return task_ids
 
     async def _publish(self, queues: EndpointQueues, bodies: list[bytes]) -> None:
         """Publish and await every confirm together (the transport bounds each wait too)."""

@@ -205,11 +205,82 @@ def test_a_batch_the_broker_does_not_take_is_not_accepted(
         )
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "BROKER_UNAVAILABLE"
-        assert "nothing was accepted" in response.json()["error"]["message"]
+        assert "not recorded" in response.json()["error"]["message"]
+        assert "same submission_id" in response.json()["error"]["message"]
         assert store.tasks.count() == before
     # re-registering declares the queue again, and submitting works
     alice.register_endpoint("lost-queue")
     assert len(alice.submit(registration["endpoint_id"], function_id, [b"p"])) == 1
+
+
+def _submit_once(api: ForwarderApi, endpoint_id: str, function_id: str, count: int, submission_id: Any) -> Any:
+    return api.http.post(
+        f"/v1/endpoints/{endpoint_id}/tasks",
+        content=msgpack.packb(
+            {
+                "tasks": [{"function_id": function_id, "payload": b"p%d" % i} for i in range(count)],
+                "submission_id": submission_id,
+            }
+        ),
+        headers={"Content-Type": "application/msgpack"},
+    )
+
+
+def _ids(response: Any) -> list[str]:
+    return [str(task_id) for task_id in msgpack.unpackb(response.content)["task_ids"]]
+
+
+def test_a_retried_submission_never_makes_second_tasks(
+    forwarder: Any, users: Users, fake_endpoints: FakeEndpoints, rabbit: RabbitTransport
+) -> None:
+    alice, bob = users(forwarder), users(forwarder)
+    registration = alice.register_endpoint("idempotent")
+    endpoint_id = registration["endpoint_id"]
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    key = str(uuid.uuid4())
+    with forwarder.store() as store:
+        before = store.tasks.count()
+        first = _submit_once(alice, endpoint_id, function_id, 7, key)
+        # the answer was lost (a timeout, a dropped connection): the client sends the same request again
+        again = _submit_once(alice, endpoint_id, function_id, 7, key)
+        assert first.status_code == again.status_code == 201
+        task_ids = _ids(first)
+        assert _ids(again) == task_ids and len(set(task_ids)) == 7
+        assert store.tasks.count() == before + 7
+    endpoint = fake_endpoints(registration)
+    endpoint.consume_tasks()
+    wait_until(lambda: len(endpoint.task_ids) >= 7, what="the tasks on the queue")
+    # published once: a second copy would follow the first at once
+    wait_until(lambda: alice.tasks(task_ids)["unknown"] == [], what="tasks stored")
+    assert sorted(str(task_id) for task_id in endpoint.task_ids) == sorted(task_ids)
+
+    # the same key for another batch: refused when it would name the same tasks, else other tasks
+    other_function = alice.register_function(b"h" + uuid.uuid4().bytes)
+    assert _submit_once(alice, endpoint_id, other_function, 7, key).status_code == 409
+    smaller = _submit_once(alice, endpoint_id, function_id, 3, key)
+    assert smaller.status_code == 201 and not set(_ids(smaller)) & set(task_ids)
+    # another user's same key names other tasks
+    bobs_endpoint = bob.register_endpoint("bobs")["endpoint_id"]
+    bobs_function = bob.register_function(b"g" + uuid.uuid4().bytes)
+    bobs = _submit_once(bob, bobs_endpoint, bobs_function, 7, key)
+    assert bobs.status_code == 201 and not set(_ids(bobs)) & set(task_ids)
+    assert _submit_once(alice, endpoint_id, function_id, 1, "not-a-uuid").status_code == 400
+
+
+def test_a_retry_after_a_503_names_the_same_tasks(forwarder: Any, users: Users, rabbit: RabbitTransport) -> None:
+    alice = users(forwarder)
+    registration = alice.register_endpoint("retry-503")
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    key = str(uuid.uuid4())
+    rabbit.delete_queue(registration["broker"]["task_queue"])
+    refused = _submit_once(alice, registration["endpoint_id"], function_id, 4, key)
+    assert refused.status_code == 503
+    alice.register_endpoint("retry-503")  # declares the queue again
+    accepted = _submit_once(alice, registration["endpoint_id"], function_id, 4, key)
+    again = _submit_once(alice, registration["endpoint_id"], function_id, 4, key)
+    assert accepted.status_code == again.status_code == 201
+    assert _ids(accepted) == _ids(again)
+    assert {info["status"] for info in alice.tasks(_ids(accepted))["tasks"].values()} == {"waiting"}
 
 
 def test_submission_checks(forwarder: Any, users: Users, rabbit: RabbitTransport) -> None:
