@@ -79,6 +79,14 @@ class ManagementClient:
             self._request("DELETE", f"/connections/{_q(name)}", headers={"X-Reason": reason}, missing_ok=True)
         return len(names)
 
+    def queue_states(self) -> dict[str, dict[str, Any]]:
+        """Every queue of this virtual host by name, with its type and, for quorum queues, its
+        leader and online members (one request; a few columns only)."""
+        rows = self._request(
+            "GET", f"/queues/{_q(self._vhost)}", params={"columns": "name,type,leader,online,members,state"}
+        ).json()
+        return {row["name"]: row for row in rows if isinstance(row, dict) and "name" in row}
+
     def _request(self, method: str, path: str, *, missing_ok: bool = False, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)

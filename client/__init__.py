@@ -29,6 +29,7 @@ from taskfabric.errors import (
     TaskExecutionFailed,
     TaskFailed,
     TaskPending,
+    TaskQueueLost,
     WalltimeExceeded,
     WorkerLost,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "TaskFailed",
     "TaskFuture",
     "TaskPending",
+    "TaskQueueLost",
     "WalltimeExceeded",
     "WorkerLost",
 ]

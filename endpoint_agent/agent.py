@@ -3,10 +3,10 @@
 One loop thread owns all state; the broker's IO thread and the block launcher only hand it work
 through queues and wake it. Each pass of the loop is a fixed sequence of named steps:
 
-    poll -> take_task_batches -> process_manager_messages -> handle_lost_tasks -> apply_block_changes
-         -> dispatch_tasks -> publish_results -> settle_publishes -> republish_stored_results
-         -> send_heartbeats -> report_status -> observe_for_scaling -> regulate_intake -> flush_ledger
-         -> advance_shutdown
+    poll -> ensure_subscribed -> report_inventory -> take_task_batches -> process_manager_messages
+         -> handle_lost_tasks -> apply_block_changes -> dispatch_tasks -> publish_results
+         -> settle_publishes -> republish_stored_results -> send_heartbeats -> report_status
+         -> observe_for_scaling -> regulate_intake -> flush_ledger -> advance_shutdown
 
 State, in named places: the on-disk `Ledger` (every task taken and not yet answered, and results
 not yet confirmed), `waiting` (tasks in hand, not on a manager), the `Interchange` (tasks on each
@@ -29,6 +29,7 @@ import signal
 import socket
 import time
 import uuid
+from concurrent.futures import Future
 from pathlib import Path
 from types import FrameType
 
@@ -43,7 +44,7 @@ from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
 from taskfabric.endpoint_agent.scaler import Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode
-from taskfabric.protocol import EndpointStatus, FunctionBody, Result, TaskError
+from taskfabric.protocol import EndpointStatus, FunctionBody, Result, TaskError, TaskEvents
 from taskfabric.transport import Delivery
 
 __all__ = ["Agent", "AgentPaths"]
@@ -145,7 +146,7 @@ class Agent:
             function_source=self.functions.get,
         )
         self.sockets.watch(self._wake_read)
-        self.broker = BrokerLink(connection, wake=self.wake)
+        self.broker = BrokerLink(connection, wake=self.wake, consumer_check_period_s=config.consumer_check_period_s)
         block_config = config.block_config(source=str(paths.config))
         self.scaler = Scaler(
             block_config,
@@ -166,6 +167,9 @@ class Agent:
         self._last_status = 0.0
         self._last_republish = 0.0
         self._last_subscribe_try = 0.0
+        self._inventory_due = True  # once subscribed (see report_inventory)
+        self._inventory_sent: Future[None] | None = None
+        self._last_inventory_try = -_SUBSCRIBE_RETRY_S
         self._last_observed = 0.0
         self.stopping = False
         self._stop_deadline = 0.0
@@ -274,6 +278,7 @@ class Agent:
             _drain(self._wake_read)
         now = time.monotonic()
         self.ensure_subscribed(now)
+        self.report_inventory(now)
         self.take_task_batches()
         self.process_manager_messages(now)
         self.handle_lost_tasks(self.interchange.expire_lost_managers(now))
@@ -296,6 +301,29 @@ class Agent:
         if self.ledger.staged:
             return _LEDGER_FLUSH_S
         return min(self.interchange.heartbeat_period_s, self._status_period_s, 1.0)
+
+    def report_inventory(self, now: float) -> None:
+        """Tell the forwarder which tasks we hold: at start, and after the broker forgot our
+        consumer (a rebuilt task queue). It fails the tasks lost with a rebuilt queue
+        (forwarder/queue_health.py). Confirmed; retried until it is."""
+        if self.broker.consumer_lost:
+            self.broker.consumer_lost = False
+            self._inventory_due = True
+        sent = self._inventory_sent
+        if sent is not None and sent.done():
+            self._inventory_sent = None
+            if sent.exception() is not None:
+                log.warning("the task inventory was not confirmed (%s); sending it again", sent.exception())
+                self._inventory_due = True
+        if not self._inventory_due or self._inventory_sent is not None or not self.broker.subscribed():
+            return
+        if now - self._last_inventory_try < _SUBSCRIBE_RETRY_S:
+            return
+        self._last_inventory_try = now
+        self._inventory_due = False
+        held = self.ledger.held_ids()
+        self._inventory_sent = self.broker.publish_events(TaskEvents(held=held, inventory_at=time.time()))
+        log.info("reported the %d tasks we hold", len(held))
 
     def ensure_subscribed(self, now: float) -> None:
         if self.broker.subscribed() or self.stopping or now - self._last_subscribe_try < _SUBSCRIBE_RETRY_S:

@@ -6,6 +6,11 @@
   broker-validated `user_id` (the forwarder accepts results only from the endpoint's own user); each
   publish's outcome comes back to the loop through `outcomes`.
 - Tasks the fabric failed to run too many times are published to the dead-letter exchange.
+- A watchdog thread checks every `consumer_check_period_s` that the broker still counts our task
+  consumer (a passive declare). A queue deleted and declared again (the forwarder rebuilds a queue a
+  broker crash left leaderless) forgets its consumers without telling them; the watchdog then drops
+  the dead consumer, the agent loop subscribes again, and `consumer_lost` tells it to report the
+  tasks it holds (see `taskfabric.forwarder.queue_health`).
 """
 
 from __future__ import annotations
@@ -15,14 +20,24 @@ import functools
 import itertools
 import logging
 import queue
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 
 from taskfabric.endpoint_agent.connection import EndpointConnection
-from taskfabric.errors import BrokerError
+from taskfabric.errors import BrokerError, NotFound
 from taskfabric.inbox import Inbox
-from taskfabric.protocol import EndpointStatus, FunctionBody, Result, ResultBatch, Task, TaskBatch, pack
+from taskfabric.protocol import (
+    EndpointStatus,
+    FunctionBody,
+    Result,
+    ResultBatch,
+    Task,
+    TaskBatch,
+    TaskEvents,
+    pack,
+)
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport, Transport
 
 __all__ = ["BrokerLink", "PublishOutcome"]
@@ -31,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: results per ResultBatch message
 RESULTS_PER_MESSAGE = 1000
+#: how often the watchdog checks that the broker still counts our task consumer
+CONSUMER_CHECK_PERIOD_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -52,6 +69,7 @@ class BrokerLink:
         wake: Callable[[], None],
         prefetch_messages: int = 4,
         transport: Transport | None = None,
+        consumer_check_period_s: float = CONSUMER_CHECK_PERIOD_S,
     ) -> None:
         self.connection = connection
         self._wake = wake
@@ -64,31 +82,82 @@ class BrokerLink:
         self._inbox: Inbox[TaskBatch] | None = None
         self._tickets = itertools.count(1)
         self.paused = False
+        self._lock = threading.Lock()
+        self._check_period_s = consumer_check_period_s
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        #: set when the watchdog dropped a consumer the broker had forgotten; the loop clears it
+        #: once it has reported the tasks it holds
+        self.consumer_lost = False
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self, *, wait_s: float = 15.0) -> None:
         """Connect (raising `AccessRefused` for bad credentials, `BrokerUnavailable` if unreachable)."""
         self.transport.start(wait_s=wait_s)
+        if self._check_period_s > 0 and self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="consumer-watchdog", daemon=True)
+            self._watchdog.start()
 
     def subscribed(self) -> bool:
         return self._inbox is not None
 
     def subscribe(self) -> None:
         """Start consuming task batches (raises `BrokerError` if the queue cannot be consumed)."""
-        if self._inbox is None:
-            self._inbox = Inbox(
-                self.transport,
-                self.connection.task_queue,
-                self._on_batch,
-                accepts=(TaskBatch,),
-                prefetch=self._prefetch,
-            )
+        with self._lock:
+            if self._inbox is not None:
+                return
+        inbox = Inbox(
+            self.transport,
+            self.connection.task_queue,
+            self._on_batch,
+            accepts=(TaskBatch,),
+            prefetch=self._prefetch,
+        )
+        with self._lock:
+            self._inbox = inbox
             if self.paused:
-                self._inbox.consumer.pause()
+                inbox.consumer.pause()
 
     def close(self) -> None:
+        self._stop.set()
         self.transport.close()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=5.0)
+
+    # --- the consumer watchdog ------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._check_period_s):
+            try:
+                if self.check_consumer():
+                    self._wake()
+            except Exception:  # the watchdog must outlive any surprise; the next pass tries again
+                log.exception("checking the task consumer failed")
+
+    def check_consumer(self) -> bool:
+        """Drop our task consumer if the broker no longer counts it; True when it did."""
+        with self._lock:
+            inbox = self._inbox
+            if inbox is None or self.paused:
+                return False
+        try:
+            consumers = self.transport.queue_consumers(self.connection.task_queue, timeout_s=5.0)
+        except NotFound:
+            consumers = 0
+        except BrokerError as exc:  # disconnected: the reconnect subscribes again anyway
+            log.debug("cannot check the task consumer: %s", exc)
+            return False
+        if consumers > 0:
+            return False
+        with self._lock:
+            if self._inbox is not inbox or self.paused:
+                return False
+            self._inbox = None
+            self.consumer_lost = True
+        inbox.cancel()
+        log.warning("the broker no longer counts our consumer of %s (queue rebuilt?): subscribing again", inbox.queue)
+        return True
 
     @property
     def connected(self) -> bool:
@@ -111,16 +180,18 @@ class BrokerLink:
         return self.transport.queue_depth(self.connection.task_queue, timeout_s=5.0)
 
     def pause(self) -> None:
-        if not self.paused:
-            self.paused = True
-            if self._inbox is not None:
-                self._inbox.consumer.pause()
+        with self._lock:
+            if not self.paused:
+                self.paused = True
+                if self._inbox is not None:
+                    self._inbox.consumer.pause()
 
     def resume(self) -> None:
-        if self.paused:
-            self.paused = False
-            if self._inbox is not None:
-                self._inbox.consumer.resume()
+        with self._lock:
+            if self.paused:
+                self.paused = False
+                if self._inbox is not None:
+                    self._inbox.consumer.resume()
 
     # --- output -------------------------------------------------------------------------
 
@@ -137,6 +208,10 @@ class BrokerLink:
     def _settled(self, ticket: int, results: list[Result], future: Future[None]) -> None:
         self.outcomes.put(PublishOutcome(ticket, results, future.exception()))
         self._wake()
+
+    def publish_events(self, events: TaskEvents) -> Future[None]:
+        """Publish task events (and inventories) with a confirm."""
+        return self.transport.publish(self._message(pack(events)))
 
     def publish_status(self, status: EndpointStatus) -> None:
         """Fire and forget: a lost status report is replaced by the next one."""

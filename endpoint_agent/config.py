@@ -57,6 +57,14 @@ class EndpointConfig:
     status_period_s: float = setting(
         5.0, min=0.1, help="How often the agent reports its status (its heartbeat) to the forwarder."
     )
+    consumer_check_period_s: float = setting(
+        10.0,
+        min=0,
+        help=(
+            "How often the agent checks that the broker still counts its task consumer (a queue rebuilt after a "
+            "broker crash forgets it); 0: never."
+        ),
+    )
     task_buffer: int = setting(
         1024,
         min=1,

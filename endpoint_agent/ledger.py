@@ -208,6 +208,10 @@ class Ledger:
     def __contains__(self, task_id: uuid.UUID) -> bool:
         return task_id in self._rows
 
+    def held_ids(self) -> list[uuid.UUID]:
+        """Every task taken and not yet answered (written or staged)."""
+        return [*self._rows, *(task_id for task_id in self._staged if task_id not in self._rows)]
+
     # --- recovery -----------------------------------------------------------------------
 
     def unfinished(self) -> tuple[list[HeldTask], list[Result]]:

@@ -24,7 +24,7 @@ from taskfabric.errors import BrokerError, ProtocolError
 from taskfabric.forwarder.broker import broker_username
 from taskfabric.forwarder.records import EndpointRecord
 from taskfabric.inbox import Inbox
-from taskfabric.protocol import EndpointStatus, Message, ResultBatch, unpack
+from taskfabric.protocol import EndpointStatus, Message, ResultBatch, TaskEvents, unpack
 from taskfabric.transport import ConsumerHandle, Delivery, Transport
 
 __all__ = ["DeadLetter", "Incoming", "ResultConsumers", "Sink"]
@@ -37,7 +37,7 @@ class Incoming:
     """A verified message from an endpoint's result queue."""
 
     endpoint_id: uuid.UUID
-    message: ResultBatch | EndpointStatus
+    message: ResultBatch | EndpointStatus | TaskEvents
     delivery: Delivery
 
 
@@ -60,7 +60,7 @@ class ResultConsumers:
         self._topology = topology
         self._sink = sink
         self._prefetch = prefetch
-        self._inboxes: dict[uuid.UUID, Inbox[ResultBatch | EndpointStatus]] = {}
+        self._inboxes: dict[uuid.UUID, Inbox[ResultBatch | EndpointStatus | TaskEvents]] = {}
         self._dead_letters: ConsumerHandle | None = None
         self._lock = threading.Lock()
 
@@ -83,11 +83,11 @@ class ResultConsumers:
                 return
             queues = self._topology.endpoint_queues(endpoint.endpoint_id, endpoint.queue_secret)
             handler = _VerifiedHandler(self._transport, endpoint.endpoint_id, queues.result_queue, self._sink)
-            inbox: Inbox[ResultBatch | EndpointStatus] = Inbox(
+            inbox: Inbox[ResultBatch | EndpointStatus | TaskEvents] = Inbox(
                 self._transport,
                 queues.result_queue,
                 handler,
-                accepts=(ResultBatch, EndpointStatus),
+                accepts=(ResultBatch, EndpointStatus, TaskEvents),
                 prefetch=self._prefetch,
             )
             self._inboxes[endpoint.endpoint_id] = inbox
@@ -139,7 +139,7 @@ class _VerifiedHandler:
         self._queue = queue
         self._sink = sink
 
-    def __call__(self, message: ResultBatch | EndpointStatus, delivery: Delivery) -> None:
+    def __call__(self, message: ResultBatch | EndpointStatus | TaskEvents, delivery: Delivery) -> None:
         if delivery.user_id != self._username:
             log.warning(
                 "dead-lettering a message on the result queue of endpoint %s published by user %r, "

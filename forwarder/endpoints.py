@@ -26,6 +26,7 @@ from taskfabric.errors import ErrorCode, NotFoundError, PermissionDenied, Servic
 from taskfabric.forwarder.broker import BrokerLink, broker_username
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.ingest import StatusBook
+from taskfabric.forwarder.queue_health import QueueDoctor
 from taskfabric.forwarder.records import EndpointRecord, Identity, TaskRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Failure, Store, StoreConflict, StoreRunner
@@ -83,6 +84,7 @@ class EndpointRegistry:
         self._on_failed = on_failed
         self._lock = asyncio.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="broker-admin")
+        self._doctor = QueueDoctor(broker, consumers, confirmations=settings.queue_check_confirmations)
         # submits look an endpoint up every time; a deletion elsewhere is noticed within the sync period
         self._targets: TTLCache[uuid.UUID, EndpointRecord] = TTLCache(settings.endpoint_sync_period_s)
 
@@ -248,6 +250,15 @@ class EndpointRegistry:
         async with self._lock:
             endpoints = await self._runner.read(self._store.endpoints.list)
             await self._blocking(self._consumers.reconcile, endpoints)
+
+    async def check_queues(self) -> None:
+        """Rebuild endpoint queues a broker crash broke (see forwarder/queue_health.py)."""
+        async with self._lock:
+            endpoints = await self._runner.read(self._store.endpoints.list)
+            rebuilds = await self._blocking(self._doctor.examine, endpoints)
+        for rebuild in rebuilds:
+            if rebuild.task_queue:
+                await self._runner.write(self._store.endpoints.mark_queue_rebuilt, rebuild.endpoint_id, at=time.time())
 
 
 def _owned(identity: Identity, endpoint_id: uuid.UUID, record: EndpointRecord | None) -> EndpointRecord:

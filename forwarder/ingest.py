@@ -32,7 +32,7 @@ from taskfabric.forwarder.consumers import DeadLetter, Incoming
 from taskfabric.forwarder.records import StatusReport, TaskRecord
 from taskfabric.forwarder.store import Failure, Store, StoreRunner
 from taskfabric.logs import wrap_with_logs
-from taskfabric.protocol import EndpointStatus, ResultBatch, TaskBatch
+from taskfabric.protocol import EndpointStatus, ResultBatch, TaskBatch, TaskEvents
 from taskfabric.transport import Transport
 
 __all__ = ["Ingestor", "StatusBook"]
@@ -166,6 +166,9 @@ class Ingestor:
         if results:
             self._store_results(results)
         for item in group:
+            if isinstance(item, Incoming) and isinstance(item.message, TaskEvents):
+                self._handle_task_events(item, item.message)
+        for item in group:
             if isinstance(item, DeadLetter):
                 self._handle_dead_letter(item)
 
@@ -195,6 +198,26 @@ class Ingestor:
             if self._stopping.wait(delay):
                 return None
             delay = min(_RETRY_MAX_S, delay * 2)
+
+    # --- task events -------------------------------------------------------------------
+
+    def _handle_task_events(self, item: Incoming, events: TaskEvents) -> None:
+        inventory_at = events.inventory_at
+        if inventory_at is not None:
+            held = set(events.held)
+            failed = self._write_with_retry(
+                lambda: self._store.tasks.fail_lost_in_rebuilt_queue(
+                    item.endpoint_id, held=held, inventory_at=inventory_at, now=time.time()
+                )
+            )
+            if failed is None:
+                return  # stopping: the delivery stays unacked and comes back
+            if failed:
+                log.warning(
+                    "failed %d tasks of endpoint %s lost with its rebuilt task queue", len(failed), item.endpoint_id
+                )
+                self._on_finished(failed)
+        self._transport.ack(item.delivery)
 
     # --- status reports -----------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 `Forwarder.start()` opens the store (migrating it), connects to the broker and declares the shared
 topology, starts the ingest thread, consumes every registered endpoint's result queue and the
-dead-letter queue, and starts two housekeeping loops (expired results; consumers of endpoints
-registered through other replicas). `stop()` undoes it in reverse order. The HTTP layer (`app`)
+dead-letter queue, and starts its housekeeping loops (expired results; consumers of endpoints
+registered through other replicas; endpoint queues a broker crash broke, see queue_health.py).
+`stop()` undoes it in reverse order. The HTTP layer (`app`)
 only calls the registries and services exposed here.
 """
 
@@ -90,6 +91,12 @@ class Forwarder:
                 self._every(settings.endpoint_sync_period_s, self.endpoints.sync_consumers), name="sync-consumers"
             ),
         ]
+        if settings.queue_check_period_s > 0:
+            self._background.append(
+                asyncio.create_task(
+                    self._every(settings.queue_check_period_s, self.endpoints.check_queues), name="check-queues"
+                )
+            )
         log.info("forwarder started (%d endpoints)", len(self.consumers.endpoint_ids))
 
     async def _open_store_and_auth(self) -> None:

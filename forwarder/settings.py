@@ -113,6 +113,15 @@ class ForwarderSettings:
     endpoint_sync_period_s: float = setting(
         10.0, help="how often result consumers are reconciled with the store (other replicas' endpoints)", min=0.1
     )
+    queue_check_period_s: float = setting(
+        15.0,
+        help="how often endpoint queues are checked for damage a broker crash left (a quorum queue without "
+        "leader, a missing queue) and rebuilt; 0: never",
+        min=0,
+    )
+    queue_check_confirmations: int = setting(
+        2, help="a queue must look broken this many checks in a row before it is rebuilt", min=1
+    )
     function_cache_bytes: int = setting(64 * _MIB, help="memory for cached function bodies", min=0)
     stream_poll_s: float = setting(
         5.0, help="results streams also poll the store this often (results ingested by other replicas); 0: never"

@@ -33,7 +33,8 @@ Every error that leaves a public API is one of these; errors of the libraries un
         ├── ResultTooLarge          the result was over the endpoint's size limit
         ├── DeserializationFailed   the worker could not unpickle the function or its arguments
         ├── TaskDeadLettered        the broker gave up on the task (poison message, bad format)
-        └── EndpointDeleted         the endpoint was deleted before the task ran
+        ├── EndpointDeleted         the endpoint was deleted before the task ran
+        └── TaskQueueLost           the task was in an endpoint queue a broker crash destroyed
 
 Remote failures travel as an error *code* in the wire protocol (see `ErrorCode`); `TaskFailed.for_code`
 maps a code back to its class on the client.
@@ -72,6 +73,7 @@ __all__ = [
     "TaskExecutionFailed",
     "TaskFailed",
     "TaskPending",
+    "TaskQueueLost",
     "TaskfabricError",
     "Unroutable",
     "WalltimeExceeded",
@@ -221,6 +223,7 @@ class ErrorCode(enum.StrEnum):
     DESERIALIZATION_FAILED = "DESERIALIZATION_FAILED"
     DEAD_LETTERED = "DEAD_LETTERED"
     ENDPOINT_DELETED = "ENDPOINT_DELETED"
+    TASK_QUEUE_LOST = "TASK_QUEUE_LOST"
 
     @property
     def is_system_failure(self) -> bool:
@@ -282,6 +285,10 @@ class EndpointDeleted(TaskFailed):
     code = ErrorCode.ENDPOINT_DELETED
 
 
+class TaskQueueLost(TaskFailed):
+    code = ErrorCode.TASK_QUEUE_LOST
+
+
 _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
     cls.code.value: cls
     for cls in (
@@ -293,5 +300,6 @@ _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
         DeserializationFailed,
         TaskDeadLettered,
         EndpointDeleted,
+        TaskQueueLost,
     )
 }

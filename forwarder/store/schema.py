@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -107,6 +108,9 @@ endpoints = Table(
     Column("hostname", Text, nullable=False, default=""),
     Column("python_version", Text, nullable=False, default=""),
     Column("agent_version", Text, nullable=False, default=""),
+    # schema v2: when a broken task queue was last rebuilt (tasks it held are reconciled, see
+    # forwarder/queue_health.py)
+    Column("queue_rebuilt_at", Float),
     UniqueConstraint("owner_id", "name", name="uq_endpoints_owner_name"),
 )
 
@@ -166,18 +170,26 @@ def _v1_initial(connection: Connection) -> None:
 
 
 _V2_TASK_COLUMNS = ("task_group_id", "stdout", "stderr", "cancel_requested_at")
+_V2_ENDPOINT_COLUMNS = ("queue_rebuilt_at",)
+
+
+def _add_missing_columns(
+    connection: Connection, inspector: Any, name: str, table: Table, columns: tuple[str, ...]
+) -> None:
+    present = {column["name"] for column in inspector.get_columns(name)}
+    for column in columns:
+        if column not in present:
+            type_sql = table.c[column].type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {column} {type_sql}")
 
 
 def _v2_lifecycle(connection: Connection) -> None:
     """Task groups, captured output, cancellation, listing indexes, kept dead letters."""
     inspector = inspect(connection)
-    present = {column["name"] for column in inspector.get_columns("tasks")}
-    for name in _V2_TASK_COLUMNS:
-        if name not in present:
-            type_sql = tasks.c[name].type.compile(dialect=connection.dialect)
-            connection.exec_driver_sql(f"ALTER TABLE tasks ADD COLUMN {name} {type_sql}")
+    _add_missing_columns(connection, inspector, "tasks", tasks, _V2_TASK_COLUMNS)
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql("ALTER TABLE tasks ALTER COLUMN status TYPE VARCHAR(16)")
+    _add_missing_columns(connection, inspector, "endpoints", endpoints, _V2_ENDPOINT_COLUMNS)
     indexes = {index["name"] for index in inspector.get_indexes("tasks")}
     for index in (_IX_OWNER_CREATED, _IX_GROUP):
         if index.name not in indexes:

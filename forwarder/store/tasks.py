@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, bindparam, func, select
 
+from taskfabric.errors import ErrorCode
 from taskfabric.forwarder.records import NewTask, TaskRecord, TaskStatus
 from taskfabric.forwarder.store import postgres_batches, sqlite_batches
 from taskfabric.forwarder.store._sql import statement_chunks
@@ -34,7 +35,7 @@ from taskfabric.forwarder.store.outcomes import (
     outcome_of_failure,
     outcome_of_result,
 )
-from taskfabric.forwarder.store.schema import tasks
+from taskfabric.forwarder.store.schema import endpoints, tasks
 from taskfabric.protocol import Result
 
 __all__ = ["Failure", "TaskTable"]
@@ -170,6 +171,33 @@ class TaskTable:
         with translate_errors("failing an endpoint's tasks"), self._engine.begin() as connection:
             heads = {row.task_id: _head(row) for row in connection.execute(query)}
             outcomes = {task_id: outcome_of_failure(endpoint_id, failure, now) for task_id in heads}
+            return _finish_known(connection, heads, outcomes)
+
+    def fail_lost_in_rebuilt_queue(
+        self, endpoint_id: uuid.UUID, *, held: set[uuid.UUID], inventory_at: float, now: float
+    ) -> list[TaskRecord]:
+        """After the endpoint's task queue was rebuilt (forwarder/queue_health.py), its agent
+        reported the tasks it holds: fail the endpoint's tasks submitted before the rebuild that are
+        still waiting and that the agent does not hold (they were in the lost queue)."""
+        with translate_errors("failing tasks of a rebuilt queue"), self._engine.begin() as connection:
+            rebuilt_at = connection.execute(
+                select(endpoints.c.queue_rebuilt_at).where(endpoints.c.endpoint_id == endpoint_id)
+            ).scalar()
+            if rebuilt_at is None or inventory_at < rebuilt_at:
+                return []
+            query = select(*_HEAD).where(
+                tasks.c.endpoint_id == endpoint_id, tasks.c.status == _WAITING, tasks.c.created_at < rebuilt_at
+            )
+            heads = {row.task_id: _head(row) for row in connection.execute(query) if row.task_id not in held}
+            failure = Failure(
+                ErrorCode.TASK_QUEUE_LOST,
+                "the endpoint's task queue was destroyed by a broker crash before its agent took this task; "
+                "submit it again",
+            )
+            outcomes = {task_id: outcome_of_failure(endpoint_id, failure, now) for task_id in heads}
+            connection.execute(
+                endpoints.update().where(endpoints.c.endpoint_id == endpoint_id).values(queue_rebuilt_at=None)
+            )
             return _finish_known(connection, heads, outcomes)
 
     # --- reads --------------------------------------------------------------------------

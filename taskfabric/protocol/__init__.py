@@ -27,7 +27,7 @@ Messages (type tag -> fields, `?` = optional)
 ---------------------------------------------
 ``task_batch``        tasks: [Task], functions?: [FunctionBody], client_python?: str
 ``result_batch``      results: [Result]
-``task_events``       started?: [TaskStarted]
+``task_events``       started?: [TaskStarted], held?: [uuid], inventory_at?: float
 ``cancel_tasks``      task_ids: [uuid], grace_period_s?: float >= 0
 ``endpoint_status``   endpoint_id, sent_at, state (online|draining|offline), heartbeat_period_s,
                       managers?, workers?, idle_workers?, outstanding_tasks?, pending_blocks?,

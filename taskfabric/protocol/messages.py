@@ -178,6 +178,10 @@ class TaskEvents:
     forwarder, on the endpoint's result queue)."""
 
     started: list[TaskStarted] = dataclasses.field(default_factory=list)
+    #: an inventory (sent when `inventory_at` is set): every task the agent holds, not yet answered.
+    #: The forwarder uses it after rebuilding the endpoint's task queue (forwarder/queue_health.py)
+    held: list[uuid.UUID] = dataclasses.field(default_factory=list)
+    inventory_at: float | None = None
 
 
 @message("cancel_tasks")

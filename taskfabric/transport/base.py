@@ -167,6 +167,11 @@ class Transport(abc.ABC):
     def queue_depth(self, name: str, *, timeout_s: float = 10.0) -> int:
         """Messages ready in `queue` (not counting unacked ones). Raises `NotFound`."""
 
+    @abc.abstractmethod
+    def queue_consumers(self, name: str, *, timeout_s: float = 10.0) -> int:
+        """Consumers subscribed to `queue` (a consumer the broker forgot, e.g. on a queue deleted
+        and declared again, is not counted). Raises `NotFound`."""
+
     def __enter__(self) -> Transport:
         self.start()
         return self

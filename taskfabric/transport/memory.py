@@ -383,3 +383,10 @@ class MemoryTransport(Transport):
             if target is None:
                 raise NotFound(f"no queue {name!r}")
             return len(target.ready)
+
+    def queue_consumers(self, name: str, *, timeout_s: float = 10.0) -> int:
+        with self.broker.lock:
+            target = self.broker.queues.get(name)
+            if target is None:
+                raise NotFound(f"no queue {name!r}")
+            return len(target.consumers)

@@ -134,6 +134,8 @@ class _RabbitConsumer(ConsumerHandle):
         self.consumer_tag: str | None = None
         self.paused = False
         self.cancelled = False
+        #: failed subscriptions in a row: each waits longer before the next try
+        self.failures = 0
         self.first_subscription: Future[None] = Future()
 
     def cancel(self) -> None:
@@ -447,6 +449,7 @@ class RabbitTransport(Transport):
             self._outbox.popleft().fail(
                 PublishTimeout(f"not sent within {self._confirm_timeout_s:g} s (broker unreachable)")
             )
+        expired = 0
         for tag in list(self._unconfirmed):
             pending = self._unconfirmed[tag]
             if pending.deadline > now:
@@ -454,7 +457,21 @@ class RabbitTransport(Transport):
             del self._unconfirmed[tag]
             self._by_message_id.pop(pending.message_id, None)
             pending.fail(PublishTimeout(f"no confirm from the broker within {self._confirm_timeout_s:g} s"))
+            expired += 1
+        if expired:
+            self._recycle_publish_channel(expired)
         self._schedule_sweep()
+
+    def _recycle_publish_channel(self, expired: int) -> None:
+        """A publish the broker never confirms can wedge the channel for good: a quorum queue that
+        lost its leader and was then deleted and declared again leaves the channel waiting for the
+        old queue's answer, and later publishes to the new queue are never confirmed either. So
+        after a confirm timeout the channel is replaced (its other unconfirmed publishes fail and
+        are re-sent by their owners)."""
+        channel = self._pub_channel
+        if channel is not None and channel.is_open:
+            log.warning("%d publishes were not confirmed in time: opening a new publish channel", expired)
+            channel.close()
 
     # --- consuming ----------------------------------------------------------------------
 
@@ -494,6 +511,7 @@ class RabbitTransport(Transport):
             consumer.channel = channel
             consumer.channel_id = channel_id
             channel.add_on_close_callback(lambda ch, reason: self._on_consumer_channel_closed(consumer, ch, reason))
+            channel.add_on_cancel_callback(lambda _frame: self._on_server_cancel(consumer, channel))
             channel.basic_qos(prefetch_count=consumer.prefetch, callback=lambda _frame: self._start_consuming(consumer))
 
         self._connection.channel(on_open_callback=on_open)
@@ -513,7 +531,18 @@ class RabbitTransport(Transport):
             consumer.queue, on_message, auto_ack=False, callback=lambda _frame: self._mark_subscribed(consumer)
         )
 
+    def _on_server_cancel(self, consumer: _RabbitConsumer, channel: Any) -> None:
+        """The broker cancelled the consumer (its queue was deleted, e.g. rebuilt after a crash):
+        close the channel; the close handler subscribes again with back-off."""
+        if consumer.cancelled or consumer.channel is not channel:
+            return
+        log.warning("the broker cancelled the consumer of %r (queue deleted?); re-subscribing", consumer.queue)
+        consumer.consumer_tag = None
+        if channel.is_open:
+            channel.close()
+
     def _mark_subscribed(self, consumer: _RabbitConsumer) -> None:
+        consumer.failures = 0
         if not consumer.first_subscription.done():
             consumer.first_subscription.set_result(None)
 
@@ -557,7 +586,10 @@ class RabbitTransport(Transport):
                 consumer.on_error(error)
             except Exception:
                 log.exception("on_error callback failed")
-        delay = self._backoff_initial_s + _jitter.uniform(0, self._backoff_initial_s)
+        # a queue that keeps failing (gone, leaderless) is retried ever less often, up to backoff_max_s
+        base = min(self._backoff_max_s, self._backoff_initial_s * (2**consumer.failures))
+        consumer.failures += 1
+        delay = base + _jitter.uniform(0, base)
         self._ioloop.call_later(delay, lambda: self._resubscribe(consumer))
 
     def _resubscribe(self, consumer: _RabbitConsumer) -> None:
@@ -641,6 +673,14 @@ class RabbitTransport(Transport):
             timeout_s,
         )
         return int(frame.method.message_count)
+
+    def queue_consumers(self, name: str, *, timeout_s: float = 10.0) -> int:
+        frame = self._admin(
+            lambda ch, done: ch.queue_declare(name, passive=True, callback=done),
+            f"inspect queue {name!r}",
+            timeout_s,
+        )
+        return int(frame.method.consumer_count)
 
     def _admin(self, operation: Callable[[Any, Callable[[Any], None]], None], what: str, timeout_s: float) -> Any:
         """Run one operation on the admin channel and wait for its answer."""
