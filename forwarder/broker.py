@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 
 from taskfabric.broker_config import EndpointQueues, ManagementClient, Topology
+from taskfabric.errors import BrokerError, PublishTimeout
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.transport import OutgoingMessage, RabbitTransport
 
@@ -79,6 +80,23 @@ class BrokerLink:
     def declare_endpoint_queues(self, queues: EndpointQueues) -> None:
         """Declare (idempotently) an endpoint's task and result queues."""
         self.topology.declare_endpoint(self.transport, queues)
+
+    def probe_endpoint_queues(self, queues: EndpointQueues, *, timeout_s: float) -> None:
+        """Prove fresh (unconsumed) endpoint queues usable: a confirmed publish to each, read back.
+        Raises `BrokerError` if either does not make the round trip."""
+        routes = (
+            (self.topology.tasks_exchange, queues.task_queue),
+            (self.topology.results_exchange, queues.result_queue),
+        )
+        for exchange, queue in routes:
+            body = b"taskfabric-probe:" + secrets.token_bytes(8)
+            future = self.transport.publish(OutgoingMessage(exchange=exchange, routing_key=queue, body=body))
+            try:
+                future.result(timeout=timeout_s)
+            except TimeoutError:
+                raise PublishTimeout(f"no confirm for the probe of {queue!r} within {timeout_s:g} s") from None
+            if self.transport.take_one(queue, timeout_s=timeout_s) != body:
+                raise BrokerError(f"the probe published to {queue!r} did not come back")
 
     def issue_credentials(self, endpoint_id: uuid.UUID, queues: EndpointQueues, *, revoke_old: bool) -> str:
         """Create or re-key the endpoint's broker user; returns its new password. With

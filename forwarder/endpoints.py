@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from taskfabric.broker_config import EndpointQueues, new_queue_secret
-from taskfabric.errors import ErrorCode, NotFoundError, PermissionDenied, ServiceError
+from taskfabric.errors import BrokerError, ErrorCode, NotFoundError, PermissionDenied, ServiceError
 from taskfabric.forwarder.broker import BrokerLink, broker_username
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.ingest import StatusBook
@@ -149,7 +149,7 @@ class EndpointRegistry:
             metadata=metadata or "{}",
         )
         queues = self._broker.queues_of(new_id, record.queue_secret)
-        await self._blocking(self._broker.declare_endpoint_queues, queues)
+        await self._blocking(self._declare_proven_queues, queues)
         try:
             await self._runner.write(self._store.endpoints.add, record)
         except StoreConflict:
@@ -158,6 +158,23 @@ class EndpointRegistry:
                 f"endpoint {new_id} or the name {name!r} was registered concurrently; retry", status=409, code=CONFLICT
             ) from None
         return record
+
+    def _declare_proven_queues(self, queues: EndpointQueues) -> None:
+        """Declare a new endpoint's queues and prove them with a probe round trip (a queue the
+        broker cannot serve is declared once more); raises 503 if they still do not work."""
+        for attempt in (1, 2):
+            self._broker.declare_endpoint_queues(queues)
+            try:
+                self._broker.probe_endpoint_queues(queues, timeout_s=self._settings.confirm_timeout_s)
+                return
+            except BrokerError as exc:
+                log.warning("new endpoint queues failed their probe (attempt %d): %s", attempt, exc)
+                self._broker.delete_endpoint_queues(queues)
+        raise ServiceError(
+            "the broker could not provide working queues for the endpoint; try again",
+            status=503,
+            code="BROKER_UNAVAILABLE",
+        )
 
     async def _reregister(self, existing: EndpointRecord, *, name: str, metadata: str | None) -> EndpointRecord:
         new_metadata = metadata if metadata is not None else existing.metadata

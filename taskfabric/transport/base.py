@@ -168,6 +168,11 @@ class Transport(abc.ABC):
         """Messages ready in `queue` (not counting unacked ones). Raises `NotFound`."""
 
     @abc.abstractmethod
+    def take_one(self, name: str, *, timeout_s: float = 10.0) -> bytes | None:
+        """Remove and return the body of the next ready message of `queue` (None when empty).
+        For probes and tools, not for the hot path. Raises `NotFound`."""
+
+    @abc.abstractmethod
     def queue_consumers(self, name: str, *, timeout_s: float = 10.0) -> int:
         """Consumers subscribed to `queue` (a consumer the broker forgot, e.g. on a queue deleted
         and declared again, is not counted). Raises `NotFound`."""

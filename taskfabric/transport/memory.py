@@ -384,6 +384,13 @@ class MemoryTransport(Transport):
                 raise NotFound(f"no queue {name!r}")
             return len(target.ready)
 
+    def take_one(self, name: str, *, timeout_s: float = 10.0) -> bytes | None:
+        with self.broker.lock:
+            target = self.broker.queues.get(name)
+            if target is None:
+                raise NotFound(f"no queue {name!r}")
+            return target.ready.popleft().body if target.ready else None
+
     def queue_consumers(self, name: str, *, timeout_s: float = 10.0) -> int:
         with self.broker.lock:
             target = self.broker.queues.get(name)

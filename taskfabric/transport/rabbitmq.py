@@ -674,6 +674,18 @@ class RabbitTransport(Transport):
         )
         return int(frame.method.message_count)
 
+    def take_one(self, name: str, *, timeout_s: float = 10.0) -> bytes | None:
+        depth = self.queue_depth(name, timeout_s=timeout_s)
+        if depth == 0:
+            return None
+        # with a ready message, basic.get answers get-ok (pika calls nothing on get-empty)
+        body: bytes = self._admin(
+            lambda ch, done: ch.basic_get(name, lambda _ch, _method, _props, data: done(data), auto_ack=True),
+            f"take a message from {name!r}",
+            timeout_s,
+        )
+        return body
+
     def queue_consumers(self, name: str, *, timeout_s: float = 10.0) -> int:
         frame = self._admin(
             lambda ch, done: ch.queue_declare(name, passive=True, callback=done),

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import statistics
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from taskfabric.broker_config import RabbitNode
+from taskfabric.broker_config import RabbitNode, new_queue_secret
 from taskfabric.client import Client, Executor
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.endpoint_agent.local import (
@@ -27,8 +28,9 @@ from taskfabric.endpoint_agent.local import (
     start_endpoint,
     stop_endpoint,
 )
-from taskfabric.errors import TaskQueueLost
+from taskfabric.errors import BrokerError, TaskQueueLost
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
+from taskfabric.forwarder.broker import BrokerLink
 from taskfabric.forwarder.testing import ForwarderProcess
 from taskfabric.testing import unique_name, wait_until
 
@@ -170,3 +172,29 @@ def test_tasks_lost_with_a_rebuilt_queue_end_as_a_typed_error(
         assert all(isinstance(error, TaskQueueLost) for error in lost), lost
         assert "broker crash" in str(lost[0])
         assert final[after]["result"] == 99  # the rebuilt queue works, and later tasks are not touched
+
+
+def test_the_registration_probe_proves_queues_and_refuses_a_leaderless_one(node: RabbitNode, tmp_path: Path) -> None:
+    info = node.start()
+    settings = ForwarderSettings.from_mapping(
+        {
+            "amqp_url": info.amqp_url,
+            "management_url": info.management_url,
+            "topology_prefix": unique_name("probe"),
+            "database_url": f"sqlite:///{tmp_path / 'unused.db'}",
+            "confirm_timeout_s": 2.0,
+        }
+    )
+    link = BrokerLink(settings)
+    link.start()
+    try:
+        queues = link.queues_of(uuid.uuid4(), new_queue_secret())
+        link.declare_endpoint_queues(queues)
+        link.probe_endpoint_queues(queues, timeout_s=5)
+        assert link.transport.queue_depth(queues.task_queue) == link.transport.queue_depth(queues.result_queue) == 0
+        break_queue(node, queues.task_queue)
+        with pytest.raises(BrokerError):
+            link.probe_endpoint_queues(queues, timeout_s=2)
+        link.delete_endpoint_queues(queues)
+    finally:
+        link.close()
