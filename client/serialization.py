@@ -105,7 +105,10 @@ def exception_from_error(error: dict[str, Any], *, worker_python: str = "", task
             return rebuilt
         message = f"{message} (remote exception {exception_type or 'object'} could not be unpickled: {why_not})"
     elif code == ErrorCode.TASK_FAILED and exception_type:
-        message = f"{message} (remote exception type {exception_type}; the worker could not pickle the exception object, or it was too large)"
+        message = (
+            f"{message} (remote exception type {exception_type}; "
+            "the worker could not pickle the exception object, or it was too large)"
+        )
     kind = TaskExecutionFailed if code == ErrorCode.TASK_FAILED else TaskFailed.for_code(code)
     if code == ErrorCode.DESERIALIZATION_FAILED:
         message += _version_note(worker_python)

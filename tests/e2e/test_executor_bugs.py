@@ -1,7 +1,10 @@
-"""Executor regressions (issue 10 item 7), end to end: a real forwarder, broker, agent and workers."""
+"""Executor regressions (issue 10 item 7) and one outcome per crash (issue 9 item 4), end to end: a
+real forwarder, broker, agent and workers."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from taskfabric.client import Client, Executor, NotFoundError, TaskExecutionFailed
+from taskfabric.client import Client, Executor, NotFoundError, TaskExecutionFailed, WorkerLost
 from taskfabric.forwarder.store import Store
 from taskfabric.testing import wait_until
 
@@ -103,6 +106,7 @@ def test_a_process_exits_after_shutdown_without_waiting(fabric: Fabric, endpoint
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert process.returncode == 0, process.stderr
     assert process.stdout.strip() == "0.5"
@@ -150,9 +154,12 @@ def test_a_task_id_that_is_not_a_function_still_fails_with_not_found(fabric: Fab
 
 
 def test_an_exception_that_does_not_unpickle_says_why_with_the_remote_traceback(fabric: Fabric, endpoint: str) -> None:
-    with fabric.client() as client, Executor(endpoint, client=client) as executor:
-        with pytest.raises(TaskExecutionFailed) as caught:
-            executor.submit(raises_needs_two).result(timeout=60)
+    with (
+        fabric.client() as client,
+        Executor(endpoint, client=client) as executor,
+        pytest.raises(TaskExecutionFailed) as caught,
+    ):
+        executor.submit(raises_needs_two).result(timeout=60)
     error = caught.value
     assert "could not be unpickled: TypeError" in str(error)
     assert "not importable" not in str(error)
@@ -197,5 +204,29 @@ def test_an_executor_finds_an_endpoint_by_name(fabric: Fabric, endpoint: str) ->
         with Executor(name, client=client) as executor:
             assert str(executor.endpoint_id) == endpoint
             assert executor.submit(cube, 5).result(timeout=60) == 125
-        with pytest.raises(NotFoundError, match="no endpoint named 'no-such-endpoint'.*endpoint id"):
+        with pytest.raises(NotFoundError, match=r"no endpoint named 'no-such-endpoint'.*endpoint id"):
             Executor("no-such-endpoint", client=client)
+
+
+def kills_its_worker() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_task_that_kills_its_worker_on_every_attempt_always_ends_as_worker_lost(
+    fabric: Fabric, endpoint: str
+) -> None:
+    with fabric.client() as client, Executor(endpoint, client=client) as executor:
+        futures = [executor.submit(kills_its_worker) for _ in range(5)]
+        errors = []
+        for future in futures:
+            with pytest.raises(WorkerLost) as caught:  # never TaskDeadLettered, whatever arrives first
+                future.result(timeout=180)
+            errors.append(caught.value)
+        tasks = [client.get_task(future.task_id) for future in futures]
+    lost_runs = {task["details"]["attempts"] for task in tasks}
+    assert lost_runs == {2}  # the endpoint's default: one retry after a lost run
+    for error, task in zip(errors, tasks, strict=True):
+        assert task["error"]["code"] == "WORKER_LOST"
+        assert "killed by signal 9 (SIGKILL)" in str(error)
+        assert "gave up after 2 lost runs" in str(error)
+        assert "code None" not in str(error)
