@@ -71,6 +71,8 @@ class _Queued:
 
 
 _STOP = object()
+#: the most function-body bytes an Executor remembers beyond the functions still in use
+_BODY_CACHE_BYTES = 64 * 1024 * 1024
 #: the function id of a queued call whose function the submitter has not registered yet
 _UNREGISTERED = uuid.UUID(int=0)
 
@@ -102,7 +104,11 @@ class Executor(concurrent.futures.Executor):
         self.batch_bytes = batch_bytes
         self.walltime_s = walltime_s
         self._functions: dict[int, tuple[weakref.ref[Any] | Callable[..., Any], _Function]] = {}
-        self._bodies: dict[str, _Function] = {}  # by content hash: identical bodies register once
+        # by content hash, least recently used first: identical bodies register once; bodies
+        # beyond _BODY_CACHE_BYTES are forgotten (they live on while a function object or a
+        # queued call still refers to them)
+        self._bodies: dict[str, _Function] = {}
+        self._bodies_bytes = 0
         self._register_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiting: dict[uuid.UUID, TaskFuture] = {}
@@ -179,13 +185,27 @@ class Executor(concurrent.futures.Executor):
             if (ref() if isinstance(ref, weakref.ref) else ref) is fn:
                 return function
         body = serialize_function(fn, by_value=by_value)
-        with self._register_lock:
-            function = self._bodies.setdefault(content_hash(body), _Function(name or function_name(fn), body))
+        function = self._remember_body(body, name or function_name(fn))
+        functions = self._functions
         try:
-            ref_or_fn: weakref.ref[Any] | Callable[..., Any] = weakref.ref(fn)
+            ref_or_fn: weakref.ref[Any] | Callable[..., Any] = weakref.ref(fn, lambda ref: _forget(functions, key, ref))
         except TypeError:  # builtins and some callables take no weak references
             ref_or_fn = fn
-        self._functions[key] = (ref_or_fn, function)
+        functions[key] = (ref_or_fn, function)
+        return function
+
+    def _remember_body(self, body: bytes, name: str) -> _Function:
+        """The `_Function` of this body: the one seen before if any (most recently used now)."""
+        digest = content_hash(body)
+        with self._register_lock:
+            function = self._bodies.pop(digest, None)
+            if function is None:
+                function = _Function(name, body)
+                self._bodies_bytes += len(body)
+            self._bodies[digest] = function
+            while self._bodies_bytes > _BODY_CACHE_BYTES and len(self._bodies) > 1:
+                oldest = next(iter(self._bodies))
+                self._bodies_bytes -= len(self._bodies.pop(oldest).body)
         return function
 
     def _register(self, function: _Function) -> uuid.UUID:
@@ -383,6 +403,15 @@ class Executor(concurrent.futures.Executor):
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
+
+
+def _forget(
+    functions: dict[int, tuple[weakref.ref[Any] | Callable[..., Any], _Function]], key: int, ref: weakref.ref[Any]
+) -> None:
+    """A remembered function object died: drop its entry (unless its id was reused since)."""
+    known = functions.get(key)
+    if known is not None and known[0] is ref:
+        functions.pop(key, None)
 
 
 def resolve_endpoint(client: Client, endpoint: uuid.UUID | str) -> uuid.UUID:
