@@ -4,6 +4,7 @@ letter whose outcome the agent reports itself leaves that outcome to the agent's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from sqlalchemy import select
 
 from taskfabric.errors import ErrorCode, TaskfabricError
 from taskfabric.forwarder import admin
-from taskfabric.forwarder.records import TaskStatus
+from taskfabric.forwarder.records import DeadLetterRecord, TaskStatus
+from taskfabric.forwarder.store import Store
 from taskfabric.forwarder.store.schema import dead_letters
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi
 from taskfabric.protocol import Result, Task, TaskBatch, TaskError, pack, unpack
@@ -176,3 +178,36 @@ def test_dead_letters_are_listed_shown_and_purged_from_the_command_line(
     assert not {entry["task_id"] for entry in remaining} & set(task_ids)
     assert run("purge").returncode == 0  # without --before: every kept entry
     assert json.loads(run("list", "--json").stdout)["dead_letters"] == []
+
+
+def test_the_dead_letter_table_lists_newest_first_and_purges_by_age(store: Store) -> None:
+    def kept(created_at: float, task_id: uuid.UUID | None) -> DeadLetterRecord:
+        return DeadLetterRecord(
+            dead_letter_id=uuid.uuid4(),
+            task_id=task_id,
+            endpoint_id=uuid.uuid4(),
+            owner_id=uuid.uuid4(),
+            reason="rejected",
+            deliveries=3,
+            queue="tasks.q",
+            created_at=created_at,
+            body=b"\x00body",
+        )
+
+    records = [kept(100.0, uuid.uuid4()), kept(300.0, None), kept(200.0, uuid.uuid4())]
+    store.dead_letters.add(records)
+    mine = {record.dead_letter_id for record in records}
+
+    def listed() -> list[DeadLetterRecord]:  # the PostgreSQL store is shared with other tests
+        return [record for record in store.dead_letters.list(limit=100_000) if record.dead_letter_id in mine]
+
+    assert [record.created_at for record in listed()] == [300.0, 200.0, 100.0]
+    assert all(record.body is None for record in listed())  # listings leave bodies out
+    assert store.dead_letters.get(records[0].dead_letter_id) == records[0]
+    assert store.dead_letters.list(task_id=records[2].task_id) == [dataclasses.replace(records[2], body=None)]
+    assert store.dead_letters.get(uuid.uuid4()) is None
+    assert store.dead_letters.purge(before=250.0) == 2
+    assert [record.dead_letter_id for record in listed()] == [records[1].dead_letter_id]
+    assert store.dead_letters.delete(records[1].dead_letter_id)
+    assert not store.dead_letters.delete(records[1].dead_letter_id)
+    assert listed() == []
