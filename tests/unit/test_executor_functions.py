@@ -6,10 +6,11 @@ from __future__ import annotations
 import gc
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from taskfabric.client import Client, Executor
+from taskfabric.client import Client, Executor, InvalidRequest, NotFoundError
 from taskfabric.client import executor as executor_module
 
 
@@ -48,3 +49,25 @@ def test_chunks_of_calls() -> None:
     chunks = list(executor_module._chunks((range(5), "abcde"), 2))
     assert chunks == [((0, "a"), (1, "b")), ((2, "c"), (3, "d")), ((4, "e"),)]
     assert executor_module._chunk_runner(lambda n, s: s * n)(chunks[1]) == ["cc", "ddd"]
+
+
+class _Endpoints:
+    """The one call `resolve_endpoint` makes, answered from a list."""
+
+    def __init__(self, *entries: dict[str, str]) -> None:
+        self.entries = list(entries)
+
+    def list_endpoints(self) -> list[dict[str, str]]:
+        return self.entries
+
+
+def test_an_endpoint_is_found_by_id_or_by_a_unique_name() -> None:
+    one, two = str(uuid.uuid4()), str(uuid.uuid4())
+    client: Any = _Endpoints({"id": one, "name": "local"}, {"id": two, "name": "cluster"})
+    assert executor_module.resolve_endpoint(client, "cluster") == uuid.UUID(two)
+    assert executor_module.resolve_endpoint(client, one.upper()) == uuid.UUID(one)
+    with pytest.raises(NotFoundError, match="no endpoint named 'gpu'"):
+        executor_module.resolve_endpoint(client, "gpu")
+    client.entries.append({"id": str(uuid.uuid4()), "name": "local"})  # e.g. one shared with you
+    with pytest.raises(InvalidRequest, match=r"ambiguous.*give an endpoint id"):
+        executor_module.resolve_endpoint(client, "local")
