@@ -104,13 +104,13 @@ class Client:
         module travel by reference: that module must be installed where the endpoint's workers run,
         unless `by_value=True`, which ships the module's code along."""
         body = serialize_function(fn, by_value=by_value)
+        return self.register_serialized_function(body, name=name or function_name(fn))
+
+    def register_serialized_function(self, body: bytes, *, name: str) -> uuid.UUID:
+        """Register a function already serialized by `serialize_function` (idempotent)."""
         answer = self._http.post(
             "/v1/functions",
-            {
-                "name": name or getattr(fn, "__qualname__", getattr(fn, "__name__", "function")),
-                "body": base64.b64encode(body).decode(),
-                "python_version": CLIENT_PYTHON,
-            },
+            {"name": name, "body": base64.b64encode(body).decode(), "python_version": CLIENT_PYTHON},
             idempotent=True,
         )
         return uuid.UUID(answer["function_id"])
@@ -217,6 +217,11 @@ class Client:
             for task_id, info in answer["tasks"].items():
                 out[uuid.UUID(task_id)] = _summary(info)
         return out
+
+
+def function_name(fn: Callable[..., Any]) -> str:
+    """The name a function is registered under by default."""
+    return str(getattr(fn, "__qualname__", getattr(fn, "__name__", "function")))
 
 
 def as_uuid(value: bytes | str) -> uuid.UUID:

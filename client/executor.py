@@ -1,32 +1,42 @@
 """`Executor`: a `concurrent.futures.Executor` whose tasks run on a taskfabric endpoint.
 
-    with Executor(endpoint_id) as ex:
+    with Executor(endpoint_id) as ex:     # or the name of one of your endpoints
         future = ex.submit(square, 7)      # future.task_id is set once the service accepted it
         print(future.result())
 
-State (named, in this object): the queue of submitted calls not yet sent, and the table of futures
-awaiting results. Two threads: the *submitter* sends queued calls in batches (one request carries
-whatever accumulated while the previous one was in flight, up to `batch_size`), and the results
-stream pushes outcomes back. `attach(task_ids)` re-attaches to tasks submitted earlier (e.g. by a
-process that has since died).
+State (named, in this object): the queue of submitted calls not yet sent, the table of futures
+awaiting results, and the functions seen so far (serialized at submit, deduplicated by content
+hash, each registered once). Two threads: the *submitter* registers the functions a batch needs
+and sends queued calls in batches (one request carries whatever accumulated while the previous one
+was in flight, up to `batch_size`), and the results stream pushes outcomes back. A function id the
+service no longer knows (the function was deleted) is registered again and the batch resubmitted
+once. `attach(task_ids)` re-attaches to tasks submitted earlier (e.g. by a process that has since
+died).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import queue
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from taskfabric.client.client import Client, _Call
-from taskfabric.client.serialization import exception_from_error, serialize_arguments, value_from_result
+from taskfabric.client.client import Client, _Call, function_name
+from taskfabric.client.serialization import (
+    content_hash,
+    exception_from_error,
+    serialize_arguments,
+    serialize_function,
+    value_from_result,
+)
 from taskfabric.client.stream import ResultStream
-from taskfabric.errors import NotFoundError, PayloadTooLarge, TaskfabricError
+from taskfabric.errors import InvalidRequest, NotFoundError, PayloadTooLarge, TaskfabricError
 from taskfabric.logs import wrap_with_logs
 
 __all__ = ["Executor", "TaskFuture"]
@@ -42,13 +52,29 @@ class TaskFuture(concurrent.futures.Future[Any]):
         self.task_id: uuid.UUID | None = None
 
 
+@dataclasses.dataclass(slots=True, eq=False)
+class _Function:
+    """A serialized function; registered at most once per Executor (`function_id` None until then,
+    and again after the service answered that it no longer knows the id)."""
+
+    name: str
+    body: bytes
+    function_id: uuid.UUID | None = None
+
+
 @dataclasses.dataclass(slots=True)
 class _Queued:
     future: TaskFuture
     call: _Call
+    #: the function to register before sending (None: `call.function_id` is already known)
+    function: _Function | None = None
 
 
 _STOP = object()
+#: the most function-body bytes an Executor remembers beyond the functions still in use
+_BODY_CACHE_BYTES = 64 * 1024 * 1024
+#: the function id of a queued call whose function the submitter has not registered yet
+_UNREGISTERED = uuid.UUID(int=0)
 
 
 class Executor(concurrent.futures.Executor):
@@ -66,13 +92,24 @@ class Executor(concurrent.futures.Executor):
         batch_bytes: int = 16 * 1024 * 1024,
         walltime_s: float | None = None,
     ) -> None:
-        self.endpoint_id = uuid.UUID(str(endpoint_id))
         self._owns_client = client is None
         self.client = client or Client()
+        try:
+            self.endpoint_id = resolve_endpoint(self.client, endpoint_id)
+        except BaseException:
+            if self._owns_client:
+                self.client.close()
+            raise
         self.batch_size = batch_size
         self.batch_bytes = batch_bytes
         self.walltime_s = walltime_s
-        self._functions: dict[int, tuple[weakref.ref[Any] | Callable[..., Any], uuid.UUID]] = {}
+        self._functions: dict[int, tuple[weakref.ref[Any] | Callable[..., Any], _Function]] = {}
+        # by content hash, least recently used first: identical bodies register once; bodies
+        # beyond _BODY_CACHE_BYTES are forgotten (they live on while a function object or a
+        # queued call still refers to them)
+        self._bodies: dict[str, _Function] = {}
+        self._bodies_bytes = 0
+        self._register_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiting: dict[uuid.UUID, TaskFuture] = {}
         self._lock = threading.Lock()
@@ -88,11 +125,19 @@ class Executor(concurrent.futures.Executor):
     # --- the concurrent.futures API -----------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
-        """Run `fn(*args, **kwargs)` on the endpoint; `fn` is registered once per Executor."""
-        return self.submit_to_registered_function(self.register_function(fn), args, kwargs)
+        """Run `fn(*args, **kwargs)` on the endpoint. `fn` is serialized here; the background
+        submitter registers it (once per distinct body) before sending, so a submit never waits
+        for the service. A registration failure fails the future."""
+        function = self._function_of(fn)
+        return self._enqueue(function.function_id or _UNREGISTERED, args, kwargs, function)
 
     def submit_to_registered_function(
         self, function_id: uuid.UUID | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> TaskFuture:
+        return self._enqueue(uuid.UUID(str(function_id)), args, kwargs or {}, None)
+
+    def _enqueue(
+        self, function_id: uuid.UUID, args: tuple[Any, ...], kwargs: dict[str, Any], function: _Function | None
     ) -> TaskFuture:
         with self._lock:
             if self._shutdown:
@@ -100,25 +145,98 @@ class Executor(concurrent.futures.Executor):
             if self._fatal is not None:
                 raise self._fatal
         future = TaskFuture()
-        call = _Call(uuid.UUID(str(function_id)), serialize_arguments(args, kwargs or {}), self.walltime_s)
-        self._queue.put(_Queued(future, call))
+        call = _Call(function_id, serialize_arguments(args, kwargs), self.walltime_s)
+        self._queue.put(_Queued(future, call, function))
         return future
 
-    def register_function(self, fn: Callable[..., Any], **kwargs: Any) -> uuid.UUID:
-        """The function's id, registering it with the service on first use."""
+    def register_function(
+        self, fn: Callable[..., Any], *, name: str | None = None, by_value: bool | None = None
+    ) -> uuid.UUID:
+        """The function's id, registering it now if this Executor has not yet. With `by_value` or
+        `name` given, `fn` is serialized and registered again that way, and later submits of
+        `fn` use the new registration (e.g. `by_value=True` after a by-reference submit)."""
+        again = by_value is not None or name is not None
+        function = self._function_of(fn, by_value=bool(by_value), name=name, again=again)
+        return self._register(function)
+
+    def map(
+        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
+    ) -> Iterator[Any]:
+        """`fn` over the iterables, results in order. With `chunksize` N, each task runs N calls
+        (as `ProcessPoolExecutor.map` does): fewer, larger tasks for short calls."""
+        if chunksize < 1:
+            raise ValueError(f"chunksize must be at least 1, not {chunksize}")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = super().map(_chunk_runner(fn), _chunks(iterables, chunksize), timeout=timeout)
+        return itertools.chain.from_iterable(chunks)
+
+    # --- functions ----------------------------------------------------------------------
+
+    def _function_of(
+        self, fn: Callable[..., Any], *, by_value: bool = False, name: str | None = None, again: bool = False
+    ) -> _Function:
+        """The serialized function for `fn`: remembered per function object (unless `again`), and
+        shared by every function object with the same body."""
         key = id(fn)
         known = self._functions.get(key)
-        if known is not None:
-            ref, function_id = known
+        if known is not None and not again:
+            ref, function = known
             if (ref() if isinstance(ref, weakref.ref) else ref) is fn:
-                return function_id
-        function_id = self.client.register_function(fn, **kwargs)
+                return function
+        body = serialize_function(fn, by_value=by_value)
+        function = self._remember_body(body, name or function_name(fn))
+        functions = self._functions
         try:
-            ref_or_fn: weakref.ref[Any] | Callable[..., Any] = weakref.ref(fn)
+            ref_or_fn: weakref.ref[Any] | Callable[..., Any] = weakref.ref(fn, lambda ref: _forget(functions, key, ref))
         except TypeError:  # builtins and some callables take no weak references
             ref_or_fn = fn
-        self._functions[key] = (ref_or_fn, function_id)
-        return function_id
+        functions[key] = (ref_or_fn, function)
+        return function
+
+    def _remember_body(self, body: bytes, name: str) -> _Function:
+        """The `_Function` of this body: the one seen before if any (most recently used now)."""
+        digest = content_hash(body)
+        with self._register_lock:
+            function = self._bodies.pop(digest, None)
+            if function is None:
+                function = _Function(name, body)
+                self._bodies_bytes += len(body)
+            self._bodies[digest] = function
+            while self._bodies_bytes > _BODY_CACHE_BYTES and len(self._bodies) > 1:
+                oldest = next(iter(self._bodies))
+                self._bodies_bytes -= len(self._bodies.pop(oldest).body)
+        return function
+
+    def _register(self, function: _Function) -> uuid.UUID:
+        """Register `function` unless it is registered; its id. Raises the service's error."""
+        with self._register_lock:
+            if function.function_id is None:
+                function.function_id = self.client.register_serialized_function(function.body, name=function.name)
+            return function.function_id
+
+    def _register_needed(self, items: list[_Queued]) -> list[_Queued]:
+        """Register the functions `items` need (each distinct body once) and give their calls the
+        ids; items whose function could not be registered fail. Returns the others."""
+        ready = []
+        failed: dict[int, BaseException] = {}
+        for item in items:
+            function = item.function
+            if function is None:
+                ready.append(item)
+                continue
+            if id(function) not in failed:
+                try:
+                    function_id = self._register(function)
+                except (TaskfabricError, ValueError) as exc:
+                    failed[id(function)] = exc
+            if id(function) in failed:
+                item.future.set_exception(failed[id(function)])
+                continue
+            if item.call.function_id != function_id:
+                item.call = dataclasses.replace(item.call, function_id=function_id)
+            ready.append(item)
+        return ready
 
     def attach(self, task_ids: Iterable[uuid.UUID | str]) -> list[TaskFuture]:
         """Futures for tasks submitted earlier (by this or another process); they resolve from
@@ -137,6 +255,9 @@ class Executor(concurrent.futures.Executor):
         return futures
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting calls. Calls already submitted are still sent and their futures still
+        complete, as in the standard library: with `wait=False` a daemon thread waits for them
+        (then closes the results stream), so this returns at once and the process can exit."""
         with self._lock:
             if self._shutdown:
                 return
@@ -145,8 +266,17 @@ class Executor(concurrent.futures.Executor):
             self._cancel_queued()
         self._queue.put(_STOP)
         if wait:
-            self._submitter.join()
-            concurrent.futures.wait(list(self._waiting.values()))
+            self._finish()
+        else:
+            threading.Thread(target=self._finish, name="executor-shutdown", daemon=True).start()
+
+    @wrap_with_logs
+    def _finish(self) -> None:
+        """After the last submit: wait for every sent call's outcome, then close the stream."""
+        self._submitter.join()
+        with self._lock:
+            waiting = list(self._waiting.values())
+        concurrent.futures.wait(waiting)
         self._stream.close()
         if self._owns_client:
             self.client.close()
@@ -178,18 +308,30 @@ class Executor(concurrent.futures.Executor):
 
     def _send(self, batch: list[_Queued]) -> None:
         live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        live = self._register_needed(live)
         if live:
             self._submit(live)
 
-    def _submit(self, live: list[_Queued]) -> None:
-        """One request; a batch the service finds too large is split and sent in halves."""
+    def _submit(self, live: list[_Queued], *, registered_again: bool = False) -> None:
+        """One request; a batch the service finds too large is split and sent in halves; a batch
+        naming a function id the service no longer knows is registered again and resent once."""
         try:
             task_ids = self.client.submit_calls(self.endpoint_id, [item.call for item in live])
         except PayloadTooLarge as exc:
             if len(live) > 1 and ("max_batch_tasks" in str(exc) or "max_request_bytes" in str(exc)):
                 half = len(live) // 2
-                self._submit(live[:half])
-                self._submit(live[half:])
+                self._submit(live[:half], registered_again=registered_again)
+                self._submit(live[half:], registered_again=registered_again)
+                return
+            for item in live:
+                item.future.set_exception(exc)
+            return
+        except NotFoundError as exc:
+            stale = self._forget_unknown_functions(live, exc) if not registered_again else False
+            if stale:
+                live = self._register_needed(live)
+                if live:
+                    self._submit(live, registered_again=True)
                 return
             for item in live:
                 item.future.set_exception(exc)
@@ -203,6 +345,20 @@ class Executor(concurrent.futures.Executor):
                 item.future.task_id = task_id
                 self._waiting[task_id] = item.future
         self._stream.subscribe(task_ids)
+
+    def _forget_unknown_functions(self, live: list[_Queued], error: NotFoundError) -> bool:
+        """Forget the ids of this Executor's functions that `error` names (deleted on the
+        service); True if there were any."""
+        stale = False
+        with self._register_lock:
+            for item in live:
+                function = item.function
+                known = function.function_id if function is not None else None
+                if function is not None and known is not None and str(known) in str(error):
+                    log.info("function %s is unknown to the service; registering it again", function.function_id)
+                    function.function_id = None
+                    stale = True
+        return stale
 
     def _cancel_queued(self) -> None:
         while True:
@@ -247,6 +403,55 @@ class Executor(concurrent.futures.Executor):
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
+
+
+def _forget(
+    functions: dict[int, tuple[weakref.ref[Any] | Callable[..., Any], _Function]], key: int, ref: weakref.ref[Any]
+) -> None:
+    """A remembered function object died: drop its entry (unless its id was reused since)."""
+    known = functions.get(key)
+    if known is not None and known[0] is ref:
+        functions.pop(key, None)
+
+
+def resolve_endpoint(client: Client, endpoint: uuid.UUID | str) -> uuid.UUID:
+    """An endpoint id, given one or the name of one of the caller's endpoints. Raises
+    `NotFoundError` when no endpoint of the caller has that name, `InvalidRequest` when several do."""
+    if isinstance(endpoint, uuid.UUID):
+        return endpoint
+    try:
+        return uuid.UUID(str(endpoint))
+    except ValueError:
+        pass
+    named = [entry for entry in client.list_endpoints() if entry.get("name") == endpoint]
+    if len(named) == 1:
+        return uuid.UUID(str(named[0]["id"]))
+    if not named:
+        raise NotFoundError(
+            f"no endpoint named {endpoint!r} among yours: give an endpoint id (a UUID, as "
+            "`Client.list_endpoints()` shows) or the exact name of one of your endpoints",
+            status=404,
+            code="NOT_FOUND",
+        )
+    ids = ", ".join(str(entry["id"]) for entry in named)
+    raise InvalidRequest(f"the name {endpoint!r} is ambiguous ({len(named)} endpoints: {ids}): give an endpoint id")
+
+
+def _chunks(iterables: tuple[Iterable[Any], ...], size: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
+    """The argument tuples of `zip(*iterables)`, `size` at a time."""
+    calls = zip(*iterables, strict=False)
+    while chunk := tuple(itertools.islice(calls, size)):
+        yield chunk
+
+
+def _chunk_runner(fn: Callable[..., Any]) -> Callable[[tuple[tuple[Any, ...], ...]], list[Any]]:
+    """A function running `fn` on each argument tuple of a chunk. Nested, so it travels by value
+    with `fn` in it: runners of the same `fn` have the same body and register once."""
+
+    def run_chunk(chunk: tuple[tuple[Any, ...], ...]) -> list[Any]:
+        return [fn(*args) for args in chunk]
+
+    return run_chunk
 
 
 def _value(result: dict[str, Any], task_id: uuid.UUID) -> Any:

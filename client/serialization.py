@@ -95,30 +95,36 @@ def exception_from_error(error: dict[str, Any], *, worker_python: str = "", task
     message = str(error.get("message", "the task failed"))
     remote_traceback = str(error.get("traceback") or "")
     pickled = error.get("exception")
+    exception_type = str(error.get("exception_type") or "")
     if code == ErrorCode.TASK_FAILED and pickled:
-        rebuilt = _rebuild(pickled)
+        rebuilt, why_not = _rebuild(pickled)
         if rebuilt is not None:
             if remote_traceback:
                 rebuilt.__cause__ = RemoteTraceback(remote_traceback)
             rebuilt.task_id = task_id  # type: ignore[attr-defined]
             return rebuilt
-    kind = TaskFailed.for_code(code)
-    if code == ErrorCode.TASK_FAILED:
-        kind = TaskExecutionFailed
-        exception_type = error.get("exception_type")
-        if exception_type:
-            message = f"{message} (remote exception type {exception_type}, not importable here)"
+        message = f"{message} (remote exception {exception_type or 'object'} could not be unpickled: {why_not})"
+    elif code == ErrorCode.TASK_FAILED and exception_type:
+        message = (
+            f"{message} (remote exception type {exception_type}; "
+            "the worker could not pickle the exception object, or it was too large)"
+        )
+    kind = TaskExecutionFailed if code == ErrorCode.TASK_FAILED else TaskFailed.for_code(code)
     if code == ErrorCode.DESERIALIZATION_FAILED:
         message += _version_note(worker_python)
-    return kind(message, remote_traceback=remote_traceback, task_id=task_id)
+    return kind(message, remote_traceback=remote_traceback, task_id=task_id, exception_type=exception_type)
 
 
-def _rebuild(pickled: bytes) -> BaseException | None:
+def _rebuild(pickled: bytes) -> tuple[BaseException | None, str]:
+    """The unpickled exception, or None and why not (e.g. a custom `__init__` with more arguments
+    than the exception's `args`, or a class not importable here)."""
     try:
         exc = cloudpickle.loads(pickled)
-    except Exception:
-        return None
-    return exc if isinstance(exc, BaseException) else None
+    except Exception as error:
+        return None, f"{type(error).__name__}: {error}"
+    if not isinstance(exc, BaseException):
+        return None, f"it is a {type(exc).__name__}, not an exception"
+    return exc, ""
 
 
 def _version_note(worker_python: str) -> str:

@@ -1,4 +1,5 @@
-"""`taskfabric forwarder serve|settings` and `taskfabric admin create-user|create-token|list-users`.
+"""`taskfabric forwarder serve|settings` and `taskfabric admin create-user|create-token|list-users`,
+`taskfabric admin dead-letters list|show|requeue|purge`.
 
 Thin click commands: they build `ForwarderSettings` (file, environment, flags) and call plain
 functions (`serve` here, `admin.*`), which tests call directly. Errors map to named exit codes in
@@ -7,6 +8,7 @@ the root command.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import logging
@@ -19,6 +21,7 @@ import click
 
 from taskfabric.errors import TaskfabricError
 from taskfabric.forwarder import admin as admin_functions
+from taskfabric.forwarder.records import DeadLetterRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.gc_tuning import tune_for_service
 
@@ -209,3 +212,114 @@ def list_users_command(as_json: bool, config_file: Path | None, database_url: st
             click.echo(json.dumps(record))
         else:
             click.echo(f"{user.username:<32} {user.auth:<7} {user.tokens:>3} token(s)  {user.user_id}")
+
+
+# --- taskfabric admin dead-letters --------------------------------------------------------
+
+
+@admin.group("dead-letters")
+def dead_letters() -> None:
+    """Inspect, re-queue and purge the dead letters the forwarder keeps (one per task)."""
+
+
+@dead_letters.command("list")
+@click.option("--limit", type=int, default=100, show_default=True, help="At most this many, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@_store_options
+def list_dead_letters_command(limit: int, as_json: bool, config_file: Path | None, database_url: str | None) -> None:
+    """List kept dead letters, newest first."""
+    records = admin_functions.list_dead_letters(_settings(config_file, database_url=database_url), limit=limit)
+    if as_json:
+        click.echo(json.dumps({"dead_letters": [_dead_letter_json(record) for record in records]}))
+        return
+    for record in records:
+        when = _utc(record.created_at)
+        click.echo(f"{record.dead_letter_id}  {when}  task {record.task_id or '-'}  {record.reason[:100]}")
+
+
+@dead_letters.command("show")
+@click.argument("dead_letter_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+@_store_options
+def show_dead_letter_command(
+    dead_letter_id: str, as_json: bool, config_file: Path | None, database_url: str | None
+) -> None:
+    """Show one kept dead letter: its task, endpoint, reason and what its message holds."""
+    details = admin_functions.show_dead_letter(_settings(config_file, database_url=database_url), dead_letter_id)
+    document = {
+        **_dead_letter_json(details.record),
+        "task_status": details.task_status.value if details.task_status else None,
+        "message": details.summary,
+    }
+    if as_json:
+        click.echo(json.dumps(document))
+        return
+    for key, value in document.items():
+        click.echo(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+
+
+@dead_letters.command("requeue")
+@click.argument("dead_letter_id")
+@click.option("--amqp-url", default=None, help="Broker URL with administrator credentials.")
+@click.option("--management-url", default=None, help="Broker management API URL with administrator credentials.")
+@_store_options
+def requeue_dead_letter_command(
+    dead_letter_id: str,
+    amqp_url: str | None,
+    management_url: str | None,
+    config_file: Path | None,
+    database_url: str | None,
+) -> None:
+    """Publish a kept task message again to its endpoint's task queue (only if the task has not
+    finished), then forget the entry."""
+    settings = _settings(config_file, database_url=database_url, amqp_url=amqp_url, management_url=management_url)
+    task_id = admin_functions.requeue_dead_letter(settings, dead_letter_id)
+    click.echo(f"re-queued task {task_id}")
+
+
+@dead_letters.command("purge")
+@click.option(
+    "--before",
+    default=None,
+    help="Only entries kept before this time: seconds since the epoch, or ISO 8601 (UTC without an offset).",
+)
+@_store_options
+def purge_dead_letters_command(before: str | None, config_file: Path | None, database_url: str | None) -> None:
+    """Delete kept dead letters (all, or those kept before --before)."""
+    cutoff = _timestamp(before) if before is not None else None
+    purged = admin_functions.purge_dead_letters(_settings(config_file, database_url=database_url), before=cutoff)
+    click.echo(f"purged {purged} dead letter(s)")
+
+
+def _dead_letter_json(record: DeadLetterRecord) -> dict[str, Any]:
+    return {
+        "dead_letter_id": str(record.dead_letter_id),
+        "task_id": str(record.task_id) if record.task_id else None,
+        "endpoint_id": str(record.endpoint_id) if record.endpoint_id else None,
+        "owner_id": str(record.owner_id) if record.owner_id else None,
+        "reason": record.reason,
+        "deliveries": record.deliveries,
+        "queue": record.queue,
+        "created_at": record.created_at,
+    }
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _timestamp(text: str) -> float:
+    """Seconds since the epoch from a number or an ISO 8601 time (UTC when it has no offset)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither seconds since the epoch nor an ISO 8601 time", param_hint="--before"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()

@@ -9,12 +9,16 @@ thread), groups up to `ingest_batch_messages` of them, and for each group:
 3. hands the newly finished tasks to `on_finished` (the results stream).
 
 Status reports are acked at once and kept in memory; the latest per endpoint is written at most
-every `status_flush_s`. Dead letters: a `TaskBatch` fails its still-waiting tasks with
-`DEAD_LETTERED`, naming the broker's reason (`x-first-death-reason`). It is trusted only if the
+every `status_flush_s`. Dead letters: every one is kept in the store (`dead_letters`, one entry
+per task of a task batch) for `taskfabric admin dead-letters`, and its task ids are logged. A
+`TaskBatch` fails its still-waiting tasks with `DEAD_LETTERED`, naming the broker's reason
+(`x-first-death-reason`), unless the agent that dead-lettered it reports the outcome itself
+(header `x-taskfabric-outcome-reported`, e.g. `WORKER_LOST` after its retries): then the agent's
+error result is the task's one outcome, whichever arrives first. It is trusted only if the
 forwarder itself published it (the broker-validated `user_id` survives dead-lettering), or if an
 endpoint's own user published it, and then only for that endpoint's tasks. A `ResultBatch` that
 ended there is stored under the same rule (results are never dropped for a transient fault).
-Anything else is logged and dropped.
+Anything else is kept without a task id (not re-queueable) and logged.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from collections.abc import Callable, Sequence
 from taskfabric.errors import ErrorCode, StoreError
 from taskfabric.forwarder.broker import endpoint_id_of_username
 from taskfabric.forwarder.consumers import DeadLetter, Incoming
-from taskfabric.forwarder.records import StatusReport, TaskRecord
+from taskfabric.forwarder.records import DeadLetterRecord, StatusReport, TaskRecord
 from taskfabric.forwarder.store import Failure, Store, StoreRunner
+from taskfabric.forwarder.store._sql import clean_text
 from taskfabric.logs import wrap_with_logs
-from taskfabric.protocol import EndpointStatus, ResultBatch, TaskBatch, TaskEvents
-from taskfabric.transport import Transport
+from taskfabric.protocol import EndpointStatus, ResultBatch, Task, TaskBatch, TaskEvents, pack
+from taskfabric.transport import Delivery, Transport
 
 __all__ = ["Ingestor", "StatusBook"]
 
@@ -41,6 +46,13 @@ log = logging.getLogger(__name__)
 
 _RETRY_INITIAL_S = 0.2
 _RETRY_MAX_S = 5.0
+#: set by an agent on a task it dead-letters after reporting the task's error result itself
+OUTCOME_REPORTED_HEADER = "x-taskfabric-outcome-reported"
+#: the agent's explanation of why it gave up on the task
+REASON_HEADER = "x-taskfabric-reason"
+_REASON_LIMIT = 4096
+#: task ids named one per log line for each dead letter; the rest are counted
+_LOGGED_TASK_IDS = 20
 
 
 class StatusBook:
@@ -248,35 +260,97 @@ class Ingestor:
             self._transport.ack(item.delivery)
 
     def _apply_dead_letter(self, item: DeadLetter) -> bool:
-        """Record what a dead letter means; False if stopping before it was recorded."""
+        """Keep a dead letter and record what it means; False if stopping before it was recorded."""
         delivery, message = item.delivery, item.message
-        reason = str(delivery.headers.get("x-first-death-reason", "unknown"))
         trusted, endpoint_id = self._dead_letter_publisher(delivery.user_id)
-        if not trusted:
-            log.warning("dropping a dead letter published by untrusted user %r", delivery.user_id)
-            return True
-        if isinstance(message, TaskBatch):
-            failure = Failure(ErrorCode.DEAD_LETTERED.value, _dead_letter_reason(reason, delivery.delivery_count))
-            ids = [task.task_id for task in message.tasks]
+        if isinstance(message, TaskBatch) and trusted:
+            outcome_reported = endpoint_id is not None and delivery.headers.get(OUTCOME_REPORTED_HEADER) is True
             failed = self._write_with_retry(
-                lambda: self._store.tasks.fail(ids, failure, now=time.time(), endpoint_id=endpoint_id)
+                lambda: self._keep_task_batch(message, delivery, endpoint_id, outcome_reported=outcome_reported)
             )
-            if failed is None:
-                return False
-            log.warning("dead letter (%s): failed %d of its %d tasks", reason, len(failed), len(ids))
         elif isinstance(message, ResultBatch) and endpoint_id is not None:
             batches = [(endpoint_id, message.results)]
-            failed = self._write_with_retry(lambda: self._store.tasks.store_results(batches, now=time.time()))
-            if failed is None:
-                return False
-            log.warning("dead-lettered result batch (%s): stored %d results", reason, len(failed))
+            kept = _kept_message(delivery, endpoint_id)
+
+            def store() -> list[TaskRecord]:
+                self._store.dead_letters.add([kept])
+                return self._store.tasks.store_results(batches, now=time.time())
+
+            failed = self._write_with_retry(store)
+            if failed is not None:
+                log.warning(
+                    "dead-lettered result batch of endpoint %s (%s): stored %d results",
+                    endpoint_id,
+                    _broker_reason(delivery),
+                    len(failed),
+                )
         else:
-            kind = type(message).__name__ if message is not None else "undecodable message"
-            log.warning("dropping a dead letter (%s, reason %s)", kind, reason)
-            return True
+            failed = self._keep_unattributed(delivery, message, trusted=trusted)
+        if failed is None:
+            return False
         if failed:
             self._on_finished(failed)
         return True
+
+    def _keep_task_batch(
+        self, batch: TaskBatch, delivery: Delivery, endpoint_id: uuid.UUID | None, *, outcome_reported: bool
+    ) -> list[TaskRecord]:
+        """Keep one entry per task and fail the tasks still waiting (unless the agent reports their
+        outcome). Tasks of other endpoints than the publisher's are kept without a task id."""
+        now = time.time()
+        reason = _dead_letter_reason(delivery)
+        ids = [task.task_id for task in batch.tasks]
+        heads = self._store.tasks.get_many(ids)
+        records = []
+        mine: list[uuid.UUID] = []
+        for task in batch.tasks:
+            head = heads.get(task.task_id)
+            if head is None or (endpoint_id is not None and head.endpoint_id != endpoint_id):
+                records.append(_kept_message(delivery, endpoint_id, body=pack(_alone(batch, task)), now=now))
+                continue
+            mine.append(task.task_id)
+            records.append(
+                DeadLetterRecord(
+                    dead_letter_id=uuid.uuid4(),
+                    task_id=task.task_id,
+                    endpoint_id=head.endpoint_id,
+                    owner_id=head.owner_id,
+                    reason=reason,
+                    deliveries=delivery.delivery_count,
+                    queue=_first_queue(delivery),
+                    created_at=now,
+                    body=pack(_alone(batch, task)),
+                )
+            )
+        self._store.dead_letters.add(records)
+        _log_dead_letter(mine, len(ids), reason, outcome_reported=outcome_reported)
+        if outcome_reported or not mine:
+            return []
+        failure = Failure(ErrorCode.DEAD_LETTERED.value, reason)
+        return self._store.tasks.fail(mine, failure, now=now, endpoint_id=endpoint_id)
+
+    def _keep_unattributed(self, delivery: Delivery, message: object, *, trusted: bool) -> list[TaskRecord] | None:
+        """Keep a dead letter that names no task we may attribute (undecodable, a status report,
+        an untrusted publisher's): for inspection only."""
+        kept = _kept_message(delivery, None)
+
+        def keep() -> list[TaskRecord]:
+            self._store.dead_letters.add([kept])
+            return []
+
+        stored = self._write_with_retry(keep)
+        if stored is None:
+            return None
+        kind = type(message).__name__ if message is not None else "undecodable message"
+        who = "" if trusted else f" published by untrusted user {delivery.user_id!r}"
+        log.warning(
+            "kept dead letter %s (%s%s, reason %s); it names no task of ours",
+            kept.dead_letter_id,
+            kind,
+            who,
+            _broker_reason(delivery),
+        )
+        return []
 
     def _dead_letter_publisher(self, user_id: str | None) -> tuple[bool, uuid.UUID | None]:
         """(trusted?, the endpoint it speaks for: None = any)."""
@@ -286,12 +360,59 @@ class Ingestor:
         return endpoint_id is not None, endpoint_id
 
 
-def _dead_letter_reason(reason: str, deliveries: int) -> str:
+def _broker_reason(delivery: Delivery) -> str:
+    return str(delivery.headers.get("x-first-death-reason", "unknown"))
+
+
+def _first_queue(delivery: Delivery) -> str:
+    return clean_text(str(delivery.headers.get("x-first-death-queue") or delivery.routing_key), 256)
+
+
+def _dead_letter_reason(delivery: Delivery) -> str:
+    """Why the task was dead-lettered: the agent's words when it gave them, else the broker's."""
+    agent_reason = delivery.headers.get(REASON_HEADER)
+    if isinstance(agent_reason, str | bytes) and agent_reason:
+        text = agent_reason.decode(errors="replace") if isinstance(agent_reason, bytes) else agent_reason
+        return clean_text(f"the endpoint gave up on the task: {text}", _REASON_LIMIT)
+    reason = _broker_reason(delivery)
     if reason == "delivery_limit":
         return (
-            f"the broker dead-lettered the task after {deliveries} deliveries (delivery_limit): "
+            f"the broker dead-lettered the task after {delivery.delivery_count} deliveries (delivery_limit): "
             "its message was never acknowledged by the endpoint (a poison message or a crashing agent)"
         )
     if reason == "rejected":
         return "the broker dead-lettered the task (rejected): the endpoint refused its message"
-    return f"the broker dead-lettered the task ({reason})"
+    return clean_text(f"the broker dead-lettered the task ({reason})", _REASON_LIMIT)
+
+
+def _alone(batch: TaskBatch, task: Task) -> TaskBatch:
+    """A task batch of one task and its function's body: what a re-queue publishes."""
+    bodies = [body for body in batch.functions if body.function_id == task.function_id]
+    return TaskBatch(tasks=[task], functions=bodies, client_python=batch.client_python)
+
+
+def _kept_message(
+    delivery: Delivery, endpoint_id: uuid.UUID | None, *, body: bytes | None = None, now: float | None = None
+) -> DeadLetterRecord:
+    return DeadLetterRecord(
+        dead_letter_id=uuid.uuid4(),
+        task_id=None,
+        endpoint_id=endpoint_id,
+        owner_id=None,
+        reason=_dead_letter_reason(delivery),
+        deliveries=delivery.delivery_count,
+        queue=_first_queue(delivery),
+        created_at=now if now is not None else time.time(),
+        body=delivery.body if body is None else body,
+    )
+
+
+def _log_dead_letter(task_ids: list[uuid.UUID], total: int, reason: str, *, outcome_reported: bool) -> None:
+    effect = "kept; the endpoint reports its outcome" if outcome_reported else "kept and failed"
+    for task_id in task_ids[:_LOGGED_TASK_IDS]:
+        log.warning("dead-lettered task %s %s: %s", task_id, effect, reason)
+    if len(task_ids) > _LOGGED_TASK_IDS:
+        log.warning("... and %d more tasks of the same dead letter", len(task_ids) - _LOGGED_TASK_IDS)
+    if total > len(task_ids):
+        others = total - len(task_ids)
+        log.warning("a dead letter named %d tasks that are not its publisher's (kept without task ids)", others)

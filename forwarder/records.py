@@ -12,6 +12,7 @@ import uuid
 from taskfabric.protocol.states import EndpointState, TaskStatus
 
 __all__ = [
+    "DeadLetterRecord",
     "EndpointRecord",
     "EndpointState",
     "FunctionRecord",
@@ -124,3 +125,20 @@ class TaskRecord:
     @property
     def finished(self) -> bool:
         return self.status is not TaskStatus.WAITING
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetterRecord:
+    """A dead-lettered message kept for operators: one per task of a dead-lettered task batch
+    (`body` is then a `TaskBatch` of that task alone, with its function's body), or one per other
+    message (`task_id` None, `body` as received). `body` is None in listings."""
+
+    dead_letter_id: uuid.UUID
+    task_id: uuid.UUID | None
+    endpoint_id: uuid.UUID | None
+    owner_id: uuid.UUID | None
+    reason: str
+    deliveries: int
+    queue: str
+    created_at: float
+    body: bytes | None = None

@@ -231,9 +231,11 @@ class Manager:
 
     def _replace_dead_worker(self, worker: Worker) -> None:
         walltime_task = self._walltime_kills.pop(worker.index, None)
-        code = worker.process.poll()
         self.link.unwatch(worker.from_worker)
         running, waiting = self.pool.replace(worker)
+        # after `replace`, which reaps the process: its pipe closes before it is reaped, so polling
+        # any earlier could find no exit status yet ("exited with code None")
+        code = worker.process.returncode
         self.link.watch(self.pool.workers[worker.index].from_worker)
         for task in reversed(waiting):  # not its fault: back to the queue, untouched
             self.queue.appendleft(_Queued(task, ""))
@@ -246,7 +248,7 @@ class Manager:
             )
             self.results.append(_error_result(running, ErrorCode.WALLTIME_EXCEEDED, message))
         else:
-            how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+            how = _how_it_ended(code)
             message = f"the worker process (pid {worker.pid}) running this task {how}"
             self.results.append(_error_result(running, ErrorCode.WORKER_LOST, message))
 
@@ -325,3 +327,16 @@ def _error_result(task: Task, code: ErrorCode, message: str) -> Result:
         started_at=now,
         finished_at=now,
     )
+
+
+def _how_it_ended(code: int | None) -> str:
+    """A dead worker's exit, as words: the signal that killed it, or its exit code."""
+    if code is None:  # not reaped (cannot happen after `WorkerPool.replace`): say so plainly
+        return "died (its exit status is unknown)"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            return f"was killed by signal {-code}"
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with code {code}"

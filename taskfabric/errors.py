@@ -232,14 +232,18 @@ class ErrorCode(enum.StrEnum):
 
 
 class TaskFailed(TaskfabricError):
-    """A task ended in error. `remote_traceback` is the worker-side traceback text."""
+    """A task ended in error. `remote_traceback` is the worker-side traceback text;
+    `exception_type` the qualified name of the remote exception's class, when there was one."""
 
     code: ErrorCode = ErrorCode.TASK_FAILED
 
-    def __init__(self, message: str, *, remote_traceback: str = "", task_id: object = None) -> None:
+    def __init__(
+        self, message: str, *, remote_traceback: str = "", task_id: object = None, exception_type: str = ""
+    ) -> None:
         super().__init__(message)
         self.remote_traceback = remote_traceback
         self.task_id = task_id
+        self.exception_type = exception_type
 
     def __str__(self) -> str:
         text = super().__str__()

@@ -1,4 +1,5 @@
-"""The forwarder's store: users, tokens, functions, endpoints and tasks in one SQL database.
+"""The forwarder's store: users, tokens, functions, endpoints, tasks and kept dead letters in one
+SQL database.
 
 SQLAlchemy Core (no ORM), SQLite by default and PostgreSQL by URL; the schema is created and
 migrated when the store opens. Methods are synchronous and batch-oriented; `StoreRunner` runs them
@@ -12,6 +13,7 @@ import logging
 
 from sqlalchemy import Engine
 
+from taskfabric.forwarder.store.dead_letters import DeadLetterTable
 from taskfabric.forwarder.store.endpoints import EndpointTable
 from taskfabric.forwarder.store.engine import StoreConflict, open_engine, redact_db_url, translate_errors
 from taskfabric.forwarder.store.functions import FunctionTable
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class Store:
-    """One database: its tables as `users`, `functions`, `endpoints`, `tasks`."""
+    """One database: its tables as `users`, `functions`, `endpoints`, `tasks`, `dead_letters`."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -35,6 +37,7 @@ class Store:
         self.functions = FunctionTable(engine)
         self.endpoints = EndpointTable(engine)
         self.tasks = TaskTable(engine)
+        self.dead_letters = DeadLetterTable(engine)
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = 8) -> Store:

@@ -79,3 +79,26 @@ def test_version_mismatch_is_named() -> None:
     with pytest.raises(DeserializationFailed, match="Python version mismatch"):
         value_from_result(b"\x80\x05garbage", worker_python=other)
     assert value_from_result(cloudpickle.dumps({"a": 1})) == {"a": 1}
+
+
+class _NeedsTwo(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def test_an_exception_that_does_not_unpickle_says_why_and_keeps_the_remote_traceback() -> None:
+    error = {
+        "code": ErrorCode.TASK_FAILED,
+        "message": "_NeedsTwo: two",
+        "traceback": "Traceback ...\n_NeedsTwo: two\n",
+        "exception_type": "mylib._NeedsTwo",
+        "exception": cloudpickle.dumps(_NeedsTwo("two", 2)),  # pickles; unpickling calls _NeedsTwo("two")
+    }
+    exc = exception_from_error(error, task_id="t2")
+    assert isinstance(exc, TaskExecutionFailed)
+    assert "mylib._NeedsTwo could not be unpickled: TypeError" in str(exc)
+    assert "not importable" not in str(exc)
+    assert exc.exception_type == "mylib._NeedsTwo"
+    assert exc.remote_traceback == error["traceback"]
+    assert exc.task_id == "t2"
