@@ -33,7 +33,8 @@ Every error that leaves a public API is one of these; errors of the libraries un
         ├── ResultTooLarge          the result was over the endpoint's size limit
         ├── DeserializationFailed   the worker could not unpickle the function or its arguments
         ├── TaskDeadLettered        the broker gave up on the task (poison message, bad format)
-        └── EndpointDeleted         the endpoint was deleted before the task ran
+        ├── EndpointDeleted         the endpoint was deleted before the task ran
+        └── TaskCancelled           the task was cancelled (`Client.cancel`) before it finished
 
 Remote failures travel as an error *code* in the wire protocol (see `ErrorCode`); `TaskFailed.for_code`
 maps a code back to its class on the client.
@@ -68,6 +69,7 @@ __all__ = [
     "ServiceError",
     "StoreError",
     "SubmitFailed",
+    "TaskCancelled",
     "TaskDeadLettered",
     "TaskExecutionFailed",
     "TaskFailed",
@@ -221,6 +223,8 @@ class ErrorCode(enum.StrEnum):
     DESERIALIZATION_FAILED = "DESERIALIZATION_FAILED"
     DEAD_LETTERED = "DEAD_LETTERED"
     ENDPOINT_DELETED = "ENDPOINT_DELETED"
+    #: cancelled by its owner; also how a manager or agent answers a task it dropped or stopped
+    TASK_CANCELLED = "TASK_CANCELLED"
 
     @property
     def is_system_failure(self) -> bool:
@@ -282,6 +286,10 @@ class EndpointDeleted(TaskFailed):
     code = ErrorCode.ENDPOINT_DELETED
 
 
+class TaskCancelled(TaskFailed):
+    code = ErrorCode.TASK_CANCELLED
+
+
 _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
     cls.code.value: cls
     for cls in (
@@ -293,5 +301,6 @@ _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
         DeserializationFailed,
         TaskDeadLettered,
         EndpointDeleted,
+        TaskCancelled,
     )
 }
