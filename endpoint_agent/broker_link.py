@@ -6,6 +6,11 @@
   broker-validated `user_id` (the forwarder accepts results only from the endpoint's own user); each
   publish's outcome comes back to the loop through `outcomes`.
 - Tasks the fabric failed to run too many times are published to the dead-letter exchange.
+- Cancellations (`CancelTasks`) arrive on the endpoint's control queue through a consumer of their
+  own, never paused with the task intake and never behind the task backlog, and are handed to the
+  loop through `cancels`. It is subscribed before the task queue, and the task queue only once the
+  control queue's backlog has been delivered: after an outage, cancels sent meanwhile are known
+  before any task they name can arrive.
 """
 
 from __future__ import annotations
@@ -22,7 +27,16 @@ from concurrent.futures import Future
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.errors import BrokerError
 from taskfabric.inbox import Inbox
-from taskfabric.protocol import EndpointStatus, FunctionBody, Result, ResultBatch, Task, TaskBatch, pack
+from taskfabric.protocol import (
+    CancelTasks,
+    EndpointStatus,
+    FunctionBody,
+    Result,
+    ResultBatch,
+    Task,
+    TaskBatch,
+    pack,
+)
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport, Transport
 
 __all__ = ["BrokerLink", "PublishOutcome"]
@@ -61,7 +75,9 @@ class BrokerLink:
         )
         self.inbound: queue.SimpleQueue[tuple[TaskBatch, Delivery]] = queue.SimpleQueue()
         self.outcomes: queue.SimpleQueue[PublishOutcome] = queue.SimpleQueue()
+        self.cancels: queue.SimpleQueue[tuple[CancelTasks, Delivery]] = queue.SimpleQueue()
         self._inbox: Inbox[TaskBatch] | None = None
+        self._control: Inbox[CancelTasks] | None = None
         self._tickets = itertools.count(1)
         self.paused = False
 
@@ -74,8 +90,16 @@ class BrokerLink:
     def subscribed(self) -> bool:
         return self._inbox is not None
 
-    def subscribe(self) -> None:
-        """Start consuming task batches (raises `BrokerError` if the queue cannot be consumed)."""
+    def subscribe(self) -> bool:
+        """Consume the control queue, then (once its backlog is delivered) task batches; returns
+        whether tasks are consumed now (raises `BrokerError` if a queue cannot be consumed)."""
+        control_queue = self.connection.control_queue
+        if control_queue is not None and self._control is None:
+            self._control = Inbox(
+                self.transport, control_queue, self._on_cancel, accepts=(CancelTasks,), prefetch=self._prefetch
+            )
+        if control_queue is not None and self._inbox is None and self.transport.queue_depth(control_queue) > 0:
+            return False  # cancellations first: the next pass tries again
         if self._inbox is None:
             self._inbox = Inbox(
                 self.transport,
@@ -86,6 +110,7 @@ class BrokerLink:
             )
             if self.paused:
                 self._inbox.consumer.pause()
+        return True
 
     def close(self) -> None:
         self.transport.close()
@@ -98,6 +123,10 @@ class BrokerLink:
 
     def _on_batch(self, batch: TaskBatch, delivery: Delivery) -> None:
         self.inbound.put((batch, delivery))
+        self._wake()
+
+    def _on_cancel(self, cancel: CancelTasks, delivery: Delivery) -> None:
+        self.cancels.put((cancel, delivery))
         self._wake()
 
     def ack(self, delivery: Delivery) -> None:
