@@ -4,6 +4,7 @@ task that has not started never runs (marker files prove it); a running one lose
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -180,3 +181,28 @@ def test_the_results_stream_carries_the_cancel(fabric: Fabric, tmp_path: Path) -
             assert client.cancel([running.task_id]) == {running.task_id: True}
             with pytest.raises(TaskCancelled):
                 attached.result(timeout=30)
+
+
+def test_the_cancel_command(fabric: Fabric, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from taskfabric.cli import main
+    from taskfabric.exit_codes import RET_ERROR
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+    assert run("login", "--url", fabric.url, "--token", fabric.token).exit_code == 0
+    endpoint = fabric.start_endpoint(**ONE_WORKER)
+    with fabric.client() as client, Executor(endpoint, client=client) as executor:
+        running, _pid = _busy_worker(executor, tmp_path / "cli.pid")
+        unknown = str(uuid.uuid4())
+        cancelled = run("task", "cancel", str(running.task_id), unknown, "--json")
+        assert cancelled.exit_code == 0, cancelled.output
+        assert json.loads(cancelled.output) == {str(running.task_id): True, unknown: False}
+        with pytest.raises(TaskCancelled):
+            running.result(timeout=30)
+        again = run("task", "cancel", str(running.task_id))
+        assert again.exit_code == RET_ERROR  # nothing was cancelled
+        assert "not cancelled" in again.output
+        assert run("task", "cancel", "not-a-task-id").exit_code != 0
