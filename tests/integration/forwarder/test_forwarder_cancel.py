@@ -10,7 +10,7 @@ from typing import Any
 
 from taskfabric.forwarder.routes import MAX_CANCEL_TASK_IDS
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi
-from taskfabric.protocol import Result
+from taskfabric.protocol import Result, TaskError
 from taskfabric.testing import wait_until
 
 Users = Callable[[Any], ForwarderApi]
@@ -85,3 +85,24 @@ def test_cancel_requests_are_checked(forwarder: Any, users: Users) -> None:
     assert alice.http.post("/v1/tasks/cancel", json={"task_ids": []}).status_code == 400
     assert alice.http.post("/v1/tasks/cancel", json={"task_ids": "x"}).status_code in (400, 422)
     assert alice.http.post("/v1/tasks/cancel", content=b"{").status_code in (400, 422)
+
+
+def test_an_endpoint_reporting_a_cancelled_task_ends_it_cancelled(
+    forwarder: Any, users: Users, fake_endpoints: FakeEndpoints
+) -> None:
+    """The store missed a cancel the endpoint carried out: the task ends `cancelled`, not `failed`."""
+    alice = users(forwarder)
+    registration = alice.register_endpoint("lab")
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    (task_id,) = alice.submit(registration["endpoint_id"], function_id, [b"a"])
+    endpoint = fake_endpoints(registration)
+    cancelled = Result(
+        task_id=uuid.UUID(task_id),
+        ok=False,
+        error=TaskError(code="TASK_CANCELLED", message="the task was cancelled before it started"),
+    )
+    endpoint.publish_results([cancelled])
+    wait_until(lambda: alice.task(task_id)["status"] != "waiting", what="the answer stored")
+    info = alice.task(task_id)
+    assert info["status"] == "cancelled"
+    assert info["error"]["code"] == "TASK_CANCELLED"
