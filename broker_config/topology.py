@@ -3,8 +3,14 @@
 ::
 
     exchange <prefix>.tasks       (direct)  --rk = queue name-->  <prefix>.tasks.<endpoint>.<secret>
+                                            --rk = queue name-->  <prefix>.control.<endpoint>.<secret>
     exchange <prefix>.results     (direct)  --rk = queue name-->  <prefix>.results.<endpoint>.<secret>
     exchange <prefix>.dead-letter (fanout)  ------------------->  <prefix>.dead-letters
+
+DESIGN (cancellation): control messages (`CancelTasks`) travel on a third per-endpoint queue,
+`control`, not on the task queue: a cancel must never wait behind a backlog of task messages (nor
+behind the agent's paused intake), so the agent consumes it with its own consumer. It is bound to
+the tasks exchange (only the forwarder publishes there) and readable by the endpoint's user.
 
 Per-endpoint queues are quorum queues with an explicit delivery limit and at-least-once
 dead-lettering (which requires `x-overflow: reject-publish`). Their names end in a random secret
@@ -48,6 +54,8 @@ class EndpointQueues:
 
     task_queue: str
     result_queue: str
+    #: cancellations (forwarder -> agent), consumed apart from the task backlog
+    control_queue: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,16 +105,17 @@ class Topology:
         return EndpointQueues(
             task_queue=f"{self.prefix}.tasks.{endpoint_id}.{secret}",
             result_queue=f"{self.prefix}.results.{endpoint_id}.{secret}",
+            control_queue=f"{self.prefix}.control.{endpoint_id}.{secret}",
         )
 
     def endpoint_permissions(self, queues: EndpointQueues) -> EndpointPermissions:
-        """What an endpoint's broker user may do: read its task queue; publish results and
-        dead-letter its poison tasks; configure nothing."""
+        """What an endpoint's broker user may do: read its task and control queues; publish
+        results and dead-letter its poison tasks; configure nothing."""
         writable = "|".join(re.escape(name) for name in (self.results_exchange, self.dead_letter_exchange))
         return EndpointPermissions(
             configure="^$",
             write=f"^({writable})$",
-            read=f"^{re.escape(queues.task_queue)}$",
+            read=f"^({re.escape(queues.task_queue)}|{re.escape(queues.control_queue)})$",
         )
 
     def queue_arguments(self) -> dict[str, Any]:
@@ -130,10 +139,12 @@ class Topology:
         transport.bind_queue(self.dead_letter_queue, self.dead_letter_exchange, "")
 
     def declare_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
-        """Declare and bind one endpoint's task and result queues (idempotent)."""
+        """Declare and bind one endpoint's task, result and control queues (idempotent)."""
         arguments = self.queue_arguments()
         transport.declare_queue(queues.task_queue, arguments=arguments)
         transport.bind_queue(queues.task_queue, self.tasks_exchange, queues.task_queue)
+        transport.declare_queue(queues.control_queue, arguments=arguments)
+        transport.bind_queue(queues.control_queue, self.tasks_exchange, queues.control_queue)
         transport.declare_queue(queues.result_queue, arguments=arguments)
         transport.bind_queue(queues.result_queue, self.results_exchange, queues.result_queue)
 
@@ -141,6 +152,7 @@ class Topology:
         """Delete one endpoint's queues and the messages in them."""
         transport.delete_queue(queues.task_queue)
         transport.delete_queue(queues.result_queue)
+        transport.delete_queue(queues.control_queue)
 
     def delete_shared(self, transport: Transport) -> None:
         """Delete the shared exchanges and the dead-letter queue (tests clean up with this)."""

@@ -1,4 +1,4 @@
-"""`taskfabric login | whoami | task status|result`: the researcher's commands."""
+"""`taskfabric login | whoami | task status|result|cancel`: the researcher's commands."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from taskfabric.client.config import ClientConfig
 from taskfabric.errors import TaskfabricError, TaskFailed, TaskPending
 from taskfabric.exit_codes import RET_ERROR, RET_STOPPED
 
-__all__ = ["login", "login_to", "task", "whoami"]
+__all__ = ["cancel_tasks", "login", "login_to", "task", "whoami"]
+
+
+def cancel_tasks(client: Client, task_ids: list[str]) -> dict[str, bool]:
+    """Cancel tasks; for each id, whether this call cancelled it (False: finished, unknown or not yours)."""
+    return {str(task_id): cancelled for task_id, cancelled in client.cancel(task_ids).items()}
 
 
 def login_to(url: str, token: str) -> dict[str, Any]:
@@ -100,3 +105,20 @@ def result(task_id: str) -> None:
             click.echo(f"failed: {type(exc).__name__}: {exc}{cause}", err=True)
             sys.exit(RET_ERROR)
     click.echo(repr(value))
+
+
+@task.command()
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: {task_id: cancelled}.")
+def cancel(task_ids: tuple[str, ...], as_json: bool) -> None:
+    """Cancel tasks: waiting ones never run, running ones have their worker stopped. Exit code 1
+    if none was cancelled (already finished, unknown or not yours)."""
+    with Client() as client:
+        answers = cancel_tasks(client, list(task_ids))
+    if as_json:
+        click.echo(json.dumps(answers))
+    else:
+        for task_id, cancelled in answers.items():
+            click.echo(f"{task_id}  {'cancelled' if cancelled else 'not cancelled (finished, unknown or not yours)'}")
+    if not any(answers.values()):
+        sys.exit(RET_ERROR)

@@ -27,11 +27,14 @@ from taskfabric.client.serialization import (
 )
 from taskfabric.errors import InvalidRequest, TaskPending
 from taskfabric.ids import uuid_from_bytes
+from taskfabric.protocol.states import TERMINAL_TASK_STATES, TaskStatus
 
 __all__ = ["Batch", "Client"]
 
 #: tasks per submit request (the service accepts up to its max_batch_tasks, 10,000 by default)
 SUBMIT_CHUNK = 2000
+#: task ids per cancel request (the service's limit)
+CANCEL_CHUNK = 1000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -218,6 +221,23 @@ class Client:
                 out[uuid.UUID(task_id)] = _summary(info)
         return out
 
+    def cancel(self, task_ids: Iterable[uuid.UUID | str]) -> dict[uuid.UUID, bool]:
+        """Cancel tasks. For each id: True if this call cancelled it (it will not run, or its
+        worker is stopped), False if it had already finished, or is unknown or not yours."""
+        ids = [_task_id(task_id) for task_id in task_ids]
+        out: dict[uuid.UUID, bool] = {}
+        for start in range(0, len(ids), CANCEL_CHUNK):
+            answer = self._http.post("/v1/tasks/cancel", {"task_ids": ids[start : start + CANCEL_CHUNK]})
+            out.update((uuid.UUID(task_id), bool(cancelled)) for task_id, cancelled in answer.items())
+        return out
+
+
+def _task_id(value: uuid.UUID | str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise InvalidRequest(f"{str(value)[:64]!r} is not a task id") from None
+
 
 def function_name(fn: Callable[..., Any]) -> str:
     """The name a function is registered under by default."""
@@ -236,11 +256,11 @@ def outcome_of(info: dict[str, Any]) -> Any:
     status = info.get("status")
     task_id = info.get("task_id")
     details = info.get("details") or {}
-    if status == "success":
+    if status == TaskStatus.SUCCESS:
         return value_from_result(
             base64.b64decode(info["result"]), worker_python=details.get("worker_python", ""), task_id=task_id
         )
-    if status == "failed":
+    if status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         error = dict(info.get("error") or {})
         if error.get("exception"):
             error["exception"] = base64.b64decode(error["exception"])
@@ -250,7 +270,7 @@ def outcome_of(info: dict[str, Any]) -> Any:
 
 def _summary(info: dict[str, Any]) -> dict[str, Any]:
     status = info.get("status")
-    summary: dict[str, Any] = {"status": status, "pending": status not in ("success", "failed")}
+    summary: dict[str, Any] = {"status": status, "pending": status not in TERMINAL_TASK_STATES}
     if not summary["pending"]:
         try:
             summary["result"] = outcome_of(info)

@@ -36,7 +36,7 @@ from taskfabric.client.serialization import (
     value_from_result,
 )
 from taskfabric.client.stream import ResultStream
-from taskfabric.errors import InvalidRequest, NotFoundError, PayloadTooLarge, TaskfabricError
+from taskfabric.errors import InvalidRequest, NotFoundError, PayloadTooLarge, TaskCancelled, TaskfabricError
 from taskfabric.logs import wrap_with_logs
 
 __all__ = ["Executor", "TaskFuture"]
@@ -45,11 +45,23 @@ log = logging.getLogger(__name__)
 
 
 class TaskFuture(concurrent.futures.Future[Any]):
-    """A future for one task; `task_id` is set once the service has accepted the task."""
+    """A future for one task; `task_id` is set once the service has accepted the task.
 
-    def __init__(self) -> None:
+    `cancel()` keeps the standard meaning: it succeeds only while the call has not been sent to
+    the service yet. `cancel_remote()` asks the service to cancel the task wherever it is."""
+
+    def __init__(self, executor: Executor | None = None) -> None:
         super().__init__()
         self.task_id: uuid.UUID | None = None
+        self._executor = executor
+
+    def cancel_remote(self) -> bool:
+        """Cancel the task on the service: True if it was cancelled (then `result()` raises
+        `TaskCancelled`), False if it had already finished. A call not sent yet is simply
+        cancelled here (`cancel()`)."""
+        if self.task_id is None or self._executor is None:
+            return self.cancel()
+        return self._executor._cancel_remote(self)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -144,7 +156,7 @@ class Executor(concurrent.futures.Executor):
                 raise RuntimeError("cannot submit after shutdown")
             if self._fatal is not None:
                 raise self._fatal
-        future = TaskFuture()
+        future = TaskFuture(self)
         call = _Call(function_id, serialize_arguments(args, kwargs), self.walltime_s)
         self._queue.put(_Queued(future, call, function))
         return future
@@ -245,7 +257,7 @@ class Executor(concurrent.futures.Executor):
         ids = []
         with self._lock:
             for task_id in task_ids:
-                future = TaskFuture()
+                future = TaskFuture(self)
                 future.task_id = uuid.UUID(str(task_id))
                 future.set_running_or_notify_cancel()
                 self._waiting[future.task_id] = future
@@ -359,6 +371,20 @@ class Executor(concurrent.futures.Executor):
                     function.function_id = None
                     stale = True
         return stale
+
+    def _cancel_remote(self, future: TaskFuture) -> bool:
+        task_id = future.task_id
+        assert task_id is not None
+        if not self.client.cancel([task_id]).get(task_id, False):
+            return False
+        with self._lock:
+            self._waiting.pop(task_id, None)
+        self._stream.forget([task_id])
+        try:  # the results stream may have delivered the cancelled outcome already
+            future.set_exception(TaskCancelled(f"task {task_id} was cancelled", task_id=task_id))
+        except concurrent.futures.InvalidStateError:
+            pass
+        return True
 
     def _cancel_queued(self) -> None:
         while True:

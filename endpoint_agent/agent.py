@@ -3,14 +3,22 @@
 One loop thread owns all state; the broker's IO thread and the block launcher only hand it work
 through queues and wake it. Each pass of the loop is a fixed sequence of named steps:
 
-    poll -> ensure_subscribed -> report_inventory -> take_task_batches -> process_manager_messages
-         -> handle_lost_tasks -> apply_block_changes -> dispatch_tasks -> publish_results
-         -> settle_publishes -> republish_stored_results -> send_heartbeats -> report_status
-         -> observe_for_scaling -> regulate_intake -> flush_ledger -> advance_shutdown
+    poll -> ensure_subscribed -> report_inventory -> process_cancellations -> take_task_batches
+         -> process_manager_messages -> handle_lost_tasks -> apply_block_changes -> dispatch_tasks
+         -> publish_results -> settle_publishes -> republish_stored_results -> send_heartbeats
+         -> report_status -> observe_for_scaling -> regulate_intake -> flush_ledger -> advance_shutdown
 
 State, in named places: the on-disk `Ledger` (every task taken and not yet answered, and results
 not yet confirmed), `waiting` (tasks in hand, not on a manager), the `Interchange` (tasks on each
 manager), `outbox` (results to publish) and `in_flight` (results published, not yet confirmed).
+
+Cancellation: a `CancelTasks` from the control queue is written to the ledger's cancelled table
+before its message is acked; then the named tasks waiting here are answered `TASK_CANCELLED` at
+once, and those on managers are cancelled there (the interchange forwards the message; the manager
+answers). A task arriving later (or recovered from the ledger, or lost with its manager) that the
+ledger knows as cancelled is answered the same way and never dispatched. Each answer is a result
+like any other, so the ledger lets go of the task once the broker confirms it; the forwarder,
+which already marked the task cancelled, ignores it.
 
 The ack point (see ledger.py): a task message is acked once each of its new tasks is safe, written
 to the ledger (group-committed every 10 ms) or already answered; a task leaves the ledger once its
@@ -71,6 +79,8 @@ class _Unacked:
 
 
 _SUBSCRIBE_RETRY_S = 2.0
+#: how often the ledger forgets cancellations past their expiry
+_CANCEL_PURGE_PERIOD_S = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +181,7 @@ class Agent:
         self._inventory_sent: Future[None] | None = None
         self._last_inventory_try = -_SUBSCRIBE_RETRY_S
         self._last_observed = 0.0
+        self._last_cancel_purge = time.monotonic()
         self.stopping = False
         self._stop_deadline = 0.0
         self._drained = False
@@ -233,7 +244,7 @@ class Agent:
             log.info(
                 "recovered %d tasks to run and %d results to re-publish from the ledger", len(to_run), len(to_publish)
             )
-        self.waiting.extend(to_run)
+        self.waiting.extend(self._not_cancelled(to_run))
         self._has_stored_results = bool(to_publish)
 
     def stop(self) -> None:
@@ -279,6 +290,7 @@ class Agent:
         now = time.monotonic()
         self.ensure_subscribed(now)
         self.report_inventory(now)
+        self.process_cancellations(now)
         self.take_task_batches()
         self.process_manager_messages(now)
         self.handle_lost_tasks(self.interchange.expire_lost_managers(now))
@@ -330,8 +342,15 @@ class Agent:
             return
         self._last_subscribe_try = now
         try:
-            self.broker.subscribe()
-            log.info("consuming tasks from %s", self.connection.task_queue)
+            if self.broker.subscribe():
+                log.info("consuming tasks from %s", self.connection.task_queue)
+            else:
+                log.info("taking the cancellations waiting in the control queue before any task")
+            if self.connection.control_queue is None:
+                log.warning(
+                    "connection.json names no control queue (written by an older version): this agent takes no "
+                    "cancellations until the endpoint registers again (taskfabric endpoint start)"
+                )
         except BrokerError as exc:
             log.warning("cannot consume the task queue yet: %s", exc)
 
@@ -354,7 +373,52 @@ class Agent:
                 self._unacked[held.task_id] = pending
                 if default_walltime and held.task.walltime_s is None:
                     held.task = dataclasses.replace(held.task, walltime_s=default_walltime)
-            self.waiting.extend(fresh)
+            self.waiting.extend(self._not_cancelled(fresh))
+
+    def process_cancellations(self, now: float) -> None:
+        """Record each cancellation durably, ack it, then drop the named tasks waiting here and
+        cancel those on managers (see the module docstring)."""
+        while True:
+            try:
+                cancel, delivery = self.broker.cancels.get_nowait()
+            except queue.Empty:
+                break
+            self.ledger.record_cancels(cancel.task_ids)
+            self.broker.ack(delivery)
+            task_ids = set(cancel.task_ids)
+            dropped = self._drop_waiting(task_ids)
+            grace_period_s = cancel.grace_period_s
+            if grace_period_s is None:
+                grace_period_s = self.config.cancel_grace_period_s
+            on_managers = self.interchange.cancel(task_ids, grace_period_s=grace_period_s)
+            log.info(
+                "cancel of %d tasks: %d dropped before dispatch, %d being stopped on managers",
+                len(task_ids),
+                dropped,
+                len(on_managers),
+            )
+        if now - self._last_cancel_purge >= _CANCEL_PURGE_PERIOD_S:
+            self._last_cancel_purge = now
+            self.ledger.forget_expired_cancels()
+
+    def _drop_waiting(self, task_ids: set[uuid.UUID]) -> int:
+        """Answer the waiting tasks among `task_ids` as cancelled; returns how many."""
+        dropped = [held for held in self.waiting if held.task_id in task_ids]
+        if dropped:
+            self.waiting = collections.deque(held for held in self.waiting if held.task_id not in task_ids)
+            self.outbox.extend(_cancelled_result(held) for held in dropped)
+        return len(dropped)
+
+    def _not_cancelled(self, held_tasks: list[HeldTask]) -> list[HeldTask]:
+        """The tasks to run; the ones already cancelled are answered instead (never dispatched)."""
+        runnable = []
+        for held in held_tasks:
+            if self.ledger.is_cancelled(held.task_id):
+                log.info("task %s arrived after its cancellation; dropped", held.task_id)
+                self.outbox.append(_cancelled_result(held))
+            else:
+                runnable.append(held)
+        return runnable
 
     def flush_ledger(self, now: float, *, force: bool = False) -> None:
         """Write staged tasks (group commit) and ack the messages whose tasks are all safe now."""
@@ -404,6 +468,9 @@ class Agent:
         them with the loss as their error and dead-letter them."""
         for item in lost:
             held = item.held
+            if self.ledger.is_cancelled(held.task_id):  # lost while being cancelled: no retry
+                self.outbox.append(_cancelled_result(held))
+                continue
             decision = retry_decision(held.attempts, self.config.max_retries_on_system_failure)
             held.attempts = decision.attempts
             self.ledger.set_attempts(held.task_id, held.attempts)
@@ -538,6 +605,10 @@ def _error_result(held: HeldTask, code: ErrorCode, message: str) -> Result:
         finished_at=now,
         attempts=held.attempts,
     )
+
+
+def _cancelled_result(held: HeldTask) -> Result:
+    return _error_result(held, ErrorCode.TASK_CANCELLED, "the task was cancelled before it ran")
 
 
 def _drain(fd: int) -> None:

@@ -11,6 +11,11 @@
   broker crash left leaderless) forgets its consumers without telling them; the watchdog then drops
   the dead consumer, the agent loop subscribes again, and `consumer_lost` tells it to report the
   tasks it holds (see `taskfabric.forwarder.queue_health`).
+- Cancellations (`CancelTasks`) arrive on the endpoint's control queue through a consumer of their
+  own, never paused with the task intake and never behind the task backlog, and are handed to the
+  loop through `cancels`. It is subscribed before the task queue, and the task queue only once the
+  control queue's backlog has been delivered: after an outage, cancels sent meanwhile are known
+  before any task they name can arrive.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.errors import BrokerError, NotFound
 from taskfabric.inbox import Inbox
 from taskfabric.protocol import (
+    CancelTasks,
     EndpointStatus,
     FunctionBody,
     Result,
@@ -79,7 +85,9 @@ class BrokerLink:
         )
         self.inbound: queue.SimpleQueue[tuple[TaskBatch, Delivery]] = queue.SimpleQueue()
         self.outcomes: queue.SimpleQueue[PublishOutcome] = queue.SimpleQueue()
+        self.cancels: queue.SimpleQueue[tuple[CancelTasks, Delivery]] = queue.SimpleQueue()
         self._inbox: Inbox[TaskBatch] | None = None
+        self._control: Inbox[CancelTasks] | None = None
         self._tickets = itertools.count(1)
         self.paused = False
         self._lock = threading.Lock()
@@ -100,13 +108,22 @@ class BrokerLink:
             self._watchdog.start()
 
     def subscribed(self) -> bool:
-        return self._inbox is not None
+        """Consuming tasks, and cancellations when the endpoint has a control queue."""
+        return self._inbox is not None and (self.connection.control_queue is None or self._control is not None)
 
-    def subscribe(self) -> None:
-        """Start consuming task batches (raises `BrokerError` if the queue cannot be consumed)."""
+    def subscribe(self) -> bool:
+        """Consume the control queue, then (once its backlog is delivered) task batches; returns
+        whether tasks are consumed now (raises `BrokerError` if a queue cannot be consumed)."""
+        control_queue = self.connection.control_queue
+        if control_queue is not None and self._control is None:
+            self._control = Inbox(
+                self.transport, control_queue, self._on_cancel, accepts=(CancelTasks,), prefetch=self._prefetch
+            )
         with self._lock:
             if self._inbox is not None:
-                return
+                return True
+        if control_queue is not None and self.transport.queue_depth(control_queue) > 0:
+            return False  # cancellations first: the next pass tries again
         inbox = Inbox(
             self.transport,
             self.connection.task_queue,
@@ -118,6 +135,7 @@ class BrokerLink:
             self._inbox = inbox
             if self.paused:
                 inbox.consumer.pause()
+        return True
 
     def close(self) -> None:
         self._stop.set()
@@ -136,7 +154,27 @@ class BrokerLink:
                 log.exception("checking the task consumer failed")
 
     def check_consumer(self) -> bool:
-        """Drop our task consumer if the broker no longer counts it; True when it did."""
+        """Drop our task (and control) consumer if the broker no longer counts it; True when it did."""
+        control_lost = self._check_control_consumer()
+        return self._check_task_consumer() or control_lost
+
+    def _check_control_consumer(self) -> bool:
+        control, queue_name = self._control, self.connection.control_queue
+        if control is None or queue_name is None:
+            return False
+        try:
+            if self.transport.queue_consumers(queue_name, timeout_s=5.0) > 0:
+                return False
+        except NotFound:
+            pass
+        except BrokerError:
+            return False
+        self._control = None  # the loop's next subscribe() consumes the control queue again
+        control.cancel()
+        log.warning("the broker no longer counts our consumer of %s (queue rebuilt?): subscribing again", queue_name)
+        return True
+
+    def _check_task_consumer(self) -> bool:
         with self._lock:
             inbox = self._inbox
             if inbox is None or self.paused:
@@ -167,6 +205,10 @@ class BrokerLink:
 
     def _on_batch(self, batch: TaskBatch, delivery: Delivery) -> None:
         self.inbound.put((batch, delivery))
+        self._wake()
+
+    def _on_cancel(self, cancel: CancelTasks, delivery: Delivery) -> None:
+        self.cancels.put((cancel, delivery))
         self._wake()
 
     def ack(self, delivery: Delivery) -> None:

@@ -76,6 +76,14 @@ class EndpointConfig:
     drain_timeout_s: float = setting(
         30.0, min=0, help="On a graceful stop, how long running tasks may finish before the agent stops anyway."
     )
+    cancel_grace_period_s: float = setting(
+        10.0,
+        min=0,
+        help=(
+            "When a running task is cancelled, its worker gets SIGTERM, then SIGKILL this many seconds later "
+            "if it is still running (a fresh worker replaces it)."
+        ),
+    )
     interchange_address: str = setting(
         "127.0.0.1",
         help="The address managers connect back to; use the login node's cluster-facing address on a cluster.",

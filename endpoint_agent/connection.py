@@ -2,6 +2,8 @@
 
 Written to `connection.json` (mode 0600) in the endpoint's folder when the endpoint registers with
 the forwarder (the `broker` part of the registration answer, see docs/api.md), read by the agent.
+A file written before the control queue existed has no `control_queue`: it still loads (the agent
+then takes no cancellations, and says so, until the endpoint registers again).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class EndpointConnection:
     results_exchange: str
     dead_letter_exchange: str
     status_period_s: float | None = None
+    #: cancellations for this endpoint (None in connection files older than cancellation)
+    control_queue: str | None = None
 
     @classmethod
     def from_registration(cls, answer: dict[str, Any]) -> EndpointConnection:
@@ -44,6 +48,7 @@ class EndpointConnection:
             results_exchange=broker["results_exchange"],
             dead_letter_exchange=broker["dead_letter_exchange"],
             status_period_s=answer.get("status_period_s"),
+            control_queue=broker.get("control_queue"),
         )
 
     @classmethod

@@ -24,6 +24,7 @@ from taskfabric.endpoint_agent.ledger import HeldTask
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets
 from taskfabric.errors import ErrorCode, ProtocolError
 from taskfabric.protocol import (
+    CancelTasks,
     Drain,
     FunctionBody,
     Heartbeat,
@@ -209,6 +210,22 @@ class Interchange:
         for held in tasks:
             record.outstanding[held.task_id] = held
         return True
+
+    def cancel(self, task_ids: set[uuid.UUID], *, grace_period_s: float) -> set[uuid.UUID]:
+        """Tell each manager holding some of `task_ids` to cancel them; returns the ids found on
+        managers. They stay outstanding until the manager answers (`TASK_CANCELLED`, or the real
+        result if the task finished first) or is lost."""
+        found: set[uuid.UUID] = set()
+        for record in list(self.managers.values()):
+            mine = [task_id for task_id in task_ids if task_id in record.outstanding]
+            if not mine:
+                continue
+            found.update(mine)
+            if not self.sockets.send(
+                record.manager_id, pack(CancelTasks(task_ids=mine, grace_period_s=grace_period_s))
+            ):
+                log.warning("%s is unreachable; cannot cancel %d tasks on it", record.describe(), len(mine))
+        return found
 
     def send_heartbeats(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

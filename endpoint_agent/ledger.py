@@ -19,6 +19,10 @@ message that the broker redelivers (an ack lost with a dropped connection) from 
 already answered; after a restart that memory is empty and such a task may run twice (the forwarder
 reports it once).
 
+Cancellations: the ids of cancelled tasks are kept in their own table (written at once, before
+the control message is acked) for `CANCEL_MEMORY_S`, so a task that arrives after its cancel, in a
+later message or after a restart, is recognised and dropped instead of run.
+
 Layout: rows are keyed by an increasing integer in arrival order and the task id -> row map lives in
 RAM, so the deletes of one commit touch few, neighbouring pages (random-UUID keys would dirty a page
 per task). SQLite in WAL mode with synchronous=NORMAL: a committed transaction survives the agent
@@ -38,10 +42,13 @@ from typing import Any
 
 from taskfabric.protocol import FunctionBody, Result, ResultBatch, Task, TaskBatch, pack, unpack_as
 
-__all__ = ["DONE_MEMORY", "HeldTask", "Ledger"]
+__all__ = ["CANCEL_MEMORY_S", "DONE_MEMORY", "HeldTask", "Ledger"]
 
 #: how many recently finished task ids the ledger remembers (in two generations)
 DONE_MEMORY = 200_000
+#: how long a cancelled task id is remembered: longer than a task message plausibly waits in the
+#: task queue behind a backlog or an offline endpoint
+CANCEL_MEMORY_S = 30 * 24 * 3600.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -55,6 +62,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     attempts INTEGER NOT NULL DEFAULT 0,
     received_at REAL NOT NULL,
     result BLOB
+);
+CREATE TABLE IF NOT EXISTS cancelled (
+    task_id BLOB PRIMARY KEY,
+    expires_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS functions (
     function_id BLOB PRIMARY KEY,
@@ -97,6 +108,10 @@ class Ledger:
         self._staged: dict[uuid.UUID, list[Any]] = {}  # task -> its row, not yet written
         self._staged_functions: dict[uuid.UUID, FunctionBody] = {}
         self._deletes: list[tuple[int]] = []
+        self._cancelled: dict[uuid.UUID, float] = {}  # task -> when the memory of its cancel expires
+        self.forget_expired_cancels()
+        for task_id, expires_at in self._db.execute("SELECT task_id, expires_at FROM cancelled"):
+            self._cancelled[uuid.UUID(bytes=task_id)] = expires_at
 
     def close(self) -> None:
         self._db.close()
@@ -211,6 +226,28 @@ class Ledger:
     def held_ids(self) -> list[uuid.UUID]:
         """Every task taken and not yet answered (written or staged)."""
         return [*self._rows, *(task_id for task_id in self._staged if task_id not in self._rows)]
+
+    # --- cancellations ------------------------------------------------------------------
+
+    def record_cancels(self, task_ids: Iterable[uuid.UUID], *, now: float | None = None) -> None:
+        """Remember (on disk, at once) that these tasks are cancelled, for `CANCEL_MEMORY_S`."""
+        expires_at = (time.time() if now is None else now) + CANCEL_MEMORY_S
+        rows = [(task_id.bytes, expires_at) for task_id in task_ids]
+        with self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO cancelled (task_id, expires_at) VALUES (?, ?)", rows)
+        for task_id_bytes, _ in rows:
+            self._cancelled[uuid.UUID(bytes=task_id_bytes)] = expires_at
+
+    def is_cancelled(self, task_id: uuid.UUID) -> bool:
+        return task_id in self._cancelled
+
+    def forget_expired_cancels(self, *, now: float | None = None) -> int:
+        """Drop cancellations older than `CANCEL_MEMORY_S`; returns how many."""
+        now = time.time() if now is None else now
+        deleted = self._db.execute("DELETE FROM cancelled WHERE expires_at < ?", (now,)).rowcount
+        for task_id in [task_id for task_id, expires_at in self._cancelled.items() if expires_at < now]:
+            del self._cancelled[task_id]
+        return int(deleted)
 
     # --- recovery -----------------------------------------------------------------------
 

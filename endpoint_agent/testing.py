@@ -74,6 +74,7 @@ def provision_endpoint(
         result_queue=queues.result_queue,
         results_exchange=topology.results_exchange,
         dead_letter_exchange=topology.dead_letter_exchange,
+        control_queue=queues.control_queue,
     )
     endpoint_dir.mkdir(parents=True, exist_ok=True)
     connection.save(endpoint_dir / "connection.json")

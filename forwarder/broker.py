@@ -4,9 +4,9 @@
 - gives each endpoint its own broker user `ep-<endpoint id>` (random password, permissions from
   `Topology.endpoint_permissions`: read its task queue, publish results and dead letters) and
   deletes it on endpoint deletion (which closes its connections);
-- publishes task batch messages with confirms. Each message carries `user_id` = the forwarder's
-  own broker user: the broker verifies it, and it survives dead-lettering, so a dead-lettered task
-  batch provably came from us.
+- publishes task batch messages (and `CancelTasks` to control queues) with confirms. Each message
+  carries `user_id` = the forwarder's own broker user: the broker verifies it, and it survives
+  dead-lettering, so a dead-lettered task batch provably came from us.
 
 Every call here blocks (pika's IO thread or HTTP to the management API): call it from a thread.
 """
@@ -123,6 +123,19 @@ class BrokerLink:
         self.topology.delete_endpoint(self.transport, queues)
 
     # --- tasks --------------------------------------------------------------------------
+
+    def publish_control_message(self, queues: EndpointQueues, body: bytes) -> Future[None]:
+        """Publish a packed control message (`CancelTasks`) to an endpoint's control queue; the
+        future resolves on the broker's confirm (or fails with a `BrokerError`)."""
+        return self.transport.publish(
+            OutgoingMessage(
+                exchange=self.topology.tasks_exchange,
+                routing_key=queues.control_queue,
+                body=body,
+                user_id=self.username,
+                content_type=TASK_BATCH_CONTENT_TYPE,
+            )
+        )
 
     def publish_task_messages(self, queues: EndpointQueues, bodies: Sequence[bytes]) -> list[Future[None]]:
         """Publish packed `TaskBatch` messages to an endpoint's task queue, in order; each future

@@ -50,6 +50,7 @@ class BrokerCredentials:
     username: str
     task_queue: str
     result_queue: str
+    control_queue: str
     results_exchange: str
     dead_letter_exchange: str
 
@@ -198,6 +199,7 @@ class EndpointRegistry:
             username=record.broker_username,
             task_queue=queues.task_queue,
             result_queue=queues.result_queue,
+            control_queue=queues.control_queue,
             results_exchange=topology.results_exchange,
             dead_letter_exchange=topology.dead_letter_exchange,
         )
@@ -261,6 +263,18 @@ class EndpointRegistry:
         return len(failed)
 
     # --- replicas -----------------------------------------------------------------------
+
+    async def declare_existing_queues(self) -> None:
+        """Re-declare every stored endpoint's queues (idempotent). Run at startup: endpoints
+        registered before a queue kind existed (the control queue) get it here, so cancellations
+        for them wait in the broker until their agent re-registers and consumes them."""
+        endpoints = await self._runner.read(self._store.endpoints.list)
+        for record in endpoints:
+            queues = self._broker.queues_of(record.endpoint_id, record.queue_secret)
+            try:
+                await self._blocking(self._broker.declare_endpoint_queues, queues)
+            except BrokerError as exc:
+                log.warning("cannot declare the queues of endpoint %s: %s", record.endpoint_id, exc)
 
     async def sync_consumers(self) -> None:
         """Consume exactly the result queues of the stored endpoints (other replicas register too)."""

@@ -97,7 +97,7 @@ class QueueDoctor:
         self, queues: EndpointQueues, states: Mapping[str, Mapping[str, Any]], seen: dict[str, int]
     ) -> set[str]:
         confirmed: set[str] = set()
-        for name in (queues.task_queue, queues.result_queue):
+        for name in (queues.task_queue, queues.result_queue, queues.control_queue):
             if not is_broken(states.get(name)):
                 continue
             count = self._sightings.get(name, 0) + 1

@@ -26,19 +26,22 @@ from taskfabric.forwarder.requests import (
     parse_submit_json,
     parse_submit_msgpack,
     parse_task_ids,
+    parse_uuid,
     too_large,
 )
 from taskfabric.forwarder.service import Forwarder
 from taskfabric.forwarder.stream import serve_stream
 from taskfabric.forwarder.views import endpoint_info, function_info, task_info
 
-__all__ = ["API_VERSION", "MIN_CLIENT_VERSION", "router", "websocket_router"]
+__all__ = ["API_VERSION", "MAX_CANCEL_TASK_IDS", "MIN_CLIENT_VERSION", "router", "websocket_router"]
 
 API_VERSION = 1
 MIN_CLIENT_VERSION = "0.1.0"
 MSGPACK = "application/msgpack"
 _MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
 _MAX_TASK_IDS = 10_000
+#: ids per cancel request (each may cost a control message and a guarded update)
+MAX_CANCEL_TASK_IDS = 1000
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `taskfabric admin create-token`, or Globus Auth")
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -163,6 +166,7 @@ async def register_endpoint(body: schemas.EndpointRegistration, identity: Caller
                 "username": broker.username,
                 "task_queue": broker.task_queue,
                 "result_queue": broker.result_queue,
+                "control_queue": broker.control_queue,
                 "results_exchange": broker.results_exchange,
                 "dead_letter_exchange": broker.dead_letter_exchange,
             },
@@ -260,6 +264,21 @@ async def batch_status(body: schemas.TaskIds, identity: Caller, service: Service
             "unknown": [str(task_id) for task_id in unknown] + malformed,
         }
     )
+
+
+@router.post("/tasks/cancel", responses={200: {"model": dict[str, bool]}})
+async def cancel_tasks(body: schemas.CancelRequest, identity: Caller, service: Service) -> JSONResponse:
+    """Cancel tasks: `{id: true}` for each task this call moved to `cancelled`, `{id: false}` for
+    one already finished, unknown or not yours (indistinguishable on purpose)."""
+    count = len(body.task_ids)
+    if count == 0:
+        raise invalid("task_ids: the list is empty")
+    if count > MAX_CANCEL_TASK_IDS:
+        raise invalid(f"task_ids: {count} ids, above the limit of {MAX_CANCEL_TASK_IDS} per cancel request")
+    ids = list(dict.fromkeys(parse_uuid(value, f"task_ids[{index}]") for index, value in enumerate(body.task_ids)))
+    answers, cancelled = await service.tasks.cancel(identity, ids)
+    service.hub.publish(cancelled)
+    return JSONResponse({str(task_id): answer for task_id, answer in answers.items()})
 
 
 # --- results stream -----------------------------------------------------------------------

@@ -100,6 +100,7 @@ class BrokerInfo(BaseModel):
     username: str
     task_queue: str
     result_queue: str
+    control_queue: str = Field(description="cancellations for the agent (consumed apart from the task queue)")
     results_exchange: str
     dead_letter_exchange: str
 
@@ -166,6 +167,10 @@ class TaskIds(_Request):
     task_ids: list[str] = Field(description="at most 10,000 task ids")
 
 
+class CancelRequest(_Request):
+    task_ids: list[str] = Field(description="at most 1,000 task ids to cancel")
+
+
 class TaskErrorInfo(BaseModel):
     code: str
     message: str
@@ -185,7 +190,7 @@ class TaskDetails(BaseModel):
 
 class TaskInfo(BaseModel):
     task_id: str
-    status: str = Field(description="waiting | success | failed")
+    status: str = Field(description="waiting | running | success | failed | cancelled")
     endpoint_id: str
     function_id: str
     created_at: float

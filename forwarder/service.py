@@ -84,6 +84,7 @@ class Forwarder:
         self._start_ingest(asyncio.get_running_loop())
         self._build_services()
         await asyncio.to_thread(self.consumers.start_dead_letters)
+        await self.endpoints.declare_existing_queues()
         await self.endpoints.sync_consumers()
         self._background = [
             asyncio.create_task(self._every(settings.cleanup_period_s, self.delete_expired), name="expire-results"),

@@ -17,6 +17,14 @@ publishes them again under the same ids: a copy the broker did take and the retr
 task, which the agent's ledger deduplicates while it holds it and whose first result the store
 keeps. So a retry never makes a second task; a task may run twice (at-least-once), and its outcome
 is reported once.
+
+Cancelling, in order: find the caller's unfinished tasks among the ids; publish one `CancelTasks`
+per endpoint to its control queue and await the confirms (if the broker does not confirm, nothing
+changes and the caller gets 503); then move the tasks to `cancelled` in one guarded update, which
+decides: a task whose result was stored in between stays finished and answers False. So a task
+reported cancelled is one its endpoint will hear about, even if it is offline now (the message
+waits in its control queue). Unknown ids and other users' tasks answer False, exactly like
+finished ones: a caller learns nothing about tasks that are not theirs.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreConflict, StoreRunner
 from taskfabric.forwarder.ttl_cache import TTLCache
 from taskfabric.ids import new_uuid4s
-from taskfabric.protocol import FunctionBody, pack
+from taskfabric.protocol import CancelTasks, FunctionBody, pack
 
 __all__ = ["BROKER_UNAVAILABLE", "SUBMISSION_CONFLICT", "TaskService", "submission_task_ids"]
 
@@ -169,6 +177,50 @@ class TaskService:
             await asyncio.wait_for(asyncio.gather(*waits), self._settings.confirm_timeout_s + _CONFIRM_GRACE_S)
         except TimeoutError:
             raise PublishTimeout(f"no confirm from the broker for {len(bodies)} task messages") from None
+
+    # --- cancellation -------------------------------------------------------------------
+
+    async def cancel(
+        self, identity: Identity, task_ids: Sequence[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, bool], list[TaskRecord]]:
+        """Cancel the caller's unfinished tasks among `task_ids`: (id -> whether this call
+        cancelled it, for every id asked; the records it cancelled, for the results stream)."""
+        heads = await self._runner.read(self._store.tasks.pending_heads, identity.user_id, task_ids)
+        by_endpoint: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for head in heads:
+            by_endpoint.setdefault(head.endpoint_id, []).append(head.task_id)
+        try:
+            await self._announce_cancels(by_endpoint)
+        except BrokerError as exc:
+            log.warning("the broker did not confirm cancellations of %d tasks: %s", len(heads), exc)
+            raise ServiceError(
+                f"the broker did not confirm the cancellation in time ({exc}); nothing was cancelled",
+                status=503,
+                code=BROKER_UNAVAILABLE,
+            ) from None
+        moved = await self._runner.write(self._store.tasks.cancel, identity.user_id, list(task_ids), now=time.time())
+        cancelled = {record.task_id for record in moved}
+        if moved:
+            log.info("%s cancelled %d tasks", identity.username, len(moved))
+        return {task_id: task_id in cancelled for task_id in task_ids}, moved
+
+    async def _announce_cancels(self, by_endpoint: dict[uuid.UUID, list[uuid.UUID]]) -> None:
+        """One `CancelTasks` per endpoint on its control queue; await every confirm together.
+        An endpoint deleted meanwhile has failed its tasks already: it needs no message."""
+        futures = []
+        for endpoint_id, ids in by_endpoint.items():
+            record = await self._runner.read(self._store.endpoints.get, endpoint_id)
+            if record is None:
+                continue
+            queues = self._broker.queues_of(endpoint_id, record.queue_secret)
+            futures.append(self._broker.publish_control_message(queues, pack(CancelTasks(task_ids=ids))))
+        if not futures:
+            return
+        waits = [asyncio.wrap_future(future) for future in futures]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), self._settings.confirm_timeout_s + _CONFIRM_GRACE_S)
+        except TimeoutError:
+            raise PublishTimeout(f"no confirm from the broker for {len(futures)} cancel messages") from None
 
     def forget_function(self, function_id: uuid.UUID) -> None:
         """A function was deleted: stop accepting tasks for it at once (on this replica)."""

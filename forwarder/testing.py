@@ -39,7 +39,7 @@ import httpx
 import yaml
 
 from taskfabric.errors import StoreError, TaskfabricError
-from taskfabric.protocol import EndpointStatus, Result, ResultBatch, TaskBatch, pack, unpack
+from taskfabric.protocol import CancelTasks, EndpointStatus, Result, ResultBatch, TaskBatch, pack, unpack
 from taskfabric.testing import wait_until
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
 
@@ -391,6 +391,7 @@ class FakeEndpoint:
         self.transport = RabbitTransport(self.broker["amqp_url"], connection_name="fake-endpoint")
         self.batches: list[TaskBatch] = []
         self.deliveries: list[Delivery] = []
+        self.cancels: list[CancelTasks] = []
         self._lock = threading.Lock()
 
     @property
@@ -406,6 +407,22 @@ class FakeEndpoint:
 
     def consume_tasks(self, *, prefetch: int = 50) -> None:
         self.transport.consume(self.broker["task_queue"], self._on_task, prefetch=prefetch)
+
+    def consume_control(self) -> None:
+        """Collect the `CancelTasks` arriving on the endpoint's control queue (in `cancels`)."""
+        self.transport.consume(self.broker["control_queue"], self._on_control, prefetch=10)
+
+    def _on_control(self, delivery: Delivery) -> None:
+        cancel = unpack(delivery.body)
+        assert isinstance(cancel, CancelTasks)
+        with self._lock:
+            self.cancels.append(cancel)
+        self.transport.ack(delivery)
+
+    @property
+    def cancelled_ids(self) -> list[uuid.UUID]:
+        with self._lock:
+            return [task_id for cancel in self.cancels for task_id in cancel.task_ids]
 
     def _on_task(self, delivery: Delivery) -> None:
         batch = unpack(delivery.body)

@@ -78,7 +78,8 @@ def task_details(record: TaskRecord) -> dict[str, Any]:
 
 
 def task_error(record: TaskRecord, *, binary: bool) -> dict[str, Any] | None:
-    if record.status is not TaskStatus.FAILED:
+    """The error of a failed or cancelled task (a cancelled one carries `TASK_CANCELLED`)."""
+    if record.status is not TaskStatus.FAILED and record.status is not TaskStatus.CANCELLED:
         return None
     return {
         "code": record.error_code or "TASK_FAILED",
@@ -102,7 +103,7 @@ def task_info(record: TaskRecord) -> dict[str, Any]:
     }
     if record.status is TaskStatus.SUCCESS:
         info["result"] = _b64(record.result or b"")
-    elif record.status is TaskStatus.FAILED:
+    elif record.status is TaskStatus.FAILED or record.status is TaskStatus.CANCELLED:
         info["error"] = task_error(record, binary=False)
     return info
 

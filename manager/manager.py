@@ -3,12 +3,15 @@
 Its loop is a fixed sequence of steps over explicit state (see `Manager.run`):
 
     poll -> process_interchange_messages -> process_worker_output -> dispatch_to_workers
-         -> enforce_walltimes -> flush_results -> send_heartbeat -> check_interchange
+         -> enforce_walltimes -> enforce_cancellations -> flush_results -> send_heartbeat
+         -> check_interchange
 
 State: `queue` (tasks received, not yet on a worker), the pool's per-worker assignments, `results`
 not yet sent, and the function bodies seen. A worker that dies is replaced and the task it was
 running comes back as a `WORKER_LOST` result (the interchange decides whether to retry it); the
-other tasks it held go back to the queue untouched.
+other tasks it held go back to the queue untouched. A `CancelTasks` from the interchange drops
+queued tasks and stops the workers running cancelled ones (see cancel.py); such a worker's death
+is the cancellation, answered `TASK_CANCELLED`, not a crash.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from types import FrameType
 
 from taskfabric import __version__
 from taskfabric.errors import ErrorCode, ProtocolError
+from taskfabric.manager.cancel import DEFAULT_CANCEL_GRACE_PERIOD_S, CancelBook
 from taskfabric.manager.pool import Worker, WorkerPool
 from taskfabric.manager.zmq_link import InterchangeLink
 from taskfabric.protocol import (
+    CancelTasks,
     Drain,
     FunctionBody,
     Heartbeat,
@@ -52,6 +57,8 @@ log = logging.getLogger(__name__)
 EXIT_DRAINED = 0
 EXIT_INTERCHANGE_LOST = 3
 EXIT_REFUSED = 4
+
+_CANCELLED_QUEUED = "the task was cancelled before it started"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,6 +112,7 @@ class Manager:
         self._last_heard = time.monotonic()
         self._last_heartbeat_sent = 0.0
         self._walltime_kills: dict[int, uuid.UUID] = {}
+        self.cancels = CancelBook()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -141,6 +149,7 @@ class Manager:
                 self.process_worker_output(fd)
         self.dispatch_to_workers()
         self.enforce_walltimes()
+        self.enforce_cancellations()
         self.flush_results()
         self.send_heartbeat()
         self.check_interchange()
@@ -203,6 +212,8 @@ class Manager:
                 log.info("registered; heartbeat every %.1f s", self.heartbeat_period_s)
             elif isinstance(message, Drain):
                 self._drain(message)
+            elif isinstance(message, CancelTasks):
+                self.cancel_tasks(message)
             elif not isinstance(message, Heartbeat):
                 log.warning("ignoring a %s from the interchange", type(message).__name__)
 
@@ -220,11 +231,44 @@ class Manager:
         log.info("draining: %s", message.reason or "asked by the interchange")
         self.draining = True
 
+    def cancel_tasks(self, message: CancelTasks) -> None:
+        """Drop the named tasks queued here; tell the workers holding the others, and stop (SIGTERM,
+        SIGKILL after the grace period) those running one. Each is answered once (see cancel.py)."""
+        task_ids = set(message.task_ids)
+        grace_period_s = message.grace_period_s
+        if grace_period_s is None:
+            grace_period_s = DEFAULT_CANCEL_GRACE_PERIOD_S
+        queued = [entry for entry in self.queue if entry.task.task_id in task_ids]
+        if queued:
+            self.queue = collections.deque(entry for entry in self.queue if entry.task.task_id not in task_ids)
+            self.results.extend(_cancelled_result(entry.task, _CANCELLED_QUEUED) for entry in queued)
+        now = time.monotonic()
+        for worker in self.pool.workers:
+            held = [task.task_id for task in worker.assigned if task.task_id in task_ids]
+            if not held:
+                continue
+            self.cancels.mark(held)
+            self.pool.cancel(worker, held)  # first, so a task starting now sees it (see worker.py)
+            running = worker.running()
+            if running in held:
+                log.info("cancelling task %s: stopping worker %d (pid %d)", running, worker.index, worker.pid)
+                self.cancels.schedule_kill(worker.index, running, now=now, grace_period_s=grace_period_s)
+                self.pool.terminate(worker)
+
+    def enforce_cancellations(self) -> None:
+        """SIGKILL the workers still running a cancelled task after its grace period."""
+        for kill in self.cancels.due_kills(time.monotonic()):
+            worker = self.pool.workers[kill.worker_index]
+            if worker.running() == kill.task_id:
+                log.warning("task %s ignored SIGTERM; killing worker %d", kill.task_id, worker.index)
+                self.pool.kill(worker)
+
     def process_worker_output(self, fd: int) -> None:
         worker = self.pool.by_fd(fd)
         if worker is None:
             return
         results, died = self.pool.read(worker)
+        self.cancels.answered(result.task_id for result in results)
         self.results.extend(results)
         if died:
             self._replace_dead_worker(worker)
@@ -237,11 +281,18 @@ class Manager:
         # any earlier could find no exit status yet ("exited with code None")
         code = worker.process.returncode
         self.link.watch(self.pool.workers[worker.index].from_worker)
-        for task in reversed(waiting):  # not its fault: back to the queue, untouched
-            self.queue.appendleft(_Queued(task, ""))
+        cancelled_run = self.cancels.worker_died(worker.index, running.task_id if running else None)
+        for task in reversed(waiting):  # not its fault: back to the queue, untouched (unless cancelled)
+            if self.cancels.is_cancelled(task.task_id):
+                self.results.append(_cancelled_result(task, _CANCELLED_QUEUED))
+            else:
+                self.queue.appendleft(_Queued(task, ""))
         if running is None:
             return
-        if walltime_task == running.task_id:
+        if cancelled_run:
+            message = f"the task was cancelled while running; its worker (pid {worker.pid}) was stopped"
+            self.results.append(_cancelled_result(running, message))
+        elif walltime_task == running.task_id:
             message = (
                 f"the task ran past its walltime of {running.walltime_s:g} s and did not stop; "
                 f"its worker was killed after a {self.settings.walltime_grace_s:g} s grace period"
@@ -283,6 +334,7 @@ class Manager:
     def flush_results(self) -> None:
         if self.results:
             batch, self.results = self.results, []
+            self.cancels.answered(result.task_id for result in batch)
             self.link.send(pack(ResultBatch(results=batch)))
 
     def send_heartbeat(self) -> None:
@@ -305,6 +357,9 @@ class Manager:
         timeout = self.heartbeat_period_s
         if any(not worker.idle for worker in self.pool.workers):
             timeout = min(timeout, 1.0)  # walltime checks
+        next_kill_s = self.cancels.next_kill_in_s(time.monotonic())
+        if next_kill_s is not None:
+            timeout = min(timeout, next_kill_s)
         return timeout
 
 
@@ -314,6 +369,10 @@ def _drain_fd(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def _cancelled_result(task: Task, message: str) -> Result:
+    return _error_result(task, ErrorCode.TASK_CANCELLED, message)
 
 
 def _error_result(task: Task, code: ErrorCode, message: str) -> Result:

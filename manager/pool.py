@@ -24,7 +24,7 @@ from pathlib import Path
 
 from taskfabric.errors import ProtocolError
 from taskfabric.manager.frames import FrameReader, write_frame
-from taskfabric.protocol import FunctionBody, Result, ResultBatch, Task, TaskBatch, pack, unpack_as
+from taskfabric.protocol import CancelTasks, FunctionBody, Result, ResultBatch, Task, TaskBatch, pack, unpack_as
 
 __all__ = ["Worker", "WorkerPool"]
 
@@ -184,8 +184,25 @@ class WorkerPool:
         self.restarts += 1
         return running, others
 
+    def cancel(self, worker: Worker, task_ids: list[uuid.UUID]) -> None:
+        """Tell a worker these of its tasks are cancelled: it skips them if not started, and
+        ends itself on SIGTERM if it is running one (see worker.py). The frame is small and the
+        worker is reading or has read its batch, so this write does not block for long."""
+        try:
+            write_frame(worker.to_worker, pack(CancelTasks(task_ids=task_ids)))
+        except OSError:
+            log.warning("worker %d (pid %d) is gone; its tasks come back with the next read", worker.index, worker.pid)
+
+    def terminate(self, worker: Worker) -> None:
+        """SIGTERM a worker (its running task was cancelled); the next read sees it dead."""
+        try:
+            os.kill(worker.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
     def kill(self, worker: Worker) -> None:
-        """SIGKILL a worker (walltime far exceeded); the next read sees it dead."""
+        """SIGKILL a worker (walltime far exceeded, or a cancelled task ignored SIGTERM); the next
+        read sees it dead."""
         try:
             os.kill(worker.pid, signal.SIGKILL)
         except ProcessLookupError:

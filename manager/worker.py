@@ -6,6 +6,14 @@ manager knows exactly which task a dead worker was running, the worker writes th
 it is running into a 16-byte shared-memory *slot* (zeros between tasks): a task is blamed for a
 death only if it was in that slot.
 
+Cancellation: the manager writes a `CancelTasks` frame to the worker's pipe naming tasks of its
+batch. Before starting each task (after putting it in the slot) the worker reads such frames
+without waiting, and skips a cancelled task, answering `TASK_CANCELLED`. For a running task the
+manager also sends SIGTERM: the worker then reads the frames and, if its running task is named,
+exits at once (as SIGTERM's default would); a task that installed its own SIGTERM handler (or
+ignores it) gets the grace period, then SIGKILL. A SIGTERM naming no running task (a scheduler
+cancelling the whole job) is ignored, as before: the manager decides when workers stop.
+
 Started by the manager as ``python -m taskfabric.manager.worker --fd-in R --fd-out W --slot PATH ...``.
 """
 
@@ -14,20 +22,27 @@ from __future__ import annotations
 import argparse
 import mmap
 import os
+import platform
+import select
 import signal
 import sys
 import threading
 import time
+import uuid
+from types import FrameType
+from typing import Any
 
-from taskfabric.errors import ProtocolError
+from taskfabric.errors import ErrorCode, ProtocolError
 from taskfabric.manager.execution import TaskRunner
 from taskfabric.manager.frames import read_frame, write_frame
-from taskfabric.protocol import Result, ResultBatch, TaskBatch, pack, unpack_as
+from taskfabric.protocol import CancelTasks, Result, ResultBatch, Task, TaskBatch, TaskError, pack, unpack
 
-__all__ = ["FLUSH_AFTER_S", "ResultWriter", "RunningSlot", "main", "serve"]
+__all__ = ["EXIT_CANCELLED", "FLUSH_AFTER_S", "CancelWatch", "ResultWriter", "RunningSlot", "main", "serve"]
 
 #: the longest a finished result waits in the worker before it is sent
 FLUSH_AFTER_S = 0.001
+#: a worker ending itself because its running task was cancelled exits like SIGTERM's default
+EXIT_CANCELLED = 128 + signal.SIGTERM
 _EMPTY = bytes(16)
 
 
@@ -72,6 +87,17 @@ class ResultWriter:
         with self._lock:
             self._write_locked()
 
+    def try_flush(self, timeout_s: float) -> None:
+        """Flush unless the lock stays taken for `timeout_s` (from a signal handler, which may
+        have interrupted this very thread while it held the lock)."""
+        if self._lock.acquire(timeout=timeout_s):
+            try:
+                self._write_locked()
+            except OSError:
+                pass
+            finally:
+                self._lock.release()
+
     def close(self) -> None:
         self.flush()
         self._closed = True
@@ -100,22 +126,103 @@ class ResultWriter:
                 time.sleep(max(wait_s, 0.0002))
 
 
+class CancelWatch:
+    """The worker's cancel state: the task it runs, the cancelled ids of its batch, and the
+    SIGTERM handler that ends the worker when the running task is cancelled."""
+
+    def __init__(self, fd_in: int, writer: ResultWriter) -> None:
+        self._fd_in = fd_in
+        self._writer = writer
+        self.current: uuid.UUID | None = None
+        self.cancelled: set[uuid.UUID] = set()
+        self._reading = False
+        self._handler = self._on_sigterm
+
+    def install(self) -> None:
+        """(Re)install the SIGTERM handler: a task may have replaced it."""
+        if signal.getsignal(signal.SIGTERM) is not self._handler:
+            signal.signal(signal.SIGTERM, self._handler)
+
+    def starting(self, task_id: uuid.UUID) -> bool:
+        """The worker is about to run `task_id` (already in its slot): False if it is cancelled."""
+        self.install()
+        self.current = task_id
+        self.read_pending()
+        return task_id not in self.cancelled
+
+    def finished(self) -> None:
+        self.current = None
+
+    def add(self, message: CancelTasks) -> None:
+        self.cancelled.update(message.task_ids)
+
+    def batch_done(self) -> None:
+        """The manager only names tasks of the batch in hand: the next batch starts afresh."""
+        self.cancelled.clear()
+
+    def read_pending(self) -> None:
+        """Read the `CancelTasks` frames waiting in the pipe, without blocking. While a batch
+        runs, the manager writes nothing else to this pipe."""
+        self._reading = True
+        try:
+            while select.select([self._fd_in], [], [], 0)[0]:
+                frame = read_frame(self._fd_in)
+                if frame is None:
+                    return
+                message = unpack(frame)
+                if not isinstance(message, CancelTasks):
+                    raise ProtocolError(f"a {type(message).__name__} arrived while a batch was running")
+                self.add(message)
+        finally:
+            self._reading = False
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if self.current is None:
+            return  # between tasks: not a cancellation (e.g. a scheduler ending the job)
+        if not self._reading:  # else the interrupted read finishes and `starting` decides
+            self.read_pending()
+        if self.current in self.cancelled:
+            self._writer.try_flush(1.0)  # results of the batch's earlier tasks
+            os._exit(EXIT_CANCELLED)
+
+
 def serve(fd_in: int, writer: ResultWriter, runner: TaskRunner, slot: RunningSlot) -> None:
     """Run batches from `fd_in` until it closes."""
+    watch = CancelWatch(fd_in, writer)
+    watch.install()
     while True:
         frame = read_frame(fd_in)
         if frame is None:
             return
-        batch = unpack_as(frame, TaskBatch)
+        message: Any = unpack(frame)
+        if isinstance(message, CancelTasks):
+            continue  # about tasks already answered
+        if not isinstance(message, TaskBatch):
+            raise ProtocolError(f"expected a task batch, got a {type(message).__name__}")
+        batch = message
         if batch.client_python:
             runner.client_python = batch.client_python
         runner.add_functions(batch.functions)
         for task in batch.tasks:
             slot.set(task.task_id.bytes)
-            result = runner.run(task)
+            result = runner.run(task) if watch.starting(task.task_id) else _cancelled(task)
+            watch.finished()
             slot.clear()
             writer.add(result)
         writer.flush()
+        watch.batch_done()
+
+
+def _cancelled(task: Task) -> Result:
+    now = time.time()
+    return Result(
+        task_id=task.task_id,
+        ok=False,
+        error=TaskError(code=ErrorCode.TASK_CANCELLED, message="the task was cancelled before it started"),
+        worker_python=platform.python_version(),
+        received_at=now,
+        finished_at=now,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The manager decides when workers stop: a scheduler cancelling a job signals every process in
     # it, and a task should be lost once (with its manager), not once more with its worker.
+    # SIGTERM is ignored too, except when it stops a cancelled task (`CancelWatch`).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ["TASKFABRIC_WORKER_ID"] = args.worker_id

@@ -34,7 +34,8 @@ Every error that leaves a public API is one of these; errors of the libraries un
         ├── DeserializationFailed   the worker could not unpickle the function or its arguments
         ├── TaskDeadLettered        the broker gave up on the task (poison message, bad format)
         ├── EndpointDeleted         the endpoint was deleted before the task ran
-        └── TaskQueueLost           the task was in an endpoint queue a broker crash destroyed
+        ├── TaskQueueLost           the task was in an endpoint queue a broker crash destroyed
+        └── TaskCancelled           the task was cancelled (`Client.cancel`) before it finished
 
 Remote failures travel as an error *code* in the wire protocol (see `ErrorCode`); `TaskFailed.for_code`
 maps a code back to its class on the client.
@@ -69,6 +70,7 @@ __all__ = [
     "ServiceError",
     "StoreError",
     "SubmitFailed",
+    "TaskCancelled",
     "TaskDeadLettered",
     "TaskExecutionFailed",
     "TaskFailed",
@@ -224,6 +226,8 @@ class ErrorCode(enum.StrEnum):
     DEAD_LETTERED = "DEAD_LETTERED"
     ENDPOINT_DELETED = "ENDPOINT_DELETED"
     TASK_QUEUE_LOST = "TASK_QUEUE_LOST"
+    #: cancelled by its owner; also how a manager or agent answers a task it dropped or stopped
+    TASK_CANCELLED = "TASK_CANCELLED"
 
     @property
     def is_system_failure(self) -> bool:
@@ -293,6 +297,10 @@ class TaskQueueLost(TaskFailed):
     code = ErrorCode.TASK_QUEUE_LOST
 
 
+class TaskCancelled(TaskFailed):
+    code = ErrorCode.TASK_CANCELLED
+
+
 _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
     cls.code.value: cls
     for cls in (
@@ -305,5 +313,6 @@ _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
         TaskDeadLettered,
         EndpointDeleted,
         TaskQueueLost,
+        TaskCancelled,
     )
 }

@@ -7,6 +7,7 @@ import dataclasses
 import uuid
 from typing import Any
 
+from taskfabric.errors import ErrorCode
 from taskfabric.forwarder.records import TaskRecord, TaskStatus
 from taskfabric.forwarder.store._sql import clean_text
 from taskfabric.protocol import Result
@@ -66,9 +67,12 @@ def outcome_of_result(endpoint_id: uuid.UUID, result: Result, now: float) -> Out
     error = result.error
     if result.ok or error is None:
         return Outcome(status=TaskStatus.SUCCESS, result=result.value or b"", **common)
+    code = clean_text(error.code, 64) or "TASK_FAILED"
     return Outcome(
-        status=TaskStatus.FAILED,
-        error_code=clean_text(error.code, 64) or "TASK_FAILED",
+        # an endpoint answers TASK_CANCELLED only for a task it was told to cancel: normally the
+        # row is cancelled already and this is ignored; if the store missed it, it ends cancelled
+        status=TaskStatus.CANCELLED if code == ErrorCode.TASK_CANCELLED else TaskStatus.FAILED,
+        error_code=code,
         error_message=clean_text(error.message, _MESSAGE_LIMIT),
         error_traceback=clean_text(error.traceback, _TRACEBACK_LIMIT),
         error_exception_type=clean_text(error.exception_type, _SHORT_LIMIT),

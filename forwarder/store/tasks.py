@@ -8,6 +8,9 @@
   one `SELECT ... IN` per 900 ids finds the tasks still waiting on the endpoint that sent them and
   one executemany `UPDATE` with the same guard stores them (`sqlite_batches`); on PostgreSQL one
   `UPDATE ... FROM unnest(<arrays>) ... RETURNING` per 5,000 results does both (`postgres_batches`).
+- `pending_heads` / `cancel`: a user cancelling their own unfinished tasks; one guarded
+  `UPDATE ... RETURNING` per chunk decides, so a result stored concurrently and a cancel cannot both
+  win (the first outcome wins; `cancelled` is terminal, later results are ignored like duplicates).
 - `fail` / `fail_endpoint`: the same rules for failures the forwarder decides (dead letters,
   deleted endpoints), on the portable SQLAlchemy Core path.
 - reads fetch many tasks by id in chunks.
@@ -43,6 +46,8 @@ __all__ = ["Failure", "TaskTable"]
 log = logging.getLogger(__name__)
 
 _WAITING = TaskStatus.WAITING.value
+#: states a task may still leave (a cancel moves only these)
+_PENDING = [status.value for status in TaskStatus if status.pending]
 
 #: the columns needed to describe a task without its outcome
 _HEAD = [
@@ -199,6 +204,52 @@ class TaskTable:
                 endpoints.update().where(endpoints.c.endpoint_id == endpoint_id).values(queue_rebuilt_at=None)
             )
             return _finish_known(connection, heads, outcomes)
+
+    # --- cancellation -------------------------------------------------------------------
+
+    def pending_heads(self, owner_id: uuid.UUID, task_ids: Sequence[uuid.UUID]) -> list[TaskRecord]:
+        """The owner's tasks among `task_ids` that have not finished (identity columns only)."""
+        heads: list[TaskRecord] = []
+        with translate_errors("reading tasks to cancel"), self._engine.connect() as connection:
+            for chunk in statement_chunks(list(dict.fromkeys(task_ids))):
+                query = select(*_HEAD).where(
+                    tasks.c.task_id.in_(chunk), tasks.c.owner_id == owner_id, tasks.c.status.in_(_PENDING)
+                )
+                heads.extend(_head(row) for row in connection.execute(query))
+        return heads
+
+    def cancel(self, owner_id: uuid.UUID, task_ids: Sequence[uuid.UUID], *, now: float) -> list[TaskRecord]:
+        """Move the owner's unfinished tasks among `task_ids` to `cancelled` (finished at `now`);
+        returns those this call moved. Finished, unknown and other users' tasks are left alone."""
+        message = "cancelled by its owner"
+        values = {
+            "status": TaskStatus.CANCELLED.value,
+            "cancel_requested_at": now,
+            "completed_at": now,
+            "error_code": ErrorCode.TASK_CANCELLED.value,
+            "error_message": message,
+            "error_traceback": "",
+            "error_exception_type": "",
+        }
+        moved: list[TaskRecord] = []
+        with translate_errors("cancelling tasks"), self._engine.begin() as connection:
+            for chunk in statement_chunks(list(dict.fromkeys(task_ids))):
+                statement = (
+                    tasks.update()
+                    .where(tasks.c.task_id.in_(chunk), tasks.c.owner_id == owner_id, tasks.c.status.in_(_PENDING))
+                    .values(values)
+                    .returning(*_HEAD)
+                )
+                for row in connection.execute(statement):
+                    record = _head(row)
+                    record.status = TaskStatus.CANCELLED
+                    record.completed_at = now
+                    record.error_code = ErrorCode.TASK_CANCELLED.value
+                    record.error_message = message
+                    record.error_traceback = ""
+                    record.error_exception_type = ""
+                    moved.append(record)
+        return moved
 
     # --- reads --------------------------------------------------------------------------
 

@@ -70,3 +70,38 @@ def test_every_key_is_documented_for_endpoint_owners() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "endpoint-owner.md").read_text()
     for setting_doc in describe_settings(EndpointConfig):
         assert f"`{setting_doc.key}`" in doc, f"{setting_doc.key} is missing from docs/endpoint-owner.md"
+
+
+def test_the_cancel_grace_period_is_a_setting() -> None:
+    assert EndpointConfig().cancel_grace_period_s == 10.0
+    assert EndpointConfig.from_mapping({"cancel_grace_period_s": 2.5}).cancel_grace_period_s == 2.5
+    with pytest.raises(ConfigError, match="cancel_grace_period_s"):
+        EndpointConfig.from_mapping({"cancel_grace_period_s": -1})
+
+
+def test_a_connection_file_from_before_the_control_queue_still_loads(tmp_path: Path) -> None:
+    import json
+    import uuid
+
+    from taskfabric.endpoint_agent.connection import EndpointConnection
+
+    old = {
+        "endpoint_id": str(uuid.uuid4()),
+        "amqp_url": "amqp://ep:secret@127.0.0.1:5672/%2F",
+        "username": "ep",
+        "task_queue": "taskfabric.tasks.x",
+        "result_queue": "taskfabric.results.x",
+        "results_exchange": "taskfabric.results",
+        "dead_letter_exchange": "taskfabric.dead-letter",
+        "status_period_s": 5.0,
+    }
+    path = tmp_path / "connection.json"
+    path.write_text(json.dumps(old))
+    loaded = EndpointConnection.load(path)
+    assert loaded.control_queue is None
+    assert loaded.task_queue == "taskfabric.tasks.x"
+    fresh = EndpointConnection.from_registration(
+        {"endpoint_id": old["endpoint_id"], "broker": {**old, "control_queue": "taskfabric.control.x"}}
+    )
+    fresh.save(path)
+    assert EndpointConnection.load(path).control_queue == "taskfabric.control.x"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -90,3 +91,35 @@ def test_storing_results_writes_staged_tasks_first(tmp_path: Path) -> None:
     failed = Result(task_id=first.tasks[0].task_id, ok=False, error=TaskError(code=ErrorCode.TASK_FAILED, message="x"))
     ledger.store_results([failed])
     assert ledger.counts() == {"held": 1, "stored_results": 1}
+
+
+def test_cancelled_ids_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    ledger = Ledger(path)
+    cancelled, other = uuid.uuid4(), uuid.uuid4()
+    ledger.record_cancels([cancelled])
+    assert ledger.is_cancelled(cancelled)
+    assert not ledger.is_cancelled(other)
+    ledger.close()
+    reopened = Ledger(path)  # a task arriving after a restart is still known as cancelled
+    assert reopened.is_cancelled(cancelled)
+    assert not reopened.is_cancelled(other)
+
+
+def test_cancelled_ids_expire(tmp_path: Path) -> None:
+    from taskfabric.endpoint_agent.ledger import CANCEL_MEMORY_S
+
+    path = tmp_path / "l.sqlite"
+    ledger = Ledger(path)
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    now = time.time()
+    ledger.record_cancels([old], now=now - CANCEL_MEMORY_S - 10)
+    ledger.record_cancels([recent], now=now)
+    assert ledger.is_cancelled(old)
+    assert ledger.forget_expired_cancels(now=now) == 1
+    assert not ledger.is_cancelled(old)
+    assert ledger.is_cancelled(recent)
+    ledger.close()
+    reopened = Ledger(path)
+    assert not reopened.is_cancelled(old)
+    assert reopened.is_cancelled(recent)
