@@ -15,6 +15,7 @@ from __future__ import annotations
 import zmq
 
 from taskfabric.errors import TaskfabricError
+from taskfabric.zmq_poll import SocketPoller
 
 __all__ = ["ManagerSockets", "RouterError", "curve_keypair"]
 
@@ -57,26 +58,14 @@ class ManagerSockets:
             self._socket.close()
             raise RouterError(f"cannot bind the interchange to {address}:{port or 'a free port'}: {exc}") from None
         self.address = f"tcp://{address}:{self.port}"
-        self._poller = zmq.Poller()
-        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller = SocketPoller(self._socket, error=RouterError)
 
     def watch(self, fd: int) -> None:
-        self._poller.register(fd, zmq.POLLIN)
+        self._poller.watch(fd)
 
     def poll(self, timeout_s: float) -> tuple[bool, list[int]]:
         """Wait up to `timeout_s`; returns (messages waiting, readable fds)."""
-        try:
-            events = self._poller.poll(max(0, int(timeout_s * 1000)))
-        except zmq.ZMQError as exc:
-            raise RouterError(f"poll failed: {exc}") from None
-        ready = False
-        fds: list[int] = []
-        for item, _mask in events:
-            if item is self._socket:
-                ready = True
-            else:
-                fds.append(int(item))
-        return ready, fds
+        return self._poller.poll(timeout_s)
 
     def receive_all(self, limit: int = 10_000) -> list[tuple[bytes, bytes]]:
         """Waiting (manager id, payload) pairs, at most `limit`; never blocks."""
