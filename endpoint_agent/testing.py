@@ -29,6 +29,7 @@ import psutil
 import yaml
 
 from taskfabric.broker_config import ManagementClient, Topology, new_queue_secret
+from taskfabric.client.serialization import value_from_result
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.protocol import EndpointStatus, FunctionBody, Result, ResultBatch, Task, TaskBatch, pack, unpack
 from taskfabric.testing import unique_name, wait_until
@@ -265,9 +266,9 @@ class ResultCollector:
 
     @staticmethod
     def value(result: Result) -> Any:
-        """The task's return value (the test plays the client, which may unpickle its results)."""
+        """The task's return value (the test plays the client, which unpickles its own results)."""
         assert result.ok and result.value is not None, result.error
-        return cloudpickle.loads(result.value)
+        return value_from_result(result.value, worker_python=result.worker_python, task_id=result.task_id)
 
 
 #: fast heartbeats and polling so faults are noticed in seconds
