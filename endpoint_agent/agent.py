@@ -33,18 +33,18 @@ from pathlib import Path
 from types import FrameType
 
 from taskfabric import __version__
-from taskfabric.endpoint_agent.broker_link import BrokerLink
+from taskfabric.endpoint_agent.broker_link import EndpointBrokerLink
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.endpoint_agent.dispatch import retry_decision
 from taskfabric.endpoint_agent.interchange import Interchange, LostTask
 from taskfabric.endpoint_agent.launch import ManagerLaunch, new_registration_token, write_private_file
 from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
-from taskfabric.endpoint_agent.scaler import Scaler
-from taskfabric.endpoint_agent.zmq_router import ManagerSockets, curve_keypair
+from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
+from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode
 from taskfabric.protocol import EndpointStatus, FunctionBody, Result, TaskError
-from taskfabric.transport import Delivery
+from taskfabric.transport import Delivery, Transport
 
 __all__ = ["Agent", "AgentPaths"]
 
@@ -124,7 +124,19 @@ class _Functions:
 class Agent:
     """Runs one endpoint until stopped (SIGTERM/SIGINT or `stop()`)."""
 
-    def __init__(self, config: EndpointConfig, connection: EndpointConnection, paths: AgentPaths) -> None:
+    def __init__(
+        self,
+        config: EndpointConfig,
+        connection: EndpointConnection,
+        paths: AgentPaths,
+        *,
+        transport: Transport | None = None,
+        sockets: RouterSocket | None = None,
+        scaler: BlockScaler | None = None,
+    ) -> None:
+        """`transport`, `sockets` and `scaler` default to the real ones (RabbitMQ with the
+        endpoint's credentials, a ZeroMQ ROUTER, a `Scaler` over the configured provider); unit
+        tests pass in-memory ones and drive `step()` (or its named steps) themselves."""
         self.config = config
         self.connection = connection
         self.paths = paths
@@ -134,7 +146,9 @@ class Agent:
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
         public_key, secret_key = curve_keypair() if config.interchange_encrypted else (None, None)
-        self.sockets = ManagerSockets(config.interchange_address, config.interchange_port, curve_secret_key=secret_key)
+        self.sockets = sockets or ManagerSockets(
+            config.interchange_address, config.interchange_port, curve_secret_key=secret_key
+        )
         self._interchange_key = public_key
         self.token = new_registration_token()
         self.interchange = Interchange(
@@ -145,16 +159,8 @@ class Agent:
             function_source=self.functions.get,
         )
         self.sockets.watch(self._wake_read)
-        self.broker = BrokerLink(connection, wake=self.wake)
-        block_config = config.block_config(source=str(paths.config))
-        self.scaler = Scaler(
-            block_config,
-            self._launch(block_config.provider.block.max_blocks * block_config.provider.block.nodes_per_block),
-            paths.blocks,
-            wake=self.wake,
-            backlog=self.broker.backlog,
-            drain_grace_s=config.heartbeat_threshold_s + config.drain_timeout_s,
-        )
+        self.broker = EndpointBrokerLink(connection, wake=self.wake, transport=transport)
+        self.scaler = scaler or self._scaler()
         self.waiting: collections.deque[HeldTask] = collections.deque()
         self.outbox: list[Result] = []
         self.in_flight: dict[int, list[Result]] = {}
@@ -171,6 +177,17 @@ class Agent:
         self._stop_deadline = 0.0
         self._drained = False
         self.finished = False
+
+    def _scaler(self) -> Scaler:
+        block_config = self.config.block_config(source=str(self.paths.config))
+        return Scaler(
+            block_config,
+            self._launch(block_config.provider.block.max_blocks * block_config.provider.block.nodes_per_block),
+            self.paths.blocks,
+            wake=self.wake,
+            backlog=self.broker.backlog,
+            drain_grace_s=self.config.heartbeat_threshold_s + self.config.drain_timeout_s,
+        )
 
     def _launch(self, max_managers: int) -> ManagerLaunch:
         return ManagerLaunch(

@@ -25,7 +25,7 @@ from taskfabric.inbox import Inbox
 from taskfabric.protocol import EndpointStatus, FunctionBody, Result, ResultBatch, Task, TaskBatch, pack
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport, Transport
 
-__all__ = ["BrokerLink", "PublishOutcome"]
+__all__ = ["EndpointBrokerLink", "PublishOutcome"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ class PublishOutcome:
     error: BaseException | None
 
 
-class BrokerLink:
-    """Consumes the endpoint's task queue and publishes to its result queue."""
+class EndpointBrokerLink:
+    """The endpoint's own-credential link: consumes its task queue, publishes to its result queue."""
 
     def __init__(
         self,

@@ -12,12 +12,14 @@ results from anyone watching the network.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import zmq
 
 from taskfabric.errors import TaskfabricError
 from taskfabric.zmq_poll import SocketPoller
 
-__all__ = ["ManagerSockets", "RouterError", "curve_keypair"]
+__all__ = ["ManagerSockets", "RouterError", "RouterSocket", "curve_keypair"]
 
 
 class RouterError(TaskfabricError):
@@ -30,6 +32,24 @@ def curve_keypair() -> tuple[bytes, bytes]:
         raise RouterError("this pyzmq/libzmq has no CURVE support: set interchange_encrypted: false")
     public, secret = zmq.curve_keypair()
     return public, secret
+
+
+class RouterSocket(Protocol):
+    """What the agent and the interchange need of the managers' socket: `ManagerSockets`, or an
+    in-memory stand-in in unit tests."""
+
+    @property
+    def address(self) -> str: ...
+
+    def watch(self, fd: int) -> None: ...
+
+    def poll(self, timeout_s: float) -> tuple[bool, list[int]]: ...
+
+    def receive_all(self, limit: int = 10_000) -> list[tuple[bytes, bytes]]: ...
+
+    def send(self, manager_id: bytes, payload: bytes) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class ManagerSockets:
