@@ -8,6 +8,11 @@
   (`taskfabric broker up|down|status`), configured from `rabbitmq.conf` and `enabled_plugins`
   in this folder.
 
+Who it talks to: RabbitMQ, over AMQP through a `taskfabric.transport.Transport` (declarations) and
+over the HTTP management API (endpoint users, permissions, their connections); `RabbitNode` runs
+`rabbitmq-server` and `rabbitmqctl`. Used by the forwarder (which administers the broker) and by
+the test harnesses; endpoints only follow the names it hands out.
+
 State: none here; the broker's queues hold messages in flight.
 """
 
