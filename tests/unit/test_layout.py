@@ -50,6 +50,7 @@ GROUND_FLOOR = (
     "taskfabric.gc_tuning",
     "taskfabric.daemon",
     "taskfabric.inbox",
+    "taskfabric.conform",
     "taskfabric.processes",
     "taskfabric.zmq_poll",
 )
