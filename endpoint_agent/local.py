@@ -13,7 +13,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -29,6 +28,7 @@ from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.errors import ConfigError, TaskfabricError
 from taskfabric.paths import taskfabric_home
+from taskfabric.processes import pid_alive, terminate_then_kill
 
 __all__ = [
     "LocalEndpoint",
@@ -174,20 +174,12 @@ def start_endpoint(name: str, *, detach: bool, wait_s: float = 15.0) -> int:
     )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not pid_alive(pid):
             raise TaskfabricError(f"the agent of {name!r} exited at once; see {endpoint.paths.log} and agent.stdout")
         if endpoint.pid() == pid:
             return pid
         time.sleep(0.05)
     raise TaskfabricError(f"the agent of {name!r} did not start within {wait_s:g} s; see {endpoint.paths.log}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def stop_endpoint(name: str, *, timeout_s: float | None = None) -> bool:
@@ -199,14 +191,8 @@ def stop_endpoint(name: str, *, timeout_s: float | None = None) -> bool:
         return False
     if timeout_s is None:
         timeout_s = endpoint.config().drain_timeout_s + 30.0
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if endpoint.pid() is None:
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)  # its tasks stay in the ledger and run at the next start
-    endpoint.paths.pid.unlink(missing_ok=True)
+    if not terminate_then_kill(pid, timeout_s):  # killed: its tasks stay in the ledger and run at the next start
+        endpoint.paths.pid.unlink(missing_ok=True)
     return True
 
 
