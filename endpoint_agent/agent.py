@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import os
 import platform
 import queue
 import signal
@@ -45,6 +44,7 @@ from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket, c
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode
 from taskfabric.protocol import EndpointStatus, FunctionBody, Result, TaskError
 from taskfabric.transport import Delivery, Transport
+from taskfabric.wake_pipe import WakePipe
 
 __all__ = ["Agent", "AgentPaths"]
 
@@ -142,9 +142,7 @@ class Agent:
         self.paths = paths
         self.ledger = Ledger(paths.ledger)
         self.functions = _Functions(self.ledger)
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        self._wake_pipe = WakePipe()
         public_key, secret_key = curve_keypair() if config.interchange_encrypted else (None, None)
         self.sockets = sockets or ManagerSockets(
             config.interchange_address, config.interchange_port, curve_secret_key=secret_key
@@ -158,7 +156,7 @@ class Agent:
             registration_token=self.token,
             function_source=self.functions.get,
         )
-        self.sockets.watch(self._wake_read)
+        self.sockets.watch(self._wake_pipe.read_fd)
         self.broker = EndpointBrokerLink(connection, wake=self.wake, transport=transport)
         self.scaler = scaler or self._scaler()
         self.waiting: collections.deque[HeldTask] = collections.deque()
@@ -213,7 +211,7 @@ class Agent:
         """Start, loop until stopped, shut down; returns the process exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        signal.set_wakeup_fd(self._wake_write)
+        signal.set_wakeup_fd(self._wake_pipe.write_fd)
         self.start()
         try:
             while not self.finished:
@@ -266,18 +264,11 @@ class Agent:
         self.broker.close()
         self.ledger.flush()  # staged tasks survive a stop (their messages, unacked, come back too)
         self.ledger.close()
-        for fd in (self._wake_read, self._wake_write):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._wake_pipe.close()
 
     def wake(self) -> None:
         """Make the loop run a pass now (callable from any thread)."""
-        try:
-            os.write(self._wake_write, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already woken (pipe full) or closing
+        self._wake_pipe.wake()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop()
@@ -287,8 +278,8 @@ class Agent:
     def step(self) -> None:
         """One pass of the loop."""
         _ready, fds = self.sockets.poll(self._poll_timeout_s())
-        if self._wake_read in fds:
-            _drain(self._wake_read)
+        if self._wake_pipe.read_fd in fds:
+            self._wake_pipe.drain()
         now = time.monotonic()
         self.ensure_subscribed(now)
         self.take_task_batches()
@@ -527,11 +518,3 @@ def _error_result(held: HeldTask, code: ErrorCode, message: str) -> Result:
         finished_at=now,
         attempts=held.attempts,
     )
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass

@@ -53,6 +53,7 @@ GROUND_FLOOR = (
     "taskfabric.conform",
     "taskfabric.processes",
     "taskfabric.zmq_poll",
+    "taskfabric.wake_pipe",
 )
 #: the kernel's top floor: whole-fabric tools and the shared test harness, above every component
 TOP_FLOOR = ("taskfabric.cli", "taskfabric.__main__", "taskfabric.devfabric", "taskfabric.bench", "taskfabric.testing")
