@@ -33,6 +33,7 @@ from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.endpoint_agent.interchange import Interchange
 from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
 from taskfabric.endpoint_agent.local import (
+    ForwarderEndpoints,
     LocalEndpoint,
     configure_endpoint,
     delete_endpoint,
@@ -51,6 +52,7 @@ __all__ = [
     "EndpointBrokerLink",
     "EndpointConfig",
     "EndpointConnection",
+    "ForwarderEndpoints",
     "HeldTask",
     "Interchange",
     "Ledger",

@@ -16,8 +16,9 @@ import shutil
 import socket
 import sys
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -31,6 +32,7 @@ from taskfabric.paths import taskfabric_home
 from taskfabric.processes import pid_alive, terminate_then_kill
 
 __all__ = [
+    "ForwarderEndpoints",
     "LocalEndpoint",
     "configure_endpoint",
     "delete_endpoint",
@@ -40,6 +42,20 @@ __all__ = [
     "start_endpoint",
     "stop_endpoint",
 ]
+
+
+class ForwarderEndpoints(Protocol):
+    """What the endpoint commands need of the forwarder's HTTP API (`taskfabric.client.Client`
+    is one; tests may pass a stand-in)."""
+
+    def register_endpoint(
+        self, name: str, *, endpoint_id: uuid.UUID | str | None = None, metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]: ...
+
+    def delete_endpoint(self, endpoint_id: uuid.UUID | str) -> None: ...
+
+    def get_endpoint_status(self, endpoint_id: uuid.UUID | str) -> dict[str, Any]: ...
+
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -137,7 +153,7 @@ def configure_endpoint(name: str, *, settings: dict[str, Any] | None = None, ove
     return endpoint.paths.config
 
 
-def register_endpoint(name: str, client: Any) -> EndpointConnection:
+def register_endpoint(name: str, client: ForwarderEndpoints) -> EndpointConnection:
     """Register with the forwarder (keeping the id from an earlier registration) and save the
     broker credentials it hands out."""
     endpoint = LocalEndpoint(name)
@@ -205,7 +221,7 @@ def list_local_endpoints() -> list[dict[str, Any]]:
     ]
 
 
-def delete_endpoint(name: str, client: Any | None) -> None:
+def delete_endpoint(name: str, client: ForwarderEndpoints | None) -> None:
     """Stop the endpoint, delete it from the forwarder (if registered) and remove its folder."""
     endpoint = LocalEndpoint(name)
     endpoint.require()

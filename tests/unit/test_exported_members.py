@@ -155,6 +155,7 @@ EXPECTED: dict[str, list[str]] = {
         "EndpointBrokerLink",
         "EndpointConfig",
         "EndpointConnection",
+        "ForwarderEndpoints",
         "HeldTask",
         "Interchange",
         "Ledger",
