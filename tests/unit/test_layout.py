@@ -1,6 +1,6 @@
 """The package's layering, checked over the source of every module (ast, no imports).
 
-Four rules (see docs/operator.md "How the code is layered" and shared/ARCHITECTURE.md):
+Four rules (see README.md "Layout" and shared/ARCHITECTURE.md):
 
 1. **Layers.** Each module may import only the layers its own layer allows (`ALLOWED_LAYERS`).
    The kernel's ground floor (protocol, transport, errors, settings, ...) imports no component and
