@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -51,6 +51,7 @@ class Forwarder:
     """A store with tasks waiting on one endpoint, its result queue, and an ingestor fed by it."""
 
     def __init__(self, tmp_path: Path, *, failures: int = 0) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
         self.endpoint_id = uuid.uuid4()
         owner = self.store.users.create("researcher").user_id
@@ -108,13 +109,21 @@ class Forwarder:
 
 
 @pytest.fixture
-def forwarder(tmp_path: Path) -> Iterator[Forwarder]:
-    forwarder = Forwarder(tmp_path)
-    yield forwarder
-    forwarder.close()
+def make_forwarder(tmp_path: Path) -> Iterator[Callable[[int], Forwarder]]:
+    """Forwarder(failures=N) factory; each is closed at the end."""
+    made: list[Forwarder] = []
+
+    def make(failures: int) -> Forwarder:
+        made.append(Forwarder(tmp_path / str(len(made)), failures=failures))
+        return made[-1]
+
+    yield make
+    for forwarder in made:
+        forwarder.close()
 
 
-def test_a_result_message_is_acked_only_after_the_store_write(forwarder: Forwarder) -> None:
+def test_a_result_message_is_acked_only_after_the_store_write(make_forwarder: Callable[[int], Forwarder]) -> None:
+    forwarder = make_forwarder(0)
     forwarder.endpoint_publishes_results()
     assert forwarder.tasks.entered.wait(10), "the ingestor never wrote"
     assert forwarder.unacked() == 1, "acked before the results were stored"
@@ -127,29 +136,27 @@ def test_a_result_message_is_acked_only_after_the_store_write(forwarder: Forward
     assert forwarder.transport.queue_depth(QUEUE) == 0
 
 
-def test_while_the_store_fails_the_delivery_stays_unacked_and_is_stored_once_it_recovers(tmp_path: Path) -> None:
-    forwarder = Forwarder(tmp_path, failures=2)
-    try:
-        forwarder.tasks.gate.set()
-        forwarder.endpoint_publishes_results()
-        wait_until(lambda: forwarder.tasks.calls >= 2, what="two failed writes")
-        assert forwarder.unacked() + forwarder.transport.queue_depth(QUEUE) == 1
-        wait_until(lambda: forwarder.unacked() == 0, what="the ack after the third write")
-        assert forwarder.tasks.calls == 3
-        assert forwarder.statuses() == [TaskStatus.SUCCESS] * 3
-    finally:
-        forwarder.close()
+def test_while_the_store_fails_the_delivery_stays_unacked_and_is_stored_once_it_recovers(
+    make_forwarder: Callable[[int], Forwarder],
+) -> None:
+    forwarder = make_forwarder(1_000)
+    forwarder.tasks.gate.set()
+    forwarder.endpoint_publishes_results()
+    wait_until(lambda: forwarder.tasks.calls >= 2, what="two failed writes")
+    assert forwarder.unacked() == 1
+    forwarder.tasks.failures_left = 0  # the database is back
+    wait_until(lambda: forwarder.unacked() == 0, what="the ack after a write that worked")
+    assert forwarder.statuses() == [TaskStatus.SUCCESS] * 3
 
 
-def test_a_forwarder_stopping_while_the_store_fails_leaves_the_results_in_the_queue(tmp_path: Path) -> None:
-    forwarder = Forwarder(tmp_path, failures=1_000)
-    try:
-        forwarder.tasks.gate.set()
-        forwarder.endpoint_publishes_results()
-        wait_until(lambda: forwarder.tasks.calls >= 1, what="a failed write")
-        forwarder.ingestor.stop()
-        forwarder.transport.close()  # the forwarder is gone; its unacked delivery is requeued
-        assert forwarder.broker.queues[QUEUE].ready, "the result message was lost"
-        assert forwarder.statuses() == [TaskStatus.WAITING] * 3
-    finally:
-        forwarder.close()
+def test_a_forwarder_stopping_while_the_store_fails_leaves_the_results_in_the_queue(
+    make_forwarder: Callable[[int], Forwarder],
+) -> None:
+    forwarder = make_forwarder(1_000)
+    forwarder.tasks.gate.set()
+    forwarder.endpoint_publishes_results()
+    wait_until(lambda: forwarder.tasks.calls >= 1, what="a failed write")
+    forwarder.ingestor.stop()
+    forwarder.transport.close()  # the forwarder is gone; its unacked delivery is requeued
+    assert forwarder.broker.queues[QUEUE].ready, "the result message was lost"
+    assert forwarder.statuses() == [TaskStatus.WAITING] * 3
