@@ -1,11 +1,17 @@
 """The RabbitMQ broker: its topology as code, a management API client, and a private node.
 
 - `Topology`: every exchange and queue name, the quorum-queue arguments (delivery limit,
-  at-least-once dead-lettering) and idempotent declarations; per-endpoint permissions.
+  at-least-once dead-lettering) and idempotent declarations; per-endpoint permissions, and the
+  naming rule of endpoint broker users (`broker_username`, `endpoint_id_of_username`).
 - `ManagementClient`: creates and deletes per-endpoint broker users (HTTP management API).
 - `RabbitNode`: starts and stops a private, loopback-only node in a directory
   (`taskfabric broker up|down|status`), configured from `rabbitmq.conf` and `enabled_plugins`
   in this folder.
+
+Who it talks to: RabbitMQ, over AMQP through a `taskfabric.transport.Transport` (declarations) and
+over the HTTP management API (endpoint users, permissions, their connections); `RabbitNode` runs
+`rabbitmq-server` and `rabbitmqctl`. Used by the forwarder (which administers the broker) and by
+the test harnesses; endpoints only follow the names it hands out.
 
 State: none here; the broker's queues hold messages in flight.
 """
@@ -19,6 +25,8 @@ from taskfabric.broker_config.topology import (
     EndpointPermissions,
     EndpointQueues,
     Topology,
+    broker_username,
+    endpoint_id_of_username,
     new_queue_secret,
 )
 
@@ -30,6 +38,8 @@ __all__ = [
     "NodeInfo",
     "RabbitNode",
     "Topology",
+    "broker_username",
+    "endpoint_id_of_username",
     "find_rabbitmq_bin",
     "install_hint",
     "new_queue_secret",

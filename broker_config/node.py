@@ -21,13 +21,13 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from importlib import resources
 from pathlib import Path
 
 from taskfabric.errors import BrokerError, BrokerUnavailable
+from taskfabric.processes import free_ports, port_open
 
 __all__ = ["NodeInfo", "RabbitNode", "find_rabbitmq_bin", "install_hint"]
 
@@ -177,7 +177,7 @@ class RabbitNode:
     def _configure(self, keep_credentials: NodeInfo | None = None) -> NodeInfo:
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
-        amqp, management, dist = _free_ports(3)
+        amqp, management, dist = free_ports(3, _PORT_RANGE, picker=_port_picker)
         info = NodeInfo(
             node_name=keep_credentials.node_name
             if keep_credentials
@@ -280,33 +280,11 @@ class RabbitNode:
                 f"See the logs in {self.directory / 'log'}"
             ) from None
         while time.monotonic() < deadline:  # the AMQP listener comes up last
-            if _port_open(info.amqp_port) and _port_open(info.management_port):
+            if port_open(info.amqp_port) and port_open(info.management_port):
                 return
             time.sleep(0.1)
         raise BrokerUnavailable(f"RabbitMQ node {info.node_name} started but its listeners did not open")
 
     @staticmethod
     def _ports_busy(info: NodeInfo) -> bool:
-        return any(_port_open(port) for port in (info.amqp_port, info.management_port, info.dist_port))
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports in `_PORT_RANGE` (below the ephemeral range)."""
-    chosen: list[int] = []
-    while len(chosen) < count:
-        port = _port_picker.randrange(*_PORT_RANGE)
-        if port in chosen or _port_open(port):
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        chosen.append(port)
-    return chosen
+        return any(port_open(port) for port in (info.amqp_port, info.management_port, info.dist_port))

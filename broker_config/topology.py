@@ -36,11 +36,30 @@ __all__ = [
     "EndpointPermissions",
     "EndpointQueues",
     "Topology",
+    "broker_username",
+    "endpoint_id_of_username",
     "new_queue_secret",
 ]
 
 DEFAULT_DELIVERY_LIMIT = 5
 _SECRET_RE = re.compile(r"^[0-9a-f]{16,64}$")
+#: every endpoint's own broker user is named `ep-<endpoint id>`
+_ENDPOINT_USER_PREFIX = "ep-"
+
+
+def broker_username(endpoint_id: uuid.UUID) -> str:
+    """The broker user of an endpoint."""
+    return f"{_ENDPOINT_USER_PREFIX}{endpoint_id}"
+
+
+def endpoint_id_of_username(username: str | None) -> uuid.UUID | None:
+    """The endpoint id of an endpoint's broker user name (None for other users)."""
+    if not username or not username.startswith(_ENDPOINT_USER_PREFIX):
+        return None
+    try:
+        return uuid.UUID(username[len(_ENDPOINT_USER_PREFIX) :])
+    except ValueError:
+        return None
 
 
 def new_queue_secret() -> str:

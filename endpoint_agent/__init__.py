@@ -1,5 +1,70 @@
-"""The endpoint agent: broker link, ZeroMQ interchange and scaling (not yet built; see issue 3)."""
+"""The endpoint agent: one per resource (a laptop, a lab server, a cluster's login node).
+
+Its job: take task batches from the endpoint's own task queue, record them in its ledger, hand them
+in batches to managers with free capacity, and publish their results to the endpoint's result
+queue, without losing a task when anything crashes (see the ack point in `ledger.py`). It asks a
+Parsl provider (Local, Slurm, PBS, ...) for blocks of managers as the demand grows and shrinks.
+
+Who it talks to: RabbitMQ with the endpoint's own narrow credentials (`EndpointBrokerLink`: reads
+its task queue, publishes results, status reports and dead letters); its managers over a ZeroMQ
+ROUTER (`Interchange` over `ManagerSockets`, CurveZMQ-encrypted by default); the batch scheduler
+through the provider (`Scaler`); the forwarder's HTTP API only to register (`taskfabric endpoint
+start`, through the client library).
+
+Where its state is: the on-disk `Ledger` (`ledger.sqlite`: tasks taken and not yet answered,
+results not yet confirmed by the broker), in the endpoint's folder (`AgentPaths`, by default
+`$TASKFABRIC_HOME/endpoints/NAME/`) next to `config.yaml` (`EndpointConfig`) and
+`connection.json` (`EndpointConnection`). Everything else (tasks waiting for a manager, the
+managers' outstanding tasks, results in flight) is in memory and rebuilt from the ledger at start.
+
+Layers, outside in: `cli_endpoint` / `cli_agent` -> `local` (endpoint folders) -> `Agent` (the
+loop) -> `EndpointBrokerLink`, `Interchange`, `Scaler`, `Ledger`. The agent takes its transport,
+sockets and scaler as optional arguments: unit tests run its loop on a `MemoryTransport` with the
+stand-ins of `taskfabric.endpoint_agent.testing`.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from taskfabric.endpoint_agent.agent import Agent, AgentPaths
+from taskfabric.endpoint_agent.broker_link import EndpointBrokerLink
+from taskfabric.endpoint_agent.cli_agent import run_agent
+from taskfabric.endpoint_agent.config import EndpointConfig
+from taskfabric.endpoint_agent.connection import EndpointConnection
+from taskfabric.endpoint_agent.interchange import Interchange
+from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
+from taskfabric.endpoint_agent.local import (
+    ForwarderEndpoints,
+    LocalEndpoint,
+    configure_endpoint,
+    delete_endpoint,
+    list_local_endpoints,
+    register_endpoint,
+    start_endpoint,
+    stop_endpoint,
+)
+from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
+from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket
+
+__all__ = [
+    "Agent",
+    "AgentPaths",
+    "BlockScaler",
+    "EndpointBrokerLink",
+    "EndpointConfig",
+    "EndpointConnection",
+    "ForwarderEndpoints",
+    "HeldTask",
+    "Interchange",
+    "Ledger",
+    "LocalEndpoint",
+    "ManagerSockets",
+    "RouterSocket",
+    "Scaler",
+    "configure_endpoint",
+    "delete_endpoint",
+    "list_local_endpoints",
+    "register_endpoint",
+    "run_agent",
+    "start_endpoint",
+    "stop_endpoint",
+]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import os
 import platform
 import queue
 import signal
@@ -42,18 +41,19 @@ from pathlib import Path
 from types import FrameType
 
 from taskfabric import __version__
-from taskfabric.endpoint_agent.broker_link import BrokerLink
+from taskfabric.endpoint_agent.broker_link import EndpointBrokerLink
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.endpoint_agent.dispatch import retry_decision
 from taskfabric.endpoint_agent.interchange import Interchange, LostTask
 from taskfabric.endpoint_agent.launch import ManagerLaunch, new_registration_token, write_private_file
 from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
-from taskfabric.endpoint_agent.scaler import Scaler
-from taskfabric.endpoint_agent.zmq_router import ManagerSockets, curve_keypair
+from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
+from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode
 from taskfabric.protocol import EndpointStatus, FunctionBody, Result, TaskError, TaskEvents
-from taskfabric.transport import Delivery
+from taskfabric.transport import Delivery, Transport
+from taskfabric.wake_pipe import WakePipe
 
 __all__ = ["Agent", "AgentPaths"]
 
@@ -135,17 +135,29 @@ class _Functions:
 class Agent:
     """Runs one endpoint until stopped (SIGTERM/SIGINT or `stop()`)."""
 
-    def __init__(self, config: EndpointConfig, connection: EndpointConnection, paths: AgentPaths) -> None:
+    def __init__(
+        self,
+        config: EndpointConfig,
+        connection: EndpointConnection,
+        paths: AgentPaths,
+        *,
+        transport: Transport | None = None,
+        sockets: RouterSocket | None = None,
+        scaler: BlockScaler | None = None,
+    ) -> None:
+        """`transport`, `sockets` and `scaler` default to the real ones (RabbitMQ with the
+        endpoint's credentials, a ZeroMQ ROUTER, a `Scaler` over the configured provider); unit
+        tests pass in-memory ones and drive `step()` (or its named steps) themselves."""
         self.config = config
         self.connection = connection
         self.paths = paths
         self.ledger = Ledger(paths.ledger)
         self.functions = _Functions(self.ledger)
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        self._wake_pipe = WakePipe()
         public_key, secret_key = curve_keypair() if config.interchange_encrypted else (None, None)
-        self.sockets = ManagerSockets(config.interchange_address, config.interchange_port, curve_secret_key=secret_key)
+        self.sockets = sockets or ManagerSockets(
+            config.interchange_address, config.interchange_port, curve_secret_key=secret_key
+        )
         self._interchange_key = public_key
         self.token = new_registration_token()
         self.interchange = Interchange(
@@ -155,17 +167,11 @@ class Agent:
             registration_token=self.token,
             function_source=self.functions.get,
         )
-        self.sockets.watch(self._wake_read)
-        self.broker = BrokerLink(connection, wake=self.wake, consumer_check_period_s=config.consumer_check_period_s)
-        block_config = config.block_config(source=str(paths.config))
-        self.scaler = Scaler(
-            block_config,
-            self._launch(block_config.provider.block.max_blocks * block_config.provider.block.nodes_per_block),
-            paths.blocks,
-            wake=self.wake,
-            backlog=self.broker.backlog,
-            drain_grace_s=config.heartbeat_threshold_s + config.drain_timeout_s,
+        self.sockets.watch(self._wake_pipe.read_fd)
+        self.broker = EndpointBrokerLink(
+            connection, wake=self.wake, transport=transport, consumer_check_period_s=config.consumer_check_period_s
         )
+        self.scaler = scaler or self._scaler()
         self.waiting: collections.deque[HeldTask] = collections.deque()
         self.outbox: list[Result] = []
         self.in_flight: dict[int, list[Result]] = {}
@@ -186,6 +192,17 @@ class Agent:
         self._stop_deadline = 0.0
         self._drained = False
         self.finished = False
+
+    def _scaler(self) -> Scaler:
+        block_config = self.config.block_config(source=str(self.paths.config))
+        return Scaler(
+            block_config,
+            self._launch(block_config.provider.block.max_blocks * block_config.provider.block.nodes_per_block),
+            self.paths.blocks,
+            wake=self.wake,
+            backlog=self.broker.backlog,
+            drain_grace_s=self.config.heartbeat_threshold_s + self.config.drain_timeout_s,
+        )
 
     def _launch(self, max_managers: int) -> ManagerLaunch:
         return ManagerLaunch(
@@ -211,7 +228,7 @@ class Agent:
         """Start, loop until stopped, shut down; returns the process exit code."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        signal.set_wakeup_fd(self._wake_write)
+        signal.set_wakeup_fd(self._wake_pipe.write_fd)
         self.start()
         try:
             while not self.finished:
@@ -264,18 +281,11 @@ class Agent:
         self.broker.close()
         self.ledger.flush()  # staged tasks survive a stop (their messages, unacked, come back too)
         self.ledger.close()
-        for fd in (self._wake_read, self._wake_write):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._wake_pipe.close()
 
     def wake(self) -> None:
         """Make the loop run a pass now (callable from any thread)."""
-        try:
-            os.write(self._wake_write, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already woken (pipe full) or closing
+        self._wake_pipe.wake()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop()
@@ -285,8 +295,8 @@ class Agent:
     def step(self) -> None:
         """One pass of the loop."""
         _ready, fds = self.sockets.poll(self._poll_timeout_s())
-        if self._wake_read in fds:
-            _drain(self._wake_read)
+        if self._wake_pipe.read_fd in fds:
+            self._wake_pipe.drain()
         now = time.monotonic()
         self.ensure_subscribed(now)
         self.report_inventory(now)
@@ -609,11 +619,3 @@ def _error_result(held: HeldTask, code: ErrorCode, message: str) -> Result:
 
 def _cancelled_result(held: HeldTask) -> Result:
     return _error_result(held, ErrorCode.TASK_CANCELLED, "the task was cancelled before it ran")
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass

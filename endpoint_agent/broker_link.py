@@ -46,7 +46,7 @@ from taskfabric.protocol import (
 )
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport, Transport
 
-__all__ = ["BrokerLink", "PublishOutcome"]
+__all__ = ["EndpointBrokerLink", "PublishOutcome"]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ class PublishOutcome:
     error: BaseException | None
 
 
-class BrokerLink:
-    """Consumes the endpoint's task queue and publishes to its result queue."""
+class EndpointBrokerLink:
+    """The endpoint's own-credential link: consumes its task queue, publishes to its result queue."""
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,10 +21,13 @@ from taskfabric.endpoint_agent.local import (
 from taskfabric.exit_codes import RET_OK, RET_STOPPED
 from taskfabric.settings import describe_settings
 
+if TYPE_CHECKING:
+    from taskfabric.client import Client
+
 __all__ = ["endpoint"]
 
 
-def _client() -> Any:
+def _client() -> Client:
     from taskfabric.client import Client
 
     return Client()

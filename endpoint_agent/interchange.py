@@ -21,7 +21,7 @@ from collections.abc import Callable
 from taskfabric.endpoint_agent.blocks import BlockActivity
 from taskfabric.endpoint_agent.dispatch import ManagerSlots, plan_dispatch
 from taskfabric.endpoint_agent.ledger import HeldTask
-from taskfabric.endpoint_agent.zmq_router import ManagerSockets
+from taskfabric.endpoint_agent.zmq_router import RouterSocket
 from taskfabric.errors import ErrorCode, ProtocolError
 from taskfabric.protocol import (
     CancelTasks,
@@ -94,11 +94,12 @@ class StepOutput:
 
 
 class Interchange:
-    """Managers, their capacity and their tasks; the ROUTER socket is `sockets`."""
+    """Managers, their capacity and their tasks; the ROUTER socket is `sockets` (a
+    `ManagerSockets`, or any `RouterSocket`, e.g. an in-memory one in unit tests)."""
 
     def __init__(
         self,
-        sockets: ManagerSockets,
+        sockets: RouterSocket,
         *,
         heartbeat_period_s: float,
         heartbeat_threshold_s: float,

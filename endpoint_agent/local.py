@@ -13,12 +13,12 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import sys
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -29,8 +29,10 @@ from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.errors import ConfigError, TaskfabricError
 from taskfabric.paths import taskfabric_home
+from taskfabric.processes import pid_alive, terminate_then_kill
 
 __all__ = [
+    "ForwarderEndpoints",
     "LocalEndpoint",
     "configure_endpoint",
     "delete_endpoint",
@@ -40,6 +42,20 @@ __all__ = [
     "start_endpoint",
     "stop_endpoint",
 ]
+
+
+class ForwarderEndpoints(Protocol):
+    """What the endpoint commands need of the forwarder's HTTP API (`taskfabric.client.Client`
+    is one; tests may pass a stand-in)."""
+
+    def register_endpoint(
+        self, name: str, *, endpoint_id: uuid.UUID | str | None = None, metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]: ...
+
+    def delete_endpoint(self, endpoint_id: uuid.UUID | str) -> None: ...
+
+    def get_endpoint_status(self, endpoint_id: uuid.UUID | str) -> dict[str, Any]: ...
+
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -137,7 +153,7 @@ def configure_endpoint(name: str, *, settings: dict[str, Any] | None = None, ove
     return endpoint.paths.config
 
 
-def register_endpoint(name: str, client: Any) -> EndpointConnection:
+def register_endpoint(name: str, client: ForwarderEndpoints) -> EndpointConnection:
     """Register with the forwarder (keeping the id from an earlier registration) and save the
     broker credentials it hands out."""
     endpoint = LocalEndpoint(name)
@@ -174,20 +190,12 @@ def start_endpoint(name: str, *, detach: bool, wait_s: float = 15.0) -> int:
     )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not pid_alive(pid):
             raise TaskfabricError(f"the agent of {name!r} exited at once; see {endpoint.paths.log} and agent.stdout")
         if endpoint.pid() == pid:
             return pid
         time.sleep(0.05)
     raise TaskfabricError(f"the agent of {name!r} did not start within {wait_s:g} s; see {endpoint.paths.log}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def stop_endpoint(name: str, *, timeout_s: float | None = None) -> bool:
@@ -199,14 +207,8 @@ def stop_endpoint(name: str, *, timeout_s: float | None = None) -> bool:
         return False
     if timeout_s is None:
         timeout_s = endpoint.config().drain_timeout_s + 30.0
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if endpoint.pid() is None:
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)  # its tasks stay in the ledger and run at the next start
-    endpoint.paths.pid.unlink(missing_ok=True)
+    if not terminate_then_kill(pid, timeout_s):  # killed: its tasks stay in the ledger and run at the next start
+        endpoint.paths.pid.unlink(missing_ok=True)
     return True
 
 
@@ -219,7 +221,7 @@ def list_local_endpoints() -> list[dict[str, Any]]:
     ]
 
 
-def delete_endpoint(name: str, client: Any | None) -> None:
+def delete_endpoint(name: str, client: ForwarderEndpoints | None) -> None:
     """Stop the endpoint, delete it from the forwarder (if registered) and remove its folder."""
     endpoint = LocalEndpoint(name)
     endpoint.require()

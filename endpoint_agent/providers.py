@@ -28,7 +28,6 @@ This module and `blocks` are the only ones that touch Parsl; Parsl's errors stop
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import importlib.util
@@ -36,7 +35,6 @@ import inspect
 import logging
 import re
 import shlex
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +46,7 @@ from parsl.errors import OptionalModuleMissing
 from parsl.launchers.base import Launcher
 from parsl.providers.base import ExecutionProvider
 
+from taskfabric.conform import Mismatch, conform
 from taskfabric.endpoint_agent.block_types import BlockSpec
 from taskfabric.endpoint_agent.containers import ContainerSettings, load_container_settings, wrap_launch_command
 from taskfabric.endpoint_agent.strategy import ScalingSettings
@@ -328,9 +327,10 @@ def _conform_value(param: _Param, value: Any, *, key: str, source: str) -> Any:
     if param.name == "walltime":
         return _check_walltime(value, key=key, source=source)
     try:
-        return _conform(value, param.expected)
-    except _Mismatch:
-        raise ConfigError(f"expected {_describe(param.expected)}, got {value!r}", key=key, source=source) from None
+        return conform(value, param.expected)
+    except Mismatch as bad:
+        message = f"expected {bad.expected}, got {bad.value!r}"
+        raise ConfigError(message, key=f"{key}{bad.where}", source=source) from None
 
 
 def _check_walltime(value: Any, *, key: str, source: str) -> str:
@@ -400,131 +400,6 @@ def _parse_launcher(value: Any, *, key: str, source: str) -> LauncherSpec:
             options[name] = _conform_value(param, item, key=f"{key}.{name}", source=source)
     _require_all(params, options.keys(), key=key, source=source)
     return LauncherSpec(type_name, options)
-
-
-# --- value types --------------------------------------------------------------------------
-
-
-class _Mismatch(Exception):
-    """Internal: a value is not of the expected kind (`_describe` says which kind)."""
-
-
-def _conform(value: Any, expected: Any) -> Any:
-    """`value` checked against annotation `expected` (YAML lists become tuples where wanted)."""
-    if expected is None or expected is Any:
-        return value
-    origin = typing.get_origin(expected)
-    if origin in (typing.Union, types.UnionType):
-        return _conform_union(value, typing.get_args(expected))
-    if expected is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    scalar = _SCALARS.get(expected)
-    if scalar is not None:
-        if scalar[0](value):
-            return float(value) if expected is float else value
-        raise _Mismatch
-    container = _CONTAINERS.get(origin or expected)
-    if container is not None:
-        return container(value, typing.get_args(expected))
-    if isinstance(expected, type) and not isinstance(value, expected):
-        raise _Mismatch
-    return value
-
-
-def _describe(expected: Any) -> str:
-    """An annotation in words, for error messages."""
-    origin, args = typing.get_origin(expected), typing.get_args(expected)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arg) for arg in args)
-    if expected is type(None):
-        return "null"
-    if expected in _SCALARS:
-        return _SCALARS[expected][1]
-    describe_container = _CONTAINER_WORDS.get(origin or expected)
-    if describe_container is not None:
-        return describe_container(args)
-    return f"a {getattr(expected, '__name__', expected)}"
-
-
-def _describe_list(args: tuple[Any, ...]) -> str:
-    return f"a list (of {_describe(args[0])})" if args else "a list"
-
-
-def _describe_dict(args: tuple[Any, ...]) -> str:
-    return f"a mapping (of {_describe(args[0])} to {_describe(args[1])})" if args else "a mapping"
-
-
-def _describe_tuple(args: tuple[Any, ...]) -> str:
-    if not args or Ellipsis in args:
-        return "a list"
-    return f"a list of {len(args)} items ({', '.join(_describe(arg) for arg in args)})"
-
-
-_CONTAINER_WORDS: dict[Any, Callable[[tuple[Any, ...]], str]] = {
-    list: _describe_list,
-    dict: _describe_dict,
-    tuple: _describe_tuple,
-}
-
-
-def _conform_union(value: Any, options: tuple[Any, ...]) -> Any:
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        if option is not type(None):
-            with contextlib.suppress(_Mismatch):
-                return _conform(value, option)
-    raise _Mismatch
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-_SCALARS: dict[Any, tuple[Callable[[Any], bool], str]] = {
-    bool: (lambda v: isinstance(v, bool), "true or false"),
-    int: (_is_int, "an integer"),
-    float: (_is_number, "a number"),
-    str: (lambda v: isinstance(v, str), "a string"),
-}
-
-
-def _conform_list(value: Any, args: tuple[Any, ...]) -> list[Any]:
-    if not isinstance(value, list):
-        raise _Mismatch
-    return [_conform(item, args[0]) for item in value] if args else list(value)
-
-
-def _conform_tuple(value: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    fixed = [arg for arg in args if arg is not Ellipsis]
-    if not isinstance(value, (list, tuple)) or (Ellipsis not in args and args and len(value) != len(args)):
-        raise _Mismatch
-    if not args:
-        return tuple(value)
-    if Ellipsis in args:
-        return tuple(_conform(item, fixed[0]) for item in value)
-    return tuple(_conform(item, arg) for item, arg in zip(value, args, strict=True))
-
-
-def _conform_dict(value: Any, args: tuple[Any, ...]) -> dict[Any, Any]:
-    if not isinstance(value, Mapping):
-        raise _Mismatch
-    if not args:
-        return dict(value)
-    return {_conform(k, args[0]): _conform(v, args[1]) for k, v in value.items()}
-
-
-_CONTAINERS: dict[Any, Callable[[Any, tuple[Any, ...]], Any]] = {
-    list: _conform_list,
-    tuple: _conform_tuple,
-    dict: _conform_dict,
-}
 
 
 # --- creation -----------------------------------------------------------------------------

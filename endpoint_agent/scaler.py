@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from taskfabric.endpoint_agent.block_types import BlockState
 from taskfabric.endpoint_agent.blocks import BlockActivity, BlockManager
@@ -30,7 +30,7 @@ from taskfabric.endpoint_agent.strategy import ScalingPolicy, ScalingSnapshot, d
 from taskfabric.errors import ConfigError, ProviderError
 from taskfabric.logs import wrap_with_logs
 
-__all__ = ["Scaler", "ScalerStatus"]
+__all__ = ["BlockScaler", "Scaler", "ScalerStatus"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,22 @@ class _Observation:
     waiting: int = 0
     outstanding: int = 0
     activity: Mapping[str, BlockActivity] = dataclasses.field(default_factory=dict)
+
+
+class BlockScaler(Protocol):
+    """What the agent's loop needs of its scaler: `Scaler`, or a stand-in in unit tests."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def observe(self, *, waiting: int, outstanding: int, activity: Mapping[str, BlockActivity]) -> None: ...
+
+    def ended_blocks(self) -> list[tuple[str, str]]: ...
+
+    def blocks_to_drain(self) -> list[str]: ...
+
+    def status(self) -> ScalerStatus: ...
 
 
 class Scaler:

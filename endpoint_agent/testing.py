@@ -20,17 +20,30 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cloudpickle
 import psutil
 import yaml
 
-from taskfabric.broker_config import ManagementClient, Topology, new_queue_secret
+from taskfabric.broker_config import ManagementClient, Topology, broker_username, new_queue_secret
+from taskfabric.client.serialization import value_from_result
+from taskfabric.endpoint_agent.blocks import BlockActivity
 from taskfabric.endpoint_agent.connection import EndpointConnection
-from taskfabric.protocol import EndpointStatus, FunctionBody, Result, ResultBatch, Task, TaskBatch, pack, unpack
+from taskfabric.endpoint_agent.scaler import ScalerStatus
+from taskfabric.protocol import (
+    EndpointStatus,
+    FunctionBody,
+    Message,
+    Result,
+    ResultBatch,
+    Task,
+    TaskBatch,
+    pack,
+    unpack,
+)
 from taskfabric.testing import unique_name, wait_until
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport, Transport
 
@@ -38,12 +51,16 @@ __all__ = [
     "FAST_CONFIG",
     "AgentProcess",
     "EndpointHarness",
+    "FakeManagerSockets",
+    "FakeScaler",
     "ResultCollector",
     "RunningEndpoint",
     "TaskFactory",
     "provision_endpoint",
     "publish_batches",
 ]
+
+_M = TypeVar("_M", bound=Message)
 
 
 def provision_endpoint(
@@ -59,7 +76,7 @@ def provision_endpoint(
     endpoint_id = uuid.uuid4()
     queues = topology.endpoint_queues(endpoint_id, new_queue_secret())
     topology.declare_endpoint(admin, queues)
-    username = f"ep-{endpoint_id}"
+    username = broker_username(endpoint_id)
     password = secrets.token_urlsafe(18)
     with ManagementClient(management_url) as management:
         management.create_user(username, password)
@@ -266,9 +283,9 @@ class ResultCollector:
 
     @staticmethod
     def value(result: Result) -> Any:
-        """The task's return value (the test plays the client, which may unpickle its results)."""
+        """The task's return value (the test plays the client, which unpickles its own results)."""
         assert result.ok and result.value is not None, result.error
-        return cloudpickle.loads(result.value)
+        return value_from_result(result.value, worker_python=result.worker_python, task_id=result.task_id)
 
 
 #: fast heartbeats and polling so faults are noticed in seconds
@@ -353,3 +370,77 @@ class EndpointHarness:
                 endpoint.agent.kill_group()
                 management.delete_user(endpoint.connection.username)
         self.topology.delete_shared(self.admin)
+
+
+# --- in-memory stand-ins for unit tests of the agent's loop -----------------------------------
+
+
+class FakeManagerSockets:
+    """A `RouterSocket` without ZeroMQ: the test plays the managers. `from_manager()` queues a
+    message as if a manager sent it; what the interchange sends is decoded into `sent`. A manager
+    id in `unreachable` makes `send` report it gone, as the ROUTER does for a disconnected peer."""
+
+    def __init__(self) -> None:
+        self.address = "tcp://127.0.0.1:1"
+        self.inbox: list[tuple[bytes, bytes]] = []
+        self.sent: list[tuple[bytes, Message]] = []
+        self.watched: list[int] = []
+        self.unreachable: set[bytes] = set()
+        self.closed = False
+
+    def from_manager(self, manager_id: bytes, message: Message) -> None:
+        self.inbox.append((manager_id, pack(message)))
+
+    def sent_to(self, manager_id: bytes, kind: type[_M]) -> list[_M]:
+        return [message for to, message in self.sent if to == manager_id and isinstance(message, kind)]
+
+    def watch(self, fd: int) -> None:
+        self.watched.append(fd)
+
+    def poll(self, timeout_s: float) -> tuple[bool, list[int]]:
+        return bool(self.inbox), []  # never sleeps: the test drives the loop
+
+    def receive_all(self, limit: int = 10_000) -> list[tuple[bytes, bytes]]:
+        taken, self.inbox = self.inbox[:limit], self.inbox[limit:]
+        return taken
+
+    def send(self, manager_id: bytes, payload: bytes) -> bool:
+        if manager_id in self.unreachable:
+            return False
+        self.sent.append((manager_id, unpack(payload)))
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeScaler:
+    """A `BlockScaler` that starts no blocks; `end_block()` reports a block the scheduler ended."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.stopped = False
+        self.observed: list[tuple[int, int]] = []
+        self._ended: list[tuple[str, str]] = []
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def observe(self, *, waiting: int, outstanding: int, activity: Mapping[str, BlockActivity]) -> None:
+        self.observed.append((waiting, outstanding))
+
+    def end_block(self, block_id: str, reason: str) -> None:
+        self._ended.append((block_id, reason))
+
+    def ended_blocks(self) -> list[tuple[str, str]]:
+        ended, self._ended = self._ended, []
+        return ended
+
+    def blocks_to_drain(self) -> list[str]:
+        return []
+
+    def status(self) -> ScalerStatus:
+        return ScalerStatus()

@@ -12,11 +12,14 @@ results from anyone watching the network.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import zmq
 
 from taskfabric.errors import TaskfabricError
+from taskfabric.zmq_poll import SocketPoller
 
-__all__ = ["ManagerSockets", "RouterError", "curve_keypair"]
+__all__ = ["ManagerSockets", "RouterError", "RouterSocket", "curve_keypair"]
 
 
 class RouterError(TaskfabricError):
@@ -29,6 +32,24 @@ def curve_keypair() -> tuple[bytes, bytes]:
         raise RouterError("this pyzmq/libzmq has no CURVE support: set interchange_encrypted: false")
     public, secret = zmq.curve_keypair()
     return public, secret
+
+
+class RouterSocket(Protocol):
+    """What the agent and the interchange need of the managers' socket: `ManagerSockets`, or an
+    in-memory stand-in in unit tests."""
+
+    @property
+    def address(self) -> str: ...
+
+    def watch(self, fd: int) -> None: ...
+
+    def poll(self, timeout_s: float) -> tuple[bool, list[int]]: ...
+
+    def receive_all(self, limit: int = 10_000) -> list[tuple[bytes, bytes]]: ...
+
+    def send(self, manager_id: bytes, payload: bytes) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class ManagerSockets:
@@ -57,26 +78,14 @@ class ManagerSockets:
             self._socket.close()
             raise RouterError(f"cannot bind the interchange to {address}:{port or 'a free port'}: {exc}") from None
         self.address = f"tcp://{address}:{self.port}"
-        self._poller = zmq.Poller()
-        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller = SocketPoller(self._socket, error=RouterError)
 
     def watch(self, fd: int) -> None:
-        self._poller.register(fd, zmq.POLLIN)
+        self._poller.watch(fd)
 
     def poll(self, timeout_s: float) -> tuple[bool, list[int]]:
         """Wait up to `timeout_s`; returns (messages waiting, readable fds)."""
-        try:
-            events = self._poller.poll(max(0, int(timeout_s * 1000)))
-        except zmq.ZMQError as exc:
-            raise RouterError(f"poll failed: {exc}") from None
-        ready = False
-        fds: list[int] = []
-        for item, _mask in events:
-            if item is self._socket:
-                ready = True
-            else:
-                fds.append(int(item))
-        return ready, fds
+        return self._poller.poll(timeout_s)
 
     def receive_all(self, limit: int = 10_000) -> list[tuple[bytes, bytes]]:
         """Waiting (manager id, payload) pairs, at most `limit`; never blocks."""

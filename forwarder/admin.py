@@ -121,7 +121,7 @@ def requeue_dead_letter(settings: ForwarderSettings, dead_letter_id: str) -> uui
     """Publish the kept task message again to its endpoint's task queue and forget the entry;
     returns the task id. Refused (`TaskfabricError`) for an entry without a task, a task that has
     finished (or is no longer stored), or an endpoint that no longer exists."""
-    from taskfabric.forwarder.broker import BrokerLink  # the broker only for this command
+    from taskfabric.forwarder.broker import AdminBrokerLink  # the broker only for this command
 
     with Store.open(settings.store_url) as store:
         record = _dead_letter(store, dead_letter_id)
@@ -137,7 +137,7 @@ def requeue_dead_letter(settings: ForwarderSettings, dead_letter_id: str) -> uui
             raise TaskfabricError(f"the endpoint {task.endpoint_id} of task {record.task_id} no longer exists")
         if not isinstance(_decoded(record.body), TaskBatch):
             raise TaskfabricError(f"dead letter {dead_letter_id} does not hold a task message: not re-queued")
-        broker = BrokerLink(settings)
+        broker = AdminBrokerLink(settings)
         try:
             broker.start()
             queues = broker.queues_of(endpoint.endpoint_id, endpoint.queue_secret)

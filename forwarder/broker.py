@@ -18,44 +18,61 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
+from typing import Any, Protocol
 
-from taskfabric.broker_config import EndpointQueues, ManagementClient, Topology
+from taskfabric.broker_config import (
+    EndpointPermissions,
+    EndpointQueues,
+    ManagementClient,
+    Topology,
+    broker_username,
+)
 from taskfabric.errors import BrokerError, PublishTimeout
 from taskfabric.forwarder.settings import ForwarderSettings
-from taskfabric.transport import OutgoingMessage, RabbitTransport
+from taskfabric.transport import OutgoingMessage, RabbitTransport, Transport
 
-__all__ = ["TASK_BATCH_CONTENT_TYPE", "BrokerLink", "broker_username", "endpoint_id_of_username"]
+__all__ = ["TASK_BATCH_CONTENT_TYPE", "AdminBrokerLink", "EndpointUsers"]
 
 log = logging.getLogger(__name__)
 
 TASK_BATCH_CONTENT_TYPE = "application/x-taskfabric"
-_USER_PREFIX = "ep-"
 
 
-def broker_username(endpoint_id: uuid.UUID) -> str:
-    """The broker user of an endpoint."""
-    return f"{_USER_PREFIX}{endpoint_id}"
+class EndpointUsers(Protocol):
+    """What the forwarder needs of the management API: endpoint broker users and their
+    connections, and the queues' health (`ManagementClient`, or a stand-in in unit tests)."""
+
+    def queue_states(self) -> dict[str, dict[str, Any]]: ...
+
+    def create_user(self, name: str, password: str) -> None: ...
+
+    def set_permissions(self, user: str, permissions: EndpointPermissions) -> None: ...
+
+    def close_connections_of(self, user: str, *, reason: str = ...) -> int: ...
+
+    def delete_user(self, name: str) -> None: ...
+
+    def close(self) -> None: ...
 
 
-def endpoint_id_of_username(username: str | None) -> uuid.UUID | None:
-    """The endpoint id of an endpoint's broker user name (None for other users)."""
-    if not username or not username.startswith(_USER_PREFIX):
-        return None
-    try:
-        return uuid.UUID(username[len(_USER_PREFIX) :])
-    except ValueError:
-        return None
+class AdminBrokerLink:
+    """The forwarder's administrator link: its transport, the topology and the management API,
+    used together (declares queues, issues endpoint credentials, publishes task batches)."""
 
-
-class BrokerLink:
-    """The administrator transport, the topology and the management API, used together."""
-
-    def __init__(self, settings: ForwarderSettings) -> None:
+    def __init__(
+        self,
+        settings: ForwarderSettings,
+        *,
+        transport: Transport | None = None,
+        management: EndpointUsers | None = None,
+    ) -> None:
+        """`transport` and `management` default to the real ones (RabbitMQ as the administrator
+        user, the management HTTP API); unit tests pass in-memory ones."""
         self.topology = Topology(prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit)
-        self.transport = RabbitTransport(
+        self.transport = transport or RabbitTransport(
             settings.amqp_url, connection_name="taskfabric-forwarder", confirm_timeout_s=settings.confirm_timeout_s
         )
-        self.management = ManagementClient(settings.management_url, vhost=settings.vhost)
+        self.management = management or ManagementClient(settings.management_url, vhost=settings.vhost)
         self._connect_timeout_s = settings.broker_connect_timeout_s
 
     @property

@@ -19,9 +19,8 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 
-from taskfabric.broker_config import Topology
+from taskfabric.broker_config import Topology, broker_username
 from taskfabric.errors import BrokerError, ProtocolError
-from taskfabric.forwarder.broker import broker_username
 from taskfabric.forwarder.records import EndpointRecord
 from taskfabric.inbox import Inbox
 from taskfabric.protocol import EndpointStatus, Message, ResultBatch, TaskEvents, unpack

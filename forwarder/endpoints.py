@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
-from taskfabric.broker_config import EndpointQueues, new_queue_secret
+from taskfabric.broker_config import EndpointQueues, broker_username, new_queue_secret
 from taskfabric.errors import BrokerError, ErrorCode, NotFoundError, PermissionDenied, ServiceError
-from taskfabric.forwarder.broker import BrokerLink, broker_username
+from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.ingest import StatusBook
 from taskfabric.forwarder.queue_health import QueueDoctor
@@ -71,7 +71,7 @@ class EndpointRegistry:
         *,
         store: Store,
         runner: StoreRunner,
-        broker: BrokerLink,
+        broker: AdminBrokerLink,
         consumers: ResultConsumers,
         statuses: StatusBook,
         on_failed: Callable[[Sequence[TaskRecord]], None],

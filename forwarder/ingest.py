@@ -30,8 +30,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from taskfabric.broker_config import endpoint_id_of_username
 from taskfabric.errors import ErrorCode, StoreError
-from taskfabric.forwarder.broker import endpoint_id_of_username
 from taskfabric.forwarder.consumers import DeadLetter, Incoming
 from taskfabric.forwarder.records import DeadLetterRecord, StatusReport, TaskRecord
 from taskfabric.forwarder.store import Failure, Store, StoreRunner

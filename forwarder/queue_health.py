@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from taskfabric.broker_config import EndpointQueues
-from taskfabric.forwarder.broker import BrokerLink
+from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.records import EndpointRecord
 
@@ -64,7 +64,7 @@ class QueueDoctor:
 
     def __init__(
         self,
-        broker: BrokerLink,
+        broker: AdminBrokerLink,
         consumers: ResultConsumers,
         *,
         confirmations: int = 2,

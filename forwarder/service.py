@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from taskfabric.errors import AuthenticationError, TaskfabricError
 from taskfabric.forwarder.auth import AUTHENTICATION_REQUIRED, AuthProvider, make_provider
 from taskfabric.forwarder.batching import FunctionBodyCache
-from taskfabric.forwarder.broker import BrokerLink
+from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FunctionRegistry
@@ -57,7 +57,7 @@ class Forwarder:
         self.store: Store
         self.runner: StoreRunner
         self.auth: AuthProvider
-        self.broker: BrokerLink
+        self.broker: AdminBrokerLink
         self.ingestor: Ingestor
         self.consumers: ResultConsumers
         self.functions: FunctionRegistry
@@ -111,7 +111,7 @@ class Forwarder:
         self._cleanups.append(lambda: self._auth_executor.shutdown(wait=True))
 
     async def _connect_broker(self) -> None:
-        self.broker = BrokerLink(self.settings)
+        self.broker = AdminBrokerLink(self.settings)
         self._cleanups.append(self.broker.close)
         await asyncio.to_thread(self.broker.start)
 

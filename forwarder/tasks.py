@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from taskfabric.broker_config import EndpointQueues
 from taskfabric.errors import BrokerError, NotFoundError, PermissionDenied, PublishTimeout, ServiceError
 from taskfabric.forwarder.batching import FunctionBodyCache, plan_task_batches
-from taskfabric.forwarder.broker import BrokerLink
+from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FORBIDDEN, NOT_FOUND
 from taskfabric.forwarder.records import Identity, NewTask, TaskRecord
@@ -80,7 +80,7 @@ class TaskService:
         *,
         store: Store,
         runner: StoreRunner,
-        broker: BrokerLink,
+        broker: AdminBrokerLink,
         endpoints: EndpointRegistry,
         cache: FunctionBodyCache,
     ) -> None:

@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import httpx
 import yaml
 
 from taskfabric.errors import StoreError, TaskfabricError
+from taskfabric.processes import free_port
 from taskfabric.protocol import CancelTasks, EndpointStatus, Result, ResultBatch, TaskBatch, pack, unpack
 from taskfabric.testing import wait_until
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
@@ -238,7 +238,7 @@ def _private_cluster(directory: Path) -> Iterator[str]:
         as_user = ["runuser", "-u", "postgres", "--"]
         directory.mkdir(parents=True, exist_ok=True)
         shutil.chown(directory, "postgres")
-    port = _free_port()
+    port = free_port()
     run = [*as_user, str(_PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
     done = subprocess.run(run, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -267,13 +267,6 @@ def _private_cluster(directory: Path) -> Iterator[str]:
             capture_output=True,
             check=False,
         )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 # --- Globus Auth stand-in -----------------------------------------------------------------

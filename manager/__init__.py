@@ -6,6 +6,9 @@ the only place user payloads are unpickled), and returns results in batches. A w
 replaced and its task reported as `WORKER_LOST`; a task past its walltime is stopped
 (`WALLTIME_EXCEEDED`); the manager exits when drained or when the interchange goes silent.
 
+Who it talks to: the agent's interchange only (a ZeroMQ DEALER, CurveZMQ-encrypted when the agent
+says so) and its own worker processes (over pipes); never the broker or the forwarder.
+
 State: the tasks queued on this node and the pool's per-worker assignments, in memory only.
 """
 

@@ -49,6 +49,7 @@ from taskfabric.protocol import (
     pack,
     unpack,
 )
+from taskfabric.wake_pipe import WakePipe
 
 __all__ = ["EXIT_DRAINED", "EXIT_INTERCHANGE_LOST", "EXIT_REFUSED", "Manager", "ManagerSettings"]
 
@@ -108,7 +109,7 @@ class Manager:
         self.draining = False
         self.stopping = False
         self.exit_code: int | None = None
-        self._wake_read = -1
+        self._wake_pipe: WakePipe | None = None
         self._last_heard = time.monotonic()
         self._last_heartbeat_sent = 0.0
         self._walltime_kills: dict[int, uuid.UUID] = {}
@@ -121,11 +122,9 @@ class Manager:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         # a signal wakes the poll at once (its handler alone would run only after the poll times out)
-        self._wake_read, wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(wake_write, False)
-        signal.set_wakeup_fd(wake_write)
-        self.link.watch(self._wake_read)
+        self._wake_pipe = WakePipe()
+        signal.set_wakeup_fd(self._wake_pipe.write_fd)
+        self.link.watch(self._wake_pipe.read_fd)
         self.pool.start()
         for fd in self.pool.result_fds:
             self.link.watch(fd)
@@ -143,8 +142,8 @@ class Manager:
         if socket_ready:
             self.process_interchange_messages()
         for fd in fds:
-            if fd == self._wake_read:
-                _drain_fd(fd)
+            if self._wake_pipe is not None and fd == self._wake_pipe.read_fd:
+                self._wake_pipe.drain()
             else:
                 self.process_worker_output(fd)
         self.dispatch_to_workers()
@@ -361,14 +360,6 @@ class Manager:
         if next_kill_s is not None:
             timeout = min(timeout, next_kill_s)
         return timeout
-
-
-def _drain_fd(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def _cancelled_result(task: Task, message: str) -> Result:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import zmq
 
 from taskfabric.errors import TaskfabricError
+from taskfabric.zmq_poll import SocketPoller
 
 __all__ = ["InterchangeLink", "LinkError"]
 
@@ -36,8 +37,7 @@ class InterchangeLink:
         except zmq.ZMQError as exc:
             self._socket.close()
             raise LinkError(f"cannot connect to the interchange at {address!r}: {exc}") from None
-        self._poller = zmq.Poller()
-        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller = SocketPoller(self._socket, error=LinkError)
 
     def _use_curve(self, server_key: bytes) -> None:
         if not zmq.has("curve"):
@@ -53,25 +53,14 @@ class InterchangeLink:
         self._socket.setsockopt(zmq.CURVE_SECRETKEY, secret)
 
     def watch(self, fd: int) -> None:
-        self._poller.register(fd, zmq.POLLIN)
+        self._poller.watch(fd)
 
     def unwatch(self, fd: int) -> None:
-        self._poller.unregister(fd)
+        self._poller.unwatch(fd)
 
     def poll(self, timeout_s: float) -> tuple[bool, list[int]]:
         """Wait up to `timeout_s`; returns (the socket has messages, readable fds)."""
-        try:
-            events = self._poller.poll(max(0, int(timeout_s * 1000)))
-        except zmq.ZMQError as exc:
-            raise LinkError(f"poll failed: {exc}") from None
-        socket_ready = False
-        fds: list[int] = []
-        for item, _mask in events:
-            if item is self._socket:
-                socket_ready = True
-            else:
-                fds.append(int(item))
-        return socket_ready, fds
+        return self._poller.poll(timeout_s)
 
     def send(self, payload: bytes) -> None:
         try:

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from taskfabric.daemon import spawn_detached
 from taskfabric.errors import TaskfabricError
 from taskfabric.exit_codes import RET_OK, RET_STOPPED
 from taskfabric.paths import taskfabric_home
+from taskfabric.processes import free_port, pid_alive, port_free, terminate_then_kill
 
 __all__ = ["DevState", "dev", "dev_down", "dev_status", "dev_up"]
 
@@ -76,8 +76,8 @@ def dev_up(*, workers: int | None = None, announce: Any = print) -> DevState:
     info = RabbitNode(root / "broker").start()
     if not _forwarder_alive(state):
         port = _port_of(state.forwarder_url) or DEFAULT_PORT
-        if not _port_free(port):
-            port = _free_port()
+        if not port_free(port):
+            port = free_port()
         state.forwarder_url = f"http://127.0.0.1:{port}"
         settings_file = _write_forwarder_settings(root, info.amqp_url, info.management_url, port)
         state.token = _dev_token(settings_file, saved=state.token)
@@ -101,8 +101,7 @@ def dev_down(*, announce: Any = print) -> None:
     if LocalEndpoint(DEV_ENDPOINT).exists and stop_endpoint(DEV_ENDPOINT, timeout_s=60):
         announce(f"stopped endpoint {DEV_ENDPOINT!r}")
     if _forwarder_alive(state) and state.forwarder_pid:
-        os.kill(state.forwarder_pid, signal.SIGTERM)
-        _wait_gone(state.forwarder_pid, 30)
+        terminate_then_kill(state.forwarder_pid, 30)
         announce("stopped the forwarder")
     state.forwarder_pid = None
     state.save()
@@ -240,24 +239,12 @@ def _wait_online(state: DevState, timeout_s: float = 60.0) -> None:
 
 
 def _forwarder_alive(state: DevState) -> bool:
-    if not state.forwarder_pid or not state.forwarder_url:
+    if not state.forwarder_pid or not state.forwarder_url or not pid_alive(state.forwarder_pid):
         return False
     try:
-        os.kill(state.forwarder_pid, 0)
         return httpx.get(f"{state.forwarder_url}/v1/version", timeout=2).status_code == 200
-    except (ProcessLookupError, PermissionError, httpx.HTTPError):
+    except httpx.HTTPError:
         return False
-
-
-def _wait_gone(pid: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
 
 
 def _port_of(url: str) -> int | None:
@@ -265,21 +252,6 @@ def _port_of(url: str) -> int | None:
         return int(url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]) if url else None
     except (IndexError, ValueError):
         return None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 # --- commands -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from taskfabric.conform import Mismatch, conform
 from taskfabric.errors import ConfigError
 
 __all__ = ["SettingDoc", "describe_settings", "load_settings", "load_yaml", "setting", "settings_from_env"]
@@ -161,97 +162,20 @@ def _type_name(annotation: Any) -> str:
     return describe() if describe else getattr(annotation, "__name__", str(annotation))
 
 
-class _Bad(Exception):
-    """Internal: a value is not of the expected kind (turned into a ConfigError by `_coerce`)."""
-
-
-def _scalar(check: Callable[[Any], bool], convert: Callable[[Any], Any], expected: str) -> Callable[[Any], Any]:
-    def coerce(value: Any) -> Any:
-        if check(value):
-            return convert(value)
-        raise _Bad(expected)
-
-    return coerce
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-_SCALAR_COERCERS: dict[Any, Callable[[Any], Any]] = {
-    bool: _scalar(lambda v: isinstance(v, bool), bool, "true or false"),
-    int: _scalar(lambda v: isinstance(v, int) and not isinstance(v, bool), int, "an integer"),
-    float: _scalar(_is_number, float, "a number"),
-    str: _scalar(lambda v: isinstance(v, str), str, "a string"),
-    Path: _scalar(lambda v: isinstance(v, (str, Path)) and bool(str(v)), lambda v: Path(v).expanduser(), "a path"),
-}
-
-
 def _coerce(annotation: Any, value: Any, *, key: str, source: str) -> Any:
-    """`value` converted to `annotation`, or a ConfigError naming `key`."""
+    """`value` converted to `annotation`, or a ConfigError naming `key` (and the bad item in it)."""
+
+    def nested(inner: Any, item: Any, where: str) -> Any:
+        if dataclasses.is_dataclass(inner):
+            return load_settings(inner, {} if item is None else item, source=source, prefix=f"{key}{where}.")  # type: ignore[arg-type]
+        return NotImplemented
+
     try:
-        return _coerce_or_bad(annotation, value, key=key, source=source)
-    except _Bad as bad:
-        raise ConfigError(f"expected {bad}, got {value!r}", key=key, source=source) from None
-
-
-def _coerce_or_bad(annotation: Any, value: Any, *, key: str, source: str) -> Any:
-    if annotation is Any:
-        return value
-    scalar = _SCALAR_COERCERS.get(annotation)
-    if scalar is not None:
-        return scalar(value)
-    composite = _COMPOSITE_COERCERS.get(typing.get_origin(annotation))
-    if composite is not None:
-        return composite(annotation, value, key, source)
-    if dataclasses.is_dataclass(annotation):
-        return load_settings(annotation, {} if value is None else value, source=source, prefix=f"{key}.")  # type: ignore[arg-type]
-    raise TypeError(f"unsupported settings annotation {annotation!r} for {key}")
-
-
-def _coerce_literal(annotation: Any, value: Any, key: str, source: str) -> Any:
-    choices = typing.get_args(annotation)
-    if value in choices:
-        return value
-    raise _Bad("one of " + ", ".join(repr(choice) for choice in choices))
-
-
-def _coerce_list(annotation: Any, value: Any, key: str, source: str) -> Any:
-    if not isinstance(value, list):
-        raise _Bad("a list")
-    (item_type,) = typing.get_args(annotation)
-    return [_coerce(item_type, item, key=f"{key}[{index}]", source=source) for index, item in enumerate(value)]
-
-
-def _coerce_dict(annotation: Any, value: Any, key: str, source: str) -> Any:
-    if not isinstance(value, Mapping):
-        raise _Bad("a mapping")
-    value_type = typing.get_args(annotation)[1]
-    return {str(k): _coerce(value_type, v, key=f"{key}.{k}", source=source) for k, v in value.items()}
-
-
-def _coerce_union(annotation: Any, value: Any, key: str, source: str) -> Any:
-    args = typing.get_args(annotation)
-    if value is None and type(None) in args:
-        return None
-    non_none = [arg for arg in args if arg is not type(None)]
-    if len(non_none) == 1:
-        return _coerce_or_bad(non_none[0], value, key=key, source=source)
-    for arg in non_none:
-        try:
-            return _coerce(arg, value, key=key, source=source)
-        except ConfigError:
-            continue
-    raise _Bad(_type_name(annotation))
-
-
-_COMPOSITE_COERCERS: dict[Any, Callable[[Any, Any, str, str], Any]] = {
-    typing.Literal: _coerce_literal,
-    list: _coerce_list,
-    dict: _coerce_dict,
-    types.UnionType: _coerce_union,
-    typing.Union: _coerce_union,
-}
+        return conform(value, annotation, nested=nested)
+    except Mismatch as bad:
+        raise ConfigError(
+            f"expected {bad.expected}, got {bad.value!r}", key=f"{key}{bad.where}", source=source
+        ) from None
 
 
 def _check_bounds(field: dataclasses.Field[Any], value: Any, *, key: str, source: str) -> None:

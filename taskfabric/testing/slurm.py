@@ -38,6 +38,7 @@ from types import TracebackType
 import psutil
 
 from taskfabric.errors import TaskfabricError
+from taskfabric.processes import free_ports
 from taskfabric.testing.apt import MissingSystemPackages, ensure_packages
 
 __all__ = ["SLURM_PACKAGES", "SlurmCluster", "SlurmJob", "SlurmUnavailable", "install_slurm"]
@@ -231,7 +232,7 @@ class SlurmCluster:
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(os.urandom(1024))
-        self.conf_path.write_text(self._config_text(*_free_ports(2)))
+        self.conf_path.write_text(self._config_text(*free_ports(2, _PORT_RANGE, picker=_port_picker)))
 
     def _config_text(self, ctld_port: int, slurmd_port: int) -> str:
         d = self.directory
@@ -425,25 +426,6 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct free ports below the ephemeral range."""
-    chosen: list[int] = []
-    while len(chosen) < count:
-        port = _port_picker.randrange(*_PORT_RANGE)
-        if port not in chosen and _port_free(port):
-            chosen.append(port)
-    return chosen
 
 
 def _parse_jobs(text: str) -> list[SlurmJob]:

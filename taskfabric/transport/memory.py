@@ -228,7 +228,11 @@ class MemoryTransport(Transport):
     def close(self) -> None:
         if not self._open:
             return
-        self.drop_connection()
+        with self.broker.lock:
+            self.generation += 1  # its delivery tags are stale now
+            for consumer in self._consumers:  # a closed connection's consumers are gone, as on RabbitMQ
+                consumer.cancel()  # (which requeues what they held unacked)
+            self._consumers.clear()
         self._open = False
         self._work.put(None)
         if self._thread is not None:

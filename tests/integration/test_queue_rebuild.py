@@ -30,7 +30,7 @@ from taskfabric.endpoint_agent.local import (
 )
 from taskfabric.errors import BrokerError, TaskQueueLost
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
-from taskfabric.forwarder.broker import BrokerLink
+from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.testing import ForwarderProcess
 from taskfabric.testing import unique_name, wait_until
 
@@ -185,7 +185,7 @@ def test_the_registration_probe_proves_queues_and_refuses_a_leaderless_one(node:
             "confirm_timeout_s": 2.0,
         }
     )
-    link = BrokerLink(settings)
+    link = AdminBrokerLink(settings)
     link.start()
     try:
         queues = link.queues_of(uuid.uuid4(), new_queue_secret())

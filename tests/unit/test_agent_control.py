@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from taskfabric.broker_config import EndpointQueues, Topology, new_queue_secret
-from taskfabric.endpoint_agent.broker_link import BrokerLink
+from taskfabric.endpoint_agent.broker_link import EndpointBrokerLink
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.protocol import CancelTasks, Task, TaskBatch, pack
 from taskfabric.testing import wait_until
@@ -57,7 +57,9 @@ def test_cancels_are_taken_before_tasks(
     _publish(admin, topology, queues.task_queue, pack(TaskBatch(tasks=[_task()])))
     _publish(admin, topology, queues.control_queue, pack(CancelTasks(task_ids=early)))
     _publish(admin, topology, queues.control_queue, pack(CancelTasks(task_ids=late)))
-    link = BrokerLink(connection, wake=lambda: None, prefetch_messages=1, transport=MemoryTransport(admin.broker))
+    link = EndpointBrokerLink(
+        connection, wake=lambda: None, prefetch_messages=1, transport=MemoryTransport(admin.broker)
+    )
     link.start()
     try:
         assert link.subscribe() is False  # a cancel is still waiting in the control queue
@@ -91,7 +93,7 @@ def test_an_old_connection_without_a_control_queue_still_takes_tasks(
     admin, topology, queues, connection = setup
     old = EndpointConnection(**{**connection.__dict__, "control_queue": None})
     _publish(admin, topology, queues.task_queue, pack(TaskBatch(tasks=[_task()])))
-    link = BrokerLink(old, wake=lambda: None, transport=MemoryTransport(admin.broker))
+    link = EndpointBrokerLink(old, wake=lambda: None, transport=MemoryTransport(admin.broker))
     link.start()
     try:
         assert link.subscribe() is True

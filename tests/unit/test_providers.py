@@ -372,3 +372,10 @@ def test_the_docs_describe_every_key_of_every_supported_provider_and_launcher() 
         assert f"`{name}`" in text, name
     for key in ["container_type", "container_uri", "container_cmd_options", "workers_per_node", "max_idle_time_s"]:
         assert f"`{key}`" in text, key
+
+
+def test_a_bad_item_inside_an_option_is_named_with_its_place() -> None:
+    options = {"type": "KubernetesProvider", "image": "img", "persistent_volumes": [["a", "/b"], ["c", 3]]}
+    with pytest.raises(ConfigError, match=r"expected a string, got 3") as caught:
+        parse_provider_config(options)
+    assert caught.value.key == "provider.persistent_volumes[1][1]"

@@ -1,0 +1,97 @@
+"""The forwarder's administrator link without a broker: `AdminBrokerLink` on a `MemoryTransport`
+with a stand-in for the management API. Endpoint queues, narrow credentials named by the
+topology's rule, and task messages on the endpoint's own queue, signed with the forwarder's user."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from taskfabric.broker_config import EndpointPermissions, broker_username, endpoint_id_of_username, new_queue_secret
+from taskfabric.forwarder.broker import AdminBrokerLink
+from taskfabric.forwarder.settings import ForwarderSettings
+from taskfabric.testing import wait_until
+from taskfabric.transport import Delivery, MemoryBroker, MemoryTransport
+
+
+class FakeEndpointUsers:
+    """The management API's endpoint users, in a dict (an `EndpointUsers`)."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, str] = {}
+        self.permissions: dict[str, EndpointPermissions] = {}
+        self.closed_for: list[tuple[str, str]] = []
+
+    def create_user(self, name: str, password: str) -> None:
+        self.users[name] = password
+
+    def set_permissions(self, user: str, permissions: EndpointPermissions) -> None:
+        self.permissions[user] = permissions
+
+    def close_connections_of(self, user: str, *, reason: str = "credentials revoked") -> int:
+        self.closed_for.append((user, reason))
+        return 1
+
+    def delete_user(self, name: str) -> None:
+        self.users.pop(name, None)
+        self.permissions.pop(name, None)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def link() -> Iterator[AdminBrokerLink]:
+    settings = ForwarderSettings(topology_prefix="unit")
+    link = AdminBrokerLink(
+        settings, transport=MemoryTransport(MemoryBroker(), username="forwarder"), management=FakeEndpointUsers()
+    )
+    link.start()
+    yield link
+    link.close()
+
+
+def _users(link: AdminBrokerLink) -> FakeEndpointUsers:
+    assert isinstance(link.management, FakeEndpointUsers)
+    return link.management
+
+
+def test_endpoint_users_follow_the_topologys_naming_rule() -> None:
+    endpoint_id = uuid.uuid4()
+    assert endpoint_id_of_username(broker_username(endpoint_id)) == endpoint_id
+    assert endpoint_id_of_username("forwarder") is None
+    assert endpoint_id_of_username("ep-not-a-uuid") is None
+    assert endpoint_id_of_username(None) is None
+
+
+def test_credentials_are_narrow_and_rekeying_closes_old_connections(link: AdminBrokerLink) -> None:
+    endpoint_id = uuid.uuid4()
+    queues = link.queues_of(endpoint_id, new_queue_secret())
+    link.declare_endpoint_queues(queues)
+    first = link.issue_credentials(endpoint_id, queues, revoke_old=False)
+    users = _users(link)
+    username = broker_username(endpoint_id)
+    assert users.users == {username: first}
+    assert users.permissions[username] == link.topology.endpoint_permissions(queues)
+    assert users.closed_for == []
+
+    second = link.issue_credentials(endpoint_id, queues, revoke_old=True)
+    assert second != first and users.users[username] == second
+    assert [user for user, _reason in users.closed_for] == [username]
+
+    link.revoke_credentials(endpoint_id)
+    assert username not in users.users
+
+
+def test_task_messages_reach_the_endpoints_queue_signed_by_the_forwarder(link: AdminBrokerLink) -> None:
+    queues = link.queues_of(uuid.uuid4(), new_queue_secret())
+    link.declare_endpoint_queues(queues)
+    for future in link.publish_task_messages(queues, [b"first", b"second"]):
+        future.result(timeout=5)
+    received: list[Delivery] = []
+    link.transport.consume(queues.task_queue, received.append, prefetch=10)
+    wait_until(lambda: len(received) == 2, what="both task messages")
+    assert [delivery.body for delivery in received] == [b"first", b"second"]
+    assert {delivery.user_id for delivery in received} == {"forwarder"}
