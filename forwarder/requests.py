@@ -63,6 +63,8 @@ class SubmitRequest:
     client_python: str
     #: msgpack only: the client sent `"id_format": "binary"` and gets its task ids as 16-byte bin
     binary_ids: bool = False
+    #: the task group every task of the request joins (an Executor's), if any
+    task_group_id: uuid.UUID | None = None
 
     @property
     def function_ids(self) -> set[uuid.UUID]:
@@ -125,9 +127,21 @@ def _parse_submit(data: Any, limits: SubmitLimits, *, binary: bool) -> SubmitReq
     id_format = data.get("id_format", "text")
     if id_format not in ("text", "binary") or (id_format == "binary" and not binary):
         raise invalid("id_format: expected 'text', or 'binary' (msgpack bodies only)")
+    task_group_id = _parse_task_group(data.get("task_group_id"), binary)
     function_ids: dict[str | bytes, uuid.UUID] = {}
     tasks = [_parse_task(raw, index, limits, binary, function_ids) for index, raw in enumerate(raw_tasks)]
-    return SubmitRequest(tasks=tasks, client_python=client_python, binary_ids=id_format == "binary")
+    return SubmitRequest(
+        tasks=tasks, client_python=client_python, binary_ids=id_format == "binary", task_group_id=task_group_id
+    )
+
+
+def _parse_task_group(raw: Any, binary: bool) -> uuid.UUID | None:
+    """The optional request-wide `task_group_id`: a UUID string (or 16-byte bin in msgpack)."""
+    if raw is None:
+        return None
+    if binary and type(raw) is bytes and len(raw) == 16:
+        return uuid_from_bytes(raw)
+    return parse_uuid(raw, "task_group_id")
 
 
 def _parse_task(

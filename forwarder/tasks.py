@@ -23,7 +23,7 @@ from taskfabric.forwarder.batching import FunctionBodyCache, plan_task_batches
 from taskfabric.forwarder.broker import BrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FORBIDDEN, NOT_FOUND
-from taskfabric.forwarder.records import Identity, NewTask, TaskRecord
+from taskfabric.forwarder.records import Identity, NewTask, TaskPage, TaskQuery, TaskRecord
 from taskfabric.forwarder.requests import SubmitRequest
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreRunner
@@ -86,6 +86,7 @@ class TaskService:
             client_python=request.client_python,
             new_tasks=new_tasks,
             created_at=now,
+            task_group_id=request.task_group_id,
         )
         messages = plan_task_batches(
             new_tasks,
@@ -94,6 +95,7 @@ class TaskService:
             max_bytes=self._settings.publish_batch_bytes,
             client_python=request.client_python,
             submitted_at=now,
+            task_group_id=request.task_group_id,
         )
         queues = self._broker.queues_of(endpoint_id, endpoint.queue_secret)
         try:
@@ -173,3 +175,8 @@ class TaskService:
         mine = {task_id: record for task_id, record in found.items() if record.owner_id == identity.user_id}
         unknown = [task_id for task_id in task_ids if task_id not in mine]
         return mine, unknown
+
+    async def list(self, query: TaskQuery) -> TaskPage:
+        """One page of a listing; `query` names its owner, so only the caller's tasks are seen."""
+        page: TaskPage = await self._runner.read(self._store.tasks.list_page, query)
+        return page

@@ -10,7 +10,8 @@
   `UPDATE ... FROM unnest(<arrays>) ... RETURNING` per 5,000 results does both (`postgres_batches`).
 - `fail` / `fail_endpoint`: the same rules for failures the forwarder decides (dead letters,
   deleted endpoints), on the portable SQLAlchemy Core path.
-- reads fetch many tasks by id in chunks.
+- reads fetch many tasks by id in chunks; `list_page` lists an owner's tasks newest first,
+  keyset-paginated on (created_at, task_id) along the index `ix_tasks_owner_created`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, bindparam, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, Row, and_, bindparam, func, or_, select
 
-from taskfabric.forwarder.records import NewTask, TaskRecord, TaskStatus
+from taskfabric.forwarder.records import NewTask, TaskPage, TaskQuery, TaskRecord, TaskStatus, TaskSummary
 from taskfabric.forwarder.store import postgres_batches, sqlite_batches
 from taskfabric.forwarder.store._sql import statement_chunks
 from taskfabric.forwarder.store.engine import translate_errors
@@ -81,6 +82,7 @@ class TaskTable:
         client_python: str,
         new_tasks: Sequence[NewTask],
         created_at: float,
+        task_group_id: uuid.UUID | None = None,
     ) -> None:
         """Store a submitted batch as `waiting` tasks (one executemany, one transaction)."""
         with translate_errors("storing submitted tasks"), self._engine.begin() as connection:
@@ -94,6 +96,7 @@ class TaskTable:
                     client_python=client_python,
                     new_tasks=new_tasks,
                     created_at=created_at,
+                    task_group_id=task_group_id,
                 )
                 return
             rows = [
@@ -106,6 +109,7 @@ class TaskTable:
                     "created_at": created_at,
                     "client_python": client_python,
                     "attempts": 0,
+                    "task_group_id": task_group_id,
                 }
                 for task in new_tasks
             ]
@@ -183,6 +187,20 @@ class TaskTable:
                     found[row.task_id] = _task(row)
         return found
 
+    def list_page(self, query: TaskQuery) -> TaskPage:
+        """One page of the owner's tasks matching `query`, newest first (no result bytes)."""
+        statement = (
+            select(*_SUMMARY)
+            .where(*_listing_filters(query))
+            .order_by(tasks.c.created_at.desc(), tasks.c.task_id.desc())
+            .limit(query.limit + 1)  # one more tells whether another page follows
+        )
+        with translate_errors("listing tasks"), self._engine.connect() as connection:
+            found = [_summary(row) for row in connection.execute(statement)]
+        page = found[: query.limit]
+        more = len(found) > query.limit
+        return TaskPage(tasks=page, next_after=page[-1].key if more and page else None)
+
     def finished_since(self, owner_id: uuid.UUID, since: float) -> list[uuid.UUID]:
         """Ids of the owner's tasks finished at or after `since` (results streams poll this)."""
         query = select(tasks.c.task_id).where(tasks.c.completed_at >= since, tasks.c.owner_id == owner_id)
@@ -222,6 +240,56 @@ class TaskTable:
             query = query.where(tasks.c.status == status.value)
         with translate_errors("counting tasks"), self._engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
+
+
+# --- listings -----------------------------------------------------------------------------
+
+_SUMMARY = [
+    tasks.c.task_id,
+    tasks.c.status,
+    tasks.c.endpoint_id,
+    tasks.c.function_id,
+    tasks.c.task_group_id,
+    tasks.c.created_at,
+    tasks.c.started_at,
+    tasks.c.completed_at,
+    tasks.c.error_code,
+]
+
+
+def _listing_filters(query: TaskQuery) -> list[ColumnElement[bool]]:
+    """The WHERE terms of a listing: always the owner, then each filter given, then the keyset."""
+    terms: list[ColumnElement[bool]] = [tasks.c.owner_id == query.owner_id]
+    if query.status is not None:
+        terms.append(tasks.c.status == query.status.value)
+    if query.endpoint_id is not None:
+        terms.append(tasks.c.endpoint_id == query.endpoint_id)
+    if query.function_id is not None:
+        terms.append(tasks.c.function_id == query.function_id)
+    if query.task_group_id is not None:
+        terms.append(tasks.c.task_group_id == query.task_group_id)
+    if query.since is not None:
+        terms.append(tasks.c.created_at >= query.since)
+    if query.after is not None:
+        created_at, task_id = query.after
+        terms.append(
+            or_(tasks.c.created_at < created_at, and_(tasks.c.created_at == created_at, tasks.c.task_id < task_id))
+        )
+    return terms
+
+
+def _summary(row: Row[Any]) -> TaskSummary:
+    return TaskSummary(
+        task_id=row.task_id,
+        status=TaskStatus(row.status),
+        endpoint_id=row.endpoint_id,
+        function_id=row.function_id,
+        task_group_id=row.task_group_id,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        error_code=row.error_code,
+    )
 
 
 # --- the portable path --------------------------------------------------------------------
@@ -298,4 +366,5 @@ def _task(row: Row[Any]) -> TaskRecord:
         started_at=row.started_at,
         finished_at=row.finished_at,
         attempts=row.attempts or 0,
+        task_group_id=row.task_group_id,
     )
