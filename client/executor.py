@@ -8,7 +8,8 @@ State (named, in this object): the queue of submitted calls not yet sent, and th
 awaiting results. Two threads: the *submitter* sends queued calls in batches (one request carries
 whatever accumulated while the previous one was in flight, up to `batch_size`), and the results
 stream pushes outcomes back. `attach(task_ids)` re-attaches to tasks submitted earlier (e.g. by a
-process that has since died).
+process that has since died); every task joins the Executor's task group, so a new process can
+re-attach to all of them with `Executor(endpoint_id, task_group_id=gid).reload_tasks()`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class Executor(concurrent.futures.Executor):
     """Runs calls on endpoint `endpoint_id` through `client` (a new `Client()` if not given).
 
     Calls are sent in batches of up to `batch_size` tasks and `batch_bytes` of payload: whatever
-    accumulated while the previous request was in flight (so a lone call goes out at once)."""
+    accumulated while the previous request was in flight (so a lone call goes out at once).
+    Every task joins the task group `task_group_id`: a new random id unless given; give an earlier
+    Executor's id to add to its group and `reload_tasks()` to collect its tasks."""
 
     def __init__(
         self,
@@ -65,8 +68,10 @@ class Executor(concurrent.futures.Executor):
         batch_size: int = 10_000,
         batch_bytes: int = 16 * 1024 * 1024,
         walltime_s: float | None = None,
+        task_group_id: uuid.UUID | str | None = None,
     ) -> None:
         self.endpoint_id = uuid.UUID(str(endpoint_id))
+        self.task_group_id = uuid.UUID(str(task_group_id)) if task_group_id is not None else uuid.uuid4()
         self._owns_client = client is None
         self.client = client or Client()
         self.batch_size = batch_size
@@ -136,6 +141,18 @@ class Executor(concurrent.futures.Executor):
         self._stream.subscribe(ids)
         return futures
 
+    def reload_tasks(self, task_group_id: uuid.UUID | str | None = None) -> list[TaskFuture]:
+        """Futures for every task of the task group (this Executor's unless another is given),
+        oldest first, e.g. from a new process after the one that submitted them died. Finished
+        tasks resolve as soon as the results stream delivers their outcome (at once), pending ones
+        when they finish; a task this Executor already awaits keeps its future."""
+        group = uuid.UUID(str(task_group_id)) if task_group_id is not None else self.task_group_id
+        ids = [uuid.UUID(task["task_id"]) for task in self.client.get_task_group(group)]
+        with self._lock:
+            known = {task_id: self._waiting[task_id] for task_id in ids if task_id in self._waiting}
+        attached = iter(self.attach([task_id for task_id in ids if task_id not in known]))
+        return [known[task_id] if task_id in known else next(attached) for task_id in ids]
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             if self._shutdown:
@@ -184,7 +201,8 @@ class Executor(concurrent.futures.Executor):
     def _submit(self, live: list[_Queued]) -> None:
         """One request; a batch the service finds too large is split and sent in halves."""
         try:
-            task_ids = self.client.submit_calls(self.endpoint_id, [item.call for item in live])
+            calls = [item.call for item in live]
+            task_ids = self.client.submit_calls(self.endpoint_id, calls, task_group_id=self.task_group_id)
         except PayloadTooLarge as exc:
             if len(live) > 1 and ("max_batch_tasks" in str(exc) or "max_request_bytes" in str(exc)):
                 half = len(live) // 2
