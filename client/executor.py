@@ -144,14 +144,25 @@ class Executor(concurrent.futures.Executor):
     def reload_tasks(self, task_group_id: uuid.UUID | str | None = None) -> list[TaskFuture]:
         """Futures for every task of the task group (this Executor's unless another is given),
         oldest first, e.g. from a new process after the one that submitted them died. Finished
-        tasks resolve as soon as the results stream delivers their outcome (at once), pending ones
-        when they finish; a task this Executor already awaits keeps its future."""
+        tasks come back resolved at once (their outcomes fetched in one request), pending ones
+        resolve through the results stream; a task this Executor already awaits keeps its future."""
         group = uuid.UUID(str(task_group_id)) if task_group_id is not None else self.task_group_id
         ids = [uuid.UUID(task["task_id"]) for task in self.client.get_task_group(group)]
         with self._lock:
             known = {task_id: self._waiting[task_id] for task_id in ids if task_id in self._waiting}
-        attached = iter(self.attach([task_id for task_id in ids if task_id not in known]))
-        return [known[task_id] if task_id in known else next(attached) for task_id in ids]
+        # Read after `known`: a result this Executor's stream delivered is stored before it is sent,
+        # so a task found pending here was never delivered on this stream, and may be subscribed to.
+        others = [task_id for task_id in ids if task_id not in known]
+        outcomes = self.client.get_batch_result(others) if others else {}
+        finished = {
+            task_id: _finished_future(task_id, found) for task_id, found in outcomes.items() if not found["pending"]
+        }
+        attached = iter(self.attach([task_id for task_id in others if task_id not in finished]))
+        futures = []
+        for task_id in ids:
+            future = known.get(task_id) or finished.get(task_id)
+            futures.append(future if future is not None else next(attached))
+        return futures
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -265,6 +276,18 @@ class Executor(concurrent.futures.Executor):
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
+
+
+def _finished_future(task_id: uuid.UUID, outcome: dict[str, Any]) -> TaskFuture:
+    """A resolved future from an outcome of `Client.get_batch_result`."""
+    future = TaskFuture()
+    future.task_id = task_id
+    future.set_running_or_notify_cancel()
+    if "exception" in outcome:
+        future.set_exception(outcome["exception"])
+    else:
+        future.set_result(outcome.get("result"))
+    return future
 
 
 def _value(result: dict[str, Any], task_id: uuid.UUID) -> Any:
