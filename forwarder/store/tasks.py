@@ -272,6 +272,8 @@ def _listing_filters(query: TaskQuery) -> list[ColumnElement[bool]]:
         terms.append(tasks.c.created_at >= query.since)
     if query.after is not None:
         created_at, task_id = query.after
+        # the plain bound lets both planners start the index scan at the cursor; the OR is exact
+        terms.append(tasks.c.created_at <= created_at)
         terms.append(
             or_(tasks.c.created_at < created_at, and_(tasks.c.created_at == created_at, tasks.c.task_id < task_id))
         )
