@@ -210,3 +210,17 @@ def test_a_bad_task_group_id_refuses_the_submission_naming_it(forwarder: Any, us
     assert response.status_code == 400, response.text
     assert response.json()["error"]["message"].startswith("task_group_id:")
     assert alice.list_tasks()["tasks"] == []
+
+
+def test_tasks_submitted_while_paging_neither_repeat_nor_hide_a_task(forwarder: Any, users: Users) -> None:
+    alice = users(forwarder)
+    endpoint_id = alice.register_endpoint("lab")["endpoint_id"]
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    first = [task_id for i in range(3) for task_id in alice.submit(endpoint_id, function_id, [b"%d" % i] * 4)]
+    page = alice.list_tasks(limit=5)
+    later = alice.submit(endpoint_id, function_id, [b"new"] * 6)  # newer than every listed task
+    rest = _all_pages(alice, cursor=page["next_cursor"], limit=5)
+
+    listed = [task["task_id"] for task in page["tasks"]] + _ids(rest)
+    assert len(listed) == len(set(listed)) == 12 and set(listed) == set(first)
+    assert set(_ids(_all_pages(alice, limit=5))) == set(first + later)  # a new listing starts with them
