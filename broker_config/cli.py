@@ -32,7 +32,14 @@ def _dir_option(fn: click.decorators.FC) -> click.decorators.FC:
 def _print_info(info: NodeInfo, as_json: bool) -> None:
     if as_json:
         click.echo(
-            json.dumps({"node": info.node_name, "amqp_url": info.amqp_url, "management_url": info.management_url})
+            json.dumps(
+                {
+                    "running": True,
+                    "node": info.node_name,
+                    "amqp_url": info.amqp_url,
+                    "management_url": info.management_url,
+                }
+            )
         )
     else:
         click.echo(f"node:           {info.node_name}")
@@ -77,6 +84,8 @@ def status(ctx: click.Context, directory: Path | None, as_json: bool) -> None:
     node = RabbitNode(directory or default_broker_dir())
     info = node.info()
     if info is None or not node.is_running():
+        if as_json:  # still one JSON document, so scripts can parse either answer
+            click.echo(json.dumps({"running": False, "directory": str(node.directory)}))
         click.echo(f"not running ({node.directory})", err=True)
         ctx.exit(RET_STOPPED)
     _print_info(info, as_json)

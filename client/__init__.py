@@ -10,7 +10,7 @@ State: the Executor's queue of calls not yet sent and its table of futures await
 
 from __future__ import annotations
 
-from taskfabric.client.client import Batch, Client
+from taskfabric.client.client import Batch, Client, TaskListPage
 from taskfabric.client.config import ClientConfig
 from taskfabric.client.executor import Executor, TaskFuture
 from taskfabric.client.serialization import RemoteTraceback
@@ -56,6 +56,7 @@ __all__ = [
     "TaskExecutionFailed",
     "TaskFailed",
     "TaskFuture",
+    "TaskListPage",
     "TaskPending",
     "TaskQueueLost",
     "WalltimeExceeded",

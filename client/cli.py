@@ -1,20 +1,26 @@
-"""`taskfabric login | whoami | task status|result|cancel`: the researcher's commands."""
+"""`taskfabric login | whoami | task list|status|result|cancel`: the researcher's commands.
+
+Every command that shows something takes `--json` and then prints exactly one JSON document."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
+import time
+import uuid
 from typing import Any
 
 import click
 
 from taskfabric.client.client import Client
 from taskfabric.client.config import ClientConfig
-from taskfabric.errors import TaskfabricError, TaskFailed, TaskPending
-from taskfabric.exit_codes import RET_ERROR, RET_STOPPED
+from taskfabric.errors import InvalidRequest, TaskfabricError, TaskFailed, TaskPending
+from taskfabric.exit_codes import RET_ERROR, RET_OK, RET_STOPPED
+from taskfabric.protocol.states import TaskStatus
 
-__all__ = ["cancel_tasks", "login", "login_to", "task", "whoami"]
+__all__ = ["cancel_tasks", "list_tasks", "login", "login_to", "parse_since", "result_document", "task", "whoami"]
 
 
 def cancel_tasks(client: Client, task_ids: list[str]) -> dict[str, bool]:
@@ -47,16 +53,144 @@ def login(url: str, token: str) -> None:
 
 
 @click.command()
-def whoami() -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: user_id, username, auth, url.")
+def whoami(as_json: bool) -> None:
     """Who the saved token belongs to."""
     with Client() as client:
         identity = client.whoami()
+    if as_json:
+        click.echo(json.dumps({**identity, "url": client.config.url}))
+        return
     click.echo(f"{identity.get('username')} ({identity.get('user_id')}, {identity.get('auth')}) at {client.config.url}")
 
 
 @click.group()
 def task() -> None:
-    """Look at tasks by id."""
+    """List your tasks, look at one by id."""
+
+
+# --- task list ----------------------------------------------------------------------------
+
+_AGE_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_AGE_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PIPED_WIDTH = 160
+
+
+def parse_since(text: str, *, now: float | None = None) -> float:
+    """`--since` as seconds since the epoch: an age (`30m`, `2h`, `7d`), an ISO date or time
+    (`2026-11-30`, `2026-11-30T06:00`, local time unless it names a zone), or epoch seconds."""
+    value = text.strip()
+    age = _AGE_RE.fullmatch(value)
+    if age:
+        return (time.time() if now is None else now) - float(age.group(1)) * _AGE_UNIT_S[age.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise InvalidRequest(
+            f"--since: {text!r} is not an age (30m, 2h, 7d), an ISO date or time, or seconds since the epoch"
+        ) from None
+
+
+def list_tasks(
+    client: Client,
+    *,
+    status: str | None = None,
+    endpoint_id: str | None = None,
+    function_id: str | None = None,
+    group_id: str | None = None,
+    since: float | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """The newest `limit` of your tasks matching the filters (what `task list` prints)."""
+    found = client.list_tasks(
+        status=status,
+        endpoint_id=endpoint_id,
+        function_id=function_id,
+        group_id=group_id,
+        since=since,
+        limit=limit,
+        page_size=min(limit, 1000) or 1,
+    )
+    return list(found)
+
+
+def _task_table(tasks: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    table.add_column("task", no_wrap=True, min_width=36)
+    for column in ("status", "endpoint", "function", "group", "created", "completed", "error"):
+        table.add_column(column, overflow="fold")
+    for info in tasks:
+        table.add_row(
+            info["task_id"],
+            info["status"],
+            _short(info["endpoint_id"]),
+            _short(info["function_id"]),
+            _short(info["task_group_id"]),
+            _local_time(info["created_at"]),
+            _local_time(info["completed_at"]),
+            info["error_code"] or "",
+        )
+    return table
+
+
+def _short(value: str | None) -> str:
+    return value[:8] if value else "-"
+
+
+def _local_time(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
+
+
+@task.command(name="list")
+@click.option("--status", type=click.Choice([state.value for state in TaskStatus]), help="Only tasks in this state.")
+@click.option("--endpoint", "endpoint_id", help="Only tasks sent to this endpoint id.")
+@click.option("--function", "function_id", help="Only tasks of this function id.")
+@click.option("--group", "group_id", help="Only tasks of this task group (an Executor's task_group_id).")
+@click.option("--since", help="Only tasks created since: an age (30m, 2h, 7d), an ISO date/time, or epoch seconds.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many tasks.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: a list of task summaries.")
+def list_command(
+    status: str | None,
+    endpoint_id: str | None,
+    function_id: str | None,
+    group_id: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Your tasks, newest first."""
+    with Client() as client:
+        tasks = list_tasks(
+            client,
+            status=status,
+            endpoint_id=endpoint_id,
+            function_id=function_id,
+            group_id=group_id,
+            since=parse_since(since) if since else None,
+            limit=limit,
+        )
+    if as_json:
+        click.echo(json.dumps(tasks))
+    elif not tasks:
+        click.echo("no tasks")
+    else:
+        from rich.console import Console
+
+        console = Console()
+        if not console.is_terminal:  # piped or captured: no terminal width to fit, keep every column whole
+            console = Console(width=_PIPED_WIDTH)
+        console.print(_task_table(tasks))
+
+
+# --- one task -----------------------------------------------------------------------------
 
 
 @task.command()
@@ -85,10 +219,49 @@ def _readable(key: str, value: Any) -> Any:
     return value
 
 
+def result_document(client: Client, task_id: str) -> tuple[dict[str, Any], int]:
+    """`task result --json`: (the document, the exit code). The value is given as JSON when it
+    is JSON-serializable (`result`, else null) and always as its `repr` (`result_repr`)."""
+    document: dict[str, Any] = {"task_id": str(uuid.UUID(task_id)) if _is_uuid(task_id) else task_id}
+    try:
+        value = client.get_result(task_id)
+    except TaskPending as exc:
+        return {**document, "status": exc.reason}, RET_STOPPED
+    except TaskfabricError as exc:
+        if not isinstance(exc, TaskFailed):
+            raise  # e.g. an unknown id: reported by the root command
+        error = {"type": type(exc).__name__, "message": str(exc), "traceback": exc.remote_traceback}
+        return {**document, "status": TaskStatus.FAILED.value, "error": error}, RET_ERROR
+    except Exception as exc:  # the task's own exception, rebuilt
+        traceback = str(exc.__cause__) if exc.__cause__ else ""
+        error = {"type": type(exc).__name__, "message": str(exc), "traceback": traceback}
+        return {**document, "status": TaskStatus.FAILED.value, "error": error}, RET_ERROR
+    try:
+        json.dumps(value, allow_nan=False)
+        shown = value
+    except (TypeError, ValueError):
+        shown = None
+    return {**document, "status": TaskStatus.SUCCESS.value, "result": shown, "result_repr": repr(value)}, RET_OK
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 @task.command()
 @click.argument("task_id")
-def result(task_id: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: status, result or error.")
+def result(task_id: str, as_json: bool) -> None:
     """Print a task's result (exit code 3 while pending, 1 if it failed)."""
+    if as_json:
+        with Client() as client:
+            document, code = result_document(client, task_id)
+        click.echo(json.dumps(document))
+        sys.exit(code)
     with Client() as client:
         try:
             value = client.get_result(task_id)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from taskfabric.client.config import ClientConfig
@@ -29,7 +30,7 @@ from taskfabric.errors import InvalidRequest, TaskPending
 from taskfabric.ids import uuid_from_bytes
 from taskfabric.protocol.states import TERMINAL_TASK_STATES, TaskStatus
 
-__all__ = ["Batch", "Client"]
+__all__ = ["Batch", "Client", "TaskListPage"]
 
 #: tasks per submit request (the service accepts up to its max_batch_tasks, 10,000 by default)
 SUBMIT_CHUNK = 2000
@@ -44,11 +45,22 @@ class _Call:
     walltime_s: float | None
 
 
-class Batch:
-    """Many calls for one endpoint, sent in as few requests as possible (`Client.batch_run`)."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskListPage:
+    """One page of `Client.list_tasks_page`: task summaries newest first, and the cursor of the
+    next page (None on the last)."""
 
-    def __init__(self) -> None:
+    tasks: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class Batch:
+    """Many calls for one endpoint, sent in as few requests as possible (`Client.batch_run`),
+    all in task group `task_group_id` when given."""
+
+    def __init__(self, task_group_id: uuid.UUID | str | None = None) -> None:
         self.calls: list[_Call] = []
+        self.task_group_id = uuid.UUID(str(task_group_id)) if task_group_id is not None else None
 
     def add(self, function_id: uuid.UUID | str, *args: Any, walltime_s: float | None = None, **kwargs: Any) -> None:
         self.calls.append(_Call(uuid.UUID(str(function_id)), serialize_arguments(args, kwargs), walltime_s))
@@ -170,8 +182,8 @@ class Client:
         batch.add(function_id, *args, walltime_s=walltime_s, **kwargs)
         return self.batch_run(endpoint_id, batch)[0]
 
-    def create_batch(self) -> Batch:
-        return Batch()
+    def create_batch(self, task_group_id: uuid.UUID | str | None = None) -> Batch:
+        return Batch(task_group_id)
 
     def batch_run(self, endpoint_id: uuid.UUID | str, batch: Batch) -> list[uuid.UUID]:
         """Submit every call of `batch`; returns their task ids in order."""
@@ -179,19 +191,25 @@ class Client:
             raise InvalidRequest("the batch is empty")
         task_ids: list[uuid.UUID] = []
         for start in range(0, len(batch.calls), SUBMIT_CHUNK):
-            task_ids.extend(self.submit_calls(endpoint_id, batch.calls[start : start + SUBMIT_CHUNK]))
+            chunk = batch.calls[start : start + SUBMIT_CHUNK]
+            task_ids.extend(self.submit_calls(endpoint_id, chunk, task_group_id=batch.task_group_id))
         return task_ids
 
-    def submit_calls(self, endpoint_id: uuid.UUID | str, calls: Iterable[_Call]) -> list[uuid.UUID]:
-        """One submit request (the Executor's fast path: msgpack, raw bytes), retried with the
-        same `submission_id` through short outages (see `taskfabric.client.retry`)."""
+    def submit_calls(
+        self, endpoint_id: uuid.UUID | str, calls: Iterable[_Call], *, task_group_id: uuid.UUID | None = None
+    ) -> list[uuid.UUID]:
+        """One submit request (the Executor's fast path: msgpack, raw bytes), every task joining
+        task group `task_group_id` when given; retried with the same `submission_id` through short
+        outages (see `taskfabric.client.retry`)."""
         tasks = []
         for call in calls:
             entry: dict[str, Any] = {"function_id": str(call.function_id), "payload": call.payload}
             if call.walltime_s is not None:
                 entry["walltime_s"] = float(call.walltime_s)
             tasks.append(entry)
-        body = {"tasks": tasks, "client_python": CLIENT_PYTHON, "submission_id": str(uuid.uuid4())}
+        body: dict[str, Any] = {"tasks": tasks, "client_python": CLIENT_PYTHON, "submission_id": str(uuid.uuid4())}
+        if task_group_id is not None:
+            body["task_group_id"] = str(task_group_id)
         path = f"/v1/endpoints/{endpoint_id}/tasks"
         answer = retry_transient(
             lambda: self._http.post_msgpack(path, body),
@@ -230,6 +248,78 @@ class Client:
             answer = self._http.post("/v1/tasks/cancel", {"task_ids": ids[start : start + CANCEL_CHUNK]})
             out.update((uuid.UUID(task_id), bool(cancelled)) for task_id, cancelled in answer.items())
         return out
+
+    # --- listings -----------------------------------------------------------------------
+
+    def list_tasks(
+        self,
+        *,
+        status: TaskStatus | str | None = None,
+        endpoint_id: uuid.UUID | str | None = None,
+        function_id: uuid.UUID | str | None = None,
+        group_id: uuid.UUID | str | None = None,
+        since: float | datetime.datetime | None = None,
+        limit: int | None = None,
+        page_size: int = 100,
+    ) -> Iterator[dict[str, Any]]:
+        """Your tasks, newest first, matching every filter given: a generator that fetches pages
+        of `page_size` (1 to 1000) as you iterate, following the service's cursors, and stops
+        after `limit` tasks when given. Each item is a summary: `task_id`, `status`,
+        `endpoint_id`, `function_id`, `task_group_id`, `created_at`, `started_at`,
+        `completed_at`, `error_code` (no result: use `get_result`). `since` is a datetime or
+        seconds since the epoch (tasks created at or after it)."""
+        if limit is not None and limit < 0:
+            raise InvalidRequest(f"limit: expected a number of tasks >= 0, got {limit}")
+        yielded = 0
+        cursor: str | None = None
+        while limit is None or yielded < limit:
+            size = page_size if limit is None else min(page_size, limit - yielded)
+            page = self.list_tasks_page(
+                status=status,
+                endpoint_id=endpoint_id,
+                function_id=function_id,
+                group_id=group_id,
+                since=since,
+                limit=size,
+                cursor=cursor,
+            )
+            yield from page.tasks
+            yielded += len(page.tasks)
+            cursor = page.next_cursor
+            if cursor is None:
+                return
+
+    def list_tasks_page(
+        self,
+        *,
+        status: TaskStatus | str | None = None,
+        endpoint_id: uuid.UUID | str | None = None,
+        function_id: uuid.UUID | str | None = None,
+        group_id: uuid.UUID | str | None = None,
+        since: float | datetime.datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> TaskListPage:
+        """One page of `list_tasks` (`GET /v1/tasks`); pass its `next_cursor` as `cursor` to get
+        the next page with the same filters."""
+        params: dict[str, str] = {"limit": str(limit)}
+        filters = {"status": status, "endpoint_id": endpoint_id, "function_id": function_id, "group_id": group_id}
+        for name, value in filters.items():  # a TaskStatus is a StrEnum: str() is its value
+            if value is not None:
+                params[name] = str(value)
+        if since is not None:
+            params["since"] = repr(since.timestamp() if isinstance(since, datetime.datetime) else float(since))
+        if cursor is not None:
+            params["cursor"] = cursor
+        answer = self._http.get("/v1/tasks", params=params)
+        return TaskListPage(tasks=list(answer["tasks"]), next_cursor=answer.get("next_cursor"))
+
+    def get_task_group(self, task_group_id: uuid.UUID | str) -> list[dict[str, Any]]:
+        """Every task of a task group of yours (summaries as in `list_tasks`), oldest first.
+        Empty for an unknown group, or another user's."""
+        tasks = list(self.list_tasks(group_id=task_group_id, page_size=1000))
+        tasks.reverse()
+        return tasks
 
 
 def _task_id(value: uuid.UUID | str) -> str:

@@ -11,7 +11,8 @@ and sends queued calls in batches (one request carries whatever accumulated whil
 was in flight, up to `batch_size`), and the results stream pushes outcomes back. A function id the
 service no longer knows (the function was deleted) is registered again and the batch resubmitted
 once. `attach(task_ids)` re-attaches to tasks submitted earlier (e.g. by a process that has since
-died).
+died); every task joins the Executor's task group, so a new process can re-attach to all of them
+with `Executor(endpoint_id, task_group_id=gid).reload_tasks()`.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ class Executor(concurrent.futures.Executor):
     """Runs calls on endpoint `endpoint_id` through `client` (a new `Client()` if not given).
 
     Calls are sent in batches of up to `batch_size` tasks and `batch_bytes` of payload: whatever
-    accumulated while the previous request was in flight (so a lone call goes out at once)."""
+    accumulated while the previous request was in flight (so a lone call goes out at once).
+    Every task joins the task group `task_group_id`: a new random id unless given; give an earlier
+    Executor's id to add to its group and `reload_tasks()` to collect its tasks."""
 
     def __init__(
         self,
@@ -103,7 +106,9 @@ class Executor(concurrent.futures.Executor):
         batch_size: int = 10_000,
         batch_bytes: int = 16 * 1024 * 1024,
         walltime_s: float | None = None,
+        task_group_id: uuid.UUID | str | None = None,
     ) -> None:
+        self.task_group_id = uuid.UUID(str(task_group_id)) if task_group_id is not None else uuid.uuid4()
         self._owns_client = client is None
         self.client = client or Client()
         try:
@@ -266,6 +271,29 @@ class Executor(concurrent.futures.Executor):
         self._stream.subscribe(ids)
         return futures
 
+    def reload_tasks(self, task_group_id: uuid.UUID | str | None = None) -> list[TaskFuture]:
+        """Futures for every task of the task group (this Executor's unless another is given),
+        oldest first, e.g. from a new process after the one that submitted them died. Finished
+        tasks come back resolved at once (their outcomes fetched in one request), pending ones
+        resolve through the results stream; a task this Executor already awaits keeps its future."""
+        group = uuid.UUID(str(task_group_id)) if task_group_id is not None else self.task_group_id
+        ids = [uuid.UUID(task["task_id"]) for task in self.client.get_task_group(group)]
+        with self._lock:
+            known = {task_id: self._waiting[task_id] for task_id in ids if task_id in self._waiting}
+        # Read after `known`: a result this Executor's stream delivered is stored before it is sent,
+        # so a task found pending here was never delivered on this stream, and may be subscribed to.
+        others = [task_id for task_id in ids if task_id not in known]
+        outcomes = self.client.get_batch_result(others) if others else {}
+        finished = {
+            task_id: _finished_future(task_id, found) for task_id, found in outcomes.items() if not found["pending"]
+        }
+        attached = iter(self.attach([task_id for task_id in others if task_id not in finished]))
+        futures = []
+        for task_id in ids:
+            future = known.get(task_id) or finished.get(task_id)
+            futures.append(future if future is not None else next(attached))
+        return futures
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting calls. Calls already submitted are still sent and their futures still
         complete, as in the standard library: with `wait=False` a daemon thread waits for them
@@ -328,7 +356,8 @@ class Executor(concurrent.futures.Executor):
         """One request; a batch the service finds too large is split and sent in halves; a batch
         naming a function id the service no longer knows is registered again and resent once."""
         try:
-            task_ids = self.client.submit_calls(self.endpoint_id, [item.call for item in live])
+            calls = [item.call for item in live]
+            task_ids = self.client.submit_calls(self.endpoint_id, calls, task_group_id=self.task_group_id)
         except PayloadTooLarge as exc:
             if len(live) > 1 and ("max_batch_tasks" in str(exc) or "max_request_bytes" in str(exc)):
                 half = len(live) // 2
@@ -478,6 +507,18 @@ def _chunk_runner(fn: Callable[..., Any]) -> Callable[[tuple[tuple[Any, ...], ..
         return [fn(*args) for args in chunk]
 
     return run_chunk
+
+
+def _finished_future(task_id: uuid.UUID, outcome: dict[str, Any]) -> TaskFuture:
+    """A resolved future from an outcome of `Client.get_batch_result`."""
+    future = TaskFuture()
+    future.task_id = task_id
+    future.set_running_or_notify_cancel()
+    if "exception" in outcome:
+        future.set_exception(outcome["exception"])
+    else:
+        future.set_result(outcome.get("result"))
+    return future
 
 
 def _value(result: dict[str, Any], task_id: uuid.UUID) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import TYPE_CHECKING, Any
@@ -176,7 +177,12 @@ def delete(name: str, yes: bool) -> None:
 
 
 @endpoint.command(name="config-keys")
-def config_keys() -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: a list of {key, type, default, help}.")
+def config_keys(as_json: bool) -> None:
     """Every config.yaml key with its type, default and meaning."""
-    for doc in describe_settings(EndpointConfig):
+    docs = describe_settings(EndpointConfig)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(doc) for doc in docs]))
+        return
+    for doc in docs:
         click.echo(f"{doc.key}  ({doc.type}, default {doc.default})\n    {doc.help}\n")

@@ -30,6 +30,7 @@ def plan_task_batches(
     max_bytes: int,
     client_python: str = "",
     submitted_at: float | None = None,
+    task_group_id: uuid.UUID | None = None,
 ) -> list[TaskBatch]:
     """Split `tasks` (in order) into messages of at most `max_tasks` tasks and about `max_bytes`."""
     batches: list[TaskBatch] = []
@@ -52,6 +53,7 @@ def plan_task_batches(
                 payload=new.payload,
                 walltime_s=new.walltime_s,
                 submitted_at=submitted_at,
+                task_group_id=task_group_id,
             )
         )
         functions.setdefault(new.function_id, body)

@@ -8,6 +8,7 @@ the root command.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -151,11 +152,16 @@ def serve_command(
 
 
 @forwarder.command("settings")
-def settings_command() -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: a list of {key, type, default, help}.")
+def settings_command(as_json: bool) -> None:
     """List every settings key with its type, default and meaning."""
     from taskfabric.settings import describe_settings
 
-    for doc in describe_settings(ForwarderSettings):
+    docs = describe_settings(ForwarderSettings)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(doc) for doc in docs]))
+        return
+    for doc in docs:
         click.echo(f"{doc.key}  ({doc.type}, default {doc.default})\n    {doc.help}")
 
 
@@ -202,16 +208,20 @@ def revoke_token_command(name: str, revoke_all: bool, config_file: Path | None, 
 
 
 @admin.command("list-users")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: a list of users.")
 @_store_options
 def list_users_command(as_json: bool, config_file: Path | None, database_url: str | None) -> None:
     """List users with their number of tokens."""
-    for user in admin_functions.list_users(_settings(config_file, database_url=database_url)):
-        if as_json:
-            record = {"user_id": str(user.user_id), "username": user.username, "auth": user.auth, "tokens": user.tokens}
-            click.echo(json.dumps(record))
-        else:
-            click.echo(f"{user.username:<32} {user.auth:<7} {user.tokens:>3} token(s)  {user.user_id}")
+    users = admin_functions.list_users(_settings(config_file, database_url=database_url))
+    if as_json:
+        records = [
+            {"user_id": str(user.user_id), "username": user.username, "auth": user.auth, "tokens": user.tokens}
+            for user in users
+        ]
+        click.echo(json.dumps(records))
+        return
+    for user in users:
+        click.echo(f"{user.username:<32} {user.auth:<7} {user.tokens:>3} token(s)  {user.user_id}")
 
 
 # --- taskfabric admin dead-letters --------------------------------------------------------

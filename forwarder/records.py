@@ -19,8 +19,11 @@ __all__ = [
     "Identity",
     "NewTask",
     "StatusReport",
+    "TaskPage",
+    "TaskQuery",
     "TaskRecord",
     "TaskStatus",
+    "TaskSummary",
     "UserRecord",
 ]
 
@@ -121,6 +124,7 @@ class TaskRecord:
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 0
+    task_group_id: uuid.UUID | None = None
 
     @property
     def finished(self) -> bool:
@@ -142,3 +146,48 @@ class DeadLetterRecord:
     queue: str
     created_at: float
     body: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskQuery:
+    """Which of an owner's tasks to list (every filter optional), and one page's place.
+
+    Pages are keyset-paginated, newest first, on (created_at, task_id): `after` is the key of the
+    last task of the previous page."""
+
+    owner_id: uuid.UUID
+    status: TaskStatus | None = None
+    endpoint_id: uuid.UUID | None = None
+    function_id: uuid.UUID | None = None
+    task_group_id: uuid.UUID | None = None
+    since: float | None = None
+    limit: int = 100
+    after: tuple[float, uuid.UUID] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSummary:
+    """A task as listings show it: state and timestamps, never its result bytes."""
+
+    task_id: uuid.UUID
+    status: TaskStatus
+    endpoint_id: uuid.UUID
+    function_id: uuid.UUID
+    task_group_id: uuid.UUID | None
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+    error_code: str | None
+
+    @property
+    def key(self) -> tuple[float, uuid.UUID]:
+        """Its place in a listing (newest first: larger keys come first)."""
+        return (self.created_at, self.task_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskPage:
+    """One page of a listing; `next_after` is None on the last page."""
+
+    tasks: list[TaskSummary]
+    next_after: tuple[float, uuid.UUID] | None

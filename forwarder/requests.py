@@ -66,6 +66,8 @@ class SubmitRequest:
     #: the client's idempotency key for this request: a retry with the same key never makes
     #: second tasks (see `taskfabric.forwarder.tasks`)
     submission_id: uuid.UUID | None = None
+    #: the task group every task of the request joins (an Executor's), if any
+    task_group_id: uuid.UUID | None = None
 
     @property
     def function_ids(self) -> set[uuid.UUID]:
@@ -128,22 +130,25 @@ def _parse_submit(data: Any, limits: SubmitLimits, *, binary: bool) -> SubmitReq
     id_format = data.get("id_format", "text")
     if id_format not in ("text", "binary") or (id_format == "binary" and not binary):
         raise invalid("id_format: expected 'text', or 'binary' (msgpack bodies only)")
+    task_group_id = _optional_uuid(data.get("task_group_id"), binary, "task_group_id")
     function_ids: dict[str | bytes, uuid.UUID] = {}
     tasks = [_parse_task(raw, index, limits, binary, function_ids) for index, raw in enumerate(raw_tasks)]
     return SubmitRequest(
         tasks=tasks,
         client_python=client_python,
         binary_ids=id_format == "binary",
-        submission_id=_submission_id(data.get("submission_id"), binary),
+        submission_id=_optional_uuid(data.get("submission_id"), binary, "submission_id"),
+        task_group_id=task_group_id,
     )
 
 
-def _submission_id(value: Any, binary: bool) -> uuid.UUID | None:
+def _optional_uuid(value: Any, binary: bool, field: str) -> uuid.UUID | None:
+    """An optional request-wide id: a UUID string (or 16-byte bin in msgpack)."""
     if value is None:
         return None
     if binary and type(value) is bytes and len(value) == 16:
         return uuid_from_bytes(value)
-    return parse_uuid(value, "submission_id")
+    return parse_uuid(value, field)
 
 
 def _parse_task(

@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from taskfabric import __version__
 from taskfabric.errors import ServiceError
 from taskfabric.forwarder import schemas
+from taskfabric.forwarder.listing import page_body, parse_task_query
 from taskfabric.forwarder.records import EndpointRecord, Identity
 from taskfabric.forwarder.requests import (
     SubmitLimits,
@@ -246,6 +247,32 @@ async def submit_tasks(endpoint_id: uuid.UUID, request: Request, identity: Calle
     if binary:
         return Response(msgpack.packb({"task_ids": task_ids}), status_code=201, media_type=MSGPACK)
     return JSONResponse({"task_ids": task_ids}, status_code=201)
+
+
+@router.get("/tasks", responses={200: {"model": schemas.TaskList}})
+async def list_tasks(
+    identity: Caller,
+    service: Service,
+    status: Annotated[str | None, Query(description="waiting | running | success | failed | cancelled")] = None,
+    endpoint_id: Annotated[str | None, Query(description="only this endpoint's tasks")] = None,
+    function_id: Annotated[str | None, Query(description="only this function's tasks")] = None,
+    group_id: Annotated[str | None, Query(description="only this task group's tasks")] = None,
+    since: Annotated[str | None, Query(description="created at or after (seconds since the epoch)")] = None,
+    limit: Annotated[str | None, Query(description="tasks per page, 1 to 1000 (default 100)")] = None,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+) -> JSONResponse:
+    """Your tasks, newest first, a page at a time (follow `next_cursor` until it is null)."""
+    query = parse_task_query(
+        identity.user_id,
+        status=status,
+        endpoint_id=endpoint_id,
+        function_id=function_id,
+        group_id=group_id,
+        since=since,
+        limit=limit,
+        cursor=cursor,
+    )
+    return JSONResponse(page_body(await service.tasks.list(query)))
 
 
 @router.get("/tasks/{task_id}", responses={200: {"model": schemas.TaskInfo}})

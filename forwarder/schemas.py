@@ -24,7 +24,9 @@ __all__ = [
     "FunctionRegistration",
     "TaskIds",
     "TaskInfo",
+    "TaskList",
     "TaskSubmitted",
+    "TaskSummary",
     "Version",
     "WhoAmI",
 ]
@@ -155,6 +157,7 @@ SUBMIT_BODY_SCHEMA: dict[str, Any] = {
             },
         },
         "client_python": {"type": "string", "maxLength": 64},
+        "task_group_id": {"type": ["string", "null"], "format": "uuid", "description": "every task joins this group"},
     },
 }
 
@@ -193,6 +196,7 @@ class TaskInfo(BaseModel):
     status: str = Field(description="waiting | running | success | failed | cancelled")
     endpoint_id: str
     function_id: str
+    task_group_id: str | None = None
     created_at: float
     completed_at: float | None
     result: str | None = Field(None, description="the pickled result, base64 (success only)")
@@ -203,3 +207,20 @@ class TaskInfo(BaseModel):
 class BatchStatus(BaseModel):
     tasks: dict[str, TaskInfo]
     unknown: list[str]
+
+
+class TaskSummary(BaseModel):
+    task_id: str
+    status: str = Field(description="waiting | running | success | failed | cancelled")
+    endpoint_id: str
+    function_id: str
+    task_group_id: str | None
+    created_at: float
+    started_at: float | None
+    completed_at: float | None
+    error_code: str | None
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskSummary] = Field(description="newest first")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")

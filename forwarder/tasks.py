@@ -41,7 +41,7 @@ from taskfabric.forwarder.batching import FunctionBodyCache, plan_task_batches
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FORBIDDEN, NOT_FOUND
-from taskfabric.forwarder.records import Identity, NewTask, TaskRecord
+from taskfabric.forwarder.records import Identity, NewTask, TaskPage, TaskQuery, TaskRecord
 from taskfabric.forwarder.requests import SubmitRequest
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreConflict, StoreRunner
@@ -118,6 +118,7 @@ class TaskService:
                 client_python=request.client_python,
                 new_tasks=new_tasks,
                 created_at=now,
+                task_group_id=request.task_group_id,
             )
         except StoreConflict:
             if request.submission_id is None:
@@ -130,6 +131,7 @@ class TaskService:
             max_bytes=self._settings.publish_batch_bytes,
             client_python=request.client_python,
             submitted_at=now,
+            task_group_id=request.task_group_id,
         )
         queues = self._broker.queues_of(endpoint_id, endpoint.queue_secret)
         try:
@@ -277,3 +279,8 @@ class TaskService:
         mine = {task_id: record for task_id, record in found.items() if record.owner_id == identity.user_id}
         unknown = [task_id for task_id in task_ids if task_id not in mine]
         return mine, unknown
+
+    async def list(self, query: TaskQuery) -> TaskPage:
+        """One page of a listing; `query` names its owner, so only the caller's tasks are seen."""
+        page: TaskPage = await self._runner.read(self._store.tasks.list_page, query)
+        return page

@@ -500,15 +500,18 @@ class ForwarderApi:
         *,
         binary: bool = True,
         client_python: str = "3.11.7",
+        task_group_id: str | None = None,
     ) -> list[str]:
-        """Submit one batch (msgpack, or JSON with `binary=False`); returns the task ids."""
+        """Submit one batch (msgpack, or JSON with `binary=False`), in task group `task_group_id`
+        if given; returns the task ids."""
         import msgpack
 
         tasks: list[dict[str, Any]] = [{"function_id": function_id, "payload": payload} for payload in payloads]
+        extra = {"task_group_id": task_group_id} if task_group_id is not None else {}
         if binary:
             response = self.http.post(
                 f"/v1/endpoints/{endpoint_id}/tasks",
-                content=msgpack.packb({"tasks": tasks, "client_python": client_python}),
+                content=msgpack.packb({"tasks": tasks, "client_python": client_python, **extra}),
                 headers={"Content-Type": "application/msgpack"},
             )
             response.raise_for_status()
@@ -516,10 +519,17 @@ class ForwarderApi:
         for task in tasks:
             task["payload"] = base64.b64encode(task["payload"]).decode()
         response = self.http.post(
-            f"/v1/endpoints/{endpoint_id}/tasks", json={"tasks": tasks, "client_python": client_python}
+            f"/v1/endpoints/{endpoint_id}/tasks", json={"tasks": tasks, "client_python": client_python, **extra}
         )
         response.raise_for_status()
         return list(response.json()["task_ids"])
+
+    def list_tasks(self, **params: Any) -> dict[str, Any]:
+        """One page of `GET /v1/tasks` (raises on an error status)."""
+        response = self.http.get("/v1/tasks", params={key: value for key, value in params.items() if value is not None})
+        response.raise_for_status()
+        page: dict[str, Any] = response.json()
+        return page
 
     def task(self, task_id: str) -> dict[str, Any]:
         response = self.http.get(f"/v1/tasks/{task_id}")

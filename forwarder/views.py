@@ -97,6 +97,7 @@ def task_info(record: TaskRecord) -> dict[str, Any]:
         "status": record.status.value,
         "endpoint_id": str(record.endpoint_id),
         "function_id": str(record.function_id),
+        "task_group_id": str(record.task_group_id) if record.task_group_id is not None else None,
         "created_at": record.created_at,
         "completed_at": record.completed_at,
         "details": task_details(record),

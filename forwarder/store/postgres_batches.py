@@ -25,8 +25,10 @@ _CHUNK = 5000
 
 _INSERT = text(
     """
-INSERT INTO tasks (task_id, owner_id, endpoint_id, function_id, status, created_at, client_python, attempts)
-SELECT t.task_id, :owner_id, :endpoint_id, t.function_id, 'waiting', :created_at, :client_python, 0
+INSERT INTO tasks (task_id, owner_id, endpoint_id, function_id, status, created_at, client_python, attempts,
+    task_group_id)
+SELECT t.task_id, :owner_id, :endpoint_id, t.function_id, 'waiting', :created_at, :client_python, 0,
+    CAST(:task_group_id AS uuid)
 FROM unnest(CAST(:task_ids AS uuid[]), CAST(:function_ids AS uuid[])) AS t(task_id, function_id)
 """
 )
@@ -60,6 +62,7 @@ def insert_waiting(
     client_python: str,
     new_tasks: Sequence[NewTask],
     created_at: float,
+    task_group_id: uuid.UUID | None = None,
 ) -> None:
     for chunk in chunks(new_tasks, _CHUNK):
         connection.execute(
@@ -69,6 +72,7 @@ def insert_waiting(
                 "endpoint_id": endpoint_id,
                 "created_at": created_at,
                 "client_python": client_python,
+                "task_group_id": task_group_id,
                 "task_ids": [task.task_id for task in chunk],
                 "function_ids": [task.function_id for task in chunk],
             },

@@ -19,8 +19,8 @@ from taskfabric.forwarder.store.outcomes import Outcome, finished
 __all__ = ["finish_waiting", "insert_waiting"]
 
 _INSERT = (
-    "INSERT INTO tasks (task_id, owner_id, endpoint_id, function_id, status, created_at, client_python, attempts) "
-    "VALUES (?, ?, ?, ?, 'waiting', ?, ?, 0)"
+    "INSERT INTO tasks (task_id, owner_id, endpoint_id, function_id, status, created_at, client_python, attempts,"
+    " task_group_id) VALUES (?, ?, ?, ?, 'waiting', ?, ?, 0, ?)"
 )
 
 _FINISH_COLUMNS = (
@@ -59,9 +59,14 @@ def insert_waiting(
     client_python: str,
     new_tasks: Sequence[NewTask],
     created_at: float,
+    task_group_id: uuid.UUID | None = None,
 ) -> None:
     owner, endpoint = owner_id.hex, endpoint_id.hex
-    rows = [(task.task_id.hex, owner, endpoint, task.function_id.hex, created_at, client_python) for task in new_tasks]
+    group = task_group_id.hex if task_group_id is not None else None
+    rows = [
+        (task.task_id.hex, owner, endpoint, task.function_id.hex, created_at, client_python, group)
+        for task in new_tasks
+    ]
     connection.exec_driver_sql(_INSERT, rows)
 
 

@@ -13,7 +13,8 @@
   win (the first outcome wins; `cancelled` is terminal, later results are ignored like duplicates).
 - `fail` / `fail_endpoint`: the same rules for failures the forwarder decides (dead letters,
   deleted endpoints), on the portable SQLAlchemy Core path.
-- reads fetch many tasks by id in chunks.
+- reads fetch many tasks by id in chunks; `list_page` lists an owner's tasks newest first,
+  keyset-paginated on (created_at, task_id) along the index `ix_tasks_owner_created`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, bindparam, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, Row, and_, bindparam, func, or_, select
 
 from taskfabric.errors import ErrorCode
-from taskfabric.forwarder.records import NewTask, TaskRecord, TaskStatus
+from taskfabric.forwarder.records import NewTask, TaskPage, TaskQuery, TaskRecord, TaskStatus, TaskSummary
 from taskfabric.forwarder.store import postgres_batches, sqlite_batches
 from taskfabric.forwarder.store._sql import statement_chunks
 from taskfabric.forwarder.store.engine import translate_errors
@@ -87,6 +88,7 @@ class TaskTable:
         client_python: str,
         new_tasks: Sequence[NewTask],
         created_at: float,
+        task_group_id: uuid.UUID | None = None,
     ) -> None:
         """Store a submitted batch as `waiting` tasks (one executemany, one transaction)."""
         with translate_errors("storing submitted tasks"), self._engine.begin() as connection:
@@ -100,6 +102,7 @@ class TaskTable:
                     client_python=client_python,
                     new_tasks=new_tasks,
                     created_at=created_at,
+                    task_group_id=task_group_id,
                 )
                 return
             rows = [
@@ -112,6 +115,7 @@ class TaskTable:
                     "created_at": created_at,
                     "client_python": client_python,
                     "attempts": 0,
+                    "task_group_id": task_group_id,
                 }
                 for task in new_tasks
             ]
@@ -262,6 +266,20 @@ class TaskTable:
                     found[row.task_id] = _task(row)
         return found
 
+    def list_page(self, query: TaskQuery) -> TaskPage:
+        """One page of the owner's tasks matching `query`, newest first (no result bytes)."""
+        statement = (
+            select(*_SUMMARY)
+            .where(*_listing_filters(query))
+            .order_by(tasks.c.created_at.desc(), tasks.c.task_id.desc())
+            .limit(query.limit + 1)  # one more tells whether another page follows
+        )
+        with translate_errors("listing tasks"), self._engine.connect() as connection:
+            found = [_summary(row) for row in connection.execute(statement)]
+        page = found[: query.limit]
+        more = len(found) > query.limit
+        return TaskPage(tasks=page, next_after=page[-1].key if more and page else None)
+
     def finished_since(self, owner_id: uuid.UUID, since: float) -> list[uuid.UUID]:
         """Ids of the owner's tasks finished at or after `since` (results streams poll this)."""
         query = select(tasks.c.task_id).where(tasks.c.completed_at >= since, tasks.c.owner_id == owner_id)
@@ -301,6 +319,58 @@ class TaskTable:
             query = query.where(tasks.c.status == status.value)
         with translate_errors("counting tasks"), self._engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
+
+
+# --- listings -----------------------------------------------------------------------------
+
+_SUMMARY = [
+    tasks.c.task_id,
+    tasks.c.status,
+    tasks.c.endpoint_id,
+    tasks.c.function_id,
+    tasks.c.task_group_id,
+    tasks.c.created_at,
+    tasks.c.started_at,
+    tasks.c.completed_at,
+    tasks.c.error_code,
+]
+
+
+def _listing_filters(query: TaskQuery) -> list[ColumnElement[bool]]:
+    """The WHERE terms of a listing: always the owner, then each filter given, then the keyset."""
+    terms: list[ColumnElement[bool]] = [tasks.c.owner_id == query.owner_id]
+    if query.status is not None:
+        terms.append(tasks.c.status == query.status.value)
+    if query.endpoint_id is not None:
+        terms.append(tasks.c.endpoint_id == query.endpoint_id)
+    if query.function_id is not None:
+        terms.append(tasks.c.function_id == query.function_id)
+    if query.task_group_id is not None:
+        terms.append(tasks.c.task_group_id == query.task_group_id)
+    if query.since is not None:
+        terms.append(tasks.c.created_at >= query.since)
+    if query.after is not None:
+        created_at, task_id = query.after
+        # the plain bound lets both planners start the index scan at the cursor; the OR is exact
+        terms.append(tasks.c.created_at <= created_at)
+        terms.append(
+            or_(tasks.c.created_at < created_at, and_(tasks.c.created_at == created_at, tasks.c.task_id < task_id))
+        )
+    return terms
+
+
+def _summary(row: Row[Any]) -> TaskSummary:
+    return TaskSummary(
+        task_id=row.task_id,
+        status=TaskStatus(row.status),
+        endpoint_id=row.endpoint_id,
+        function_id=row.function_id,
+        task_group_id=row.task_group_id,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        error_code=row.error_code,
+    )
 
 
 # --- the portable path --------------------------------------------------------------------
@@ -377,4 +447,5 @@ def _task(row: Row[Any]) -> TaskRecord:
         started_at=row.started_at,
         finished_at=row.finished_at,
         attempts=row.attempts or 0,
+        task_group_id=row.task_group_id,
     )

@@ -194,6 +194,7 @@ EXPECTED: dict[str, list[str]] = {
         "TaskExecutionFailed",
         "TaskFailed",
         "TaskFuture",
+        "TaskListPage",
         "TaskPending",
         "TaskQueueLost",
         "WalltimeExceeded",
