@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from taskfabric.cli import main
 from taskfabric.client import Client
 from taskfabric.client.config import ClientConfig
 from taskfabric.exit_codes import RET_OK, RET_STOPPED
+from taskfabric.forwarder.records import DeadLetterRecord
+from taskfabric.forwarder.store import Store
 from taskfabric.testing import unique_name
 
 Fabric = Any  # the `fabric` fixture of tests/e2e/conftest.py
@@ -65,6 +68,19 @@ def _arguments(fabric: Fabric, tmp_path: Path) -> dict[tuple[str, ...], list[str
         registered = client.register_endpoint(unique_name("offline"))  # never started: tasks wait
         function_id = client.register_function(_length)
         task_id = str(client.run("abc", endpoint_id=registered["endpoint_id"], function_id=function_id))
+    dead_letter = DeadLetterRecord(
+        dead_letter_id=uuid.uuid4(),
+        task_id=None,
+        endpoint_id=None,
+        owner_id=None,
+        reason="garbage on a result queue",
+        deliveries=1,
+        queue="q",
+        created_at=time.time(),
+        body=b"not a message",
+    )
+    with Store.open(fabric.settings.store_url) as store:
+        store.dead_letters.add([dead_letter])
     local_endpoint = unique_name("local")  # configured, never started
     configured = CliRunner().invoke(main, ["endpoint", "configure", local_endpoint, "--workers", "1"])
     assert configured.exit_code == RET_OK, configured.output
@@ -79,6 +95,12 @@ def _arguments(fabric: Fabric, tmp_path: Path) -> dict[tuple[str, ...], list[str
         ("endpoint", "config-keys"): [],
         ("forwarder", "settings"): [],
         ("admin", "list-users"): ["--database-url", fabric.settings.database_url],
+        ("admin", "dead-letters", "list"): ["--database-url", fabric.settings.database_url],
+        ("admin", "dead-letters", "show"): [
+            str(dead_letter.dead_letter_id),
+            "--database-url",
+            fabric.settings.database_url,
+        ],
         ("broker", "status"): ["--dir", str(tmp_path / "no-broker")],
         ("dev", "status"): [],
     }
