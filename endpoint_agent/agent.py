@@ -43,7 +43,7 @@ from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
 from taskfabric.endpoint_agent.scaler import Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode
-from taskfabric.protocol import EndpointStatus, FunctionBody, Result, TaskError
+from taskfabric.protocol import EndpointState, EndpointStatus, FunctionBody, Result, TaskError
 from taskfabric.transport import Delivery
 
 __all__ = ["Agent", "AgentPaths"]
@@ -101,6 +101,11 @@ class AgentPaths:
     @property
     def pid(self) -> Path:
         return self.root / "agent.pid"
+
+    @property
+    def problem(self) -> Path:
+        """While it exists: what keeps the running agent from working (e.g. refused credentials)."""
+        return self.root / "agent.problem"
 
 
 class _Functions:
@@ -162,11 +167,12 @@ class Agent:
         self._has_stored_results = False
         self._unacked: dict[uuid.UUID, _Unacked] = {}  # task -> the message it came in
         self._last_flush = 0.0
-        self._status_period_s = connection.status_period_s or config.status_period_s
+        self._status_period_s = _status_period_s(config, connection)
         self._last_status = 0.0
         self._last_republish = 0.0
         self._last_subscribe_try = 0.0
         self._last_observed = 0.0
+        self._refused = False
         self.stopping = False
         self._stop_deadline = 0.0
         self._drained = False
@@ -246,6 +252,8 @@ class Agent:
     def close(self) -> None:
         self.scaler.stop()
         self.sockets.close()
+        if self.stopping:
+            self.report_offline()
         self.broker.close()
         self.ledger.flush()  # staged tasks survive a stop (their messages, unacked, come back too)
         self.ledger.close()
@@ -287,6 +295,7 @@ class Agent:
         self.report_status(now)
         self.observe_for_scaling(now)
         self.regulate_intake()
+        self.note_broker_refusal()
         self.flush_ledger(now, force=self.stopping)
         self.advance_shutdown(now)
 
@@ -440,12 +449,26 @@ class Agent:
         if now - self._last_status < self._status_period_s:
             return
         self._last_status = now
+        self.broker.publish_status(self._status(EndpointState.DRAINING if self.stopping else EndpointState.ONLINE))
+
+    def report_offline(self, *, timeout_s: float = 5.0) -> None:
+        """On a clean stop: tell the service at once (and wait for the broker's confirm), so it
+        does not show the endpoint online until its reports go stale."""
+        if not self.broker.connected:
+            return
+        try:
+            self.broker.publish_status(self._status(EndpointState.OFFLINE)).result(timeout=timeout_s)
+            log.info("reported offline")
+        except Exception as exc:  # BrokerError, or no confirm in time: the report goes stale instead
+            log.warning("could not report offline: %s", exc)
+
+    def _status(self, state: EndpointState) -> EndpointStatus:
         summary = self.interchange.summary()
         blocks = self.scaler.status()
-        status = EndpointStatus(
+        return EndpointStatus(
             endpoint_id=self.connection.endpoint_id,
             sent_at=time.time(),
-            state="draining" if self.stopping else "online",
+            state=state,
             heartbeat_period_s=self._status_period_s,
             managers=summary.managers,
             workers=summary.workers,
@@ -458,7 +481,22 @@ class Agent:
             agent_version=__version__,
             scaling=blocks.last_decision,
         )
-        self.broker.publish_status(status)
+
+    def note_broker_refusal(self) -> None:
+        """Say in `agent.problem` (read by `endpoint status`) while the broker refuses our credentials."""
+        refusal = self.broker.refusal()
+        if refusal is not None and not self._refused:
+            self._refused = True
+            message = (
+                f"the broker refused the endpoint's credentials ({refusal}); they were replaced or revoked "
+                "(the endpoint was registered again, or deleted)"
+            )
+            log.error("%s; run `taskfabric endpoint restart` to register again", message)
+            self.paths.problem.write_text(message + "\n")
+        elif refusal is None and self._refused and self.broker.connected:
+            self._refused = False
+            log.info("the broker accepts the endpoint's credentials again")
+            self.paths.problem.unlink(missing_ok=True)
 
     def regulate_intake(self) -> None:
         """Stop taking tasks while `task_buffer` of them wait for a manager; start again at half."""
@@ -497,6 +535,20 @@ class Agent:
     @property
     def interchange_address(self) -> str:
         return self.sockets.address
+
+
+def _status_period_s(config: EndpointConfig, connection: EndpointConnection) -> float:
+    """The config's `status_period_s` drives the reports; the service's suggestion (from the
+    registration) only warns when the config asks for fewer reports than it expects."""
+    suggested = connection.status_period_s
+    if suggested is not None and config.status_period_s > suggested:
+        log.warning(
+            "status_period_s is %g s but the service expects a report every %g s: it may show the endpoint "
+            "offline between reports",
+            config.status_period_s,
+            suggested,
+        )
+    return config.status_period_s
 
 
 def _error_result(held: HeldTask, code: ErrorCode, message: str) -> Result:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from taskfabric.endpoint_agent.connection import EndpointConnection
-from taskfabric.errors import BrokerError
+from taskfabric.errors import AccessRefused, BrokerError
 from taskfabric.inbox import Inbox
 from taskfabric.protocol import EndpointStatus, FunctionBody, Result, ResultBatch, Task, TaskBatch, pack
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport, Transport
@@ -94,6 +94,12 @@ class BrokerLink:
     def connected(self) -> bool:
         return self.transport.connected
 
+    def refusal(self) -> AccessRefused | None:
+        """The broker's refusal of this endpoint's credentials, while it lasts (they were revoked:
+        the endpoint was registered again, or deleted)."""
+        error = self.transport.last_error
+        return error if isinstance(error, AccessRefused) and not self.transport.connected else None
+
     # --- intake -------------------------------------------------------------------------
 
     def _on_batch(self, batch: TaskBatch, delivery: Delivery) -> None:
@@ -138,10 +144,12 @@ class BrokerLink:
         self.outcomes.put(PublishOutcome(ticket, results, future.exception()))
         self._wake()
 
-    def publish_status(self, status: EndpointStatus) -> None:
-        """Fire and forget: a lost status report is replaced by the next one."""
+    def publish_status(self, status: EndpointStatus) -> Future[None]:
+        """Publish a status report; a lost one is replaced by the next, so callers need not wait
+        (the returned future resolves on the broker's confirm)."""
         future = self.transport.publish(self._message(pack(status)))
         future.add_done_callback(_log_status_failure)
+        return future
 
     def dead_letter(self, task: Task, function: FunctionBody | None, reason: str) -> None:
         """Put a task the fabric gave up on into the dead-letter queue, for inspection. Its error

@@ -9,6 +9,7 @@ credentials, from registering with the forwarder), `ledger.sqlite` (tasks in han
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import platform
 import re
@@ -17,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +29,24 @@ from taskfabric.daemon import spawn_detached
 from taskfabric.endpoint_agent.agent import AgentPaths
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
-from taskfabric.errors import ConfigError, TaskfabricError
+from taskfabric.errors import ConfigError, NotFoundError, ServiceError, TaskfabricError
 from taskfabric.paths import taskfabric_home
 
 __all__ = [
     "LocalEndpoint",
     "configure_endpoint",
     "delete_endpoint",
+    "endpoint_status",
     "endpoints_root",
     "list_local_endpoints",
     "register_endpoint",
+    "register_or_reuse",
+    "require_not_running",
     "start_endpoint",
     "stop_endpoint",
 ]
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -90,15 +97,32 @@ class LocalEndpoint:
     def config(self) -> EndpointConfig:
         return EndpointConfig.from_file(self.paths.config)
 
+    def problem(self) -> str | None:
+        """What keeps the running agent from working, as it wrote it (None: nothing known)."""
+        if self.pid() is None:
+            return None
+        try:
+            return self.paths.problem.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def display_name(self) -> str | None:
+        try:
+            return self.config().display_name
+        except ConfigError:
+            return None
+
     def describe(self) -> dict[str, Any]:
         pid = self.pid()
         endpoint_id = self.endpoint_id()
         state = "running" if pid else ("stopped" if endpoint_id else "not registered")
         return {
             "name": self.name,
+            "display_name": self.display_name(),
             "endpoint_id": endpoint_id,
             "state": state,
             "pid": pid,
+            "problem": self.problem(),
             "directory": str(self.paths.root),
         }
 
@@ -153,6 +177,48 @@ def register_endpoint(name: str, client: Any) -> EndpointConnection:
     connection = EndpointConnection.from_registration(answer)
     connection.save(endpoint.paths.connection)
     return connection
+
+
+def register_or_reuse(name: str, client: Any) -> tuple[EndpointConnection, str | None]:
+    """Register with the forwarder; when the service cannot be reached, fall back on the cached
+    registration (connection.json: the agent needs only the broker). Returns the connection and,
+    for a fallback, a warning to show."""
+    endpoint = LocalEndpoint(name)
+    try:
+        return register_endpoint(name, client), None
+    except ServiceError as exc:
+        if not _unreachable(exc):
+            raise
+        unreachable = exc
+    try:
+        cached = EndpointConnection.load(endpoint.paths.connection)
+    except ConfigError:
+        raise TaskfabricError(
+            f"the service could not be reached and endpoint {name!r} was never registered: {unreachable}"
+        ) from None
+    warning = (
+        f"warning: the service could not be reached ({unreachable}); using the registration saved in "
+        f"{endpoint.paths.connection} (the agent needs only the broker)"
+    )
+    log.warning("%s", warning)
+    return cached, warning
+
+
+def _unreachable(error: ServiceError) -> bool:
+    """No answer at all, or the service failing (5xx): not a refusal worth stopping for."""
+    return error.status == 0 or error.status >= 500
+
+
+def require_not_running(name: str) -> None:
+    """Raise if the endpoint's agent runs (before anything touches the service or its folder)."""
+    endpoint = LocalEndpoint(name)
+    endpoint.require()
+    running = endpoint.pid()
+    if running is not None:
+        raise TaskfabricError(
+            f"endpoint {name!r} is already running (pid {running}); nothing changed. "
+            f"Apply config changes with `taskfabric endpoint restart {name}`"
+        )
 
 
 def start_endpoint(name: str, *, detach: bool, wait_s: float = 15.0) -> int:
@@ -210,6 +276,37 @@ def stop_endpoint(name: str, *, timeout_s: float | None = None) -> bool:
     return True
 
 
+#: what `endpoint status` shows of the service's view (GET /v1/endpoints/ID/status)
+SERVICE_STATUS_KEYS = (
+    "status",
+    "display_name",
+    "managers",
+    "workers",
+    "idle_workers",
+    "outstanding_tasks",
+    "pending_blocks",
+    "running_blocks",
+    "scaling",
+    "last_heartbeat_at",
+)
+
+
+def endpoint_status(name: str, client_factory: Callable[[], Any]) -> dict[str, Any]:
+    """The local state of endpoint `name` and, under "service", what the service sees (or the
+    error that kept us from asking it)."""
+    endpoint = LocalEndpoint(name)
+    endpoint.require()
+    info = endpoint.describe()
+    if info["endpoint_id"]:
+        try:
+            with client_factory() as client:
+                remote = client.get_endpoint_status(info["endpoint_id"])
+            info["service"] = {key: remote.get(key) for key in SERVICE_STATUS_KEYS}
+        except TaskfabricError as exc:  # the service may be down; local state still helps
+            info["service"] = {"error": str(exc)}
+    return info
+
+
 def list_local_endpoints() -> list[dict[str, Any]]:
     root = endpoints_root()
     if not root.is_dir():
@@ -219,12 +316,33 @@ def list_local_endpoints() -> list[dict[str, Any]]:
     ]
 
 
-def delete_endpoint(name: str, client: Any | None) -> None:
-    """Stop the endpoint, delete it from the forwarder (if registered) and remove its folder."""
+def delete_endpoint(name: str, client: Any | None, *, force: bool = False) -> str | None:
+    """Stop the endpoint, delete it from the forwarder (if registered) and remove its folder.
+
+    When the service does not know the endpoint (404) or cannot be reached, the folder is kept
+    (`TaskfabricError` says so) unless `force`: then it is removed anyway and a note is returned."""
     endpoint = LocalEndpoint(name)
     endpoint.require()
     stop_endpoint(name)
     endpoint_id = endpoint.endpoint_id()
+    note = None
     if endpoint_id is not None and client is not None:
-        client.delete_endpoint(endpoint_id)
+        try:
+            client.delete_endpoint(endpoint_id)
+        except NotFoundError:
+            note = _not_deleted_on_service(name, endpoint_id, "the service does not know it", force=force)
+        except ServiceError as exc:
+            if not _unreachable(exc):
+                raise
+            note = _not_deleted_on_service(name, endpoint_id, f"the service could not be reached ({exc})", force=force)
     shutil.rmtree(endpoint.paths.root)
+    return note
+
+
+def _not_deleted_on_service(name: str, endpoint_id: str, why: str, *, force: bool) -> str:
+    if not force:
+        raise TaskfabricError(
+            f"endpoint {name!r} ({endpoint_id}) was not deleted on the service: {why}. Its folder is kept; "
+            f"delete the local folder anyway with `taskfabric endpoint delete {name} --force`"
+        )
+    return f"endpoint {endpoint_id} was not deleted on the service ({why}); deleted the local folder anyway"

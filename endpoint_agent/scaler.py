@@ -112,7 +112,9 @@ class Scaler:
             self._wake()
             return
         self._manager = BlockManager(provider, label="taskfabric")
-        self._submit(initial_blocks(self._config.provider.block), "initial blocks")
+        count = initial_blocks(self._config.provider.block)
+        if self._submit(count, "initial blocks"):
+            self._record_decision(f"started {count} initial block(s) (init_blocks/min_blocks)")
         while not self._stop.wait(self._config.scaling.strategy_period_s):
             try:
                 self._step()
@@ -218,16 +220,24 @@ class Scaler:
         except ProviderError as exc:
             log.warning("could not cancel blocks %s: %s", done, exc)
 
-    def _submit(self, count: int, reason: str) -> None:
+    def _submit(self, count: int, reason: str) -> bool:
+        """Submit `count` blocks; False when there was nothing to do or the provider refused."""
         if count <= 0 or self._manager is None:
-            return
+            return False
         try:
             submitted = self._manager.submit_blocks(count, self._command)
         except ProviderError as exc:
             log.error("could not start blocks (%s): %s", reason, exc)
-            return
+            self._record_decision(f"could not start blocks ({reason}): {exc}")
+            return False
         log.info("started blocks %s (%s)", ", ".join(submitted), reason)
         self._refresh_status()
+        return True
+
+    def _record_decision(self, text: str) -> None:
+        """What `status().last_decision` reports (the agent sends it with its status reports)."""
+        with self._lock:
+            self._status = dataclasses.replace(self._status, last_decision=text)
 
     def _command(self, block_id: str) -> str:
         return render_block_command(self._launch.argv(block_id), rundir=self._run_dir, container=self._config.container)

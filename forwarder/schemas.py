@@ -123,6 +123,8 @@ class EndpointInfo(BaseModel):
     pending_blocks: int
     running_blocks: int
     hostname: str
+    scaling: str = Field(description="the agent's last scaling decision, in words (empty: none yet)")
+    display_name: str | None = Field(description="the endpoint config's display_name, as registered")
     created_at: float
 
 

@@ -107,6 +107,8 @@ endpoints = Table(
     Column("hostname", Text, nullable=False, default=""),
     Column("python_version", Text, nullable=False, default=""),
     Column("agent_version", Text, nullable=False, default=""),
+    # schema v2: the scaling strategy's last decision, as the agent reported it
+    Column("scaling", Text),
     UniqueConstraint("owner_id", "name", name="uq_endpoints_owner_name"),
 )
 
@@ -166,16 +168,19 @@ def _v1_initial(connection: Connection) -> None:
 
 
 _V2_TASK_COLUMNS = ("task_group_id", "stdout", "stderr", "cancel_requested_at")
+_V2_ENDPOINT_COLUMNS = ("scaling",)
 
 
 def _v2_lifecycle(connection: Connection) -> None:
-    """Task groups, captured output, cancellation, listing indexes, kept dead letters."""
+    """Task groups, captured output, cancellation, listing indexes, kept dead letters, endpoints'
+    scaling decisions."""
     inspector = inspect(connection)
-    present = {column["name"] for column in inspector.get_columns("tasks")}
-    for name in _V2_TASK_COLUMNS:
-        if name not in present:
-            type_sql = tasks.c[name].type.compile(dialect=connection.dialect)
-            connection.exec_driver_sql(f"ALTER TABLE tasks ADD COLUMN {name} {type_sql}")
+    for table, names in ((tasks, _V2_TASK_COLUMNS), (endpoints, _V2_ENDPOINT_COLUMNS)):
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for name in names:
+            if name not in present:
+                type_sql = table.c[name].type.compile(dialect=connection.dialect)
+                connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {type_sql}")
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql("ALTER TABLE tasks ALTER COLUMN status TYPE VARCHAR(16)")
     indexes = {index["name"] for index in inspector.get_indexes("tasks")}

@@ -9,7 +9,7 @@ import numpy as np
 
 from taskfabric.endpoint_agent.testing import EndpointHarness
 from taskfabric.errors import ErrorCode
-from taskfabric.protocol import pack
+from taskfabric.protocol import EndpointState, pack
 from taskfabric.testing import wait_until
 from taskfabric.transport import Delivery, OutgoingMessage
 
@@ -160,3 +160,23 @@ def test_ten_thousand_tasks_in_large_batches(endpoints: EndpointHarness) -> None
     assert all(results[task_id].ok for task_id in ids)
     assert endpoint.collector.value(results[ids[-1]]) == 9999 * 9999
     assert not endpoint.collector.duplicates
+
+
+def test_the_config_status_period_drives_the_reports(endpoints: EndpointHarness) -> None:
+    """Issue 10 item 7.5: the period the forwarder suggested at registration used to override the
+    endpoint config's `status_period_s`."""
+    endpoint = endpoints.start(status_period_s=0.3, service_status_period_s=7.0)
+    wait_until(lambda: len(endpoint.collector.statuses) >= 3, timeout_s=60, what="three status reports")
+    assert {status.heartbeat_period_s for status in endpoint.collector.statuses} == {0.3}
+
+
+def test_a_clean_stop_reports_offline_before_exit(endpoints: EndpointHarness) -> None:
+    """Issue 10 item 7.5: after a clean stop the service showed the endpoint online until its
+    reports went stale; the agent now says `offline` (confirmed by the broker) before it exits."""
+    endpoint = endpoints.start()
+    wait_until(lambda: endpoint.collector.statuses, timeout_s=60, what="a status report")
+    assert endpoint.agent.stop(timeout_s=30) == 0
+    wait_until(
+        lambda: endpoint.collector.statuses[-1].state == EndpointState.OFFLINE, timeout_s=10, what="an offline report"
+    )
+    assert [s.state for s in endpoint.collector.statuses].count(EndpointState.OFFLINE) == 1
