@@ -200,7 +200,6 @@ def register_or_reuse(name: str, client: Any) -> tuple[EndpointConnection, str |
         f"warning: the service could not be reached ({unreachable}); using the registration saved in "
         f"{endpoint.paths.connection} (the agent needs only the broker)"
     )
-    log.warning("%s", warning)
     return cached, warning
 
 

@@ -322,3 +322,33 @@ def test_delete_when_the_service_no_longer_knows_the_endpoint(fabric: Fabric) ->
     assert forced.exit_code == 0, forced.output
     assert "deleted the local folder" in forced.output
     assert not config_path.parent.exists()
+
+
+def test_restart_and_start_with_the_forwarder_down(own_forwarder: Fabric) -> None:
+    """Issue 10 item 7.2: `endpoint restart` with the forwarder down stopped the endpoint and could
+    not start it again. The agent needs only the broker: the saved registration is used."""
+    fabric = own_forwarder
+    assert run("login", "--url", fabric.url, "--token", fabric.token).exit_code == 0
+    name = "nomad"
+    _configure_fast(fabric, name)
+    started = run("endpoint", "start", name, "--detach")
+    assert started.exit_code == 0, started.output
+    endpoint_id = started.output.split("id ")[1].split()[0]
+    port = int(fabric.url.rsplit(":", 1)[1])
+    fabric.forwarder.stop()
+
+    restarted = run("endpoint", "restart", name)
+    assert restarted.exit_code == 0, restarted.output
+    assert "could not be reached" in restarted.output  # the warning (on stderr, mixed in by CliRunner)
+    assert endpoint_id in restarted.output
+    assert run("endpoint", "stop", name).exit_code == 0
+    again = run("endpoint", "start", name, "--detach")
+    assert again.exit_code == 0, again.output
+    assert "could not be reached" in again.output
+
+    fabric.forwarder.settings["port"] = port  # back where the saved client config points
+    fabric.forwarder.start()
+    with Client() as client:
+        fabric.wait_online(client, endpoint_id)
+        with Executor(endpoint_id, client=client) as executor:
+            assert executor.submit(cube, 5).result(timeout=60) == 125
