@@ -201,7 +201,13 @@ def _save_client_config(state: DevState) -> None:
 
 def _start_local_endpoint(state: DevState, workers: int | None) -> str:
     from taskfabric.client import Client
-    from taskfabric.endpoint_agent.local import LocalEndpoint, configure_endpoint, register_endpoint, start_endpoint
+    from taskfabric.endpoint_agent.local import (
+        LocalEndpoint,
+        configure_endpoint,
+        register_endpoint,
+        start_endpoint,
+        stop_endpoint,
+    )
 
     endpoint = LocalEndpoint(DEV_ENDPOINT)
     if not endpoint.exists:
@@ -217,10 +223,31 @@ def _start_local_endpoint(state: DevState, workers: int | None) -> str:
             },
         )
     with Client(url=state.forwarder_url, token=state.token) as client:
+        if endpoint.pid() is not None:
+            reused = _reusable_agent(client)
+            if reused is not None:
+                return reused
+            stop_endpoint(DEV_ENDPOINT, timeout_s=60)  # restarted below, registered afresh
         connection = register_endpoint(DEV_ENDPOINT, client)
-    if endpoint.pid() is None:
-        start_endpoint(DEV_ENDPOINT, detach=True)
+    start_endpoint(DEV_ENDPOINT, detach=True)
     return str(connection.endpoint_id)
+
+
+def _reusable_agent(client: Any) -> str | None:
+    """The id of the running `local` agent when it can go on as it is: the service knows its
+    endpoint and the broker takes its credentials. Registering again would re-key a live agent."""
+    from taskfabric.endpoint_agent.local import LocalEndpoint
+    from taskfabric.errors import NotFoundError
+
+    endpoint = LocalEndpoint(DEV_ENDPOINT)
+    endpoint_id = endpoint.endpoint_id()
+    if endpoint_id is None or endpoint.problem() is not None:
+        return None
+    try:
+        client.get_endpoint(endpoint_id)
+    except NotFoundError:  # a new store (its file was deleted): register again
+        return None
+    return endpoint_id
 
 
 def _wait_online(state: DevState, timeout_s: float = 60.0) -> None:
@@ -274,7 +301,10 @@ def _free_port() -> int:
 
 
 def _port_free(port: int) -> bool:
+    """Whether the forwarder could listen on `port`: as it does, with SO_REUSEADDR, so a port whose
+    old connections linger in TIME_WAIT after a restart counts as free (and is kept)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -352,3 +354,54 @@ def test_restart_and_start_with_the_forwarder_down(own_forwarder: Fabric) -> Non
         fabric.wait_online(client, endpoint_id)
         with Executor(endpoint_id, client=client) as executor:
             assert executor.submit(cube, 5).result(timeout=60) == 125
+
+
+def test_dev_up_again_keeps_the_live_agent_and_the_forwarder_port(tmp_path: Path) -> None:
+    """Issue 10 items 7.1 and 7.3: `dev up` with a live agent re-registered it (new broker password:
+    the agent was refused), and a restarted dev forwarder moved to another port when the old one
+    lingered in TIME_WAIT (running Executors could not reconnect)."""
+    import httpx
+
+    env = {**os.environ, "TASKFABRIC_HOME": str(tmp_path / "home")}
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "taskfabric", *args],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    state_file = tmp_path / "home" / "dev" / "state.json"
+    pid_file = tmp_path / "home" / "endpoints" / "local" / "agent.pid"
+    try:
+        up = command("dev", "up", "--detach", "--workers", "1")
+        assert up.returncode == 0, up.stdout + up.stderr
+        first = json.loads(state_file.read_text())
+        agent_pid = pid_file.read_text()
+        # a client connection open while the forwarder stops: the forwarder closes it first, so its
+        # port lingers in TIME_WAIT
+        with httpx.Client(base_url=first["forwarder_url"]) as held:
+            assert held.get("/v1/version").status_code == 200
+            os.kill(first["forwarder_pid"], signal.SIGTERM)
+            wait_until(lambda: not psutil.pid_exists(first["forwarder_pid"]), timeout_s=60, what="the forwarder gone")
+
+        again = command("dev", "up", "--detach", "--workers", "1")
+        assert again.returncode == 0, again.stdout + again.stderr
+        second = json.loads(state_file.read_text())
+        assert second["forwarder_url"] == first["forwarder_url"]
+        assert second["endpoint_id"] == first["endpoint_id"]
+        assert pid_file.read_text() == agent_pid  # the live agent was kept, not re-keyed
+        status = command("endpoint", "status", "local")
+        assert status.returncode == 0, status.stdout + status.stderr
+        with (
+            Client(url=second["forwarder_url"], token=second["token"]) as client,
+            Executor(second["endpoint_id"], client=client) as executor,
+        ):
+            assert executor.submit(cube, 6).result(timeout=60) == 216
+        assert command("endpoint", "status", "local").returncode == 0  # and the broker still takes it
+    finally:
+        down = command("dev", "down")
+    assert down.returncode == 0, down.stderr
