@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from taskfabric import __version__
@@ -256,7 +257,11 @@ def _alive(pid: int) -> bool:
 
 
 def stop_endpoint(name: str, *, timeout_s: float | None = None) -> bool:
-    """Stop the agent gracefully (running tasks may finish); False if it was not running."""
+    """Stop the agent gracefully (running tasks may finish); False if it was not running.
+
+    After `timeout_s` (default: drain_timeout_s + 30) the agent is killed; either way its managers
+    and workers are gone when this returns (those still running are terminated, then killed).
+    Tasks cut short stay in the ledger and run again at the next start."""
     endpoint = LocalEndpoint(name)
     endpoint.require()
     pid = endpoint.pid()
@@ -265,14 +270,67 @@ def stop_endpoint(name: str, *, timeout_s: float | None = None) -> bool:
     if timeout_s is None:
         timeout_s = endpoint.config().drain_timeout_s + 30.0
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if endpoint.pid() is None:
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)  # its tasks stay in the ledger and run at the next start
-    endpoint.paths.pid.unlink(missing_ok=True)
+    grace_s = _BLOCK_EXIT_GRACE_S
+    if not _wait_for(lambda: endpoint.pid() is None, timeout_s):
+        log.warning("the agent of %s did not stop within %g s; killing it", name, timeout_s)
+        _kill(pid)
+        endpoint.paths.pid.unlink(missing_ok=True)
+        grace_s = 0.0  # orphaned managers would wait for missed heartbeats: end them now
+    _end_processes(_block_processes(endpoint), grace_s=grace_s)
     return True
+
+
+#: managers of a cleanly stopped agent exit on their own (drained, their block cancelled)
+_BLOCK_EXIT_GRACE_S = 5.0
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _block_processes(endpoint: LocalEndpoint) -> list[psutil.Process]:
+    """The endpoint's managers (found by their block log folder on the command line: providers
+    start them detached from the agent) and every process under them (workers, task children)."""
+    marker = f"--log-dir {endpoint.paths.blocks}{os.sep}"
+    found: list[psutil.Process] = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if "manager run" in command and marker in command:
+            found.append(process)
+            try:
+                found.extend(process.children(recursive=True))
+            except psutil.Error:
+                continue
+    return found
+
+
+def _end_processes(processes: list[psutil.Process], *, grace_s: float) -> None:
+    """Wait up to `grace_s` for `processes` to exit, then SIGTERM them, then SIGKILL what is left."""
+    if not processes:
+        return
+    _gone, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for step in (psutil.Process.terminate, psutil.Process.kill):
+        if not alive:
+            return
+        log.warning("ending %d leftover manager/worker processes", len(alive))
+        for process in alive:
+            try:
+                step(process)
+            except psutil.Error:
+                continue
+        _gone, alive = psutil.wait_procs(alive, timeout=2.0)
 
 
 #: what `endpoint status` shows of the service's view (GET /v1/endpoints/ID/status)

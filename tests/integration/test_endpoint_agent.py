@@ -4,10 +4,21 @@ broker, fed in the protocol's task format (no forwarder)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
-from taskfabric.endpoint_agent.testing import EndpointHarness
+from taskfabric.broker_config import ManagementClient
+from taskfabric.endpoint_agent.local import LocalEndpoint, start_endpoint, stop_endpoint
+from taskfabric.endpoint_agent.testing import (
+    FAST_CONFIG,
+    AgentProcess,
+    EndpointHarness,
+    ResultCollector,
+    TaskFactory,
+    provision_endpoint,
+    publish_batches,
+)
 from taskfabric.errors import ErrorCode
 from taskfabric.protocol import EndpointState, pack
 from taskfabric.testing import wait_until
@@ -180,3 +191,41 @@ def test_a_clean_stop_reports_offline_before_exit(endpoints: EndpointHarness) ->
         lambda: endpoint.collector.statuses[-1].state == EndpointState.OFFLINE, timeout_s=10, what="an offline report"
     )
     assert [s.state for s in endpoint.collector.statuses].count(EndpointState.OFFLINE) == 1
+
+
+def test_stop_with_a_timeout_leaves_no_manager_or_worker(endpoints: EndpointHarness, tmp_home: Path) -> None:
+    """Issue 10 item 7.6: `endpoint stop --timeout` killed the agent but left its managers and
+    workers running until they missed heartbeats (~60 s)."""
+    name = "stopper"
+    directory = tmp_home / "endpoints" / name
+    connection = provision_endpoint(
+        admin=endpoints.admin,
+        management_url=endpoints.management_url,
+        amqp_url=endpoints.amqp_url,
+        topology=endpoints.topology,
+        endpoint_dir=directory,
+        config=FAST_CONFIG,
+    )
+    collector = ResultCollector(endpoints.admin, connection)
+    processes = AgentProcess(directory)  # to find the endpoint's managers and workers
+    try:
+        start_endpoint(name, detach=True)
+        factory = TaskFactory()
+        publish_batches(endpoints.admin, endpoints.topology, connection, TaskFactory.batches([factory.task(nap, 600)]))
+        wait_until(
+            lambda: any(s.managers == 1 and s.idle_workers < 2 for s in collector.statuses),
+            timeout_s=60,
+            what="the task running",
+        )
+        assert processes.workers()
+        assert stop_endpoint(name, timeout_s=1.0)
+        assert LocalEndpoint(name).pid() is None
+        assert processes.descendants() == []  # at once: no wait for heartbeats to be missed
+    finally:
+        processes.kill_group()
+        with ManagementClient(endpoints.management_url) as management:
+            management.delete_user(connection.username)
+
+
+def nap(seconds: float) -> None:
+    time.sleep(seconds)
