@@ -43,7 +43,7 @@ from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
 from taskfabric.endpoint_agent.scaler import Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode
-from taskfabric.protocol import EndpointState, EndpointStatus, FunctionBody, Result, TaskError
+from taskfabric.protocol import EndpointState, EndpointStatus, FunctionBody, Result, TaskBatch, TaskError
 from taskfabric.transport import Delivery
 
 __all__ = ["Agent", "AgentPaths"]
@@ -70,6 +70,9 @@ class _Unacked:
 
 
 _SUBSCRIBE_RETRY_S = 2.0
+#: on a graceful stop, how long to wait for the broker to confirm tasks handed back
+_HAND_BACK_WAIT_S = 10.0
+_HAND_BACK_PER_MESSAGE = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,10 +242,16 @@ class Agent:
         self._has_stored_results = bool(to_publish)
 
     def stop(self) -> None:
-        """Begin a graceful stop: take no new tasks, let running ones finish (up to drain_timeout_s)."""
+        """Begin a graceful stop: take no new tasks, let running ones finish (up to drain_timeout_s);
+        tasks no manager has yet go back to the broker (`hand_back_waiting`)."""
         if not self.stopping:
+            summary = self.interchange.summary()
+            running = summary.workers - summary.idle_workers
+            queued = summary.outstanding - running
             log.info(
-                "stopping: taking no new tasks; %d running tasks may finish", self.interchange.summary().outstanding
+                "stopping: taking no new tasks; %d running tasks may finish%s",
+                running,
+                f" ({queued} more queued on managers start as workers free up)" if queued else "",
             )
             self.stopping = True
             self._stop_deadline = time.monotonic() + self.config.drain_timeout_s
@@ -325,6 +334,9 @@ class Agent:
                 batch, delivery = self.broker.inbound.get_nowait()
             except queue.Empty:
                 return
+            if self.stopping:  # delivered before the broker saw us stop consuming: not ours to run
+                self.broker.requeue(delivery)
+                continue
             self.functions.add(batch.functions)
             fresh = self.ledger.stage([batch])
             if not fresh:
@@ -508,9 +520,48 @@ class Agent:
         elif self.broker.paused and len(self.waiting) <= self.config.task_buffer // 2:
             self.broker.resume()
 
+    def hand_back_waiting(self) -> None:
+        """While stopping: publish the tasks that wait for a manager (never run) back to the task
+        queue, and on the broker's confirm drop them from the ledger. Their messages are acked
+        first (a flush), so the handed-back copies are the only ones. Tasks already retried after a
+        lost run keep their count in the ledger instead; so do all tasks when the broker is
+        unreachable or the registration names no tasks exchange: they run at the next start."""
+        fresh = [held for held in self.waiting if held.attempts == 0]
+        if not fresh or self.connection.tasks_exchange is None or not self.broker.connected:
+            return
+        self.flush_ledger(time.monotonic(), force=True)
+        batches = self._batches_of(fresh)
+        futures = self.broker.hand_back(batches) or []
+        handed: set[uuid.UUID] = set()
+        for batch, future in zip(batches, futures, strict=True):
+            try:
+                future.result(timeout=_HAND_BACK_WAIT_S)
+            except Exception as exc:  # BrokerError or no confirm: they stay in the ledger
+                log.warning("could not hand %d tasks back to the broker: %s", len(batch.tasks), exc)
+                continue
+            handed.update(task.task_id for task in batch.tasks)
+        if handed:
+            self.waiting = collections.deque(held for held in self.waiting if held.task_id not in handed)
+            self.ledger.release(handed)
+            self.ledger.flush()
+            log.info("handed %d tasks back to the broker (not started here)", len(handed))
+
+    def _batches_of(self, held: list[HeldTask]) -> list[TaskBatch]:
+        by_python: dict[str, list[HeldTask]] = collections.defaultdict(list)
+        for item in held:
+            by_python[item.client_python].append(item)
+        batches = []
+        for client_python, items in by_python.items():
+            for start in range(0, len(items), _HAND_BACK_PER_MESSAGE):
+                chunk = [item.task for item in items[start : start + _HAND_BACK_PER_MESSAGE]]
+                functions = self.functions.get({task.function_id for task in chunk})
+                batches.append(TaskBatch(tasks=chunk, functions=functions, client_python=client_python))
+        return batches
+
     def advance_shutdown(self, now: float) -> None:
         if not self.stopping:
             return
+        self.hand_back_waiting()
         outstanding = self.interchange.summary().outstanding
         if not self._drained and (outstanding == 0 or now >= self._stop_deadline):
             if outstanding:

@@ -112,6 +112,31 @@ class BrokerLink:
         except BrokerError as exc:  # the transport closed: the broker requeues it; the ledger dedupes
             log.debug("could not ack: %s", exc)
 
+    def requeue(self, delivery: Delivery) -> None:
+        """Give a task message back to the broker, unread (e.g. it arrived while stopping)."""
+        try:
+            self.transport.nack(delivery, requeue=True)
+        except BrokerError as exc:  # the transport closed: the broker requeues it anyway
+            log.debug("could not requeue: %s", exc)
+
+    def hand_back(self, batches: list[TaskBatch]) -> list[Future[None]] | None:
+        """Publish tasks this agent will not run now back to its own task queue (a graceful stop);
+        each future resolves on the broker's confirm. None when the registration predates this
+        (no tasks exchange known)."""
+        exchange = self.connection.tasks_exchange
+        if exchange is None:
+            return None
+        return self.transport.publish_many(
+            OutgoingMessage(
+                exchange=exchange,
+                routing_key=self.connection.task_queue,
+                body=pack(batch),
+                user_id=self.connection.username,
+                message_id=str(uuid.uuid4()),
+            )
+            for batch in batches
+        )
+
     def backlog(self) -> int:
         """Task messages waiting in the endpoint's queue (a passive declare; blocks briefly)."""
         return self.transport.queue_depth(self.connection.task_queue, timeout_s=5.0)

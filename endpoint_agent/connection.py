@@ -30,6 +30,9 @@ class EndpointConnection:
     results_exchange: str
     dead_letter_exchange: str
     status_period_s: float | None = None
+    #: where tasks not started are handed back on a graceful stop (None: registered by an older
+    #: forwarder; such tasks then stay in the ledger and run at the next start)
+    tasks_exchange: str | None = None
 
     @classmethod
     def from_registration(cls, answer: dict[str, Any]) -> EndpointConnection:
@@ -44,6 +47,7 @@ class EndpointConnection:
             results_exchange=broker["results_exchange"],
             dead_letter_exchange=broker["dead_letter_exchange"],
             status_period_s=answer.get("status_period_s"),
+            tasks_exchange=broker.get("tasks_exchange"),
         )
 
     @classmethod

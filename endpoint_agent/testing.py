@@ -77,6 +77,7 @@ def provision_endpoint(
         results_exchange=topology.results_exchange,
         dead_letter_exchange=topology.dead_letter_exchange,
         status_period_s=status_period_s,
+        tasks_exchange=topology.tasks_exchange,
     )
     endpoint_dir.mkdir(parents=True, exist_ok=True)
     connection.save(endpoint_dir / "connection.json")

@@ -51,6 +51,7 @@ class BrokerCredentials:
     result_queue: str
     results_exchange: str
     dead_letter_exchange: str
+    tasks_exchange: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -181,6 +182,7 @@ class EndpointRegistry:
             result_queue=queues.result_queue,
             results_exchange=topology.results_exchange,
             dead_letter_exchange=topology.dead_letter_exchange,
+            tasks_exchange=topology.tasks_exchange,
         )
 
     # --- reads --------------------------------------------------------------------------

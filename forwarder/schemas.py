@@ -102,6 +102,7 @@ class BrokerInfo(BaseModel):
     result_queue: str
     results_exchange: str
     dead_letter_exchange: str
+    tasks_exchange: str = Field(description="where the agent hands back tasks it has not started on a graceful stop")
 
 
 class EndpointRegistered(BaseModel):

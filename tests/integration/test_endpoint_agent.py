@@ -3,6 +3,7 @@ broker, fed in the protocol's task format (no forwarder)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -229,3 +230,38 @@ def test_stop_with_a_timeout_leaves_no_manager_or_worker(endpoints: EndpointHarn
 
 def nap(seconds: float) -> None:
     time.sleep(seconds)
+
+
+def test_a_graceful_stop_hands_back_the_tasks_not_started(endpoints: EndpointHarness) -> None:
+    """Issue 10 item 7.4: on a graceful stop, tasks the agent holds that no manager has yet go back
+    to the broker at once (and out of the ledger); only the running ones finish."""
+    endpoint = endpoints.start(prefetch=0)  # managers hold only what their two workers run
+
+    def slow(x: int) -> int:
+        time.sleep(2.0)
+        return x
+
+    ids = endpoint.submit([endpoint.factory.task(slow, i) for i in range(10)])
+    wait_until(
+        lambda: any(s.managers == 1 and s.idle_workers == 0 for s in endpoint.collector.statuses),
+        timeout_s=60,
+        what="both workers busy",
+    )
+    assert endpoint.agent.stop(timeout_s=60) == 0
+    assert endpoints.admin.queue_depth(endpoint.connection.task_queue) >= 1  # handed back
+    assert _ledger_rows(endpoint.directory) == 0  # and out of the ledger
+    wait_until(lambda: endpoint.collector.count() >= 2, what="the two running tasks' results")
+    assert endpoint.collector.count() == 2  # nothing else started
+    log = (endpoint.directory / "agent.log").read_text()
+    assert "2 running tasks may finish" in log and "handed 8 tasks back to the broker" in log
+
+    endpoint.restart_agent()
+    results = endpoint.wait(ids, timeout_s=90)
+    assert sorted(endpoint.collector.value(r) for r in results.values()) == list(range(10))
+    assert all(result.attempts == 1 for result in results.values())
+    assert not endpoint.collector.duplicates
+
+
+def _ledger_rows(directory: Path) -> int:
+    with sqlite3.connect(directory / "ledger.sqlite") as db:
+        return int(db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
