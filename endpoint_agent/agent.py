@@ -176,6 +176,7 @@ class Agent:
         self._last_subscribe_try = 0.0
         self._last_observed = 0.0
         self._refused = False
+        self._handed_back = False
         self.stopping = False
         self._stop_deadline = 0.0
         self._drained = False
@@ -526,6 +527,9 @@ class Agent:
         first (a flush), so the handed-back copies are the only ones. Tasks already retried after a
         lost run keep their count in the ledger instead; so do all tasks when the broker is
         unreachable or the registration names no tasks exchange: they run at the next start."""
+        if self._handed_back:
+            return
+        self._handed_back = True  # one attempt: each waits for confirms, and the stop must not drag on
         fresh = [held for held in self.waiting if held.attempts == 0]
         if not fresh or self.connection.tasks_exchange is None or not self.broker.connected:
             return

@@ -191,7 +191,8 @@ def list_command(as_json: bool) -> None:
     if not rows:
         click.echo("no endpoints here; create one with `taskfabric endpoint configure NAME`")
     for row in rows:
-        click.echo(f"{row['name']:20} {row['state']:15} {row['endpoint_id'] or '-'}")
+        shown = f"{row['name']:20} {row['state']:15} {row['endpoint_id'] or '-':36}"
+        click.echo(f"{shown}  {row['display_name']}" if row["display_name"] else shown)
 
 
 @endpoint.command()

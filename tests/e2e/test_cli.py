@@ -300,6 +300,8 @@ def test_endpoint_status_is_a_table_or_one_json_document(fabric: Fabric) -> None
     assert "the lab's big box" in table.output
     assert endpoint_id in table.output
     assert "online" in table.output
+    listed = run("endpoint", "list")
+    assert any(name in line and "the lab's big box" in line for line in listed.output.splitlines())
 
 
 @pytest.mark.parametrize("fabric", ["sqlite"], indirect=True)
