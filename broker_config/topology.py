@@ -129,8 +129,12 @@ class Topology:
 
     def endpoint_permissions(self, queues: EndpointQueues) -> EndpointPermissions:
         """What an endpoint's broker user may do: read its task and control queues; publish
-        results and dead-letter its poison tasks; configure nothing."""
-        writable = "|".join(re.escape(name) for name in (self.results_exchange, self.dead_letter_exchange))
+        results, dead-letter its poison tasks, and hand tasks it has not started back to its task
+        queue on a graceful stop (the tasks exchange is direct and routes only by queue name, which
+        holds a secret: an endpoint reaches no queue but its own); configure nothing."""
+        writable = "|".join(
+            re.escape(name) for name in (self.results_exchange, self.dead_letter_exchange, self.tasks_exchange)
+        )
         return EndpointPermissions(
             configure="^$",
             write=f"^({writable})$",

@@ -51,7 +51,7 @@ from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
 from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode
-from taskfabric.protocol import EndpointStatus, FunctionBody, Result, TaskError, TaskEvents
+from taskfabric.protocol import EndpointState, EndpointStatus, FunctionBody, Result, TaskBatch, TaskError, TaskEvents
 from taskfabric.transport import Delivery, Transport
 from taskfabric.wake_pipe import WakePipe
 
@@ -81,6 +81,9 @@ class _Unacked:
 _SUBSCRIBE_RETRY_S = 2.0
 #: how often the ledger forgets cancellations past their expiry
 _CANCEL_PURGE_PERIOD_S = 3600.0
+#: on a graceful stop, how long to wait for the broker to confirm tasks handed back
+_HAND_BACK_WAIT_S = 10.0
+_HAND_BACK_PER_MESSAGE = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +115,11 @@ class AgentPaths:
     @property
     def pid(self) -> Path:
         return self.root / "agent.pid"
+
+    @property
+    def problem(self) -> Path:
+        """While it exists: what keeps the running agent from working (e.g. refused credentials)."""
+        return self.root / "agent.problem"
 
 
 class _Functions:
@@ -179,7 +187,7 @@ class Agent:
         self._has_stored_results = False
         self._unacked: dict[uuid.UUID, _Unacked] = {}  # task -> the message it came in
         self._last_flush = 0.0
-        self._status_period_s = connection.status_period_s or config.status_period_s
+        self._status_period_s = _status_period_s(config, connection)
         self._last_status = 0.0
         self._last_republish = 0.0
         self._last_subscribe_try = 0.0
@@ -188,6 +196,8 @@ class Agent:
         self._last_inventory_try = -_SUBSCRIBE_RETRY_S
         self._last_observed = 0.0
         self._last_cancel_purge = time.monotonic()
+        self._refused = False
+        self._handed_back = False
         self.stopping = False
         self._stop_deadline = 0.0
         self._drained = False
@@ -265,10 +275,16 @@ class Agent:
         self._has_stored_results = bool(to_publish)
 
     def stop(self) -> None:
-        """Begin a graceful stop: take no new tasks, let running ones finish (up to drain_timeout_s)."""
+        """Begin a graceful stop: take no new tasks, let running ones finish (up to drain_timeout_s);
+        tasks no manager has yet go back to the broker (`hand_back_waiting`)."""
         if not self.stopping:
+            summary = self.interchange.summary()
+            running = summary.workers - summary.idle_workers
+            queued = summary.outstanding - running
             log.info(
-                "stopping: taking no new tasks; %d running tasks may finish", self.interchange.summary().outstanding
+                "stopping: taking no new tasks; %d running tasks may finish%s",
+                running,
+                f" ({queued} more queued on managers start as workers free up)" if queued else "",
             )
             self.stopping = True
             self._stop_deadline = time.monotonic() + self.config.drain_timeout_s
@@ -278,6 +294,8 @@ class Agent:
     def close(self) -> None:
         self.scaler.stop()
         self.sockets.close()
+        if self.stopping:
+            self.report_offline()
         self.broker.close()
         self.ledger.flush()  # staged tasks survive a stop (their messages, unacked, come back too)
         self.ledger.close()
@@ -314,6 +332,7 @@ class Agent:
         self.report_status(now)
         self.observe_for_scaling(now)
         self.regulate_intake()
+        self.note_broker_refusal()
         self.flush_ledger(now, force=self.stopping)
         self.advance_shutdown(now)
 
@@ -373,6 +392,9 @@ class Agent:
                 batch, delivery = self.broker.inbound.get_nowait()
             except queue.Empty:
                 return
+            if self.stopping:  # delivered before the broker saw us stop consuming: not ours to run
+                self.broker.requeue(delivery)
+                continue
             self.functions.add(batch.functions)
             fresh = self.ledger.stage([batch])
             if not fresh:
@@ -545,12 +567,26 @@ class Agent:
         if now - self._last_status < self._status_period_s:
             return
         self._last_status = now
+        self.broker.publish_status(self._status(EndpointState.DRAINING if self.stopping else EndpointState.ONLINE))
+
+    def report_offline(self, *, timeout_s: float = 5.0) -> None:
+        """On a clean stop: tell the service at once (and wait for the broker's confirm), so it
+        does not show the endpoint online until its reports go stale."""
+        if not self.broker.connected:
+            return
+        try:
+            self.broker.publish_status(self._status(EndpointState.OFFLINE)).result(timeout=timeout_s)
+            log.info("reported offline")
+        except Exception as exc:  # BrokerError, or no confirm in time: the report goes stale instead
+            log.warning("could not report offline: %s", exc)
+
+    def _status(self, state: EndpointState) -> EndpointStatus:
         summary = self.interchange.summary()
         blocks = self.scaler.status()
-        status = EndpointStatus(
+        return EndpointStatus(
             endpoint_id=self.connection.endpoint_id,
             sent_at=time.time(),
-            state="draining" if self.stopping else "online",
+            state=state,
             heartbeat_period_s=self._status_period_s,
             managers=summary.managers,
             workers=summary.workers,
@@ -563,7 +599,22 @@ class Agent:
             agent_version=__version__,
             scaling=blocks.last_decision,
         )
-        self.broker.publish_status(status)
+
+    def note_broker_refusal(self) -> None:
+        """Say in `agent.problem` (read by `endpoint status`) while the broker refuses our credentials."""
+        refusal = self.broker.refusal()
+        if refusal is not None and not self._refused:
+            self._refused = True
+            message = (
+                f"the broker refused the endpoint's credentials ({refusal}); they were replaced or revoked "
+                "(the endpoint was registered again, or deleted)"
+            )
+            log.error("%s; run `taskfabric endpoint restart` to register again", message)
+            self.paths.problem.write_text(message + "\n")
+        elif refusal is None and self._refused and self.broker.connected:
+            self._refused = False
+            log.info("the broker accepts the endpoint's credentials again")
+            self.paths.problem.unlink(missing_ok=True)
 
     def regulate_intake(self) -> None:
         """Stop taking tasks while `task_buffer` of them wait for a manager; start again at half."""
@@ -575,9 +626,51 @@ class Agent:
         elif self.broker.paused and len(self.waiting) <= self.config.task_buffer // 2:
             self.broker.resume()
 
+    def hand_back_waiting(self) -> None:
+        """While stopping: publish the tasks that wait for a manager (never run) back to the task
+        queue, and on the broker's confirm drop them from the ledger. Their messages are acked
+        first (a flush), so the handed-back copies are the only ones. Tasks already retried after a
+        lost run keep their count in the ledger instead; so do all tasks when the broker is
+        unreachable or the registration names no tasks exchange: they run at the next start."""
+        if self._handed_back:
+            return
+        self._handed_back = True  # one attempt: each waits for confirms, and the stop must not drag on
+        fresh = [held for held in self.waiting if held.attempts == 0]
+        if not fresh or self.connection.tasks_exchange is None or not self.broker.connected:
+            return
+        self.flush_ledger(time.monotonic(), force=True)
+        batches = self._batches_of(fresh)
+        futures = self.broker.hand_back(batches) or []
+        handed: set[uuid.UUID] = set()
+        for batch, future in zip(batches, futures, strict=True):
+            try:
+                future.result(timeout=_HAND_BACK_WAIT_S)
+            except Exception as exc:  # BrokerError or no confirm: they stay in the ledger
+                log.warning("could not hand %d tasks back to the broker: %s", len(batch.tasks), exc)
+                continue
+            handed.update(task.task_id for task in batch.tasks)
+        if handed:
+            self.waiting = collections.deque(held for held in self.waiting if held.task_id not in handed)
+            self.ledger.release(handed)
+            self.ledger.flush()
+            log.info("handed %d tasks back to the broker (not started here)", len(handed))
+
+    def _batches_of(self, held: list[HeldTask]) -> list[TaskBatch]:
+        by_python: dict[str, list[HeldTask]] = collections.defaultdict(list)
+        for item in held:
+            by_python[item.client_python].append(item)
+        batches = []
+        for client_python, items in by_python.items():
+            for start in range(0, len(items), _HAND_BACK_PER_MESSAGE):
+                chunk = [item.task for item in items[start : start + _HAND_BACK_PER_MESSAGE]]
+                functions = self.functions.get({task.function_id for task in chunk})
+                batches.append(TaskBatch(tasks=chunk, functions=functions, client_python=client_python))
+        return batches
+
     def advance_shutdown(self, now: float) -> None:
         if not self.stopping:
             return
+        self.hand_back_waiting()
         outstanding = self.interchange.summary().outstanding
         if not self._drained and (outstanding == 0 or now >= self._stop_deadline):
             if outstanding:
@@ -602,6 +695,20 @@ class Agent:
     @property
     def interchange_address(self) -> str:
         return self.sockets.address
+
+
+def _status_period_s(config: EndpointConfig, connection: EndpointConnection) -> float:
+    """The config's `status_period_s` drives the reports; the service's suggestion (from the
+    registration) only warns when the config asks for fewer reports than it expects."""
+    suggested = connection.status_period_s
+    if suggested is not None and config.status_period_s > suggested:
+        log.warning(
+            "status_period_s is %g s but the service expects a report every %g s: it may show the endpoint "
+            "offline between reports",
+            config.status_period_s,
+            suggested,
+        )
+    return config.status_period_s
 
 
 def _error_result(held: HeldTask, code: ErrorCode, message: str) -> Result:

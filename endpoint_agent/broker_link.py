@@ -31,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from taskfabric.endpoint_agent.connection import EndpointConnection
-from taskfabric.errors import BrokerError, NotFound
+from taskfabric.errors import AccessRefused, BrokerError, NotFound
 from taskfabric.inbox import Inbox
 from taskfabric.protocol import (
     CancelTasks,
@@ -201,6 +201,12 @@ class EndpointBrokerLink:
     def connected(self) -> bool:
         return self.transport.connected
 
+    def refusal(self) -> AccessRefused | None:
+        """The broker's refusal of this endpoint's credentials, while it lasts (they were revoked:
+        the endpoint was registered again, or deleted)."""
+        error = self.transport.last_error
+        return error if isinstance(error, AccessRefused) and not self.transport.connected else None
+
     # --- intake -------------------------------------------------------------------------
 
     def _on_batch(self, batch: TaskBatch, delivery: Delivery) -> None:
@@ -216,6 +222,31 @@ class EndpointBrokerLink:
             self.transport.ack(delivery)
         except BrokerError as exc:  # the transport closed: the broker requeues it; the ledger dedupes
             log.debug("could not ack: %s", exc)
+
+    def requeue(self, delivery: Delivery) -> None:
+        """Give a task message back to the broker, unread (e.g. it arrived while stopping)."""
+        try:
+            self.transport.nack(delivery, requeue=True)
+        except BrokerError as exc:  # the transport closed: the broker requeues it anyway
+            log.debug("could not requeue: %s", exc)
+
+    def hand_back(self, batches: list[TaskBatch]) -> list[Future[None]] | None:
+        """Publish tasks this agent will not run now back to its own task queue (a graceful stop);
+        each future resolves on the broker's confirm. None when the registration predates this
+        (no tasks exchange known)."""
+        exchange = self.connection.tasks_exchange
+        if exchange is None:
+            return None
+        return self.transport.publish_many(
+            OutgoingMessage(
+                exchange=exchange,
+                routing_key=self.connection.task_queue,
+                body=pack(batch),
+                user_id=self.connection.username,
+                message_id=str(uuid.uuid4()),
+            )
+            for batch in batches
+        )
 
     def backlog(self) -> int:
         """Task messages waiting in the endpoint's queue (a passive declare; blocks briefly)."""
@@ -255,10 +286,12 @@ class EndpointBrokerLink:
         """Publish task events (and inventories) with a confirm."""
         return self.transport.publish(self._message(pack(events)))
 
-    def publish_status(self, status: EndpointStatus) -> None:
-        """Fire and forget: a lost status report is replaced by the next one."""
+    def publish_status(self, status: EndpointStatus) -> Future[None]:
+        """Publish a status report; a lost one is replaced by the next, so callers need not wait
+        (the returned future resolves on the broker's confirm)."""
         future = self.transport.publish(self._message(pack(status)))
         future.add_done_callback(_log_status_failure)
+        return future
 
     def dead_letter(self, task: Task, function: FunctionBody | None, reason: str) -> None:
         """Put a task the fabric gave up on into the dead-letter queue, for inspection. Its error

@@ -25,12 +25,14 @@ def run_agent(endpoint_dir: Path, *, log_to_stderr: bool = True) -> int:
     connection = EndpointConnection.load(paths.connection)
     setup_logging(getattr(logging, config.log_level.upper()), file=paths.log, stream=log_to_stderr)
     paths.pid.write_text(str(os.getpid()))
+    paths.problem.unlink(missing_ok=True)  # an earlier run's problem is not this run's
     try:
         agent = Agent(config, connection, paths)
         tune_for_service()
         return agent.run()
     finally:
         paths.pid.unlink(missing_ok=True)
+        paths.problem.unlink(missing_ok=True)
 
 
 @click.group()

@@ -5,21 +5,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from taskfabric.endpoint_agent.config import EndpointConfig
+from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.endpoint_agent.local import (
     LocalEndpoint,
     configure_endpoint,
     delete_endpoint,
+    endpoint_status,
     list_local_endpoints,
-    register_endpoint,
+    register_or_reuse,
+    require_not_running,
     start_endpoint,
     stop_endpoint,
 )
-from taskfabric.exit_codes import RET_OK, RET_STOPPED
+from taskfabric.exit_codes import RET_BROKER, RET_OK, RET_STOPPED
 from taskfabric.settings import describe_settings
 
 if TYPE_CHECKING:
@@ -68,9 +72,11 @@ def configure(name: str, workers_per_node: int | None, max_blocks: int | None, o
 @click.argument("name")
 @click.option("--detach", is_flag=True, help="Run the agent in the background (logs in the endpoint folder).")
 def start(name: str, detach: bool) -> None:
-    """Register endpoint NAME with the service and run its agent."""
-    with _client() as client:
-        connection = register_endpoint(name, client)
+    """Register endpoint NAME with the service and run its agent (refused while it runs; with the
+    service unreachable, the saved registration is used)."""
+    require_not_running(name)  # before anything touches the service: a re-registration re-keys the agent
+    LocalEndpoint(name).config()
+    connection = _register_or_reuse(name)
     click.echo(f"endpoint {name} registered: id {connection.endpoint_id}")
     if detach:
         pid = start_endpoint(name, detach=True)
@@ -79,14 +85,25 @@ def start(name: str, detach: bool) -> None:
         raise SystemExit(start_endpoint(name, detach=False))
 
 
+def _register_or_reuse(name: str) -> EndpointConnection:
+    with _client() as client:
+        connection, warning = register_or_reuse(name, client)
+    if warning:
+        click.secho(warning, fg="yellow", err=True)
+    return connection
+
+
 @endpoint.command()
 @click.argument("name")
 @click.option(
     "--timeout",
     "timeout_s",
-    type=float,
+    type=click.FloatRange(min=0),
     default=None,
-    help="Seconds to wait for running tasks (default: drain_timeout_s + 30).",
+    help=(
+        "Seconds to wait for running tasks (default: drain_timeout_s + 30); then the agent, its managers "
+        "and workers are killed (their tasks run again at the next start)."
+    ),
 )
 def stop(name: str, timeout_s: float | None) -> None:
     """Stop endpoint NAME: it takes no new tasks; running ones finish (or run again at next start)."""
@@ -99,50 +116,72 @@ def stop(name: str, timeout_s: float | None) -> None:
 @endpoint.command()
 @click.argument("name")
 def restart(name: str) -> None:
-    """Stop endpoint NAME and start it again in the background (applies config changes)."""
+    """Stop endpoint NAME and start it again in the background (applies config changes; with the
+    service unreachable, the saved registration is used)."""
     LocalEndpoint(name).config()  # a broken config.yaml is refused before anything stops
     stop_endpoint(name)
-    with _client() as client:
-        connection = register_endpoint(name, client)
+    connection = _register_or_reuse(name)
     pid = start_endpoint(name, detach=True)
     click.echo(f"endpoint {name} ({connection.endpoint_id}) restarted (pid {pid})")
 
 
 @endpoint.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
 @click.pass_context
 def status(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Local and service-side status of endpoint NAME (exit code 3 when not running)."""
-    local = LocalEndpoint(name)
-    local.require()
-    info = local.describe()
-    endpoint_id = info["endpoint_id"]
-    if endpoint_id:
-        try:
-            with _client() as client:
-                remote = client.get_endpoint_status(endpoint_id)
-            info["service"] = {
-                key: remote.get(key)
-                for key in (
-                    "status",
-                    "managers",
-                    "workers",
-                    "idle_workers",
-                    "outstanding_tasks",
-                    "pending_blocks",
-                    "running_blocks",
-                    "last_heartbeat_at",
-                )
-            }
-        except Exception as exc:  # the service may be down; local state still helps
-            info["service"] = {"error": str(exc)}
+    """Local and service-side status of endpoint NAME (exit code 3 when not running, 5 when the
+    broker refuses its agent)."""
+    info = endpoint_status(name, _client)
     if as_json:
         click.echo(json.dumps(info))
     else:
-        for key, value in info.items():
-            click.echo(f"{key + ':':14} {value}")
-    ctx.exit(RET_OK if info["state"] == "running" else RET_STOPPED)
+        _print_status(info)
+    if info["state"] != "running":
+        ctx.exit(RET_STOPPED)
+    ctx.exit(RET_BROKER if info["problem"] else RET_OK)
+
+
+def _print_status(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"endpoint {info['name']}", show_header=False, title_justify="left")
+    table.add_column("", style="bold", no_wrap=True)
+    table.add_column("", overflow="fold")
+    for label, value in _status_rows(info):
+        table.add_row(label, value)
+    Console(highlight=False, width=max(100, Console().width)).print(table)
+    if info["problem"]:
+        click.secho(
+            f"problem: {info['problem']}; run `taskfabric endpoint restart {info['name']}`", fg="red", err=False
+        )
+
+
+def _status_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    state = info["state"] + (f" (pid {info['pid']})" if info["pid"] else "")
+    rows = [
+        ("display name", info["display_name"] or "-"),
+        ("endpoint id", info["endpoint_id"] or "-"),
+        ("agent", state),
+        ("directory", info["directory"]),
+    ]
+    service = info.get("service")
+    if service is None:
+        return rows
+    if "error" in service:
+        return [*rows, ("service", f"could not ask: {service['error']}")]
+    heartbeat = service["last_heartbeat_at"]
+    seen = f"{max(0.0, time.time() - heartbeat):.0f} s ago" if heartbeat else "never"
+    return [
+        *rows,
+        ("service", f"{service['status']} (last report {seen})"),
+        ("managers", str(service["managers"])),
+        ("workers", f"{service['workers']} ({service['idle_workers']} idle)"),
+        ("outstanding tasks", str(service["outstanding_tasks"])),
+        ("blocks", f"{service['running_blocks']} running, {service['pending_blocks']} pending"),
+        ("scaling", service["scaling"] or "-"),
+    ]
 
 
 @endpoint.command(name="list")
@@ -156,13 +195,19 @@ def list_command(as_json: bool) -> None:
     if not rows:
         click.echo("no endpoints here; create one with `taskfabric endpoint configure NAME`")
     for row in rows:
-        click.echo(f"{row['name']:20} {row['state']:15} {row['endpoint_id'] or '-'}")
+        shown = f"{row['name']:20} {row['state']:15} {row['endpoint_id'] or '-':36}"
+        click.echo(f"{shown}  {row['display_name']}" if row["display_name"] else shown)
 
 
 @endpoint.command()
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask.")
-def delete(name: str, yes: bool) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Remove the local folder even when the service does not know the endpoint (404) or cannot be reached.",
+)
+def delete(name: str, yes: bool, force: bool) -> None:
     """Stop endpoint NAME, delete it from the service and remove its folder."""
     if not yes:
         click.confirm(f"delete endpoint {name} and its folder?", abort=True)
@@ -170,9 +215,11 @@ def delete(name: str, yes: bool) -> None:
     local.require()
     if local.endpoint_id():
         with _client() as client:
-            delete_endpoint(name, client)
+            note = delete_endpoint(name, client, force=force)
     else:
-        delete_endpoint(name, None)
+        note = delete_endpoint(name, None, force=force)
+    if note:
+        click.secho(note, fg="yellow")
     click.echo(f"endpoint {name} deleted")
 
 

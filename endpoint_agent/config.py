@@ -21,7 +21,13 @@ __all__ = ["EndpointConfig"]
 class EndpointConfig:
     """What an endpoint runs and how (one YAML file per endpoint)."""
 
-    display_name: str | None = setting(None, help="A human-friendly name shown in `endpoint list`.")
+    display_name: str | None = setting(
+        None,
+        help=(
+            "A human-friendly name, shown by `endpoint status` and in the service's endpoint info "
+            "(sent at registration)."
+        ),
+    )
     prefetch: int | None = setting(
         None,
         min=0,
@@ -55,7 +61,12 @@ class EndpointConfig:
         60.0, min=0.3, help="A manager (or the interchange, seen from a manager) silent this long is declared lost."
     )
     status_period_s: float = setting(
-        5.0, min=0.1, help="How often the agent reports its status (its heartbeat) to the forwarder."
+        5.0,
+        min=0.1,
+        help=(
+            "How often the agent reports its status (its heartbeat) to the forwarder. Keep it below the service's "
+            "endpoint_offline_after_s (the agent warns when it is above the period the service suggests)."
+        ),
     )
     consumer_check_period_s: float = setting(
         10.0,

@@ -34,6 +34,9 @@ class EndpointConnection:
     status_period_s: float | None = None
     #: cancellations for this endpoint (None in connection files older than cancellation)
     control_queue: str | None = None
+    #: where tasks not started are handed back on a graceful stop (None: registered by an older
+    #: forwarder; such tasks then stay in the ledger and run at the next start)
+    tasks_exchange: str | None = None
 
     @classmethod
     def from_registration(cls, answer: dict[str, Any]) -> EndpointConnection:
@@ -49,6 +52,7 @@ class EndpointConnection:
             dead_letter_exchange=broker["dead_letter_exchange"],
             status_period_s=answer.get("status_period_s"),
             control_queue=broker.get("control_queue"),
+            tasks_exchange=broker.get("tasks_exchange"),
         )
 
     @classmethod

@@ -74,5 +74,9 @@ class ManagerLaunch:
             str(self.token_file),
             *(["--interchange-key-file", str(self.interchange_key_file)] if self.interchange_key_file else []),
             "--log-dir",
-            str(self.log_root / f"block-{block_id}"),
+            str(self.log_dir(block_id)),
         ]
+
+    def log_dir(self, block_id: str) -> Path:
+        """Where the managers and workers of block `block_id` write their logs."""
+        return self.log_root / f"block-{block_id}"

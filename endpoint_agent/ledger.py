@@ -215,6 +215,14 @@ class Ledger:
                 self._deletes.append((seq,))
             self._remember_done(task_id)
 
+    def release(self, task_ids: Iterable[uuid.UUID]) -> None:
+        """Forget these tasks without answering them (handed back to the broker): written at the
+        next `flush`; unlike `complete`, a later delivery of them is taken as new."""
+        for task_id in task_ids:
+            seq = self._rows.pop(task_id, None)
+            if seq is not None and self._staged.pop(task_id, None) is None:
+                self._deletes.append((seq,))
+
     def _remember_done(self, task_id: uuid.UUID) -> None:
         self._done.add(task_id)
         if len(self._done) >= DONE_MEMORY // 2:

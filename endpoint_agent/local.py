@@ -9,17 +9,21 @@ credentials, from registering with the forwarder), `ledger.sqlite` (tasks in han
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
 import yaml
 
 from taskfabric import __version__
@@ -27,18 +31,21 @@ from taskfabric.daemon import spawn_detached
 from taskfabric.endpoint_agent.agent import AgentPaths
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
-from taskfabric.errors import ConfigError, TaskfabricError
+from taskfabric.errors import ConfigError, NotFoundError, ServiceError, TaskfabricError
 from taskfabric.paths import taskfabric_home
-from taskfabric.processes import pid_alive, terminate_then_kill
+from taskfabric.processes import pid_alive
 
 __all__ = [
     "ForwarderEndpoints",
     "LocalEndpoint",
     "configure_endpoint",
     "delete_endpoint",
+    "endpoint_status",
     "endpoints_root",
     "list_local_endpoints",
     "register_endpoint",
+    "register_or_reuse",
+    "require_not_running",
     "start_endpoint",
     "stop_endpoint",
 ]
@@ -56,6 +63,8 @@ class ForwarderEndpoints(Protocol):
 
     def get_endpoint_status(self, endpoint_id: uuid.UUID | str) -> dict[str, Any]: ...
 
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -106,15 +115,32 @@ class LocalEndpoint:
     def config(self) -> EndpointConfig:
         return EndpointConfig.from_file(self.paths.config)
 
+    def problem(self) -> str | None:
+        """What keeps the running agent from working, as it wrote it (None: nothing known)."""
+        if self.pid() is None:
+            return None
+        try:
+            return self.paths.problem.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def display_name(self) -> str | None:
+        try:
+            return self.config().display_name
+        except ConfigError:
+            return None
+
     def describe(self) -> dict[str, Any]:
         pid = self.pid()
         endpoint_id = self.endpoint_id()
         state = "running" if pid else ("stopped" if endpoint_id else "not registered")
         return {
             "name": self.name,
+            "display_name": self.display_name(),
             "endpoint_id": endpoint_id,
             "state": state,
             "pid": pid,
+            "problem": self.problem(),
             "directory": str(self.paths.root),
         }
 
@@ -171,6 +197,47 @@ def register_endpoint(name: str, client: ForwarderEndpoints) -> EndpointConnecti
     return connection
 
 
+def register_or_reuse(name: str, client: Any) -> tuple[EndpointConnection, str | None]:
+    """Register with the forwarder; when the service cannot be reached, fall back on the cached
+    registration (connection.json: the agent needs only the broker). Returns the connection and,
+    for a fallback, a warning to show."""
+    endpoint = LocalEndpoint(name)
+    try:
+        return register_endpoint(name, client), None
+    except ServiceError as exc:
+        if not _unreachable(exc):
+            raise
+        unreachable = exc
+    try:
+        cached = EndpointConnection.load(endpoint.paths.connection)
+    except ConfigError:
+        raise TaskfabricError(
+            f"the service could not be reached and endpoint {name!r} was never registered: {unreachable}"
+        ) from None
+    warning = (
+        f"warning: the service could not be reached ({unreachable}); using the registration saved in "
+        f"{endpoint.paths.connection} (the agent needs only the broker)"
+    )
+    return cached, warning
+
+
+def _unreachable(error: ServiceError) -> bool:
+    """No answer at all, or the service failing (5xx): not a refusal worth stopping for."""
+    return error.status == 0 or error.status >= 500
+
+
+def require_not_running(name: str) -> None:
+    """Raise if the endpoint's agent runs (before anything touches the service or its folder)."""
+    endpoint = LocalEndpoint(name)
+    endpoint.require()
+    running = endpoint.pid()
+    if running is not None:
+        raise TaskfabricError(
+            f"endpoint {name!r} is already running (pid {running}); nothing changed. "
+            f"Apply config changes with `taskfabric endpoint restart {name}`"
+        )
+
+
 def start_endpoint(name: str, *, detach: bool, wait_s: float = 15.0) -> int:
     """Run the agent: in the background (returns its pid once it is up), or in this process
     (returns its exit code). The endpoint must be registered (`register_endpoint`)."""
@@ -199,7 +266,11 @@ def start_endpoint(name: str, *, detach: bool, wait_s: float = 15.0) -> int:
 
 
 def stop_endpoint(name: str, *, timeout_s: float | None = None) -> bool:
-    """Stop the agent gracefully (running tasks may finish); False if it was not running."""
+    """Stop the agent gracefully (running tasks may finish); False if it was not running.
+
+    After `timeout_s` (default: drain_timeout_s + 30) the agent is killed; either way its managers
+    and workers are gone when this returns (those still running are terminated, then killed).
+    Tasks cut short stay in the ledger and run again at the next start."""
     endpoint = LocalEndpoint(name)
     endpoint.require()
     pid = endpoint.pid()
@@ -207,9 +278,99 @@ def stop_endpoint(name: str, *, timeout_s: float | None = None) -> bool:
         return False
     if timeout_s is None:
         timeout_s = endpoint.config().drain_timeout_s + 30.0
-    if not terminate_then_kill(pid, timeout_s):  # killed: its tasks stay in the ledger and run at the next start
+    os.kill(pid, signal.SIGTERM)
+    grace_s = _BLOCK_EXIT_GRACE_S
+    if not _wait_for(lambda: endpoint.pid() is None, timeout_s):
+        log.warning("the agent of %s did not stop within %g s; killing it", name, timeout_s)
+        _kill(pid)
         endpoint.paths.pid.unlink(missing_ok=True)
+        grace_s = 0.0  # orphaned managers would wait for missed heartbeats: end them now
+    _end_processes(_block_processes(endpoint), grace_s=grace_s)
     return True
+
+
+#: managers of a cleanly stopped agent exit on their own (drained, their block cancelled)
+_BLOCK_EXIT_GRACE_S = 5.0
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _block_processes(endpoint: LocalEndpoint) -> list[psutil.Process]:
+    """The endpoint's managers (found by their block log folder on the command line: providers
+    start them detached from the agent) and every process under them (workers, task children)."""
+    marker = f"--log-dir {endpoint.paths.blocks}{os.sep}"
+    found: list[psutil.Process] = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if "manager run" in command and marker in command:
+            found.append(process)
+            try:
+                found.extend(process.children(recursive=True))
+            except psutil.Error:
+                continue
+    return found
+
+
+def _end_processes(processes: list[psutil.Process], *, grace_s: float) -> None:
+    """Wait up to `grace_s` for `processes` to exit, then SIGTERM them, then SIGKILL what is left."""
+    if not processes:
+        return
+    _gone, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for step in (psutil.Process.terminate, psutil.Process.kill):
+        if not alive:
+            return
+        log.warning("ending %d leftover manager/worker processes", len(alive))
+        for process in alive:
+            try:
+                step(process)
+            except psutil.Error:
+                continue
+        _gone, alive = psutil.wait_procs(alive, timeout=2.0)
+
+
+#: what `endpoint status` shows of the service's view (GET /v1/endpoints/ID/status)
+SERVICE_STATUS_KEYS = (
+    "status",
+    "display_name",
+    "managers",
+    "workers",
+    "idle_workers",
+    "outstanding_tasks",
+    "pending_blocks",
+    "running_blocks",
+    "scaling",
+    "last_heartbeat_at",
+)
+
+
+def endpoint_status(name: str, client_factory: Callable[[], Any]) -> dict[str, Any]:
+    """The local state of endpoint `name` and, under "service", what the service sees (or the
+    error that kept us from asking it)."""
+    endpoint = LocalEndpoint(name)
+    endpoint.require()
+    info = endpoint.describe()
+    if info["endpoint_id"]:
+        try:
+            with client_factory() as client:
+                remote = client.get_endpoint_status(info["endpoint_id"])
+            info["service"] = {key: remote.get(key) for key in SERVICE_STATUS_KEYS}
+        except TaskfabricError as exc:  # the service may be down; local state still helps
+            info["service"] = {"error": str(exc)}
+    return info
 
 
 def list_local_endpoints() -> list[dict[str, Any]]:
@@ -221,12 +382,33 @@ def list_local_endpoints() -> list[dict[str, Any]]:
     ]
 
 
-def delete_endpoint(name: str, client: ForwarderEndpoints | None) -> None:
-    """Stop the endpoint, delete it from the forwarder (if registered) and remove its folder."""
+def delete_endpoint(name: str, client: ForwarderEndpoints | None, *, force: bool = False) -> str | None:
+    """Stop the endpoint, delete it from the forwarder (if registered) and remove its folder.
+
+    When the service does not know the endpoint (404) or cannot be reached, the folder is kept
+    (`TaskfabricError` says so) unless `force`: then it is removed anyway and a note is returned."""
     endpoint = LocalEndpoint(name)
     endpoint.require()
     stop_endpoint(name)
     endpoint_id = endpoint.endpoint_id()
+    note = None
     if endpoint_id is not None and client is not None:
-        client.delete_endpoint(endpoint_id)
+        try:
+            client.delete_endpoint(endpoint_id)
+        except NotFoundError:
+            note = _not_deleted_on_service(name, endpoint_id, "the service does not know it", force=force)
+        except ServiceError as exc:
+            if not _unreachable(exc):
+                raise
+            note = _not_deleted_on_service(name, endpoint_id, f"the service could not be reached ({exc})", force=force)
     shutil.rmtree(endpoint.paths.root)
+    return note
+
+
+def _not_deleted_on_service(name: str, endpoint_id: str, why: str, *, force: bool) -> str:
+    if not force:
+        raise TaskfabricError(
+            f"endpoint {name!r} ({endpoint_id}) was not deleted on the service: {why}. Its folder is kept; "
+            f"delete the local folder anyway with `taskfabric endpoint delete {name} --force`"
+        )
+    return f"endpoint {endpoint_id} was not deleted on the service ({why}); deleted the local folder anyway"

@@ -107,6 +107,18 @@ _KNOWN_TYPES: dict[str, Any] = {
     "request_by_nodes": bool,
 }
 _BLOCK_COUNTS = ("init_blocks", "min_blocks", "max_blocks")
+#: resource sizes and scheduler limits a provider passes on as they are: a negative one is a typo,
+#: never a request (0 stays allowed where it means something: Slurm's --mem=0 is "all the memory")
+_NON_NEGATIVE_SIZES = ("mem_per_node", "mem_per_slot", "gpus_per_node")
+_POSITIVE_SIZES = (
+    "cores_per_node",
+    "cpus_per_node",
+    "cores_per_block",
+    "cores_per_slot",
+    "cmd_timeout",
+    "status_batch_size",
+    "cmd_chunk_size",
+)
 _WALLTIME = re.compile(r"^\d+:[0-5]?\d:[0-5]?\d$")
 
 
@@ -327,10 +339,25 @@ def _conform_value(param: _Param, value: Any, *, key: str, source: str) -> Any:
     if param.name == "walltime":
         return _check_walltime(value, key=key, source=source)
     try:
-        return conform(value, param.expected)
+        conformed = conform(value, param.expected)
     except Mismatch as bad:
         message = f"expected {bad.expected}, got {bad.value!r}"
         raise ConfigError(message, key=f"{key}{bad.where}", source=source) from None
+    _check_size(param.name, conformed, key=key, source=source)
+    return conformed
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_size(name: str, value: Any, *, key: str, source: str) -> None:
+    if not _is_number(value):
+        return
+    if name in _NON_NEGATIVE_SIZES and value < 0:
+        raise ConfigError(f"must be 0 or more, got {value!r}", key=key, source=source)
+    if name in _POSITIVE_SIZES and value < 1:
+        raise ConfigError(f"must be at least 1, got {value!r}", key=key, source=source)
 
 
 def _check_walltime(value: Any, *, key: str, source: str) -> str:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from taskfabric.endpoint_agent.block_types import BlockState
+from taskfabric.endpoint_agent.block_types import BlockState, EndReason
 from taskfabric.endpoint_agent.blocks import BlockActivity, BlockManager
 from taskfabric.endpoint_agent.launch import ManagerLaunch
 from taskfabric.endpoint_agent.providers import BlockConfig, build_provider, render_block_command
@@ -117,6 +118,9 @@ class Scaler:
                     self._manager.cancel(live)
                 except ProviderError as exc:
                     log.error("could not cancel blocks %s: %s", live, exc)
+                    return
+                for block_id in live:
+                    self._remove_block_files(block_id)
 
     @wrap_with_logs
     def _run(self) -> None:
@@ -128,7 +132,9 @@ class Scaler:
             self._wake()
             return
         self._manager = BlockManager(provider, label="taskfabric")
-        self._submit(initial_blocks(self._config.provider.block), "initial blocks")
+        count = initial_blocks(self._config.provider.block)
+        if self._submit(count, "initial blocks"):
+            self._record_decision(f"started {count} initial block(s) (init_blocks/min_blocks)")
         while not self._stop.wait(self._config.scaling.strategy_period_s):
             try:
                 self._step()
@@ -150,6 +156,8 @@ class Scaler:
                 detail = f" ({record.message})" if record and record.message else ""
                 self._draining.pop(change.block_id, None)
                 self._note_end(change.block_id, why, detail)
+                if change.end_reason != EndReason.FAILED:  # a failed block's output says why: kept
+                    self._remove_block_files(change.block_id)
                 self._ended.put((change.block_id, f"the scheduler reports it {why}{detail}"))
                 self._wake()
         self._apply(self._decide(manager))
@@ -234,16 +242,32 @@ class Scaler:
         except ProviderError as exc:
             log.warning("could not cancel blocks %s: %s", done, exc)
 
-    def _submit(self, count: int, reason: str) -> None:
+    def _submit(self, count: int, reason: str) -> bool:
+        """Submit `count` blocks; False when there was nothing to do or the provider refused."""
         if count <= 0 or self._manager is None:
-            return
+            return False
         try:
             submitted = self._manager.submit_blocks(count, self._command)
         except ProviderError as exc:
             log.error("could not start blocks (%s): %s", reason, exc)
-            return
+            self._record_decision(f"could not start blocks ({reason}): {exc}")
+            return False
         log.info("started blocks %s (%s)", ", ".join(submitted), reason)
         self._refresh_status()
+        return True
+
+    def _record_decision(self, text: str) -> None:
+        """What `status().last_decision` reports (the agent sends it with its status reports)."""
+        with self._lock:
+            self._status = dataclasses.replace(self._status, last_decision=text)
+
+    def _remove_block_files(self, block_id: str) -> None:
+        """Remove an ended block's log folder and its provider job files (script, output, exit code)."""
+        shutil.rmtree(self._launch.log_dir(block_id), ignore_errors=True)
+        label = self._manager.label if self._manager is not None else "taskfabric"
+        for path in (self._run_dir / "submit_scripts").glob(f"{label}.{block_id}.*"):
+            path.unlink(missing_ok=True)
+        log.debug("removed the files of block %s", block_id)
 
     def _command(self, block_id: str) -> str:
         return render_block_command(self._launch.argv(block_id), rundir=self._run_dir, container=self._config.container)

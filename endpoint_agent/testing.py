@@ -71,8 +71,10 @@ def provision_endpoint(
     topology: Topology,
     endpoint_dir: Path,
     config: dict[str, Any],
+    status_period_s: float | None = None,
 ) -> EndpointConnection:
-    """Declare an endpoint's queues, create its broker user, write config.yaml and connection.json."""
+    """Declare an endpoint's queues, create its broker user, write config.yaml and connection.json
+    (`status_period_s`: the period a forwarder would suggest at registration)."""
     endpoint_id = uuid.uuid4()
     queues = topology.endpoint_queues(endpoint_id, new_queue_secret())
     topology.declare_endpoint(admin, queues)
@@ -92,6 +94,8 @@ def provision_endpoint(
         results_exchange=topology.results_exchange,
         dead_letter_exchange=topology.dead_letter_exchange,
         control_queue=queues.control_queue,
+        status_period_s=status_period_s,
+        tasks_exchange=topology.tasks_exchange,
     )
     endpoint_dir.mkdir(parents=True, exist_ok=True)
     connection.save(endpoint_dir / "connection.json")
@@ -342,7 +346,8 @@ class EndpointHarness:
         self.topology.declare_shared(admin)
         self.running: list[RunningEndpoint] = []
 
-    def start(self, **overrides: Any) -> RunningEndpoint:
+    def start(self, *, service_status_period_s: float | None = None, **overrides: Any) -> RunningEndpoint:
+        """Provision an endpoint with FAST_CONFIG and `overrides` and start its agent."""
         config = {**FAST_CONFIG, **overrides}
         directory = self.root / unique_name("endpoint")
         connection = provision_endpoint(
@@ -352,6 +357,7 @@ class EndpointHarness:
             topology=self.topology,
             endpoint_dir=directory,
             config=config,
+            status_period_s=service_status_period_s,
         )
         collector = ResultCollector(self.admin, connection)
         endpoint = RunningEndpoint(

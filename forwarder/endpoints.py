@@ -53,6 +53,7 @@ class BrokerCredentials:
     control_queue: str
     results_exchange: str
     dead_letter_exchange: str
+    tasks_exchange: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -202,6 +203,7 @@ class EndpointRegistry:
             control_queue=queues.control_queue,
             results_exchange=topology.results_exchange,
             dead_letter_exchange=topology.dead_letter_exchange,
+            tasks_exchange=topology.tasks_exchange,
         )
 
     # --- reads --------------------------------------------------------------------------

@@ -76,6 +76,7 @@ class StatusBook:
             hostname=report.hostname,
             python_version=report.python_version,
             agent_version=report.agent_version,
+            scaling=report.scaling,
         )
         with self._lock:
             self._latest[report.endpoint_id] = status

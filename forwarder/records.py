@@ -73,6 +73,8 @@ class StatusReport:
     hostname: str = ""
     python_version: str = ""
     agent_version: str = ""
+    #: the agent's scaling strategy's last decision, in words
+    scaling: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -170,6 +170,7 @@ async def register_endpoint(body: schemas.EndpointRegistration, identity: Caller
                 "control_queue": broker.control_queue,
                 "results_exchange": broker.results_exchange,
                 "dead_letter_exchange": broker.dead_letter_exchange,
+                "tasks_exchange": broker.tasks_exchange,
             },
             "status_period_s": settings.status_period_s,
         },

@@ -105,6 +105,7 @@ class BrokerInfo(BaseModel):
     control_queue: str = Field(description="cancellations for the agent (consumed apart from the task queue)")
     results_exchange: str
     dead_letter_exchange: str
+    tasks_exchange: str = Field(description="where the agent hands back tasks it has not started on a graceful stop")
 
 
 class EndpointRegistered(BaseModel):
@@ -126,6 +127,8 @@ class EndpointInfo(BaseModel):
     pending_blocks: int
     running_blocks: int
     hostname: str
+    scaling: str = Field(description="the agent's last scaling decision, in words (empty: none yet)")
+    display_name: str | None = Field(description="the endpoint config's display_name, as registered")
     created_at: float
 
 

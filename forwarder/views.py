@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 from taskfabric.forwarder.records import EndpointRecord, EndpointState, FunctionRecord, TaskRecord, TaskStatus
@@ -62,8 +63,20 @@ def endpoint_info(record: EndpointRecord, *, now: float, offline_after_s: float)
         "pending_blocks": status.pending_blocks,
         "running_blocks": status.running_blocks,
         "hostname": status.hostname,
+        "scaling": status.scaling,
+        "display_name": _display_name(record),
         "created_at": record.created_at,
     }
+
+
+def _display_name(record: EndpointRecord) -> str | None:
+    """The display name the agent registered with (its config's `display_name`), if any."""
+    try:
+        metadata = json.loads(record.metadata or "{}")
+    except ValueError:
+        return None
+    name = metadata.get("display_name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def task_details(record: TaskRecord) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def dev_up(*, workers: int | None = None, announce: Any = print) -> DevState:
     info = RabbitNode(root / "broker").start()
     if not _forwarder_alive(state):
         port = _port_of(state.forwarder_url) or DEFAULT_PORT
-        if not port_free(port):
+        if not port_free(port, reuse_address=True):  # kept across restarts (TIME_WAIT)
             port = free_port()
         state.forwarder_url = f"http://127.0.0.1:{port}"
         settings_file = _write_forwarder_settings(root, info.amqp_url, info.management_url, port)
@@ -200,7 +200,13 @@ def _save_client_config(state: DevState) -> None:
 
 def _start_local_endpoint(state: DevState, workers: int | None) -> str:
     from taskfabric.client import Client
-    from taskfabric.endpoint_agent.local import LocalEndpoint, configure_endpoint, register_endpoint, start_endpoint
+    from taskfabric.endpoint_agent.local import (
+        LocalEndpoint,
+        configure_endpoint,
+        register_endpoint,
+        start_endpoint,
+        stop_endpoint,
+    )
 
     endpoint = LocalEndpoint(DEV_ENDPOINT)
     if not endpoint.exists:
@@ -216,10 +222,31 @@ def _start_local_endpoint(state: DevState, workers: int | None) -> str:
             },
         )
     with Client(url=state.forwarder_url, token=state.token) as client:
+        if endpoint.pid() is not None:
+            reused = _reusable_agent(client)
+            if reused is not None:
+                return reused
+            stop_endpoint(DEV_ENDPOINT, timeout_s=60)  # restarted below, registered afresh
         connection = register_endpoint(DEV_ENDPOINT, client)
-    if endpoint.pid() is None:
-        start_endpoint(DEV_ENDPOINT, detach=True)
+    start_endpoint(DEV_ENDPOINT, detach=True)
     return str(connection.endpoint_id)
+
+
+def _reusable_agent(client: Any) -> str | None:
+    """The id of the running `local` agent when it can go on as it is: the service knows its
+    endpoint and the broker takes its credentials. Registering again would re-key a live agent."""
+    from taskfabric.endpoint_agent.local import LocalEndpoint
+    from taskfabric.errors import NotFoundError
+
+    endpoint = LocalEndpoint(DEV_ENDPOINT)
+    endpoint_id = endpoint.endpoint_id()
+    if endpoint_id is None or endpoint.problem() is not None:
+        return None
+    try:
+        client.get_endpoint(endpoint_id)
+    except NotFoundError:  # a new store (its file was deleted): register again
+        return None
+    return endpoint_id
 
 
 def _wait_online(state: DevState, timeout_s: float = 60.0) -> None:

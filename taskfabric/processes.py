@@ -29,9 +29,12 @@ def free_port(host: str = _LOOPBACK) -> int:
         return int(probe.getsockname()[1])
 
 
-def port_free(port: int, host: str = _LOOPBACK) -> bool:
-    """Whether `port` can be bound on `host` now."""
+def port_free(port: int, host: str = _LOOPBACK, *, reuse_address: bool = False) -> bool:
+    """Whether `port` can be bound on `host` now. With `reuse_address`, probe as a server that sets
+    SO_REUSEADDR does (uvicorn does): a port whose old connections linger in TIME_WAIT is free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if reuse_address:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

@@ -19,6 +19,8 @@ __all__ = ["EndpointTable"]
 _TEXT_LIMIT = 256
 _STATUS_COUNTERS = ("managers", "workers", "idle_workers", "outstanding_tasks", "pending_blocks", "running_blocks")
 _STATUS_TEXTS = ("hostname", "python_version", "agent_version")
+#: a scaling decision may quote a scheduler's message
+_SCALING_LIMIT = 1024
 #: counters are clamped into a signed 32-bit column
 _COUNTER_MAX = 2**31 - 1
 
@@ -103,6 +105,7 @@ class EndpointTable:
             .values(
                 state=bindparam("b_state"),
                 last_heartbeat_at=bindparam("b_last_heartbeat_at"),
+                scaling=bindparam("b_scaling"),
                 **{name: bindparam(f"b_{name}") for name in (*_STATUS_COUNTERS, *_STATUS_TEXTS)},
             )
         )
@@ -121,6 +124,7 @@ def _status_params(endpoint_id: uuid.UUID, report: StatusReport) -> dict[str, An
         params[f"b_{name}"] = max(0, min(_COUNTER_MAX, getattr(report, name)))
     for name in _STATUS_TEXTS:
         params[f"b_{name}"] = clean_text(getattr(report, name), _TEXT_LIMIT)
+    params["b_scaling"] = clean_text(report.scaling, _SCALING_LIMIT)
     return params
 
 
@@ -138,6 +142,7 @@ def _endpoint(row: Row[Any]) -> EndpointRecord:
         hostname=m["hostname"] or "",
         python_version=m["python_version"] or "",
         agent_version=m["agent_version"] or "",
+        scaling=m["scaling"] or "",
     )
     return EndpointRecord(
         endpoint_id=m["endpoint_id"],

@@ -111,6 +111,8 @@ endpoints = Table(
     # schema v2: when a broken task queue was last rebuilt (tasks it held are reconciled, see
     # forwarder/queue_health.py)
     Column("queue_rebuilt_at", Float),
+    # schema v2: the scaling strategy's last decision, as the agent reported it
+    Column("scaling", Text),
     UniqueConstraint("owner_id", "name", name="uq_endpoints_owner_name"),
 )
 
@@ -170,7 +172,7 @@ def _v1_initial(connection: Connection) -> None:
 
 
 _V2_TASK_COLUMNS = ("task_group_id", "stdout", "stderr", "cancel_requested_at")
-_V2_ENDPOINT_COLUMNS = ("queue_rebuilt_at",)
+_V2_ENDPOINT_COLUMNS = ("queue_rebuilt_at", "scaling")
 
 
 def _add_missing_columns(
@@ -184,7 +186,8 @@ def _add_missing_columns(
 
 
 def _v2_lifecycle(connection: Connection) -> None:
-    """Task groups, captured output, cancellation, listing indexes, kept dead letters."""
+    """Task groups, captured output, cancellation, listing indexes, kept dead letters, endpoints'
+    scaling decisions."""
     inspector = inspect(connection)
     _add_missing_columns(connection, inspector, "tasks", tasks, _V2_TASK_COLUMNS)
     if connection.dialect.name == "postgresql":

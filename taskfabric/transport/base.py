@@ -95,6 +95,11 @@ class Transport(abc.ABC):
     def connected(self) -> bool:
         """Whether the connection is up right now."""
 
+    @property
+    def last_error(self) -> BaseException | None:
+        """Why the last connection attempt failed or the connection dropped (None once connected)."""
+        return None
+
     @abc.abstractmethod
     def start(self, *, wait_s: float | None = None) -> None:
         """Start the IO thread and connect. With `wait_s`, wait that long for the first connection

@@ -205,6 +205,10 @@ class RabbitTransport(Transport):
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def last_error(self) -> BaseException | None:
+        return self._last_error
+
     def __repr__(self) -> str:
         return f"RabbitTransport({redact_url(self._url)!r})"
 

@@ -125,3 +125,29 @@ def fabric(
                 if endpoint.pid() is not None:
                     stop_endpoint(name, timeout_s=30)
             patch.undo()
+
+
+@pytest.fixture
+def own_forwarder(broker: BrokerUnderTest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fabric]:
+    """A forwarder of this test alone (the test stops and restarts it), with its own home."""
+    assert broker.management_url
+    values = {
+        **FORWARDER_SETTINGS,
+        "database_url": f"sqlite:///{tmp_path / 'fw.db'}",
+        "amqp_url": broker.amqp_url,
+        "management_url": broker.management_url,
+        "topology_prefix": unique_name("e2e-own"),
+    }
+    monkeypatch.setenv("TASKFABRIC_HOME", str(tmp_path / "home"))
+    settings = ForwarderSettings.from_mapping(values)
+    username = unique_name("researcher")
+    forwarder = ForwarderProcess(tmp_path / "forwarder", values).start()
+    try:
+        create_user(settings, username)
+        own = Fabric("sqlite", forwarder, settings, tmp_path / "home", create_token(settings, username), username)
+        yield own
+        for name in own.endpoints:
+            if LocalEndpoint(name).pid() is not None:
+                stop_endpoint(name, timeout_s=30)
+    finally:
+        forwarder.stop()

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from click.testing import CliRunner
 
+from taskfabric.broker_config import ManagementClient
 from taskfabric.cli import main
 from taskfabric.client import Client, Executor
-from taskfabric.exit_codes import RET_CONFIG, RET_STOPPED
+from taskfabric.exit_codes import RET_BROKER, RET_CONFIG, RET_STOPPED
 from taskfabric.testing import wait_until
 
 pytestmark = pytest.mark.slow
@@ -195,3 +198,212 @@ def test_bench_runs_every_scenario_on_its_own_fabric(tmp_path: Path) -> None:
     assert (backlog["completed"], backlog["lost"], backlog["failed"]) == (1000, 0, 0)
     assert backlog["forwarder_peak_rss_mb"] > 0 and backlog["agent_peak_rss_mb"] > 0
     assert "taskfabric bench" in done.stdout  # the table's title
+
+
+def _configure_fast(fabric: Fabric, name: str, **extra: Any) -> Path:
+    configured = run("endpoint", "configure", name, "--workers", "2")
+    assert configured.exit_code == 0, configured.output
+    config_path = fabric.home / "endpoints" / name / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config.update({"heartbeat_period_s": 0.5, "heartbeat_threshold_s": 3.0, "status_period_s": 0.5, **extra})
+    config_path.write_text(yaml.safe_dump(config))
+    fabric.endpoints.append(name)
+    return config_path
+
+
+@pytest.mark.parametrize("fabric", ["sqlite"], indirect=True)
+def test_start_on_a_running_endpoint_changes_nothing(fabric: Fabric) -> None:
+    """Issue 10 item 7.1: `endpoint start` on a running endpoint used to re-register first (new
+    broker password), which cut off the running agent."""
+    assert run("login", "--url", fabric.url, "--token", fabric.token).exit_code == 0
+    name = "twice"
+    _configure_fast(fabric, name)
+    started = run("endpoint", "start", name, "--detach")
+    assert started.exit_code == 0, started.output
+    endpoint_id = started.output.split("id ")[1].split()[0]
+    connection_file = fabric.home / "endpoints" / name / "connection.json"
+    before = connection_file.read_text()
+
+    again = run("endpoint", "start", name, "--detach")
+    assert again.exit_code != 0
+    assert "already running" in again.output
+    assert connection_file.read_text() == before  # not re-registered: the agent's credentials still hold
+    with Client() as client, Executor(endpoint_id, client=client) as executor:
+        assert executor.submit(cube, 4).result(timeout=60) == 64
+    assert run("endpoint", "status", name).exit_code == 0
+
+
+@pytest.mark.parametrize("fabric", ["sqlite"], indirect=True)
+def test_refused_broker_credentials_show_in_status(fabric: Fabric) -> None:
+    """Issue 10 item 7.1: an agent whose broker credentials were revoked (the endpoint registered
+    again elsewhere) says so in `endpoint status` instead of looping silently; a restart fixes it."""
+    from taskfabric.endpoint_agent.local import register_endpoint
+
+    assert run("login", "--url", fabric.url, "--token", fabric.token).exit_code == 0
+    name = "rekeyed"
+    _configure_fast(fabric, name)
+    started = run("endpoint", "start", name, "--detach")
+    assert started.exit_code == 0, started.output
+    endpoint_id = started.output.split("id ")[1].split()[0]
+    with Client() as client:
+        fabric.wait_online(client, endpoint_id)
+        connection = register_endpoint(name, client)  # new credentials: the running agent's are refused now
+
+    def refused() -> bool:
+        # the forwarder closes the old credentials' connections, but the management API lists a
+        # fresh connection only after its next stats update: close it here until it is seen
+        with ManagementClient(fabric.settings.management_url) as management:
+            management.close_connections_of(connection.username, reason="test: credentials replaced")
+        shown = run("endpoint", "status", name)
+        return shown.exit_code != 0 and "refused" in shown.output
+
+    wait_until(refused, timeout_s=60, what="status to report the refused credentials")
+    shown = run("endpoint", "status", name)
+    assert shown.exit_code == RET_BROKER
+    assert f"taskfabric endpoint restart {name}" in shown.output
+
+    restarted = run("endpoint", "restart", name)
+    assert restarted.exit_code == 0, restarted.output
+    wait_until(lambda: run("endpoint", "status", name).exit_code == 0, timeout_s=60, what="a healthy agent")
+
+
+@pytest.mark.parametrize("fabric", ["sqlite"], indirect=True)
+def test_endpoint_status_is_a_table_or_one_json_document(fabric: Fabric) -> None:
+    """Issue 10 item 7.5 and 7.7: the status shows the display name and the scaling decision the
+    agent reports; plain output is a table, `--json` one JSON document."""
+    assert run("login", "--url", fabric.url, "--token", fabric.token).exit_code == 0
+    name = "shown"
+    _configure_fast(fabric, name, display_name="the lab's big box")
+    started = run("endpoint", "start", name, "--detach")
+    assert started.exit_code == 0, started.output
+    endpoint_id = started.output.split("id ")[1].split()[0]
+
+    def reported() -> dict[str, Any] | None:
+        shown = run("endpoint", "status", name, "--json")
+        info = json.loads(shown.output)
+        service = info.get("service") or {}
+        return info if service.get("status") == "online" and service.get("scaling") else None
+
+    wait_until(reported, timeout_s=60, what="an online status with a scaling decision")
+    info = reported()
+    assert info is not None
+    assert info["display_name"] == "the lab's big box"
+    assert info["service"]["display_name"] == "the lab's big box"
+    assert "block" in info["service"]["scaling"]
+    with Client() as client:
+        remote = client.get_endpoint(endpoint_id)
+        assert remote["display_name"] == "the lab's big box" and remote["scaling"]
+
+    table = run("endpoint", "status", name)
+    assert table.exit_code == 0
+    assert "{" not in table.output and "}" not in table.output  # not a Python dict
+    assert "the lab's big box" in table.output
+    assert endpoint_id in table.output
+    assert "online" in table.output
+    listed = run("endpoint", "list")
+    assert any(name in line and "the lab's big box" in line for line in listed.output.splitlines())
+
+
+@pytest.mark.parametrize("fabric", ["sqlite"], indirect=True)
+def test_delete_when_the_service_no_longer_knows_the_endpoint(fabric: Fabric) -> None:
+    """Issue 10 item 7.9: the service answers 404; without --force the folder stays and the message
+    says what to do; with --force it goes."""
+    assert run("login", "--url", fabric.url, "--token", fabric.token).exit_code == 0
+    name = "orphan"
+    config_path = _configure_fast(fabric, name)
+    started = run("endpoint", "start", name, "--detach")
+    assert started.exit_code == 0, started.output
+    endpoint_id = started.output.split("id ")[1].split()[0]
+    with Client() as client:
+        client.delete_endpoint(endpoint_id)  # deleted on the service (e.g. from another machine)
+
+    kept = run("endpoint", "delete", name, "--yes")
+    assert kept.exit_code != 0
+    assert "--force" in kept.output
+    assert config_path.exists()
+
+    forced = run("endpoint", "delete", name, "--yes", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "deleted the local folder" in forced.output
+    assert not config_path.parent.exists()
+
+
+def test_restart_and_start_with_the_forwarder_down(own_forwarder: Fabric) -> None:
+    """Issue 10 item 7.2: `endpoint restart` with the forwarder down stopped the endpoint and could
+    not start it again. The agent needs only the broker: the saved registration is used."""
+    fabric = own_forwarder
+    assert run("login", "--url", fabric.url, "--token", fabric.token).exit_code == 0
+    name = "nomad"
+    _configure_fast(fabric, name)
+    started = run("endpoint", "start", name, "--detach")
+    assert started.exit_code == 0, started.output
+    endpoint_id = started.output.split("id ")[1].split()[0]
+    port = int(fabric.url.rsplit(":", 1)[1])
+    fabric.forwarder.stop()
+
+    restarted = run("endpoint", "restart", name)
+    assert restarted.exit_code == 0, restarted.output
+    assert "could not be reached" in restarted.output  # the warning (on stderr, mixed in by CliRunner)
+    assert endpoint_id in restarted.output
+    assert run("endpoint", "stop", name).exit_code == 0
+    again = run("endpoint", "start", name, "--detach")
+    assert again.exit_code == 0, again.output
+    assert "could not be reached" in again.output
+
+    fabric.forwarder.settings["port"] = port  # back where the saved client config points
+    fabric.forwarder.start()
+    with Client() as client:
+        fabric.wait_online(client, endpoint_id)
+        with Executor(endpoint_id, client=client) as executor:
+            assert executor.submit(cube, 5).result(timeout=60) == 125
+
+
+def test_dev_up_again_keeps_the_live_agent_and_the_forwarder_port(tmp_path: Path) -> None:
+    """Issue 10 items 7.1 and 7.3: `dev up` with a live agent re-registered it (new broker password:
+    the agent was refused), and a restarted dev forwarder moved to another port when the old one
+    lingered in TIME_WAIT (running Executors could not reconnect)."""
+    import httpx
+
+    env = {**os.environ, "TASKFABRIC_HOME": str(tmp_path / "home")}
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "taskfabric", *args],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    state_file = tmp_path / "home" / "dev" / "state.json"
+    pid_file = tmp_path / "home" / "endpoints" / "local" / "agent.pid"
+    try:
+        up = command("dev", "up", "--detach", "--workers", "1")
+        assert up.returncode == 0, up.stdout + up.stderr
+        first = json.loads(state_file.read_text())
+        agent_pid = pid_file.read_text()
+        # a client connection open while the forwarder stops: the forwarder closes it first, so its
+        # port lingers in TIME_WAIT
+        with httpx.Client(base_url=first["forwarder_url"]) as held:
+            assert held.get("/v1/version").status_code == 200
+            os.kill(first["forwarder_pid"], signal.SIGTERM)
+            wait_until(lambda: not psutil.pid_exists(first["forwarder_pid"]), timeout_s=60, what="the forwarder gone")
+
+        again = command("dev", "up", "--detach", "--workers", "1")
+        assert again.returncode == 0, again.stdout + again.stderr
+        second = json.loads(state_file.read_text())
+        assert second["forwarder_url"] == first["forwarder_url"]
+        assert second["endpoint_id"] == first["endpoint_id"]
+        assert pid_file.read_text() == agent_pid  # the live agent was kept, not re-keyed
+        status = command("endpoint", "status", "local")
+        assert status.returncode == 0, status.stdout + status.stderr
+        with (
+            Client(url=second["forwarder_url"], token=second["token"]) as client,
+            Executor(second["endpoint_id"], client=client) as executor,
+        ):
+            assert executor.submit(cube, 6).result(timeout=60) == 216
+        assert command("endpoint", "status", "local").returncode == 0  # and the broker still takes it
+    finally:
+        down = command("dev", "down")
+    assert down.returncode == 0, down.stderr

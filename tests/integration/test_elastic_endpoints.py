@@ -44,6 +44,7 @@ def test_a_burst_scales_local_blocks_out_to_max_and_back_to_min(endpoints: Endpo
     wait_until(
         lambda: any(blocks_of(s) == 3 for s in endpoint.collector.statuses), timeout_s=30, what="max_blocks blocks"
     )
+    assert block_files(endpoint)  # each block has its log folder and job script while it runs
     results = endpoint.wait(ids, timeout_s=90)
     assert sorted(endpoint.collector.value(r) for r in results.values()) == list(range(12))
     assert max(s.managers for s in endpoint.collector.statuses) == 3
@@ -56,6 +57,14 @@ def test_a_burst_scales_local_blocks_out_to_max_and_back_to_min(endpoints: Endpo
     assert any("scale out" in d for d in decisions), decisions
     assert any("scale in" in d for d in decisions), decisions
     wait_until(lambda: not endpoint.agent.descendants(), what="no manager left")
+    # issue 10 item 7.10: the folders and job scripts of ended blocks used to pile up
+    wait_until(lambda: not block_files(endpoint), timeout_s=30, what="the ended blocks' files removed")
+
+
+def block_files(endpoint: RunningEndpoint) -> list[Path]:
+    """Block log folders and provider job files in the endpoint's blocks/ folder."""
+    blocks = endpoint.directory / "blocks"
+    return [*blocks.glob("block-*"), *blocks.glob("submit_scripts/taskfabric.*")]
 
 
 def test_managers_and_tasks_run_inside_a_bubblewrap_container(

@@ -3,13 +3,25 @@ broker, fed in the protocol's task format (no forwarder)."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from pathlib import Path
 
 import numpy as np
 
-from taskfabric.endpoint_agent.testing import EndpointHarness
+from taskfabric.broker_config import ManagementClient
+from taskfabric.endpoint_agent.local import LocalEndpoint, start_endpoint, stop_endpoint
+from taskfabric.endpoint_agent.testing import (
+    FAST_CONFIG,
+    AgentProcess,
+    EndpointHarness,
+    ResultCollector,
+    TaskFactory,
+    provision_endpoint,
+    publish_batches,
+)
 from taskfabric.errors import ErrorCode
-from taskfabric.protocol import pack
+from taskfabric.protocol import EndpointState, pack
 from taskfabric.testing import wait_until
 from taskfabric.transport import Delivery, OutgoingMessage
 
@@ -160,3 +172,96 @@ def test_ten_thousand_tasks_in_large_batches(endpoints: EndpointHarness) -> None
     assert all(results[task_id].ok for task_id in ids)
     assert endpoint.collector.value(results[ids[-1]]) == 9999 * 9999
     assert not endpoint.collector.duplicates
+
+
+def test_the_config_status_period_drives_the_reports(endpoints: EndpointHarness) -> None:
+    """Issue 10 item 7.5: the period the forwarder suggested at registration used to override the
+    endpoint config's `status_period_s`."""
+    endpoint = endpoints.start(status_period_s=0.3, service_status_period_s=7.0)
+    wait_until(lambda: len(endpoint.collector.statuses) >= 3, timeout_s=60, what="three status reports")
+    assert {status.heartbeat_period_s for status in endpoint.collector.statuses} == {0.3}
+
+
+def test_a_clean_stop_reports_offline_before_exit(endpoints: EndpointHarness) -> None:
+    """Issue 10 item 7.5: after a clean stop the service showed the endpoint online until its
+    reports went stale; the agent now says `offline` (confirmed by the broker) before it exits."""
+    endpoint = endpoints.start()
+    wait_until(lambda: endpoint.collector.statuses, timeout_s=60, what="a status report")
+    assert endpoint.agent.stop(timeout_s=30) == 0
+    wait_until(
+        lambda: endpoint.collector.statuses[-1].state == EndpointState.OFFLINE, timeout_s=10, what="an offline report"
+    )
+    assert [s.state for s in endpoint.collector.statuses].count(EndpointState.OFFLINE) == 1
+
+
+def test_stop_with_a_timeout_leaves_no_manager_or_worker(endpoints: EndpointHarness, tmp_home: Path) -> None:
+    """Issue 10 item 7.6: `endpoint stop --timeout` killed the agent but left its managers and
+    workers running until they missed heartbeats (~60 s)."""
+    name = "stopper"
+    directory = tmp_home / "endpoints" / name
+    connection = provision_endpoint(
+        admin=endpoints.admin,
+        management_url=endpoints.management_url,
+        amqp_url=endpoints.amqp_url,
+        topology=endpoints.topology,
+        endpoint_dir=directory,
+        config=FAST_CONFIG,
+    )
+    collector = ResultCollector(endpoints.admin, connection)
+    processes = AgentProcess(directory)  # to find the endpoint's managers and workers
+    try:
+        start_endpoint(name, detach=True)
+        factory = TaskFactory()
+        publish_batches(endpoints.admin, endpoints.topology, connection, TaskFactory.batches([factory.task(nap, 600)]))
+        wait_until(
+            lambda: any(s.managers == 1 and s.idle_workers < 2 for s in collector.statuses),
+            timeout_s=60,
+            what="the task running",
+        )
+        assert processes.workers()
+        assert stop_endpoint(name, timeout_s=1.0)
+        assert LocalEndpoint(name).pid() is None
+        assert processes.descendants() == []  # at once: no wait for heartbeats to be missed
+    finally:
+        processes.kill_group()
+        with ManagementClient(endpoints.management_url) as management:
+            management.delete_user(connection.username)
+
+
+def nap(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_a_graceful_stop_hands_back_the_tasks_not_started(endpoints: EndpointHarness) -> None:
+    """Issue 10 item 7.4: on a graceful stop, tasks the agent holds that no manager has yet go back
+    to the broker at once (and out of the ledger); only the running ones finish."""
+    endpoint = endpoints.start(prefetch=0)  # managers hold only what their two workers run
+
+    def slow(x: int) -> int:
+        time.sleep(2.0)
+        return x
+
+    ids = endpoint.submit([endpoint.factory.task(slow, i) for i in range(10)])
+    wait_until(
+        lambda: any(s.managers == 1 and s.idle_workers == 0 for s in endpoint.collector.statuses),
+        timeout_s=60,
+        what="both workers busy",
+    )
+    assert endpoint.agent.stop(timeout_s=60) == 0
+    assert endpoints.admin.queue_depth(endpoint.connection.task_queue) >= 1  # handed back
+    assert _ledger_rows(endpoint.directory) == 0  # and out of the ledger
+    wait_until(lambda: endpoint.collector.count() >= 2, what="the two running tasks' results")
+    assert endpoint.collector.count() == 2  # nothing else started
+    log = (endpoint.directory / "agent.log").read_text()
+    assert "2 running tasks may finish" in log and "handed 8 tasks back to the broker" in log
+
+    endpoint.restart_agent()
+    results = endpoint.wait(ids, timeout_s=90)
+    assert sorted(endpoint.collector.value(r) for r in results.values()) == list(range(10))
+    assert all(result.attempts == 1 for result in results.values())
+    assert not endpoint.collector.duplicates
+
+
+def _ledger_rows(directory: Path) -> int:
+    with sqlite3.connect(directory / "ledger.sqlite") as db:
+        return int(db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])

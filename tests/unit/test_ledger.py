@@ -123,3 +123,18 @@ def test_cancelled_ids_expire(tmp_path: Path) -> None:
     reopened = Ledger(path)
     assert not reopened.is_cancelled(old)
     assert reopened.is_cancelled(recent)
+
+
+def test_released_tasks_are_forgotten_and_taken_again_when_redelivered(tmp_path: Path) -> None:
+    """Tasks handed back to the broker on a graceful stop leave the ledger; unlike completed ones,
+    their redelivery is new work."""
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    tasks = batch(3)
+    ledger.record([tasks])
+    handed = [task.task_id for task in tasks.tasks[1:]]
+    ledger.release(handed)
+    ledger.flush()
+    to_run, _ = ledger.unfinished()
+    assert [held.task_id for held in to_run] == [tasks.tasks[0].task_id]
+    assert {held.task_id for held in ledger.stage([tasks])} == set(handed)
+    ledger.close()

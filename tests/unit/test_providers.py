@@ -180,6 +180,32 @@ def test_mistakes_are_config_errors_naming_the_key_path(data: dict[str, Any], ke
     assert words in str(error)
 
 
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"type": "SlurmProvider", "mem_per_node": -4}, "provider.mem_per_node"),
+        ({"type": "SlurmProvider", "cores_per_node": -1}, "provider.cores_per_node"),
+        ({"type": "SlurmProvider", "cores_per_node": 0}, "provider.cores_per_node"),
+        ({"type": "SlurmProvider", "gpus_per_node": -2}, "provider.gpus_per_node"),
+        ({"type": "SlurmProvider", "cmd_timeout": -10}, "provider.cmd_timeout"),
+        ({"type": "PBSProProvider", "cpus_per_node": -1}, "provider.cpus_per_node"),
+        ({"type": "LSFProvider", "cores_per_block": -8}, "provider.cores_per_block"),
+        ({"type": "CondorProvider", "mem_per_slot": -1}, "provider.mem_per_slot"),
+        ({"type": "CondorProvider", "cores_per_slot": 0}, "provider.cores_per_slot"),
+    ],
+)
+def test_negative_or_zero_provider_sizes_are_refused_naming_the_key(data: dict[str, Any], key: str) -> None:
+    error = bad(data)
+    assert error.key == key
+    assert "must be" in str(error)
+
+
+def test_zero_memory_and_gpus_are_allowed() -> None:
+    """Slurm reads --mem=0 as "all the node's memory"; no GPUs is the default."""
+    spec = parse_provider_config({"type": "SlurmProvider", "mem_per_node": 0, "gpus_per_node": 0})
+    assert spec.options["mem_per_node"] == 0
+
+
 def test_the_section_must_be_a_mapping() -> None:
     assert bad(["SlurmProvider"]).key == "provider"  # type: ignore[arg-type]
 

@@ -36,6 +36,7 @@ def test_registration_is_stable_and_provisions_the_broker(
     assert broker["result_queue"].startswith(f"{prefix}.results.{endpoint_id}.")
     assert broker["results_exchange"] == f"{prefix}.results"
     assert broker["dead_letter_exchange"] == f"{prefix}.dead-letter"
+    assert broker["tasks_exchange"] == f"{prefix}.tasks"  # a stopping agent hands tasks back through it
     assert broker["amqp_url"].startswith(f"amqp://ep-{endpoint_id}:")
     # queues declared at registration, before any traffic; the broker user exists
     assert rabbit.queue_depth(broker["task_queue"]) == 0

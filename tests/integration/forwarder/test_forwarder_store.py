@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event
@@ -188,3 +189,47 @@ def _same_name(endpoint: EndpointRecord) -> EndpointRecord:
 def test_an_unreachable_database_is_a_store_error() -> None:
     with pytest.raises(StoreError):
         Store.open("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_the_scaling_decision_an_endpoint_reports_is_stored(store: Store) -> None:
+    """Issue 10 item 7.5: the agent's `EndpointStatus.scaling` used to be dropped."""
+    owner = _user(store)
+    endpoint = EndpointRecord(
+        endpoint_id=uuid.uuid4(),
+        owner_id=owner,
+        name="scaled",
+        queue_secret="cd" * 16,
+        broker_username="ep-y",
+        created_at=1.0,
+    )
+    store.endpoints.add(endpoint)
+    decision = "scale out by 2 blocks: 40 tasks waiting, 8 slots" + "!" * 2000
+    store.endpoints.record_statuses(
+        [(endpoint.endpoint_id, StatusReport(state="online", last_heartbeat_at=5.0, scaling=decision + "\x00"))]
+    )
+    status = store.endpoints.get(endpoint.endpoint_id).status  # type: ignore[union-attr]
+    assert status.scaling.startswith("scale out by 2 blocks: 40 tasks waiting, 8 slots")
+    assert len(status.scaling) == 1024  # bounded: it comes from an endpoint
+
+
+def test_a_schema_v1_database_gains_the_endpoint_scaling_column(tmp_path: Path) -> None:
+    from sqlalchemy import inspect, text
+
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    with Store.open(url) as opened, opened.engine.begin() as connection:  # as schema v1 left it:
+        connection.execute(text("ALTER TABLE endpoints DROP COLUMN scaling"))
+        connection.execute(text("UPDATE schema_version SET version = 1"))
+    with Store.open(url) as migrated:
+        columns = {column["name"] for column in inspect(migrated.engine).get_columns("endpoints")}
+        assert "scaling" in columns
+        owner = _user(migrated)
+        record = EndpointRecord(
+            endpoint_id=uuid.uuid4(),
+            owner_id=owner,
+            name="old",
+            queue_secret="ef" * 16,
+            broker_username="ep-z",
+            created_at=1.0,
+        )
+        migrated.endpoints.add(record)
+        assert migrated.endpoints.get(record.endpoint_id).status.scaling == ""  # type: ignore[union-attr]
