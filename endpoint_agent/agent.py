@@ -42,8 +42,8 @@ from taskfabric.endpoint_agent.launch import ManagerLaunch, new_registration_tok
 from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
 from taskfabric.endpoint_agent.scaler import Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, curve_keypair
-from taskfabric.errors import AccessRefused, BrokerError, ErrorCode
-from taskfabric.protocol import EndpointStatus, FunctionBody, Result, TaskError
+from taskfabric.errors import AccessRefused, BrokerError, ErrorCode, LedgerError
+from taskfabric.protocol import EndpointState, EndpointStatus, FunctionBody, Result, TaskError
 from taskfabric.transport import Delivery
 
 __all__ = ["Agent", "AgentPaths"]
@@ -70,6 +70,9 @@ class _Unacked:
 
 
 _SUBSCRIBE_RETRY_S = 2.0
+#: back-off between tries to write an unwritable ledger (doubling up to the max)
+_LEDGER_RETRY_INITIAL_S = 0.5
+_LEDGER_RETRY_MAX_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +174,10 @@ class Agent:
         self._stop_deadline = 0.0
         self._drained = False
         self.finished = False
+        #: why the agent takes no tasks for now (its ledger refuses writes); None when healthy
+        self.degraded_reason: str | None = None
+        self._ledger_retry_at = 0.0
+        self._ledger_retry_s = _LEDGER_RETRY_INITIAL_S
 
     def _launch(self, max_managers: int) -> ManagerLaunch:
         return ManagerLaunch(
@@ -247,7 +254,10 @@ class Agent:
         self.scaler.stop()
         self.sockets.close()
         self.broker.close()
-        self.ledger.flush()  # staged tasks survive a stop (their messages, unacked, come back too)
+        try:
+            self.ledger.flush()  # staged tasks survive a stop (their messages, unacked, come back too)
+        except LedgerError as exc:
+            log.warning("staged tasks not written at exit (%s); their messages were not acked and come back", exc)
         self.ledger.close()
         for fd in (self._wake_read, self._wake_write):
             try:
@@ -291,7 +301,7 @@ class Agent:
         self.advance_shutdown(now)
 
     def _poll_timeout_s(self) -> float:
-        if self.stopping:
+        if self.stopping or self.degraded_reason is not None:
             return 0.1
         if self.ledger.staged:
             return _LEDGER_FLUSH_S
@@ -329,11 +339,44 @@ class Agent:
             self.waiting.extend(fresh)
 
     def flush_ledger(self, now: float, *, force: bool = False) -> None:
-        """Write staged tasks (group commit) and ack the messages whose tasks are all safe now."""
-        staged = self.ledger.staged
-        if staged and (force or staged >= _LEDGER_FLUSH_COUNT or now - self._last_flush >= _LEDGER_FLUSH_S):
-            self._last_flush = now
-            self._now_safe(self.ledger.flush())
+        """Write staged tasks (group commit) and ack the messages whose tasks are all safe now.
+        While the ledger refuses writes, retry with back-off (see `_ledger_failed`)."""
+        if self.degraded_reason is not None:
+            if now < self._ledger_retry_at:
+                return
+        else:
+            staged = self.ledger.staged
+            if not staged or not (force or staged >= _LEDGER_FLUSH_COUNT or now - self._last_flush >= _LEDGER_FLUSH_S):
+                return
+        self._last_flush = now
+        try:
+            written = self.ledger.flush()
+        except LedgerError as exc:
+            self._ledger_failed(exc, now)
+            return
+        self._now_safe(written)
+        if self.degraded_reason is not None:
+            self._ledger_recovered()
+
+    def _ledger_failed(self, exc: LedgerError, now: float) -> None:
+        """The disk refused a write: take no new tasks (their messages stay unacked, so nothing is
+        lost if we die), report `degraded`, retry later; tasks in hand keep running."""
+        if self.degraded_reason is None:
+            log.error("%s; taking no new tasks until the ledger can write again", exc)
+            self.degraded_reason = str(exc)
+            self._ledger_retry_s = _LEDGER_RETRY_INITIAL_S
+            self._last_status = 0.0  # say so now
+            self.broker.pause()
+        else:
+            self._ledger_retry_s = min(_LEDGER_RETRY_MAX_S, self._ledger_retry_s * 2)
+        self._ledger_retry_at = now + self._ledger_retry_s
+
+    def _ledger_recovered(self) -> None:
+        log.warning("the ledger writes again; taking tasks")
+        self.degraded_reason = None
+        self._last_status = 0.0
+        if not self.stopping:
+            self.broker.resume()
 
     def _now_safe(self, task_ids: list[uuid.UUID]) -> None:
         for task_id in task_ids:
@@ -378,7 +421,10 @@ class Agent:
             held = item.held
             decision = retry_decision(held.attempts, self.config.max_retries_on_system_failure)
             held.attempts = decision.attempts
-            self.ledger.set_attempts(held.task_id, held.attempts)
+            try:
+                self.ledger.set_attempts(held.task_id, held.attempts)
+            except LedgerError as exc:  # the count in memory still holds; a restart may undercount
+                self._ledger_failed(exc, time.monotonic())
             if decision.retry:
                 log.info("task %s lost (%s); retry %d", held.task_id, item.message, held.attempts)
                 self.waiting.appendleft(held)
@@ -414,11 +460,22 @@ class Agent:
                 confirmed.extend(result.task_id for result in results)
             else:
                 log.warning("%d results not confirmed (%s); kept on disk for re-sending", len(results), outcome.error)
-                self._now_safe(self.ledger.store_results(results))
-                self._has_stored_results = True
+                self._store_results(results)
         if confirmed:
             self.ledger.complete(confirmed)
             self._now_safe(confirmed)
+
+    def _store_results(self, results: list[Result]) -> bool:
+        """Keep unconfirmed results on disk; while the disk refuses, keep them in memory to re-send."""
+        try:
+            self._now_safe(self.ledger.flush())
+            self.ledger.store_results(results)
+        except LedgerError as exc:
+            self._ledger_failed(exc, time.monotonic())
+            self.outbox.extend(results)
+            return False
+        self._has_stored_results = True
+        return True
 
     def republish_stored_results(self, now: float) -> None:
         if (
@@ -445,7 +502,7 @@ class Agent:
         status = EndpointStatus(
             endpoint_id=self.connection.endpoint_id,
             sent_at=time.time(),
-            state="draining" if self.stopping else "online",
+            state=self._reported_state().value,
             heartbeat_period_s=self._status_period_s,
             managers=summary.managers,
             workers=summary.workers,
@@ -457,12 +514,18 @@ class Agent:
             python_version=platform.python_version(),
             agent_version=__version__,
             scaling=blocks.last_decision,
+            status_reason=self.degraded_reason or "",
         )
         self.broker.publish_status(status)
 
+    def _reported_state(self) -> EndpointState:
+        if self.stopping:
+            return EndpointState.DRAINING
+        return EndpointState.ONLINE if self.degraded_reason is None else EndpointState.DEGRADED
+
     def regulate_intake(self) -> None:
         """Stop taking tasks while `task_buffer` of them wait for a manager; start again at half."""
-        if self.stopping:
+        if self.stopping or self.degraded_reason is not None:
             return
         if not self.broker.paused and len(self.waiting) >= self.config.task_buffer:
             log.debug("%d tasks waiting; pausing intake", len(self.waiting))
@@ -487,9 +550,15 @@ class Agent:
         flushed = not self.outbox and not self.in_flight
         if flushed or now >= self._stop_deadline + 10.0:
             unconfirmed = [result for chunk in self.in_flight.values() for result in chunk] + self.outbox
-            if unconfirmed:
-                self._now_safe(self.ledger.store_results(unconfirmed))
+            self.outbox = []
+            if unconfirmed and self._store_results(unconfirmed):
                 log.warning("%d results unconfirmed at exit; stored for the next start", len(unconfirmed))
+            elif unconfirmed:
+                log.error(
+                    "%d results unconfirmed at exit and the ledger cannot store them; their tasks run again "
+                    "at the next start if they were written",
+                    len(unconfirmed),
+                )
             self.finished = True
 
     # --- status for tests and the CLI ---------------------------------------------------

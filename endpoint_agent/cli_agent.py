@@ -17,6 +17,8 @@ from taskfabric.logs import setup_logging
 
 __all__ = ["agent", "run_agent"]
 
+log = logging.getLogger(__name__)
+
 
 def run_agent(endpoint_dir: Path, *, log_to_stderr: bool = True) -> int:
     """Run the agent of the endpoint in `endpoint_dir` (config.yaml + connection.json) until stopped."""
@@ -29,8 +31,15 @@ def run_agent(endpoint_dir: Path, *, log_to_stderr: bool = True) -> int:
         agent = Agent(config, connection, paths)
         tune_for_service()
         return agent.run()
+    except Exception:
+        # the reason belongs in agent.log, not only on a stdout nobody reads
+        log.exception("the agent of endpoint %s failed", connection.endpoint_id)
+        raise
     finally:
-        paths.pid.unlink(missing_ok=True)
+        try:
+            paths.pid.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", paths.pid, exc)
 
 
 @click.group()

@@ -21,7 +21,9 @@ import pytest
 from taskfabric.broker_config import RabbitNode, new_queue_secret
 from taskfabric.endpoint_agent.testing import EndpointHarness
 from taskfabric.errors import ErrorCode
+from taskfabric.protocol import EndpointState
 from taskfabric.testing import wait_until
+from taskfabric.testing.disk import unwritable
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
 
 pytestmark = pytest.mark.slow
@@ -193,3 +195,41 @@ def _assert_holding_a_delivery_is_cut_off(harness: EndpointHarness) -> None:
     finally:
         holder.close()
         harness.topology.delete_endpoint(harness.admin, queues)
+
+
+#: how long the ledger's disk stays unwritable in the disk-fault test
+_DISK_FAULT_S = 15.0
+
+
+def test_an_unwritable_ledger_degrades_the_agent_which_resumes_when_the_disk_heals(harness: EndpointHarness) -> None:
+    """The ledger's folder becomes immutable (`chattr +i`: refused even to root) for 15 s while tasks
+    flow: the agent stays up, stops taking tasks, reports itself degraded with the reason, and
+    once the disk is writable again it resumes; every task ends with exactly one result."""
+    endpoint = harness.start()
+    before = endpoint.submit([endpoint.factory.task(slow_square, i, delay=0.01) for i in range(100)], per_message=5)
+    wait_until(lambda: endpoint.collector.count() >= 20, timeout_s=60, what="some results")
+    with unwritable(endpoint.directory, ["ledger.sqlite", "ledger.sqlite-wal"]):
+        during = endpoint.submit(
+            [endpoint.factory.task(slow_square, i, delay=0.01) for i in range(100, 200)], per_message=5
+        )
+        degraded = wait_until(
+            lambda: [s for s in endpoint.collector.statuses if s.state == EndpointState.DEGRADED],
+            timeout_s=30,
+            what="a degraded status report",
+        )
+        assert "ledger" in degraded[0].status_reason
+        assert endpoint.agent.process is not None and endpoint.agent.process.poll() is None, "the agent died"
+        fault_ends = time.monotonic() + _DISK_FAULT_S
+        wait_until(lambda: time.monotonic() >= fault_ends, timeout_s=_DISK_FAULT_S + 5, what="the end of the fault")
+    ids = [*before, *during]
+    results = endpoint.wait(ids, timeout_s=120)
+    assert [endpoint.collector.value(results[i]) for i in ids] == [i * i for i in range(200)]
+    assert not endpoint.collector.duplicates
+    seen = len(endpoint.collector.statuses)
+    wait_until(
+        lambda: any(s.state == EndpointState.ONLINE for s in endpoint.collector.statuses[seen:]),
+        timeout_s=30,
+        what="an online status report after the fault",
+    )
+    assert endpoint.agent.process is not None and endpoint.agent.process.poll() is None
+    wait_until(lambda: _ledger_counts(endpoint.directory)[0] == 0, what="an empty ledger")
