@@ -129,6 +129,7 @@ def status(ctx: click.Context, name: str, as_json: bool) -> None:
                     "pending_blocks",
                     "running_blocks",
                     "last_heartbeat_at",
+                    "status_reason",
                 )
             }
         except Exception as exc:  # the service may be down; local state still helps

@@ -64,6 +64,7 @@ class StatusBook:
             hostname=report.hostname,
             python_version=report.python_version,
             agent_version=report.agent_version,
+            status_reason=report.status_reason,
         )
         with self._lock:
             self._latest[report.endpoint_id] = status

@@ -69,6 +69,8 @@ class StatusReport:
     hostname: str = ""
     python_version: str = ""
     agent_version: str = ""
+    #: why the agent said it is degraded (empty otherwise)
+    status_reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -114,7 +114,7 @@ class EndpointRegistered(BaseModel):
 class EndpointInfo(BaseModel):
     endpoint_id: str
     name: str
-    status: str = Field(description="online | offline | draining")
+    status: str = Field(description="online | offline | draining | degraded")
     last_heartbeat_at: float | None
     managers: int
     workers: int
@@ -123,6 +123,7 @@ class EndpointInfo(BaseModel):
     pending_blocks: int
     running_blocks: int
     hostname: str
+    status_reason: str = Field(default="", description="why the endpoint is degraded (empty otherwise)")
     created_at: float
 
 

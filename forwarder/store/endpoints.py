@@ -18,7 +18,7 @@ __all__ = ["EndpointTable"]
 
 _TEXT_LIMIT = 256
 _STATUS_COUNTERS = ("managers", "workers", "idle_workers", "outstanding_tasks", "pending_blocks", "running_blocks")
-_STATUS_TEXTS = ("hostname", "python_version", "agent_version")
+_STATUS_TEXTS = ("hostname", "python_version", "agent_version", "status_reason")
 #: counters are clamped into a signed 32-bit column
 _COUNTER_MAX = 2**31 - 1
 
@@ -124,6 +124,7 @@ def _endpoint(row: Row[Any]) -> EndpointRecord:
         hostname=m["hostname"] or "",
         python_version=m["python_version"] or "",
         agent_version=m["agent_version"] or "",
+        status_reason=m["status_reason"] or "",
     )
     return EndpointRecord(
         endpoint_id=m["endpoint_id"],

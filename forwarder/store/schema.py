@@ -107,6 +107,7 @@ endpoints = Table(
     Column("hostname", Text, nullable=False, default=""),
     Column("python_version", Text, nullable=False, default=""),
     Column("agent_version", Text, nullable=False, default=""),
+    Column("status_reason", Text),  # v2: why the agent reports itself degraded
     UniqueConstraint("owner_id", "name", name="uq_endpoints_owner_name"),
 )
 
@@ -166,16 +167,23 @@ def _v1_initial(connection: Connection) -> None:
 
 
 _V2_TASK_COLUMNS = ("task_group_id", "stdout", "stderr", "cancel_requested_at")
+_V2_ENDPOINT_COLUMNS = ("status_reason",)
 
 
 def _v2_lifecycle(connection: Connection) -> None:
-    """Task groups, captured output, cancellation, listing indexes, kept dead letters."""
+    """Task groups, captured output, cancellation, listing indexes, kept dead letters, the reason
+    an endpoint reports itself degraded."""
     inspector = inspect(connection)
     present = {column["name"] for column in inspector.get_columns("tasks")}
     for name in _V2_TASK_COLUMNS:
         if name not in present:
             type_sql = tasks.c[name].type.compile(dialect=connection.dialect)
             connection.exec_driver_sql(f"ALTER TABLE tasks ADD COLUMN {name} {type_sql}")
+    present = {column["name"] for column in inspector.get_columns("endpoints")}
+    for name in _V2_ENDPOINT_COLUMNS:
+        if name not in present:
+            type_sql = endpoints.c[name].type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(f"ALTER TABLE endpoints ADD COLUMN {name} {type_sql}")
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql("ALTER TABLE tasks ALTER COLUMN status TYPE VARCHAR(16)")
     indexes = {index["name"] for index in inspector.get_indexes("tasks")}
