@@ -105,6 +105,10 @@ class AgentPaths:
     def pid(self) -> Path:
         return self.root / "agent.pid"
 
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.root / "supervisor.pid"
+
 
 class _Functions:
     """Function bodies the agent knows: from task batches, else from the ledger."""

@@ -12,6 +12,7 @@ import click
 from taskfabric.endpoint_agent.agent import Agent, AgentPaths
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
+from taskfabric.endpoint_agent.supervisor import supervise as supervise_agent
 from taskfabric.gc_tuning import tune_for_service
 from taskfabric.logs import setup_logging
 
@@ -58,3 +59,16 @@ def agent() -> None:
 def run(endpoint_dir: Path, quiet: bool) -> None:
     """Run the agent in the foreground until SIGTERM/SIGINT (then it drains and stops)."""
     sys.exit(run_agent(endpoint_dir, log_to_stderr=not quiet))
+
+
+@agent.command()
+@click.option(
+    "--endpoint-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The endpoint's folder, with config.yaml and connection.json.",
+)
+def supervise(endpoint_dir: Path) -> None:
+    """Run the agent and restart it when it crashes (with back-off, at most 5 times in 10 minutes)."""
+    setup_logging(logging.INFO, file=AgentPaths(endpoint_dir).log, stream=False)
+    sys.exit(supervise_agent(endpoint_dir))

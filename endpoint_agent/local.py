@@ -3,7 +3,9 @@ functions behind `taskfabric endpoint configure|start|stop|restart|status|list|d
 
 Each folder holds `config.yaml` (the endpoint's settings), `connection.json` (its id and broker
 credentials, from registering with the forwarder), `ledger.sqlite` (tasks in hand), `agent.log`,
-`agent.pid` while running, and `blocks/` (provider scripts and manager/worker logs).
+`agent.pid` while running, `supervisor.pid` and `supervisor.json` (the process that restarts a
+crashed agent, and its restart count; see supervisor.py), and `blocks/` (provider scripts and
+manager/worker logs).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from taskfabric.daemon import spawn_detached
 from taskfabric.endpoint_agent.agent import AgentPaths
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
+from taskfabric.endpoint_agent.supervisor import read_state as read_supervisor_state
 from taskfabric.errors import ConfigError, TaskfabricError
 from taskfabric.paths import taskfabric_home
 
@@ -74,12 +77,11 @@ class LocalEndpoint:
 
     def pid(self) -> int | None:
         """The agent's pid if it is running."""
-        try:
-            pid = int(self.paths.pid.read_text().strip())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-            return None
-        return pid
+        return _running_pid(self.paths.pid)
+
+    def supervisor_pid(self) -> int | None:
+        """The supervisor's pid if it is running."""
+        return _running_pid(self.paths.supervisor_pid)
 
     def endpoint_id(self) -> str | None:
         try:
@@ -93,14 +95,33 @@ class LocalEndpoint:
     def describe(self) -> dict[str, Any]:
         pid = self.pid()
         endpoint_id = self.endpoint_id()
-        state = "running" if pid else ("stopped" if endpoint_id else "not registered")
+        supervised = read_supervisor_state(self.paths.root)
+        if pid:
+            state = "running"
+        elif self.supervisor_pid():
+            state = "restarting"
+        elif supervised.get("gave_up"):
+            state = "crashed"
+        else:
+            state = "stopped" if endpoint_id else "not registered"
         return {
             "name": self.name,
             "endpoint_id": endpoint_id,
             "state": state,
             "pid": pid,
             "directory": str(self.paths.root),
+            "restarts": supervised.get("restarts", 0),
+            "last_exit_reason": supervised.get("last_exit_reason"),
         }
+
+
+def _running_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+    return pid
 
 
 def config_template(name: str, settings: dict[str, Any]) -> str:
@@ -156,28 +177,31 @@ def register_endpoint(name: str, client: Any) -> EndpointConnection:
 
 
 def start_endpoint(name: str, *, detach: bool, wait_s: float = 15.0) -> int:
-    """Run the agent: in the background (returns its pid once it is up), or in this process
-    (returns its exit code). The endpoint must be registered (`register_endpoint`)."""
+    """Run the agent: in the background under its supervisor, which restarts it when it crashes
+    (returns the agent's pid once it is up), or in this process (returns its exit code). The
+    endpoint must be registered (`register_endpoint`)."""
     endpoint = LocalEndpoint(name)
     endpoint.require()
     endpoint.config()  # validate before starting anything
-    running = endpoint.pid()
+    running = endpoint.pid() or endpoint.supervisor_pid()
     if running is not None:
         raise TaskfabricError(f"endpoint {name!r} is already running (pid {running})")
     if not detach:
         from taskfabric.endpoint_agent.cli_agent import run_agent
 
         return run_agent(endpoint.paths.root)
-    pid = spawn_detached(
-        [sys.executable, "-m", "taskfabric", "agent", "run", "--endpoint-dir", str(endpoint.paths.root), "--quiet"],
+    endpoint.paths.pid.unlink(missing_ok=True)  # a stale one, from an agent killed earlier
+    supervisor = spawn_detached(
+        [sys.executable, "-m", "taskfabric", "agent", "supervise", "--endpoint-dir", str(endpoint.paths.root)],
         log=endpoint.paths.root / "agent.stdout",
     )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
-            raise TaskfabricError(f"the agent of {name!r} exited at once; see {endpoint.paths.log} and agent.stdout")
-        if endpoint.pid() == pid:
+        pid = endpoint.pid()
+        if pid is not None:
             return pid
+        if not _alive(supervisor):
+            raise TaskfabricError(f"the agent of {name!r} exited at once; see {endpoint.paths.log} and agent.stdout")
         time.sleep(0.05)
     raise TaskfabricError(f"the agent of {name!r} did not start within {wait_s:g} s; see {endpoint.paths.log}")
 
@@ -191,23 +215,36 @@ def _alive(pid: int) -> bool:
 
 
 def stop_endpoint(name: str, *, timeout_s: float | None = None) -> bool:
-    """Stop the agent gracefully (running tasks may finish); False if it was not running."""
+    """Stop the agent gracefully (running tasks may finish), and its supervisor; False if neither
+    was running."""
     endpoint = LocalEndpoint(name)
     endpoint.require()
-    pid = endpoint.pid()
-    if pid is None:
+    pid, supervisor = endpoint.pid(), endpoint.supervisor_pid()
+    if pid is None and supervisor is None:
         return False
     if timeout_s is None:
         timeout_s = endpoint.config().drain_timeout_s + 30.0
-    os.kill(pid, signal.SIGTERM)
+    # the supervisor passes SIGTERM on to the agent and does not restart it
+    _signal(supervisor if supervisor is not None else pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if endpoint.pid() is None:
+        if endpoint.pid() is None and endpoint.supervisor_pid() is None:
             return True
         time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)  # its tasks stay in the ledger and run at the next start
+    for stuck in (endpoint.supervisor_pid(), endpoint.pid()):  # its tasks stay in the ledger, run at next start
+        _signal(stuck, signal.SIGKILL)
     endpoint.paths.pid.unlink(missing_ok=True)
+    endpoint.paths.supervisor_pid.unlink(missing_ok=True)
     return True
+
+
+def _signal(pid: int | None, signum: int) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def list_local_endpoints() -> list[dict[str, Any]]:

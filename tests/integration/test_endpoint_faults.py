@@ -18,8 +18,17 @@ from typing import Any
 
 import pytest
 
-from taskfabric.broker_config import RabbitNode, new_queue_secret
-from taskfabric.endpoint_agent.testing import EndpointHarness
+from taskfabric.broker_config import ManagementClient, RabbitNode, new_queue_secret
+from taskfabric.endpoint_agent.local import LocalEndpoint, endpoints_root, start_endpoint, stop_endpoint
+from taskfabric.endpoint_agent.testing import (
+    FAST_CONFIG,
+    AgentProcess,
+    EndpointHarness,
+    ResultCollector,
+    TaskFactory,
+    provision_endpoint,
+    publish_batches,
+)
 from taskfabric.errors import ErrorCode
 from taskfabric.protocol import EndpointState
 from taskfabric.testing import wait_until
@@ -233,3 +242,54 @@ def test_an_unwritable_ledger_degrades_the_agent_which_resumes_when_the_disk_hea
     )
     assert endpoint.agent.process is not None and endpoint.agent.process.poll() is None
     wait_until(lambda: _ledger_counts(endpoint.directory)[0] == 0, what="an empty ledger")
+
+
+def test_the_supervisor_restarts_a_crashed_agent_and_endpoint_status_shows_it(
+    harness: EndpointHarness, tmp_home: Path
+) -> None:
+    """`endpoint start --detach` leaves a supervisor that restarts a crashed agent (kill -9) with
+    back-off, counts the restart and its reason for `endpoint status`, and stops with the agent on
+    `endpoint stop` (no restart then)."""
+    name = "supervised"
+    directory = endpoints_root() / name
+    connection = provision_endpoint(
+        admin=harness.admin,
+        management_url=harness.management_url,
+        amqp_url=harness.amqp_url,
+        topology=harness.topology,
+        endpoint_dir=directory,
+        config=FAST_CONFIG,
+    )
+    collector = ResultCollector(harness.admin, connection)
+    factory = TaskFactory()
+
+    def run(x: int) -> Any:
+        task, body = factory.task(slow_square, x, delay=0.0)
+        publish_batches(harness.admin, harness.topology, connection, TaskFactory.batches([(task, body)]))
+        return collector.value(collector.wait_for([task.task_id], timeout_s=60)[task.task_id])
+
+    first = start_endpoint(name, detach=True)
+    try:
+        assert run(3) == 9
+        os.kill(first, signal.SIGKILL)
+        second = wait_until(
+            lambda: (pid := LocalEndpoint(name).pid()) not in (None, first) and pid, timeout_s=60, what="a new agent"
+        )
+        info = LocalEndpoint(name).describe()
+        assert (info["state"], info["restarts"], info["last_exit_reason"]) == (
+            "running",
+            1,
+            "killed by signal 9 (SIGKILL)",
+        )
+        assert run(4) == 16  # the restarted agent works
+        assert stop_endpoint(name, timeout_s=60)
+        info = LocalEndpoint(name).describe()
+        assert (info["state"], info["restarts"]) == ("stopped", 1)
+        assert LocalEndpoint(name).supervisor_pid() is None
+        with pytest.raises(ProcessLookupError):
+            os.kill(second, 0)
+    finally:
+        stop_endpoint(name, timeout_s=30)
+        AgentProcess(directory).kill_group()
+        with ManagementClient(harness.management_url) as management:
+            management.delete_user(connection.username)
