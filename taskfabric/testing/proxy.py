@@ -177,7 +177,7 @@ class FaultProxy:
             return
         try:
             up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*self.upstream), timeout=10)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             _abort_with_rst(writer)
             return
         link = _Link(writer, up_writer)

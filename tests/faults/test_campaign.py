@@ -1,0 +1,177 @@
+"""The fault campaign: one real fabric (private broker node, forwarder, two endpoint agents under
+their supervisors, TCP fault proxies), one fault per case, a workload of attributable tasks
+submitted through the `Executor`, and a history check. Each case prints one line of counts
+(`FAULT CASE ...`) and fails on any lost, reported-twice, wrong or pending-forever task.
+
+The invariant (docs/failure-guarantees.md): every task the client saw accepted ends in exactly one
+outcome visible to the client, a result or a typed error. Re-execution is allowed (counted as
+ran_twice); a refused submit is a typed error to the client, not a loss.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from taskfabric.forwarder import create_token, revoke_tokens
+from taskfabric.testing import wait_until
+from taskfabric.testing.campaign import Campaign, Fault, assert_no_violation
+from taskfabric.testing.disk import unwritable
+from taskfabric.testing.proxy import ProxyMode
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_a_worker_killed_mid_task(campaign: Campaign) -> None:
+    def kill_workers() -> None:
+        victims = campaign.agent().workers()
+        assert victims, "no worker to kill"
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+
+    counts = campaign.run_case("worker-kill-9", Fault(kill_workers), delay_s=0.05)
+    assert_no_violation(counts)
+
+
+def test_the_agent_killed_and_restarted_by_its_supervisor(campaign: Campaign) -> None:
+    killed: list[int] = []
+
+    def kill_agent() -> None:
+        pid = campaign.agent_pid()
+        assert pid is not None
+        killed.append(pid)
+        os.kill(pid, signal.SIGKILL)
+
+    def restarted() -> None:
+        wait_until(
+            lambda: campaign.agent_pid() not in (None, *killed), timeout_s=60, what="the supervisor restarting it"
+        )
+
+    counts = campaign.run_case("agent-kill-9", Fault(kill_agent, restarted), measure_other=True)
+    assert_no_violation(counts)
+
+
+def test_the_forwarder_killed_and_restarted(campaign: Campaign) -> None:
+    def kill_forwarder() -> None:
+        pid = campaign.forwarder.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+
+    counts = campaign.run_case("forwarder-kill-9", Fault(kill_forwarder, campaign.restart_forwarder, hold_s=2.0))
+    assert_no_violation(counts)
+
+
+def test_the_broker_node_killed_and_restarted(campaign: Campaign) -> None:
+    counts = campaign.run_case("broker-kill-9", Fault(campaign.node.kill, campaign.node.start, hold_s=2.0))
+    assert_no_violation(counts)
+
+
+def test_the_broker_stopped_for_ten_seconds(campaign: Campaign) -> None:
+    counts = campaign.run_case(
+        "broker-stopped-10s", Fault(campaign.node.stop_app, campaign.node.start_app, hold_s=10.0)
+    )
+    assert_no_violation(counts)
+
+
+def test_an_agent_broker_partition(campaign: Campaign) -> None:
+    proxy = campaign.agent_proxy
+    counts = campaign.run_case(
+        "agent-broker-partition-15s",
+        Fault(lambda: proxy.set_mode(ProxyMode.BLACKHOLE), lambda: proxy.set_mode(ProxyMode.PASS), hold_s=15.0),
+        measure_other=True,
+    )
+    assert_no_violation(counts)
+
+
+def test_a_forwarder_broker_partition(campaign: Campaign) -> None:
+    proxy = campaign.forwarder_proxy
+    counts = campaign.run_case(
+        "forwarder-broker-partition-15s",
+        Fault(lambda: proxy.set_mode(ProxyMode.BLACKHOLE), lambda: proxy.set_mode(ProxyMode.PASS), hold_s=15.0),
+    )
+    assert_no_violation(counts)
+
+
+def test_connections_reset_then_reconnects_refused(campaign: Campaign) -> None:
+    proxies = (campaign.agent_proxy, campaign.forwarder_proxy)
+
+    def refuse() -> None:
+        for proxy in proxies:
+            proxy.set_mode(ProxyMode.RESET)
+            proxy.set_mode(ProxyMode.REFUSE)
+
+    def heal() -> None:
+        for proxy in proxies:
+            proxy.set_mode(ProxyMode.PASS)
+
+    counts = campaign.run_case("reset-then-refused-8s", Fault(refuse, heal, hold_s=8.0))
+    assert_no_violation(counts)
+
+
+def test_a_slow_link(campaign: Campaign) -> None:
+    """2.5 s each way on the agent's link: near the forwarder's offline threshold (3 s)."""
+    proxy = campaign.agent_proxy
+    counts = campaign.run_case(
+        "slow-agent-link-2500ms",
+        Fault(lambda: proxy.set_mode(ProxyMode.DELAY, delay_ms=2500), lambda: proxy.set_mode(ProxyMode.PASS), 10.0),
+        tasks=100,
+    )
+    assert_no_violation(counts)
+
+
+def test_poison_payloads_amid_normal_tasks(campaign: Campaign) -> None:
+    counts = campaign.run_case("poison-payloads", Fault(lambda: None), poison=True)
+    assert_no_violation(counts)
+    assert counts.errors == 2, counts.line()  # exactly the two poison tasks end in typed errors
+
+
+def test_the_clients_token_revoked_mid_run(campaign: Campaign) -> None:
+    token = create_token(campaign.settings, campaign.username, description="revoked mid-run")
+    counts = campaign.run_case(
+        "token-revoked",
+        Fault(lambda: revoke_tokens(campaign.settings, campaign.username, token=token), hold_s=3.0),
+        token=token,
+        delay_s=0.05,
+    )
+    assert_no_violation(counts)
+    assert counts.notes.get("auth_errors", 0) > 0, counts.line()  # the client was told, typed; nothing hung
+
+
+def test_the_brokers_disk_alarm(campaign: Campaign) -> None:
+    node = campaign.node
+    counts = campaign.run_case(
+        "broker-disk-alarm-8s",
+        Fault(
+            lambda: node.ctl("set_disk_free_limit", "100000GB"),
+            lambda: node.ctl("set_disk_free_limit", "200MB"),
+            hold_s=8.0,
+        ),
+    )
+    assert_no_violation(counts)
+
+
+def test_a_forwarder_restart_during_a_large_batch_submit(campaign: Campaign) -> None:
+    def kill_forwarder() -> None:
+        pid = campaign.forwarder.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+
+    counts = campaign.run_case(
+        "forwarder-kill-9-during-batch-submit",
+        Fault(kill_forwarder, campaign.restart_forwarder, hold_s=1.0),
+        tasks=1010,
+        before_fault=10,
+        delay_s=0.0,
+    )
+    assert_no_violation(counts)
+
+
+def test_the_agents_disk_unwritable_for_fifteen_seconds(campaign: Campaign) -> None:
+    folder = campaign.endpoint_folder()
+    frozen = unwritable(folder, ["ledger.sqlite", "ledger.sqlite-wal"])
+    counts = campaign.run_case(
+        "agent-ledger-unwritable-15s", Fault(frozen.__enter__, lambda: frozen.__exit__(None, None, None), 15.0)
+    )
+    assert_no_violation(counts)
