@@ -61,6 +61,13 @@ def kills_its_worker(key: str, runs_file: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _error_of(future: concurrent.futures.Future[Any]) -> BaseException | None:
+    """The failure of a done future (a cancelled one counts as failed with `CancelledError`)."""
+    if future.cancelled():
+        return concurrent.futures.CancelledError()
+    return future.exception()
+
+
 def _refuse_to_load() -> None:
     raise RuntimeError("this argument cannot be unpickled (a poison payload for the fault campaign)")
 
@@ -138,7 +145,12 @@ class History:
         concurrent.futures.wait([item.future for item in self.submitted], timeout=bound_s)
         accepted = [item for item in self.submitted if getattr(item.future, "task_id", None) is not None]
         counts.accepted = len(accepted)
-        counts.refused = sum(1 for item in self.submitted if item.future.done() and item not in accepted)
+        refused = [item for item in self.submitted if item.future.done() and item not in accepted]
+        counts.refused = len(refused)
+        kinds = Counter(type(_error_of(item.future)).__name__ for item in refused)
+        counts.wrong += sum(1 for item in refused if not isinstance(_error_of(item.future), TaskfabricError))
+        if kinds:
+            counts.notes["refused_as"] = ",".join(f"{name}:{n}" for name, n in sorted(kinds.items()))
         counts.pending += sum(1 for item in self.submitted if not item.future.done())
         service = client.get_batch_result([item.future.task_id for item in accepted])  # type: ignore[attr-defined]
         for item in accepted:
@@ -152,7 +164,7 @@ class History:
         auth_errors = sum(
             1
             for item in self.submitted
-            if item.future.done() and isinstance(item.future.exception(), AuthenticationError)
+            if item.future.done() and isinstance(_error_of(item.future), AuthenticationError)
         )
         if auth_errors:
             counts.notes["auth_errors"] = auth_errors
@@ -162,7 +174,7 @@ class History:
 
     @staticmethod
     def _judge(item: _Submitted, stored: dict[str, Any], counts: CaseCounts) -> None:
-        error = item.future.exception()
+        error = _error_of(item.future)
         if isinstance(error, AuthenticationError):
             return
         if error is not None:

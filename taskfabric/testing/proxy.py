@@ -4,8 +4,11 @@ Put it between a component and the broker (point the component's AMQP URL at `pr
 switch its mode at run time, from any thread:
 
 - `PASS`: bytes flow both ways;
-- `BLACKHOLE`: connections stay open, every byte is swallowed (a silent partition; bytes sent
-  meanwhile are lost, so a stream resumed after it is corrupt and the peers must reconnect);
+- `BLACKHOLE`: connections stay open, every byte is swallowed: a silent partition. When it heals
+  (any other mode), each connection that lost bytes is reset, as TCP itself ends a connection
+  whose retransmissions timed out: a byte stream with a hole in it must never be resumed (measured:
+  an AMQP connection resumed after swallowed publish frames stays "up", its heartbeats flow, and
+  its publisher confirms never come: the broker numbers them from the frames it saw);
 - `RESET`: open connections are reset (RST), new ones are reset at once;
 - `REFUSE`: the listening socket is closed, so connects are refused; open connections are reset;
 - `DELAY`: bytes flow after `delay_ms` (each direction keeps its order).
@@ -51,6 +54,8 @@ class _Link:
     def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
         self.writers = (client, upstream)
         self.tasks: list[asyncio.Task[None]] = []
+        #: bytes were swallowed: the stream has a hole and must not be resumed
+        self.swallowed = False
 
     def reset(self) -> None:
         for writer in self.writers:
@@ -155,10 +160,11 @@ class FaultProxy:
     async def _switch(self, mode: ProxyMode, delay_ms: float) -> None:
         previous, self.mode, self.delay_ms = self.mode, mode, delay_ms
         log.info("fault proxy %d: %s -> %s", self.port, previous, mode)
-        if mode in (ProxyMode.RESET, ProxyMode.REFUSE):
-            for link in list(self._links):
+        cut = [link for link in self._links if mode in (ProxyMode.RESET, ProxyMode.REFUSE) or link.swallowed]
+        if mode != ProxyMode.BLACKHOLE:
+            for link in cut:
                 link.reset()
-            self._links.clear()
+                self._links.discard(link)
         if mode == ProxyMode.REFUSE:
             await self._close_listener()
         elif self._server is None:
@@ -191,13 +197,14 @@ class FaultProxy:
         """Copy one direction; a second task writes, so delayed chunks keep their order without
         slowing the reads down."""
         pending: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
-        sender = asyncio.create_task(self._send(pending, writer))
+        sender = asyncio.create_task(self._send(pending, writer, link))
         try:
             while True:
                 data = await reader.read(_CHUNK_BYTES)
                 if not data:
                     break
                 if self.mode == ProxyMode.BLACKHOLE:
+                    link.swallowed = True
                     continue
                 due = time.monotonic() + (self.delay_ms / 1000.0 if self.mode == ProxyMode.DELAY else 0.0)
                 pending.put_nowait((due, data))
@@ -211,7 +218,9 @@ class FaultProxy:
             for end in link.writers:
                 end.transport.abort()
 
-    async def _send(self, pending: asyncio.Queue[tuple[float, bytes] | None], writer: asyncio.StreamWriter) -> None:
+    async def _send(
+        self, pending: asyncio.Queue[tuple[float, bytes] | None], writer: asyncio.StreamWriter, link: _Link
+    ) -> None:
         while True:
             item = await pending.get()
             if item is None:
@@ -221,6 +230,7 @@ class FaultProxy:
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
             if self.mode == ProxyMode.BLACKHOLE:
+                link.swallowed = True
                 continue
             writer.write(data)
             await writer.drain()

@@ -48,29 +48,30 @@ def _echo(sock: socket.socket, data: bytes) -> bytes:
     return received
 
 
-def test_pass_forwards_both_ways(proxy: FaultProxy) -> None:
-    with _connect(proxy) as sock:
-        assert _echo(sock, b"hello") == b"hello"
-
-
-def test_blackhole_swallows_bytes_and_pass_heals(proxy: FaultProxy) -> None:
-    with _connect(proxy) as sock:
-        proxy.set_mode(ProxyMode.BLACKHOLE)
-        sock.sendall(b"lost")
-        sock.settimeout(0.5)
-        with pytest.raises(TimeoutError):
-            sock.recv(10)
-        proxy.set_mode(ProxyMode.PASS)
-        sock.settimeout(5)
-        assert _echo(sock, b"after") == b"after"
-
-
 def _cut(sock: socket.socket) -> bool:
     """True when the connection was reset or closed by the other side."""
     try:
         return _echo(sock, b"probe") == b""
     except (ConnectionResetError, BrokenPipeError):
         return True
+
+
+def test_pass_forwards_both_ways(proxy: FaultProxy) -> None:
+    with _connect(proxy) as sock:
+        assert _echo(sock, b"hello") == b"hello"
+
+
+def test_blackhole_swallows_bytes_and_healing_resets_the_holed_connections(proxy: FaultProxy) -> None:
+    with _connect(proxy) as holed, _connect(proxy) as idle:
+        proxy.set_mode(ProxyMode.BLACKHOLE)
+        holed.sendall(b"lost")
+        holed.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            holed.recv(10)
+        proxy.set_mode(ProxyMode.PASS)
+        holed.settimeout(5)
+        assert _cut(holed)  # bytes were lost: its stream must not resume
+        assert _echo(idle, b"after") == b"after"  # nothing was lost on this one
 
 
 def test_reset_cuts_open_connections_and_new_ones(proxy: FaultProxy) -> None:
