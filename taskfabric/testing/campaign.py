@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
+import sqlite3
 import statistics
 import threading
 import time
@@ -149,6 +150,12 @@ class Campaign:
     def agent_pid(self, name: str = "main") -> int | None:
         return LocalEndpoint(name).pid()
 
+    def stored_tasks(self) -> int:
+        """Task rows in the forwarder's store (read directly from its SQLite file)."""
+        with contextlib.closing(sqlite3.connect(f"file:{self.folder / 'fw.db'}?mode=ro", uri=True)) as db:
+            count: int = db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+            return count
+
     def restart_forwarder(self) -> None:
         self.forwarder.stop()
         self.forwarder = ForwarderProcess(self.folder / "forwarder", self.values).start()
@@ -169,6 +176,8 @@ class Campaign:
         poison: bool = False,
         token: str | None = None,
         before_fault: int | None = None,
+        fault_after_submit: bool = False,
+        annotate: Callable[[CaseCounts], None] | None = None,
     ) -> CaseCounts:
         history = History(case, self.folder / "histories")
         latencies: list[float] = []
@@ -182,8 +191,12 @@ class Campaign:
                 timeout_s=90,
                 what=f"{case}: results flowing before the fault",
             )
-            fault.inject()
-            history.submit(executor, tasks - first_half, delay_s=delay_s)
+            if fault_after_submit:  # e.g. to cut a large submit request short
+                history.submit(executor, tasks - first_half, delay_s=delay_s)
+                fault.inject()
+            else:
+                fault.inject()
+                history.submit(executor, tasks - first_half, delay_s=delay_s)
             with self._measuring_other(latencies, enabled=measure_other):
                 hold(fault.hold_s)
                 fault.heal()
@@ -195,6 +208,8 @@ class Campaign:
             if latencies:
                 counts.notes["other_latency_median_s"] = round(statistics.median(latencies), 3)
                 counts.notes["other_latency_max_s"] = round(max(latencies), 3)
+        if annotate is not None:
+            annotate(counts)
         print(counts.line())
         with open(self.folder.parent / "campaign-summary.txt", "a") as summary:
             summary.write(counts.line() + "\n")

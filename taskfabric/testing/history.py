@@ -135,7 +135,8 @@ class History:
     def submit_poison(self, executor: concurrent.futures.Executor) -> None:
         """One task whose argument cannot be unpickled and one that kills its worker every time."""
         key = self._key()
-        self.submitted.append(_Submitted(key, executor.submit(attributable_task, key, Unloadable()), "error"))
+        poison: Any = Unloadable()  # where the runs file belongs: the task never starts
+        self.submitted.append(_Submitted(key, executor.submit(attributable_task, key, poison), "error"))
         key = self._key()
         self.submitted.append(_Submitted(key, executor.submit(kills_its_worker, key, str(self.runs_file)), "error"))
 

@@ -148,8 +148,10 @@ def test_a_degraded_endpoint_is_shown_with_its_reason_and_stored(
     assert info["status_reason"] == "the ledger cannot write: disk I/O error"
     with forwarder.store() as store:
         wait_until(
-            lambda: (record := store.endpoints.get(uuid.UUID(endpoint_id))) is not None
-            and record.status.status_reason == info["status_reason"],
+            lambda: (
+                (record := store.endpoints.get(uuid.UUID(endpoint_id))) is not None
+                and record.status.status_reason == info["status_reason"]
+            ),
             what="the reason in the store",
         )
     endpoint.publish_status("online")
