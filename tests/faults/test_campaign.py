@@ -10,8 +10,10 @@ ran_twice); a refused submit is a typed error to the client, not a loss.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from typing import Any
 
 import pytest
 
@@ -200,9 +202,26 @@ def test_a_forwarder_restart_during_a_large_batch_submit(campaign: Campaign) -> 
 
 
 def test_the_agents_disk_unwritable_for_fifteen_seconds(campaign: Campaign) -> None:
-    folder = campaign.endpoint_folder()
-    frozen = unwritable(folder, ["ledger.sqlite", "ledger.sqlite-wal"])
-    counts = campaign.run_case(
-        "agent-ledger-unwritable-15s", Fault(frozen.__enter__, lambda: frozen.__exit__(None, None, None), 15.0)
-    )
+    """The agent's ledger refuses writes (`chattr +i`, which stops root too) for 15 s: the agent
+    stays up, the service shows the endpoint degraded with the reason, then online again."""
+    frozen = contextlib.ExitStack()
+    seen: list[dict[str, Any]] = []
+
+    def status() -> dict[str, Any]:
+        with campaign.client() as client:
+            found: dict[str, Any] = client.get_endpoint_status(campaign.main)
+            return found
+
+    def freeze() -> None:
+        frozen.enter_context(unwritable(campaign.endpoint_folder(), ["ledger.sqlite", "ledger.sqlite-wal"]))
+        seen.append(wait_until(lambda: (s := status())["status"] == "degraded" and s, timeout_s=30, what="degraded"))
+
+    def thaw() -> None:
+        frozen.close()
+        wait_until(lambda: status()["status"] == "online", timeout_s=30, what="online again")
+
+    agent = campaign.agent_pid()
+    counts = campaign.run_case("agent-ledger-unwritable-15s", Fault(freeze, thaw, hold_s=15.0))
     assert_no_violation(counts)
+    assert "ledger cannot write" in seen[0]["status_reason"]
+    assert campaign.agent_pid() == agent  # the same agent process throughout
