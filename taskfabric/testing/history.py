@@ -68,6 +68,12 @@ def _error_of(future: concurrent.futures.Future[Any]) -> BaseException | None:
     return future.exception()
 
 
+def _describe(error: BaseException | None) -> str:
+    """An error's class, with the HTTP status for a service error (e.g. `ServiceError/503`)."""
+    status = getattr(error, "status", None)
+    return type(error).__name__ + (f"/{status}" if status else "")
+
+
 def _refuse_to_load() -> None:
     raise RuntimeError("this argument cannot be unpickled (a poison payload for the fault campaign)")
 
@@ -148,7 +154,7 @@ class History:
         counts.accepted = len(accepted)
         refused = [item for item in self.submitted if item.future.done() and item not in accepted]
         counts.refused = len(refused)
-        kinds = Counter(type(_error_of(item.future)).__name__ for item in refused)
+        kinds = Counter(_describe(_error_of(item.future)) for item in refused)
         counts.wrong += sum(1 for item in refused if not isinstance(_error_of(item.future), TaskfabricError))
         if kinds:
             counts.notes["refused_as"] = ",".join(f"{name}:{n}" for name, n in sorted(kinds.items()))
@@ -169,6 +175,13 @@ class History:
         )
         if auth_errors:
             counts.notes["auth_errors"] = auth_errors
+        failed = Counter(
+            _describe(_error_of(item.future))
+            for item in accepted
+            if item.future.done() and _error_of(item.future) is not None
+        )
+        if failed:
+            counts.notes["errors_as"] = ",".join(f"{name}:{n}" for name, n in sorted(failed.items()))
         runs = Counter(self.runs_file.read_text().split())
         counts.ran_twice = sum(1 for item in self.submitted if runs[item.key] > 1)
         return counts
