@@ -122,6 +122,7 @@ def test_a_slow_link(campaign: Campaign) -> None:
         "slow-agent-link-2500ms",
         Fault(lambda: proxy.set_mode(ProxyMode.DELAY, delay_ms=2500), lambda: proxy.set_mode(ProxyMode.PASS), 10.0),
         tasks=100,
+        measure_other=True,
     )
     assert_no_violation(counts)
 
@@ -228,7 +229,7 @@ def test_the_agents_disk_unwritable_for_fifteen_seconds(campaign: Campaign) -> N
         wait_until(lambda: status()["status"] == "online", timeout_s=30, what="online again")
 
     agent = campaign.agent_pid()
-    counts = campaign.run_case("agent-ledger-unwritable-15s", Fault(freeze, thaw, hold_s=15.0))
+    counts = campaign.run_case("agent-ledger-unwritable-15s", Fault(freeze, thaw, hold_s=15.0), measure_other=True)
     assert_no_violation(counts)
     assert "ledger cannot write" in seen[0]["status_reason"]
     assert campaign.agent_pid() == agent  # the same agent process throughout
