@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import time
 import uuid
@@ -293,3 +294,15 @@ def test_the_supervisor_restarts_a_crashed_agent_and_endpoint_status_shows_it(
         AgentProcess(directory).kill_group()
         with ManagementClient(harness.management_url) as management:
             management.delete_user(connection.username)
+
+
+def test_a_fatal_error_at_start_is_logged_with_its_traceback_in_agent_log(harness: EndpointHarness) -> None:
+    """The reason an agent dies belongs in agent.log, not only on a console nobody reads."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        endpoint = harness.start(interchange_address="127.0.0.1", interchange_port=taken.getsockname()[1])
+        assert endpoint.agent.process is not None
+        assert endpoint.agent.process.wait(timeout=60) != 0
+    log = (endpoint.directory / "agent.log").read_text()
+    assert "failed" in log and "Traceback" in log and "cannot bind the interchange" in log, log[-2000:]
