@@ -50,7 +50,7 @@ from taskfabric.endpoint_agent.launch import ManagerLaunch, new_registration_tok
 from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
 from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket, curve_keypair
-from taskfabric.errors import AccessRefused, BrokerError, ErrorCode
+from taskfabric.errors import AccessRefused, BrokerError, ErrorCode, LedgerError
 from taskfabric.protocol import EndpointState, EndpointStatus, FunctionBody, Result, TaskBatch, TaskError, TaskEvents
 from taskfabric.transport import Delivery, Transport
 from taskfabric.wake_pipe import WakePipe
@@ -84,6 +84,9 @@ _CANCEL_PURGE_PERIOD_S = 3600.0
 #: on a graceful stop, how long to wait for the broker to confirm tasks handed back
 _HAND_BACK_WAIT_S = 10.0
 _HAND_BACK_PER_MESSAGE = 256
+#: back-off between tries to write an unwritable ledger (doubling up to the max)
+_LEDGER_RETRY_INITIAL_S = 0.5
+_LEDGER_RETRY_MAX_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +123,10 @@ class AgentPaths:
     def problem(self) -> Path:
         """While it exists: what keeps the running agent from working (e.g. refused credentials)."""
         return self.root / "agent.problem"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.root / "supervisor.pid"
 
 
 class _Functions:
@@ -202,6 +209,10 @@ class Agent:
         self._stop_deadline = 0.0
         self._drained = False
         self.finished = False
+        #: why the agent takes no tasks for now (its ledger refuses writes); None when healthy
+        self.degraded_reason: str | None = None
+        self._ledger_retry_at = 0.0
+        self._ledger_retry_s = _LEDGER_RETRY_INITIAL_S
 
     def _scaler(self) -> Scaler:
         block_config = self.config.block_config(source=str(self.paths.config))
@@ -297,7 +308,10 @@ class Agent:
         if self.stopping:
             self.report_offline()
         self.broker.close()
-        self.ledger.flush()  # staged tasks survive a stop (their messages, unacked, come back too)
+        try:
+            self.ledger.flush()  # staged tasks survive a stop (their messages, unacked, come back too)
+        except LedgerError as exc:
+            log.warning("staged tasks not written at exit (%s); their messages were not acked and come back", exc)
         self.ledger.close()
         self._wake_pipe.close()
 
@@ -337,7 +351,7 @@ class Agent:
         self.advance_shutdown(now)
 
     def _poll_timeout_s(self) -> float:
-        if self.stopping:
+        if self.stopping or self.degraded_reason is not None:
             return 0.1
         if self.ledger.staged:
             return _LEDGER_FLUSH_S
@@ -453,11 +467,44 @@ class Agent:
         return runnable
 
     def flush_ledger(self, now: float, *, force: bool = False) -> None:
-        """Write staged tasks (group commit) and ack the messages whose tasks are all safe now."""
-        staged = self.ledger.staged
-        if staged and (force or staged >= _LEDGER_FLUSH_COUNT or now - self._last_flush >= _LEDGER_FLUSH_S):
-            self._last_flush = now
-            self._now_safe(self.ledger.flush())
+        """Write staged tasks (group commit) and ack the messages whose tasks are all safe now.
+        While the ledger refuses writes, retry with back-off (see `_ledger_failed`)."""
+        if self.degraded_reason is not None:
+            if now < self._ledger_retry_at:
+                return
+        else:
+            staged = self.ledger.staged
+            if not staged or not (force or staged >= _LEDGER_FLUSH_COUNT or now - self._last_flush >= _LEDGER_FLUSH_S):
+                return
+        self._last_flush = now
+        try:
+            written = self.ledger.flush()
+        except LedgerError as exc:
+            self._ledger_failed(exc, now)
+            return
+        self._now_safe(written)
+        if self.degraded_reason is not None:
+            self._ledger_recovered()
+
+    def _ledger_failed(self, exc: LedgerError, now: float) -> None:
+        """The disk refused a write: take no new tasks (their messages stay unacked, so nothing is
+        lost if we die), report `degraded`, retry later; tasks in hand keep running."""
+        if self.degraded_reason is None:
+            log.error("%s; taking no new tasks until the ledger can write again", exc)
+            self.degraded_reason = str(exc)
+            self._ledger_retry_s = _LEDGER_RETRY_INITIAL_S
+            self._last_status = 0.0  # say so now
+            self.broker.pause()
+        else:
+            self._ledger_retry_s = min(_LEDGER_RETRY_MAX_S, self._ledger_retry_s * 2)
+        self._ledger_retry_at = now + self._ledger_retry_s
+
+    def _ledger_recovered(self) -> None:
+        log.warning("the ledger writes again; taking tasks")
+        self.degraded_reason = None
+        self._last_status = 0.0
+        if not self.stopping:
+            self.broker.resume()
 
     def _now_safe(self, task_ids: list[uuid.UUID]) -> None:
         for task_id in task_ids:
@@ -505,7 +552,10 @@ class Agent:
                 continue
             decision = retry_decision(held.attempts, self.config.max_retries_on_system_failure)
             held.attempts = decision.attempts
-            self.ledger.set_attempts(held.task_id, held.attempts)
+            try:
+                self.ledger.set_attempts(held.task_id, held.attempts)
+            except LedgerError as exc:  # the count in memory still holds; a restart may undercount
+                self._ledger_failed(exc, time.monotonic())
             if decision.retry:
                 log.info("task %s lost (%s); retry %d", held.task_id, item.message, held.attempts)
                 self.waiting.appendleft(held)
@@ -541,11 +591,22 @@ class Agent:
                 confirmed.extend(result.task_id for result in results)
             else:
                 log.warning("%d results not confirmed (%s); kept on disk for re-sending", len(results), outcome.error)
-                self._now_safe(self.ledger.store_results(results))
-                self._has_stored_results = True
+                self._store_results(results)
         if confirmed:
             self.ledger.complete(confirmed)
             self._now_safe(confirmed)
+
+    def _store_results(self, results: list[Result]) -> bool:
+        """Keep unconfirmed results on disk; while the disk refuses, keep them in memory to re-send."""
+        try:
+            self._now_safe(self.ledger.flush())
+            self.ledger.store_results(results)
+        except LedgerError as exc:
+            self._ledger_failed(exc, time.monotonic())
+            self.outbox.extend(results)
+            return False
+        self._has_stored_results = True
+        return True
 
     def republish_stored_results(self, now: float) -> None:
         if (
@@ -567,7 +628,7 @@ class Agent:
         if now - self._last_status < self._status_period_s:
             return
         self._last_status = now
-        self.broker.publish_status(self._status(EndpointState.DRAINING if self.stopping else EndpointState.ONLINE))
+        self.broker.publish_status(self._status(self._reported_state()))
 
     def report_offline(self, *, timeout_s: float = 5.0) -> None:
         """On a clean stop: tell the service at once (and wait for the broker's confirm), so it
@@ -586,7 +647,7 @@ class Agent:
         return EndpointStatus(
             endpoint_id=self.connection.endpoint_id,
             sent_at=time.time(),
-            state=state,
+            state=state.value,
             heartbeat_period_s=self._status_period_s,
             managers=summary.managers,
             workers=summary.workers,
@@ -598,6 +659,7 @@ class Agent:
             python_version=platform.python_version(),
             agent_version=__version__,
             scaling=blocks.last_decision,
+            status_reason=self.degraded_reason or "",
         )
 
     def note_broker_refusal(self) -> None:
@@ -616,9 +678,14 @@ class Agent:
             log.info("the broker accepts the endpoint's credentials again")
             self.paths.problem.unlink(missing_ok=True)
 
+    def _reported_state(self) -> EndpointState:
+        if self.stopping:
+            return EndpointState.DRAINING
+        return EndpointState.ONLINE if self.degraded_reason is None else EndpointState.DEGRADED
+
     def regulate_intake(self) -> None:
         """Stop taking tasks while `task_buffer` of them wait for a manager; start again at half."""
-        if self.stopping:
+        if self.stopping or self.degraded_reason is not None:
             return
         if not self.broker.paused and len(self.waiting) >= self.config.task_buffer:
             log.debug("%d tasks waiting; pausing intake", len(self.waiting))
@@ -685,9 +752,15 @@ class Agent:
         flushed = not self.outbox and not self.in_flight
         if flushed or now >= self._stop_deadline + 10.0:
             unconfirmed = [result for chunk in self.in_flight.values() for result in chunk] + self.outbox
-            if unconfirmed:
-                self._now_safe(self.ledger.store_results(unconfirmed))
+            self.outbox = []
+            if unconfirmed and self._store_results(unconfirmed):
                 log.warning("%d results unconfirmed at exit; stored for the next start", len(unconfirmed))
+            elif unconfirmed:
+                log.error(
+                    "%d results unconfirmed at exit and the ledger cannot store them; their tasks run again "
+                    "at the next start if they were written",
+                    len(unconfirmed),
+                )
             self.finished = True
 
     # --- status for tests and the CLI ---------------------------------------------------

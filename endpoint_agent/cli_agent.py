@@ -12,10 +12,13 @@ import click
 from taskfabric.endpoint_agent.agent import Agent, AgentPaths
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
+from taskfabric.endpoint_agent.supervisor import supervise as supervise_agent
 from taskfabric.gc_tuning import tune_for_service
 from taskfabric.logs import setup_logging
 
 __all__ = ["agent", "run_agent"]
+
+log = logging.getLogger(__name__)
 
 
 def run_agent(endpoint_dir: Path, *, log_to_stderr: bool = True) -> int:
@@ -30,9 +33,16 @@ def run_agent(endpoint_dir: Path, *, log_to_stderr: bool = True) -> int:
         agent = Agent(config, connection, paths)
         tune_for_service()
         return agent.run()
+    except Exception:
+        # the reason belongs in agent.log, not only on a stdout nobody reads
+        log.exception("the agent of endpoint %s failed", connection.endpoint_id)
+        raise
     finally:
-        paths.pid.unlink(missing_ok=True)
-        paths.problem.unlink(missing_ok=True)
+        for leftover in (paths.pid, paths.problem):
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("could not remove %s: %s", leftover, exc)
 
 
 @click.group()
@@ -51,3 +61,16 @@ def agent() -> None:
 def run(endpoint_dir: Path, quiet: bool) -> None:
     """Run the agent in the foreground until SIGTERM/SIGINT (then it drains and stops)."""
     sys.exit(run_agent(endpoint_dir, log_to_stderr=not quiet))
+
+
+@agent.command()
+@click.option(
+    "--endpoint-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The endpoint's folder, with config.yaml and connection.json.",
+)
+def supervise(endpoint_dir: Path) -> None:
+    """Run the agent and restart it when it crashes (with back-off, at most 5 times in 10 minutes)."""
+    setup_logging(logging.INFO, file=AgentPaths(endpoint_dir).log, stream=False)
+    sys.exit(supervise_agent(endpoint_dir))

@@ -166,6 +166,8 @@ def _status_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("agent", state),
         ("directory", info["directory"]),
     ]
+    if info.get("restarts"):
+        rows.append(("restarts", f"{info['restarts']} (last exit: {info.get('last_exit_reason') or '-'})"))
     service = info.get("service")
     if service is None:
         return rows
@@ -181,6 +183,7 @@ def _status_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("outstanding tasks", str(service["outstanding_tasks"])),
         ("blocks", f"{service['running_blocks']} running, {service['pending_blocks']} pending"),
         ("scaling", service["scaling"] or "-"),
+        *([("reason", service["status_reason"])] if service.get("status_reason") else []),
     ]
 
 

@@ -14,6 +14,10 @@ Group commit: tasks are *staged* as they arrive (and run at once) and written in
 every few milliseconds (`flush`). A task whose result is confirmed before that is never written at
 all — most short tasks never touch the disk — and its message is acked all the same.
 
+Disk failures: a write that fails (disk full, read-only, I/O error) raises `LedgerError` and
+changes nothing: staged tasks stay staged, so the caller may retry `flush` later (the agent does,
+with back-off, and takes no new tasks meanwhile).
+
 A memory of recently finished task ids (in RAM, the last `DONE_MEMORY` of them) keeps a task
 message that the broker redelivers (an ack lost with a dropped connection) from re-running tasks
 already answered; after a restart that memory is empty and such a task may run twice (the forwarder
@@ -40,6 +44,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from taskfabric.errors import LedgerError
 from taskfabric.protocol import FunctionBody, Result, ResultBatch, Task, TaskBatch, pack, unpack_as
 
 __all__ = ["CANCEL_MEMORY_S", "DONE_MEMORY", "HeldTask", "Ledger"]
@@ -191,7 +196,8 @@ class Ledger:
             return
         seq = self._rows.get(task_id)
         if seq is not None:
-            self._db.execute("UPDATE tasks SET attempts = ? WHERE seq = ?", (attempts, seq))
+            with self._transaction():
+                self._db.execute("UPDATE tasks SET attempts = ? WHERE seq = ?", (attempts, seq))
 
     def store_results(self, results: list[Result]) -> list[uuid.UUID]:
         """Keep results whose publishing failed, to re-send them later (also after a restart).
@@ -308,11 +314,32 @@ class Ledger:
 
 
 class _Transaction:
+    """BEGIN ... COMMIT; a failure rolls back and is raised as `LedgerError`."""
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN")
+        try:
+            self._db.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"the ledger cannot start a write: {exc}") from exc
 
-    def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: object) -> None:
+        if kind is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise LedgerError(f"the ledger cannot write: {exc}") from exc
+        self._rollback()
+        if isinstance(value, sqlite3.Error):
+            raise LedgerError(f"the ledger cannot write: {value}") from value
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolled back by itself

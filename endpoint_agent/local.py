@@ -3,7 +3,9 @@ functions behind `taskfabric endpoint configure|start|stop|restart|status|list|d
 
 Each folder holds `config.yaml` (the endpoint's settings), `connection.json` (its id and broker
 credentials, from registering with the forwarder), `ledger.sqlite` (tasks in hand), `agent.log`,
-`agent.pid` while running, and `blocks/` (provider scripts and manager/worker logs).
+`agent.pid` while running, `supervisor.pid` and `supervisor.json` (the process that restarts a
+crashed agent, and its restart count; see supervisor.py), and `blocks/` (provider scripts and
+manager/worker logs).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from taskfabric.daemon import spawn_detached
 from taskfabric.endpoint_agent.agent import AgentPaths
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
+from taskfabric.endpoint_agent.supervisor import read_state as read_supervisor_state
 from taskfabric.errors import ConfigError, NotFoundError, ServiceError, TaskfabricError
 from taskfabric.paths import taskfabric_home
 from taskfabric.processes import pid_alive
@@ -99,12 +102,11 @@ class LocalEndpoint:
 
     def pid(self) -> int | None:
         """The agent's pid if it is running."""
-        try:
-            pid = int(self.paths.pid.read_text().strip())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-            return None
-        return pid
+        return _running_pid(self.paths.pid)
+
+    def supervisor_pid(self) -> int | None:
+        """The supervisor's pid if it is running."""
+        return _running_pid(self.paths.supervisor_pid)
 
     def endpoint_id(self) -> str | None:
         try:
@@ -133,7 +135,15 @@ class LocalEndpoint:
     def describe(self) -> dict[str, Any]:
         pid = self.pid()
         endpoint_id = self.endpoint_id()
-        state = "running" if pid else ("stopped" if endpoint_id else "not registered")
+        supervised = read_supervisor_state(self.paths.root)
+        if pid:
+            state = "running"
+        elif self.supervisor_pid():
+            state = "restarting"
+        elif supervised.get("gave_up"):
+            state = "crashed"
+        else:
+            state = "stopped" if endpoint_id else "not registered"
         return {
             "name": self.name,
             "display_name": self.display_name(),
@@ -142,7 +152,18 @@ class LocalEndpoint:
             "pid": pid,
             "problem": self.problem(),
             "directory": str(self.paths.root),
+            "restarts": supervised.get("restarts", 0),
+            "last_exit_reason": supervised.get("last_exit_reason"),
         }
+
+
+def _running_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+    return pid
 
 
 def config_template(name: str, settings: dict[str, Any]) -> str:
@@ -239,51 +260,58 @@ def require_not_running(name: str) -> None:
 
 
 def start_endpoint(name: str, *, detach: bool, wait_s: float = 15.0) -> int:
-    """Run the agent: in the background (returns its pid once it is up), or in this process
-    (returns its exit code). The endpoint must be registered (`register_endpoint`)."""
+    """Run the agent: in the background under its supervisor, which restarts it when it crashes
+    (returns the agent's pid once it is up), or in this process (returns its exit code). The
+    endpoint must be registered (`register_endpoint`)."""
     endpoint = LocalEndpoint(name)
     endpoint.require()
     endpoint.config()  # validate before starting anything
-    running = endpoint.pid()
+    running = endpoint.pid() or endpoint.supervisor_pid()
     if running is not None:
         raise TaskfabricError(f"endpoint {name!r} is already running (pid {running})")
     if not detach:
         from taskfabric.endpoint_agent.cli_agent import run_agent
 
         return run_agent(endpoint.paths.root)
-    pid = spawn_detached(
-        [sys.executable, "-m", "taskfabric", "agent", "run", "--endpoint-dir", str(endpoint.paths.root), "--quiet"],
+    endpoint.paths.pid.unlink(missing_ok=True)  # a stale one, from an agent killed earlier
+    supervisor = spawn_detached(
+        [sys.executable, "-m", "taskfabric", "agent", "supervise", "--endpoint-dir", str(endpoint.paths.root)],
         log=endpoint.paths.root / "agent.stdout",
     )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            raise TaskfabricError(f"the agent of {name!r} exited at once; see {endpoint.paths.log} and agent.stdout")
-        if endpoint.pid() == pid:
+        pid = endpoint.pid()
+        if pid is not None:
             return pid
+        if not pid_alive(supervisor):
+            raise TaskfabricError(f"the agent of {name!r} exited at once; see {endpoint.paths.log} and agent.stdout")
         time.sleep(0.05)
     raise TaskfabricError(f"the agent of {name!r} did not start within {wait_s:g} s; see {endpoint.paths.log}")
 
 
 def stop_endpoint(name: str, *, timeout_s: float | None = None) -> bool:
-    """Stop the agent gracefully (running tasks may finish); False if it was not running.
+    """Stop the agent gracefully (running tasks may finish), and its supervisor; False if neither
+    was running.
 
-    After `timeout_s` (default: drain_timeout_s + 30) the agent is killed; either way its managers
+    After `timeout_s` (default: drain_timeout_s + 30) they are killed; either way its managers
     and workers are gone when this returns (those still running are terminated, then killed).
     Tasks cut short stay in the ledger and run again at the next start."""
     endpoint = LocalEndpoint(name)
     endpoint.require()
-    pid = endpoint.pid()
-    if pid is None:
+    pid, supervisor = endpoint.pid(), endpoint.supervisor_pid()
+    if pid is None and supervisor is None:
         return False
     if timeout_s is None:
         timeout_s = endpoint.config().drain_timeout_s + 30.0
-    os.kill(pid, signal.SIGTERM)
+    # the supervisor passes SIGTERM on to the agent and does not restart it
+    _signal(supervisor if supervisor is not None else pid, signal.SIGTERM)
     grace_s = _BLOCK_EXIT_GRACE_S
-    if not _wait_for(lambda: endpoint.pid() is None, timeout_s):
+    if not _wait_for(lambda: endpoint.pid() is None and endpoint.supervisor_pid() is None, timeout_s):
         log.warning("the agent of %s did not stop within %g s; killing it", name, timeout_s)
-        _kill(pid)
+        for stuck in (endpoint.supervisor_pid(), endpoint.pid()):  # its tasks stay in the ledger, run at next start
+            _signal(stuck, signal.SIGKILL)
         endpoint.paths.pid.unlink(missing_ok=True)
+        endpoint.paths.supervisor_pid.unlink(missing_ok=True)
         grace_s = 0.0  # orphaned managers would wait for missed heartbeats: end them now
     _end_processes(_block_processes(endpoint), grace_s=grace_s)
     return True
@@ -302,9 +330,11 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
     return True
 
 
-def _kill(pid: int) -> None:
+def _signal(pid: int | None, signum: int) -> None:
+    if pid is None:
+        return
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signum)
     except ProcessLookupError:
         pass
 
@@ -354,6 +384,7 @@ SERVICE_STATUS_KEYS = (
     "running_blocks",
     "scaling",
     "last_heartbeat_at",
+    "status_reason",
 )
 
 

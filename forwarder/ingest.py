@@ -77,6 +77,7 @@ class StatusBook:
             python_version=report.python_version,
             agent_version=report.agent_version,
             scaling=report.scaling,
+            status_reason=report.status_reason,
         )
         with self._lock:
             self._latest[report.endpoint_id] = status

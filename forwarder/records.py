@@ -75,6 +75,8 @@ class StatusReport:
     agent_version: str = ""
     #: the agent's scaling strategy's last decision, in words
     scaling: str = ""
+    #: why the agent said it is degraded (empty otherwise)
+    status_reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -118,7 +118,7 @@ class EndpointRegistered(BaseModel):
 class EndpointInfo(BaseModel):
     endpoint_id: str
     name: str
-    status: str = Field(description="online | offline | draining")
+    status: str = Field(description="online | offline | draining | degraded")
     last_heartbeat_at: float | None
     managers: int
     workers: int
@@ -129,6 +129,7 @@ class EndpointInfo(BaseModel):
     hostname: str
     scaling: str = Field(description="the agent's last scaling decision, in words (empty: none yet)")
     display_name: str | None = Field(description="the endpoint config's display_name, as registered")
+    status_reason: str = Field(default="", description="why the endpoint is degraded (empty otherwise)")
     created_at: float
 
 

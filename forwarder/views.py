@@ -38,12 +38,14 @@ def function_info(record: FunctionRecord, *, include_body: bool = False) -> dict
 
 
 def endpoint_state(record: EndpointRecord, *, now: float, offline_after_s: float) -> EndpointState:
-    """online/draining while the last report is fresh and said so; otherwise offline."""
+    """online/draining/degraded while the last report is fresh and said so; otherwise offline."""
     status = record.status
     if status.last_heartbeat_at is None or now - status.last_heartbeat_at > offline_after_s:
         return EndpointState.OFFLINE
     if status.state == EndpointState.DRAINING.value:
         return EndpointState.DRAINING
+    if status.state == EndpointState.DEGRADED.value:
+        return EndpointState.DEGRADED
     if status.state == EndpointState.ONLINE.value:
         return EndpointState.ONLINE
     return EndpointState.OFFLINE
@@ -65,6 +67,7 @@ def endpoint_info(record: EndpointRecord, *, now: float, offline_after_s: float)
         "hostname": status.hostname,
         "scaling": status.scaling,
         "display_name": _display_name(record),
+        "status_reason": status.status_reason,
         "created_at": record.created_at,
     }
 

@@ -16,6 +16,7 @@ Every error that leaves a public API is one of these; errors of the libraries un
     │   ├── NotFound                404 from the broker (no such queue / exchange)
     │   └── PreconditionFailed      406 from the broker (e.g. a queue redeclared with other arguments)
     ├── StoreError                  the forwarder's database failed
+    ├── LedgerError                 the endpoint agent's ledger (its on-disk SQLite) refused a write
     ├── ProviderError               the batch scheduler (through its Parsl provider) failed a status or cancel call
     │   └── SubmitFailed            a block could not be submitted
     ├── ServiceError                an HTTP call to the forwarder failed; `status` holds the code
@@ -56,6 +57,7 @@ __all__ = [
     "EndpointDeleted",
     "ErrorCode",
     "InvalidRequest",
+    "LedgerError",
     "ManagerLost",
     "NotFound",
     "NotFoundError",
@@ -168,6 +170,10 @@ class SubmitFailed(ProviderError):
 
 class StoreError(TaskfabricError):
     """The forwarder's store (database) failed."""
+
+
+class LedgerError(TaskfabricError):
+    """The agent's ledger could not write (disk full, read-only, I/O error); nothing staged was lost."""
 
 
 class ServiceError(TaskfabricError):

@@ -18,7 +18,7 @@ __all__ = ["EndpointTable"]
 
 _TEXT_LIMIT = 256
 _STATUS_COUNTERS = ("managers", "workers", "idle_workers", "outstanding_tasks", "pending_blocks", "running_blocks")
-_STATUS_TEXTS = ("hostname", "python_version", "agent_version")
+_STATUS_TEXTS = ("hostname", "python_version", "agent_version", "status_reason")
 #: a scaling decision may quote a scheduler's message
 _SCALING_LIMIT = 1024
 #: counters are clamped into a signed 32-bit column
@@ -143,6 +143,7 @@ def _endpoint(row: Row[Any]) -> EndpointRecord:
         python_version=m["python_version"] or "",
         agent_version=m["agent_version"] or "",
         scaling=m["scaling"] or "",
+        status_reason=m["status_reason"] or "",
     )
     return EndpointRecord(
         endpoint_id=m["endpoint_id"],

@@ -113,6 +113,7 @@ endpoints = Table(
     Column("queue_rebuilt_at", Float),
     # schema v2: the scaling strategy's last decision, as the agent reported it
     Column("scaling", Text),
+    Column("status_reason", Text),  # v2: why the agent reports itself degraded
     UniqueConstraint("owner_id", "name", name="uq_endpoints_owner_name"),
 )
 
@@ -172,7 +173,7 @@ def _v1_initial(connection: Connection) -> None:
 
 
 _V2_TASK_COLUMNS = ("task_group_id", "stdout", "stderr", "cancel_requested_at")
-_V2_ENDPOINT_COLUMNS = ("queue_rebuilt_at", "scaling")
+_V2_ENDPOINT_COLUMNS = ("queue_rebuilt_at", "scaling", "status_reason")
 
 
 def _add_missing_columns(
@@ -187,7 +188,7 @@ def _add_missing_columns(
 
 def _v2_lifecycle(connection: Connection) -> None:
     """Task groups, captured output, cancellation, listing indexes, kept dead letters, endpoints'
-    scaling decisions."""
+    scaling decisions and the reason an endpoint reports itself degraded."""
     inspector = inspect(connection)
     _add_missing_columns(connection, inspector, "tasks", tasks, _V2_TASK_COLUMNS)
     if connection.dialect.name == "postgresql":

@@ -218,6 +218,8 @@ class EndpointStatus:
     agent_version: str = ""
     #: the scaling strategy's last decision, in words
     scaling: str = ""
+    #: why the agent is `degraded` (empty otherwise)
+    status_reason: str = ""
 
     STATES = tuple(EndpointState)
 

@@ -36,8 +36,11 @@ TERMINAL_TASK_STATES = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskSta
 
 
 class EndpointState(enum.StrEnum):
-    """An endpoint as its agent last reported it (or `offline` when silent)."""
+    """An endpoint as its agent last reported it (or `offline` when silent). `degraded`: the agent
+    is up but takes no tasks for now (e.g. its ledger's disk refuses writes); the status report
+    says why."""
 
     ONLINE = "online"
     DRAINING = "draining"
+    DEGRADED = "degraded"
     OFFLINE = "offline"

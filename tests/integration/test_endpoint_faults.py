@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import time
 import uuid
@@ -18,10 +19,21 @@ from typing import Any
 
 import pytest
 
-from taskfabric.broker_config import RabbitNode, new_queue_secret
-from taskfabric.endpoint_agent.testing import EndpointHarness
+from taskfabric.broker_config import ManagementClient, RabbitNode, new_queue_secret
+from taskfabric.endpoint_agent.local import LocalEndpoint, endpoints_root, start_endpoint, stop_endpoint
+from taskfabric.endpoint_agent.testing import (
+    FAST_CONFIG,
+    AgentProcess,
+    EndpointHarness,
+    ResultCollector,
+    TaskFactory,
+    provision_endpoint,
+    publish_batches,
+)
 from taskfabric.errors import ErrorCode
+from taskfabric.protocol import EndpointState
 from taskfabric.testing import wait_until
+from taskfabric.testing.disk import unwritable
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
 
 pytestmark = pytest.mark.slow
@@ -193,3 +205,104 @@ def _assert_holding_a_delivery_is_cut_off(harness: EndpointHarness) -> None:
     finally:
         holder.close()
         harness.topology.delete_endpoint(harness.admin, queues)
+
+
+#: how long the ledger's disk stays unwritable in the disk-fault test
+_DISK_FAULT_S = 15.0
+
+
+def test_an_unwritable_ledger_degrades_the_agent_which_resumes_when_the_disk_heals(harness: EndpointHarness) -> None:
+    """The ledger's folder becomes immutable (`chattr +i`: refused even to root) for 15 s while tasks
+    flow: the agent stays up, stops taking tasks, reports itself degraded with the reason, and
+    once the disk is writable again it resumes; every task ends with exactly one result."""
+    endpoint = harness.start()
+    before = endpoint.submit([endpoint.factory.task(slow_square, i, delay=0.01) for i in range(100)], per_message=5)
+    wait_until(lambda: endpoint.collector.count() >= 20, timeout_s=60, what="some results")
+    with unwritable(endpoint.directory, ["ledger.sqlite", "ledger.sqlite-wal"]):
+        during = endpoint.submit(
+            [endpoint.factory.task(slow_square, i, delay=0.01) for i in range(100, 200)], per_message=5
+        )
+        degraded = wait_until(
+            lambda: [s for s in endpoint.collector.statuses if s.state == EndpointState.DEGRADED],
+            timeout_s=30,
+            what="a degraded status report",
+        )
+        assert "ledger" in degraded[0].status_reason
+        assert endpoint.agent.process is not None and endpoint.agent.process.poll() is None, "the agent died"
+        fault_ends = time.monotonic() + _DISK_FAULT_S
+        wait_until(lambda: time.monotonic() >= fault_ends, timeout_s=_DISK_FAULT_S + 5, what="the end of the fault")
+    ids = [*before, *during]
+    results = endpoint.wait(ids, timeout_s=120)
+    assert [endpoint.collector.value(results[i]) for i in ids] == [i * i for i in range(200)]
+    assert not endpoint.collector.duplicates
+    seen = len(endpoint.collector.statuses)
+    wait_until(
+        lambda: any(s.state == EndpointState.ONLINE for s in endpoint.collector.statuses[seen:]),
+        timeout_s=30,
+        what="an online status report after the fault",
+    )
+    assert endpoint.agent.process is not None and endpoint.agent.process.poll() is None
+    wait_until(lambda: _ledger_counts(endpoint.directory)[0] == 0, what="an empty ledger")
+
+
+def test_the_supervisor_restarts_a_crashed_agent_and_endpoint_status_shows_it(
+    harness: EndpointHarness, tmp_home: Path
+) -> None:
+    """`endpoint start --detach` leaves a supervisor that restarts a crashed agent (kill -9) with
+    back-off, counts the restart and its reason for `endpoint status`, and stops with the agent on
+    `endpoint stop` (no restart then)."""
+    name = "supervised"
+    directory = endpoints_root() / name
+    connection = provision_endpoint(
+        admin=harness.admin,
+        management_url=harness.management_url,
+        amqp_url=harness.amqp_url,
+        topology=harness.topology,
+        endpoint_dir=directory,
+        config=FAST_CONFIG,
+    )
+    collector = ResultCollector(harness.admin, connection)
+    factory = TaskFactory()
+
+    def run(x: int) -> Any:
+        task, body = factory.task(slow_square, x, delay=0.0)
+        publish_batches(harness.admin, harness.topology, connection, TaskFactory.batches([(task, body)]))
+        return collector.value(collector.wait_for([task.task_id], timeout_s=60)[task.task_id])
+
+    first = start_endpoint(name, detach=True)
+    try:
+        assert run(3) == 9
+        os.kill(first, signal.SIGKILL)
+        second = wait_until(
+            lambda: (pid := LocalEndpoint(name).pid()) not in (None, first) and pid, timeout_s=60, what="a new agent"
+        )
+        info = LocalEndpoint(name).describe()
+        assert (info["state"], info["restarts"], info["last_exit_reason"]) == (
+            "running",
+            1,
+            "killed by signal 9 (SIGKILL)",
+        )
+        assert run(4) == 16  # the restarted agent works
+        assert stop_endpoint(name, timeout_s=60)
+        info = LocalEndpoint(name).describe()
+        assert (info["state"], info["restarts"]) == ("stopped", 1)
+        assert LocalEndpoint(name).supervisor_pid() is None
+        with pytest.raises(ProcessLookupError):
+            os.kill(second, 0)
+    finally:
+        stop_endpoint(name, timeout_s=30)
+        AgentProcess(directory).kill_group()
+        with ManagementClient(harness.management_url) as management:
+            management.delete_user(connection.username)
+
+
+def test_a_fatal_error_at_start_is_logged_with_its_traceback_in_agent_log(harness: EndpointHarness) -> None:
+    """The reason an agent dies belongs in agent.log, not only on a console nobody reads."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        endpoint = harness.start(interchange_address="127.0.0.1", interchange_port=taken.getsockname()[1])
+        assert endpoint.agent.process is not None
+        assert endpoint.agent.process.wait(timeout=60) != 0
+    log = (endpoint.directory / "agent.log").read_text()
+    assert "failed" in log and "Traceback" in log and "cannot bind the interchange" in log, log[-2000:]

@@ -61,6 +61,7 @@ EXPECTED: dict[str, list[str]] = {
         "EndpointDeleted",
         "ErrorCode",
         "InvalidRequest",
+        "LedgerError",
         "ManagerLost",
         "NotFound",
         "NotFoundError",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from taskfabric.endpoint_agent.ledger import Ledger
-from taskfabric.errors import ErrorCode
+from taskfabric.errors import ErrorCode, LedgerError
 from taskfabric.protocol import FunctionBody, Result, Task, TaskBatch, TaskError
 
 FN = uuid.uuid4()
@@ -137,4 +140,20 @@ def test_released_tasks_are_forgotten_and_taken_again_when_redelivered(tmp_path:
     to_run, _ = ledger.unfinished()
     assert [held.task_id for held in to_run] == [tasks.tasks[0].task_id]
     assert {held.task_id for held in ledger.stage([tasks])} == set(handed)
+
+
+def test_a_refused_write_raises_ledger_error_and_keeps_everything_staged(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    writable = ledger._db
+    # the same file through a read-only connection: every write is refused, as on a full or
+    # read-only disk (the integration test makes the real file immutable instead)
+    ledger._db = sqlite3.connect(f"file:{tmp_path / 'ledger.sqlite'}?mode=ro", uri=True, isolation_level=None)
+    fresh = ledger.stage([batch(3)])
+    with pytest.raises(LedgerError, match="the ledger cannot"):
+        ledger.flush()
+    assert ledger.staged == 3
+    ledger._db.close()
+    ledger._db = writable
+    assert sorted(ledger.flush()) == sorted(held.task_id for held in fresh)
+    assert ledger.counts() == {"held": 3, "stored_results": 0}
     ledger.close()

@@ -135,6 +135,31 @@ def test_status_reports_make_an_endpoint_online_then_offline(
         assert record is not None and record.status.state == "online" and record.status.workers == 0
 
 
+def test_a_degraded_endpoint_is_shown_with_its_reason_and_stored(
+    forwarder: Any, users: Users, fake_endpoints: FakeEndpoints
+) -> None:
+    alice = users(forwarder)
+    registration = alice.register_endpoint("lab")
+    endpoint_id = registration["endpoint_id"]
+    endpoint = fake_endpoints(registration)
+    endpoint.publish_status("degraded", status_reason="the ledger cannot write: disk I/O error")
+    info = wait_until(
+        lambda: (found := alice.endpoint(endpoint_id))["status"] == "degraded" and found, what="degraded status"
+    )
+    assert info["status_reason"] == "the ledger cannot write: disk I/O error"
+    with forwarder.store() as store:
+        wait_until(
+            lambda: (
+                (record := store.endpoints.get(uuid.UUID(endpoint_id))) is not None
+                and record.status.status_reason == info["status_reason"]
+            ),
+            what="the reason in the store",
+        )
+    endpoint.publish_status("online")
+    info = wait_until(lambda: (found := alice.endpoint(endpoint_id))["status"] == "online" and found, what="online")
+    assert info["status_reason"] == ""
+
+
 def test_deleting_an_endpoint_revokes_its_user_queues_and_tasks(
     forwarder: Any, users: Users, fake_endpoints: FakeEndpoints, rabbit: RabbitTransport
 ) -> None:
