@@ -62,6 +62,9 @@ class ResultConsumers:
         self._inboxes: dict[uuid.UUID, Inbox[ResultBatch | EndpointStatus | TaskEvents]] = {}
         self._dead_letters: ConsumerHandle | None = None
         self._lock = threading.Lock()
+        #: endpoints whose result queue is broken (forwarder/queue_health.py): not consumed until
+        #: released, whatever `reconcile` says
+        self._quarantined: set[uuid.UUID] = set()
 
     @property
     def endpoint_ids(self) -> set[uuid.UUID]:
@@ -100,13 +103,27 @@ class ResultConsumers:
             inbox.cancel()
             log.info("stopped consuming results of endpoint %s", endpoint_id)
 
+    def quarantine(self, endpoint_id: uuid.UUID) -> None:
+        """Stop consuming a broken result queue until `release` (its results wait on the agent)."""
+        with self._lock:
+            self._quarantined.add(endpoint_id)
+        self.stop(endpoint_id)
+
+    def release(self, endpoint: EndpointRecord) -> None:
+        """Consume a quarantined endpoint's results again (its queue was rebuilt or healed)."""
+        with self._lock:
+            self._quarantined.discard(endpoint.endpoint_id)
+        self.ensure(endpoint)
+
     def reconcile(self, endpoints: Iterable[EndpointRecord]) -> None:
-        """Consume exactly the result queues of `endpoints` (the store's list)."""
+        """Consume exactly the result queues of `endpoints` (the store's list), except quarantined ones."""
         wanted = {endpoint.endpoint_id: endpoint for endpoint in endpoints}
         for endpoint_id in self.endpoint_ids - set(wanted):
             self.stop(endpoint_id)
+        with self._lock:
+            quarantined = set(self._quarantined)
         for endpoint_id, endpoint in wanted.items():
-            if endpoint_id in self.endpoint_ids:
+            if endpoint_id in self.endpoint_ids or endpoint_id in quarantined:
                 continue
             try:
                 self.ensure(endpoint)

@@ -284,6 +284,10 @@ class EndpointRegistry:
             endpoints = await self._runner.read(self._store.endpoints.list)
             await self._blocking(self._consumers.reconcile, endpoints)
 
+    def under_repair(self, endpoint_id: uuid.UUID) -> bool:
+        """Whether the endpoint has a queue seen broken and not rebuilt yet (forwarder/queue_health.py)."""
+        return endpoint_id in self._doctor.under_repair
+
     async def check_queues(self) -> None:
         """Rebuild endpoint queues a broker crash broke (see forwarder/queue_health.py)."""
         async with self._lock:

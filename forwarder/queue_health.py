@@ -78,6 +78,10 @@ class QueueDoctor:
         self._on_rebuilt = on_rebuilt
         #: queue name -> times in a row it was seen broken
         self._sightings: dict[str, int] = {}
+        #: endpoints with a queue seen broken and not rebuilt yet: submits to them are refused with
+        #: 503 (the client retries) instead of publishing into a queue that would make the broker
+        #: close the forwarder's connection, and their results are not consumed meanwhile
+        self.under_repair: set[uuid.UUID] = set()
         self.rebuilt = 0
 
     def examine(self, endpoints: Iterable[EndpointRecord]) -> list[Rebuild]:
@@ -85,11 +89,18 @@ class QueueDoctor:
         states = self._broker.management.queue_states()
         seen: dict[str, int] = {}
         rebuilds: list[Rebuild] = []
+        suspects: set[uuid.UUID] = set()
         for endpoint in endpoints:
             queues = self._broker.queues_of(endpoint.endpoint_id, endpoint.queue_secret)
             confirmed = self._confirmed_broken(queues, states, seen)
             if confirmed:
                 rebuilds.append(self.rebuild(endpoint, queues, confirmed))
+            elif any(name in seen for name in (queues.task_queue, queues.result_queue, queues.control_queue)):
+                suspects.add(endpoint.endpoint_id)
+                self._consumers.quarantine(endpoint.endpoint_id)
+            elif endpoint.endpoint_id in self.under_repair:  # healed by itself (a new leader)
+                self._consumers.release(endpoint)
+        self.under_repair = suspects
         self._sightings = {name: count for name, count in seen.items() if count < self._confirmations}
         return rebuilds
 
@@ -111,21 +122,21 @@ class QueueDoctor:
     def rebuild(self, endpoint: EndpointRecord, queues: EndpointQueues, names: set[str]) -> Rebuild:
         """Delete the named queues of one endpoint and declare them again; consume its results again."""
         result_too = queues.result_queue in names
-        if result_too:
-            self._consumers.stop(endpoint.endpoint_id)
+        control_too = queues.control_queue in names
+        self._consumers.quarantine(endpoint.endpoint_id)
         for name in sorted(names):
             self._broker.transport.delete_queue(name)
         self._broker.declare_endpoint_queues(queues)
-        self._consumers.ensure(endpoint)
+        self._consumers.release(endpoint)
+        self.under_repair.discard(endpoint.endpoint_id)
         rebuild = Rebuild(endpoint.endpoint_id, task_queue=queues.task_queue in names, result_queue=result_too)
         self.rebuilt += 1
-        log.warning(
-            "rebuilt the broken %s of endpoint %s",
-            " and ".join(
-                kind for kind, hit in (("task queue", rebuild.task_queue), ("result queue", result_too)) if hit
-            ),
-            endpoint.endpoint_id,
-        )
+        kinds = [
+            kind
+            for kind, hit in (("task", rebuild.task_queue), ("result", result_too), ("control", control_too))
+            if hit
+        ]
+        log.warning("rebuilt the broken %s queue of endpoint %s", " and ".join(kinds), endpoint.endpoint_id)
         if self._on_rebuilt is not None:
             self._on_rebuilt(rebuild)
         return rebuild

@@ -99,6 +99,13 @@ class TaskService:
     async def submit(self, identity: Identity, endpoint_id: uuid.UUID, request: SubmitRequest) -> list[uuid.UUID]:
         """Store and publish a batch; returns the task ids in request order."""
         endpoint = await self._endpoints.submit_target(identity, endpoint_id)
+        if self._endpoints.under_repair(endpoint_id):
+            raise ServiceError(
+                "the endpoint's broker queue is being repaired after a broker failure; nothing was recorded, "
+                "retry shortly (the client does)",
+                status=503,
+                code=BROKER_UNAVAILABLE,
+            )
         bodies = await self._function_bodies(identity, request.function_ids)
         task_ids = (
             new_task_ids(len(request.tasks))

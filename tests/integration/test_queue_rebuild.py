@@ -138,6 +138,8 @@ def test_a_leaderless_endpoint_queue_is_rebuilt_and_the_endpoint_works_again(
         f"median {statistics.median(during) * 1000:.1f} ms, max {max(during) * 1000:.1f} ms"
     )
     log = forwarder.log_file.read_text()
+    closed = [line for line in log.splitlines() if "connection to" in line and "INTERNAL_ERROR" in line]
+    print(f"the forwarder's broker connection was closed by the broker {len(closed)} time(s) during the fault")
     rebuilt = [line for line in log.splitlines() if "rebuilt the broken" in line and str(victim.endpoint_id) in line]
     assert any("task" in line for line in rebuilt) and any("result" in line for line in rebuilt), rebuilt
     assert str(bystander.endpoint_id) not in "".join(rebuilt)
