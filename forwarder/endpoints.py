@@ -53,6 +53,8 @@ class BrokerCredentials:
     control_queue: str
     results_exchange: str
     dead_letter_exchange: str
+    #: PEM CA certificate the agent should trust for an amqps broker (None: the system's store)
+    ca_certificate: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -202,6 +204,7 @@ class EndpointRegistry:
             control_queue=queues.control_queue,
             results_exchange=topology.results_exchange,
             dead_letter_exchange=topology.dead_letter_exchange,
+            ca_certificate=self._settings.endpoint_broker_ca_pem(),
         )
 
     # --- reads --------------------------------------------------------------------------

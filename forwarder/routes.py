@@ -169,6 +169,7 @@ async def register_endpoint(body: schemas.EndpointRegistration, identity: Caller
                 "control_queue": broker.control_queue,
                 "results_exchange": broker.results_exchange,
                 "dead_letter_exchange": broker.dead_letter_exchange,
+                "ca_certificate": broker.ca_certificate,
             },
             "status_period_s": settings.status_period_s,
         },

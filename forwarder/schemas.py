@@ -103,6 +103,11 @@ class BrokerInfo(BaseModel):
     control_queue: str = Field(description="cancellations for the agent (consumed apart from the task queue)")
     results_exchange: str
     dead_letter_exchange: str
+    ca_certificate: str | None = Field(
+        None,
+        description="PEM CA certificate the agent should trust for an amqps broker (the forwarder's "
+        "endpoint_broker_ca_file); null: the system's trust store",
+    )
 
 
 class EndpointRegistered(BaseModel):
