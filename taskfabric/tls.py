@@ -114,17 +114,26 @@ def reload_certificate(context: ssl.SSLContext, cert_file: Path, key_file: Path)
 
 
 def _load_chain(context: ssl.SSLContext, cert_file: Path, key_file: Path, *, key_prefix: str) -> None:
-    _require_file(cert_file, f"{key_prefix}cert_file")
-    _require_file(key_file, f"{key_prefix}key_file")
+    _require_pem(cert_file, "CERTIFICATE-----", "a PEM certificate", f"{key_prefix}cert_file")
+    _require_pem(key_file, "PRIVATE KEY-----", "a PEM private key", f"{key_prefix}key_file")
     try:
         context.load_cert_chain(str(cert_file), str(key_file))
     except ssl.SSLError as exc:
-        bad = f"{key_prefix}key_file" if "KEY" in str(exc).upper() else f"{key_prefix}cert_file"
+        # both files hold PEM of the right kind: what is left is a key that is not the certificate's
         raise ConfigError(
-            f"the certificate {cert_file} and key {key_file} do not load as a PEM pair ({exc.reason or exc})", key=bad
+            f"{key_file} does not load as the private key of {cert_file} ({exc.reason or exc})",
+            key=f"{key_prefix}key_file",
         ) from None
+
+
+def _require_pem(path: Path, marker: str, what: str, key: str) -> None:
+    _require_file(path, key)
+    try:
+        text = Path(path).read_text(errors="replace")
     except OSError as exc:
-        raise ConfigError(f"cannot read {cert_file} / {key_file}: {exc}", key=f"{key_prefix}cert_file") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", key=key) from None
+    if marker not in text:
+        raise ConfigError(f"{path} is not {what}", key=key)
 
 
 def _require_file(path: Path, key: str) -> None:
