@@ -35,6 +35,7 @@ from taskfabric.endpoint_agent.local import configure_endpoint, register_endpoin
 from taskfabric.errors import BrokerUnavailable, ServiceError
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
 from taskfabric.forwarder.testing import ForwarderProcess
+from taskfabric.processes import free_port
 from taskfabric.testing import unique_name, wait_until
 from taskfabric.tls import client_ssl_context
 from taskfabric.transport import RabbitTransport
@@ -160,8 +161,9 @@ def test_tasks_round_trip_through_tls_everywhere(fabric: TlsFabric) -> None:
             start_endpoint(name, detach=True)
             endpoint_id = str(connection.endpoint_id)
             wait_until(
-                lambda: (status := client.get_endpoint_status(endpoint_id))["status"] == "online"
-                and status.get("workers"),
+                lambda: (
+                    (status := client.get_endpoint_status(endpoint_id))["status"] == "online" and status.get("workers")
+                ),
                 timeout_s=90,
                 interval_s=0.2,
                 what="the endpoint online over amqps",
@@ -230,10 +232,12 @@ def test_a_broker_signed_by_another_ca_is_refused(fabric: TlsFabric) -> None:
 
 
 def test_forwarder_serve_refuses_plain_http_on_every_interface(tmp_path: Path) -> None:
-    env = {**os.environ, "TASKFABRIC_HOME": str(tmp_path)}
+    env = {**os.environ, "TASKFABRIC_HOME": str(tmp_path), "TASKFABRIC_FORWARDER_BROKER_CONNECT_TIMEOUT_S": "1"}
     env.pop("TASKFABRIC_FORWARDER_ALLOW_PLAINTEXT", None)
+    nowhere = f"127.0.0.1:{free_port()}"  # were the refusal missing, it would reach no broker and stop
+    command = ["forwarder", "serve", "--host", "0.0.0.0", "--port", "0", "--amqp-url", f"amqp://u:p@{nowhere}/%2F"]
     done = subprocess.run(
-        [sys.executable, "-m", "taskfabric", "forwarder", "serve", "--host", "0.0.0.0", "--port", "0"],
+        [sys.executable, "-m", "taskfabric", *command, "--management-url", f"http://u:p@{nowhere}"],
         env=env,
         capture_output=True,
         text=True,
@@ -273,4 +277,3 @@ def test_broker_up_tls_prints_the_amqps_url_and_ca_file(fabric: TlsFabric) -> No
         context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
-

@@ -206,7 +206,9 @@ def test_broker_ca_files_are_checked_and_sent_to_endpoints(certs: tuple[Certific
 
 
 def test_forwarder_refuses_plain_http_off_loopback() -> None:
-    settings = ForwarderSettings.from_mapping({"host": "0.0.0.0"})
+    # were the refusal missing, serve() would find no broker here and stop within a second
+    nowhere = {"amqp_url": "amqp://u:p@127.0.0.1:1/%2F", "broker_connect_timeout_s": 0.5, "port": 0}
+    settings = ForwarderSettings.from_mapping({"host": "0.0.0.0", **nowhere})
     with pytest.raises(ConfigError) as caught:
         check_plaintext(settings)
     assert str(caught.value).startswith("host: refusing to serve plain HTTP on '0.0.0.0'")
