@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import urllib.parse
@@ -224,7 +223,7 @@ def test_the_results_stream_refuses_another_ca(fabric: TlsFabric, caplog: pytest
 def test_a_broker_signed_by_another_ca_is_refused(fabric: TlsFabric) -> None:
     assert fabric.info.amqps_url is not None
     refused = RabbitTransport(fabric.info.amqps_url, ssl_context=client_ssl_context(fabric.other_ca.cert_file))
-    with pytest.raises(BrokerUnavailable, match="TLS with the broker failed: .*CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(BrokerUnavailable, match=r"TLS with the broker failed: .*CERTIFICATE_VERIFY_FAILED"):
         refused.start(wait_s=10)
     accepted = RabbitTransport(fabric.info.amqps_url, ssl_context=client_ssl_context(fabric.info.ca_file))
     accepted.start(wait_s=10)

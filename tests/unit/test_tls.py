@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import uuid
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_allow_insecure_lets_plaintext_through() -> None:
 
 def test_client_refuses_http_to_a_remote_name_before_any_network_io(home: Path) -> None:
     # example.invalid can never resolve: an error other than ConfigError would mean a connection was tried
-    with pytest.raises(ConfigError, match="refusing to talk to the forwarder at http://example.invalid"):
+    with pytest.raises(ConfigError, match=r"refusing to talk to the forwarder at http://example\.invalid"):
         Client(url="http://example.invalid", token="t")
 
 
@@ -239,7 +240,7 @@ def test_reload_keeps_the_old_certificate_when_the_new_pair_is_bad(
 ) -> None:
     ca, server = certs
     context = ForwarderSettings.from_mapping(_tls(server)).tls.ssl_context()
-    with pytest.raises(ConfigError, match="tls.key_file"):
+    with pytest.raises(ConfigError, match=r"tls\.key_file"):
         reload_certificate(context, server.cert_file, ca.key_file)
     fresh = make_server_certificate(ca, tmp_path, hostnames=["localhost"])
     reload_certificate(context, fresh.cert_file, fresh.key_file)
@@ -256,7 +257,7 @@ def test_an_ssl_context_needs_an_amqps_url(certs: tuple[CertificateFiles, Certif
 
 def _connection(url: str, ca_certificate: str | None = None) -> EndpointConnection:
     return EndpointConnection(
-        endpoint_id=__import__("uuid").uuid4(),
+        endpoint_id=uuid.uuid4(),
         amqp_url=url,
         username="u",
         task_queue="t",
@@ -285,7 +286,7 @@ def test_registration_answer_carries_the_ca_into_the_connection_file(
 ) -> None:
     ca, _server = certs
     answer = {
-        "endpoint_id": str(__import__("uuid").uuid4()),
+        "endpoint_id": str(uuid.uuid4()),
         "broker": {
             "amqp_url": "amqps://u:p@b:5671/%2F",
             "username": "u",
@@ -304,7 +305,7 @@ def test_registration_answer_carries_the_ca_into_the_connection_file(
 def test_endpoint_broker_ca_file_is_validated(certs: tuple[CertificateFiles, CertificateFiles]) -> None:
     ca, _server = certs
     assert EndpointConfig.from_mapping({"broker_ca_file": str(ca.cert_file)}).broker_ca_file == ca.cert_file
-    with pytest.raises(ConfigError, match="broker_ca_file: .*does not exist"):
+    with pytest.raises(ConfigError, match=r"broker_ca_file: .*does not exist"):
         EndpointConfig.from_mapping({"broker_ca_file": "/nope/ca.pem"})
 
 
