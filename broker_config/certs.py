@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificateFiles", "certificate_serial", "make_ca", "make_server_certificate"]
+__all__ = ["CertificateFiles", "certificate_serial", "make_ca", "make_client_certificate", "make_server_certificate"]
 
 _DEFAULT_VALID_DAYS = 825
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
@@ -82,27 +82,48 @@ def make_server_certificate(
     as `<stem>.pem` and `<stem>.key` in `directory` (replacing files of those names)."""
     if not hostnames:
         raise ValueError("a server certificate needs at least one host name")
+    names = x509.SubjectAlternativeName([_general_name(host) for host in hostnames])
+    return _issue(ca, directory, stem, hostnames[0], ExtendedKeyUsageOID.SERVER_AUTH, valid_days, names)
+
+
+def make_client_certificate(
+    ca: CertificateFiles, directory: Path, *, name: str, stem: str = "client", valid_days: int = _DEFAULT_VALID_DAYS
+) -> CertificateFiles:
+    """A client certificate for `name` signed by `ca` (for a forwarder with `tls.client_ca_file`),
+    written as `<stem>.pem` and `<stem>.key` in `directory`."""
+    return _issue(ca, directory, stem, name, ExtendedKeyUsageOID.CLIENT_AUTH, valid_days, None)
+
+
+def _issue(
+    ca: CertificateFiles,
+    directory: Path,
+    stem: str,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    valid_days: int,
+    names: x509.SubjectAlternativeName | None,
+) -> CertificateFiles:
     ca_cert = x509.load_pem_x509_certificate(ca.cert_file.read_bytes())
     ca_key = serialization.load_pem_private_key(ca.key_file.read_bytes(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{ca.key_file} is not a key made by make_ca")
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _CLOCK_SKEW)
         .not_valid_after(now + datetime.timedelta(days=valid_days))
-        .add_extension(x509.SubjectAlternativeName([_general_name(host) for host in hostnames]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
-    return _write(directory, stem, certificate, key)
+    if names is not None:
+        builder = builder.add_extension(names, critical=False)
+    return _write(directory, stem, builder.sign(ca_key, hashes.SHA256()), key)
 
 
 def certificate_serial(pem_or_der: bytes) -> int:

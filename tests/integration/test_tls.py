@@ -12,8 +12,10 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,13 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from taskfabric.broker_config.certs import CertificateFiles, certificate_serial, make_ca, make_server_certificate
+from taskfabric.broker_config.certs import (
+    CertificateFiles,
+    certificate_serial,
+    make_ca,
+    make_client_certificate,
+    make_server_certificate,
+)
 from taskfabric.broker_config.cli import broker as broker_command
 from taskfabric.broker_config.node import NodeInfo, RabbitNode
 from taskfabric.client import Client, Executor
@@ -276,3 +284,51 @@ def test_broker_up_tls_prints_the_amqps_url_and_ca_file(fabric: TlsFabric) -> No
         context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
     ):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+# --- mutual TLS -----------------------------------------------------------------------------------
+
+
+def _handshake(server_context: ssl.SSLContext, client_context: ssl.SSLContext) -> dict[str, Any]:
+    """One real TLS connection on loopback; what the server saw: the client's certificate or an error."""
+    seen: dict[str, Any] = {}
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+
+        def serve() -> None:
+            connection, _address = listener.accept()
+            with connection:
+                try:
+                    with server_context.wrap_socket(connection, server_side=True) as tls:
+                        seen["peer"] = tls.getpeercert()
+                        tls.sendall(b"ok")
+                except (ssl.SSLError, OSError) as exc:
+                    seen["error"] = str(exc)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        with socket.create_connection(listener.getsockname(), timeout=10) as raw:
+            try:
+                with client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.recv(2)
+            except (ssl.SSLError, OSError):
+                pass  # the server's verdict is what matters
+        server.join(10)
+    return seen
+
+
+def test_client_ca_file_requires_a_client_certificate_signed_by_it(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "pki")
+    server = make_server_certificate(ca, tmp_path / "pki", hostnames=["localhost"])
+    alice = make_client_certificate(ca, tmp_path / "pki", name="alice")
+    tls = {"cert_file": str(server.cert_file), "key_file": str(server.key_file), "client_ca_file": str(ca.cert_file)}
+    server_context = ForwarderSettings.from_mapping({"tls": tls}).tls.ssl_context()  # what `serve` listens with
+
+    anonymous = _handshake(server_context, client_ssl_context(ca.cert_file))
+    assert "peer" not in anonymous and "CERTIFICATE" in anonymous["error"].upper()
+
+    with_certificate = client_ssl_context(ca.cert_file)
+    with_certificate.load_cert_chain(str(alice.cert_file), str(alice.key_file))
+    accepted = _handshake(server_context, with_certificate)
+    assert "error" not in accepted
+    assert dict(item[0] for item in accepted["peer"]["subject"])["commonName"] == "alice"
