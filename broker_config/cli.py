@@ -12,7 +12,7 @@ from taskfabric.errors import BrokerError
 from taskfabric.exit_codes import RET_OK, RET_STOPPED
 from taskfabric.paths import taskfabric_home
 
-__all__ = ["broker", "default_broker_dir"]
+__all__ = ["broker", "default_broker_dir", "node_document"]
 
 
 def default_broker_dir() -> Path:
@@ -29,22 +29,29 @@ def _dir_option(fn: click.decorators.FC) -> click.decorators.FC:
     )(fn)
 
 
+def node_document(info: NodeInfo) -> dict[str, str | bool | None]:
+    """What `broker up|status --json` prints: the URLs (and, with TLS, the amqps URL and CA file)."""
+    document: dict[str, str | bool | None] = {
+        "running": True,
+        "node": info.node_name,
+        "amqp_url": info.amqp_url,
+        "management_url": info.management_url,
+    }
+    if info.amqps_url is not None:
+        document.update(amqps_url=info.amqps_url, ca_file=info.ca_file)
+    return document
+
+
 def _print_info(info: NodeInfo, as_json: bool) -> None:
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "running": True,
-                    "node": info.node_name,
-                    "amqp_url": info.amqp_url,
-                    "management_url": info.management_url,
-                }
-            )
-        )
-    else:
-        click.echo(f"node:           {info.node_name}")
-        click.echo(f"AMQP URL:       {info.amqp_url}")
-        click.echo(f"management URL: {info.management_url}")
+        click.echo(json.dumps(node_document(info)))
+        return
+    click.echo(f"node:           {info.node_name}")
+    click.echo(f"AMQP URL:       {info.amqp_url}")
+    if info.amqps_url is not None:
+        click.echo(f"AMQPS URL:      {info.amqps_url}")
+        click.echo(f"CA file:        {info.ca_file}")
+    click.echo(f"management URL: {info.management_url}")
 
 
 @click.group()
@@ -56,9 +63,15 @@ def broker() -> None:
 @_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the URLs as one JSON line.")
 @click.option("--timeout", "timeout_s", default=90.0, show_default=True, help="Seconds to wait for the node.")
-def up(directory: Path | None, as_json: bool, timeout_s: float) -> None:
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Also listen for AMQP over TLS, with a certificate signed by a private CA made for the node; "
+    "prints the amqps URL and the CA file (give it to the forwarder as broker_ca_file).",
+)
+def up(directory: Path | None, as_json: bool, timeout_s: float, tls: bool) -> None:
     """Start the node (or find it running) and print its AMQP and management URLs."""
-    node = RabbitNode(directory or default_broker_dir())
+    node = RabbitNode(directory or default_broker_dir(), tls=tls)
     try:
         info = node.start(timeout_s=timeout_s)
     except BrokerError as exc:

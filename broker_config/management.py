@@ -7,6 +7,7 @@ The forwarder uses it to give each endpoint its own broker user, allowed only it
 from __future__ import annotations
 
 import logging
+import ssl
 import urllib.parse
 from typing import Any
 
@@ -24,7 +25,10 @@ log = logging.getLogger(__name__)
 class ManagementClient:
     """Talks to ``http://user:pass@host:port`` (the management URL) for virtual host `vhost`."""
 
-    def __init__(self, url: str, *, vhost: str = "/", timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, vhost: str = "/", timeout_s: float = 10.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """`ssl_context` verifies an https management API (default: the system's trust store)."""
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"management URL must be http(s)://user:pass@host:port, got {redact_url(url)!r}")
@@ -33,7 +37,7 @@ class ManagementClient:
         base = f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}/api"
         self._url = url
         self._vhost = vhost
-        self._http = httpx.Client(base_url=base, auth=auth, timeout=timeout_s)
+        self._http = httpx.Client(base_url=base, auth=auth, timeout=timeout_s, verify=ssl_context or True)
 
     def close(self) -> None:
         self._http.close()

@@ -9,6 +9,11 @@ reach it is written to ``<dir>/node.json`` (mode 0600)::
     info = node.start()          # idempotent; waits until the node accepts connections
     info.amqp_url, info.management_url
     node.stop()
+
+With `RabbitNode(dir, tls=True)` the node also gets a TLS listener (`info.amqps_url`) with a
+server certificate for localhost / 127.0.0.1 / ::1 / this host's name, signed by a private CA made
+for the node (`info.ca_file`, in `<dir>/tls/`; see certs.py). Clients verify the broker against
+that CA; the broker does not ask clients for certificates (they log in with a password).
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ import random
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from importlib import resources
 from pathlib import Path
 
+from taskfabric.broker_config.certs import CertificateFiles, make_ca, make_server_certificate
 from taskfabric.errors import BrokerError, BrokerUnavailable
 from taskfabric.processes import free_ports, port_open
 
@@ -69,10 +76,21 @@ class NodeInfo:
     dist_port: int
     username: str
     password: str
+    #: the TLS listener's port (None: no TLS listener)
+    amqps_port: int | None = None
+    #: the PEM CA certificate that signed the TLS listener's certificate
+    ca_file: str | None = None
 
     @property
     def amqp_url(self) -> str:
         return f"amqp://{self.username}:{self.password}@127.0.0.1:{self.amqp_port}/%2F"
+
+    @property
+    def amqps_url(self) -> str | None:
+        """The TLS listener's URL (verify it against `ca_file`), or None without TLS."""
+        if self.amqps_port is None:
+            return None
+        return f"amqps://{self.username}:{self.password}@127.0.0.1:{self.amqps_port}/%2F"
 
     @property
     def management_url(self) -> str:
@@ -82,8 +100,15 @@ class NodeInfo:
 class RabbitNode:
     """Start, stop, restart and inspect one private node living in `directory`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, tls: bool = False) -> None:
+        """`tls`: give the node a TLS listener too (a node configured without one is reconfigured
+        at its next start; one configured with one keeps it)."""
         self.directory = Path(directory).absolute()
+        self.tls = tls
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.directory / "tls"
 
     # --- public -------------------------------------------------------------------------
 
@@ -111,6 +136,13 @@ class RabbitNode:
     def start(self, *, timeout_s: float = 90.0) -> NodeInfo:
         """Start the node (configuring it on first use) and wait until it accepts connections."""
         info = self.info() or self._configure()
+        if self.tls and info.amqps_port is None:
+            if self.is_running():
+                raise BrokerError(
+                    f"the node in {self.directory} runs without TLS: stop it (`taskfabric broker down`) and start it "
+                    "again with --tls"
+                )
+            info = self._configure(keep_credentials=info)
         if self.is_running():
             self._wait_ready(info, timeout_s)
             return info
@@ -177,7 +209,9 @@ class RabbitNode:
     def _configure(self, keep_credentials: NodeInfo | None = None) -> NodeInfo:
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
-        amqp, management, dist = free_ports(3, _PORT_RANGE, picker=_port_picker)
+        tls = self.tls or (keep_credentials is not None and keep_credentials.amqps_port is not None)
+        amqp, management, dist, *rest = free_ports(4 if tls else 3, _PORT_RANGE, picker=_port_picker)
+        ca = self._make_certificates() if tls else None
         info = NodeInfo(
             node_name=keep_credentials.node_name
             if keep_credentials
@@ -188,12 +222,38 @@ class RabbitNode:
             dist_port=dist,
             username="taskfabric-admin",
             password=keep_credentials.password if keep_credentials else secrets.token_urlsafe(18),
+            amqps_port=rest[0] if rest else None,
+            ca_file=str(ca.cert_file) if ca else None,
         )
         self._write_config(info)
         fd = os.open(self.info_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(dataclasses.asdict(info), handle, indent=2)
         return info
+
+    def _make_certificates(self) -> CertificateFiles:
+        """The node's CA (made once, kept: clients keep trusting it) and a fresh server certificate."""
+        ca = CertificateFiles(cert_file=self.tls_dir / "ca.pem", key_file=self.tls_dir / "ca.key")
+        if not (ca.cert_file.exists() and ca.key_file.exists()):
+            ca = make_ca(self.tls_dir, name=f"taskfabric broker CA ({self.directory.name})")
+        os.chmod(self.tls_dir, 0o700)
+        hostnames = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
+        make_server_certificate(ca, self.tls_dir, hostnames=list(dict.fromkeys(hostnames)))
+        return ca
+
+    def _tls_config(self, info: NodeInfo) -> list[str]:
+        if info.amqps_port is None or info.ca_file is None:
+            return []
+        return [
+            f"listeners.ssl.1 = 127.0.0.1:{info.amqps_port}",
+            f"ssl_options.cacertfile = {info.ca_file}",
+            f"ssl_options.certfile = {self.tls_dir / 'server.pem'}",
+            f"ssl_options.keyfile = {self.tls_dir / 'server.key'}",
+            "ssl_options.verify = verify_none",  # clients log in with passwords, not certificates
+            "ssl_options.fail_if_no_peer_cert = false",
+            "ssl_options.versions.1 = tlsv1.3",
+            "ssl_options.versions.2 = tlsv1.2",
+        ]
 
     def _write_config(self, info: NodeInfo) -> None:
         package = resources.files("taskfabric.broker_config")
@@ -210,6 +270,7 @@ class RabbitNode:
                 "default_permissions.configure = .*",
                 "default_permissions.read = .*",
                 "default_permissions.write = .*",
+                *self._tls_config(info),
                 "",
             ]
         )
@@ -280,11 +341,13 @@ class RabbitNode:
                 f"See the logs in {self.directory / 'log'}"
             ) from None
         while time.monotonic() < deadline:  # the AMQP listener comes up last
-            if port_open(info.amqp_port) and port_open(info.management_port):
+            ports = (info.amqp_port, info.management_port, *([info.amqps_port] if info.amqps_port else []))
+            if all(port_open(port) for port in ports):
                 return
             time.sleep(0.1)
         raise BrokerUnavailable(f"RabbitMQ node {info.node_name} started but its listeners did not open")
 
     @staticmethod
     def _ports_busy(info: NodeInfo) -> bool:
-        return any(port_open(port) for port in (info.amqp_port, info.management_port, info.dist_port))
+        ports = (info.amqp_port, info.management_port, info.dist_port, *([info.amqps_port] if info.amqps_port else []))
+        return any(port_open(port) for port in ports)

@@ -10,6 +10,7 @@ import re
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import click
@@ -28,11 +29,13 @@ def cancel_tasks(client: Client, task_ids: list[str]) -> dict[str, bool]:
     return {str(task_id): cancelled for task_id, cancelled in client.cancel(task_ids).items()}
 
 
-def login_to(url: str, token: str) -> dict[str, Any]:
-    """Check the token against the service, then save URL and token for `Client()`."""
-    with Client(url=url, token=token) as client:
+def login_to(url: str, token: str, *, ca_file: str | None = None) -> dict[str, Any]:
+    """Check the token against the service, then save URL, token and `ca_file` (the CA that signed
+    the forwarder's certificate, stored as an absolute path) for `Client()`."""
+    saved_ca = str(Path(ca_file).expanduser().absolute()) if ca_file else None
+    with Client(url=url, token=token, ca_file=saved_ca) as client:
         identity = client.whoami()
-    ClientConfig(url=url.rstrip("/"), token=token).save()
+    ClientConfig(url=url.rstrip("/"), token=token, ca_file=saved_ca).save()
     return identity
 
 
@@ -46,9 +49,15 @@ def login_to(url: str, token: str) -> dict[str, Any]:
     hide_input=True,
     help="Your token (from `taskfabric admin create-token`, or a Globus access token).",
 )
-def login(url: str, token: str) -> None:
-    """Save the service URL and your token, so that `Client()` needs no arguments."""
-    identity = login_to(url, token)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="PEM CA certificate that signed the forwarder's certificate (a private CA); saved with the URL.",
+)
+def login(url: str, token: str, ca_file: str | None) -> None:
+    """Save the service URL, your token (and --ca-file), so that `Client()` needs no arguments."""
+    identity = login_to(url, token, ca_file=ca_file)
     click.echo(f"logged in to {url} as {identity.get('username')}")
 
 

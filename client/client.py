@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from taskfabric.client.config import ClientConfig
@@ -79,15 +80,26 @@ class Client:
         *,
         timeout_s: float = 60.0,
         submit_retry_s: float = 60.0,
+        ca_file: str | Path | None = None,
+        allow_insecure: bool | None = None,
     ) -> None:
         """`submit_retry_s`: how long a submission is retried through a forwarder restart or a
         broker outage (503, timeouts, refused connections) before it fails; 0 disables retries.
-        Retries never make second tasks (each request carries a `submission_id`)."""
+        Retries never make second tasks (each request carries a `submission_id`).
+
+        `ca_file`: a PEM CA certificate that signed the forwarder's certificate (a private CA;
+        default `TASKFABRIC_CA_FILE`, then the one saved by `taskfabric login`, else the system's
+        trust store); certificates are always verified. `allow_insecure=True` (or
+        `TASKFABRIC_ALLOW_INSECURE=1`) permits plain http:// to a host that is not loopback, which
+        is otherwise refused with a `ConfigError` before any connection is made."""
         if submit_retry_s < 0:
             raise ValueError("submit_retry_s must not be negative")
         self.submit_retry_s = submit_retry_s
-        self.config = ClientConfig.resolve(url, token)
-        self._http = ServiceHTTP(self.config.url, self.config.token, timeout_s=timeout_s)
+        self.config = ClientConfig.resolve(url, token, ca_file=str(ca_file) if ca_file is not None else None)
+        self.config.check_secure(allow_insecure=allow_insecure)
+        #: verifies the forwarder, for HTTP and the results stream
+        self.ssl_context = self.config.ssl_context()
+        self._http = ServiceHTTP(self.config.url, self.config.token, timeout_s=timeout_s, verify=self.ssl_context)
 
     def close(self) -> None:
         self._http.close()

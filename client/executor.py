@@ -133,7 +133,11 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._fatal: BaseException | None = None
         self._stream = ResultStream(
-            self.client.config.url, self.client.config.token, self._on_results, on_fatal=self._on_fatal
+            self.client.config.url,
+            self.client.config.token,
+            self._on_results,
+            on_fatal=self._on_fatal,
+            ssl_context=self.client.ssl_context,
         )
         self._stream.start()
         self._submitter = threading.Thread(target=self._submit_loop, name="task-submitter", daemon=True)

@@ -9,6 +9,7 @@ status 0 and says which URL could not be reached. Idempotent reads are retried o
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -43,13 +44,23 @@ MSGPACK = "application/msgpack"
 class ServiceHTTP:
     """Calls to the forwarder at `url` with bearer `token`."""
 
-    def __init__(self, url: str, token: str, *, timeout_s: float = 60.0, read_retries: int = 3) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout_s: float = 60.0,
+        read_retries: int = 3,
+        verify: ssl.SSLContext | None = None,
+    ) -> None:
+        """`verify`: the context that checks the forwarder's certificate (default: the system's)."""
         self.url = url
         self._read_retries = read_retries
         self._http = httpx.Client(
             base_url=url,
             headers={"Authorization": f"Bearer {token}", "User-Agent": f"taskfabric-client/{__version__}"},
             timeout=timeout_s,
+            verify=verify if verify is not None else True,
         )
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -45,8 +46,11 @@ class ResultStream:
         *,
         on_fatal: ErrorCallback | None = None,
         max_backoff_s: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context` verifies a wss:// forwarder (default: the system's trust store)."""
         self._url = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1).rstrip("/") + "/v1/results/ws"
+        self._ssl_context = ssl_context if self._url.startswith("wss://") else None
         self._token = token
         self._on_results = on_results
         self._on_fatal = on_fatal
@@ -100,6 +104,7 @@ class ResultStream:
                     open_timeout=10,
                     ping_interval=20,
                     ping_timeout=20,
+                    ssl=self._ssl_context,
                 ) as connection:
                     attempt = 0
                     self._attach(connection)

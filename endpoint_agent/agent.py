@@ -184,7 +184,11 @@ class Agent:
         )
         self.sockets.watch(self._wake_pipe.read_fd)
         self.broker = EndpointBrokerLink(
-            connection, wake=self.wake, transport=transport, consumer_check_period_s=config.consumer_check_period_s
+            connection,
+            wake=self.wake,
+            transport=transport,
+            consumer_check_period_s=config.consumer_check_period_s,
+            ssl_context=None if transport is not None else connection.broker_ssl_context(config.broker_ca_file),
         )
         self.scaler = scaler or self._scaler()
         self.waiting: collections.deque[HeldTask] = collections.deque()

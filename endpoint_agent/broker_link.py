@@ -25,6 +25,7 @@ import functools
 import itertools
 import logging
 import queue
+import ssl
 import threading
 import uuid
 from collections.abc import Callable
@@ -76,12 +77,16 @@ class EndpointBrokerLink:
         prefetch_messages: int = 4,
         transport: Transport | None = None,
         consumer_check_period_s: float = CONSUMER_CHECK_PERIOD_S,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context` verifies an amqps broker (`EndpointConnection.broker_ssl_context`)."""
         self.connection = connection
         self._wake = wake
         self._prefetch = prefetch_messages
         self.transport = transport or RabbitTransport(
-            connection.amqp_url, connection_name=f"taskfabric-agent-{connection.endpoint_id}"
+            connection.amqp_url,
+            ssl_context=ssl_context,
+            connection_name=f"taskfabric-agent-{connection.endpoint_id}",
         )
         self.inbound: queue.SimpleQueue[tuple[TaskBatch, Delivery]] = queue.SimpleQueue()
         self.outcomes: queue.SimpleQueue[PublishOutcome] = queue.SimpleQueue()

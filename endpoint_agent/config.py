@@ -13,6 +13,7 @@ from typing import Any
 from taskfabric.endpoint_agent.providers import BlockConfig, load_block_config
 from taskfabric.endpoint_agent.strategy import ScalingSettings
 from taskfabric.settings import load_settings, load_yaml, setting
+from taskfabric.tls import client_ssl_context
 
 __all__ = ["EndpointConfig"]
 
@@ -134,6 +135,13 @@ class EndpointConfig:
         help="Run managers and workers in a container: container_type, container_uri, container_cmd_options.",
     )
     log_level: str = setting("INFO", help="The agent's log level (DEBUG, INFO, WARNING, ERROR).")
+    broker_ca_file: Path | None = setting(
+        None,
+        help=(
+            "PEM CA certificate the agent trusts for an amqps broker. Default: the CA the forwarder sends at "
+            "registration (its endpoint_broker_ca_file), else the system's trust store."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.heartbeat_threshold_s < 2 * self.heartbeat_period_s:
@@ -143,6 +151,8 @@ class EndpointConfig:
             )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+        if self.broker_ca_file is not None:
+            client_ssl_context(self.broker_ca_file, key="broker_ca_file")  # exists and loads, now
 
     @classmethod
     def from_file(cls, path: Path) -> EndpointConfig:

@@ -3,7 +3,9 @@
 Written to `connection.json` (mode 0600) in the endpoint's folder when the endpoint registers with
 the forwarder (the `broker` part of the registration answer, see docs/api.md), read by the agent.
 A file written before the control queue existed has no `control_queue`: it still loads (the agent
-then takes no cancellations, and says so, until the endpoint registers again).
+then takes no cancellations, and says so, until the endpoint registers again). For an amqps broker
+the forwarder may send the CA certificate to trust (`ca_certificate`, PEM); the endpoint owner's
+`broker_ca_file` in config.yaml overrides it (`broker_ssl_context`).
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import ssl
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
 
 from taskfabric.errors import ConfigError
+from taskfabric.tls import client_ssl_context
 
 __all__ = ["EndpointConnection"]
 
@@ -37,6 +42,8 @@ class EndpointConnection:
     #: where tasks not started are handed back on a graceful stop (None: registered by an older
     #: forwarder; such tasks then stay in the ledger and run at the next start)
     tasks_exchange: str | None = None
+    #: PEM CA certificate the forwarder says to trust for an amqps broker (None: the system's store)
+    ca_certificate: str | None = None
 
     @classmethod
     def from_registration(cls, answer: dict[str, Any]) -> EndpointConnection:
@@ -53,7 +60,19 @@ class EndpointConnection:
             status_period_s=answer.get("status_period_s"),
             control_queue=broker.get("control_queue"),
             tasks_exchange=broker.get("tasks_exchange"),
+            ca_certificate=broker.get("ca_certificate"),
         )
+
+    def broker_ssl_context(self, broker_ca_file: Path | None = None) -> ssl.SSLContext | None:
+        """How the agent verifies an amqps broker: against the owner's `broker_ca_file` when set,
+        else the CA the forwarder sent, else the system's trust store. None for an amqp URL."""
+        if urllib.parse.urlsplit(self.amqp_url).scheme != "amqps":
+            return None
+        if broker_ca_file is not None:
+            return client_ssl_context(broker_ca_file, key="broker_ca_file")
+        if self.ca_certificate is not None:
+            return client_ssl_context(ca_pem=self.ca_certificate, key="ca_certificate")
+        return client_ssl_context()
 
     @classmethod
     def load(cls, path: Path) -> EndpointConnection:

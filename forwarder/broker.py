@@ -70,9 +70,14 @@ class AdminBrokerLink:
         user, the management HTTP API); unit tests pass in-memory ones."""
         self.topology = Topology(prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit)
         self.transport = transport or RabbitTransport(
-            settings.amqp_url, connection_name="taskfabric-forwarder", confirm_timeout_s=settings.confirm_timeout_s
+            settings.amqp_url,
+            ssl_context=settings.broker_ssl_context,
+            connection_name="taskfabric-forwarder",
+            confirm_timeout_s=settings.confirm_timeout_s,
         )
-        self.management = management or ManagementClient(settings.management_url, vhost=settings.vhost)
+        self.management = management or ManagementClient(
+            settings.management_url, vhost=settings.vhost, ssl_context=settings.management_ssl_context
+        )
         self._connect_timeout_s = settings.broker_connect_timeout_s
 
     @property

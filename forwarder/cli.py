@@ -13,20 +13,23 @@ import datetime
 import importlib.util
 import json
 import logging
+import signal
 import socket
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from taskfabric.errors import TaskfabricError
+from taskfabric.errors import ConfigError, TaskfabricError
 from taskfabric.forwarder import admin as admin_functions
 from taskfabric.forwarder.records import DeadLetterRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.gc_tuning import tune_for_service
+from taskfabric.tls import is_loopback_host, reload_certificate
 
-__all__ = ["admin", "forwarder", "serve"]
+__all__ = ["admin", "check_plaintext", "forwarder", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +40,16 @@ _SHUTDOWN_GRACE_S = 5.0
 
 def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = click.echo) -> None:
     """Run the forwarder (one process, uvicorn) until SIGINT/SIGTERM. With `port` 0 a free port is
-    chosen; either way the address is announced once the socket listens."""
+    chosen; either way the address is announced once the socket listens. With `tls` it serves
+    HTTPS and loads its certificate and key again on SIGHUP. Plain HTTP on an address that is not
+    loopback is refused (`ConfigError`) unless `allow_plaintext` is set."""
     import uvicorn
     import uvicorn.config
 
     from taskfabric.forwarder.app import create_app
 
+    check_plaintext(settings)
+    ssl_context = settings.tls.ssl_context() if settings.tls.enabled else None
     app = create_app(settings)
     sock = _listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
@@ -58,21 +65,64 @@ def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = clic
         timeout_graceful_shutdown=int(settings.confirm_timeout_s + _SHUTDOWN_GRACE_S),
         server_header=False,
     )
+    config.load()
+    config.ssl = ssl_context  # the one context the listener uses: SIGHUP reloads its certificate
     server = uvicorn.Server(config)
     tune_for_service()
     shown_host = f"[{host}]" if ":" in host else host
-    announce(f"taskfabric forwarder listening on http://{shown_host}:{port}")
+    scheme = "https" if ssl_context is not None else "http"
+    previous_hup = _reload_on_sighup(settings, ssl_context)
+    announce(f"taskfabric forwarder listening on {scheme}://{shown_host}:{port}")
     try:
         server.run(sockets=[sock])
     except SystemExit:  # uvicorn exits when the lifespan startup fails: report why, below
         pass
     finally:
         sock.close()
+        if previous_hup is not None:
+            signal.signal(signal.SIGHUP, previous_hup)
     startup_error = getattr(app.state, "startup_error", None)
     if isinstance(startup_error, TaskfabricError):
         raise startup_error
     if not server.started:
         raise TaskfabricError(f"the forwarder did not start: {startup_error or 'see the log above'}")
+
+
+def check_plaintext(settings: ForwarderSettings) -> None:
+    """Refuse plain HTTP on an address that is not loopback unless `allow_plaintext` says so
+    explicitly (then warn: tokens and task data cross the network unencrypted)."""
+    if settings.tls.enabled or is_loopback_host(settings.host):
+        return
+    if not settings.allow_plaintext:
+        raise ConfigError(
+            f"refusing to serve plain HTTP on {settings.host!r}, which is not a loopback address: tokens and task "
+            "data would cross the network unencrypted. Set tls.cert_file and tls.key_file to serve HTTPS, or set "
+            "allow_plaintext: true if a TLS proxy in front of the forwarder or a trusted network protects it",
+            key="host",
+        )
+    log.warning(
+        "serving plain HTTP on %s (allow_plaintext is set): tokens and task data cross the network unencrypted",
+        settings.host,
+    )
+
+
+def _reload_on_sighup(settings: ForwarderSettings, context: ssl.SSLContext | None) -> Any:
+    """Install a SIGHUP handler that reloads the certificate into `context`; returns the previous
+    handler (None when there is nothing to reload)."""
+    tls = settings.tls
+    if context is None or tls.cert_file is None or tls.key_file is None:
+        return None
+    cert_file, key_file = tls.cert_file, tls.key_file
+
+    def reload(signum: int, frame: Any) -> None:
+        try:
+            reload_certificate(context, cert_file, key_file)
+        except ConfigError as exc:
+            log.error("SIGHUP: kept the old certificate: %s", exc)
+            return
+        log.info("SIGHUP: reloaded the certificate %s; new connections get it", cert_file)
+
+    return signal.signal(signal.SIGHUP, reload)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -54,6 +54,8 @@ class BrokerCredentials:
     results_exchange: str
     dead_letter_exchange: str
     tasks_exchange: str
+    #: PEM CA certificate the agent should trust for an amqps broker (None: the system's store)
+    ca_certificate: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -204,6 +206,7 @@ class EndpointRegistry:
             results_exchange=topology.results_exchange,
             dead_letter_exchange=topology.dead_letter_exchange,
             tasks_exchange=topology.tasks_exchange,
+            ca_certificate=self._settings.endpoint_broker_ca_pem(),
         )
 
     # --- reads --------------------------------------------------------------------------

@@ -171,6 +171,7 @@ async def register_endpoint(body: schemas.EndpointRegistration, identity: Caller
                 "results_exchange": broker.results_exchange,
                 "dead_letter_exchange": broker.dead_letter_exchange,
                 "tasks_exchange": broker.tasks_exchange,
+                "ca_certificate": broker.ca_certificate,
             },
             "status_period_s": settings.status_period_s,
         },

@@ -106,6 +106,11 @@ class BrokerInfo(BaseModel):
     results_exchange: str
     dead_letter_exchange: str
     tasks_exchange: str = Field(description="where the agent hands back tasks it has not started on a graceful stop")
+    ca_certificate: str | None = Field(
+        None,
+        description="PEM CA certificate the agent should trust for an amqps broker (the forwarder's "
+        "endpoint_broker_ca_file); null: the system's trust store",
+    )
 
 
 class EndpointRegistered(BaseModel):

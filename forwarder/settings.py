@@ -1,7 +1,8 @@
 """The forwarder's settings: one keyword-only dataclass, loaded from YAML, environment and flags.
 
 Precedence, lowest first: defaults, the YAML file (`--config`), environment variables
-(`TASKFABRIC_FORWARDER_<KEY>`, and `TASKFABRIC_FORWARDER_AUTH_<KEY>` for the `auth` section), then
+(`TASKFABRIC_FORWARDER_<KEY>`, and `TASKFABRIC_FORWARDER_AUTH_<KEY>` / `TASKFABRIC_FORWARDER_TLS_<KEY>`
+for the `auth` and `tls` sections), then
 command-line flags. Every key is validated eagerly; a bad key or value raises `ConfigError` naming
 it. `describe_settings(ForwarderSettings)` lists every key with its help text.
 """
@@ -9,6 +10,7 @@ it. `describe_settings(ForwarderSettings)` lists every key with its help text.
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,11 +20,13 @@ from taskfabric.broker_config import Topology
 from taskfabric.errors import ConfigError
 from taskfabric.paths import taskfabric_home
 from taskfabric.settings import load_settings, load_yaml, setting, settings_from_env
+from taskfabric.tls import client_ssl_context, server_ssl_context
 
-__all__ = ["ENV_PREFIX", "AuthSettings", "ForwarderSettings", "default_database_url"]
+__all__ = ["ENV_PREFIX", "AuthSettings", "ForwarderSettings", "TlsSettings", "default_database_url"]
 
 ENV_PREFIX = "TASKFABRIC_FORWARDER_"
 _AUTH_ENV_PREFIX = "TASKFABRIC_FORWARDER_AUTH_"
+_TLS_ENV_PREFIX = "TASKFABRIC_FORWARDER_TLS_"
 _MIB = 1024 * 1024
 #: JSON carries binary values as base64: 4 bytes for every 3, plus the rest of the request
 _BASE64_GROWTH = 4 / 3
@@ -60,11 +64,48 @@ class AuthSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """HTTPS: the forwarder serves TLS itself when `cert_file` and `key_file` are set."""
+
+    cert_file: Path | None = setting(
+        None, help="PEM certificate chain the forwarder serves (HTTPS); reloaded on SIGHUP without a restart"
+    )
+    key_file: Path | None = setting(None, help="PEM private key of cert_file (reloaded with it on SIGHUP)")
+    client_ca_file: Path | None = setting(
+        None, help="when set, clients must present a certificate signed by this CA (mutual TLS)"
+    )
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "tls.key_file" if self.key_file is None else "tls.cert_file"
+            raise ConfigError("tls.cert_file and tls.key_file are set together", key=missing)
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ConfigError("needs tls.cert_file and tls.key_file (mutual TLS is TLS)", key="tls.client_ca_file")
+        if self.enabled:
+            self.ssl_context()  # the files exist and load now, not at the first connection
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None and self.key_file is not None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A new server context from the files (`ConfigError` names the key of a bad one)."""
+        if self.cert_file is None or self.key_file is None:
+            raise ConfigError("TLS is not configured", key="tls.cert_file")
+        return server_ssl_context(self.cert_file, self.key_file, client_ca_file=self.client_ca_file)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ForwarderSettings:
     """Everything `taskfabric forwarder serve` can be told."""
 
     host: str = setting("127.0.0.1", help="address the HTTP server listens on")
     port: int = setting(8470, help="TCP port of the HTTP server (0 picks a free one)", min=0, max=65535)
+    tls: TlsSettings = setting(default_factory=TlsSettings, help="HTTPS: cert_file, key_file, client_ca_file")
+    allow_plaintext: bool = setting(
+        False,
+        help="serve plain HTTP on an address that is not loopback (without tls); a warning is logged at every start",
+    )
     database_url: str | None = setting(
         None,
         help="SQLAlchemy URL of the store: sqlite:///PATH (default $TASKFABRIC_HOME/forwarder/forwarder.db) "
@@ -82,6 +123,17 @@ class ForwarderSettings:
         None,
         help="the broker as endpoints reach it (amqp[s]://host:port/vhost, no credentials: each endpoint gets "
         "its own); default: amqp_url's host, port and vhost",
+    )
+    broker_ca_file: Path | None = setting(
+        None,
+        help="PEM CA certificate that signed the broker's certificate, for an amqps amqp_url (default: the "
+        "system's trust store)",
+    )
+    endpoint_broker_ca_file: Path | None = setting(
+        None,
+        help="PEM CA certificate endpoints should trust for the broker (sent with each registration, so agents "
+        "verify an amqps broker signed by a private CA); default: broker_ca_file when endpoints reach the broker "
+        "over amqps",
     )
     topology_prefix: str = setting("taskfabric", help="prefix of every exchange and queue name")
     delivery_limit: int = setting(5, help="deliveries of one message before the broker dead-letters it", min=1)
@@ -151,6 +203,10 @@ class ForwarderSettings:
         _check_url(self.management_url, ("http", "https"), "management_url")
         if self.endpoint_amqp_url is not None:
             _check_url(self.endpoint_amqp_url, ("amqp", "amqps"), "endpoint_amqp_url")
+        if self.broker_ca_file is not None:
+            client_ssl_context(self.broker_ca_file, key="broker_ca_file")
+        if self.endpoint_broker_ca_file is not None:
+            client_ssl_context(self.endpoint_broker_ca_file, key="endpoint_broker_ca_file")
 
     # --- loading ------------------------------------------------------------------------
 
@@ -175,10 +231,14 @@ class ForwarderSettings:
         """File, then environment, then `overrides` (flags; None values are ignored)."""
         data: dict[str, Any] = dict(load_yaml(path)) if path is not None else {}
         data.update(settings_from_env(cls, ENV_PREFIX, environ))
-        auth_env = settings_from_env(AuthSettings, _AUTH_ENV_PREFIX, environ)
-        if auth_env:
-            auth = data.get("auth")
-            data["auth"] = {**(auth if isinstance(auth, dict) else {}), **auth_env}
+        for section, section_cls, prefix in (
+            ("auth", AuthSettings, _AUTH_ENV_PREFIX),
+            ("tls", TlsSettings, _TLS_ENV_PREFIX),
+        ):
+            section_env = settings_from_env(section_cls, prefix, environ)
+            if section_env:
+                current = data.get(section)
+                data[section] = {**(current if isinstance(current, dict) else {}), **section_env}
         data.update({key: value for key, value in (overrides or {}).items() if value is not None})
         source = f"{path} + environment" if path is not None else "environment and flags"
         return cls.from_mapping(data, source=source)
@@ -195,6 +255,28 @@ class ForwarderSettings:
         """The broker virtual host named by `amqp_url`."""
         path = urllib.parse.urlsplit(self.amqp_url).path
         return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
+
+    @property
+    def broker_ssl_context(self) -> ssl.SSLContext | None:
+        """The context verifying the broker for an amqps `amqp_url` (None for amqp)."""
+        if urllib.parse.urlsplit(self.amqp_url).scheme != "amqps":
+            return None
+        return client_ssl_context(self.broker_ca_file, key="broker_ca_file")
+
+    @property
+    def management_ssl_context(self) -> ssl.SSLContext | None:
+        """For an https `management_url`: verified against `broker_ca_file` when set."""
+        if urllib.parse.urlsplit(self.management_url).scheme != "https" or self.broker_ca_file is None:
+            return None
+        return client_ssl_context(self.broker_ca_file, key="broker_ca_file")
+
+    def endpoint_broker_ca_pem(self) -> str | None:
+        """The PEM text of the CA endpoints should trust for the broker (sent at registration)."""
+        ca_file = self.endpoint_broker_ca_file
+        endpoint_url = self.endpoint_amqp_url or self.amqp_url
+        if ca_file is None and urllib.parse.urlsplit(endpoint_url).scheme == "amqps":
+            ca_file = self.broker_ca_file
+        return ca_file.read_text() if ca_file is not None else None
 
     def endpoint_broker_url(self, username: str, password: str) -> str:
         """The AMQP URL an endpoint uses, with its own credentials."""

@@ -41,6 +41,7 @@ from taskfabric.errors import StoreError, TaskfabricError
 from taskfabric.processes import free_port
 from taskfabric.protocol import CancelTasks, EndpointStatus, Result, ResultBatch, TaskBatch, pack, unpack
 from taskfabric.testing import wait_until
+from taskfabric.tls import client_ssl_context
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
 
 __all__ = [
@@ -69,8 +70,11 @@ class ForwarderProcess:
         *,
         env: Mapping[str, str] | None = None,
         start_timeout_s: float = 60.0,
+        ca_file: Path | None = None,
     ) -> None:
+        """`ca_file`: the CA that signed the forwarder's certificate when it serves HTTPS."""
         self.directory = Path(directory)
+        self.ca_file = ca_file
         self.settings = {"port": 0, **settings}
         self.env = dict(env or {})
         self.start_timeout_s = start_timeout_s
@@ -116,7 +120,7 @@ class ForwarderProcess:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         reader.join(self.start_timeout_s)
-        if not found or "http://" not in found[0]:
+        if not found or not any(scheme in found[0] for scheme in ("http://", "https://")):
             raise TaskfabricError(f"the forwarder did not start; see {self.log_file}:\n{self.log_tail()}")
         return found[0].split()[-1]
 
@@ -124,7 +128,8 @@ class ForwarderProcess:
         if self._process is not None and self._process.poll() is not None:
             raise TaskfabricError(f"the forwarder exited with {self._process.returncode}:\n{self.log_tail()}")
         try:
-            return httpx.get(f"{self.url}/v1/version", timeout=2.0).status_code == 200
+            verify = client_ssl_context(self.ca_file) if self.ca_file is not None else True
+            return httpx.get(f"{self.url}/v1/version", timeout=2.0, verify=verify).status_code == 200
         except httpx.HTTPError:
             return False
 

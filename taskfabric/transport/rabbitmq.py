@@ -23,6 +23,7 @@ import dataclasses
 import itertools
 import logging
 import random
+import ssl
 import threading
 import time
 import urllib.parse
@@ -35,6 +36,7 @@ import pika.exceptions
 import pika.frame
 import pika.spec
 from pika.adapters.select_connection import IOLoop
+from pika.adapters.utils.connection_workflow import AMQPConnectionWorkflowFailed
 
 from taskfabric.errors import (
     AccessRefused,
@@ -78,8 +80,35 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+def _ssl_options(params: pika.URLParameters, url: str, context: ssl.SSLContext | None) -> pika.SSLOptions | None:
+    """TLS options for an amqps URL: the given context (or a verifying default) and the URL's host
+    name, which the broker's certificate must carry."""
+    if urllib.parse.urlsplit(url).scheme != "amqps":
+        if context is not None:
+            raise ValueError("an ssl_context needs an amqps:// broker URL")
+        return None
+    if context is None:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    return pika.SSLOptions(context, server_hostname=params.host)
+
+
+def _tls_error(exc: BaseException) -> ssl.SSLError | None:
+    """The SSL error behind a connection failure (pika wraps it once or twice), if there is one."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        nested = getattr(seen, "exception", None)  # pika's AMQPConnectorPhaseErrorBase
+        seen = nested if isinstance(nested, BaseException) else (seen.__cause__ or seen.__context__)
+    return None
+
+
 def translate_error(exc: BaseException | None, default: type[BrokerError] = ConnectionLost) -> BrokerError:
     """Map a pika exception to taskfabric's error tree."""
+    if isinstance(exc, AMQPConnectionWorkflowFailed) and exc.exceptions:
+        exc = exc.exceptions[-1]  # the workflow's own repr says nothing: its last attempt's error does
     if isinstance(exc, BrokerError):
         return exc
     if isinstance(exc, (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker)):
@@ -90,6 +119,12 @@ def translate_error(exc: BaseException | None, default: type[BrokerError] = Conn
         return AccessRefused(f"the broker refused the credentials: {exc}")
     if exc is None:
         return default("connection closed")
+    tls_error = _tls_error(exc)
+    if tls_error is not None:
+        return default(
+            f"TLS with the broker failed: {tls_error}. Check that the broker's certificate is signed by the CA "
+            "you trust (broker_ca_file) and names the host in the URL"
+        )
     detail = str(exc) or repr(exc.args[0] if len(exc.args) == 1 else exc.args)
     return default(f"{type(exc).__name__}: {detail}")
 
@@ -149,12 +184,18 @@ class _RabbitConsumer(ConsumerHandle):
 
 
 class RabbitTransport(Transport):
-    """A `Transport` to RabbitMQ at `url` (``amqp://user:pass@host:port/vhost``)."""
+    """A `Transport` to RabbitMQ at `url` (``amqp://user:pass@host:port/vhost``).
+
+    An ``amqps://`` URL connects over TLS and verifies the broker's certificate and host name with
+    `ssl_context` (e.g. `taskfabric.tls.client_ssl_context(ca_file)` for a private CA), or with
+    the system's trust store when it is None. An `ssl_context` with an ``amqp://`` URL is a
+    `ValueError` (it would silently go unused)."""
 
     def __init__(
         self,
         url: str,
         *,
+        ssl_context: ssl.SSLContext | None = None,
         connection_name: str = "taskfabric",
         confirm_timeout_s: float = 15.0,
         heartbeat_s: int = 30,
@@ -168,6 +209,7 @@ class RabbitTransport(Transport):
         self._params.connection_attempts = 1
         self._params.socket_timeout = 5.0
         self._params.client_properties = {"connection_name": connection_name}
+        self._params.ssl_options = _ssl_options(self._params, url, ssl_context)
         self._confirm_timeout_s = confirm_timeout_s
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s

@@ -54,6 +54,7 @@ GROUND_FLOOR = (
     "taskfabric.processes",
     "taskfabric.zmq_poll",
     "taskfabric.wake_pipe",
+    "taskfabric.tls",
 )
 #: the kernel's top floor: whole-fabric tools and the shared test harness, above every component
 TOP_FLOOR = ("taskfabric.cli", "taskfabric.__main__", "taskfabric.devfabric", "taskfabric.bench", "taskfabric.testing")
