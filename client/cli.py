@@ -1,4 +1,4 @@
-"""`taskfabric login | whoami | task status|result`: the researcher's commands."""
+"""`taskfabric login | whoami | task status|show|result`: the researcher's commands."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from taskfabric.client.config import ClientConfig
 from taskfabric.errors import TaskfabricError, TaskFailed, TaskPending
 from taskfabric.exit_codes import RET_ERROR, RET_STOPPED
 
-__all__ = ["login", "login_to", "task", "whoami"]
+__all__ = ["login", "login_to", "shown_task", "task", "whoami"]
 
 
 def login_to(url: str, token: str) -> dict[str, Any]:
@@ -54,21 +54,51 @@ def task() -> None:
     """Look at tasks by id."""
 
 
+def shown_task(info: dict[str, Any]) -> dict[str, Any]:
+    """A task's info as the CLI shows it: without the pickled result and exception."""
+    shown = {key: value for key, value in info.items() if key not in ("result",)}
+    if isinstance(shown.get("error"), dict):
+        shown["error"] = {key: value for key, value in shown["error"].items() if key != "exception"}
+    return shown
+
+
 @task.command()
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True)
 def status(task_id: str, as_json: bool) -> None:
     """Status and timestamps of a task."""
     with Client() as client:
-        info = client.get_task(task_id)
-    shown = {key: value for key, value in info.items() if key not in ("result",)}
-    if isinstance(shown.get("error"), dict):
-        shown["error"] = {key: value for key, value in shown["error"].items() if key != "exception"}
+        shown = shown_task(client.get_task(task_id))
     if as_json:
         click.echo(json.dumps(shown))
     else:
         for key, value in shown.items():
+            if key not in _OUTPUT_KEYS:
+                click.echo(f"{key + ':':14} {_readable(key, value)}")
+
+
+_OUTPUT_KEYS = ("stdout", "stderr")
+
+
+@task.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (as `GET /v1/tasks/{id}`, minus payloads).")
+def show(task_id: str, as_json: bool) -> None:
+    """A task: status (waiting, running, success, failed, cancelled), timestamps, attempts, its
+    error if it failed, and its captured stdout and stderr."""
+    with Client() as client:
+        shown = shown_task(client.get_task(task_id))
+    if as_json:
+        click.echo(json.dumps(shown))
+        return
+    for key, value in shown.items():
+        if key not in _OUTPUT_KEYS:
             click.echo(f"{key + ':':14} {_readable(key, value)}")
+    for key in _OUTPUT_KEYS:
+        text = shown.get(key) or ""
+        click.echo(f"--- {key} ---" if text else f"--- {key} (empty) ---")
+        if text:
+            click.echo(text, nl=not text.endswith("\n"))
 
 
 def _readable(key: str, value: Any) -> Any:

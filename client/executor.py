@@ -8,7 +8,11 @@ State (named, in this object): the queue of submitted calls not yet sent, and th
 awaiting results. Two threads: the *submitter* sends queued calls in batches (one request carries
 whatever accumulated while the previous one was in flight, up to `batch_size`), and the results
 stream pushes outcomes back. `attach(task_ids)` re-attaches to tasks submitted earlier (e.g. by a
-process that has since died).
+process that has since died). `options(walltime_s=..., resource_specification=...)` is a view of
+the executor with other per-task defaults, sharing its client, queue, threads and futures.
+
+A task's captured stdout and stderr come with its result on the stream (so `TaskFuture.stdout`
+needs no extra request), set on the future before it resolves.
 """
 
 from __future__ import annotations
@@ -23,23 +27,27 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from taskfabric.client.client import Client, _Call
+from taskfabric.client.client import Client, _Call, checked_resource_specification
 from taskfabric.client.serialization import exception_from_error, serialize_arguments, value_from_result
 from taskfabric.client.stream import ResultStream
 from taskfabric.errors import NotFoundError, PayloadTooLarge, TaskfabricError
 from taskfabric.logs import wrap_with_logs
 
-__all__ = ["Executor", "TaskFuture"]
+__all__ = ["Executor", "ExecutorOptions", "TaskFuture"]
 
 log = logging.getLogger(__name__)
 
 
 class TaskFuture(concurrent.futures.Future[Any]):
-    """A future for one task; `task_id` is set once the service has accepted the task."""
+    """A future for one task; `task_id` is set once the service has accepted the task, `stdout`
+    and `stderr` (the end of the task's captured output) once it is done (None before, and for a
+    future re-attached to a task the service no longer knows)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.task_id: uuid.UUID | None = None
+        self.stdout: str | None = None
+        self.stderr: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -65,8 +73,10 @@ class Executor(concurrent.futures.Executor):
         batch_size: int = 10_000,
         batch_bytes: int = 16 * 1024 * 1024,
         walltime_s: float | None = None,
+        resource_specification: dict[str, int] | None = None,
     ) -> None:
         self.endpoint_id = uuid.UUID(str(endpoint_id))
+        self.resource_specification = checked_resource_specification(resource_specification)
         self._owns_client = client is None
         self.client = client or Client()
         self.batch_size = batch_size
@@ -94,13 +104,36 @@ class Executor(concurrent.futures.Executor):
     def submit_to_registered_function(
         self, function_id: uuid.UUID | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> TaskFuture:
+        return self._enqueue(function_id, args, kwargs, self.walltime_s, self.resource_specification)
+
+    def options(
+        self, *, walltime_s: float | None = None, resource_specification: dict[str, int] | None = None
+    ) -> ExecutorOptions:
+        """A view of this executor whose tasks get other defaults (None: keep this executor's):
+
+            ex.options(walltime_s=2).submit(fn, x)    # fn's own keyword arguments stay its own
+
+        It shares this executor's client, queue, threads and results; shut down the executor, not
+        the view. Raises `InvalidRequest` for a bad resource specification, `ValueError` for a
+        walltime that is not positive."""
+        return ExecutorOptions(self, walltime_s=walltime_s, resource_specification=resource_specification)
+
+    def _enqueue(
+        self,
+        function_id: uuid.UUID | str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        walltime_s: float | None,
+        resource_specification: dict[str, int] | None,
+    ) -> TaskFuture:
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot submit after shutdown")
             if self._fatal is not None:
                 raise self._fatal
         future = TaskFuture()
-        call = _Call(uuid.UUID(str(function_id)), serialize_arguments(args, kwargs or {}), self.walltime_s)
+        payload = serialize_arguments(args, kwargs or {})
+        call = _Call(uuid.UUID(str(function_id)), payload, walltime_s, resource_specification)
         self._queue.put(_Queued(future, call))
         return future
 
@@ -227,6 +260,8 @@ class Executor(concurrent.futures.Executor):
                     NotFoundError(f"task {task_id} is unknown to the service (or not yours)", status=404)
                 )
                 continue
+            future.stdout = result.get("stdout") or ""
+            future.stderr = result.get("stderr") or ""
             try:
                 future.set_result(_value(result, task_id))
             except BaseException as exc:
@@ -247,6 +282,48 @@ class Executor(concurrent.futures.Executor):
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
+
+
+class ExecutorOptions(concurrent.futures.Executor):
+    """`Executor.options(...)`: submits through its executor with other per-task defaults."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        walltime_s: float | None = None,
+        resource_specification: dict[str, int] | None = None,
+    ) -> None:
+        if walltime_s is not None and not walltime_s > 0:
+            raise ValueError(f"walltime_s must be a positive number of seconds, got {walltime_s!r}")
+        self.executor = executor
+        self.walltime_s = walltime_s if walltime_s is not None else executor.walltime_s
+        checked = checked_resource_specification(resource_specification)
+        self.resource_specification = checked if checked is not None else executor.resource_specification
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """As `Executor.submit`, with this view's walltime and resource specification."""
+        return self.submit_to_registered_function(self.executor.register_function(fn), args, kwargs)
+
+    def submit_to_registered_function(
+        self, function_id: uuid.UUID | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> TaskFuture:
+        return self.executor._enqueue(function_id, args, kwargs, self.walltime_s, self.resource_specification)
+
+    def options(
+        self, *, walltime_s: float | None = None, resource_specification: dict[str, int] | None = None
+    ) -> ExecutorOptions:
+        """A view with these defaults changed too."""
+        return ExecutorOptions(
+            self.executor,
+            walltime_s=walltime_s if walltime_s is not None else self.walltime_s,
+            resource_specification=(
+                resource_specification if resource_specification is not None else self.resource_specification
+            ),
+        )
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Does nothing: the view owns nothing (shut down its executor)."""
 
 
 def _value(result: dict[str, Any], task_id: uuid.UUID) -> Any:

@@ -52,6 +52,7 @@ def plan_task_batches(
                 payload=new.payload,
                 walltime_s=new.walltime_s,
                 submitted_at=submitted_at,
+                resource_specification=new.resource_specification or {},
             )
         )
         functions.setdefault(new.function_id, body)

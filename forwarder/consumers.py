@@ -1,6 +1,6 @@
 """Subscriptions to every endpoint's result queue and to the dead-letter queue.
 
-Each endpoint's result queue gets an `Inbox` taking `ResultBatch` and `EndpointStatus` messages
+Each endpoint's result queue gets an `Inbox` taking `ResultBatch`, `TaskEvents` and `EndpointStatus` messages
 (malformed ones are dead-lettered by the inbox). A message is accepted only if its broker-validated
 `user_id` is that endpoint's own broker user: the broker guarantees a publisher cannot claim another
 user's id, so a result queue cannot be fed by anyone else (another endpoint that learned the queue
@@ -24,7 +24,7 @@ from taskfabric.errors import BrokerError, ProtocolError
 from taskfabric.forwarder.broker import broker_username
 from taskfabric.forwarder.records import EndpointRecord
 from taskfabric.inbox import Inbox
-from taskfabric.protocol import EndpointStatus, Message, ResultBatch, unpack
+from taskfabric.protocol import EndpointStatus, Message, ResultBatch, TaskEvents, unpack
 from taskfabric.transport import ConsumerHandle, Delivery, Transport
 
 __all__ = ["DeadLetter", "Incoming", "ResultConsumers", "Sink"]
@@ -37,7 +37,7 @@ class Incoming:
     """A verified message from an endpoint's result queue."""
 
     endpoint_id: uuid.UUID
-    message: ResultBatch | EndpointStatus
+    message: ResultBatch | TaskEvents | EndpointStatus
     delivery: Delivery
 
 
@@ -60,7 +60,7 @@ class ResultConsumers:
         self._topology = topology
         self._sink = sink
         self._prefetch = prefetch
-        self._inboxes: dict[uuid.UUID, Inbox[ResultBatch | EndpointStatus]] = {}
+        self._inboxes: dict[uuid.UUID, Inbox[ResultBatch | TaskEvents | EndpointStatus]] = {}
         self._dead_letters: ConsumerHandle | None = None
         self._lock = threading.Lock()
 
@@ -83,11 +83,11 @@ class ResultConsumers:
                 return
             queues = self._topology.endpoint_queues(endpoint.endpoint_id, endpoint.queue_secret)
             handler = _VerifiedHandler(self._transport, endpoint.endpoint_id, queues.result_queue, self._sink)
-            inbox: Inbox[ResultBatch | EndpointStatus] = Inbox(
+            inbox: Inbox[ResultBatch | TaskEvents | EndpointStatus] = Inbox(
                 self._transport,
                 queues.result_queue,
                 handler,
-                accepts=(ResultBatch, EndpointStatus),
+                accepts=(ResultBatch, TaskEvents, EndpointStatus),
                 prefetch=self._prefetch,
             )
             self._inboxes[endpoint.endpoint_id] = inbox
@@ -139,7 +139,7 @@ class _VerifiedHandler:
         self._queue = queue
         self._sink = sink
 
-    def __call__(self, message: ResultBatch | EndpointStatus, delivery: Delivery) -> None:
+    def __call__(self, message: ResultBatch | TaskEvents | EndpointStatus, delivery: Delivery) -> None:
         if delivery.user_id != self._username:
             log.warning(
                 "dead-lettering a message on the result queue of endpoint %s published by user %r, "

@@ -8,6 +8,10 @@ thread), groups up to `ingest_batch_messages` of them, and for each group:
 2. acks the deliveries: only after the commit, so a crash re-delivers instead of losing;
 3. hands the newly finished tasks to `on_finished` (the results stream).
 
+Task starts (`TaskEvents`) in a group are stored first, in one transaction (`mark_started`:
+`waiting` -> `running`, never from a finished state), then acked the same way. A start and its
+task's result may arrive in either order: the store's guards make the outcome the same.
+
 Status reports are acked at once and kept in memory; the latest per endpoint is written at most
 every `status_flush_s`. Dead letters: a `TaskBatch` fails its still-waiting tasks with
 `DEAD_LETTERED`, naming the broker's reason (`x-first-death-reason`). It is trusted only if the
@@ -32,7 +36,7 @@ from taskfabric.forwarder.consumers import DeadLetter, Incoming
 from taskfabric.forwarder.records import StatusReport, TaskRecord
 from taskfabric.forwarder.store import Failure, Store, StoreRunner
 from taskfabric.logs import wrap_with_logs
-from taskfabric.protocol import EndpointStatus, ResultBatch, TaskBatch
+from taskfabric.protocol import EndpointStatus, ResultBatch, TaskBatch, TaskEvents
 from taskfabric.transport import Transport
 
 __all__ = ["Ingestor", "StatusBook"]
@@ -159,10 +163,13 @@ class Ingestor:
 
     def _process(self, group: Sequence[Incoming | DeadLetter]) -> None:
         results = [item for item in group if isinstance(item, Incoming) and isinstance(item.message, ResultBatch)]
+        events = [item for item in group if isinstance(item, Incoming) and isinstance(item.message, TaskEvents)]
         for item in group:
             if isinstance(item, Incoming) and isinstance(item.message, EndpointStatus):
                 self.statuses.record(item.message, received_at=time.time())
                 self._transport.ack(item.delivery)
+        if events:
+            self._store_events(events)
         if results:
             self._store_results(results)
         for item in group:
@@ -181,6 +188,18 @@ class Ingestor:
         self.stored_results += len(finished)
         if finished:
             self._on_finished(finished)
+
+    def _store_events(self, items: Sequence[Incoming]) -> None:
+        batches = [(item.endpoint_id, item.message.started) for item in items if isinstance(item.message, TaskEvents)]
+
+        def write() -> list[TaskRecord]:
+            self._store.tasks.mark_started(batches)
+            return []
+
+        if self._write_with_retry(write) is None:
+            return  # stopping: the deliveries stay unacked and come back
+        for item in items:
+            self._transport.ack(item.delivery)
 
     def _write_with_retry(self, write: Callable[[], list[TaskRecord]]) -> list[TaskRecord] | None:
         """Run a store write until it succeeds; None if stopping first."""

@@ -95,6 +95,7 @@ class NewTask:
     function_id: uuid.UUID
     payload: bytes
     walltime_s: float | None = None
+    resource_specification: dict[str, int] | None = None
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -120,7 +121,10 @@ class TaskRecord:
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 0
+    #: the task's captured output (the end of it), once finished
+    stdout: str | None = None
+    stderr: str | None = None
 
     @property
     def finished(self) -> bool:
-        return self.status is not TaskStatus.WAITING
+        return self.status.terminal

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskfabric.protocol import MAX_RESOURCE_VALUE, RESOURCE_KEYS
+
 __all__ = [
     "SUBMIT_BODY_SCHEMA",
     "BatchStatus",
@@ -150,6 +152,15 @@ SUBMIT_BODY_SCHEMA: dict[str, Any] = {
                         "description": "serialized (args, kwargs): base64 in JSON, raw bytes in msgpack",
                     },
                     "walltime_s": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                    "resource_specification": {
+                        "type": ["object", "null"],
+                        "description": "best effort, exposed in the task's environment",
+                        "properties": {
+                            key: {"type": "integer", "minimum": 0, "maximum": MAX_RESOURCE_VALUE, "description": what}
+                            for key, what in RESOURCE_KEYS.items()
+                        },
+                        "additionalProperties": False,
+                    },
                 },
             },
         },
@@ -185,7 +196,7 @@ class TaskDetails(BaseModel):
 
 class TaskInfo(BaseModel):
     task_id: str
-    status: str = Field(description="waiting | success | failed")
+    status: str = Field(description="waiting | running | success | failed | cancelled")
     endpoint_id: str
     function_id: str
     created_at: float
@@ -193,6 +204,8 @@ class TaskInfo(BaseModel):
     result: str | None = Field(None, description="the pickled result, base64 (success only)")
     error: TaskErrorInfo | None = Field(None, description="failed only")
     details: TaskDetails
+    stdout: str = Field("", description="the task's captured stdout (the end of it), once finished")
+    stderr: str = Field("", description="the task's captured stderr (the end of it), once finished")
 
 
 class BatchStatus(BaseModel):

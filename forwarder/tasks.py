@@ -75,7 +75,13 @@ class TaskService:
         endpoint = await self._endpoints.submit_target(identity, endpoint_id)
         bodies = await self._function_bodies(identity, request.function_ids)
         new_tasks = [
-            NewTask(task_id=task_id, function_id=task.function_id, payload=task.payload, walltime_s=task.walltime_s)
+            NewTask(
+                task_id=task_id,
+                function_id=task.function_id,
+                payload=task.payload,
+                walltime_s=task.walltime_s,
+                resource_specification=task.resource_specification,
+            )
             for task_id, task in zip(new_task_ids(len(request.tasks)), request.tasks, strict=True)
         ]
         now = time.time()

@@ -1,10 +1,13 @@
 """The worker process: reads task batches from its manager's pipe and runs them one by one.
 
 Results go back in small batches: a result waits at most `FLUSH_AFTER_S` (a background thread
-flushes it even while the next task runs), and all are flushed when the batch is done. So that the
+flushes it even while the next task runs), and all are flushed when the batch is done. A task's
+start is reported the same way (a `TaskEvents` frame before the results), unless its result leaves
+in the same flush: then the start says nothing the result does not. So that the
 manager knows exactly which task a dead worker was running, the worker writes the id of the task
 it is running into a 16-byte shared-memory *slot* (zeros between tasks): a task is blamed for a
-death only if it was in that slot.
+death only if it was in that slot. Each task runs in its own working directory, environment and
+output files (`surroundings.py`).
 
 Started by the manager as ``python -m taskfabric.manager.worker --fd-in R --fd-out W --slot PATH ...``.
 """
@@ -12,17 +15,20 @@ Started by the manager as ``python -m taskfabric.manager.worker --fd-in R --fd-o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import mmap
 import os
 import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from taskfabric.errors import ProtocolError
 from taskfabric.manager.execution import TaskRunner
 from taskfabric.manager.frames import read_frame, write_frame
-from taskfabric.protocol import Result, ResultBatch, TaskBatch, pack, unpack_as
+from taskfabric.manager.surroundings import TaskSurroundings
+from taskfabric.protocol import Result, ResultBatch, TaskBatch, TaskEvents, TaskStarted, pack, unpack_as
 
 __all__ = ["FLUSH_AFTER_S", "ResultWriter", "RunningSlot", "main", "serve"]
 
@@ -49,12 +55,14 @@ class RunningSlot:
 
 
 class ResultWriter:
-    """Buffers results and writes them as one frame, at the latest `flush_after_s` after the first."""
+    """Buffers results (and task starts) and writes them as one frame each, at the latest
+    `flush_after_s` after the first."""
 
     def __init__(self, fd: int, flush_after_s: float = FLUSH_AFTER_S) -> None:
         self._fd = fd
         self._flush_after_s = flush_after_s
         self._buffer: list[Result] = []
+        self._started: list[TaskStarted] = []
         self._oldest = 0.0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -63,10 +71,17 @@ class ResultWriter:
 
     def add(self, result: Result) -> None:
         with self._lock:
-            if not self._buffer:
+            if not self._buffer and not self._started:
                 self._oldest = time.monotonic()
                 self._wake.set()
             self._buffer.append(result)
+
+    def started(self, event: TaskStarted) -> None:
+        with self._lock:
+            if not self._buffer and not self._started:
+                self._oldest = time.monotonic()
+                self._wake.set()
+            self._started.append(event)
 
     def flush(self) -> None:
         with self._lock:
@@ -78,6 +93,13 @@ class ResultWriter:
         self._wake.set()
 
     def _write_locked(self) -> None:
+        if self._started:
+            started, self._started = self._started, []
+            if self._buffer:  # a start whose result leaves now tells nothing more
+                finished = {result.task_id for result in self._buffer}
+                started = [event for event in started if event.task_id not in finished]
+            if started:
+                write_frame(self._fd, pack(TaskEvents(started=started)))
         if self._buffer:
             batch, self._buffer = self._buffer, []
             write_frame(self._fd, pack(ResultBatch(results=batch)))
@@ -88,7 +110,7 @@ class ResultWriter:
             self._wake.clear()
             while not self._closed:
                 with self._lock:
-                    if not self._buffer:
+                    if not self._buffer and not self._started:
                         break
                     wait_s = self._oldest + self._flush_after_s - time.monotonic()
                     if wait_s <= 0:
@@ -100,7 +122,9 @@ class ResultWriter:
                 time.sleep(max(wait_s, 0.0002))
 
 
-def serve(fd_in: int, writer: ResultWriter, runner: TaskRunner, slot: RunningSlot) -> None:
+def serve(
+    fd_in: int, writer: ResultWriter, runner: TaskRunner, slot: RunningSlot, surroundings: TaskSurroundings
+) -> None:
     """Run batches from `fd_in` until it closes."""
     while True:
         frame = read_frame(fd_in)
@@ -112,8 +136,12 @@ def serve(fd_in: int, writer: ResultWriter, runner: TaskRunner, slot: RunningSlo
         runner.add_functions(batch.functions)
         for task in batch.tasks:
             slot.set(task.task_id.bytes)
-            result = runner.run(task)
+            writer.started(TaskStarted(task_id=task.task_id, started_at=time.time()))
+            with surroundings.around(task) as output:
+                result = runner.run(task)
             slot.clear()
+            if output.stdout or output.stderr:
+                result = dataclasses.replace(result, stdout=output.stdout, stderr=output.stderr)
             writer.add(result)
         writer.flush()
 
@@ -125,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slot", required=True, help="the 16-byte shared-memory file of the running task id")
     parser.add_argument("--max-result-bytes", type=int, required=True)
     parser.add_argument("--worker-id", default="0")
+    parser.add_argument("--max-output-bytes", type=int, default=65536, help="kept of each task's stdout and stderr")
+    parser.add_argument("--task-workdir", type=Path, required=True, help="tasks run in TASK_WORKDIR/<task id>")
+    parser.add_argument("--keep-task-workdirs", action="store_true")
     args = parser.parse_args(argv)
     # The manager decides when workers stop: a scheduler cancelling a job signals every process in
     # it, and a task should be lost once (with its manager), not once more with its worker.
@@ -132,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ["TASKFABRIC_WORKER_ID"] = args.worker_id
     writer = ResultWriter(args.fd_out)
+    surroundings = TaskSurroundings(
+        max_output_bytes=args.max_output_bytes, workdir_root=args.task_workdir, keep_workdirs=args.keep_task_workdirs
+    )
     try:
-        serve(args.fd_in, writer, TaskRunner(max_result_bytes=args.max_result_bytes), RunningSlot(args.slot))
+        runner = TaskRunner(max_result_bytes=args.max_result_bytes)
+        serve(args.fd_in, writer, runner, RunningSlot(args.slot), surroundings)
         writer.close()
     except ProtocolError as exc:
         print(f"worker {args.worker_id}: bad frame from the manager: {exc}", file=sys.stderr)
