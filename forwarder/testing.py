@@ -39,7 +39,7 @@ import httpx
 import yaml
 
 from taskfabric.errors import StoreError, TaskfabricError
-from taskfabric.protocol import EndpointStatus, Result, ResultBatch, TaskBatch, pack, unpack
+from taskfabric.protocol import EndpointStatus, Result, ResultBatch, TaskBatch, TaskEvents, pack, unpack
 from taskfabric.testing import wait_until
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
 
@@ -435,7 +435,11 @@ class FakeEndpoint:
         self.publish_message(status)
 
     def publish_message(
-        self, message: ResultBatch | EndpointStatus, *, user_id: str | None = "", routing_key: str | None = None
+        self,
+        message: ResultBatch | TaskEvents | EndpointStatus,
+        *,
+        user_id: str | None = "",
+        routing_key: str | None = None,
     ) -> None:
         self.transport.publish(
             OutgoingMessage(
