@@ -65,7 +65,7 @@ _FINISH = (
     .where(
         tasks.c.task_id == bindparam("b_task_id"),
         tasks.c.endpoint_id == bindparam("b_endpoint_id"),
-        tasks.c.status.in_(_PENDING),
+        or_(*(tasks.c.status == status for status in _PENDING)),  # no IN: executemany takes no expanding list
     )
     .values({name: bindparam(f"b_{name}") for name in OUTCOME_FIELDS if name != "endpoint_id"})
 )

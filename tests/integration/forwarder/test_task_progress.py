@@ -9,6 +9,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+from websockets.sync.client import connect
+
 from taskfabric.forwarder.records import NewTask, TaskStatus
 from taskfabric.forwarder.store import Failure, Store
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi
@@ -130,3 +133,34 @@ def test_starts_and_output_through_the_forwarder(forwarder: Any, users: Users, f
     endpoint.publish_results([_ok(uuid.UUID(task_ids[1]))])  # queued behind the late start
     wait_until(lambda: alice.task(task_ids[1])["status"] == TaskStatus.SUCCESS, what="the second result")
     assert alice.task(task_ids[0])["status"] == TaskStatus.SUCCESS  # the late start changed nothing
+
+
+def test_a_running_task_is_not_replayed_as_a_result_on_the_stream(
+    forwarder: Any, users: Users, fake_endpoints: FakeEndpoints
+) -> None:
+    alice = users(forwarder)
+    registration = alice.register_endpoint("lab")
+    endpoint_id = uuid.UUID(registration["endpoint_id"])
+    owner = uuid.UUID(alice.http.get("/v1/whoami").json()["user_id"])
+    # tasks this forwarder did not accept itself (as if through another replica): a subscription
+    # looks them up in the store
+    done_id, running_id = uuid.uuid4(), uuid.uuid4()
+    with forwarder.store() as store:
+        new = [NewTask(task_id=task_id, function_id=uuid.uuid4(), payload=b"") for task_id in (done_id, running_id)]
+        store.tasks.insert(owner_id=owner, endpoint_id=endpoint_id, client_python="", new_tasks=new, created_at=1.0)
+        store.tasks.mark_started([(endpoint_id, [_started(running_id, 2.0)])])
+        store.tasks.store_results([(endpoint_id, [_ok(done_id, stdout="done\n")])], now=3.0)
+    assert alice.task(str(running_id))["status"] == TaskStatus.RUNNING
+
+    url = forwarder.url.replace("http://", "ws://") + "/v1/results/ws"
+    with connect(url, additional_headers={"Authorization": f"Bearer {alice.token}"}, open_timeout=15) as stream:
+        stream.send(msgpack.packb({"subscribe": [str(done_id), str(running_id)]}))
+        stream.send(msgpack.packb({"ping": 1}))
+        frames = []
+        while (frame := msgpack.unpackb(stream.recv(timeout=15))) != {"pong": 1}:  # the pong is a barrier
+            frames.append(frame)
+        assert [[result["task_id"] for result in frame["results"]] for frame in frames] == [[str(done_id)]]
+        assert frames[0]["results"][0]["stdout"] == "done\n"
+        fake_endpoints(registration).publish_results([_ok(running_id)])
+        (result,) = msgpack.unpackb(stream.recv(timeout=15))["results"]
+        assert result["task_id"] == str(running_id) and result["ok"]
