@@ -134,15 +134,16 @@ def serve(
         if batch.client_python:
             runner.client_python = batch.client_python
         runner.add_functions(batch.functions)
-        for task in batch.tasks:
-            slot.set(task.task_id.bytes)
-            writer.started(TaskStarted(task_id=task.task_id, started_at=time.time()))
-            with surroundings.around(task) as output:
-                result = runner.run(task)
-            slot.clear()
-            if output.stdout or output.stderr:
-                result = dataclasses.replace(result, stdout=output.stdout, stderr=output.stderr)
-            writer.add(result)
+        with surroundings.batch():
+            for task in batch.tasks:
+                slot.set(task.task_id.bytes)
+                writer.started(TaskStarted(task_id=task.task_id, started_at=time.time()))
+                with surroundings.around(task) as output:
+                    result = runner.run(task)
+                slot.clear()
+                if output.stdout or output.stderr:
+                    result = dataclasses.replace(result, stdout=output.stdout, stderr=output.stderr)
+                writer.add(result)
         writer.flush()
 
 

@@ -75,31 +75,58 @@ def test_capture_keeps_the_end_of_long_output_with_a_note() -> None:
 
 
 def test_each_task_runs_in_its_own_directory_which_is_removed(tmp_path: Path) -> None:
-    surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=tmp_path / "tasks")
+    root = tmp_path / "tasks"
+    surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=root)
     before = os.getcwd()
     seen = []
     try:
-        for task in (_task(), _task()):
-            with surroundings.around(task):
-                seen.append(os.getcwd())
-                Path("scratch.txt").write_text("left behind")
-            assert os.getcwd() == before
+        with surroundings.batch():
+            for index, task in enumerate((_task(), _task(), _task())):
+                with surroundings.around(task):
+                    seen.append(os.getcwd())
+                    assert os.listdir(".") == []  # fresh and empty, even after a task that wrote
+                    if index == 0:
+                        Path("scratch.txt").write_text("left behind")
+                assert os.getcwd() == before
+                assert not Path(seen[0]).exists()  # the one written into is deleted at once
+        assert len(set(seen)) == 3
+        assert all(Path(path).parent == root.resolve() for path in seen)
+        assert not any(Path(path).exists() for path in seen)
     finally:
         surroundings.close()
-    assert len(set(seen)) == 2
-    assert all(Path(path).parent == (tmp_path / "tasks").resolve() for path in seen)
-    assert not any(Path(path).exists() for path in seen)
+    assert list(root.iterdir()) == []
 
 
 def test_workdirs_are_kept_when_configured(tmp_path: Path) -> None:
     surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=tmp_path, keep_workdirs=True)
-    task = _task()
+    first, second = _task(), _task()
     try:
-        with surroundings.around(task):
-            Path("result.dat").write_text("kept")
+        with surroundings.batch():
+            with surroundings.around(first):
+                Path("result.dat").write_text("kept")
+            with surroundings.around(second):
+                pass
     finally:
         surroundings.close()
-    assert (tmp_path / str(task.task_id) / "result.dat").read_text() == "kept"
+    assert (tmp_path / str(first.task_id) / "result.dat").read_text() == "kept"
+    assert (tmp_path / str(second.task_id)).is_dir()
+
+
+def test_output_is_split_by_task_within_a_batch(tmp_path: Path) -> None:
+    surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=tmp_path)
+    try:
+        with surroundings.batch():
+            with surroundings.around(_task()) as first:
+                os.write(1, b"one\n")
+            with surroundings.around(_task()) as second:
+                os.write(2, b"two\n")
+            with surroundings.around(_task()) as third:
+                pass
+    finally:
+        surroundings.close()
+    assert (first.stdout, first.stderr) == ("one\n", "")
+    assert (second.stdout, second.stderr) == ("", "two\n")
+    assert (third.stdout, third.stderr) == ("", "")
 
 
 def test_environment_is_set_for_the_task_and_restored_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,7 +136,7 @@ def test_environment_is_set_for_the_task_and_restored_after(tmp_path: Path, monk
     task = _task(resource_specification={"num_cores": 3, "memory_mb": 512})
     path_before = list(sys.path)
     try:
-        with surroundings.around(task):
+        with surroundings.batch(), surroundings.around(task):
             assert os.environ["TASKFABRIC_TASK_ID"] == str(task.task_id)
             assert os.environ["TASKFABRIC_NUM_CORES"] == "3" and os.environ["OMP_NUM_THREADS"] == "3"
             assert os.environ["TASKFABRIC_MEMORY_MB"] == "512"
