@@ -2,8 +2,8 @@
 
 Results go back in small batches: a result waits at most `FLUSH_AFTER_S` (a background thread
 flushes it even while the next task runs), and all are flushed when the batch is done. A task's
-start is reported the same way (a `TaskEvents` frame before the results), unless its result leaves
-in the same flush: then the start says nothing the result does not. So that the
+start is reported (a `TaskEvents` frame) once it has run `REPORT_START_AFTER_S`; a shorter task
+is reported by its result alone. So that the
 manager knows exactly which task a dead worker was running, the worker writes the id of the task
 it is running into a 16-byte shared-memory *slot* (zeros between tasks): a task is blamed for a
 death only if it was in that slot. Each task runs in its own working directory, environment and
@@ -30,10 +30,12 @@ from taskfabric.manager.frames import read_frame, write_frame
 from taskfabric.manager.surroundings import TaskSurroundings
 from taskfabric.protocol import Result, ResultBatch, TaskBatch, TaskEvents, TaskStarted, pack, unpack_as
 
-__all__ = ["FLUSH_AFTER_S", "ResultWriter", "RunningSlot", "main", "serve"]
+__all__ = ["FLUSH_AFTER_S", "REPORT_START_AFTER_S", "ResultWriter", "RunningSlot", "main", "serve"]
 
 #: the longest a finished result waits in the worker before it is sent
 FLUSH_AFTER_S = 0.001
+#: a task's start is reported once it has run this long (a shorter task is reported by its result)
+REPORT_START_AFTER_S = 0.01
 _EMPTY = bytes(16)
 
 
@@ -55,14 +57,21 @@ class RunningSlot:
 
 
 class ResultWriter:
-    """Buffers results (and task starts) and writes them as one frame each, at the latest
-    `flush_after_s` after the first."""
+    """Buffers results and writes them as one frame, at the latest `flush_after_s` after the first.
 
-    def __init__(self, fd: int, flush_after_s: float = FLUSH_AFTER_S) -> None:
+    Task starts wait `report_start_after_s` before they are written (in one `TaskEvents` frame for
+    all that are due): a task that finishes sooner is reported by its result alone, so short tasks
+    cost no extra message anywhere on the way to the forwarder."""
+
+    def __init__(
+        self, fd: int, flush_after_s: float = FLUSH_AFTER_S, report_start_after_s: float = REPORT_START_AFTER_S
+    ) -> None:
         self._fd = fd
         self._flush_after_s = flush_after_s
+        self._report_start_after_s = report_start_after_s
         self._buffer: list[Result] = []
-        self._started: list[TaskStarted] = []
+        #: starts not reported yet, with when they are due (monotonic), oldest first
+        self._started: list[tuple[TaskStarted, float]] = []
         self._oldest = 0.0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -71,38 +80,48 @@ class ResultWriter:
 
     def add(self, result: Result) -> None:
         with self._lock:
-            if not self._buffer and not self._started:
+            self._forget_start(result.task_id)
+            if not self._buffer:
                 self._oldest = time.monotonic()
                 self._wake.set()
             self._buffer.append(result)
 
     def started(self, event: TaskStarted) -> None:
         with self._lock:
-            if not self._buffer and not self._started:
-                self._oldest = time.monotonic()
+            self._started.append((event, time.monotonic() + self._report_start_after_s))
+            if len(self._started) == 1:
                 self._wake.set()
-            self._started.append(event)
 
     def flush(self) -> None:
         with self._lock:
-            self._write_locked()
+            self._write_locked(time.monotonic(), results=True)
 
     def close(self) -> None:
         self.flush()
         self._closed = True
         self._wake.set()
 
-    def _write_locked(self) -> None:
-        if self._started:
-            started, self._started = self._started, []
-            if self._buffer:  # a start whose result leaves now tells nothing more
-                finished = {result.task_id for result in self._buffer}
-                started = [event for event in started if event.task_id not in finished]
-            if started:
-                write_frame(self._fd, pack(TaskEvents(started=started)))
-        if self._buffer:
+    def _forget_start(self, task_id: object) -> None:
+        for index in range(len(self._started) - 1, -1, -1):  # the task's start is the last one
+            if self._started[index][0].task_id == task_id:
+                del self._started[index]
+                return
+
+    def _write_locked(self, now: float, *, results: bool) -> None:
+        due = [event for event, due_at in self._started if due_at <= now]
+        if due:
+            self._started = self._started[len(due) :]
+            write_frame(self._fd, pack(TaskEvents(started=due)))
+        if results and self._buffer:
             batch, self._buffer = self._buffer, []
             write_frame(self._fd, pack(ResultBatch(results=batch)))
+
+    def _next_due_locked(self) -> float | None:
+        """When the next write is due (monotonic), or None with nothing to write."""
+        due = [self._oldest + self._flush_after_s] if self._buffer else []
+        if self._started:
+            due.append(self._started[0][1])
+        return min(due) if due else None
 
     def _flush_aged(self) -> None:
         while not self._closed:
@@ -110,16 +129,19 @@ class ResultWriter:
             self._wake.clear()
             while not self._closed:
                 with self._lock:
-                    if not self._buffer and not self._started:
+                    due_at = self._next_due_locked()
+                    if due_at is None:
                         break
-                    wait_s = self._oldest + self._flush_after_s - time.monotonic()
-                    if wait_s <= 0:
+                    now = time.monotonic()
+                    if due_at <= now:
                         try:
-                            self._write_locked()
+                            self._write_locked(now, results=now >= self._oldest + self._flush_after_s)
                         except OSError:
                             return  # the manager is gone; the main thread finds out too
-                        break
-                time.sleep(max(wait_s, 0.0002))
+                        continue
+                # a new result or start wakes this early, to look again
+                self._wake.wait(max(due_at - now, 0.0002))
+                self._wake.clear()
 
 
 def serve(

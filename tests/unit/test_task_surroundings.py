@@ -16,6 +16,7 @@ from taskfabric.manager.frames import FrameReader
 from taskfabric.manager.surroundings import OutputCapture, TaskSurroundings, tail_with_note
 from taskfabric.manager.worker import ResultWriter
 from taskfabric.protocol import Result, ResultBatch, Task, TaskEvents, TaskStarted, unpack
+from taskfabric.testing import wait_until
 
 
 def _task(**fields: object) -> Task:
@@ -163,22 +164,36 @@ def _frames(fd: int) -> list[object]:
     return [unpack(frame) for frame in FrameReader().feed(data)]
 
 
-def test_a_start_goes_out_alone_while_its_task_runs_and_is_dropped_when_the_result_goes_with_it() -> None:
+def test_a_start_is_reported_once_its_task_has_run_a_while() -> None:
     read_fd, write_fd = os.pipe()
-    writer = ResultWriter(write_fd, flush_after_s=3600)  # only explicit flushes here
+    writer = ResultWriter(write_fd, flush_after_s=3600, report_start_after_s=0.0)  # the thread writes it
     try:
-        slow, fast = uuid.uuid4(), uuid.uuid4()
+        slow = uuid.uuid4()
         writer.started(TaskStarted(task_id=slow, started_at=1.0))
+        frames = wait_until(lambda: _frames(read_fd), timeout_s=10, what="the start written")
+        assert frames == [TaskEvents(started=[TaskStarted(task_id=slow, started_at=1.0)])]
+        writer.add(Result(task_id=slow, ok=True, value=b"1"))
         writer.flush()
         (frame,) = _frames(read_fd)
-        assert frame == TaskEvents(started=[TaskStarted(task_id=slow, started_at=1.0)])
+        assert isinstance(frame, ResultBatch) and [r.task_id for r in frame.results] == [slow]
+    finally:
+        writer.close()
+        os.close(read_fd)
+        os.close(write_fd)
 
-        writer.add(Result(task_id=slow, ok=True, value=b"1"))
+
+def test_a_task_that_finishes_before_its_start_is_due_is_reported_by_its_result_alone() -> None:
+    read_fd, write_fd = os.pipe()
+    writer = ResultWriter(write_fd, flush_after_s=3600, report_start_after_s=3600)
+    try:
+        fast = uuid.uuid4()
         writer.started(TaskStarted(task_id=fast, started_at=2.0))
+        writer.flush()
+        assert _frames(read_fd) == []  # not due yet
         writer.add(Result(task_id=fast, ok=True, value=b"2"))
         writer.flush()
         (frame,) = _frames(read_fd)
-        assert isinstance(frame, ResultBatch) and [r.task_id for r in frame.results] == [slow, fast]
+        assert isinstance(frame, ResultBatch) and [r.task_id for r in frame.results] == [fast]
     finally:
         writer.close()
         os.close(read_fd)
