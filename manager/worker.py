@@ -59,9 +59,11 @@ class RunningSlot:
 class ResultWriter:
     """Buffers results and writes them as one frame, at the latest `flush_after_s` after the first.
 
-    Task starts wait `report_start_after_s` before they are written (in one `TaskEvents` frame for
-    all that are due): a task that finishes sooner is reported by its result alone, so short tasks
-    cost no extra message anywhere on the way to the forwarder."""
+    The start of the running task is written (as a `TaskEvents` frame) once the task has run
+    `report_start_after_s`; a task that finishes sooner is reported by its result alone, so short
+    tasks cost no extra message anywhere on the way to the forwarder. Noting a start costs the
+    running thread nothing but an assignment: the flusher thread is woken only when it sleeps with
+    nothing to wait for (once per batch), never once per task."""
 
     def __init__(
         self, fd: int, flush_after_s: float = FLUSH_AFTER_S, report_start_after_s: float = REPORT_START_AFTER_S
@@ -70,17 +72,19 @@ class ResultWriter:
         self._flush_after_s = flush_after_s
         self._report_start_after_s = report_start_after_s
         self._buffer: list[Result] = []
-        #: starts not reported yet, with when they are due (monotonic), oldest first
-        self._started: list[tuple[TaskStarted, float]] = []
+        #: the running task's start, not reported yet, and when it is due (monotonic)
+        self._start: tuple[TaskStarted, float] | None = None
         self._oldest = 0.0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._idle = False  # the flusher waits with nothing to wait for
         self._closed = False
         threading.Thread(target=self._flush_aged, name="result-flusher", daemon=True).start()
 
     def add(self, result: Result) -> None:
         with self._lock:
-            self._forget_start(result.task_id)
+            if self._start is not None and self._start[0].task_id == result.task_id:
+                self._start = None
             if not self._buffer:
                 self._oldest = time.monotonic()
                 self._wake.set()
@@ -88,8 +92,9 @@ class ResultWriter:
 
     def started(self, event: TaskStarted) -> None:
         with self._lock:
-            self._started.append((event, time.monotonic() + self._report_start_after_s))
-            if len(self._started) == 1:
+            self._start = (event, time.monotonic() + self._report_start_after_s)
+            if self._idle:
+                self._idle = False
                 self._wake.set()
 
     def flush(self) -> None:
@@ -101,47 +106,33 @@ class ResultWriter:
         self._closed = True
         self._wake.set()
 
-    def _forget_start(self, task_id: object) -> None:
-        for index in range(len(self._started) - 1, -1, -1):  # the task's start is the last one
-            if self._started[index][0].task_id == task_id:
-                del self._started[index]
-                return
-
     def _write_locked(self, now: float, *, results: bool) -> None:
-        due = [event for event, due_at in self._started if due_at <= now]
-        if due:
-            self._started = self._started[len(due) :]
-            write_frame(self._fd, pack(TaskEvents(started=due)))
+        if self._start is not None and self._start[1] <= now:
+            event, self._start = self._start[0], None
+            write_frame(self._fd, pack(TaskEvents(started=[event])))
         if results and self._buffer:
             batch, self._buffer = self._buffer, []
             write_frame(self._fd, pack(ResultBatch(results=batch)))
 
-    def _next_due_locked(self) -> float | None:
-        """When the next write is due (monotonic), or None with nothing to write."""
+    def _wait_locked(self, now: float) -> float | None:
+        """How long the flusher may sleep (None: until woken)."""
         due = [self._oldest + self._flush_after_s] if self._buffer else []
-        if self._started:
-            due.append(self._started[0][1])
-        return min(due) if due else None
+        if self._start is not None:
+            due.append(self._start[1])
+        return max(min(due) - now, 0.0002) if due else None
 
     def _flush_aged(self) -> None:
         while not self._closed:
-            self._wake.wait()
+            with self._lock:
+                now = time.monotonic()
+                try:
+                    self._write_locked(now, results=bool(self._buffer) and now >= self._oldest + self._flush_after_s)
+                except OSError:
+                    return  # the manager is gone; the main thread finds out too
+                wait_s = self._wait_locked(now)
+                self._idle = wait_s is None
+            self._wake.wait(wait_s)
             self._wake.clear()
-            while not self._closed:
-                with self._lock:
-                    due_at = self._next_due_locked()
-                    if due_at is None:
-                        break
-                    now = time.monotonic()
-                    if due_at <= now:
-                        try:
-                            self._write_locked(now, results=now >= self._oldest + self._flush_after_s)
-                        except OSError:
-                            return  # the manager is gone; the main thread finds out too
-                        continue
-                # a new result or start wakes this early, to look again
-                self._wake.wait(max(due_at - now, 0.0002))
-                self._wake.clear()
 
 
 def serve(
