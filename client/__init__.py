@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from taskfabric.client.client import Batch, Client, TaskListPage
 from taskfabric.client.config import ClientConfig
-from taskfabric.client.executor import Executor, TaskFuture
+from taskfabric.client.executor import Executor, ExecutorOptions, TaskFuture
 from taskfabric.client.serialization import RemoteTraceback
 from taskfabric.errors import (
     AuthenticationError,
@@ -43,6 +43,7 @@ __all__ = [
     "DeserializationFailed",
     "EndpointDeleted",
     "Executor",
+    "ExecutorOptions",
     "InvalidRequest",
     "ManagerLost",
     "NotFoundError",

@@ -1,4 +1,4 @@
-"""`taskfabric login | whoami | task list|status|result|cancel`: the researcher's commands.
+"""`taskfabric login | whoami | task list|status|show|result|cancel`: the researcher's commands.
 
 Every command that shows something takes `--json` and then prints exactly one JSON document."""
 
@@ -21,7 +21,17 @@ from taskfabric.errors import InvalidRequest, TaskfabricError, TaskFailed, TaskP
 from taskfabric.exit_codes import RET_ERROR, RET_OK, RET_STOPPED
 from taskfabric.protocol.states import TaskStatus
 
-__all__ = ["cancel_tasks", "list_tasks", "login", "login_to", "parse_since", "result_document", "task", "whoami"]
+__all__ = [
+    "cancel_tasks",
+    "list_tasks",
+    "login",
+    "login_to",
+    "parse_since",
+    "result_document",
+    "shown_task",
+    "task",
+    "whoami",
+]
 
 
 def cancel_tasks(client: Client, task_ids: list[str]) -> dict[str, bool]:
@@ -202,21 +212,51 @@ def list_command(
 # --- one task -----------------------------------------------------------------------------
 
 
+def shown_task(info: dict[str, Any]) -> dict[str, Any]:
+    """A task's info as the CLI shows it: without the pickled result and exception."""
+    shown = {key: value for key, value in info.items() if key not in ("result",)}
+    if isinstance(shown.get("error"), dict):
+        shown["error"] = {key: value for key, value in shown["error"].items() if key != "exception"}
+    return shown
+
+
 @task.command()
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True)
 def status(task_id: str, as_json: bool) -> None:
     """Status and timestamps of a task."""
     with Client() as client:
-        info = client.get_task(task_id)
-    shown = {key: value for key, value in info.items() if key not in ("result",)}
-    if isinstance(shown.get("error"), dict):
-        shown["error"] = {key: value for key, value in shown["error"].items() if key != "exception"}
+        shown = shown_task(client.get_task(task_id))
     if as_json:
         click.echo(json.dumps(shown))
     else:
         for key, value in shown.items():
+            if key not in _OUTPUT_KEYS:
+                click.echo(f"{key + ':':14} {_readable(key, value)}")
+
+
+_OUTPUT_KEYS = ("stdout", "stderr")
+
+
+@task.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (as `GET /v1/tasks/{id}`, minus payloads).")
+def show(task_id: str, as_json: bool) -> None:
+    """A task: status (waiting, running, success, failed, cancelled), timestamps, attempts, its
+    error if it failed, and its captured stdout and stderr."""
+    with Client() as client:
+        shown = shown_task(client.get_task(task_id))
+    if as_json:
+        click.echo(json.dumps(shown))
+        return
+    for key, value in shown.items():
+        if key not in _OUTPUT_KEYS:
             click.echo(f"{key + ':':14} {_readable(key, value)}")
+    for key in _OUTPUT_KEYS:
+        text = shown.get(key) or ""
+        click.echo(f"--- {key} ---" if text else f"--- {key} (empty) ---")
+        if text:
+            click.echo(text, nl=not text.endswith("\n"))
 
 
 def _readable(key: str, value: Any) -> Any:

@@ -29,7 +29,7 @@ from taskfabric.client.serialization import (
 )
 from taskfabric.errors import InvalidRequest, TaskPending
 from taskfabric.ids import uuid_from_bytes
-from taskfabric.protocol.states import TERMINAL_TASK_STATES, TaskStatus
+from taskfabric.protocol import TaskStatus, check_resource_specification
 
 __all__ = ["Batch", "Client", "TaskListPage"]
 
@@ -44,6 +44,16 @@ class _Call:
     function_id: uuid.UUID
     payload: bytes
     walltime_s: float | None
+    resource_specification: dict[str, int] | None = None
+
+
+def checked_resource_specification(spec: Any) -> dict[str, int] | None:
+    """A resource specification checked here, before any task is queued: `InvalidRequest`
+    names the bad key or value (the service checks it again)."""
+    try:
+        return check_resource_specification(spec) or None
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), code="INVALID_REQUEST") from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -218,6 +228,8 @@ class Client:
             entry: dict[str, Any] = {"function_id": str(call.function_id), "payload": call.payload}
             if call.walltime_s is not None:
                 entry["walltime_s"] = float(call.walltime_s)
+            if call.resource_specification:
+                entry["resource_specification"] = call.resource_specification
             tasks.append(entry)
         body: dict[str, Any] = {"tasks": tasks, "client_python": CLIENT_PYTHON, "submission_id": str(uuid.uuid4())}
         if task_group_id is not None:
@@ -231,7 +243,8 @@ class Client:
         return [uuid.UUID(str(task_id)) for task_id in answer["task_ids"]]
 
     def get_task(self, task_id: uuid.UUID | str) -> dict[str, Any]:
-        """Status, timestamps and (when done) the encoded outcome of one task."""
+        """Status (`waiting`, `running`, `success`, `failed`, `cancelled`), timestamps and attempts
+        (under `details`), captured `stdout` and `stderr`, and (when done) the encoded outcome."""
         result: dict[str, Any] = self._http.get(f"/v1/tasks/{task_id}")
         return result
 
@@ -353,12 +366,26 @@ def as_uuid(value: bytes | str) -> uuid.UUID:
     return uuid.UUID(str(value))
 
 
+def task_status(info: dict[str, Any]) -> TaskStatus | None:
+    """The task's status; None for a state this client does not know (a newer service's)."""
+    try:
+        return TaskStatus(str(info.get("status")))
+    except ValueError:
+        return None
+
+
+def is_pending(info: dict[str, Any]) -> bool:
+    """True while the task may still change (waiting, running, or a state unknown here)."""
+    status = task_status(info)
+    return status is None or status.pending
+
+
 def outcome_of(info: dict[str, Any]) -> Any:
     """The value of a finished task's info, raising its failure or `TaskPending`."""
-    status = info.get("status")
+    status = task_status(info)
     task_id = info.get("task_id")
     details = info.get("details") or {}
-    if status == TaskStatus.SUCCESS:
+    if status is TaskStatus.SUCCESS:
         return value_from_result(
             base64.b64decode(info["result"]), worker_python=details.get("worker_python", ""), task_id=task_id
         )
@@ -367,12 +394,11 @@ def outcome_of(info: dict[str, Any]) -> Any:
         if error.get("exception"):
             error["exception"] = base64.b64decode(error["exception"])
         raise exception_from_error(error, worker_python=details.get("worker_python", ""), task_id=task_id)
-    raise TaskPending(task_id, str(status))
+    raise TaskPending(task_id, str(info.get("status")))
 
 
 def _summary(info: dict[str, Any]) -> dict[str, Any]:
-    status = info.get("status")
-    summary: dict[str, Any] = {"status": status, "pending": status not in TERMINAL_TASK_STATES}
+    summary: dict[str, Any] = {"status": info.get("status"), "pending": is_pending(info)}
     if not summary["pending"]:
         try:
             summary["result"] = outcome_of(info)

@@ -12,7 +12,12 @@ was in flight, up to `batch_size`), and the results stream pushes outcomes back.
 service no longer knows (the function was deleted) is registered again and the batch resubmitted
 once. `attach(task_ids)` re-attaches to tasks submitted earlier (e.g. by a process that has since
 died); every task joins the Executor's task group, so a new process can re-attach to all of them
-with `Executor(endpoint_id, task_group_id=gid).reload_tasks()`.
+with `Executor(endpoint_id, task_group_id=gid).reload_tasks()`. `options(walltime_s=...,
+resource_specification=...)` is a view of the executor with other per-task defaults, sharing its
+client, queue, threads and futures.
+
+A task's captured stdout and stderr come with its result on the stream (so `TaskFuture.stdout`
+needs no extra request), set on the future before it resolves.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from taskfabric.client.client import Client, _Call, function_name
+from taskfabric.client.client import Client, _Call, checked_resource_specification, function_name
 from taskfabric.client.serialization import (
     content_hash,
     exception_from_error,
@@ -40,13 +45,15 @@ from taskfabric.client.stream import ResultStream
 from taskfabric.errors import InvalidRequest, NotFoundError, PayloadTooLarge, TaskCancelled, TaskfabricError
 from taskfabric.logs import wrap_with_logs
 
-__all__ = ["Executor", "TaskFuture"]
+__all__ = ["Executor", "ExecutorOptions", "TaskFuture"]
 
 log = logging.getLogger(__name__)
 
 
 class TaskFuture(concurrent.futures.Future[Any]):
-    """A future for one task; `task_id` is set once the service has accepted the task.
+    """A future for one task; `task_id` is set once the service has accepted the task, `stdout`
+    and `stderr` (the end of the task's captured output) once it is done (None before, and for a
+    future re-attached to a task the service no longer knows).
 
     `cancel()` keeps the standard meaning: it succeeds only while the call has not been sent to
     the service yet. `cancel_remote()` asks the service to cancel the task wherever it is."""
@@ -54,6 +61,8 @@ class TaskFuture(concurrent.futures.Future[Any]):
     def __init__(self, executor: Executor | None = None) -> None:
         super().__init__()
         self.task_id: uuid.UUID | None = None
+        self.stdout: str | None = None
+        self.stderr: str | None = None
         self._executor = executor
 
     def cancel_remote(self) -> bool:
@@ -107,8 +116,10 @@ class Executor(concurrent.futures.Executor):
         batch_bytes: int = 16 * 1024 * 1024,
         walltime_s: float | None = None,
         task_group_id: uuid.UUID | str | None = None,
+        resource_specification: dict[str, int] | None = None,
     ) -> None:
         self.task_group_id = uuid.UUID(str(task_group_id)) if task_group_id is not None else uuid.uuid4()
+        self.resource_specification = checked_resource_specification(resource_specification)
         self._owns_client = client is None
         self.client = client or Client()
         try:
@@ -149,16 +160,48 @@ class Executor(concurrent.futures.Executor):
         """Run `fn(*args, **kwargs)` on the endpoint. `fn` is serialized here; the background
         submitter registers it (once per distinct body) before sending, so a submit never waits
         for the service. A registration failure fails the future."""
-        function = self._function_of(fn)
-        return self._enqueue(function.function_id or _UNREGISTERED, args, kwargs, function)
+        return self._submit_function(fn, args, kwargs, self.walltime_s, self.resource_specification)
 
     def submit_to_registered_function(
         self, function_id: uuid.UUID | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> TaskFuture:
-        return self._enqueue(uuid.UUID(str(function_id)), args, kwargs or {}, None)
+        return self._enqueue(
+            uuid.UUID(str(function_id)), args, kwargs or {}, None, self.walltime_s, self.resource_specification
+        )
+
+    def options(
+        self, *, walltime_s: float | None = None, resource_specification: dict[str, int] | None = None
+    ) -> ExecutorOptions:
+        """A view of this executor whose tasks get other defaults (None: keep this executor's):
+
+            ex.options(walltime_s=2).submit(fn, x)    # fn's own keyword arguments stay its own
+
+        It shares this executor's client, queue, threads and results; shut down the executor, not
+        the view. Raises `InvalidRequest` for a bad resource specification, `ValueError` for a
+        walltime that is not positive."""
+        return ExecutorOptions(self, walltime_s=walltime_s, resource_specification=resource_specification)
+
+    def _submit_function(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        walltime_s: float | None,
+        resource_specification: dict[str, int] | None,
+    ) -> TaskFuture:
+        function = self._function_of(fn)
+        return self._enqueue(
+            function.function_id or _UNREGISTERED, args, kwargs, function, walltime_s, resource_specification
+        )
 
     def _enqueue(
-        self, function_id: uuid.UUID, args: tuple[Any, ...], kwargs: dict[str, Any], function: _Function | None
+        self,
+        function_id: uuid.UUID,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        function: _Function | None,
+        walltime_s: float | None,
+        resource_specification: dict[str, int] | None,
     ) -> TaskFuture:
         with self._lock:
             if self._shutdown:
@@ -166,7 +209,7 @@ class Executor(concurrent.futures.Executor):
             if self._fatal is not None:
                 raise self._fatal
         future = TaskFuture(self)
-        call = _Call(function_id, serialize_arguments(args, kwargs), self.walltime_s)
+        call = _Call(function_id, serialize_arguments(args, kwargs), walltime_s, resource_specification)
         self._queue.put(_Queued(future, call, function))
         return future
 
@@ -442,6 +485,8 @@ class Executor(concurrent.futures.Executor):
                     NotFoundError(f"task {task_id} is unknown to the service (or not yours)", status=404)
                 )
                 continue
+            future.stdout = result.get("stdout") or ""
+            future.stderr = result.get("stderr") or ""
             try:
                 future.set_result(_value(result, task_id))
             except BaseException as exc:
@@ -462,6 +507,50 @@ class Executor(concurrent.futures.Executor):
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
+
+
+class ExecutorOptions(concurrent.futures.Executor):
+    """`Executor.options(...)`: submits through its executor with other per-task defaults."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        walltime_s: float | None = None,
+        resource_specification: dict[str, int] | None = None,
+    ) -> None:
+        if walltime_s is not None and not walltime_s > 0:
+            raise ValueError(f"walltime_s must be a positive number of seconds, got {walltime_s!r}")
+        self.executor = executor
+        self.walltime_s = walltime_s if walltime_s is not None else executor.walltime_s
+        checked = checked_resource_specification(resource_specification)
+        self.resource_specification = checked if checked is not None else executor.resource_specification
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """As `Executor.submit`, with this view's walltime and resource specification."""
+        return self.executor._submit_function(fn, args, kwargs, self.walltime_s, self.resource_specification)
+
+    def submit_to_registered_function(
+        self, function_id: uuid.UUID | str, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> TaskFuture:
+        return self.executor._enqueue(
+            uuid.UUID(str(function_id)), args, kwargs or {}, None, self.walltime_s, self.resource_specification
+        )
+
+    def options(
+        self, *, walltime_s: float | None = None, resource_specification: dict[str, int] | None = None
+    ) -> ExecutorOptions:
+        """A view with these defaults changed too."""
+        return ExecutorOptions(
+            self.executor,
+            walltime_s=walltime_s if walltime_s is not None else self.walltime_s,
+            resource_specification=(
+                resource_specification if resource_specification is not None else self.resource_specification
+            ),
+        )
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Does nothing: the view owns nothing (shut down its executor)."""
 
 
 def _forget(

@@ -5,12 +5,15 @@ through queues and wake it. Each pass of the loop is a fixed sequence of named s
 
     poll -> ensure_subscribed -> report_inventory -> process_cancellations -> take_task_batches
          -> process_manager_messages -> handle_lost_tasks -> apply_block_changes -> dispatch_tasks
-         -> publish_results -> settle_publishes -> republish_stored_results -> send_heartbeats
-         -> report_status -> observe_for_scaling -> regulate_intake -> flush_ledger -> advance_shutdown
+         -> publish_results -> publish_started -> settle_publishes -> republish_stored_results
+         -> send_heartbeats -> report_status -> observe_for_scaling -> regulate_intake -> flush_ledger
+         -> advance_shutdown
 
 State, in named places: the on-disk `Ledger` (every task taken and not yet answered, and results
 not yet confirmed), `waiting` (tasks in hand, not on a manager), the `Interchange` (tasks on each
-manager), `outbox` (results to publish) and `in_flight` (results published, not yet confirmed).
+manager), `outbox` (results to publish), `in_flight` (results published, not yet confirmed) and
+`started` (task starts to report: coalesced, at most one message every `_STARTED_PERIOD_S`, and
+dropped when the task's result arrives first; the result says all a start would).
 
 Cancellation: a `CancelTasks` from the control queue is written to the ledger's cancelled table
 before its message is acked; then the named tasks waiting here are answered `TASK_CANCELLED` at
@@ -51,7 +54,16 @@ from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
 from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode, LedgerError
-from taskfabric.protocol import EndpointState, EndpointStatus, FunctionBody, Result, TaskBatch, TaskError, TaskEvents
+from taskfabric.protocol import (
+    EndpointState,
+    EndpointStatus,
+    FunctionBody,
+    Result,
+    TaskBatch,
+    TaskError,
+    TaskEvents,
+    TaskStarted,
+)
 from taskfabric.transport import Delivery, Transport
 from taskfabric.wake_pipe import WakePipe
 
@@ -68,6 +80,8 @@ _RESULT_PUBLISHES_IN_FLIGHT = 2
 _LEDGER_FLUSH_S = 0.01
 #: ... or as soon as this many changes are staged
 _LEDGER_FLUSH_COUNT = 4096
+#: task starts are published at most this often (one message for all gathered meanwhile)
+_STARTED_PERIOD_S = 0.005
 
 
 @dataclasses.dataclass(eq=False)
@@ -193,6 +207,8 @@ class Agent:
         self.scaler = scaler or self._scaler()
         self.waiting: collections.deque[HeldTask] = collections.deque()
         self.outbox: list[Result] = []
+        self.started: dict[uuid.UUID, TaskStarted] = {}
+        self._last_started_publish = 0.0
         self.in_flight: dict[int, list[Result]] = {}
         self._in_flight_ids: set[uuid.UUID] = set()
         self._has_stored_results = False
@@ -245,6 +261,9 @@ class Agent:
                 if self._interchange_key
                 else None
             ),
+            max_output_bytes=self.config.max_output_bytes,
+            task_workdir=Path(self.config.task_workdir).expanduser() if self.config.task_workdir else None,
+            keep_task_workdirs=self.config.keep_task_workdirs,
         )
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -344,6 +363,7 @@ class Agent:
         if not self.stopping:
             self.interchange.dispatch(self.waiting)
         self.publish_results()
+        self.publish_started(now)
         self.settle_publishes()
         self.republish_stored_results(now)
         self.interchange.send_heartbeats(now)
@@ -359,6 +379,8 @@ class Agent:
             return 0.1
         if self.ledger.staged:
             return _LEDGER_FLUSH_S
+        if self.started:
+            return _STARTED_PERIOD_S
         return min(self.interchange.heartbeat_period_s, self._status_period_s, 1.0)
 
     def report_inventory(self, now: float) -> None:
@@ -521,7 +543,12 @@ class Agent:
     def process_manager_messages(self, now: float) -> None:
         out = self.interchange.process_messages(now)
         lost = list(out.lost)
+        for held, event in out.started:
+            attempt = held.attempts + 1  # the manager cannot know how many runs were lost before
+            fixed = event if event.attempt == attempt else dataclasses.replace(event, attempt=attempt)
+            self.started[held.task_id] = fixed
         for held, result in out.results:
+            self.started.pop(held.task_id, None)
             error = result.error
             if error is not None and error.error_code is not None and error.error_code.is_system_failure:
                 lost.append(LostTask(held, error.error_code, error.message))
@@ -551,6 +578,7 @@ class Agent:
         them with the loss as their error and dead-letter them."""
         for item in lost:
             held = item.held
+            self.started.pop(held.task_id, None)
             if self.ledger.is_cancelled(held.task_id):  # lost while being cancelled: no retry
                 self.outbox.append(_cancelled_result(held))
                 continue
@@ -579,6 +607,14 @@ class Agent:
         for ticket, chunk in self.broker.publish_results(results):
             self.in_flight[ticket] = chunk
             self._in_flight_ids.update(result.task_id for result in chunk)
+
+    def publish_started(self, now: float) -> None:
+        """Report the task starts gathered since the last report (one message, not one per task)."""
+        if not self.started or now - self._last_started_publish < _STARTED_PERIOD_S:
+            return
+        self._last_started_publish = now
+        started, self.started = list(self.started.values()), {}
+        self.broker.publish_started(started)
 
     def settle_publishes(self) -> None:
         """Confirmed results leave the ledger (one transaction per pass); failed ones are stored in

@@ -2,9 +2,10 @@
 
 - Task batches arrive on the transport's IO thread, are decoded there (malformed ones are
   dead-lettered by the `Inbox`) and handed to the agent loop through `inbound`; the loop is woken.
-- Results and status reports are published to the results exchange with publisher confirms and the
-  broker-validated `user_id` (the forwarder accepts results only from the endpoint's own user); each
-  publish's outcome comes back to the loop through `outcomes`.
+- Results, task starts (`TaskEvents`) and status reports are published to the results exchange
+  with publisher confirms and the broker-validated `user_id` (the forwarder accepts results only
+  from the endpoint's own user); each result publish's outcome comes back to the loop through
+  `outcomes`.
 - Tasks the fabric failed to run too many times are published to the dead-letter exchange.
 - A watchdog thread checks every `consumer_check_period_s` that the broker still counts our task
   consumer (a passive declare). A queue deleted and declared again (the forwarder rebuilds a queue a
@@ -43,6 +44,7 @@ from taskfabric.protocol import (
     Task,
     TaskBatch,
     TaskEvents,
+    TaskStarted,
     pack,
 )
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport, Transport
@@ -291,6 +293,14 @@ class EndpointBrokerLink:
         """Publish task events (and inventories) with a confirm."""
         return self.transport.publish(self._message(pack(events)))
 
+    def publish_started(self, started: list[TaskStarted]) -> None:
+        """Publish task starts, in messages of up to `RESULTS_PER_MESSAGE`. Not tracked: a lost
+        start only delays the `running` state until the result (which the forwarder stores anyway)."""
+        chunks = [started[i : i + RESULTS_PER_MESSAGE] for i in range(0, len(started), RESULTS_PER_MESSAGE)]
+        futures = self.transport.publish_many(self._message(pack(TaskEvents(started=chunk))) for chunk in chunks)
+        for future in futures:
+            future.add_done_callback(_log_events_failure)
+
     def publish_status(self, status: EndpointStatus) -> Future[None]:
         """Publish a status report; a lost one is replaced by the next, so callers need not wait
         (the returned future resolves on the broker's confirm)."""
@@ -332,6 +342,12 @@ def _log_status_failure(future: Future[None]) -> None:
     error = future.exception()
     if error is not None:
         log.debug("status report not delivered: %s", error)
+
+
+def _log_events_failure(future: Future[None]) -> None:
+    error = future.exception()
+    if error is not None:
+        log.debug("task starts not delivered: %s", error)
 
 
 def _log_dead_letter_failure(future: Future[None]) -> None:

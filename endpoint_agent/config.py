@@ -52,6 +52,25 @@ class EndpointConfig:
         min=1024,
         help="Largest pickled result (or exception) a task may return; larger is a RESULT_TOO_LARGE error.",
     )
+    max_output_bytes: int = setting(
+        64 * 1024,
+        min=0,
+        help=(
+            "How much of each task's stdout, and of its stderr, is kept and returned with its result: the last "
+            "this many bytes, after a `[... N bytes truncated ...]` note when cut."
+        ),
+    )
+    task_workdir: str | None = setting(
+        None,
+        help=(
+            "Each task runs in its own working directory, <task_workdir>/<task id>, removed after the task. "
+            "Default (null): `tasks/` in the run folder of the manager running it "
+            "(<endpoint dir>/blocks/block-<id>/<host>-<pid>/tasks). `~` is expanded."
+        ),
+    )
+    keep_task_workdirs: bool = setting(
+        False, help="Keep each task's working directory after the task (for debugging); they are never cleaned up."
+    )
     default_walltime_s: float | None = setting(
         None, min=0.001, help="Walltime for tasks that do not set their own; null means unlimited."
     )

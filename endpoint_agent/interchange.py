@@ -1,7 +1,8 @@
 """The interchange: the agent's view of its managers, over a ZeroMQ ROUTER.
 
 It registers managers (checking the registration token the agent handed out), tracks what each
-one holds, sends task batches according to `plan_dispatch`, collects result batches, exchanges
+one holds, sends task batches according to `plan_dispatch`, collects result batches and task starts
+(`TaskEvents`, passed on only for tasks the manager still holds), exchanges
 heartbeats, and declares a manager lost when it has been silent for `heartbeat_threshold_s` (or
 says it is leaving): the tasks it held come back as lost, for the agent to retry or fail.
 
@@ -33,6 +34,8 @@ from taskfabric.protocol import (
     Result,
     ResultBatch,
     TaskBatch,
+    TaskEvents,
+    TaskStarted,
     pack,
     unpack,
 )
@@ -89,6 +92,7 @@ class StepOutput:
     """What one `process_messages` call produced."""
 
     results: list[tuple[HeldTask, Result]] = dataclasses.field(default_factory=list)
+    started: list[tuple[HeldTask, TaskStarted]] = dataclasses.field(default_factory=list)
     lost: list[LostTask] = dataclasses.field(default_factory=list)
     registered: list[ManagerRecord] = dataclasses.field(default_factory=list)
 
@@ -136,6 +140,8 @@ class Interchange:
             record.last_heard = now
             if isinstance(message, ResultBatch):
                 self._collect(record, message, out)
+            elif isinstance(message, TaskEvents):
+                self._note_started(record, message, out)
             elif isinstance(message, Drain):
                 self._remove(
                     record,
@@ -173,6 +179,13 @@ class Interchange:
             held = record.outstanding.pop(result.task_id, None)
             if held is not None:
                 out.results.append((held, result))
+
+    @staticmethod
+    def _note_started(record: ManagerRecord, events: TaskEvents, out: StepOutput) -> None:
+        for event in events.started:
+            held = record.outstanding.get(event.task_id)
+            if held is not None:
+                out.started.append((held, event))
 
     def _remove(self, record: ManagerRecord, code: ErrorCode, message: str, lost: list[LostTask]) -> None:
         self.managers.pop(record.manager_id, None)

@@ -46,6 +46,10 @@ class ManagerLaunch:
     base_command: str | None = None
     #: the interchange's CurveZMQ public key; None when the link is not encrypted
     interchange_key_file: Path | None = None
+    max_output_bytes: int = 65536
+    #: where tasks run (<task_workdir>/<task id>); None: under each manager's own run folder
+    task_workdir: Path | None = None
+    keep_task_workdirs: bool = False
 
     def argv(self, block_id: str) -> list[str]:
         """The manager's command line for block `block_id` (a provider runs it once per node)."""
@@ -75,6 +79,10 @@ class ManagerLaunch:
             *(["--interchange-key-file", str(self.interchange_key_file)] if self.interchange_key_file else []),
             "--log-dir",
             str(self.log_dir(block_id)),
+            "--max-output-bytes",
+            str(self.max_output_bytes),
+            *(["--task-workdir", str(self.task_workdir)] if self.task_workdir else []),
+            *(["--keep-task-workdirs"] if self.keep_task_workdirs else []),
         ]
 
     def log_dir(self, block_id: str) -> Path:

@@ -54,6 +54,7 @@ def plan_task_batches(
                 walltime_s=new.walltime_s,
                 submitted_at=submitted_at,
                 task_group_id=task_group_id,
+                resource_specification=new.resource_specification or {},
             )
         )
         functions.setdefault(new.function_id, body)

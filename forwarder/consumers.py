@@ -1,6 +1,6 @@
 """Subscriptions to every endpoint's result queue and to the dead-letter queue.
 
-Each endpoint's result queue gets an `Inbox` taking `ResultBatch` and `EndpointStatus` messages
+Each endpoint's result queue gets an `Inbox` taking `ResultBatch`, `TaskEvents` and `EndpointStatus` messages
 (malformed ones are dead-lettered by the inbox). A message is accepted only if its broker-validated
 `user_id` is that endpoint's own broker user: the broker guarantees a publisher cannot claim another
 user's id, so a result queue cannot be fed by anyone else (another endpoint that learned the queue

@@ -8,6 +8,10 @@ thread), groups up to `ingest_batch_messages` of them, and for each group:
 2. acks the deliveries: only after the commit, so a crash re-delivers instead of losing;
 3. hands the newly finished tasks to `on_finished` (the results stream).
 
+Task starts (`TaskEvents`) in a group are stored first, in one transaction (`mark_started`:
+`waiting` -> `running`, never from a finished state), then acked the same way. A start and its
+task's result may arrive in either order: the store's guards make the outcome the same.
+
 Status reports are acked at once and kept in memory; the latest per endpoint is written at most
 every `status_flush_s`. Dead letters: every one is kept in the store (`dead_letters`, one entry
 per task of a task batch) for `taskfabric admin dead-letters`, and its task ids are logged. A
@@ -173,15 +177,15 @@ class Ingestor:
 
     def _process(self, group: Sequence[Incoming | DeadLetter]) -> None:
         results = [item for item in group if isinstance(item, Incoming) and isinstance(item.message, ResultBatch)]
+        events = [item for item in group if isinstance(item, Incoming) and isinstance(item.message, TaskEvents)]
         for item in group:
             if isinstance(item, Incoming) and isinstance(item.message, EndpointStatus):
                 self.statuses.record(item.message, received_at=time.time())
                 self._transport.ack(item.delivery)
+        if events:
+            self._store_events(events)
         if results:
             self._store_results(results)
-        for item in group:
-            if isinstance(item, Incoming) and isinstance(item.message, TaskEvents):
-                self._handle_task_events(item, item.message)
         for item in group:
             if isinstance(item, DeadLetter):
                 self._handle_dead_letter(item)
@@ -199,6 +203,21 @@ class Ingestor:
         if finished:
             self._on_finished(finished)
 
+    def _store_events(self, items: Sequence[Incoming]) -> None:
+        batches = [(item.endpoint_id, item.message.started) for item in items if isinstance(item.message, TaskEvents)]
+
+        def write() -> list[TaskRecord]:
+            self._store.tasks.mark_started(batches)
+            return []
+
+        if self._write_with_retry(write) is None:
+            return  # stopping: the deliveries stay unacked and come back
+        for item in items:
+            inventory_at = item.message.inventory_at if isinstance(item.message, TaskEvents) else None
+            if inventory_at is not None and not self._reconcile_inventory(item, inventory_at):
+                return
+            self._transport.ack(item.delivery)
+
     def _write_with_retry(self, write: Callable[[], list[TaskRecord]]) -> list[TaskRecord] | None:
         """Run a store write until it succeeds; None if stopping first."""
         delay = _RETRY_INITIAL_S
@@ -215,23 +234,23 @@ class Ingestor:
 
     # --- task events -------------------------------------------------------------------
 
-    def _handle_task_events(self, item: Incoming, events: TaskEvents) -> None:
-        inventory_at = events.inventory_at
-        if inventory_at is not None:
-            held = set(events.held)
-            failed = self._write_with_retry(
-                lambda: self._store.tasks.fail_lost_in_rebuilt_queue(
-                    item.endpoint_id, held=held, inventory_at=inventory_at, now=time.time()
-                )
+    def _reconcile_inventory(self, item: Incoming, inventory_at: float) -> bool:
+        """An agent's inventory after its task queue was rebuilt: fail the tasks lost with the old
+        queue (forwarder/queue_health.py). False if stopping first."""
+        held = set(item.message.held) if isinstance(item.message, TaskEvents) else set()
+        failed = self._write_with_retry(
+            lambda: self._store.tasks.fail_lost_in_rebuilt_queue(
+                item.endpoint_id, held=held, inventory_at=inventory_at, now=time.time()
             )
-            if failed is None:
-                return  # stopping: the delivery stays unacked and comes back
-            if failed:
-                log.warning(
-                    "failed %d tasks of endpoint %s lost with its rebuilt task queue", len(failed), item.endpoint_id
-                )
-                self._on_finished(failed)
-        self._transport.ack(item.delivery)
+        )
+        if failed is None:
+            return False  # stopping: the delivery stays unacked and comes back
+        if failed:
+            log.warning(
+                "failed %d tasks of endpoint %s lost with its rebuilt task queue", len(failed), item.endpoint_id
+            )
+            self._on_finished(failed)
+        return True
 
     # --- status reports -----------------------------------------------------------------
 

@@ -103,6 +103,7 @@ class NewTask:
     function_id: uuid.UUID
     payload: bytes
     walltime_s: float | None = None
+    resource_specification: dict[str, int] | None = None
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -129,10 +130,13 @@ class TaskRecord:
     finished_at: float | None = None
     attempts: int = 0
     task_group_id: uuid.UUID | None = None
+    #: the task's captured output (the end of it), once finished
+    stdout: str | None = None
+    stderr: str | None = None
 
     @property
     def finished(self) -> bool:
-        return self.status is not TaskStatus.WAITING
+        return self.status.terminal
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,6 +19,7 @@ import msgpack
 
 from taskfabric.errors import InvalidRequest, PayloadTooLarge
 from taskfabric.ids import uuid_from_bytes
+from taskfabric.protocol import check_resource_specification
 
 __all__ = [
     "INVALID_REQUEST",
@@ -55,6 +56,7 @@ class SubmittedTask:
     function_id: uuid.UUID
     payload: bytes
     walltime_s: float | None
+    resource_specification: dict[str, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,7 +180,15 @@ def _parse_task(
         if (kind is not float and kind is not int) or not math.isfinite(walltime) or walltime <= 0:
             raise invalid(f"tasks[{index}].walltime_s: expected a positive number of seconds")
         walltime = float(walltime)
-    return SubmittedTask(function_id=function_id, payload=payload, walltime_s=walltime)
+    resources = raw.get("resource_specification")
+    if resources is not None:
+        try:
+            resources = check_resource_specification(resources, field=f"tasks[{index}].resource_specification")
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+    return SubmittedTask(
+        function_id=function_id, payload=payload, walltime_s=walltime, resource_specification=resources or None
+    )
 
 
 # --- small fields -------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from taskfabric.protocol import MAX_RESOURCE_VALUE, RESOURCE_KEYS
+
 __all__ = [
     "SUBMIT_BODY_SCHEMA",
     "BatchStatus",
@@ -162,6 +164,15 @@ SUBMIT_BODY_SCHEMA: dict[str, Any] = {
                         "description": "serialized (args, kwargs): base64 in JSON, raw bytes in msgpack",
                     },
                     "walltime_s": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                    "resource_specification": {
+                        "type": ["object", "null"],
+                        "description": "best effort, exposed in the task's environment",
+                        "properties": {
+                            key: {"type": "integer", "minimum": 0, "maximum": MAX_RESOURCE_VALUE, "description": what}
+                            for key, what in RESOURCE_KEYS.items()
+                        },
+                        "additionalProperties": False,
+                    },
                 },
             },
         },
@@ -211,6 +222,8 @@ class TaskInfo(BaseModel):
     result: str | None = Field(None, description="the pickled result, base64 (success only)")
     error: TaskErrorInfo | None = Field(None, description="failed only")
     details: TaskDetails
+    stdout: str = Field("", description="the task's captured stdout (the end of it), once finished")
+    stderr: str = Field("", description="the task's captured stderr (the end of it), once finished")
 
 
 class BatchStatus(BaseModel):

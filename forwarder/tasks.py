@@ -113,7 +113,13 @@ class TaskService:
             else submission_task_ids(identity.user_id, request.submission_id, len(request.tasks))
         )
         new_tasks = [
-            NewTask(task_id=task_id, function_id=task.function_id, payload=task.payload, walltime_s=task.walltime_s)
+            NewTask(
+                task_id=task_id,
+                function_id=task.function_id,
+                payload=task.payload,
+                walltime_s=task.walltime_s,
+                resource_specification=task.resource_specification,
+            )
             for task_id, task in zip(task_ids, request.tasks, strict=True)
         ]
         now = time.time()

@@ -39,7 +39,7 @@ import yaml
 
 from taskfabric.errors import StoreError, TaskfabricError
 from taskfabric.processes import free_port
-from taskfabric.protocol import CancelTasks, EndpointStatus, Result, ResultBatch, TaskBatch, pack, unpack
+from taskfabric.protocol import CancelTasks, EndpointStatus, Result, ResultBatch, TaskBatch, TaskEvents, pack, unpack
 from taskfabric.testing import wait_until
 from taskfabric.tls import client_ssl_context
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
@@ -450,7 +450,11 @@ class FakeEndpoint:
         self.publish_message(status)
 
     def publish_message(
-        self, message: ResultBatch | EndpointStatus, *, user_id: str | None = "", routing_key: str | None = None
+        self,
+        message: ResultBatch | TaskEvents | EndpointStatus,
+        *,
+        user_id: str | None = "",
+        routing_key: str | None = None,
     ) -> None:
         self.transport.publish(
             OutgoingMessage(

@@ -117,6 +117,8 @@ def task_info(record: TaskRecord) -> dict[str, Any]:
         "created_at": record.created_at,
         "completed_at": record.completed_at,
         "details": task_details(record),
+        "stdout": record.stdout or "",
+        "stderr": record.stderr or "",
     }
     if record.status is TaskStatus.SUCCESS:
         info["result"] = _b64(record.result or b"")
@@ -135,4 +137,6 @@ def task_result_frame(record: TaskRecord, *, binary_id: bool = False) -> dict[st
         "value": (record.result or b"") if ok else None,
         "error": task_error(record, binary=True),
         "details": task_details(record),
+        "stdout": record.stdout or "",
+        "stderr": record.stderr or "",
     }

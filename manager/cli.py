@@ -56,6 +56,20 @@ def manager() -> None:
 @click.option(
     "--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where worker output goes."
 )
+@click.option(
+    "--task-workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Tasks run in TASK_WORKDIR/<task id> (default: <log dir>/tasks, else a temporary folder).",
+)
+@click.option("--keep-task-workdirs", is_flag=True, help="Keep each task's working directory after it ends.")
+@click.option(
+    "--max-output-bytes",
+    type=click.IntRange(min=0),
+    default=65536,
+    show_default=True,
+    help="Kept of each task's stdout and stderr (the end).",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def run(
     address: str,
@@ -68,6 +82,9 @@ def run(
     token_file: Path | None,
     interchange_key_file: Path | None,
     log_dir: Path | None,
+    task_workdir: Path | None,
+    keep_task_workdirs: bool,
+    max_output_bytes: int,
     log_level: str,
 ) -> None:
     """Connect to the interchange and run its tasks on WORKERS processes. The registration token
@@ -87,5 +104,8 @@ def run(
         heartbeat_threshold_s=heartbeat_threshold_s,
         max_result_bytes=max_result_bytes,
         log_dir=log_dir,
+        task_workdir=task_workdir,
+        keep_task_workdirs=keep_task_workdirs,
+        max_output_bytes=max_output_bytes,
     )
     sys.exit(run_manager(settings))

@@ -7,11 +7,12 @@ Its loop is a fixed sequence of steps over explicit state (see `Manager.run`):
          -> check_interchange
 
 State: `queue` (tasks received, not yet on a worker), the pool's per-worker assignments, `results`
-not yet sent, and the function bodies seen. A worker that dies is replaced and the task it was
-running comes back as a `WORKER_LOST` result (the interchange decides whether to retry it); the
-other tasks it held go back to the queue untouched. A `CancelTasks` from the interchange drops
-queued tasks and stops the workers running cancelled ones (see cancel.py); such a worker's death
-is the cancellation, answered `TASK_CANCELLED`, not a crash.
+not yet sent, `started` (task starts, sent as one `TaskEvents` before the results of the same
+step, minus the tasks whose results go with them) not yet sent, and the function bodies seen. A
+worker that dies is replaced and the task it was running comes back as a `WORKER_LOST` result (the
+interchange decides whether to retry it); the other tasks it held go back to the queue untouched. A
+`CancelTasks` from the interchange drops queued tasks and stops the workers running cancelled ones
+(see cancel.py); such a worker's death is the cancellation, answered `TASK_CANCELLED`, not a crash.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import logging
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -46,6 +49,8 @@ from taskfabric.protocol import (
     Task,
     TaskBatch,
     TaskError,
+    TaskEvents,
+    TaskStarted,
     pack,
     unpack,
 )
@@ -82,6 +87,11 @@ class ManagerSettings:
     #: at most this many queued tasks go to an idle worker in one batch
     worker_batch_max: int = 16
     log_dir: Path | None = None
+    #: tasks run in <task_workdir>/<task id>; None: <log_dir>/tasks, or a temporary folder
+    task_workdir: Path | None = None
+    keep_task_workdirs: bool = False
+    #: kept of each task's stdout and of its stderr (the end of it)
+    max_output_bytes: int = 65536
 
 
 @dataclasses.dataclass(slots=True)
@@ -99,10 +109,19 @@ class Manager:
         self.link = InterchangeLink(
             settings.interchange_address, self.manager_id.encode(), server_key=settings.interchange_key
         )
-        self.pool = WorkerPool(settings.workers, max_result_bytes=settings.max_result_bytes, log_dir=settings.log_dir)
+        self._own_workdir: Path | None = None
+        self.pool = WorkerPool(
+            settings.workers,
+            max_result_bytes=settings.max_result_bytes,
+            task_workdir=self._task_workdir(settings),
+            max_output_bytes=settings.max_output_bytes,
+            keep_task_workdirs=settings.keep_task_workdirs,
+            log_dir=settings.log_dir,
+        )
         self.queue: collections.deque[_Queued] = collections.deque()
         self.functions: dict[uuid.UUID, FunctionBody] = {}
         self.results: list[Result] = []
+        self.started: list[TaskStarted] = []
         self.heartbeat_period_s = settings.heartbeat_period_s
         self.heartbeat_threshold_s = settings.heartbeat_threshold_s
         self.accepted = False
@@ -114,6 +133,14 @@ class Manager:
         self._last_heartbeat_sent = 0.0
         self._walltime_kills: dict[int, uuid.UUID] = {}
         self.cancels = CancelBook()
+
+    def _task_workdir(self, settings: ManagerSettings) -> Path:
+        if settings.task_workdir is not None:
+            return settings.task_workdir
+        if settings.log_dir is not None:
+            return settings.log_dir / "tasks"
+        self._own_workdir = Path(tempfile.mkdtemp(prefix="taskfabric-tasks-"))
+        return self._own_workdir
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -186,6 +213,8 @@ class Manager:
         # the interchange has already put them back, so do not wait for them
         self.pool.stop(timeout_s=0.5 if self.stopping else 5.0)
         self.link.close()
+        if self._own_workdir is not None and not self.settings.keep_task_workdirs:
+            shutil.rmtree(self._own_workdir, ignore_errors=True)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("manager got signal %d; stopping", signum)
@@ -266,9 +295,10 @@ class Manager:
         worker = self.pool.by_fd(fd)
         if worker is None:
             return
-        results, died = self.pool.read(worker)
+        results, started, died = self.pool.read(worker)
         self.cancels.answered(result.task_id for result in results)
         self.results.extend(results)
+        self.started.extend(started)
         if died:
             self._replace_dead_worker(worker)
 
@@ -331,6 +361,13 @@ class Manager:
                 self.pool.kill(worker)
 
     def flush_results(self) -> None:
+        if self.started:
+            started, self.started = self.started, []
+            if self.results:  # a start whose result goes out now tells nothing more
+                finished = {result.task_id for result in self.results}
+                started = [event for event in started if event.task_id not in finished]
+            if started:
+                self.link.send(pack(TaskEvents(started=started)))
         if self.results:
             batch, self.results = self.results, []
             self.cancels.answered(result.task_id for result in batch)

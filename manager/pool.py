@@ -4,7 +4,8 @@ A worker is given a batch only when it is idle (so the manager never blocks writ
 worker that is itself writing a result); it runs the batch's tasks in order and sends results in
 small batches. Its *slot* (16 bytes of shared memory) holds the id of the task it is running, so
 when a worker dies the pool knows exactly which task was running (if any). A dead worker is
-replaced; the caller decides what happens to the tasks it held.
+replaced; the caller decides what happens to the tasks it held. Workers also report each task's
+start (`TaskEvents`), which `read` hands back beside the results.
 """
 
 from __future__ import annotations
@@ -24,7 +25,18 @@ from pathlib import Path
 
 from taskfabric.errors import ProtocolError
 from taskfabric.manager.frames import FrameReader, write_frame
-from taskfabric.protocol import CancelTasks, FunctionBody, Result, ResultBatch, Task, TaskBatch, pack, unpack_as
+from taskfabric.protocol import (
+    CancelTasks,
+    FunctionBody,
+    Result,
+    ResultBatch,
+    Task,
+    TaskBatch,
+    TaskEvents,
+    TaskStarted,
+    pack,
+    unpack,
+)
 
 __all__ = ["Worker", "WorkerPool"]
 
@@ -75,11 +87,23 @@ class Worker:
 class WorkerPool:
     """Starts, feeds, reads, replaces and stops `count` worker processes."""
 
-    def __init__(self, count: int, *, max_result_bytes: int, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        count: int,
+        *,
+        max_result_bytes: int,
+        task_workdir: Path,
+        max_output_bytes: int = 65536,
+        keep_task_workdirs: bool = False,
+        log_dir: Path | None = None,
+    ) -> None:
         if count < 1:
             raise ValueError("a pool needs at least one worker")
         self.count = count
         self.max_result_bytes = max_result_bytes
+        self.task_workdir = task_workdir
+        self.max_output_bytes = max_output_bytes
+        self.keep_task_workdirs = keep_task_workdirs
         self.log_dir = log_dir
         self.workers: list[Worker] = []
         self._by_fd: dict[int, Worker] = {}
@@ -138,24 +162,31 @@ class WorkerPool:
         except OSError:
             log.warning("worker %d (pid %d) is gone; its tasks come back with the next read", worker.index, worker.pid)
 
-    def read(self, worker: Worker) -> tuple[list[Result], bool]:
-        """Results the worker has written since the last read, and whether it has died."""
+    def read(self, worker: Worker) -> tuple[list[Result], list[TaskStarted], bool]:
+        """Results and task starts the worker has written since the last read, and whether it has died."""
         try:
             chunk = os.read(worker.from_worker, 1 << 20)
         except BlockingIOError:
-            return [], False
+            return [], [], False
         except OSError:
             chunk = b""
         if not chunk:
-            return [], True
+            return [], [], True
         results: list[Result] = []
+        started: list[TaskStarted] = []
         try:
             for frame in worker.reader.feed(chunk):
-                results.extend(unpack_as(frame, ResultBatch).results)
+                message = unpack(frame)
+                if isinstance(message, ResultBatch):
+                    results.extend(message.results)
+                elif isinstance(message, TaskEvents):
+                    started.extend(message.started)
+                else:
+                    raise ValueError(f"unexpected {type(message).__name__}")
         except (ProtocolError, ValueError) as exc:
             log.error("worker %d sent a bad frame (%s); replacing it", worker.index, exc)
-            return self._settle(worker, results), True
-        return self._settle(worker, results), False
+            return self._settle(worker, results), started, True
+        return self._settle(worker, results), started, False
 
     def _settle(self, worker: Worker, results: list[Result]) -> list[Result]:
         """Drop answered tasks from the worker's assignment (results arrive in order)."""
@@ -235,6 +266,11 @@ class WorkerPool:
             str(self.max_result_bytes),
             "--worker-id",
             str(index),
+            "--max-output-bytes",
+            str(self.max_output_bytes),
+            "--task-workdir",
+            str(self.task_workdir),
+            *(["--keep-task-workdirs"] if self.keep_task_workdirs else []),
         ]
         output = subprocess.DEVNULL if self.log_dir is None else open(self.log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115
         try:

@@ -1,10 +1,13 @@
 """The worker process: reads task batches from its manager's pipe and runs them one by one.
 
 Results go back in small batches: a result waits at most `FLUSH_AFTER_S` (a background thread
-flushes it even while the next task runs), and all are flushed when the batch is done. So that the
+flushes it even while the next task runs), and all are flushed when the batch is done. A task's
+start is reported (a `TaskEvents` frame) once it has run `REPORT_START_AFTER_S`; a shorter task
+is reported by its result alone. So that the
 manager knows exactly which task a dead worker was running, the worker writes the id of the task
 it is running into a 16-byte shared-memory *slot* (zeros between tasks): a task is blamed for a
-death only if it was in that slot.
+death only if it was in that slot. Each task runs in its own working directory, environment and
+output files (`surroundings.py`).
 
 Cancellation: the manager writes a `CancelTasks` frame to the worker's pipe naming tasks of its
 batch. Before starting each task (after putting it in the slot) the worker reads such frames
@@ -20,6 +23,7 @@ Started by the manager as ``python -m taskfabric.manager.worker --fd-in R --fd-o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import mmap
 import os
 import platform
@@ -29,18 +33,42 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from taskfabric.errors import ErrorCode, ProtocolError
 from taskfabric.manager.execution import TaskRunner
 from taskfabric.manager.frames import read_frame, write_frame
-from taskfabric.protocol import CancelTasks, Result, ResultBatch, Task, TaskBatch, TaskError, pack, unpack
+from taskfabric.manager.surroundings import TaskSurroundings
+from taskfabric.protocol import (
+    CancelTasks,
+    Result,
+    ResultBatch,
+    Task,
+    TaskBatch,
+    TaskError,
+    TaskEvents,
+    TaskStarted,
+    pack,
+    unpack,
+)
 
-__all__ = ["EXIT_CANCELLED", "FLUSH_AFTER_S", "CancelWatch", "ResultWriter", "RunningSlot", "main", "serve"]
+__all__ = [
+    "EXIT_CANCELLED",
+    "FLUSH_AFTER_S",
+    "REPORT_START_AFTER_S",
+    "CancelWatch",
+    "ResultWriter",
+    "RunningSlot",
+    "main",
+    "serve",
+]
 
 #: the longest a finished result waits in the worker before it is sent
 FLUSH_AFTER_S = 0.001
+#: a task's start is reported once it has run this long (a shorter task is reported by its result)
+REPORT_START_AFTER_S = 0.01
 #: a worker ending itself because its running task was cancelled exits like SIGTERM's default
 EXIT_CANCELLED = 128 + signal.SIGTERM
 _EMPTY = bytes(16)
@@ -64,35 +92,56 @@ class RunningSlot:
 
 
 class ResultWriter:
-    """Buffers results and writes them as one frame, at the latest `flush_after_s` after the first."""
+    """Buffers results and writes them as one frame, at the latest `flush_after_s` after the first.
 
-    def __init__(self, fd: int, flush_after_s: float = FLUSH_AFTER_S) -> None:
+    The start of the running task is written (as a `TaskEvents` frame) once the task has run
+    `report_start_after_s`; a task that finishes sooner is reported by its result alone, so short
+    tasks cost no extra message anywhere on the way to the forwarder. Noting a start costs the
+    running thread nothing but an assignment: the flusher thread is woken only when it sleeps with
+    nothing to wait for (once per batch), never once per task."""
+
+    def __init__(
+        self, fd: int, flush_after_s: float = FLUSH_AFTER_S, report_start_after_s: float = REPORT_START_AFTER_S
+    ) -> None:
         self._fd = fd
         self._flush_after_s = flush_after_s
+        self._report_start_after_s = report_start_after_s
         self._buffer: list[Result] = []
+        #: the running task's start, not reported yet, and when it is due (monotonic)
+        self._start: tuple[TaskStarted, float] | None = None
         self._oldest = 0.0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._idle = False  # the flusher waits with nothing to wait for
         self._closed = False
         threading.Thread(target=self._flush_aged, name="result-flusher", daemon=True).start()
 
     def add(self, result: Result) -> None:
         with self._lock:
+            if self._start is not None and self._start[0].task_id == result.task_id:
+                self._start = None
             if not self._buffer:
                 self._oldest = time.monotonic()
                 self._wake.set()
             self._buffer.append(result)
 
+    def started(self, event: TaskStarted) -> None:
+        with self._lock:
+            self._start = (event, time.monotonic() + self._report_start_after_s)
+            if self._idle:
+                self._idle = False
+                self._wake.set()
+
     def flush(self) -> None:
         with self._lock:
-            self._write_locked()
+            self._write_locked(time.monotonic(), results=True)
 
     def try_flush(self, timeout_s: float) -> None:
         """Flush unless the lock stays taken for `timeout_s` (from a signal handler, which may
         have interrupted this very thread while it held the lock)."""
         if self._lock.acquire(timeout=timeout_s):
             try:
-                self._write_locked()
+                self._write_locked(time.monotonic(), results=True)
             except OSError:
                 pass
             finally:
@@ -103,27 +152,33 @@ class ResultWriter:
         self._closed = True
         self._wake.set()
 
-    def _write_locked(self) -> None:
-        if self._buffer:
+    def _write_locked(self, now: float, *, results: bool) -> None:
+        if self._start is not None and self._start[1] <= now:
+            event, self._start = self._start[0], None
+            write_frame(self._fd, pack(TaskEvents(started=[event])))
+        if results and self._buffer:
             batch, self._buffer = self._buffer, []
             write_frame(self._fd, pack(ResultBatch(results=batch)))
 
+    def _wait_locked(self, now: float) -> float | None:
+        """How long the flusher may sleep (None: until woken)."""
+        due = [self._oldest + self._flush_after_s] if self._buffer else []
+        if self._start is not None:
+            due.append(self._start[1])
+        return max(min(due) - now, 0.0002) if due else None
+
     def _flush_aged(self) -> None:
         while not self._closed:
-            self._wake.wait()
+            with self._lock:
+                now = time.monotonic()
+                try:
+                    self._write_locked(now, results=bool(self._buffer) and now >= self._oldest + self._flush_after_s)
+                except OSError:
+                    return  # the manager is gone; the main thread finds out too
+                wait_s = self._wait_locked(now)
+                self._idle = wait_s is None
+            self._wake.wait(wait_s)
             self._wake.clear()
-            while not self._closed:
-                with self._lock:
-                    if not self._buffer:
-                        break
-                    wait_s = self._oldest + self._flush_after_s - time.monotonic()
-                    if wait_s <= 0:
-                        try:
-                            self._write_locked()
-                        except OSError:
-                            return  # the manager is gone; the main thread finds out too
-                        break
-                time.sleep(max(wait_s, 0.0002))
 
 
 class CancelWatch:
@@ -186,7 +241,9 @@ class CancelWatch:
             os._exit(EXIT_CANCELLED)
 
 
-def serve(fd_in: int, writer: ResultWriter, runner: TaskRunner, slot: RunningSlot) -> None:
+def serve(
+    fd_in: int, writer: ResultWriter, runner: TaskRunner, slot: RunningSlot, surroundings: TaskSurroundings
+) -> None:
     """Run batches from `fd_in` until it closes."""
     watch = CancelWatch(fd_in, writer)
     watch.install()
@@ -203,14 +260,25 @@ def serve(fd_in: int, writer: ResultWriter, runner: TaskRunner, slot: RunningSlo
         if batch.client_python:
             runner.client_python = batch.client_python
         runner.add_functions(batch.functions)
-        for task in batch.tasks:
-            slot.set(task.task_id.bytes)
-            result = runner.run(task) if watch.starting(task.task_id) else _cancelled(task)
-            watch.finished()
-            slot.clear()
-            writer.add(result)
+        with surroundings.batch():
+            for task in batch.tasks:
+                slot.set(task.task_id.bytes)
+                result = _run(task, runner, writer, surroundings) if watch.starting(task.task_id) else _cancelled(task)
+                watch.finished()
+                slot.clear()
+                writer.add(result)
         writer.flush()
         watch.batch_done()
+
+
+def _run(task: Task, runner: TaskRunner, writer: ResultWriter, surroundings: TaskSurroundings) -> Result:
+    """Run one task in its own surroundings (directory, environment, captured output)."""
+    writer.started(TaskStarted(task_id=task.task_id, started_at=time.time()))
+    with surroundings.around(task) as output:
+        result = runner.run(task)
+    if output.stdout or output.stderr:
+        result = dataclasses.replace(result, stdout=output.stdout, stderr=output.stderr)
+    return result
 
 
 def _cancelled(task: Task) -> Result:
@@ -232,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slot", required=True, help="the 16-byte shared-memory file of the running task id")
     parser.add_argument("--max-result-bytes", type=int, required=True)
     parser.add_argument("--worker-id", default="0")
+    parser.add_argument("--max-output-bytes", type=int, default=65536, help="kept of each task's stdout and stderr")
+    parser.add_argument("--task-workdir", type=Path, required=True, help="tasks run in TASK_WORKDIR/<task id>")
+    parser.add_argument("--keep-task-workdirs", action="store_true")
     args = parser.parse_args(argv)
     # The manager decides when workers stop: a scheduler cancelling a job signals every process in
     # it, and a task should be lost once (with its manager), not once more with its worker.
@@ -240,8 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ["TASKFABRIC_WORKER_ID"] = args.worker_id
     writer = ResultWriter(args.fd_out)
+    surroundings = TaskSurroundings(
+        max_output_bytes=args.max_output_bytes, workdir_root=args.task_workdir, keep_workdirs=args.keep_task_workdirs
+    )
     try:
-        serve(args.fd_in, writer, TaskRunner(max_result_bytes=args.max_result_bytes), RunningSlot(args.slot))
+        runner = TaskRunner(max_result_bytes=args.max_result_bytes)
+        serve(args.fd_in, writer, runner, RunningSlot(args.slot), surroundings)
         writer.close()
     except ProtocolError as exc:
         print(f"worker {args.worker_id}: bad frame from the manager: {exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ from typing import Any
 import click
 
 from taskfabric import __version__
+from taskfabric.protocol import TaskStatus
 
 __all__ = ["BenchConfig", "bench", "run_bench"]
 
@@ -231,7 +232,7 @@ def _wait_all_done(
                 outcome = outcomes.get(task_id, {"pending": True})
                 if outcome["pending"]:
                     still.append(task_id)
-                elif outcome.get("status") != "success":
+                elif outcome.get("status") != TaskStatus.SUCCESS:
                     failed += 1
         progress((len(remaining) - len(still)) // 2)
         remaining = still

@@ -17,6 +17,8 @@ __all__ = ["OUTCOME_FIELDS", "Failure", "Outcome", "finished", "outcome_of_failu
 _MESSAGE_LIMIT = 64 * 1024
 _TRACEBACK_LIMIT = 1024 * 1024
 _SHORT_LIMIT = 256
+#: the most characters of each output stream stored (the end is kept: endpoints cut it already)
+_OUTPUT_LIMIT = 1024 * 1024
 _ATTEMPTS_MAX = 2**31 - 1
 
 
@@ -48,6 +50,8 @@ class Outcome:
     started_at: float | None = None
     finished_at: float | None = None
     attempts: int = 0
+    stdout: str | None = None
+    stderr: str | None = None
 
 
 #: the outcome's columns, in the order of `Outcome`'s fields
@@ -63,6 +67,8 @@ def outcome_of_result(endpoint_id: uuid.UUID, result: Result, now: float) -> Out
         "started_at": result.started_at,
         "finished_at": result.finished_at,
         "attempts": max(0, min(_ATTEMPTS_MAX, result.attempts)),
+        "stdout": _output(result.stdout),
+        "stderr": _output(result.stderr),
     }
     error = result.error
     if result.ok or error is None:
@@ -79,6 +85,11 @@ def outcome_of_result(endpoint_id: uuid.UUID, result: Result, now: float) -> Out
         error_exception=error.exception,
         **common,
     )
+
+
+def _output(text: str) -> str | None:
+    """The end of an output stream, storable; None when there was none."""
+    return clean_text(text[-_OUTPUT_LIMIT:], _OUTPUT_LIMIT) or None if text else None
 
 
 def outcome_of_failure(endpoint_id: uuid.UUID, failure: Failure, now: float) -> Outcome:
@@ -123,4 +134,6 @@ def finished(
         started_at=outcome.started_at,
         finished_at=outcome.finished_at,
         attempts=outcome.attempts,
+        stdout=outcome.stdout,
+        stderr=outcome.stderr,
     )

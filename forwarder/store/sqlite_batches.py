@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection
 
-from taskfabric.forwarder.records import NewTask, TaskRecord
+from taskfabric.forwarder.records import NewTask, TaskRecord, TaskStatus
 from taskfabric.forwarder.store._sql import statement_chunks
 from taskfabric.forwarder.store.outcomes import Outcome, finished
 
@@ -20,8 +20,10 @@ __all__ = ["finish_waiting", "insert_waiting"]
 
 _INSERT = (
     "INSERT INTO tasks (task_id, owner_id, endpoint_id, function_id, status, created_at, client_python, attempts,"
-    " task_group_id) VALUES (?, ?, ?, ?, 'waiting', ?, ?, 0, ?)"
+    f" task_group_id) VALUES (?, ?, ?, ?, '{TaskStatus.WAITING.value}', ?, ?, 0, ?)"
 )
+#: the states a result may still finish (waiting, running)
+_PENDING = ", ".join(f"'{status.value}'" for status in TaskStatus if status.pending)
 
 _FINISH_COLUMNS = (
     "status",
@@ -37,17 +39,19 @@ _FINISH_COLUMNS = (
     "started_at",
     "finished_at",
     "attempts",
+    "stdout",
+    "stderr",
 )
 # v.column1 = task id, v.column2 = the claiming endpoint, then the columns above in order
 _FINISH_RETURNING = (
     "UPDATE tasks SET "
     + ", ".join(f"{name} = v.column{index + 3}" for index, name in enumerate(_FINISH_COLUMNS))
     + " FROM (VALUES {values}) AS v"
-    " WHERE tasks.task_id = v.column1 AND tasks.endpoint_id = v.column2 AND tasks.status = 'waiting'"
+    f" WHERE tasks.task_id = v.column1 AND tasks.endpoint_id = v.column2 AND tasks.status IN ({_PENDING})"
     " RETURNING tasks.task_id, tasks.owner_id, tasks.function_id, tasks.created_at, tasks.client_python"
 )
 _ROW_MARKS = "(" + ", ".join("?" * (2 + len(_FINISH_COLUMNS))) + ")"
-#: the most rows per statement: 15 parameters each, well under SQLite's 32,766 limit
+#: the most rows per statement: 17 parameters each, well under SQLite's 32,766 limit
 _FINISH_CHUNK = 512
 
 
@@ -71,10 +75,10 @@ def insert_waiting(
 
 
 def finish_waiting(connection: Connection, outcomes: dict[uuid.UUID, Outcome]) -> list[TaskRecord]:
-    """Store the outcomes of the tasks still waiting on the endpoint that claims them.
+    """Store the outcomes of the tasks still pending (waiting or running) on the endpoint that claims them.
 
     One `UPDATE ... FROM (VALUES ...) RETURNING` per chunk (of a few fixed lengths): SQLite finds each task by its key,
-    updates only those still waiting on that endpoint (a duplicate or another endpoint's claim
+    updates only those still pending on that endpoint (a duplicate or another endpoint's claim
     changes nothing), and hands back what the finished records need."""
     by_hex = {task_id.hex: (task_id, outcome) for task_id, outcome in outcomes.items()}
     ids: dict[str, uuid.UUID] = {}  # few distinct owners/functions: build each UUID once
@@ -125,4 +129,6 @@ def _finish_row(task_hex: str, outcome: Outcome) -> tuple[object, ...]:
         outcome.started_at,
         outcome.finished_at,
         outcome.attempts,
+        outcome.stdout,
+        outcome.stderr,
     )

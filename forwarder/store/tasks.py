@@ -2,6 +2,9 @@
 
 - `insert`: one statement for a whole submit request (an executemany on SQLite, an
   `INSERT ... SELECT FROM unnest(...)` on PostgreSQL).
+- `mark_started`: task starts reported by endpoints move `waiting` tasks to `running` (with
+  `started_at` and the attempt number), and a `running` task to a later attempt; never a finished
+  task, never another endpoint's, and a repeated start changes nothing.
 - `store_results`: results of several broker messages in one transaction. A result for a finished
   task changes nothing (the first outcome wins; duplicates are dropped by task id); a result for a
   task of another endpoint, or an unknown one, is ignored. On SQLite (in-process, no round trips)
@@ -40,15 +43,17 @@ from taskfabric.forwarder.store.outcomes import (
     outcome_of_result,
 )
 from taskfabric.forwarder.store.schema import endpoints, tasks
-from taskfabric.protocol import Result
+from taskfabric.protocol import Result, TaskStarted
 
 __all__ = ["Failure", "TaskTable"]
 
 log = logging.getLogger(__name__)
 
 _WAITING = TaskStatus.WAITING.value
-#: states a task may still leave (a cancel moves only these)
+_RUNNING = TaskStatus.RUNNING.value
+#: the states in which a task may still start, finish, fail or be cancelled
 _PENDING = [status.value for status in TaskStatus if status.pending]
+_ATTEMPTS_MAX = 2**31 - 1
 
 #: the columns needed to describe a task without its outcome
 _HEAD = [
@@ -65,9 +70,22 @@ _FINISH = (
     .where(
         tasks.c.task_id == bindparam("b_task_id"),
         tasks.c.endpoint_id == bindparam("b_endpoint_id"),
-        tasks.c.status == _WAITING,
+        or_(*(tasks.c.status == status for status in _PENDING)),  # no IN: executemany takes no expanding list
     )
     .values({name: bindparam(f"b_{name}") for name in OUTCOME_FIELDS if name != "endpoint_id"})
+)
+
+_START = (
+    tasks.update()
+    .where(
+        tasks.c.task_id == bindparam("b_task_id"),
+        tasks.c.endpoint_id == bindparam("b_endpoint_id"),
+        or_(
+            tasks.c.status == _WAITING,
+            and_(tasks.c.status == _RUNNING, tasks.c.attempts < bindparam("b_attempts")),
+        ),
+    )
+    .values(status=_RUNNING, started_at=bindparam("b_started_at"), attempts=bindparam("b_attempts"))
 )
 
 
@@ -127,6 +145,31 @@ class TaskTable:
             for chunk in statement_chunks(task_ids):
                 connection.execute(tasks.delete().where(tasks.c.task_id.in_(chunk)))
 
+    # --- progress -----------------------------------------------------------------------
+
+    def mark_started(self, batches: Sequence[tuple[uuid.UUID, Sequence[TaskStarted]]]) -> None:
+        """Record task starts reported by endpoints: (endpoint id, its starts) per broker message.
+        Moves `waiting` -> `running`, or a `running` task to a later attempt (see the module docstring)."""
+        latest: dict[uuid.UUID, tuple[uuid.UUID, TaskStarted]] = {}
+        for endpoint_id, started in batches:
+            for event in started:
+                seen = latest.get(event.task_id)
+                if seen is None or event.attempt > seen[1].attempt:
+                    latest[event.task_id] = (endpoint_id, event)
+        if not latest:
+            return
+        params = [
+            {
+                "b_task_id": task_id,
+                "b_endpoint_id": endpoint_id,
+                "b_started_at": event.started_at,
+                "b_attempts": max(1, min(_ATTEMPTS_MAX, event.attempt)),
+            }
+            for task_id, (endpoint_id, event) in latest.items()
+        ]
+        with translate_errors("recording task starts"), self._engine.begin() as connection:
+            connection.execute(_START, params)
+
     # --- outcomes -----------------------------------------------------------------------
 
     def store_results(self, batches: Sequence[tuple[uuid.UUID, Sequence[Result]]], *, now: float) -> list[TaskRecord]:
@@ -165,7 +208,7 @@ class TaskTable:
         now: float,
         endpoint_id: uuid.UUID | None = None,
     ) -> list[TaskRecord]:
-        """Fail the given tasks that are still waiting (only `endpoint_id`'s, when given)."""
+        """Fail the given tasks that are still pending (only `endpoint_id`'s, when given)."""
         ids = list(dict.fromkeys(task_ids))
         with translate_errors("failing tasks"), self._engine.begin() as connection:
             heads = _waiting_heads(connection, ids)
@@ -175,8 +218,8 @@ class TaskTable:
             return _finish_known(connection, heads, outcomes)
 
     def fail_endpoint(self, endpoint_id: uuid.UUID, failure: Failure, *, now: float) -> list[TaskRecord]:
-        """Fail every waiting task of an endpoint (it is being deleted)."""
-        query = select(*_HEAD).where(tasks.c.endpoint_id == endpoint_id, tasks.c.status == _WAITING)
+        """Fail every pending task of an endpoint (it is being deleted)."""
+        query = select(*_HEAD).where(tasks.c.endpoint_id == endpoint_id, tasks.c.status.in_(_PENDING))
         with translate_errors("failing an endpoint's tasks"), self._engine.begin() as connection:
             heads = {row.task_id: _head(row) for row in connection.execute(query)}
             outcomes = {task_id: outcome_of_failure(endpoint_id, failure, now) for task_id in heads}
@@ -379,7 +422,7 @@ def _summary(row: Row[Any]) -> TaskSummary:
 def _waiting_heads(connection: Connection, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TaskRecord]:
     heads: dict[uuid.UUID, TaskRecord] = {}
     for chunk in statement_chunks(task_ids):
-        query = select(*_HEAD).where(tasks.c.task_id.in_(chunk), tasks.c.status == _WAITING)
+        query = select(*_HEAD).where(tasks.c.task_id.in_(chunk), tasks.c.status.in_(_PENDING))
         for row in connection.execute(query):
             heads[row.task_id] = _head(row)
     return heads
@@ -388,7 +431,7 @@ def _waiting_heads(connection: Connection, task_ids: Sequence[uuid.UUID]) -> dic
 def _finish_known(
     connection: Connection, heads: dict[uuid.UUID, TaskRecord], outcomes: dict[uuid.UUID, Outcome]
 ) -> list[TaskRecord]:
-    """Store the outcomes of tasks known to be waiting (with the same guard, for races)."""
+    """Store the outcomes of tasks known to be pending (with the same guard, for races)."""
     if not heads:
         return []
     connection.execute(_FINISH, [_finish_params(task_id, outcomes[task_id]) for task_id in heads])
@@ -413,7 +456,7 @@ def _finish_params(task_id: uuid.UUID, outcome: Outcome) -> dict[str, Any]:
 
 
 def _head(row: Row[Any]) -> TaskRecord:
-    """A waiting task from the `_HEAD` columns."""
+    """A pending task from the `_HEAD` columns (its outcome is all that `finished` needs of it)."""
     return TaskRecord(
         task_id=row.task_id,
         owner_id=row.owner_id,
@@ -448,4 +491,6 @@ def _task(row: Row[Any]) -> TaskRecord:
         finished_at=row.finished_at,
         attempts=row.attempts or 0,
         task_group_id=row.task_group_id,
+        stdout=row.stdout,
+        stderr=row.stderr,
     )

@@ -38,6 +38,9 @@ Messages (type tag -> fields, `?` = optional)
 ``heartbeat``         sent_at
 ``drain``             reason?, deadline_s?
 
+Resource specifications (`resources.py`): the keys a task's `resource_specification` may hold
+(`RESOURCE_KEYS`: num_cores, num_gpus, memory_mb) and their check, shared by client and forwarder.
+
 State vocabularies (`states.py`): `TaskStatus` (waiting, running, success, failed, cancelled) and
 `EndpointState` (online, draining, offline), used by every component and by the HTTP API.
 
@@ -76,11 +79,19 @@ from taskfabric.protocol.messages import (
     TaskStarted,
 )
 from taskfabric.protocol.packer import PROTOCOL_VERSION, pack, unpack, unpack_as
+from taskfabric.protocol.resources import (
+    MAX_RESOURCE_VALUE,
+    RESOURCE_KEYS,
+    check_resource_specification,
+    resource_environment,
+)
 from taskfabric.protocol.states import TERMINAL_TASK_STATES, EndpointState, TaskStatus
 
 __all__ = [
+    "MAX_RESOURCE_VALUE",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
+    "RESOURCE_KEYS",
     "TERMINAL_TASK_STATES",
     "CancelTasks",
     "Drain",
@@ -100,7 +111,9 @@ __all__ = [
     "TaskEvents",
     "TaskStarted",
     "TaskStatus",
+    "check_resource_specification",
     "pack",
+    "resource_environment",
     "unpack",
     "unpack_as",
 ]

@@ -14,8 +14,10 @@ import pytest
 EXPECTED: dict[str, list[str]] = {
     "taskfabric": ["__version__"],
     "taskfabric.protocol": [
+        "MAX_RESOURCE_VALUE",
         "MESSAGE_TYPES",
         "PROTOCOL_VERSION",
+        "RESOURCE_KEYS",
         "TERMINAL_TASK_STATES",
         "CancelTasks",
         "Drain",
@@ -35,7 +37,9 @@ EXPECTED: dict[str, list[str]] = {
         "TaskEvents",
         "TaskStarted",
         "TaskStatus",
+        "check_resource_specification",
         "pack",
+        "resource_environment",
         "unpack",
         "unpack_as",
     ],
@@ -182,6 +186,7 @@ EXPECTED: dict[str, list[str]] = {
         "DeserializationFailed",
         "EndpointDeleted",
         "Executor",
+        "ExecutorOptions",
         "InvalidRequest",
         "ManagerLost",
         "NotFoundError",

@@ -16,6 +16,7 @@ from taskfabric.errors import ErrorCode
 from taskfabric.manager.cancel import CancelBook
 from taskfabric.manager.execution import WORKER_PYTHON, TaskRunner
 from taskfabric.manager.frames import FrameReader, write_frame
+from taskfabric.manager.surroundings import TaskSurroundings
 from taskfabric.manager.worker import ResultWriter, RunningSlot, serve
 from taskfabric.protocol import CancelTasks, FunctionBody, ResultBatch, Task, TaskBatch, pack, unpack_as
 
@@ -95,7 +96,8 @@ def test_the_worker_skips_tasks_of_its_batch_cancelled_before_they_start(tmp_pat
     write_frame(task_write, pack(CancelTasks(task_ids=[second.task_id])))
     os.close(task_write)
     writer = ResultWriter(result_write)
-    serve(task_read, writer, TaskRunner(max_result_bytes=1 << 20), RunningSlot(str(slot_path)))
+    surroundings = TaskSurroundings(max_output_bytes=1000, workdir_root=tmp_path / "tasks")
+    serve(task_read, writer, TaskRunner(max_result_bytes=1 << 20), RunningSlot(str(slot_path)), surroundings)
     writer.close()
     os.close(result_write)
     data = b""

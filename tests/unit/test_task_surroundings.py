@@ -1,0 +1,200 @@
+"""What a task runs in (manager/surroundings.py): output capture of fds 1 and 2 (subprocesses
+included) cut to its end with a note, a working directory per task, and an environment restored
+after each task. Also how a worker reports task starts (worker.ResultWriter)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from taskfabric.manager.frames import FrameReader
+from taskfabric.manager.surroundings import OutputCapture, TaskSurroundings, tail_with_note
+from taskfabric.manager.worker import ResultWriter
+from taskfabric.protocol import Result, ResultBatch, Task, TaskEvents, TaskStarted, unpack
+from taskfabric.testing import wait_until
+
+
+def _task(**fields: object) -> Task:
+    return Task(task_id=uuid.uuid4(), function_id=uuid.uuid4(), payload=b"", **fields)  # type: ignore[arg-type]
+
+
+# --- the truncation helper ----------------------------------------------------------------
+
+
+def test_tail_with_note_keeps_whole_output_untouched() -> None:
+    assert tail_with_note(b"hello\n", 6) == "hello\n"
+    assert tail_with_note(b"", 0) == ""
+
+
+def test_tail_with_note_says_how_much_was_cut() -> None:
+    assert tail_with_note(b"world\n", 12351) == "[... 12345 bytes truncated ...]\nworld\n"
+
+
+def test_tail_with_note_survives_a_cut_inside_a_character() -> None:
+    text = tail_with_note("é!".encode()[1:], 3)  # the cut split the two-byte é
+    assert text == "[... 1 bytes truncated ...]\n\ufffd!"
+
+
+# --- capturing fds 1 and 2 ----------------------------------------------------------------
+
+
+def test_capture_takes_both_fds_including_a_subprocess_and_restores_them() -> None:
+    capture = OutputCapture(1000)
+    try:
+        with capture.capture() as output:
+            os.write(1, b"direct out\n")
+            os.write(2, b"direct err\n")
+            subprocess.run(
+                [sys.executable, "-c", "import sys; print('child out'); print('child err', file=sys.stderr)"],
+                check=True,
+            )
+        assert output.stdout == "direct out\nchild out\n"
+        assert output.stderr == "direct err\nchild err\n"
+        with capture.capture() as second:  # the next task starts from empty files
+            os.write(1, b"next\n")
+        assert (second.stdout, second.stderr) == ("next\n", "")
+    finally:
+        capture.close()
+
+
+def test_capture_keeps_the_end_of_long_output_with_a_note() -> None:
+    capture = OutputCapture(10)
+    try:
+        with capture.capture() as output:
+            os.write(1, b"0123456789" * 5 + b"TAIL")
+        assert output.stdout == "[... 44 bytes truncated ...]\n456789TAIL"
+    finally:
+        capture.close()
+
+
+# --- working directory and environment ----------------------------------------------------
+
+
+def test_each_task_runs_in_its_own_directory_which_is_removed(tmp_path: Path) -> None:
+    root = tmp_path / "tasks"
+    surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=root)
+    before = os.getcwd()
+    seen = []
+    try:
+        with surroundings.batch():
+            for index, task in enumerate((_task(), _task(), _task())):
+                with surroundings.around(task):
+                    seen.append(os.getcwd())
+                    assert os.listdir(".") == []  # fresh and empty, even after a task that wrote
+                    if index == 0:
+                        Path("scratch.txt").write_text("left behind")
+                assert os.getcwd() == before
+                assert not Path(seen[0]).exists()  # the one written into is deleted at once
+        assert len(set(seen)) == 3
+        assert all(Path(path).parent == root.resolve() for path in seen)
+        assert not any(Path(path).exists() for path in seen)
+    finally:
+        surroundings.close()
+    assert list(root.iterdir()) == []
+
+
+def test_workdirs_are_kept_when_configured(tmp_path: Path) -> None:
+    surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=tmp_path, keep_workdirs=True)
+    first, second = _task(), _task()
+    try:
+        with surroundings.batch():
+            with surroundings.around(first):
+                Path("result.dat").write_text("kept")
+            with surroundings.around(second):
+                pass
+    finally:
+        surroundings.close()
+    assert (tmp_path / str(first.task_id) / "result.dat").read_text() == "kept"
+    assert (tmp_path / str(second.task_id)).is_dir()
+
+
+def test_output_is_split_by_task_within_a_batch(tmp_path: Path) -> None:
+    surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=tmp_path)
+    try:
+        with surroundings.batch():
+            with surroundings.around(_task()) as first:
+                os.write(1, b"one\n")
+            with surroundings.around(_task()) as second:
+                os.write(2, b"two\n")
+            with surroundings.around(_task()) as third:
+                pass
+    finally:
+        surroundings.close()
+    assert (first.stdout, first.stderr) == ("one\n", "")
+    assert (second.stdout, second.stderr) == ("", "two\n")
+    assert (third.stdout, third.stderr) == ("", "")
+
+
+def test_environment_is_set_for_the_task_and_restored_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEPT_VALUE", "original")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=tmp_path)
+    task = _task(resource_specification={"num_cores": 3, "memory_mb": 512})
+    path_before = list(sys.path)
+    try:
+        with surroundings.batch(), surroundings.around(task):
+            assert os.environ["TASKFABRIC_TASK_ID"] == str(task.task_id)
+            assert os.environ["TASKFABRIC_NUM_CORES"] == "3" and os.environ["OMP_NUM_THREADS"] == "3"
+            assert os.environ["TASKFABRIC_MEMORY_MB"] == "512"
+            os.environ["SET_BY_TASK"] = "leak"
+            os.environ["KEPT_VALUE"] = "changed"
+            sys.path.insert(0, "/nowhere")
+        assert "SET_BY_TASK" not in os.environ and "TASKFABRIC_TASK_ID" not in os.environ
+        assert "OMP_NUM_THREADS" not in os.environ and "TASKFABRIC_NUM_CORES" not in os.environ
+        assert os.environ["KEPT_VALUE"] == "original"
+        assert sys.path == path_before
+    finally:
+        surroundings.close()
+
+
+# --- task starts from the worker ----------------------------------------------------------
+
+
+def _frames(fd: int) -> list[object]:
+    os.set_blocking(fd, False)
+    try:
+        data = os.read(fd, 1 << 20)
+    except BlockingIOError:
+        return []
+    return [unpack(frame) for frame in FrameReader().feed(data)]
+
+
+def test_a_start_is_reported_once_its_task_has_run_a_while() -> None:
+    read_fd, write_fd = os.pipe()
+    writer = ResultWriter(write_fd, flush_after_s=3600, report_start_after_s=0.0)  # the thread writes it
+    try:
+        slow = uuid.uuid4()
+        writer.started(TaskStarted(task_id=slow, started_at=1.0))
+        frames = wait_until(lambda: _frames(read_fd), timeout_s=10, what="the start written")
+        assert frames == [TaskEvents(started=[TaskStarted(task_id=slow, started_at=1.0)])]
+        writer.add(Result(task_id=slow, ok=True, value=b"1"))
+        writer.flush()
+        (frame,) = _frames(read_fd)
+        assert isinstance(frame, ResultBatch) and [r.task_id for r in frame.results] == [slow]
+    finally:
+        writer.close()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_a_task_that_finishes_before_its_start_is_due_is_reported_by_its_result_alone() -> None:
+    read_fd, write_fd = os.pipe()
+    writer = ResultWriter(write_fd, flush_after_s=3600, report_start_after_s=3600)
+    try:
+        fast = uuid.uuid4()
+        writer.started(TaskStarted(task_id=fast, started_at=2.0))
+        writer.flush()
+        assert _frames(read_fd) == []  # not due yet
+        writer.add(Result(task_id=fast, ok=True, value=b"2"))
+        writer.flush()
+        (frame,) = _frames(read_fd)
+        assert isinstance(frame, ResultBatch) and [r.task_id for r in frame.results] == [fast]
+    finally:
+        writer.close()
+        os.close(read_fd)
+        os.close(write_fd)
