@@ -4,12 +4,15 @@ scrape, the HTTP middleware's route templates, the store runner's error hook, th
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from fastapi import APIRouter, FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -241,3 +244,44 @@ def test_the_store_runner_reports_store_errors() -> None:
     finally:
         runner.close()
     assert [str(error) for error in heard] == ["the database is gone"]
+
+
+# --- docs/monitoring ----------------------------------------------------------------------
+
+MONITORING = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
+_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+
+
+def _exposed_names() -> set[str]:
+    families = ForwarderMetrics().registry.collect()
+    return {family.name + suffix for family in families for suffix in _SUFFIXES[family.type]}
+
+
+def _metric_names(text: str) -> set[str]:
+    return set(re.findall(r"\btaskfabric_[a-z_]+", text))
+
+
+def test_the_alert_rules_use_exposed_metrics() -> None:
+    text = (MONITORING / "alerts.yml").read_text()
+    rules = [rule for group in yaml.safe_load(text)["groups"] for rule in group["rules"]]
+    names = {rule["alert"] for rule in rules}
+    assert {"TaskfabricEndpointOffline", "TaskfabricWaitingTasksGrowing", "TaskfabricTaskErrorRateHigh"} <= names
+    assert {"TaskfabricStoreErrors", "TaskfabricBrokerErrors"} <= names
+    for rule in rules:
+        assert rule["expr"] and rule["labels"]["severity"] and rule["annotations"]["summary"]
+    used = _metric_names(" ".join(rule["expr"] for rule in rules))
+    assert used and used <= _exposed_names(), used - _exposed_names()
+
+
+def test_the_grafana_dashboard_uses_exposed_metrics() -> None:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 30
+    graphs = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+    exprs = [target["expr"] for panel in graphs for target in panel["targets"]]
+    assert all(panel["targets"] and "gridPos" in panel for panel in graphs)
+    used = _metric_names(" ".join(exprs))
+    assert used <= _exposed_names(), used - _exposed_names()
+    # every metric the forwarder defines is on the dashboard
+    shown = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in used}
+    assert shown == {family.name for family in ForwarderMetrics().registry.collect()}
