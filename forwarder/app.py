@@ -18,7 +18,13 @@ from taskfabric.errors import BrokerError
 from taskfabric.forwarder.health import health_router
 from taskfabric.forwarder.http_errors import install_error_handlers
 from taskfabric.forwarder.limits import RequestSizeLimit
-from taskfabric.forwarder.metrics import ForwarderMetrics, HttpMetrics, count_broker_errors, metrics_router
+from taskfabric.forwarder.metrics import (
+    ForwarderMetrics,
+    HttpMetrics,
+    count_broker_errors,
+    log_access,
+    metrics_router,
+)
 from taskfabric.forwarder.routes import router, websocket_router
 from taskfabric.forwarder.service import Forwarder
 from taskfabric.forwarder.settings import ForwarderSettings
@@ -45,6 +51,7 @@ def create_app(settings: ForwarderSettings) -> FastAPI:
             app.state.startup_error = exc  # `serve` re-raises it for a named exit code
             raise
         app.state.forwarder = forwarder
+        log_access(token=settings.metrics_token, host=settings.host)
         try:
             yield
         finally:

@@ -52,6 +52,7 @@ __all__ = [
     "count_broker_errors",
     "error_code_label",
     "is_loopback",
+    "log_access",
     "metrics_router",
     "route_template",
 ]
@@ -311,6 +312,16 @@ def authorize_scrape(*, token: str | None, header: str | None, host: str) -> Non
     scheme, _, offered = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), token.encode()):
         raise AuthenticationError("/metrics needs the metrics token (Authorization: Bearer <metrics_token>)")
+
+
+def log_access(*, token: str | None, host: str) -> None:
+    """Say once, at start, how /metrics may be read (an operator wonders when it answers 404)."""
+    if token is not None:
+        log.info("/metrics needs the metrics token")
+    elif is_loopback(host):
+        log.info("/metrics is open on the loopback address %s (set metrics_token to require a token)", host)
+    else:
+        log.warning("/metrics is disabled: listening on %s without metrics_token", host)
 
 
 metrics_router = APIRouter()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from taskfabric.errors import StoreError
+from taskfabric.forwarder.store.engine import StoreConflict
 
 __all__ = ["StoreRunner"]
 
@@ -24,7 +25,8 @@ class StoreRunner:
     """Executors for store calls, awaitable from the event loop or blocking from other threads."""
 
     def __init__(self, *, read_threads: int = 2, on_error: Callable[[StoreError], None] | None = None) -> None:
-        """`on_error` hears of every `StoreError` a call raises (the metrics count them)."""
+        """`on_error` hears of every `StoreError` a call raises (the metrics count them), except a
+        `StoreConflict`: that is a working store's answer."""
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-write")
         self._readers = concurrent.futures.ThreadPoolExecutor(read_threads, thread_name_prefix="store-read")
         self._on_error = on_error
@@ -50,7 +52,7 @@ class StoreRunner:
         if future.cancelled() or self._on_error is None:
             return
         error = future.exception()
-        if isinstance(error, StoreError):
+        if isinstance(error, StoreError) and not isinstance(error, StoreConflict):
             self._on_error(error)
 
     def close(self) -> None:

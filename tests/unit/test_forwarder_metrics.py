@@ -27,7 +27,7 @@ from taskfabric.forwarder.metrics import (
 )
 from taskfabric.forwarder.records import EndpointRecord, StatusReport, TaskRecord, TaskStatus
 from taskfabric.forwarder.settings import ForwarderSettings
-from taskfabric.forwarder.store import StoreRunner
+from taskfabric.forwarder.store import StoreConflict, StoreRunner
 
 TOKEN = "a-metrics-token-of-32-characters"
 
@@ -285,3 +285,19 @@ def test_the_grafana_dashboard_uses_exposed_metrics() -> None:
     # every metric the forwarder defines is on the dashboard
     shown = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in used}
     assert shown == {family.name for family in ForwarderMetrics().registry.collect()}
+
+
+def test_a_store_conflict_is_not_a_store_error() -> None:
+    """A conflict (a name taken, a retried submission) is an answer of a working store."""
+    heard: list[StoreError] = []
+    runner = StoreRunner(read_threads=1, on_error=heard.append)
+
+    def conflict() -> None:
+        raise StoreConflict("endpoint name taken")
+
+    try:
+        with pytest.raises(StoreConflict):
+            runner.write_blocking(conflict)
+    finally:
+        runner.close()
+    assert heard == []
