@@ -74,7 +74,8 @@ async def _store_answers(forwarder: Forwarder) -> bool:
     return True
 
 
-health_router = APIRouter()
+# operations routes, not API v1: outside the OpenAPI description (like /metrics)
+health_router = APIRouter(include_in_schema=False)
 
 
 @health_router.get("/healthz")

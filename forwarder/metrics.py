@@ -327,7 +327,7 @@ def log_access(*, token: str | None, host: str) -> None:
 metrics_router = APIRouter()
 
 
-@metrics_router.get("/metrics", include_in_schema=True, response_class=Response)
+@metrics_router.get("/metrics", include_in_schema=False, response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics (text exposition format); needs the metrics token when one is set."""
     forwarder: Forwarder = request.app.state.forwarder
