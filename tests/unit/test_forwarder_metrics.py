@@ -14,11 +14,13 @@ import httpx
 import pytest
 import yaml
 from fastapi import APIRouter, FastAPI
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskfabric.errors import AuthenticationError, ConfigError, ErrorCode, NotFoundError, StoreError
 from taskfabric.forwarder.metrics import (
     METRICS_DISABLED,
+    BatchHistogram,
     ForwarderMetrics,
     HttpMetrics,
     authorize_scrape,
@@ -301,3 +303,23 @@ def test_a_store_conflict_is_not_a_store_error() -> None:
     finally:
         runner.close()
     assert heard == []
+
+
+def test_batch_histogram_buckets_like_prometheus() -> None:
+    """`le` buckets are cumulative and inclusive; negative values (clock skew) count as 0."""
+    registry = CollectorRegistry()
+    histogram = BatchHistogram("taskfabric_test_seconds", "a test", "hop", (0.01, 0.025, 1.0))
+    registry.register(histogram)
+    histogram.observe_many("run", [0.01, 0.011, -1.0, 20000.0])
+    histogram.observe_many("run", [])
+    histogram.observe_many("queued", [0.5])
+    samples = {
+        (sample.name, sample.labels.get("hop"), sample.labels.get("le")): sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    bucket = "taskfabric_test_seconds_bucket"
+    assert [samples[bucket, "run", le] for le in ("0.01", "0.025", "1.0", "+Inf")] == [2, 3, 3, 4]
+    assert samples["taskfabric_test_seconds_count", "run", None] == 4
+    assert samples["taskfabric_test_seconds_sum", "run", None] == pytest.approx(20000.021)
+    assert [samples[bucket, "queued", le] for le in ("0.01", "0.025", "1.0", "+Inf")] == [0, 0, 1, 1]
