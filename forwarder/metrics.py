@@ -232,15 +232,21 @@ class ForwarderMetrics:
             counts = await forwarder.runner.read(forwarder.store.tasks.pending_counts)
             records = await forwarder.runner.read(forwarder.store.endpoints.list)
             self._counts_read_at = now
-            self.set_task_counts(counts)
+            self.set_task_counts(counts, endpoints=[record.endpoint_id for record in records])
             reports = {record.endpoint_id: forwarder.ingestor.statuses.latest(record.endpoint_id) for record in records}
             self.set_endpoints(
                 records, reports, now=time.time(), offline_after_s=forwarder.settings.endpoint_offline_after_s
             )
 
-    def set_task_counts(self, counts: Mapping[tuple[uuid.UUID, TaskStatus], int]) -> None:
+    def set_task_counts(
+        self, counts: Mapping[tuple[uuid.UUID, TaskStatus], int], *, endpoints: Iterable[uuid.UUID] = ()
+    ) -> None:
+        """Replace the unfinished-task gauges: `counts`, and 0 for the other `endpoints`."""
         self.waiting.clear()
         self.running.clear()
+        for endpoint_id in endpoints:
+            self.waiting.labels(str(endpoint_id)).set(0)
+            self.running.labels(str(endpoint_id)).set(0)
         for (endpoint_id, status), count in counts.items():
             gauge = self.waiting if status is TaskStatus.WAITING else self.running
             gauge.labels(str(endpoint_id)).set(count)

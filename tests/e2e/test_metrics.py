@@ -17,6 +17,7 @@ from prometheus_client.samples import Sample
 
 from taskfabric.client import Executor
 from taskfabric.exit_codes import RET_OK
+from taskfabric.testing import unique_name
 
 Fabric = Any  # the `metered_fabric` fixture of tests/e2e/conftest.py
 
@@ -83,7 +84,8 @@ def test_counters_match_the_workload_exactly(metered_fabric: Fabric, workload: t
     for hop in ("queued", "dispatch", "run", "return"):
         assert _value(samples, "taskfabric_task_hop_seconds_count", hop=hop) == total
     # state at scrape time: nothing left waiting; the endpoint online with its 2 workers
-    assert (_value(samples, "taskfabric_tasks_waiting", endpoint=endpoint) or 0) == 0
+    assert _value(samples, "taskfabric_tasks_waiting", endpoint=endpoint) == 0
+    assert _value(samples, "taskfabric_tasks_running", endpoint=endpoint) == 0
     assert _value(samples, "taskfabric_endpoint_online", endpoint=endpoint) == 1
     assert _value(samples, "taskfabric_endpoints_online") == 1
     busy = _value(samples, "taskfabric_workers", endpoint=endpoint, state="busy")
@@ -138,3 +140,25 @@ def test_forwarder_status_json(metered_fabric: Fabric) -> None:
         "ready": True,
         "checks": {"store": "ok", "broker": "ok"},
     }
+
+
+def test_waiting_tasks_of_an_offline_endpoint_and_their_cancellation(metered_fabric: Fabric) -> None:
+    """Tasks for an endpoint whose agent never started wait (a gauge read from the store); once
+    cancelled they are counted as such and wait no longer."""
+    with metered_fabric.client() as client:
+        parked = client.register_endpoint(unique_name("parked"))["endpoint_id"]
+        function_id = client.register_function(double)
+        batch = client.create_batch()
+        for i in range(5):
+            batch.add(function_id, i)
+        task_ids = client.batch_run(parked, batch)
+        samples = _samples(_scrape(metered_fabric))
+        assert _value(samples, "taskfabric_tasks_submitted_total", endpoint=parked) == 5
+        assert _value(samples, "taskfabric_tasks_waiting", endpoint=parked) == 5
+        assert _value(samples, "taskfabric_endpoint_online", endpoint=parked) == 0
+        assert _value(samples, "taskfabric_workers", endpoint=parked, state="idle") == 0
+        assert all(client.cancel(task_ids).values())
+        samples = _samples(_scrape(metered_fabric))
+        assert _value(samples, "taskfabric_tasks_cancelled_total", endpoint=parked) == 5
+        assert _value(samples, "taskfabric_tasks_waiting", endpoint=parked) == 0
+        assert _value(samples, "taskfabric_tasks_completed_total", endpoint=parked) is None

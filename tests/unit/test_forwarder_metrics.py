@@ -153,6 +153,11 @@ def test_task_counts_replace_the_previous_ones() -> None:
     assert _value(metrics, "taskfabric_tasks_waiting", endpoint=str(first)) is None
     assert _value(metrics, "taskfabric_tasks_running", endpoint=str(first)) is None
     assert _value(metrics, "taskfabric_tasks_waiting", endpoint=str(second)) == 1
+    # registered endpoints without unfinished tasks show 0 (not a missing series)
+    metrics.set_task_counts({(second, TaskStatus.RUNNING): 4}, endpoints=[first, second])
+    assert _value(metrics, "taskfabric_tasks_waiting", endpoint=str(first)) == 0
+    assert _value(metrics, "taskfabric_tasks_waiting", endpoint=str(second)) == 0
+    assert _value(metrics, "taskfabric_tasks_running", endpoint=str(second)) == 4
 
 
 def test_error_code_labels_are_bounded() -> None:
