@@ -1,5 +1,6 @@
 """The forwarder's metrics as domain logic: what each hook counts, the bounded labels, who may
-scrape, the HTTP middleware's route templates, the store runner's error hook, the settings."""
+scrape, the HTTP middleware's route templates, the store runner's error hook, the settings,
+the monitoring files, and readiness (which part is named when it fails)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskfabric.errors import AuthenticationError, ConfigError, ErrorCode, NotFoundError, StoreError
+from taskfabric.forwarder.health import check_readiness
 from taskfabric.forwarder.metrics import (
     METRICS_DISABLED,
     BatchHistogram,
@@ -30,6 +34,7 @@ from taskfabric.forwarder.metrics import (
 from taskfabric.forwarder.records import EndpointRecord, StatusReport, TaskRecord, TaskStatus
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import StoreConflict, StoreRunner
+from taskfabric.transport import MemoryBroker, MemoryTransport
 
 TOKEN = "a-metrics-token-of-32-characters"
 
@@ -328,3 +333,52 @@ def test_batch_histogram_buckets_like_prometheus() -> None:
     assert samples["taskfabric_test_seconds_count", "run", None] == 4
     assert samples["taskfabric_test_seconds_sum", "run", None] == pytest.approx(20000.021)
     assert [samples[bucket, "queued", le] for le in ("0.01", "0.025", "1.0", "+Inf")] == [0, 0, 1, 1]
+
+
+# --- readiness ----------------------------------------------------------------------------
+
+
+class _Store:
+    def __init__(self, *, fails: bool) -> None:
+        self.fails = fails
+
+    def ping(self) -> None:
+        if self.fails:
+            raise StoreError("connection refused by db.internal:5432")
+
+
+def _forwarder(*, store_fails: bool, broker_up: bool) -> Any:
+    transport = MemoryTransport(MemoryBroker())
+    if broker_up:
+        transport.start()
+    errors: list[StoreError] = []
+    runner = StoreRunner(read_threads=1, on_error=errors.append)
+    return SimpleNamespace(store=_Store(fails=store_fails), runner=runner, broker=SimpleNamespace(transport=transport))
+
+
+@pytest.mark.parametrize(
+    ("store_fails", "broker_up", "checks"),
+    [
+        (False, True, {"store": "ok", "broker": "ok"}),
+        (True, True, {"store": "unavailable", "broker": "ok"}),
+        (False, False, {"store": "ok", "broker": "unavailable"}),
+        (True, False, {"store": "unavailable", "broker": "unavailable"}),
+    ],
+)
+def test_readiness_names_the_part_that_fails(store_fails: bool, broker_up: bool, checks: dict[str, str]) -> None:
+    forwarder = _forwarder(store_fails=store_fails, broker_up=broker_up)
+    try:
+        readiness = asyncio.run(check_readiness(forwarder))
+    finally:
+        forwarder.runner.close()
+        forwarder.broker.transport.close()
+    body = readiness.as_json()
+    assert body == {"ready": not store_fails and broker_up, "checks": checks}
+    assert "db.internal" not in json.dumps(body)  # no error text, no configuration
+
+
+def test_a_forwarder_that_did_not_start_is_not_ready() -> None:
+    assert asyncio.run(check_readiness(None)).as_json() == {
+        "ready": False,
+        "checks": {"store": "unavailable", "broker": "unavailable"},
+    }
