@@ -14,8 +14,17 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from taskfabric import __version__
+from taskfabric.errors import BrokerError
+from taskfabric.forwarder.health import health_router
 from taskfabric.forwarder.http_errors import install_error_handlers
 from taskfabric.forwarder.limits import RequestSizeLimit
+from taskfabric.forwarder.metrics import (
+    ForwarderMetrics,
+    HttpMetrics,
+    count_broker_errors,
+    log_access,
+    metrics_router,
+)
 from taskfabric.forwarder.routes import router, websocket_router
 from taskfabric.forwarder.service import Forwarder
 from taskfabric.forwarder.settings import ForwarderSettings
@@ -29,17 +38,20 @@ _DESCRIPTION = (
 
 
 def create_app(settings: ForwarderSettings) -> FastAPI:
-    """A FastAPI app serving API v1 with a `Forwarder` built from `settings`."""
+    """A FastAPI app serving API v1 with a `Forwarder` built from `settings`, plus /metrics,
+    /healthz and /readyz (see `metrics` and `health`)."""
+    metrics = ForwarderMetrics(cache_s=settings.metrics_cache_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        forwarder = Forwarder(settings)
+        forwarder = Forwarder(settings, metrics=metrics)
         try:
             await forwarder.start()
         except BaseException as exc:
             app.state.startup_error = exc  # `serve` re-raises it for a named exit code
             raise
         app.state.forwarder = forwarder
+        log_access(token=settings.metrics_token, host=settings.host)
         try:
             yield
         finally:
@@ -53,6 +65,10 @@ def create_app(settings: ForwarderSettings) -> FastAPI:
     )
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
+    app.add_middleware(HttpMetrics, metrics=metrics)
+    app.exception_handlers[BrokerError] = count_broker_errors(app.exception_handlers[BrokerError], metrics)
     app.include_router(router)
     app.include_router(websocket_router)
+    app.include_router(health_router)
+    app.include_router(metrics_router)
     return app

@@ -201,6 +201,42 @@ def serve_command(
     serve(settings)
 
 
+@forwarder.command("status")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8470",
+    show_default=True,
+    envvar="TASKFABRIC_URL",
+    help="The forwarder's base URL.",
+)
+@click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True, help="Seconds per request.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+def status_command(url: str, timeout_s: float, as_json: bool) -> None:
+    """Is the forwarder alive (/healthz) and ready (/readyz: store and broker)? Exits 0 when ready,
+    1 when it answers but is not ready, 3 when nothing answers."""
+    from taskfabric.exit_codes import RET_ERROR, RET_STOPPED
+    from taskfabric.forwarder.health import probe_forwarder
+
+    status = probe_forwarder(url, timeout_s=timeout_s)
+    if as_json:
+        click.echo(json.dumps(status))
+    else:
+        click.echo(_status_text(status))
+    if not status["reachable"]:
+        raise SystemExit(RET_STOPPED)
+    if not status["ready"]:
+        raise SystemExit(RET_ERROR)
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    if not status["reachable"]:
+        return f"forwarder {status['url']}: not reachable ({status['error']})"
+    lines = [f"forwarder {status['url']}: {'ready' if status['ready'] else 'NOT READY'}"]
+    lines.append(f"  alive   {'yes' if status['alive'] else 'no'}")
+    lines.extend(f"  {name:<7} {value}" for name, value in sorted(status["checks"].items()))
+    return "\n".join(lines)
+
+
 @forwarder.command("settings")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: a list of {key, type, default, help}.")
 def settings_command(as_json: bool) -> None:

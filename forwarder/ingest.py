@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from taskfabric.broker_config import endpoint_id_of_username
 from taskfabric.errors import ErrorCode, StoreError
 from taskfabric.forwarder.consumers import DeadLetter, Incoming
+from taskfabric.forwarder.metrics import ForwarderMetrics
 from taskfabric.forwarder.records import DeadLetterRecord, StatusReport, TaskRecord
 from taskfabric.forwarder.store import Failure, Store, StoreRunner
 from taskfabric.forwarder.store._sql import clean_text
@@ -116,8 +117,10 @@ class Ingestor:
         on_finished: Callable[[list[TaskRecord]], None],
         batch_messages: int = 64,
         status_flush_s: float = 1.0,
+        metrics: ForwarderMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._runner = runner
         self._transport = transport
         self._forwarder_username = forwarder_username
@@ -200,6 +203,9 @@ class Ingestor:
         for item in items:
             self._transport.ack(item.delivery)
         self.stored_results += len(finished)
+        if self._metrics is not None:
+            for endpoint_id, results in batches:
+                self._metrics.results_ingested(endpoint_id, messages=1, results=len(results))
         if finished:
             self._on_finished(finished)
 

@@ -25,6 +25,7 @@ from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FunctionRegistry
 from taskfabric.forwarder.ingest import Ingestor
+from taskfabric.forwarder.metrics import ForwarderMetrics
 from taskfabric.forwarder.records import Identity, TaskRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreRunner
@@ -41,8 +42,9 @@ log = logging.getLogger(__name__)
 class Forwarder:
     """The running service's parts. Create, `await start()`, use, `await stop()`."""
 
-    def __init__(self, settings: ForwarderSettings) -> None:
+    def __init__(self, settings: ForwarderSettings, *, metrics: ForwarderMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or ForwarderMetrics(cache_s=settings.metrics_cache_s)
         self.hub = ResultHub()
         self.stream_limits = StreamLimits(
             buffer_bytes=settings.stream_buffer_bytes,
@@ -104,7 +106,7 @@ class Forwarder:
         settings = self.settings
         self.store = await asyncio.to_thread(Store.open, settings.store_url, pool_size=settings.db_read_threads + 2)
         self._cleanups.append(self.store.close)
-        self.runner = StoreRunner(read_threads=settings.db_read_threads)
+        self.runner = StoreRunner(read_threads=settings.db_read_threads, on_error=self.metrics.store_error)
         self._cleanups.append(self.runner.close)
         self.auth = make_provider(settings.auth, self.store.users)
         self._cleanups.append(self.auth.close)
@@ -119,6 +121,7 @@ class Forwarder:
         """The ingest thread, and the result consumers feeding it."""
 
         def on_finished(records: Sequence[TaskRecord]) -> None:  # called on the ingest thread
+            self.metrics.tasks_finished(records)
             loop.call_soon_threadsafe(self.hub.publish, records)
 
         self.ingestor = Ingestor(
@@ -129,6 +132,7 @@ class Forwarder:
             on_finished=on_finished,
             batch_messages=self.settings.ingest_batch_messages,
             status_flush_s=self.settings.status_flush_s,
+            metrics=self.metrics,
         )
         self.ingestor.start()
         self._cleanups.append(self.ingestor.stop)
@@ -147,7 +151,7 @@ class Forwarder:
             broker=self.broker,
             consumers=self.consumers,
             statuses=self.ingestor.statuses,
-            on_failed=self.hub.publish,
+            on_failed=self.finished,
         )
         self._cleanups.append(self.endpoints.close)
         self.tasks = TaskService(
@@ -157,6 +161,7 @@ class Forwarder:
             broker=self.broker,
             endpoints=self.endpoints,
             cache=cache,
+            metrics=self.metrics,
         )
 
     async def stop(self) -> None:
@@ -175,6 +180,11 @@ class Forwarder:
         log.info("forwarder stopped")
 
     # --- services -----------------------------------------------------------------------
+
+    def finished(self, records: Sequence[TaskRecord]) -> None:
+        """Tasks the forwarder finished itself (on the event loop): count them, stream them."""
+        self.metrics.tasks_finished(records)
+        self.hub.publish(records)
 
     async def authenticate(self, token: str | None) -> Identity:
         """The identity of a bearer token (`AuthenticationError` if missing or not accepted)."""

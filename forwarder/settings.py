@@ -31,6 +31,7 @@ _MIB = 1024 * 1024
 #: JSON carries binary values as base64: 4 bytes for every 3, plus the rest of the request
 _BASE64_GROWTH = 4 / 3
 _REQUEST_SLACK_BYTES = 64 * 1024
+_METRICS_TOKEN_MIN_CHARS = 16
 
 
 def default_database_url() -> str:
@@ -183,6 +184,14 @@ class ForwarderSettings:
     )
     ws_max_message_bytes: int = setting(16 * _MIB, help="largest WebSocket message a client may send", min=1024)
     db_read_threads: int = setting(2, help="threads for store reads (writes have one thread)", min=1, max=64)
+    metrics_token: str | None = setting(
+        None,
+        help="bearer token a Prometheus scrape of /metrics must send (at least 16 characters); unset: /metrics "
+        "answers only when `host` is a loopback address (prefer the TASKFABRIC_FORWARDER_METRICS_TOKEN variable)",
+    )
+    metrics_cache_s: float = setting(
+        5.0, help="/metrics reads unfinished-task counts and endpoint states from the store at most this often", min=0
+    )
 
     def __post_init__(self) -> None:
         if self.database_url is None:
@@ -199,6 +208,8 @@ class ForwarderSettings:
             Topology(prefix=self.topology_prefix, delivery_limit=self.delivery_limit)
         except ValueError as exc:
             raise ConfigError(str(exc), key="topology_prefix") from None
+        if self.metrics_token is not None and len(self.metrics_token) < _METRICS_TOKEN_MIN_CHARS:
+            raise ConfigError(f"must be at least {_METRICS_TOKEN_MIN_CHARS} characters long", key="metrics_token")
         _check_url(self.amqp_url, ("amqp", "amqps"), "amqp_url")
         _check_url(self.management_url, ("http", "https"), "management_url")
         if self.endpoint_amqp_url is not None:

@@ -41,6 +41,7 @@ from taskfabric.forwarder.batching import FunctionBodyCache, plan_task_batches
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FORBIDDEN, NOT_FOUND
+from taskfabric.forwarder.metrics import ForwarderMetrics
 from taskfabric.forwarder.records import Identity, NewTask, TaskPage, TaskQuery, TaskRecord
 from taskfabric.forwarder.requests import SubmitRequest
 from taskfabric.forwarder.settings import ForwarderSettings
@@ -83,8 +84,10 @@ class TaskService:
         broker: AdminBrokerLink,
         endpoints: EndpointRegistry,
         cache: FunctionBodyCache,
+        metrics: ForwarderMetrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or ForwarderMetrics()
         self._store = store
         self._runner = runner
         self._broker = broker
@@ -150,6 +153,7 @@ class TaskService:
         try:
             await self._publish(queues, [pack(message) for message in messages])
         except BrokerError as exc:
+            self._metrics.broker_error("publish")
             await self._withdraw([task.task_id for task in new_tasks])
             log.warning("the broker did not confirm %d tasks for endpoint %s: %s", len(new_tasks), endpoint_id, exc)
             raise ServiceError(
@@ -160,6 +164,7 @@ class TaskService:
                 code=BROKER_UNAVAILABLE,
             ) from None
         self.submitted += len(new_tasks)
+        self._metrics.tasks_submitted(endpoint_id, len(new_tasks))
         return [task.task_id for task in new_tasks]
 
     async def _accepted_before(
@@ -207,6 +212,7 @@ class TaskService:
         try:
             await self._announce_cancels(by_endpoint)
         except BrokerError as exc:
+            self._metrics.broker_error("publish")
             log.warning("the broker did not confirm cancellations of %d tasks: %s", len(heads), exc)
             raise ServiceError(
                 f"the broker did not confirm the cancellation in time ({exc}); nothing was cancelled",
@@ -215,6 +221,7 @@ class TaskService:
             ) from None
         moved = await self._runner.write(self._store.tasks.cancel, identity.user_id, list(task_ids), now=time.time())
         cancelled = {record.task_id for record in moved}
+        self._metrics.tasks_finished(moved)
         if moved:
             log.info("%s cancelled %d tasks", identity.username, len(moved))
         return {task_id: task_id in cancelled for task_id in task_ids}, moved

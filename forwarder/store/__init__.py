@@ -57,6 +57,11 @@ class Store:
         """'sqlite' or 'postgresql'."""
         return self.engine.dialect.name
 
+    def ping(self) -> None:
+        """One trivial query: raises `StoreError` when the database does not answer."""
+        with translate_errors("checking the store"), self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1").scalar()
+
     def close(self) -> None:
         self.engine.dispose()
 

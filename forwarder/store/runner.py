@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
+
+from taskfabric.errors import StoreError
+from taskfabric.forwarder.store.engine import StoreConflict
 
 __all__ = ["StoreRunner"]
 
@@ -21,21 +24,36 @@ _R = TypeVar("_R")
 class StoreRunner:
     """Executors for store calls, awaitable from the event loop or blocking from other threads."""
 
-    def __init__(self, *, read_threads: int = 2) -> None:
+    def __init__(self, *, read_threads: int = 2, on_error: Callable[[StoreError], None] | None = None) -> None:
+        """`on_error` hears of every `StoreError` a call raises (the metrics count them), except a
+        `StoreConflict`: that is a working store's answer."""
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-write")
         self._readers = concurrent.futures.ThreadPoolExecutor(read_threads, thread_name_prefix="store-read")
+        self._on_error = on_error
 
     async def write(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Run `fn` on the writer thread and await its result."""
-        return await asyncio.wrap_future(self._writer.submit(fn, *args, **kwargs))
+        return await asyncio.wrap_future(self._watch(self._writer.submit(fn, *args, **kwargs)))
 
     async def read(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Run `fn` on a reader thread and await its result."""
-        return await asyncio.wrap_future(self._readers.submit(fn, *args, **kwargs))
+        return await asyncio.wrap_future(self._watch(self._readers.submit(fn, *args, **kwargs)))
 
     def write_blocking(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """Run `fn` on the writer thread and wait (from a thread that is not the event loop)."""
-        return self._writer.submit(fn, *args, **kwargs).result()
+        return self._watch(self._writer.submit(fn, *args, **kwargs)).result()
+
+    def _watch(self, future: concurrent.futures.Future[_R]) -> concurrent.futures.Future[_R]:
+        if self._on_error is not None:
+            future.add_done_callback(self._report_error)
+        return future
+
+    def _report_error(self, future: concurrent.futures.Future[Any]) -> None:
+        if future.cancelled() or self._on_error is None:
+            return
+        error = future.exception()
+        if isinstance(error, StoreError) and not isinstance(error, StoreConflict):
+            self._on_error(error)
 
     def close(self) -> None:
         """Finish queued calls, then stop the threads."""

@@ -363,6 +363,19 @@ class TaskTable:
         with translate_errors("counting tasks"), self._engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
+    def pending_counts(self) -> dict[tuple[uuid.UUID, TaskStatus], int]:
+        """How many unfinished tasks each endpoint has, by status (one query: for /metrics).
+        Unfinished tasks are those without `completed_at`: `ix_tasks_completed_at` finds them
+        without reading the finished ones."""
+        pending = [status.value for status in TaskStatus if status.pending]
+        query = (
+            select(tasks.c.endpoint_id, tasks.c.status, func.count())
+            .where(tasks.c.completed_at.is_(None), tasks.c.status.in_(pending))
+            .group_by(tasks.c.endpoint_id, tasks.c.status)
+        )
+        with translate_errors("counting unfinished tasks"), self._engine.connect() as connection:
+            return {(row[0], TaskStatus(row[1])): int(row[2]) for row in connection.execute(query)}
+
 
 # --- listings -----------------------------------------------------------------------------
 

@@ -151,3 +151,39 @@ def own_forwarder(broker: BrokerUnderTest, tmp_path: Path, monkeypatch: pytest.M
                 stop_endpoint(name, timeout_s=30)
     finally:
         forwarder.stop()
+
+
+#: the metrics token of the `metered_fabric` forwarder
+METRICS_TOKEN = "metrics-token-of-the-e2e-tests"
+
+
+@pytest.fixture(scope="module")
+def metered_fabric(broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fabric]:
+    """A fabric of the module's own (its metrics count only the module's tasks) whose /metrics
+    needs `METRICS_TOKEN` and reads the store at every scrape; SQLite."""
+    assert broker.management_url, "end-to-end tests need the broker's management API"
+    folder = tmp_path_factory.mktemp("fabric-metered")
+    values = {
+        **FORWARDER_SETTINGS,
+        "database_url": f"sqlite:///{folder / 'fw.db'}",
+        "amqp_url": broker.amqp_url,
+        "management_url": broker.management_url,
+        "topology_prefix": unique_name("e2e-metered"),
+        "metrics_token": METRICS_TOKEN,
+        "metrics_cache_s": 0,
+    }
+    home = folder / "home"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TASKFABRIC_HOME", str(home))
+    settings = ForwarderSettings.from_mapping(values)
+    username = unique_name("researcher")
+    with ForwarderProcess(folder / "forwarder", values) as forwarder:
+        create_user(settings, username)
+        running = Fabric("sqlite", forwarder, settings, home, create_token(settings, username), username)
+        try:
+            yield running
+        finally:
+            for name in running.endpoints:
+                if LocalEndpoint(name).pid() is not None:
+                    stop_endpoint(name, timeout_s=30)
+            patch.undo()
