@@ -11,8 +11,9 @@ Idempotent retries (DESIGN). A broker that did not confirm may still have taken 
 503 cannot promise that nothing will run. A request may carry a `submission_id` (the client's
 idempotency key; `Client` always sends one and retries 503s, timeouts and dropped connections with
 it). Its task ids are then derived from (user, submission id, index): a retry names the same tasks.
-If they are stored already (the first attempt was accepted but its answer was lost), the retry
-returns them and publishes nothing. If they were withdrawn after a 503, the retry stores and
+If they are stored already (the first attempt was accepted but its answer was lost, or the
+forwarder died between storing and publishing them), the retry publishes those still waiting again
+and answers with the same ids. If they were withdrawn after a 503, the retry stores and
 publishes them again under the same ids: a copy the broker did take and the retried copy are one
 task, which the agent's ledger deduplicates while it holds it and whose first result the store
 keeps. So a retry never makes a second task; a task may run twice (at-least-once), and its outcome
@@ -48,7 +49,7 @@ from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreConflict, StoreRunner
 from taskfabric.forwarder.ttl_cache import TTLCache
 from taskfabric.ids import new_uuid4s
-from taskfabric.protocol import CancelTasks, FunctionBody, pack
+from taskfabric.protocol import CancelTasks, FunctionBody, TaskStatus, pack
 
 __all__ = ["BROKER_UNAVAILABLE", "SUBMISSION_CONFLICT", "TaskService", "submission_task_ids"]
 
@@ -139,7 +140,28 @@ class TaskService:
         except StoreConflict:
             if request.submission_id is None:
                 raise
-            return await self._accepted_before(identity, endpoint_id, new_tasks)
+            # stored by an earlier attempt, which may have died before its publish was confirmed:
+            # publish the still-waiting ones again (a copy the broker took is the same task)
+            waiting = await self._accepted_before(identity, endpoint_id, new_tasks)
+            again = [task for task in new_tasks if task.task_id in waiting]
+            if again:
+                await self._publish_or_withdraw(endpoint_id, endpoint.queue_secret, again, bodies, request, now)
+            return task_ids
+        await self._publish_or_withdraw(endpoint_id, endpoint.queue_secret, new_tasks, bodies, request, now)
+        self.submitted += len(new_tasks)
+        self._metrics.tasks_submitted(endpoint_id, len(new_tasks))
+        return task_ids
+
+    async def _publish_or_withdraw(
+        self,
+        endpoint_id: uuid.UUID,
+        queue_secret: str,
+        new_tasks: list[NewTask],
+        bodies: dict[uuid.UUID, FunctionBody],
+        request: SubmitRequest,
+        now: float,
+    ) -> None:
+        """Publish stored tasks; if the broker does not confirm, withdraw them and answer 503."""
         messages = plan_task_batches(
             new_tasks,
             bodies,
@@ -149,7 +171,7 @@ class TaskService:
             submitted_at=now,
             task_group_id=request.task_group_id,
         )
-        queues = self._broker.queues_of(endpoint_id, endpoint.queue_secret)
+        queues = self._broker.queues_of(endpoint_id, queue_secret)
         try:
             await self._publish(queues, [pack(message) for message in messages])
         except BrokerError as exc:
@@ -163,14 +185,12 @@ class TaskService:
                 status=503,
                 code=BROKER_UNAVAILABLE,
             ) from None
-        self.submitted += len(new_tasks)
-        self._metrics.tasks_submitted(endpoint_id, len(new_tasks))
-        return [task.task_id for task in new_tasks]
 
     async def _accepted_before(
         self, identity: Identity, endpoint_id: uuid.UUID, new_tasks: list[NewTask]
-    ) -> list[uuid.UUID]:
-        """A retried submission whose tasks are stored already: the same ids, nothing published."""
+    ) -> set[uuid.UUID]:
+        """A retried submission whose tasks are stored already (409 if they are not the same
+        tasks); returns the ids of those still waiting."""
         task_ids = [task.task_id for task in new_tasks]
         found = await self._runner.read(self._store.tasks.get_many, task_ids)
         same = len(found) == len(task_ids) and all(
@@ -186,8 +206,8 @@ class TaskService:
                 status=409,
                 code=SUBMISSION_CONFLICT,
             )
-        log.info("a retried submission of %d tasks was accepted before: answering with its task ids", len(task_ids))
-        return task_ids
+        log.info("a retried submission of %d tasks was stored before: publishing the waiting ones again", len(task_ids))
+        return {task_id for task_id, record in found.items() if record.status is TaskStatus.WAITING}
 
     async def _publish(self, queues: EndpointQueues, bodies: list[bytes]) -> None:
         """Publish and await every confirm together (the transport bounds each wait too)."""

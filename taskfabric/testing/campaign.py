@@ -51,6 +51,7 @@ ENDPOINT_SETTINGS: dict[str, Any] = {
     "status_period_s": 0.5,
     "drain_timeout_s": 10.0,
     "max_retries_on_system_failure": 2,
+    "consumer_check_period_s": 1.0,
     "scaling": {"workers_per_node": 2, "strategy_period_s": 0.5},
     "provider": {"type": "LocalProvider", "init_blocks": 1, "min_blocks": 1, "max_blocks": 1},
 }
@@ -105,6 +106,7 @@ class Campaign:
             "confirm_timeout_s": 10.0,
             "max_batch_tasks": 3000,
             "auth": {"cache_max_age_s": 1.0},
+            "queue_check_period_s": 2.0,
         }
         self.settings = ForwarderSettings.from_mapping(self.values)
         self.forwarder = ForwarderProcess(folder / "forwarder", self.values).start()

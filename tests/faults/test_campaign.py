@@ -25,6 +25,7 @@ from taskfabric.testing.campaign import Campaign, Fault, assert_no_violation
 from taskfabric.testing.disk import unwritable
 from taskfabric.testing.history import CaseCounts
 from taskfabric.testing.proxy import ProxyMode
+from taskfabric.testing.queues import make_leaderless
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -70,6 +71,30 @@ def test_the_forwarder_killed_and_restarted(campaign: Campaign) -> None:
 
 def test_the_broker_node_killed_and_restarted(campaign: Campaign) -> None:
     counts = campaign.run_case("broker-kill-9", Fault(campaign.node.kill, campaign.node.start, hold_s=2.0))
+    assert_no_violation(counts)
+
+
+def test_the_endpoints_queues_left_leaderless_by_a_broker_crash(campaign: Campaign) -> None:
+    """Issue 9's first case: the queues a crash left without a leader are found and rebuilt; tasks
+    that were in the lost task queue end as TASK_QUEUE_LOST, never pending; results wait on the
+    agent's disk and arrive after the rebuild."""
+    log = campaign.forwarder.log_file
+    endpoint_id = str(campaign.connection().endpoint_id)
+
+    def rebuilds() -> int:
+        return sum(1 for line in log.read_text().splitlines() if "rebuilt the broken" in line and endpoint_id in line)
+
+    before = rebuilds()
+
+    def break_queues() -> None:
+        connection = campaign.connection()
+        for queue in (connection.task_queue, connection.result_queue):
+            make_leaderless(campaign.node, queue)
+
+    def rebuilt() -> None:
+        wait_until(lambda: rebuilds() > before, timeout_s=60, what="the forwarder rebuilding the queues")
+
+    counts = campaign.run_case("queues-leaderless", Fault(break_queues, rebuilt), measure_other=True)
     assert_no_violation(counts)
 
 

@@ -33,6 +33,7 @@ from taskfabric.forwarder import ForwarderSettings, create_token, create_user
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.testing import ForwarderProcess
 from taskfabric.testing import unique_name, wait_until
+from taskfabric.testing.queues import make_leaderless
 
 pytestmark = pytest.mark.slow
 
@@ -48,12 +49,6 @@ ENDPOINT_SETTINGS: dict[str, Any] = {
 
 def echo(x: int) -> int:
     return x
-
-
-def break_queue(node: RabbitNode, queue: str) -> None:
-    """Stop the queue's Raft server: the queue stays declared, without a leader."""
-    reply = node.ctl("eval", f"ra:stop_server(quorum_queues, {{'%2F_{queue}', node()}}).")
-    assert reply.strip() == "ok", reply
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +121,8 @@ def test_a_leaderless_endpoint_queue_is_rebuilt_and_the_endpoint_works_again(
             assert [f.result(timeout=60) for f in [on_victim.submit(echo, i) for i in range(5)]] == list(range(5))
             idle = [round_trip_s(on_bystander) for _ in range(5)]
 
-            break_queue(node, victim.task_queue)
-            break_queue(node, victim.result_queue)
+            make_leaderless(node, victim.task_queue)
+            make_leaderless(node, victim.result_queue)
             # while it is broken and being rebuilt: submissions to the victim are retried by the client
             futures = [on_victim.submit(echo, i) for i in range(50)]
             during = [round_trip_s(on_bystander) for _ in range(10)]
@@ -158,7 +153,7 @@ def test_tasks_lost_with_a_rebuilt_queue_end_as_a_typed_error(
         for i in range(20):
             batch.add(function_id, i)
         queued = client.batch_run(endpoint_id, batch)  # accepted: waiting in the task queue
-        break_queue(node, victim.task_queue)  # ... which the crash destroys with them
+        make_leaderless(node, victim.task_queue)  # ... which the crash destroys with them
         wait_until(
             lambda: "rebuilt the broken task queue" in forwarder.log_file.read_text(), timeout_s=60, what="rebuild"
         )
@@ -194,7 +189,7 @@ def test_the_registration_probe_proves_queues_and_refuses_a_leaderless_one(node:
         link.declare_endpoint_queues(queues)
         link.probe_endpoint_queues(queues, timeout_s=5)
         assert link.transport.queue_depth(queues.task_queue) == link.transport.queue_depth(queues.result_queue) == 0
-        break_queue(node, queues.task_queue)
+        make_leaderless(node, queues.task_queue)
         with pytest.raises(BrokerError):
             link.probe_endpoint_queues(queues, timeout_s=2)
         link.delete_endpoint_queues(queues)
