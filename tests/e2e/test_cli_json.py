@@ -89,11 +89,13 @@ def _arguments(fabric: Fabric, tmp_path: Path) -> dict[tuple[str, ...], list[str
         ("whoami",): [],
         ("task", "list"): [],
         ("task", "status"): [task_id],
+        ("task", "show"): [task_id],
         ("task", "result"): [task_id],
         ("endpoint", "list"): [],
         ("endpoint", "status"): [local_endpoint],
         ("endpoint", "config-keys"): [],
         ("forwarder", "settings"): [],
+        ("forwarder", "status"): ["--url", fabric.url],
         ("admin", "list-users"): ["--database-url", fabric.settings.database_url],
         ("admin", "dead-letters", "list"): ["--database-url", fabric.settings.database_url],
         ("admin", "dead-letters", "show"): [
