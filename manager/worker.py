@@ -22,6 +22,7 @@ Started by the manager as ``python -m taskfabric.manager.worker --fd-in R --fd-o
 
 from __future__ import annotations
 
+import _signal
 import argparse
 import dataclasses
 import mmap
@@ -195,7 +196,9 @@ class CancelWatch:
 
     def install(self) -> None:
         """(Re)install the SIGTERM handler: a task may have replaced it."""
-        if signal.getsignal(signal.SIGTERM) is not self._handler:
+        # `_signal`, the C module under `signal`: its getsignal skips the enum conversion, which
+        # raised and caught a ValueError per call (microseconds on every task)
+        if _signal.getsignal(signal.SIGTERM) is not self._handler:
             signal.signal(signal.SIGTERM, self._handler)
 
     def starting(self, task_id: uuid.UUID) -> bool:
