@@ -178,8 +178,15 @@ def test_tasks_round_trip_through_tls_everywhere(fabric: TlsFabric) -> None:
             with Executor(endpoint_id, client=client) as executor:  # results come over wss://
                 futures = [executor.submit(square, i) for i in range(20)]
                 assert [future.result(timeout=120) for future in futures] == [i * i for i in range(20)]
-        seen = _connections_over_tls(fabric)
         agent = f"taskfabric-agent-{endpoint_id}"
+        # the management API lists a connection only after its next statistics update (seconds)
+        wait_until(
+            lambda: {agent, "taskfabric-forwarder"} <= set(_connections_over_tls(fabric)),
+            timeout_s=30,
+            interval_s=0.5,
+            what="the management API listing the agent's and the forwarder's connections",
+        )
+        seen = _connections_over_tls(fabric)
         assert seen.get(agent) is True, seen
         assert seen.get("taskfabric-forwarder") is True, seen
     finally:
