@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from taskfabric.broker_config import EndpointQueues
+from taskfabric.errors import BrokerError, NotFound
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.records import EndpointRecord
@@ -109,7 +110,7 @@ class QueueDoctor:
     ) -> set[str]:
         confirmed: set[str] = set()
         for name in (queues.task_queue, queues.result_queue, queues.control_queue):
-            if not is_broken(states.get(name)):
+            if not is_broken(states.get(name)) or (name not in states and self._exists(name)):
                 continue
             count = self._sightings.get(name, 0) + 1
             seen[name] = count
@@ -118,6 +119,17 @@ class QueueDoctor:
             else:
                 log.info("queue %s looks broken (%s); checking again before rebuilding it", name, states.get(name))
         return confirmed
+
+    def _exists(self, name: str) -> bool:
+        """Whether a queue the management API did not list exists (the listing lags behind new
+        queues by a statistics interval); a passive declare is authoritative."""
+        try:
+            self._broker.transport.queue_depth(name, timeout_s=5.0)
+        except NotFound:
+            return False
+        except BrokerError:  # cannot tell now: not a reason to rebuild
+            return True
+        return True
 
     def rebuild(self, endpoint: EndpointRecord, queues: EndpointQueues, names: set[str]) -> Rebuild:
         """Delete the named queues of one endpoint and declare them again; consume its results again."""

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from taskfabric.broker_config import Topology, new_queue_secret
+from taskfabric.errors import NotFound
 from taskfabric.forwarder.queue_health import QueueDoctor, is_broken
 from taskfabric.forwarder.records import EndpointRecord
 
@@ -33,6 +34,11 @@ class _Broker:
 
     def queues_of(self, endpoint_id: uuid.UUID, secret: str) -> Any:
         return self.topology.endpoint_queues(endpoint_id, secret)
+
+    def queue_depth(self, name: str, *, timeout_s: float = 10.0) -> int:
+        if name not in self.states:
+            raise NotFound(f"no queue {name!r}")
+        return 0
 
     def delete_queue(self, name: str) -> None:
         self.deleted.append(name)
@@ -107,6 +113,19 @@ def test_a_queue_that_heals_by_itself_is_released_without_a_rebuild() -> None:
     assert doctor.examine([endpoint]) == []
     assert doctor.under_repair == set() and consumers.released == [endpoint.endpoint_id]
     assert broker.deleted == []
+
+
+def test_a_queue_the_listing_does_not_show_yet_is_left_alone() -> None:
+    broker, consumers = _Broker(), _Consumers()
+    doctor = QueueDoctor(broker, consumers, confirmations=1)  # type: ignore[arg-type]
+    endpoint = _endpoint()
+    _healthy(broker, endpoint)
+    queues = broker.queues_of(endpoint.endpoint_id, endpoint.queue_secret)
+    listed = dict(broker.states)
+    del listed[queues.result_queue]  # declared, but not in the management API's listing yet
+    broker.queue_states = lambda: listed  # type: ignore[method-assign]
+    assert doctor.examine([endpoint]) == []
+    assert doctor.under_repair == set() and consumers.quarantined == set()
 
 
 def test_a_missing_queue_is_declared_again() -> None:

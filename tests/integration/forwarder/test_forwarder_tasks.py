@@ -155,8 +155,9 @@ def test_forged_and_misdirected_results_are_not_accepted(
     # then a genuine result of A's own task, and of B's: both land
     endpoint_a.publish_results([_ok(task_a, b"genuine a")])
     endpoint_b.publish_results([_ok(task_b, b"genuine b")])
-    wait_until(lambda: alice.task(task_b)["status"] == "success", what="B's genuine result")
-    wait_until(lambda: alice.task(task_a)["status"] == "success", what="A's genuine result")
+    # bounded waits, generous: on a loaded machine ingest on PostgreSQL took more than 10 s once
+    wait_until(lambda: alice.task(task_b)["status"] == "success", timeout_s=60, what="B's genuine result")
+    wait_until(lambda: alice.task(task_a)["status"] == "success", timeout_s=60, what="A's genuine result")
     assert base64.b64decode(alice.task(task_b)["result"]) == b"genuine b"
     assert base64.b64decode(alice.task(task_a)["result"]) == b"genuine a"
     # the rejected ones were dead-lettered and consumed from there without effect
