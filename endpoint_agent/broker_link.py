@@ -165,16 +165,20 @@ class EndpointBrokerLink:
         control_lost = self._check_control_consumer()
         return self._check_task_consumer() or control_lost
 
+    def _forgotten(self, queue_name: str) -> bool:
+        """Whether the broker counts no consumer on `queue_name` (or no such queue); False when it
+        cannot tell (disconnected: the reconnect subscribes again anyway)."""
+        try:
+            return self.transport.queue_consumers(queue_name, timeout_s=5.0) == 0
+        except NotFound:
+            return True
+        except BrokerError as exc:
+            log.debug("cannot check the consumer of %s: %s", queue_name, exc)
+            return False
+
     def _check_control_consumer(self) -> bool:
         control, queue_name = self._control, self.connection.control_queue
-        if control is None or queue_name is None:
-            return False
-        try:
-            if self.transport.queue_consumers(queue_name, timeout_s=5.0) > 0:
-                return False
-        except NotFound:
-            pass
-        except BrokerError:
+        if control is None or queue_name is None or not self._forgotten(queue_name):
             return False
         self._control = None  # the loop's next subscribe() consumes the control queue again
         control.cancel()
@@ -186,14 +190,7 @@ class EndpointBrokerLink:
             inbox = self._inbox
             if inbox is None or self.paused:
                 return False
-        try:
-            consumers = self.transport.queue_consumers(self.connection.task_queue, timeout_s=5.0)
-        except NotFound:
-            consumers = 0
-        except BrokerError as exc:  # disconnected: the reconnect subscribes again anyway
-            log.debug("cannot check the task consumer: %s", exc)
-            return False
-        if consumers > 0:
+        if not self._forgotten(self.connection.task_queue):
             return False
         with self._lock:
             if self._inbox is not inbox or self.paused:

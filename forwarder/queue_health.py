@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from taskfabric.broker_config import EndpointQueues
@@ -69,21 +69,18 @@ class QueueDoctor:
         consumers: ResultConsumers,
         *,
         confirmations: int = 2,
-        on_rebuilt: Callable[[Rebuild], None] | None = None,
     ) -> None:
         if confirmations < 1:
             raise ValueError("confirmations must be at least 1")
         self._broker = broker
         self._consumers = consumers
         self._confirmations = confirmations
-        self._on_rebuilt = on_rebuilt
         #: queue name -> times in a row it was seen broken
         self._sightings: dict[str, int] = {}
         #: endpoints with a queue seen broken and not rebuilt yet: submits to them are refused with
         #: 503 (the client retries) instead of publishing into a queue that would make the broker
         #: close the forwarder's connection, and their results are not consumed meanwhile
         self.under_repair: set[uuid.UUID] = set()
-        self.rebuilt = 0
 
     def examine(self, endpoints: Iterable[EndpointRecord]) -> list[Rebuild]:
         """One pass over the endpoints' queues; returns what was rebuilt."""
@@ -142,13 +139,10 @@ class QueueDoctor:
         self._consumers.release(endpoint)
         self.under_repair.discard(endpoint.endpoint_id)
         rebuild = Rebuild(endpoint.endpoint_id, task_queue=queues.task_queue in names, result_queue=result_too)
-        self.rebuilt += 1
         kinds = [
             kind
             for kind, hit in (("task", rebuild.task_queue), ("result", result_too), ("control", control_too))
             if hit
         ]
         log.warning("rebuilt the broken %s queue of endpoint %s", " and ".join(kinds), endpoint.endpoint_id)
-        if self._on_rebuilt is not None:
-            self._on_rebuilt(rebuild)
         return rebuild

@@ -64,13 +64,6 @@ class EndpointTable:
                 endpoints.update().where(endpoints.c.endpoint_id == endpoint_id).values(queue_rebuilt_at=at)
             )
 
-    def queue_rebuilt_at(self, endpoint_id: uuid.UUID) -> float | None:
-        with translate_errors("reading an endpoint"), self._engine.connect() as connection:
-            value = connection.execute(
-                select(endpoints.c.queue_rebuilt_at).where(endpoints.c.endpoint_id == endpoint_id)
-            ).scalar()
-            return float(value) if value is not None else None
-
     def get(self, endpoint_id: uuid.UUID) -> EndpointRecord | None:
         with translate_errors("reading an endpoint"), self._engine.connect() as connection:
             row = connection.execute(select(endpoints).where(endpoints.c.endpoint_id == endpoint_id)).first()
