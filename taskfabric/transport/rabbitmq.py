@@ -201,13 +201,17 @@ class RabbitTransport(Transport):
         heartbeat_s: int = 30,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 5.0,
+        connect_timeout_s: float = 10.0,
     ) -> None:
         self._url = url
         self._params = pika.URLParameters(url)
         self._params.heartbeat = heartbeat_s
         self._params.blocked_connection_timeout = max(60.0, 2.0 * heartbeat_s)
         self._params.connection_attempts = 1
-        self._params.socket_timeout = 5.0
+        self._params.socket_timeout = min(5.0, connect_timeout_s)
+        # bounds TCP + TLS + AMQP handshake: a peer that never answers fails the attempt in time
+        self._params.stack_timeout = connect_timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._params.client_properties = {"connection_name": connection_name}
         self._params.ssl_options = _ssl_options(self._params, url, ssl_context)
         self._confirm_timeout_s = confirm_timeout_s
@@ -275,7 +279,8 @@ class RabbitTransport(Transport):
             return
         self._closing = True
         self._call_soon(self._shutdown)
-        self._thread.join(timeout=10.0)
+        # an opening connection is left to finish or time out (see _shutdown): allow for that
+        self._thread.join(timeout=self._connect_timeout_s + 5.0)
         self._fail_everything(BrokerUnavailable("the transport is closed"))
 
     @wrap_with_logs
@@ -307,6 +312,9 @@ class RabbitTransport(Transport):
         )
 
     def _on_connection_open(self, connection: Any) -> None:
+        if self._closing:  # closed while it was opening: now it can be closed cleanly
+            connection.close()
+            return
         log.info("connected to %s", redact_url(self._url))
         self._attempt = 0
         self._last_error = None
@@ -357,12 +365,17 @@ class RabbitTransport(Transport):
             self._ioloop.remove_timeout(self._sweep_timer)
             self._sweep_timer = None
         connection = self._connection
-        if connection is not None and (connection.is_open or connection.is_opening):
+        if connection is not None and connection.is_open:
             try:
                 connection.close()
                 return  # _on_connection_closed stops the loop
             except pika.exceptions.ConnectionWrongStateError:
                 pass
+        if connection is not None and not (connection.is_closed or connection.is_closing):
+            # Still opening. pika's close() during the handshake trips an assertion in its
+            # connection workflow, so let the attempt end by itself: the open and open-error
+            # callbacks see _closing and stop the loop, and stack_timeout bounds the wait.
+            return
         self._ioloop.stop()
 
     def _fail_everything(self, error: BrokerError) -> None:

@@ -172,3 +172,30 @@ def test_broker_cli_status_of_a_stopped_node(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["broker", "status", "--dir", str(tmp_path / "nothing")])
     assert result.exit_code == RET_STOPPED
     assert "not running" in result.output
+
+
+def test_a_transport_closed_while_its_connection_is_opening_shuts_down_cleanly() -> None:
+    """A peer that accepts TCP and never speaks AMQP keeps the connection 'opening'; closing the
+    transport then must stop its I/O thread without an exception (the thread once raised
+    AttributeError there, and pytest reports an exception in any thread as an error)."""
+    import socket
+
+    from taskfabric.errors import BrokerUnavailable
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
+    port = silent.getsockname()[1]
+    transport = RabbitTransport(f"amqp://u:p@127.0.0.1:{port}/%2F", backoff_max_s=1.0, connect_timeout_s=3.0)
+    try:
+        with pytest.raises(BrokerUnavailable):
+            transport.start(wait_s=1.0)  # times out while opening, then closes the transport
+        wait_until(lambda: bool(accepted), timeout_s=5, what="the TCP connection")
+        assert transport._thread is not None
+        transport._thread.join(timeout=10)
+        assert not transport._thread.is_alive()
+        assert not transport.connected
+    finally:
+        for conn in accepted:
+            conn.close()
+        silent.close()
