@@ -1,4 +1,4 @@
-"""What a task runs in, inside a worker: its own output files, working directory and environment.
+"""What a task runs in, inside a worker: its own output files, a clean working directory and environment.
 
 For each task the worker:
 
@@ -6,15 +6,17 @@ For each task the worker:
   redirected once per batch of tasks and emptied before each task), so everything the task writes
   — `print`, C extensions, subprocesses it starts — lands there; after the task it reads back the
   last `max_output_bytes` of each (with a `[... N bytes truncated ...]` note first when cut);
-- gives the task a fresh, empty directory `<workdir_root>/<task_id>` as its current directory, and
-  removes it afterwards (unless `keep_workdirs`). On local and shared filesystems alike creating
-  and deleting a directory costs up to a millisecond, far more than a short task: so a directory a
-  task left empty is renamed to the next task's name (a rename is ~20 us), and to a hidden spare
-  name at the end of the batch; only a directory the task wrote into is deleted;
+- runs the task in the worker's own directory, `<workdir_root>/worker-<host>-<pid>`, which is
+  empty when each task starts. A task that leaves files there has its directory renamed to
+  `<workdir_root>/<task id>` at its end and removed (kept with `keep_workdirs`), and the worker
+  makes a fresh one. Creating, renaming and deleting directories costs far more than a short
+  task (up to milliseconds on shared filesystems), so a task that writes nothing costs one
+  directory listing of an empty folder;
 - sets `TASKFABRIC_TASK_ID` and the variables of the task's resource specification
   (`resource_environment`), and afterwards restores `os.environ`, `sys.path`, `sys.stdout`,
   `sys.stderr` and the current directory exactly as they were, so nothing one task changes leaks
-  into the next. The environment is compared and restored on CPython's raw bytes mapping behind
+  into the next. Redirecting the fds and entering the directory happen once per worker
+  (`active`), not per task or batch. The environment is compared and restored on CPython's raw bytes mapping behind
   `os.environ` (a C-level copy and compare; decoding every variable cost more than a short task).
 """
 
@@ -25,6 +27,7 @@ import dataclasses
 import fcntl
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -84,20 +87,27 @@ class OutputCapture:
             os.close(saved[0])
             os.close(saved[1])
 
-    @contextlib.contextmanager
-    def task(self) -> Iterator[CapturedOutput]:
-        """One task's output, inside `redirected`; the yielded object is filled at the block's end."""
-        output = CapturedOutput()
+    def start_task(self) -> CapturedOutput:
+        """Empty the files for the next task (inside `redirected`); `end_task` reads its output."""
         _flush_python_streams()
         for index, fd in enumerate(self._fds):
             if self._written[index]:
                 os.ftruncate(fd, 0)
+        return CapturedOutput()
+
+    def end_task(self, output: CapturedOutput) -> None:
+        _flush_python_streams()
+        output.stdout = self._read(0)
+        output.stderr = self._read(1)
+
+    @contextlib.contextmanager
+    def task(self) -> Iterator[CapturedOutput]:
+        """One task's output, inside `redirected`; the yielded object is filled at the block's end."""
+        output = self.start_task()
         try:
             yield output
         finally:
-            _flush_python_streams()
-            output.stdout = self._read(0)
-            output.stderr = self._read(1)
+            self.end_task(output)
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[CapturedOutput]:
@@ -107,7 +117,7 @@ class OutputCapture:
 
     def _read(self, index: int) -> str:
         fd = self._fds[index]
-        total = os.fstat(fd).st_size
+        total = os.lseek(fd, 0, os.SEEK_END)  # the size; cheaper than fstat (writes append anyway)
         self._written[index] = total > 0
         if total == 0:
             return ""
@@ -115,89 +125,123 @@ class OutputCapture:
         return tail_with_note(os.pread(fd, total - start, start), total)
 
 
+@dataclasses.dataclass(slots=True)
+class _TaskScope:
+    """What `TaskSurroundings.enter` saved, for `leave` to restore."""
+
+    task: Task
+    environ: dict[Any, Any]
+    path: list[str]
+    streams: tuple[Any, Any]
+    output: CapturedOutput
+
+
 class TaskSurroundings:
-    """The capture, working directory and environment of each task a worker runs. Use `batch()`
-    around a batch of tasks and `around(task)` around each one."""
+    """The capture, working directory and environment of each task a worker runs. Use `active()`
+    around a worker's whole run and `enter(task)` / `leave(scope)` (or `around(task)`) around each
+    task. Between tasks the process keeps the last task's `TASKFABRIC_*` variables (each task sets
+    its own) and the worker's directory; `active()` restores everything at its end."""
 
     def __init__(self, *, max_output_bytes: int, workdir_root: Path, keep_workdirs: bool = False) -> None:
         self.workdir_root = workdir_root
         self.keep_workdirs = keep_workdirs
         workdir_root.mkdir(parents=True, exist_ok=True)
-        self._spare = str(workdir_root / f".spare-{os.getpid()}")
-        #: an empty directory ready for the next task: the spare, or the last task's (renamed next)
-        self._empty: str | None = None
+        #: the worker's directory: every task starts in it, empty
+        self.workdir = str(workdir_root / f"worker-{socket.gethostname()}-{os.getpid()}")
+        self._workdir_fd: int | None = None
+        #: the environment before any task variable was set
+        self._base_environ: dict[Any, Any] = {}
+        #: the resource variables the last task got (beside TASKFABRIC_TASK_ID)
+        self._resource_variables: dict[str, str] = {}
         self.output = OutputCapture(max_output_bytes)  # in the local temp folder, not a shared one
 
     def close(self) -> None:
         self.output.close()
-        self._park_empty()
+        self._close_workdir()
         with contextlib.suppress(OSError):
-            os.rmdir(self._spare)
+            os.rmdir(self.workdir)
 
     @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Around a batch of tasks: output redirected throughout; the last task's empty directory
-        is renamed away at the end."""
+    def active(self) -> Iterator[None]:
+        """Around the tasks a worker runs: output redirected and the worker's directory current
+        throughout; the process's directory and environment are restored at the end."""
+        saved_cwd = os.getcwd()
+        self._base_environ = _raw_environ().copy()
+        self._resource_variables = {}
         try:
+            self._open_workdir()
             with self.output.redirected():
                 yield
         finally:
-            self._park_empty()
+            os.chdir(saved_cwd)
+            _restore_environ(self._base_environ)
 
     @contextlib.contextmanager
     def around(self, task: Task) -> Iterator[CapturedOutput]:
-        """Run the `with` block as `task` (inside `batch`): in its own directory, environment and
-        output files."""
-        saved_cwd = os.getcwd()
-        saved_environ = _raw_environ().copy()
-        saved_path = list(sys.path)
-        saved_streams = (sys.stdout, sys.stderr)
-        workdir = self._enter_workdir(task)
-        variables = {"TASKFABRIC_TASK_ID": str(task.task_id)}
-        if task.resource_specification:
-            variables.update(resource_environment(task.resource_specification))
-        os.environ.update(variables)
+        """Run the `with` block as `task` (inside `active`)."""
+        scope = self.enter(task)
         try:
-            with self.output.task() as output:
-                yield output
+            yield scope.output
         finally:
-            sys.stdout, sys.stderr = saved_streams
-            sys.path[:] = saved_path
-            os.chdir(saved_cwd)
-            for name in variables:  # ours first: then, for a task that changed nothing, all is equal
-                os.environ.pop(name, None)
-            _restore_environ(saved_environ)
-            self._leave_workdir(workdir)
+            self.leave(scope)
 
-    def _enter_workdir(self, task: Task) -> str:
-        workdir = os.path.join(self.workdir_root, str(task.task_id))
-        source, self._empty = self._empty, None
-        if source is None:
+    def enter(self, task: Task) -> _TaskScope:
+        """Set up `task`'s surroundings (inside `active`); `leave` ends them."""
+        variables = resource_environment(task.resource_specification) if task.resource_specification else {}
+        if variables != self._resource_variables:  # rare: the last task's variables go first
+            _restore_environ(self._base_environ)
+            os.environ.update(variables)
+            self._resource_variables = variables
+        os.environ["TASKFABRIC_TASK_ID"] = str(task.task_id)
+        output = self.output.start_task()
+        return _TaskScope(task, _raw_environ().copy(), list(sys.path), (sys.stdout, sys.stderr), output)
+
+    def leave(self, scope: _TaskScope) -> CapturedOutput:
+        """Restore what the task may have changed and fill in its output."""
+        self.output.end_task(scope.output)
+        sys.stdout, sys.stderr = scope.streams
+        if sys.path != scope.path:
+            sys.path[:] = scope.path
+        _restore_environ(scope.environ)
+        self._tidy_workdir(scope.task)
+        return scope.output
+
+    def _open_workdir(self) -> None:
+        if self._workdir_fd is None:
             with contextlib.suppress(FileExistsError):
-                os.mkdir(self._spare)
-            source = self._spare
-        os.rename(source, workdir)  # the previous task's empty directory becomes this one's
-        os.chdir(workdir)
-        return workdir
+                os.mkdir(self.workdir, 0o700)
+            self._workdir_fd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY)
+        os.fchdir(self._workdir_fd)
 
-    def _leave_workdir(self, workdir: str) -> None:
-        if self.keep_workdirs:
-            return
+    def _close_workdir(self) -> None:
+        if self._workdir_fd is not None:
+            os.close(self._workdir_fd)
+            self._workdir_fd = None
+
+    def _tidy_workdir(self, task: Task) -> None:
+        """Back into the worker's directory, emptied if the task left anything in it."""
         try:
-            with os.scandir(workdir) as entries:
+            with os.scandir(self.workdir) as entries:
                 empty = next(entries, None) is None
-        except OSError:  # the task removed its own directory
-            return
-        if empty:
-            self._empty = workdir  # renamed to the next task's name (or back to the spare's)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        except OSError:  # the task removed the directory: make a new one
+            empty = False
+        if not empty:
+            self._set_aside(task)
+        assert self._workdir_fd is not None
+        os.fchdir(self._workdir_fd)
 
-    def _park_empty(self) -> None:
-        if self._empty is not None:
-            with contextlib.suppress(OSError):
-                os.rename(self._empty, self._spare)
-            self._empty = None
+    def _set_aside(self, task: Task) -> None:
+        """The task's files stay in `<workdir_root>/<task id>` (kept or removed); a fresh directory
+        replaces it."""
+        self._close_workdir()
+        left = os.path.join(self.workdir_root, str(task.task_id))
+        try:
+            os.rename(self.workdir, left)
+        except FileNotFoundError:
+            left = ""
+        if left and not self.keep_workdirs:
+            shutil.rmtree(left, ignore_errors=True)
+        self._open_workdir()
 
 
 def _private_append_file(directory: str | None) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import _signal
 import argparse
 import dataclasses
+import math
 import mmap
 import os
 import platform
@@ -97,9 +98,11 @@ class ResultWriter:
 
     The start of the running task is written (as a `TaskEvents` frame) once the task has run
     `report_start_after_s`; a task that finishes sooner is reported by its result alone, so short
-    tasks cost no extra message anywhere on the way to the forwarder. Noting a start costs the
-    running thread nothing but an assignment: the flusher thread is woken only when it sleeps with
-    nothing to wait for (once per batch), never once per task."""
+    tasks cost no extra message anywhere on the way to the forwarder. The flusher thread is woken
+    only when something falls due before the time it already sleeps until: noting a start or
+    adding the last result of a batch (flushed by the caller right after) costs the running thread
+    an assignment, and a stream of short batches wakes the flusher about once per
+    `report_start_after_s`, not once per task (a thread wake-up costs more than a short task)."""
 
     def __init__(
         self, fd: int, flush_after_s: float = FLUSH_AFTER_S, report_start_after_s: float = REPORT_START_AFTER_S
@@ -113,25 +116,28 @@ class ResultWriter:
         self._oldest = 0.0
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._idle = False  # the flusher waits with nothing to wait for
+        #: when the flusher wakes up next by itself (monotonic; inf: not until woken)
+        self._sleep_until = math.inf
         self._closed = False
         threading.Thread(target=self._flush_aged, name="result-flusher", daemon=True).start()
 
-    def add(self, result: Result) -> None:
+    def add(self, result: Result, *, flushed_next: bool = False) -> None:
+        """Buffer a result. `flushed_next`: the caller flushes right after (no need to wake the
+        flusher for it)."""
         with self._lock:
             if self._start is not None and self._start[0].task_id == result.task_id:
                 self._start = None
             if not self._buffer:
                 self._oldest = time.monotonic()
-                self._wake.set()
+                if not flushed_next:
+                    self._wake_before(self._oldest + self._flush_after_s)
             self._buffer.append(result)
 
     def started(self, event: TaskStarted) -> None:
         with self._lock:
-            self._start = (event, time.monotonic() + self._report_start_after_s)
-            if self._idle:
-                self._idle = False
-                self._wake.set()
+            due = time.monotonic() + self._report_start_after_s
+            self._start = (event, due)
+            self._wake_before(due)
 
     def flush(self) -> None:
         with self._lock:
@@ -152,6 +158,11 @@ class ResultWriter:
         self.flush()
         self._closed = True
         self._wake.set()
+
+    def _wake_before(self, due: float) -> None:
+        if due < self._sleep_until:
+            self._sleep_until = due
+            self._wake.set()
 
     def _write_locked(self, now: float, *, results: bool) -> None:
         if self._start is not None and self._start[1] <= now:
@@ -177,9 +188,9 @@ class ResultWriter:
                 except OSError:
                     return  # the manager is gone; the main thread finds out too
                 wait_s = self._wait_locked(now)
-                self._idle = wait_s is None
+                self._sleep_until = math.inf if wait_s is None else now + wait_s
+                self._wake.clear()
             self._wake.wait(wait_s)
-            self._wake.clear()
 
 
 class CancelWatch:
@@ -193,6 +204,8 @@ class CancelWatch:
         self.cancelled: set[uuid.UUID] = set()
         self._reading = False
         self._handler = self._on_sigterm
+        self._pending = select.poll()  # registered once: polled before every task
+        self._pending.register(fd_in, select.POLLIN)
 
     def install(self) -> None:
         """(Re)install the SIGTERM handler: a task may have replaced it."""
@@ -223,7 +236,7 @@ class CancelWatch:
         runs, the manager writes nothing else to this pipe."""
         self._reading = True
         try:
-            while select.select([self._fd_in], [], [], 0)[0]:
+            while self._pending.poll(0):
                 frame = read_frame(self._fd_in)
                 if frame is None:
                     return
@@ -250,35 +263,42 @@ def serve(
     """Run batches from `fd_in` until it closes."""
     watch = CancelWatch(fd_in, writer)
     watch.install()
-    while True:
-        frame = read_frame(fd_in)
-        if frame is None:
-            return
-        message: Any = unpack(frame)
-        if isinstance(message, CancelTasks):
-            continue  # about tasks already answered
-        if not isinstance(message, TaskBatch):
-            raise ProtocolError(f"expected a task batch, got a {type(message).__name__}")
-        batch = message
-        if batch.client_python:
-            runner.client_python = batch.client_python
-        runner.add_functions(batch.functions)
-        with surroundings.batch():
-            for task in batch.tasks:
+    with surroundings.active():
+        while (batch := _next_batch(fd_in)) is not None:
+            if batch.client_python:
+                runner.client_python = batch.client_python
+            runner.add_functions(batch.functions)
+            last = len(batch.tasks) - 1
+            for index, task in enumerate(batch.tasks):
                 slot.set(task.task_id.bytes)
                 result = _run(task, runner, writer, surroundings) if watch.starting(task.task_id) else _cancelled(task)
                 watch.finished()
                 slot.clear()
-                writer.add(result)
-        writer.flush()
-        watch.batch_done()
+                writer.add(result, flushed_next=index == last)
+            writer.flush()
+            watch.batch_done()
+
+
+def _next_batch(fd_in: int) -> TaskBatch | None:
+    """The next task batch from the manager (None when the pipe closes); late cancels of tasks
+    already answered are skipped."""
+    while (frame := read_frame(fd_in)) is not None:
+        message: Any = unpack(frame)
+        if isinstance(message, TaskBatch):
+            return message
+        if not isinstance(message, CancelTasks):
+            raise ProtocolError(f"expected a task batch, got a {type(message).__name__}")
+    return None
 
 
 def _run(task: Task, runner: TaskRunner, writer: ResultWriter, surroundings: TaskSurroundings) -> Result:
     """Run one task in its own surroundings (directory, environment, captured output)."""
     writer.started(TaskStarted(task_id=task.task_id, started_at=time.time()))
-    with surroundings.around(task) as output:
+    scope = surroundings.enter(task)
+    try:
         result = runner.run(task)
+    finally:
+        output = surroundings.leave(scope)
     if output.stdout or output.stderr:
         result = dataclasses.replace(result, stdout=output.stdout, stderr=output.stderr)
     return result

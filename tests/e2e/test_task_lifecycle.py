@@ -221,11 +221,14 @@ def test_the_resource_specification_reaches_the_task_environment(fabric: Fabric,
             assert plain.submit(environment).result(timeout=60)["OMP_NUM_THREADS"] is None
 
 
-def test_each_task_has_its_own_directory_and_leaves_no_environment_behind(fabric: Fabric, one_worker: str) -> None:
+def test_each_task_starts_in_an_empty_directory_and_leaves_no_environment_behind(
+    fabric: Fabric, one_worker: str
+) -> None:
     with fabric.client() as client, Executor(one_worker, client=client) as executor:
-        first_cwd, first_pid = executor.submit(leaves_traces).result(timeout=60)
+        first = executor.submit(leaves_traces)
+        first_cwd, first_pid = first.result(timeout=60)
         second_cwd, second_pid, leaked, files = executor.submit(looks_around).result(timeout=60)
     assert second_pid == first_pid  # the same worker process
-    assert second_cwd != first_cwd and leaked is None and files == []
-    assert Path(first_cwd).parent == Path(second_cwd).parent
-    assert not Path(first_cwd).exists()  # removed after its task
+    assert leaked is None and files == []  # the first task's file and variable are gone
+    assert second_cwd == first_cwd  # the worker's own directory, emptied
+    assert not (Path(first_cwd).parent / str(first.task_id)).exists()  # what it left was removed

@@ -75,48 +75,52 @@ def test_capture_keeps_the_end_of_long_output_with_a_note() -> None:
 # --- working directory and environment ----------------------------------------------------
 
 
-def test_each_task_runs_in_its_own_directory_which_is_removed(tmp_path: Path) -> None:
+def test_every_task_starts_in_an_empty_directory_and_what_it_leaves_is_removed(tmp_path: Path) -> None:
     root = tmp_path / "tasks"
     surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=root)
     before = os.getcwd()
-    seen = []
+    tasks = (_task(), _task(), _task(), _task())
     try:
-        with surroundings.batch():
-            for index, task in enumerate((_task(), _task(), _task())):
+        with surroundings.active():
+            for index, task in enumerate(tasks):
                 with surroundings.around(task):
-                    seen.append(os.getcwd())
-                    assert os.listdir(".") == []  # fresh and empty, even after a task that wrote
+                    assert os.getcwd() == surroundings.workdir
+                    assert os.listdir(".") == []  # empty, even after a task that wrote
                     if index == 0:
                         Path("scratch.txt").write_text("left behind")
-                assert os.getcwd() == before
-                assert not Path(seen[0]).exists()  # the one written into is deleted at once
-        assert len(set(seen)) == 3
-        assert all(Path(path).parent == root.resolve() for path in seen)
-        assert not any(Path(path).exists() for path in seen)
+                    if index == 1:
+                        os.mkdir("sub")
+                        os.chdir("sub")  # the next task starts in the worker's directory again
+                    if index == 2:
+                        os.rmdir(surroundings.workdir)  # even this leaves the next task a directory
+                assert os.getcwd() == surroundings.workdir
+                assert not (root / str(task.task_id)).exists()  # what it left is deleted at once
+        assert os.getcwd() == before
+        assert Path(surroundings.workdir).parent == root
     finally:
         surroundings.close()
     assert list(root.iterdir()) == []
 
 
-def test_workdirs_are_kept_when_configured(tmp_path: Path) -> None:
+def test_what_a_task_leaves_is_kept_under_its_id_when_configured(tmp_path: Path) -> None:
     surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=tmp_path, keep_workdirs=True)
     first, second = _task(), _task()
     try:
-        with surroundings.batch():
+        with surroundings.active():
             with surroundings.around(first):
                 Path("result.dat").write_text("kept")
             with surroundings.around(second):
-                pass
+                assert os.listdir(".") == []
     finally:
         surroundings.close()
     assert (tmp_path / str(first.task_id) / "result.dat").read_text() == "kept"
-    assert (tmp_path / str(second.task_id)).is_dir()
+    assert not (tmp_path / str(second.task_id)).exists()  # it left nothing to keep
 
 
 def test_output_is_split_by_task_within_a_batch(tmp_path: Path) -> None:
     surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=tmp_path)
     try:
-        with surroundings.batch():
+        with surroundings.active():
             with surroundings.around(_task()) as first:
                 os.write(1, b"one\n")
             with surroundings.around(_task()) as second:
@@ -137,13 +141,22 @@ def test_environment_is_set_for_the_task_and_restored_after(tmp_path: Path, monk
     task = _task(resource_specification={"num_cores": 3, "memory_mb": 512})
     path_before = list(sys.path)
     try:
-        with surroundings.batch(), surroundings.around(task):
-            assert os.environ["TASKFABRIC_TASK_ID"] == str(task.task_id)
-            assert os.environ["TASKFABRIC_NUM_CORES"] == "3" and os.environ["OMP_NUM_THREADS"] == "3"
-            assert os.environ["TASKFABRIC_MEMORY_MB"] == "512"
-            os.environ["SET_BY_TASK"] = "leak"
-            os.environ["KEPT_VALUE"] = "changed"
-            sys.path.insert(0, "/nowhere")
+        with surroundings.active():
+            with surroundings.around(task):
+                assert os.environ["TASKFABRIC_TASK_ID"] == str(task.task_id)
+                assert os.environ["TASKFABRIC_NUM_CORES"] == "3" and os.environ["OMP_NUM_THREADS"] == "3"
+                assert os.environ["TASKFABRIC_MEMORY_MB"] == "512"
+                os.environ["SET_BY_TASK"] = "leak"
+                os.environ["KEPT_VALUE"] = "changed"
+                sys.path.insert(0, "/nowhere")
+            assert "SET_BY_TASK" not in os.environ and os.environ["KEPT_VALUE"] == "original"
+            assert sys.path == path_before
+            plain = _task()
+            with surroundings.around(plain):  # the last task's resource variables are gone
+                assert os.environ["TASKFABRIC_TASK_ID"] == str(plain.task_id)
+                assert "OMP_NUM_THREADS" not in os.environ and "TASKFABRIC_NUM_CORES" not in os.environ
+            with surroundings.around(task):  # and come back for a task that has them
+                assert os.environ["OMP_NUM_THREADS"] == "3"
         assert "SET_BY_TASK" not in os.environ and "TASKFABRIC_TASK_ID" not in os.environ
         assert "OMP_NUM_THREADS" not in os.environ and "TASKFABRIC_NUM_CORES" not in os.environ
         assert os.environ["KEPT_VALUE"] == "original"
