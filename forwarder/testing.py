@@ -37,9 +37,23 @@ from typing import Any
 import httpx
 import yaml
 
+from taskfabric.broker_config import EndpointPermissions
 from taskfabric.errors import StoreError, TaskfabricError
 from taskfabric.processes import free_port
-from taskfabric.protocol import CancelTasks, EndpointStatus, Result, ResultBatch, TaskBatch, TaskEvents, pack, unpack
+from taskfabric.protocol import (
+    BrokerAccess,
+    CancelTasks,
+    EndpointRegistered,
+    EndpointState,
+    EndpointStatus,
+    Result,
+    ResultBatch,
+    TaskBatch,
+    TaskEvents,
+    pack,
+    parse,
+    unpack,
+)
 from taskfabric.testing import wait_until
 from taskfabric.tls import client_ssl_context
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
@@ -379,14 +393,45 @@ class GlobusAuthStandIn:
 # --- an endpoint's broker side ------------------------------------------------------------
 
 
+class MemoryEndpointUsers:
+    """The management API's endpoint users, in a dict (an `EndpointUsers` for unit tests, with
+    an `AdminBrokerLink` on a `MemoryTransport`)."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, str] = {}
+        self.permissions: dict[str, EndpointPermissions] = {}
+        self.closed_for: list[tuple[str, str]] = []
+
+    def queue_states(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def create_user(self, name: str, password: str) -> None:
+        self.users[name] = password
+
+    def set_permissions(self, user: str, permissions: EndpointPermissions) -> None:
+        self.permissions[user] = permissions
+
+    def close_connections_of(self, user: str, *, reason: str = "credentials revoked") -> int:
+        self.closed_for.append((user, reason))
+        return 1
+
+    def delete_user(self, name: str) -> None:
+        self.users.pop(name, None)
+        self.permissions.pop(name, None)
+
+    def close(self) -> None:
+        pass
+
+
 class FakeEndpoint:
     """The broker side of an endpoint agent, from a registration response's `broker` section."""
 
     def __init__(self, registration: Mapping[str, Any], *, auto_ack: bool = True) -> None:
-        self.broker: Mapping[str, Any] = registration["broker"]
-        self.endpoint_id = uuid.UUID(registration["endpoint_id"])
+        registered = parse(EndpointRegistered, registration)
+        self.broker: BrokerAccess = registered.broker
+        self.endpoint_id = registered.endpoint_id
         self.auto_ack = auto_ack
-        self.transport = RabbitTransport(self.broker["amqp_url"], connection_name="fake-endpoint")
+        self.transport = RabbitTransport(self.broker.amqp_url, connection_name="fake-endpoint")
         self.batches: list[TaskBatch] = []
         self.deliveries: list[Delivery] = []
         self.cancels: list[CancelTasks] = []
@@ -394,7 +439,7 @@ class FakeEndpoint:
 
     @property
     def username(self) -> str:
-        return str(self.broker["username"])
+        return self.broker.username
 
     def start(self) -> FakeEndpoint:
         self.transport.start()
@@ -404,11 +449,12 @@ class FakeEndpoint:
         self.transport.close()
 
     def consume_tasks(self, *, prefetch: int = 50) -> None:
-        self.transport.consume(self.broker["task_queue"], self._on_task, prefetch=prefetch)
+        self.transport.consume(self.broker.task_queue, self._on_task, prefetch=prefetch)
 
     def consume_control(self) -> None:
         """Collect the `CancelTasks` arriving on the endpoint's control queue (in `cancels`)."""
-        self.transport.consume(self.broker["control_queue"], self._on_control, prefetch=10)
+        assert self.broker.control_queue is not None, "the forwarder sent no control queue"
+        self.transport.consume(self.broker.control_queue, self._on_control, prefetch=10)
 
     def _on_control(self, delivery: Delivery) -> None:
         cancel = unpack(delivery.body)
@@ -443,7 +489,7 @@ class FakeEndpoint:
         wait for the broker's confirm."""
         self.publish_message(ResultBatch(results=list(results)), user_id=user_id, routing_key=routing_key)
 
-    def publish_status(self, state: str = "online", **fields: Any) -> None:
+    def publish_status(self, state: str = EndpointState.ONLINE, **fields: Any) -> None:
         status = EndpointStatus(
             endpoint_id=self.endpoint_id, sent_at=time.time(), state=state, heartbeat_period_s=5.0, **fields
         )
@@ -458,8 +504,8 @@ class FakeEndpoint:
     ) -> None:
         self.transport.publish(
             OutgoingMessage(
-                exchange=self.broker["results_exchange"],
-                routing_key=routing_key or self.broker["result_queue"],
+                exchange=self.broker.results_exchange,
+                routing_key=routing_key or self.broker.result_queue,
                 body=pack(message),
                 user_id=self.username if user_id == "" else user_id,
             )
