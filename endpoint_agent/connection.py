@@ -16,10 +16,12 @@ import os
 import ssl
 import urllib.parse
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from taskfabric.errors import ConfigError
+from taskfabric.protocol.api import BrokerAccess, EndpointRegistered, parse, render
 from taskfabric.tls import client_ssl_context
 
 __all__ = ["EndpointConnection"]
@@ -46,22 +48,18 @@ class EndpointConnection:
     ca_certificate: str | None = None
 
     @classmethod
-    def from_registration(cls, answer: dict[str, Any]) -> EndpointConnection:
-        """From the forwarder's answer to `POST /v1/endpoints`."""
-        broker = answer["broker"]
-        return cls(
-            endpoint_id=uuid.UUID(answer["endpoint_id"]),
-            amqp_url=broker["amqp_url"],
-            username=broker["username"],
-            task_queue=broker["task_queue"],
-            result_queue=broker["result_queue"],
-            results_exchange=broker["results_exchange"],
-            dead_letter_exchange=broker["dead_letter_exchange"],
-            status_period_s=answer.get("status_period_s"),
-            control_queue=broker.get("control_queue"),
-            tasks_exchange=broker.get("tasks_exchange"),
-            ca_certificate=broker.get("ca_certificate"),
-        )
+    def from_registration(cls, answer: Mapping[str, Any]) -> EndpointConnection:
+        """From the forwarder's answer to `POST /v1/endpoints` (`EndpointRegistered`); raises
+        `ProtocolError` for an answer that is not one."""
+        registered = parse(EndpointRegistered, answer)
+        return cls.of(registered.endpoint_id, registered.broker, status_period_s=registered.status_period_s)
+
+    @classmethod
+    def of(
+        cls, endpoint_id: uuid.UUID, broker: BrokerAccess, *, status_period_s: float | None = None
+    ) -> EndpointConnection:
+        """An endpoint's connection from its broker access (see `Topology.broker_access`)."""
+        return cls(endpoint_id=endpoint_id, status_period_s=status_period_s, **render(broker))
 
     def broker_ssl_context(self, broker_ca_file: Path | None = None) -> ssl.SSLContext | None:
         """How the agent verifies an amqps broker: against the owner's `broker_ca_file` when set,

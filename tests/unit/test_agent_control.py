@@ -27,15 +27,8 @@ def setup() -> Iterator[tuple[MemoryTransport, Topology, EndpointQueues, Endpoin
     endpoint_id = uuid.uuid4()
     queues = topology.endpoint_queues(endpoint_id, new_queue_secret())
     topology.declare_endpoint(admin, queues)
-    connection = EndpointConnection(
-        endpoint_id=endpoint_id,
-        amqp_url="amqp://unused",
-        username="guest",
-        task_queue=queues.task_queue,
-        result_queue=queues.result_queue,
-        results_exchange=topology.results_exchange,
-        dead_letter_exchange=topology.dead_letter_exchange,
-        control_queue=queues.control_queue,
+    connection = EndpointConnection.of(
+        endpoint_id, topology.broker_access(queues, amqp_url="amqp://unused", username="guest")
     )
     yield admin, topology, queues, connection
     admin.close()
