@@ -13,6 +13,7 @@ import pytest
 
 EXPECTED: dict[str, list[str]] = {
     "taskfabric": ["__version__"],
+    "taskfabric.tools": [],
     "taskfabric.protocol": [
         "MAX_RESOURCE_VALUE",
         "MESSAGE_TYPES",
