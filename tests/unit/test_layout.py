@@ -90,7 +90,7 @@ LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {
 
 #: third-party transport -> the only modules that may import it (a trailing ".*" = a whole package)
 TRANSPORT_MODULES: dict[str, tuple[str, ...]] = {
-    "pika": ("taskfabric.transport.rabbitmq",),
+    "pika": ("taskfabric.transport.rabbitmq.*",),
     "aio_pika": (),
     "zmq": ("taskfabric.zmq_poll", "taskfabric.endpoint_agent.zmq_router", "taskfabric.manager.zmq_link"),
     "sqlalchemy": ("taskfabric.forwarder.store.*",),
@@ -329,7 +329,7 @@ def test_checker_reports_a_violation(path: str, name: str, text: str, rule: str,
         ("taskfabric.manager.execution", "import cloudpickle\ncloudpickle.loads(b'')\n"),
         ("taskfabric.client.serialization", "import cloudpickle\ncloudpickle.loads(b'')\n"),
         ("taskfabric.forwarder.x", "import cloudpickle\ncloudpickle.dumps(1)\n"),
-        ("taskfabric.transport.rabbitmq", "import pika\n"),
+        ("taskfabric.transport.rabbitmq.publishing", "import pika\n"),
         ("taskfabric.forwarder.store.tasks", "import sqlalchemy\n"),
         ("taskfabric.endpoint_agent.x", "from taskfabric.broker_config import Topology\n"),
         ("taskfabric.tools.devfabric", "from taskfabric.forwarder import settings\n"),
