@@ -95,7 +95,7 @@ TRANSPORT_MODULES: dict[str, tuple[str, ...]] = {
     "zmq": ("taskfabric.zmq_poll", "taskfabric.endpoint_agent.zmq_router", "taskfabric.manager.zmq_link"),
     "sqlalchemy": ("taskfabric.forwarder.store.*",),
     "globus_sdk": ("taskfabric.forwarder.auth.globus",),
-    "parsl": ("taskfabric.endpoint_agent.blocks", "taskfabric.endpoint_agent.providers"),
+    "parsl": ("taskfabric.endpoint_agent.blocks", "taskfabric.endpoint_agent.providers.*"),
 }
 
 #: the only modules that unpickle: the worker's execution (user payloads) and the client (its own results)
