@@ -84,7 +84,7 @@ ALLOWED_LAYERS: dict[str, frozenset[str]] = {
 #: (importing module, imported layer) -> why it is allowed although the table above says no
 LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {
     # the components' test harnesses build on the shared one (bounded waits, a broker for tests)
-    ("taskfabric.forwarder.testing", "top"): "test harness: uses taskfabric.testing (broker_for_tests)",
+    ("taskfabric.forwarder.testing.process", "top"): "test harness: uses taskfabric.testing (wait_until)",
     ("taskfabric.endpoint_agent.testing", "top"): "test harness: uses taskfabric.testing (broker_for_tests)",
 }
 
