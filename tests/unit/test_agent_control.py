@@ -3,6 +3,7 @@ taking them while its task intake is paused (in-memory broker)."""
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import uuid
 from collections.abc import Iterator
@@ -84,7 +85,7 @@ def test_an_old_connection_without_a_control_queue_still_takes_tasks(
     setup: tuple[MemoryTransport, Topology, EndpointQueues, EndpointConnection],
 ) -> None:
     admin, topology, queues, connection = setup
-    old = EndpointConnection(**{**connection.__dict__, "control_queue": None})
+    old = dataclasses.replace(connection, control_queue=None)
     _publish(admin, topology, queues.task_queue, pack(TaskBatch(tasks=[_task()])))
     link = EndpointBrokerLink(old, wake=lambda: None, transport=MemoryTransport(admin.broker))
     link.start()
