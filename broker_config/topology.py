@@ -29,6 +29,7 @@ import secrets
 import uuid
 from typing import Any
 
+from taskfabric.protocol.api import BrokerAccess
 from taskfabric.transport import Transport
 
 __all__ = [
@@ -125,6 +126,22 @@ class Topology:
             task_queue=f"{self.prefix}.tasks.{endpoint_id}.{secret}",
             result_queue=f"{self.prefix}.results.{endpoint_id}.{secret}",
             control_queue=f"{self.prefix}.control.{endpoint_id}.{secret}",
+        )
+
+    def broker_access(
+        self, queues: EndpointQueues, *, amqp_url: str, username: str, ca_certificate: str | None = None
+    ) -> BrokerAccess:
+        """What an endpoint's agent needs to reach `queues` (the `broker` of its registration answer)."""
+        return BrokerAccess(
+            amqp_url=amqp_url,
+            username=username,
+            task_queue=queues.task_queue,
+            result_queue=queues.result_queue,
+            control_queue=queues.control_queue,
+            results_exchange=self.results_exchange,
+            dead_letter_exchange=self.dead_letter_exchange,
+            tasks_exchange=self.tasks_exchange,
+            ca_certificate=ca_certificate,
         )
 
     def endpoint_permissions(self, queues: EndpointQueues) -> EndpointPermissions:

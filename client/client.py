@@ -28,7 +28,6 @@ from taskfabric.client.serialization import (
     value_from_result,
 )
 from taskfabric.errors import InvalidRequest, TaskPending
-from taskfabric.ids import uuid_from_bytes
 from taskfabric.protocol import TaskStatus, check_resource_specification
 
 __all__ = ["Batch", "Client", "TaskListPage"]
@@ -357,13 +356,6 @@ def _task_id(value: uuid.UUID | str) -> str:
 def function_name(fn: Callable[..., Any]) -> str:
     """The name a function is registered under by default."""
     return str(getattr(fn, "__qualname__", getattr(fn, "__name__", "function")))
-
-
-def as_uuid(value: bytes | str) -> uuid.UUID:
-    """A task id as the service sent it: 16-byte bin (msgpack) or a UUID string."""
-    if type(value) is bytes and len(value) == 16:
-        return uuid_from_bytes(value)
-    return uuid.UUID(str(value))
 
 
 def task_status(info: dict[str, Any]) -> TaskStatus | None:

@@ -44,6 +44,7 @@ from taskfabric.client.serialization import (
 from taskfabric.client.stream import ResultStream
 from taskfabric.errors import InvalidRequest, NotFoundError, PayloadTooLarge, TaskCancelled, TaskfabricError
 from taskfabric.logs import wrap_with_logs
+from taskfabric.protocol import ResultFrame, render
 
 __all__ = ["Executor", "ExecutorOptions", "TaskFuture"]
 
@@ -147,6 +148,7 @@ class Executor(concurrent.futures.Executor):
             self.client.config.url,
             self.client.config.token,
             self._on_results,
+            on_unknown=self._on_unknown,
             on_fatal=self._on_fatal,
             ssl_context=self.client.ssl_context,
         )
@@ -473,24 +475,31 @@ class Executor(concurrent.futures.Executor):
 
     # --- results ------------------------------------------------------------------------
 
-    def _on_results(self, results: list[dict[str, Any]]) -> None:
-        for result in results:
-            task_id: uuid.UUID = result["task_id"]  # the stream made it a UUID
-            with self._lock:
-                future = self._waiting.pop(task_id, None)
-            if future is None or future.done():
+    def _on_results(self, frames: list[ResultFrame]) -> None:
+        for frame in frames:
+            future = self._take_waiting(frame.task_id)
+            if future is None:
                 continue
-            if result.get("unknown"):
+            future.stdout = frame.stdout
+            future.stderr = frame.stderr
+            try:
+                future.set_result(_value(frame))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def _on_unknown(self, task_ids: set[uuid.UUID]) -> None:
+        for task_id in task_ids:
+            future = self._take_waiting(task_id)
+            if future is not None:
                 future.set_exception(
                     NotFoundError(f"task {task_id} is unknown to the service (or not yours)", status=404)
                 )
-                continue
-            future.stdout = result.get("stdout") or ""
-            future.stderr = result.get("stderr") or ""
-            try:
-                future.set_result(_value(result, task_id))
-            except BaseException as exc:
-                future.set_exception(exc)
+
+    def _take_waiting(self, task_id: uuid.UUID) -> TaskFuture | None:
+        """The pending future of `task_id`, no longer waiting (None: none, or already done)."""
+        with self._lock:
+            future = self._waiting.pop(task_id, None)
+        return None if future is None or future.done() else future
 
     def _on_fatal(self, error: BaseException) -> None:
         with self._lock:
@@ -614,9 +623,9 @@ def _finished_future(task_id: uuid.UUID, outcome: dict[str, Any]) -> TaskFuture:
     return future
 
 
-def _value(result: dict[str, Any], task_id: uuid.UUID) -> Any:
-    details = result.get("details") or {}
-    worker_python = str(details.get("worker_python") or "")
-    if result.get("ok"):
-        return value_from_result(result["value"], worker_python=worker_python, task_id=task_id)
-    raise exception_from_error(dict(result.get("error") or {}), worker_python=worker_python, task_id=task_id)
+def _value(frame: ResultFrame) -> Any:
+    worker_python = frame.details.worker_python
+    if frame.ok and frame.value is not None:
+        return value_from_result(frame.value, worker_python=worker_python, task_id=frame.task_id)
+    error = render(frame.error, binary=True) if frame.error is not None else {}
+    raise exception_from_error(error, worker_python=worker_python, task_id=frame.task_id)

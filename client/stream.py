@@ -20,9 +20,9 @@ import msgpack
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from taskfabric.client.client import as_uuid
-from taskfabric.errors import AuthenticationError
+from taskfabric.errors import AuthenticationError, ProtocolError
 from taskfabric.logs import wrap_with_logs
+from taskfabric.protocol import ResultFrame, parse
 
 __all__ = ["ResultStream"]
 
@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 # Backoff jitter from a generator of our own: the stream thread leaves the global `random` alone.
 _jitter = random.Random()
 
-ResultsCallback = Callable[[list[dict[str, Any]]], None]
+ResultsCallback = Callable[[list[ResultFrame]], None]
+UnknownCallback = Callable[[set[uuid.UUID]], None]
 ErrorCallback = Callable[[BaseException], None]
 
 
@@ -44,15 +45,20 @@ class ResultStream:
         token: str,
         on_results: ResultsCallback,
         *,
+        on_unknown: UnknownCallback | None = None,
         on_fatal: ErrorCallback | None = None,
         max_backoff_s: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        """`ssl_context` verifies a wss:// forwarder (default: the system's trust store)."""
+        """`on_results` gets each batch of results, `on_unknown` the ids the service does not know
+        (or are not yours), `on_fatal` the error that stopped the stream (a refused token, a frame
+        that is not the protocol's). `ssl_context` verifies a wss:// forwarder (default: the
+        system's trust store)."""
         self._url = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1).rstrip("/") + "/v1/results/ws"
         self._ssl_context = ssl_context if self._url.startswith("wss://") else None
         self._token = token
         self._on_results = on_results
+        self._on_unknown = on_unknown
         self._on_fatal = on_fatal
         self._max_backoff_s = max_backoff_s
         self._wanted: set[uuid.UUID] = set()
@@ -117,6 +123,9 @@ class ResultStream:
                     )
                     return
                 log.warning("results stream refused (HTTP %s); retrying", status)
+            except ProtocolError as exc:  # a service that does not speak the protocol: retrying will not help
+                self._fatal(exc)
+                return
             except (OSError, WebSocketException, TimeoutError) as exc:
                 if self._stopping.is_set():
                     return
@@ -147,20 +156,22 @@ class ResultStream:
             if not isinstance(frame, bytes):
                 continue
             message = msgpack.unpackb(frame, raw=False)
-            if not isinstance(message, dict):
-                continue
-            results = message.get("results")
-            if results:
-                for result in results:
-                    result["task_id"] = as_uuid(result["task_id"])
-                self.forget([result["task_id"] for result in results])
-                self._on_results(results)
-            unknown = message.get("unknown")
-            if unknown:
-                ids = {uuid.UUID(str(task_id)) for task_id in unknown}
-                self.unknown.update(ids)
-                self.forget(ids)
-                self._on_results([{"task_id": task_id, "unknown": True} for task_id in ids])
+            if isinstance(message, dict):
+                self._deliver(message)
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        results = message.get("results")
+        if results:
+            frames = [parse(ResultFrame, result, binary=True) for result in results]
+            self.forget([frame.task_id for frame in frames])
+            self._on_results(frames)
+        unknown = message.get("unknown")
+        if unknown:
+            ids = {uuid.UUID(str(task_id)) for task_id in unknown}
+            self.unknown.update(ids)
+            self.forget(ids)
+            if self._on_unknown is not None:
+                self._on_unknown(ids)
 
     def _send(self, connection: ClientConnection, ids: list[uuid.UUID]) -> None:
         for start in range(0, len(ids), 5000):

@@ -11,7 +11,8 @@ through queues and wake it. Each pass of the loop is a fixed sequence of named s
 
 State, in named places: the on-disk `Ledger` (every task taken and not yet answered, and results
 not yet confirmed), `waiting` (tasks in hand, not on a manager), the `Interchange` (tasks on each
-manager), `outbox` (results to publish), `in_flight` (results published, not yet confirmed) and
+manager), `outbox` (a `ResultOutbox`: results to publish, and results published, not yet
+confirmed), `acks` (an `AckTracker`: task messages not acked yet, see the ack point below) and
 `started` (task starts to report: coalesced, at most one message every `_STARTED_PERIOD_S`, and
 dropped when the task's result arrives first; the result says all a start would).
 
@@ -44,6 +45,7 @@ from pathlib import Path
 from types import FrameType
 
 from taskfabric import __version__
+from taskfabric.endpoint_agent.ack_tracker import AckTracker
 from taskfabric.endpoint_agent.broker_link import EndpointBrokerLink
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
@@ -51,6 +53,7 @@ from taskfabric.endpoint_agent.dispatch import retry_decision
 from taskfabric.endpoint_agent.interchange import Interchange, LostTask
 from taskfabric.endpoint_agent.launch import ManagerLaunch, new_registration_token, write_private_file
 from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
+from taskfabric.endpoint_agent.outbox import ResultOutbox
 from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode, LedgerError
@@ -64,7 +67,7 @@ from taskfabric.protocol import (
     TaskEvents,
     TaskStarted,
 )
-from taskfabric.transport import Delivery, Transport
+from taskfabric.transport import Transport
 from taskfabric.wake_pipe import WakePipe
 
 __all__ = ["Agent", "AgentPaths"]
@@ -82,14 +85,6 @@ _LEDGER_FLUSH_S = 0.01
 _LEDGER_FLUSH_COUNT = 4096
 #: task starts are published at most this often (one message for all gathered meanwhile)
 _STARTED_PERIOD_S = 0.005
-
-
-@dataclasses.dataclass(eq=False)
-class _Unacked:
-    """A task message whose new tasks are not all safe yet (written, or answered)."""
-
-    delivery: Delivery
-    unsafe: set[uuid.UUID]
 
 
 _SUBSCRIBE_RETRY_S = 2.0
@@ -206,13 +201,11 @@ class Agent:
         )
         self.scaler = scaler or self._scaler()
         self.waiting: collections.deque[HeldTask] = collections.deque()
-        self.outbox: list[Result] = []
+        self.outbox = ResultOutbox(max_in_flight=_RESULT_PUBLISHES_IN_FLIGHT)
         self.started: dict[uuid.UUID, TaskStarted] = {}
         self._last_started_publish = 0.0
-        self.in_flight: dict[int, list[Result]] = {}
-        self._in_flight_ids: set[uuid.UUID] = set()
         self._has_stored_results = False
-        self._unacked: dict[uuid.UUID, _Unacked] = {}  # task -> the message it came in
+        self.acks = AckTracker()
         self._last_flush = 0.0
         self._status_period_s = _status_period_s(config, connection)
         self._last_status = 0.0
@@ -440,9 +433,8 @@ class Agent:
             if not fresh:
                 self.broker.ack(delivery)  # nothing new in it: a redelivery
                 continue
-            pending = _Unacked(delivery, {held.task_id for held in fresh})
+            self.acks.track(delivery, {held.task_id for held in fresh})
             for held in fresh:
-                self._unacked[held.task_id] = pending
                 if default_walltime and held.task.walltime_s is None:
                     held.task = dataclasses.replace(held.task, walltime_s=default_walltime)
             self.waiting.extend(self._not_cancelled(fresh))
@@ -533,12 +525,8 @@ class Agent:
             self.broker.resume()
 
     def _now_safe(self, task_ids: list[uuid.UUID]) -> None:
-        for task_id in task_ids:
-            pending = self._unacked.pop(task_id, None)
-            if pending is not None:
-                pending.unsafe.discard(task_id)
-                if not pending.unsafe:
-                    self.broker.ack(pending.delivery)
+        for delivery in self.acks.now_safe(task_ids):
+            self.broker.ack(delivery)
 
     def process_manager_messages(self, now: float) -> None:
         out = self.interchange.process_messages(now)
@@ -601,12 +589,11 @@ class Agent:
             self.broker.dead_letter(held.task, bodies[0] if bodies else None, message)
 
     def publish_results(self) -> None:
-        if not self.outbox or len(self.in_flight) >= _RESULT_PUBLISHES_IN_FLIGHT:
+        results = self.outbox.take()
+        if not results:
             return
-        results, self.outbox = self.outbox, []
         for ticket, chunk in self.broker.publish_results(results):
-            self.in_flight[ticket] = chunk
-            self._in_flight_ids.update(result.task_id for result in chunk)
+            self.outbox.sent(ticket, chunk)
 
     def publish_started(self, now: float) -> None:
         """Report the task starts gathered since the last report (one message, not one per task)."""
@@ -625,8 +612,7 @@ class Agent:
                 outcome = self.broker.outcomes.get_nowait()
             except queue.Empty:
                 break
-            results = self.in_flight.pop(outcome.ticket, outcome.results)
-            self._in_flight_ids.difference_update(result.task_id for result in results)
+            results = self.outbox.settled(outcome.ticket, outcome.results)
             if outcome.error is None:
                 confirmed.extend(result.task_id for result in results)
             else:
@@ -656,9 +642,9 @@ class Agent:
         ):
             return
         self._last_republish = now
-        stored = [result for result in self.ledger.stored_results() if result.task_id not in self._in_flight_ids]
+        stored = [result for result in self.ledger.stored_results() if not self.outbox.is_in_flight(result.task_id)]
         if not stored:
-            self._has_stored_results = self.ledger.counts()["stored_results"] > len(self._in_flight_ids)
+            self._has_stored_results = self.ledger.counts()["stored_results"] > self.outbox.tasks_in_flight
             return
         log.info("re-publishing %d stored results", len(stored))
         self.outbox.extend(stored)
@@ -789,10 +775,8 @@ class Agent:
             self._drained = True
         if not self._drained:
             return
-        flushed = not self.outbox and not self.in_flight
-        if flushed or now >= self._stop_deadline + 10.0:
-            unconfirmed = [result for chunk in self.in_flight.values() for result in chunk] + self.outbox
-            self.outbox = []
+        if self.outbox.empty or now >= self._stop_deadline + 10.0:
+            unconfirmed = self.outbox.take_unconfirmed()
             if unconfirmed and self._store_results(unconfirmed):
                 log.warning("%d results unconfirmed at exit; stored for the next start", len(unconfirmed))
             elif unconfirmed:

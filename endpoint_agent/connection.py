@@ -16,52 +16,42 @@ import os
 import ssl
 import urllib.parse
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from taskfabric.errors import ConfigError
+from taskfabric.protocol.api import BrokerAccess, EndpointRegistered, parse
 from taskfabric.tls import client_ssl_context
 
 __all__ = ["EndpointConnection"]
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class EndpointConnection:
-    """An endpoint's identity and broker access."""
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointConnection(BrokerAccess):
+    """An endpoint's identity and broker access (the `BrokerAccess` of its registration answer,
+    with its id and the status period the service suggested).
+
+    `control_queue` is None in connection files older than cancellation; `tasks_exchange` is None
+    when an older forwarder registered the endpoint (tasks not started then stay in the ledger on a
+    graceful stop and run at the next start)."""
 
     endpoint_id: uuid.UUID
-    amqp_url: str
-    username: str
-    task_queue: str
-    result_queue: str
-    results_exchange: str
-    dead_letter_exchange: str
     status_period_s: float | None = None
-    #: cancellations for this endpoint (None in connection files older than cancellation)
-    control_queue: str | None = None
-    #: where tasks not started are handed back on a graceful stop (None: registered by an older
-    #: forwarder; such tasks then stay in the ledger and run at the next start)
-    tasks_exchange: str | None = None
-    #: PEM CA certificate the forwarder says to trust for an amqps broker (None: the system's store)
-    ca_certificate: str | None = None
 
     @classmethod
-    def from_registration(cls, answer: dict[str, Any]) -> EndpointConnection:
-        """From the forwarder's answer to `POST /v1/endpoints`."""
-        broker = answer["broker"]
-        return cls(
-            endpoint_id=uuid.UUID(answer["endpoint_id"]),
-            amqp_url=broker["amqp_url"],
-            username=broker["username"],
-            task_queue=broker["task_queue"],
-            result_queue=broker["result_queue"],
-            results_exchange=broker["results_exchange"],
-            dead_letter_exchange=broker["dead_letter_exchange"],
-            status_period_s=answer.get("status_period_s"),
-            control_queue=broker.get("control_queue"),
-            tasks_exchange=broker.get("tasks_exchange"),
-            ca_certificate=broker.get("ca_certificate"),
-        )
+    def from_registration(cls, answer: Mapping[str, Any]) -> EndpointConnection:
+        """From the forwarder's answer to `POST /v1/endpoints` (`EndpointRegistered`); raises
+        `ProtocolError` for an answer that is not one."""
+        registered = parse(EndpointRegistered, answer)
+        return cls.of(registered.endpoint_id, registered.broker, status_period_s=registered.status_period_s)
+
+    @classmethod
+    def of(
+        cls, endpoint_id: uuid.UUID, broker: BrokerAccess, *, status_period_s: float | None = None
+    ) -> EndpointConnection:
+        """An endpoint's connection from its broker access (see `Topology.broker_access`)."""
+        return cls(endpoint_id=endpoint_id, status_period_s=status_period_s, **_fields_of(broker))
 
     def broker_ssl_context(self, broker_ca_file: Path | None = None) -> ssl.SSLContext | None:
         """How the agent verifies an amqps broker: against the owner's `broker_ca_file` when set,
@@ -94,3 +84,7 @@ class EndpointConnection:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2)
+
+
+def _fields_of(broker: BrokerAccess) -> dict[str, Any]:
+    return {field.name: getattr(broker, field.name) for field in dataclasses.fields(BrokerAccess)}

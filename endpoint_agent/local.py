@@ -10,6 +10,7 @@ manager/worker logs).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -218,7 +219,7 @@ def register_endpoint(name: str, client: ForwarderEndpoints) -> EndpointConnecti
     return connection
 
 
-def register_or_reuse(name: str, client: Any) -> tuple[EndpointConnection, str | None]:
+def register_or_reuse(name: str, client: ForwarderEndpoints) -> tuple[EndpointConnection, str | None]:
     """Register with the forwarder; when the service cannot be reached, fall back on the cached
     registration (connection.json: the agent needs only the broker). Returns the connection and,
     for a fallback, a warning to show."""
@@ -388,9 +389,11 @@ SERVICE_STATUS_KEYS = (
 )
 
 
-def endpoint_status(name: str, client_factory: Callable[[], Any]) -> dict[str, Any]:
+def endpoint_status(
+    name: str, client_factory: Callable[[], contextlib.AbstractContextManager[ForwarderEndpoints]]
+) -> dict[str, Any]:
     """The local state of endpoint `name` and, under "service", what the service sees (or the
-    error that kept us from asking it)."""
+    error that kept us from asking it). `client_factory` opens a client (e.g. `Client`)."""
     endpoint = LocalEndpoint(name)
     endpoint.require()
     info = endpoint.describe()

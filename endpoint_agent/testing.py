@@ -85,18 +85,10 @@ def provision_endpoint(
         management.set_permissions(username, topology.endpoint_permissions(queues))
     parts = urllib.parse.urlsplit(amqp_url)
     netloc = f"{urllib.parse.quote(username)}:{urllib.parse.quote(password)}@{parts.hostname}:{parts.port}"
-    connection = EndpointConnection(
-        endpoint_id=endpoint_id,
-        amqp_url=urllib.parse.urlunsplit(parts._replace(netloc=netloc)),
-        username=username,
-        task_queue=queues.task_queue,
-        result_queue=queues.result_queue,
-        results_exchange=topology.results_exchange,
-        dead_letter_exchange=topology.dead_letter_exchange,
-        control_queue=queues.control_queue,
-        status_period_s=status_period_s,
-        tasks_exchange=topology.tasks_exchange,
+    broker = topology.broker_access(
+        queues, amqp_url=urllib.parse.urlunsplit(parts._replace(netloc=netloc)), username=username
     )
+    connection = EndpointConnection.of(endpoint_id, broker, status_period_s=status_period_s)
     endpoint_dir.mkdir(parents=True, exist_ok=True)
     connection.save(endpoint_dir / "connection.json")
     (endpoint_dir / "config.yaml").write_text(yaml.safe_dump(config))

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from taskfabric import __version__
 from taskfabric.errors import BrokerError
+from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.health import health_router
 from taskfabric.forwarder.http_errors import install_error_handlers
 from taskfabric.forwarder.limits import RequestSizeLimit
@@ -37,14 +38,14 @@ _DESCRIPTION = (
 )
 
 
-def create_app(settings: ForwarderSettings) -> FastAPI:
+def create_app(settings: ForwarderSettings, *, broker: AdminBrokerLink | None = None) -> FastAPI:
     """A FastAPI app serving API v1 with a `Forwarder` built from `settings`, plus /metrics,
-    /healthz and /readyz (see `metrics` and `health`)."""
+    /healthz and /readyz (see `metrics` and `health`). `broker`: see `Forwarder`."""
     metrics = ForwarderMetrics(cache_s=settings.metrics_cache_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        forwarder = Forwarder(settings, metrics=metrics)
+        forwarder = Forwarder(settings, metrics=metrics, broker=broker)
         try:
             await forwarder.start()
         except BaseException as exc:

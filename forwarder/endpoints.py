@@ -31,8 +31,9 @@ from taskfabric.forwarder.records import EndpointRecord, Identity, TaskRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Failure, Store, StoreConflict, StoreRunner
 from taskfabric.forwarder.ttl_cache import TTLCache
+from taskfabric.protocol.api import BrokerAccess
 
-__all__ = ["CONFLICT", "BrokerCredentials", "EndpointRegistry", "Registration"]
+__all__ = ["CONFLICT", "EndpointRegistry", "Registration"]
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +44,10 @@ _R = TypeVar("_R")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class BrokerCredentials:
-    """What an endpoint needs to reach its queues."""
-
-    amqp_url: str
-    username: str
-    task_queue: str
-    result_queue: str
-    control_queue: str
-    results_exchange: str
-    dead_letter_exchange: str
-    tasks_exchange: str
-    #: PEM CA certificate the agent should trust for an amqps broker (None: the system's store)
-    ca_certificate: str | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Registration:
     endpoint: EndpointRecord
     created: bool
-    broker: BrokerCredentials
+    broker: BrokerAccess
 
 
 class EndpointRegistry:
@@ -195,17 +180,11 @@ class EndpointRegistry:
         )
         return record
 
-    def _credentials(self, record: EndpointRecord, queues: EndpointQueues, password: str) -> BrokerCredentials:
-        topology = self._broker.topology
-        return BrokerCredentials(
+    def _credentials(self, record: EndpointRecord, queues: EndpointQueues, password: str) -> BrokerAccess:
+        return self._broker.topology.broker_access(
+            queues,
             amqp_url=self._settings.endpoint_broker_url(record.broker_username, password),
             username=record.broker_username,
-            task_queue=queues.task_queue,
-            result_queue=queues.result_queue,
-            control_queue=queues.control_queue,
-            results_exchange=topology.results_exchange,
-            dead_letter_exchange=topology.dead_letter_exchange,
-            tasks_exchange=topology.tasks_exchange,
             ca_certificate=self._settings.endpoint_broker_ca_pem(),
         )
 

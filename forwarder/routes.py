@@ -33,6 +33,7 @@ from taskfabric.forwarder.requests import (
 from taskfabric.forwarder.service import Forwarder
 from taskfabric.forwarder.stream import serve_stream
 from taskfabric.forwarder.views import endpoint_info, function_info, task_info
+from taskfabric.protocol.api import EndpointInfo, EndpointRegistered, TaskInfo, render
 
 __all__ = ["API_VERSION", "MAX_CANCEL_TASK_IDS", "MIN_CLIENT_VERSION", "router", "websocket_router"]
 
@@ -142,8 +143,8 @@ async def delete_function(function_id: uuid.UUID, identity: Caller, service: Ser
     "/endpoints",
     status_code=201,
     responses={
-        200: {"model": schemas.EndpointRegistered},
-        201: {"model": schemas.EndpointRegistered},
+        200: {"model": EndpointRegistered},
+        201: {"model": EndpointRegistered},
         409: {"model": schemas.ErrorBody},
     },
 )
@@ -157,42 +158,29 @@ async def register_endpoint(body: schemas.EndpointRegistration, identity: Caller
     registration = await service.endpoints.register(
         identity, name=body.name, endpoint_id=body.endpoint_id, metadata=body.metadata
     )
-    broker = registration.broker
-    return JSONResponse(
-        {
-            "endpoint_id": str(registration.endpoint.endpoint_id),
-            "name": registration.endpoint.name,
-            "broker": {
-                "amqp_url": broker.amqp_url,
-                "username": broker.username,
-                "task_queue": broker.task_queue,
-                "result_queue": broker.result_queue,
-                "control_queue": broker.control_queue,
-                "results_exchange": broker.results_exchange,
-                "dead_letter_exchange": broker.dead_letter_exchange,
-                "tasks_exchange": broker.tasks_exchange,
-                "ca_certificate": broker.ca_certificate,
-            },
-            "status_period_s": settings.status_period_s,
-        },
-        status_code=201 if registration.created else 200,
+    answer = EndpointRegistered(
+        endpoint_id=registration.endpoint.endpoint_id,
+        name=registration.endpoint.name,
+        broker=registration.broker,
+        status_period_s=settings.status_period_s,
     )
+    return JSONResponse(render(answer), status_code=201 if registration.created else 200)
 
 
 @router.get("/endpoints", responses={200: {"model": schemas.EndpointList}})
 async def list_endpoints(identity: Caller, service: Service) -> JSONResponse:
     records = await service.endpoints.list(identity)
-    return JSONResponse({"endpoints": [_endpoint_info(service, record) for record in records]})
+    return JSONResponse({"endpoints": [render(_endpoint_info(service, record)) for record in records]})
 
 
-@router.get("/endpoints/{endpoint_id}", responses={200: {"model": schemas.EndpointInfo}})
+@router.get("/endpoints/{endpoint_id}", responses={200: {"model": EndpointInfo}})
 async def get_endpoint(endpoint_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
-    return JSONResponse(_endpoint_info(service, await service.endpoints.get(identity, endpoint_id)))
+    return JSONResponse(render(_endpoint_info(service, await service.endpoints.get(identity, endpoint_id))))
 
 
-@router.get("/endpoints/{endpoint_id}/status", responses={200: {"model": schemas.EndpointInfo}})
+@router.get("/endpoints/{endpoint_id}/status", responses={200: {"model": EndpointInfo}})
 async def get_endpoint_status(endpoint_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
-    return JSONResponse(_endpoint_info(service, await service.endpoints.get(identity, endpoint_id)))
+    return JSONResponse(render(_endpoint_info(service, await service.endpoints.get(identity, endpoint_id))))
 
 
 @router.delete("/endpoints/{endpoint_id}", status_code=204, response_class=Response)
@@ -202,7 +190,7 @@ async def delete_endpoint(endpoint_id: uuid.UUID, identity: Caller, service: Ser
     return Response(status_code=204)
 
 
-def _endpoint_info(service: Forwarder, record: EndpointRecord) -> dict[str, Any]:
+def _endpoint_info(service: Forwarder, record: EndpointRecord) -> EndpointInfo:
     return endpoint_info(record, now=time.time(), offline_after_s=service.settings.endpoint_offline_after_s)
 
 
@@ -277,9 +265,9 @@ async def list_tasks(
     return JSONResponse(page_body(await service.tasks.list(query)))
 
 
-@router.get("/tasks/{task_id}", responses={200: {"model": schemas.TaskInfo}})
+@router.get("/tasks/{task_id}", responses={200: {"model": TaskInfo}})
 async def get_task(task_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
-    return JSONResponse(task_info(await service.tasks.get(identity, task_id)))
+    return JSONResponse(render(task_info(await service.tasks.get(identity, task_id))))
 
 
 @router.post("/tasks/batch", responses={200: {"model": schemas.BatchStatus}})
@@ -289,7 +277,7 @@ async def batch_status(body: schemas.TaskIds, identity: Caller, service: Service
     found, unknown = await service.tasks.get_many(identity, ids)
     return JSONResponse(
         {
-            "tasks": {str(task_id): task_info(record) for task_id, record in found.items()},
+            "tasks": {str(task_id): render(task_info(record)) for task_id, record in found.items()},
             "unknown": [str(task_id) for task_id in unknown] + malformed,
         }
     )

@@ -1,5 +1,7 @@
 """Pydantic models of the JSON bodies: request validation for the low-volume routes, and the
-OpenAPI description of every route. The submit route (the hot path) is validated by hand in
+OpenAPI description of every route. The records the agent and the client parse (endpoint
+registration and info, task info, stream frames) are `taskfabric.protocol.api`'s dataclasses,
+used here as they are. The submit route (the hot path) is validated by hand in
 `requests`; its schema here only documents it."""
 
 from __future__ import annotations
@@ -9,15 +11,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from taskfabric.protocol import MAX_RESOURCE_VALUE, RESOURCE_KEYS
+from taskfabric.protocol import MAX_RESOURCE_VALUE, RESOURCE_KEYS, EndpointInfo, TaskInfo, TaskStatus
 
 __all__ = [
     "SUBMIT_BODY_SCHEMA",
     "BatchStatus",
-    "BrokerInfo",
-    "EndpointInfo",
     "EndpointList",
-    "EndpointRegistered",
     "EndpointRegistration",
     "ErrorBody",
     "FunctionInfo",
@@ -25,7 +24,6 @@ __all__ = [
     "FunctionRegistered",
     "FunctionRegistration",
     "TaskIds",
-    "TaskInfo",
     "TaskList",
     "TaskSubmitted",
     "TaskSummary",
@@ -99,47 +97,6 @@ class EndpointRegistration(_Request):
     metadata: dict[str, Any] | None = Field(None, description="free-form JSON kept with the endpoint")
 
 
-class BrokerInfo(BaseModel):
-    amqp_url: str
-    username: str
-    task_queue: str
-    result_queue: str
-    control_queue: str = Field(description="cancellations for the agent (consumed apart from the task queue)")
-    results_exchange: str
-    dead_letter_exchange: str
-    tasks_exchange: str = Field(description="where the agent hands back tasks it has not started on a graceful stop")
-    ca_certificate: str | None = Field(
-        None,
-        description="PEM CA certificate the agent should trust for an amqps broker (the forwarder's "
-        "endpoint_broker_ca_file); null: the system's trust store",
-    )
-
-
-class EndpointRegistered(BaseModel):
-    endpoint_id: str
-    name: str
-    broker: BrokerInfo
-    status_period_s: float
-
-
-class EndpointInfo(BaseModel):
-    endpoint_id: str
-    name: str
-    status: str = Field(description="online | offline | draining | degraded")
-    last_heartbeat_at: float | None
-    managers: int
-    workers: int
-    idle_workers: int
-    outstanding_tasks: int
-    pending_blocks: int
-    running_blocks: int
-    hostname: str
-    scaling: str = Field(description="the agent's last scaling decision, in words (empty: none yet)")
-    display_name: str | None = Field(description="the endpoint config's display_name, as registered")
-    status_reason: str = Field(default="", description="why the endpoint is degraded (empty otherwise)")
-    created_at: float
-
-
 class EndpointList(BaseModel):
     endpoints: list[EndpointInfo]
 
@@ -194,38 +151,6 @@ class CancelRequest(_Request):
     task_ids: list[str] = Field(description="at most 1,000 task ids to cancel")
 
 
-class TaskErrorInfo(BaseModel):
-    code: str
-    message: str
-    traceback: str
-    exception_type: str
-    exception: str | None = Field(description="the pickled exception, base64")
-
-
-class TaskDetails(BaseModel):
-    worker_python: str
-    client_python: str
-    received_at: float | None
-    started_at: float | None
-    finished_at: float | None
-    attempts: int
-
-
-class TaskInfo(BaseModel):
-    task_id: str
-    status: str = Field(description="waiting | running | success | failed | cancelled")
-    endpoint_id: str
-    function_id: str
-    task_group_id: str | None = None
-    created_at: float
-    completed_at: float | None
-    result: str | None = Field(None, description="the pickled result, base64 (success only)")
-    error: TaskErrorInfo | None = Field(None, description="failed only")
-    details: TaskDetails
-    stdout: str = Field("", description="the task's captured stdout (the end of it), once finished")
-    stderr: str = Field("", description="the task's captured stderr (the end of it), once finished")
-
-
 class BatchStatus(BaseModel):
     tasks: dict[str, TaskInfo]
     unknown: list[str]
@@ -233,7 +158,7 @@ class BatchStatus(BaseModel):
 
 class TaskSummary(BaseModel):
     task_id: str
-    status: str = Field(description="waiting | running | success | failed | cancelled")
+    status: TaskStatus
     endpoint_id: str
     function_id: str
     task_group_id: str | None

@@ -42,8 +42,17 @@ log = logging.getLogger(__name__)
 class Forwarder:
     """The running service's parts. Create, `await start()`, use, `await stop()`."""
 
-    def __init__(self, settings: ForwarderSettings, *, metrics: ForwarderMetrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: ForwarderSettings,
+        *,
+        metrics: ForwarderMetrics | None = None,
+        broker: AdminBrokerLink | None = None,
+    ) -> None:
+        """`broker` defaults to the real administrator link (RabbitMQ and its management API);
+        unit tests pass one built on a `MemoryTransport`."""
         self.settings = settings
+        self._broker = broker
         self.metrics = metrics or ForwarderMetrics(cache_s=settings.metrics_cache_s)
         self.hub = ResultHub()
         self.stream_limits = StreamLimits(
@@ -113,7 +122,7 @@ class Forwarder:
         self._cleanups.append(lambda: self._auth_executor.shutdown(wait=True))
 
     async def _connect_broker(self) -> None:
-        self.broker = AdminBrokerLink(self.settings)
+        self.broker = self._broker or AdminBrokerLink(self.settings)
         self._cleanups.append(self.broker.close)
         await asyncio.to_thread(self.broker.start)
 

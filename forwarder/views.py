@@ -1,4 +1,5 @@
-"""Records rendered as response bodies: JSON (binary as base64) and msgpack (binary as bytes)."""
+"""Store records as the API's records (`taskfabric.protocol.api`): what the routes and the results
+stream render."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from typing import Any
 
 from taskfabric.forwarder.records import EndpointRecord, EndpointState, FunctionRecord, TaskRecord, TaskStatus
+from taskfabric.protocol.api import EndpointInfo, ResultFrame, TaskDetails, TaskErrorInfo, TaskInfo, render
 
 __all__ = [
     "endpoint_info",
@@ -51,25 +53,25 @@ def endpoint_state(record: EndpointRecord, *, now: float, offline_after_s: float
     return EndpointState.OFFLINE
 
 
-def endpoint_info(record: EndpointRecord, *, now: float, offline_after_s: float) -> dict[str, Any]:
+def endpoint_info(record: EndpointRecord, *, now: float, offline_after_s: float) -> EndpointInfo:
     status = record.status
-    return {
-        "endpoint_id": str(record.endpoint_id),
-        "name": record.name,
-        "status": endpoint_state(record, now=now, offline_after_s=offline_after_s).value,
-        "last_heartbeat_at": status.last_heartbeat_at,
-        "managers": status.managers,
-        "workers": status.workers,
-        "idle_workers": status.idle_workers,
-        "outstanding_tasks": status.outstanding_tasks,
-        "pending_blocks": status.pending_blocks,
-        "running_blocks": status.running_blocks,
-        "hostname": status.hostname,
-        "scaling": status.scaling,
-        "display_name": _display_name(record),
-        "status_reason": status.status_reason,
-        "created_at": record.created_at,
-    }
+    return EndpointInfo(
+        endpoint_id=record.endpoint_id,
+        name=record.name,
+        status=endpoint_state(record, now=now, offline_after_s=offline_after_s),
+        last_heartbeat_at=status.last_heartbeat_at,
+        managers=status.managers,
+        workers=status.workers,
+        idle_workers=status.idle_workers,
+        outstanding_tasks=status.outstanding_tasks,
+        pending_blocks=status.pending_blocks,
+        running_blocks=status.running_blocks,
+        hostname=status.hostname,
+        scaling=status.scaling,
+        display_name=_display_name(record),
+        status_reason=status.status_reason,
+        created_at=record.created_at,
+    )
 
 
 def _display_name(record: EndpointRecord) -> str | None:
@@ -82,61 +84,59 @@ def _display_name(record: EndpointRecord) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def task_details(record: TaskRecord) -> dict[str, Any]:
-    return {
-        "worker_python": record.worker_python,
-        "client_python": record.client_python,
-        "received_at": record.received_at,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "attempts": record.attempts,
-    }
+def task_details(record: TaskRecord) -> TaskDetails:
+    return TaskDetails(
+        worker_python=record.worker_python,
+        client_python=record.client_python,
+        received_at=record.received_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        attempts=record.attempts,
+    )
 
 
-def task_error(record: TaskRecord, *, binary: bool) -> dict[str, Any] | None:
+def task_error(record: TaskRecord) -> TaskErrorInfo | None:
     """The error of a failed or cancelled task (a cancelled one carries `TASK_CANCELLED`)."""
     if record.status is not TaskStatus.FAILED and record.status is not TaskStatus.CANCELLED:
         return None
-    return {
-        "code": record.error_code or "TASK_FAILED",
-        "message": record.error_message or "",
-        "traceback": record.error_traceback or "",
-        "exception_type": record.error_exception_type or "",
-        "exception": record.error_exception if binary else _b64(record.error_exception),
-    }
+    return TaskErrorInfo(
+        code=record.error_code or "TASK_FAILED",
+        message=record.error_message or "",
+        traceback=record.error_traceback or "",
+        exception_type=record.error_exception_type or "",
+        exception=record.error_exception,
+    )
 
 
-def task_info(record: TaskRecord) -> dict[str, Any]:
-    """The JSON task info of GET /v1/tasks/{id} and POST /v1/tasks/batch."""
-    info: dict[str, Any] = {
-        "task_id": str(record.task_id),
-        "status": record.status.value,
-        "endpoint_id": str(record.endpoint_id),
-        "function_id": str(record.function_id),
-        "task_group_id": str(record.task_group_id) if record.task_group_id is not None else None,
-        "created_at": record.created_at,
-        "completed_at": record.completed_at,
-        "details": task_details(record),
-        "stdout": record.stdout or "",
-        "stderr": record.stderr or "",
-    }
-    if record.status is TaskStatus.SUCCESS:
-        info["result"] = _b64(record.result or b"")
-    elif record.status is TaskStatus.FAILED or record.status is TaskStatus.CANCELLED:
-        info["error"] = task_error(record, binary=False)
-    return info
+def task_info(record: TaskRecord) -> TaskInfo:
+    """The task info of GET /v1/tasks/{id} and POST /v1/tasks/batch."""
+    return TaskInfo(
+        task_id=record.task_id,
+        status=record.status,
+        endpoint_id=record.endpoint_id,
+        function_id=record.function_id,
+        task_group_id=record.task_group_id,
+        created_at=record.created_at,
+        completed_at=record.completed_at,
+        result=(record.result or b"") if record.status is TaskStatus.SUCCESS else None,
+        error=task_error(record),
+        details=task_details(record),
+        stdout=record.stdout or "",
+        stderr=record.stderr or "",
+    )
 
 
 def task_result_frame(record: TaskRecord, *, binary_id: bool = False) -> dict[str, Any]:
-    """One result of the WebSocket stream (msgpack: binary values stay bytes; the id as 16-byte
-    bin for a client that subscribes with binary ids)."""
+    """One result of the WebSocket stream, msgpack-ready (binary values stay bytes; the id as
+    16-byte bin for a client that subscribes with binary ids)."""
     ok = record.status is TaskStatus.SUCCESS
-    return {
-        "task_id": record.task_id.bytes if binary_id else str(record.task_id),
-        "ok": ok,
-        "value": (record.result or b"") if ok else None,
-        "error": task_error(record, binary=True),
-        "details": task_details(record),
-        "stdout": record.stdout or "",
-        "stderr": record.stderr or "",
-    }
+    frame = ResultFrame(
+        task_id=record.task_id,
+        ok=ok,
+        value=(record.result or b"") if ok else None,
+        error=task_error(record),
+        details=task_details(record),
+        stdout=record.stdout or "",
+        stderr=record.stderr or "",
+    )
+    return render(frame, binary=True, binary_ids=binary_id)

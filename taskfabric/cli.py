@@ -32,8 +32,8 @@ SUBCOMMANDS: dict[str, str] = {
     "task": "taskfabric.client.cli:task",
     "forwarder": "taskfabric.forwarder.cli:forwarder",
     "admin": "taskfabric.forwarder.cli:admin",
-    "dev": "taskfabric.devfabric:dev",
-    "bench": "taskfabric.bench:bench",
+    "dev": "taskfabric.tools.devfabric:dev",
+    "bench": "taskfabric.tools.bench:bench",
 }
 
 

@@ -41,6 +41,11 @@ Messages (type tag -> fields, `?` = optional)
 Resource specifications (`resources.py`): the keys a task's `resource_specification` may hold
 (`RESOURCE_KEYS`: num_cores, num_gpus, memory_mb) and their check, shared by client and forwarder.
 
+HTTP and results-stream records (`api.py`): `EndpointRegistered` (with its `BrokerAccess`),
+`EndpointInfo`, `TaskInfo` (with `TaskDetails`, `TaskErrorInfo`), `ResultFrame`; `render` and
+`parse` turn them into JSON or msgpack bodies and back. The forwarder's OpenAPI document is built
+from them.
+
 State vocabularies (`states.py`): `TaskStatus` (waiting, running, success, failed, cancelled) and
 `EndpointState` (online, draining, offline), used by every component and by the HTTP API.
 
@@ -60,6 +65,17 @@ Records inside them:
 from __future__ import annotations
 
 from taskfabric.errors import ProtocolError
+from taskfabric.protocol.api import (
+    BrokerAccess,
+    EndpointInfo,
+    EndpointRegistered,
+    ResultFrame,
+    TaskDetails,
+    TaskErrorInfo,
+    TaskInfo,
+    parse,
+    render,
+)
 from taskfabric.protocol.messages import (
     MESSAGE_TYPES,
     CancelTasks,
@@ -93,8 +109,11 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RESOURCE_KEYS",
     "TERMINAL_TASK_STATES",
+    "BrokerAccess",
     "CancelTasks",
     "Drain",
+    "EndpointInfo",
+    "EndpointRegistered",
     "EndpointState",
     "EndpointStatus",
     "FunctionBody",
@@ -105,14 +124,20 @@ __all__ = [
     "ProtocolError",
     "Result",
     "ResultBatch",
+    "ResultFrame",
     "Task",
     "TaskBatch",
+    "TaskDetails",
     "TaskError",
+    "TaskErrorInfo",
     "TaskEvents",
+    "TaskInfo",
     "TaskStarted",
     "TaskStatus",
     "check_resource_specification",
     "pack",
+    "parse",
+    "render",
     "resource_environment",
     "unpack",
     "unpack_as",

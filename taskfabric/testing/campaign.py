@@ -36,6 +36,7 @@ from taskfabric.endpoint_agent.local import (
 from taskfabric.endpoint_agent.testing import AgentProcess
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
 from taskfabric.forwarder.testing import ForwarderProcess
+from taskfabric.protocol import EndpointState
 from taskfabric.testing import unique_name, wait_until
 from taskfabric.testing.history import CaseCounts, History, attributable_task
 from taskfabric.testing.proxy import FaultProxy
@@ -137,7 +138,9 @@ class Campaign:
     @staticmethod
     def wait_online(client: Client, endpoint_id: str) -> None:
         wait_until(
-            lambda: (s := client.get_endpoint_status(endpoint_id))["status"] == "online" and s.get("workers"),
+            lambda: (
+                (s := client.get_endpoint_status(endpoint_id))["status"] == EndpointState.ONLINE and s.get("workers")
+            ),
             timeout_s=90,
             interval_s=0.2,
             what=f"endpoint {endpoint_id} online with workers",

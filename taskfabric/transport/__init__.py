@@ -1,6 +1,6 @@
 """The broker transport: confirmed publishes, acknowledged consumes, topology operations.
 
-`Transport` is the interface; `RabbitTransport` talks to RabbitMQ (the only module importing pika)
+`Transport` is the interface; `RabbitTransport` talks to RabbitMQ (`rabbitmq/`, the only package importing pika)
 and `MemoryTransport` on a `MemoryBroker` is its in-memory twin for unit tests. The same contract
 tests run against both. Errors are taskfabric's own (`taskfabric.errors.BrokerError` and below).
 """

@@ -3,6 +3,7 @@ taking them while its task intake is paused (in-memory broker)."""
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import uuid
 from collections.abc import Iterator
@@ -27,15 +28,8 @@ def setup() -> Iterator[tuple[MemoryTransport, Topology, EndpointQueues, Endpoin
     endpoint_id = uuid.uuid4()
     queues = topology.endpoint_queues(endpoint_id, new_queue_secret())
     topology.declare_endpoint(admin, queues)
-    connection = EndpointConnection(
-        endpoint_id=endpoint_id,
-        amqp_url="amqp://unused",
-        username="guest",
-        task_queue=queues.task_queue,
-        result_queue=queues.result_queue,
-        results_exchange=topology.results_exchange,
-        dead_letter_exchange=topology.dead_letter_exchange,
-        control_queue=queues.control_queue,
+    connection = EndpointConnection.of(
+        endpoint_id, topology.broker_access(queues, amqp_url="amqp://unused", username="guest")
     )
     yield admin, topology, queues, connection
     admin.close()
@@ -91,7 +85,7 @@ def test_an_old_connection_without_a_control_queue_still_takes_tasks(
     setup: tuple[MemoryTransport, Topology, EndpointQueues, EndpointConnection],
 ) -> None:
     admin, topology, queues, connection = setup
-    old = EndpointConnection(**{**connection.__dict__, "control_queue": None})
+    old = dataclasses.replace(connection, control_queue=None)
     _publish(admin, topology, queues.task_queue, pack(TaskBatch(tasks=[_task()])))
     link = EndpointBrokerLink(old, wake=lambda: None, transport=MemoryTransport(admin.broker))
     link.start()

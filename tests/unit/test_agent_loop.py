@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from taskfabric.broker_config import EndpointQueues, Topology, new_queue_secret
+from taskfabric.broker_config import EndpointQueues, Topology, broker_username, new_queue_secret
 from taskfabric.endpoint_agent.agent import Agent, AgentPaths
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
@@ -71,14 +71,11 @@ class Fabric:
         self.endpoint_id = uuid.uuid4()
         self.queues: EndpointQueues = self.topology.endpoint_queues(self.endpoint_id, new_queue_secret())
         self.topology.declare_endpoint(self.forwarder, self.queues)
-        self.connection = EndpointConnection(
-            endpoint_id=self.endpoint_id,
-            amqp_url="amqp://unused",
-            username=f"ep-{self.endpoint_id}",
-            task_queue=self.queues.task_queue,
-            result_queue=self.queues.result_queue,
-            results_exchange=self.topology.results_exchange,
-            dead_letter_exchange=self.topology.dead_letter_exchange,
+        self.connection = EndpointConnection.of(
+            self.endpoint_id,
+            self.topology.broker_access(
+                self.queues, amqp_url="amqp://unused", username=broker_username(self.endpoint_id)
+            ),
         )
         self.paths = AgentPaths(tmp_path / "endpoint")
         self.paths.root.mkdir()

@@ -101,7 +101,7 @@ def test_a_connection_file_from_before_the_control_queue_still_loads(tmp_path: P
     assert loaded.control_queue is None
     assert loaded.task_queue == "taskfabric.tasks.x"
     fresh = EndpointConnection.from_registration(
-        {"endpoint_id": old["endpoint_id"], "broker": {**old, "control_queue": "taskfabric.control.x"}}
+        {"endpoint_id": old["endpoint_id"], "name": "x", "broker": {**old, "control_queue": "taskfabric.control.x"}}
     )
     fresh.save(path)
     assert EndpointConnection.load(path).control_queue == "taskfabric.control.x"

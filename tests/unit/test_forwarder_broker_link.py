@@ -9,52 +9,27 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskfabric.broker_config import EndpointPermissions, broker_username, endpoint_id_of_username, new_queue_secret
+from taskfabric.broker_config import broker_username, endpoint_id_of_username, new_queue_secret
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.settings import ForwarderSettings
+from taskfabric.forwarder.testing import MemoryEndpointUsers
 from taskfabric.testing import wait_until
 from taskfabric.transport import Delivery, MemoryBroker, MemoryTransport
-
-
-class FakeEndpointUsers:
-    """The management API's endpoint users, in a dict (an `EndpointUsers`)."""
-
-    def __init__(self) -> None:
-        self.users: dict[str, str] = {}
-        self.permissions: dict[str, EndpointPermissions] = {}
-        self.closed_for: list[tuple[str, str]] = []
-
-    def create_user(self, name: str, password: str) -> None:
-        self.users[name] = password
-
-    def set_permissions(self, user: str, permissions: EndpointPermissions) -> None:
-        self.permissions[user] = permissions
-
-    def close_connections_of(self, user: str, *, reason: str = "credentials revoked") -> int:
-        self.closed_for.append((user, reason))
-        return 1
-
-    def delete_user(self, name: str) -> None:
-        self.users.pop(name, None)
-        self.permissions.pop(name, None)
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
 def link() -> Iterator[AdminBrokerLink]:
     settings = ForwarderSettings(topology_prefix="unit")
     link = AdminBrokerLink(
-        settings, transport=MemoryTransport(MemoryBroker(), username="forwarder"), management=FakeEndpointUsers()
+        settings, transport=MemoryTransport(MemoryBroker(), username="forwarder"), management=MemoryEndpointUsers()
     )
     link.start()
     yield link
     link.close()
 
 
-def _users(link: AdminBrokerLink) -> FakeEndpointUsers:
-    assert isinstance(link.management, FakeEndpointUsers)
+def _users(link: AdminBrokerLink) -> MemoryEndpointUsers:
+    assert isinstance(link.management, MemoryEndpointUsers)
     return link.management
 
 

@@ -5,7 +5,8 @@ Four rules (see README.md "Layout" and shared/ARCHITECTURE.md):
 1. **Layers.** Each module may import only the layers its own layer allows (`ALLOWED_LAYERS`).
    The kernel's ground floor (protocol, transport, errors, settings, ...) imports no component and
    nothing above it; a component imports the ground floor, itself and the few components the
-   table names; the forwarder and the manager are imported by no other component.
+   table names; the forwarder and the manager are imported by no other component; the tools
+   (`taskfabric.tools`) may import every component and are imported by nothing.
 2. **Exceptions** to rule 1 are listed one by one in `LAYER_EXCEPTIONS`, each with its reason.
 3. **Third-party transports.** pika, aio_pika, zmq, sqlalchemy, globus_sdk and parsl are imported
    only by the modules `TRANSPORT_MODULES` names for each.
@@ -56,8 +57,10 @@ GROUND_FLOOR = (
     "taskfabric.wake_pipe",
     "taskfabric.tls",
 )
-#: the kernel's top floor: whole-fabric tools and the shared test harness, above every component
-TOP_FLOOR = ("taskfabric.cli", "taskfabric.__main__", "taskfabric.devfabric", "taskfabric.bench", "taskfabric.testing")
+#: the kernel's top floor: the root CLI and the shared test harness, above every component
+TOP_FLOOR = ("taskfabric.cli", "taskfabric.__main__", "taskfabric.testing")
+#: whole-fabric tools (`taskfabric dev`, `taskfabric bench`): above everything, imported by nothing
+TOOLS = "taskfabric.tools"
 COMPONENTS = ("broker_config", "forwarder", "endpoint_agent", "client", "manager")
 
 #: layer -> the layers its modules may import
@@ -74,23 +77,25 @@ ALLOWED_LAYERS: dict[str, frozenset[str]] = {
     # the forwarder administers the broker (topology, users)
     "forwarder": frozenset({"ground", "forwarder", "broker_config"}),
     "top": frozenset({"ground", "top", *COMPONENTS}),
+    # the root CLI names their commands as strings and imports them on first use
+    "tools": frozenset({"ground", "top", "tools", *COMPONENTS}),
 }
 
 #: (importing module, imported layer) -> why it is allowed although the table above says no
 LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {
     # the components' test harnesses build on the shared one (bounded waits, a broker for tests)
-    ("taskfabric.forwarder.testing", "top"): "test harness: uses taskfabric.testing (broker_for_tests)",
+    ("taskfabric.forwarder.testing.process", "top"): "test harness: uses taskfabric.testing (wait_until)",
     ("taskfabric.endpoint_agent.testing", "top"): "test harness: uses taskfabric.testing (broker_for_tests)",
 }
 
 #: third-party transport -> the only modules that may import it (a trailing ".*" = a whole package)
 TRANSPORT_MODULES: dict[str, tuple[str, ...]] = {
-    "pika": ("taskfabric.transport.rabbitmq",),
+    "pika": ("taskfabric.transport.rabbitmq.*",),
     "aio_pika": (),
     "zmq": ("taskfabric.zmq_poll", "taskfabric.endpoint_agent.zmq_router", "taskfabric.manager.zmq_link"),
     "sqlalchemy": ("taskfabric.forwarder.store.*",),
     "globus_sdk": ("taskfabric.forwarder.auth.globus",),
-    "parsl": ("taskfabric.endpoint_agent.blocks", "taskfabric.endpoint_agent.providers"),
+    "parsl": ("taskfabric.endpoint_agent.blocks", "taskfabric.endpoint_agent.providers.*"),
 }
 
 #: the only modules that unpickle: the worker's execution (user payloads) and the client (its own results)
@@ -144,6 +149,8 @@ def layer_of(name: str) -> str | None:
     for component in COMPONENTS:
         if _within(name, f"taskfabric.{component}"):
             return component
+    if _within(name, TOOLS):
+        return "tools"
     if any(_within(name, top) for top in TOP_FLOOR):
         return "top"
     if any(_within(name, ground) for ground in GROUND_FLOOR):
@@ -296,6 +303,8 @@ def _source(path: str, name: str, text: str) -> SourceModule:
     [
         ("taskfabric/ids.py", "taskfabric.ids", "import os\nfrom taskfabric.forwarder import store\n", "layers", 2),
         ("taskfabric/protocol/x.py", "taskfabric.protocol.x", "from ..testing import wait_until\n", "layers", 1),
+        ("taskfabric/testing/x.py", "taskfabric.testing.x", "from taskfabric.tools import bench\n", "layers", 1),
+        ("client/x.py", "taskfabric.client.x", "import taskfabric.tools.devfabric\n", "layers", 1),
         ("client/x.py", "taskfabric.client.x", "def f():\n    import taskfabric.manager.pool\n", "layers", 2),
         ("endpoint_agent/x.py", "taskfabric.endpoint_agent.x", "from taskfabric import forwarder\n", "layers", 1),
         ("manager/x.py", "taskfabric.manager.x", "from taskfabric.endpoint_agent import ledger\n", "layers", 1),
@@ -320,10 +329,11 @@ def test_checker_reports_a_violation(path: str, name: str, text: str, rule: str,
         ("taskfabric.manager.execution", "import cloudpickle\ncloudpickle.loads(b'')\n"),
         ("taskfabric.client.serialization", "import cloudpickle\ncloudpickle.loads(b'')\n"),
         ("taskfabric.forwarder.x", "import cloudpickle\ncloudpickle.dumps(1)\n"),
-        ("taskfabric.transport.rabbitmq", "import pika\n"),
+        ("taskfabric.transport.rabbitmq.publishing", "import pika\n"),
         ("taskfabric.forwarder.store.tasks", "import sqlalchemy\n"),
         ("taskfabric.endpoint_agent.x", "from taskfabric.broker_config import Topology\n"),
-        ("taskfabric.devfabric", "from taskfabric.forwarder import settings\n"),
+        ("taskfabric.tools.devfabric", "from taskfabric.forwarder import settings\n"),
+        ("taskfabric.tools.bench", "from taskfabric.tools.devfabric import dev_up\n"),
     ],
 )
 def test_checker_allows_what_the_tables_allow(name: str, text: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from taskfabric.broker_config import broker_username
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.endpoint_agent.local import (
     ForwarderEndpoints,
@@ -17,6 +18,7 @@ from taskfabric.endpoint_agent.local import (
     delete_endpoint,
     register_endpoint,
 )
+from taskfabric.protocol import BrokerAccess, EndpointRegistered, render
 
 
 class FakeForwarder:
@@ -29,17 +31,15 @@ class FakeForwarder:
         self, name: str, *, endpoint_id: uuid.UUID | str | None = None, metadata: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         self.registered.append((name, endpoint_id, metadata))
-        return {
-            "endpoint_id": str(self.endpoint_id),
-            "broker": {
-                "amqp_url": "amqp://ep:pw@broker:5672/%2F",
-                "username": f"ep-{self.endpoint_id}",
-                "task_queue": "t",
-                "result_queue": "r",
-                "results_exchange": "x.results",
-                "dead_letter_exchange": "x.dead-letter",
-            },
-        }
+        broker = BrokerAccess(
+            amqp_url="amqp://ep:pw@broker:5672/%2F",
+            username=broker_username(self.endpoint_id),
+            task_queue="t",
+            result_queue="r",
+            results_exchange="x.results",
+            dead_letter_exchange="x.dead-letter",
+        )
+        return render(EndpointRegistered(endpoint_id=self.endpoint_id, name=name, broker=broker))
 
     def delete_endpoint(self, endpoint_id: uuid.UUID | str) -> None:
         self.deleted.append(str(endpoint_id))

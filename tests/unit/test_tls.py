@@ -21,6 +21,7 @@ from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.errors import ConfigError
 from taskfabric.forwarder.cli import check_plaintext, serve
 from taskfabric.forwarder.settings import ForwarderSettings
+from taskfabric.protocol import BrokerAccess, EndpointRegistered, render
 from taskfabric.tls import INSECURE_ENV, client_ssl_context, is_loopback_host, reload_certificate, require_secure_url
 from taskfabric.transport import RabbitTransport
 
@@ -255,9 +256,8 @@ def test_an_ssl_context_needs_an_amqps_url(certs: tuple[CertificateFiles, Certif
         RabbitTransport("amqp://u:p@127.0.0.1:5672/%2F", ssl_context=client_ssl_context(ca.cert_file))
 
 
-def _connection(url: str, ca_certificate: str | None = None) -> EndpointConnection:
-    return EndpointConnection(
-        endpoint_id=uuid.uuid4(),
+def _broker(url: str, ca_certificate: str | None = None) -> BrokerAccess:
+    return BrokerAccess(
         amqp_url=url,
         username="u",
         task_queue="t",
@@ -266,6 +266,10 @@ def _connection(url: str, ca_certificate: str | None = None) -> EndpointConnecti
         dead_letter_exchange="d",
         ca_certificate=ca_certificate,
     )
+
+
+def _connection(url: str, ca_certificate: str | None = None) -> EndpointConnection:
+    return EndpointConnection.of(uuid.uuid4(), _broker(url, ca_certificate))
 
 
 def test_which_ca_an_agent_trusts(certs: tuple[CertificateFiles, CertificateFiles], tmp_path: Path) -> None:
@@ -285,18 +289,11 @@ def test_registration_answer_carries_the_ca_into_the_connection_file(
     certs: tuple[CertificateFiles, CertificateFiles], tmp_path: Path
 ) -> None:
     ca, _server = certs
-    answer = {
-        "endpoint_id": str(uuid.uuid4()),
-        "broker": {
-            "amqp_url": "amqps://u:p@b:5671/%2F",
-            "username": "u",
-            "task_queue": "t",
-            "result_queue": "r",
-            "results_exchange": "x",
-            "dead_letter_exchange": "d",
-            "ca_certificate": ca.cert_file.read_text(),
-        },
-    }
+    answer = render(
+        EndpointRegistered(
+            endpoint_id=uuid.uuid4(), name="e", broker=_broker("amqps://u:p@b:5671/%2F", ca.cert_file.read_text())
+        )
+    )
     connection = EndpointConnection.from_registration(answer)
     connection.save(tmp_path / "connection.json")
     assert EndpointConnection.load(tmp_path / "connection.json").ca_certificate == ca.cert_file.read_text()

@@ -29,6 +29,7 @@ from taskfabric.errors import TaskfabricError
 from taskfabric.exit_codes import RET_OK, RET_STOPPED
 from taskfabric.paths import taskfabric_home
 from taskfabric.processes import free_port, pid_alive, port_free, terminate_then_kill
+from taskfabric.protocol import EndpointState
 
 __all__ = ["DevState", "dev", "dev_down", "dev_status", "dev_up"]
 
@@ -256,7 +257,7 @@ def _wait_online(state: DevState, timeout_s: float = 60.0) -> None:
     with Client(url=state.forwarder_url, token=state.token) as client:
         while time.monotonic() < deadline:
             status = client.get_endpoint_status(str(state.endpoint_id))
-            if status.get("status") == "online" and status.get("workers"):
+            if status.get("status") == EndpointState.ONLINE and status.get("workers"):
                 return
             time.sleep(0.2)
     raise TaskfabricError(f"endpoint {DEV_ENDPOINT!r} did not come online within {timeout_s:g} s")

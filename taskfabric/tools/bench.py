@@ -302,7 +302,7 @@ def _fabric(config: BenchConfig, announce: Callable[[str], None]) -> Iterator[Fa
             raise click.ClickException("with --url, give --token and --endpoint too")
         yield Fabric(config.url, config.token, config.endpoint_id, config.endpoint_name, None)
         return
-    from taskfabric.devfabric import DEV_ENDPOINT, dev_down, dev_up
+    from taskfabric.tools.devfabric import DEV_ENDPOINT, dev_down, dev_up
 
     with tempfile.TemporaryDirectory(prefix="taskfabric-bench-") as home:
         previous = os.environ.get("TASKFABRIC_HOME")

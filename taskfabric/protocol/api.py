@@ -1,0 +1,364 @@
+"""The records of the HTTP API and of the results stream (see docs/api.md).
+
+What the forwarder answers over HTTP (JSON) and pushes on the results WebSocket (msgpack), as
+frozen dataclasses: the forwarder renders them, the agent and the client parse them, and the
+forwarder's OpenAPI document describes them (pydantic reads these classes and their attribute
+docstrings; nothing here imports pydantic).
+
+Two renderings of one record:
+
+- JSON (`render(record)`): UUIDs as strings, binary values (pickled results and exceptions) as
+  base64 strings, states as their values.
+- msgpack (`render(record, binary=True)`): binary values stay bytes; with `binary_ids=True` UUIDs
+  travel as 16-byte bin (a stream client that subscribes with binary ids).
+
+`parse(cls, data)` (and `parse(cls, data, binary=True)`) turns a decoded body back into a record,
+accepting UUIDs as strings or 16-byte bin, ignoring unknown keys (a newer service may add fields)
+and raising `ProtocolError` naming the first missing or mistyped field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import enum
+import functools
+import typing
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from taskfabric.errors import ProtocolError
+from taskfabric.protocol.states import EndpointState, TaskStatus
+
+__all__ = [
+    "BrokerAccess",
+    "EndpointInfo",
+    "EndpointRegistered",
+    "ResultFrame",
+    "TaskDetails",
+    "TaskErrorInfo",
+    "TaskInfo",
+    "parse",
+    "render",
+]
+
+#: read by pydantic (FastAPI's OpenAPI document) only: field descriptions from attribute
+#: docstrings, binary fields described as base64 strings
+_OPENAPI = {"use_attribute_docstrings": True, "ser_json_bytes": "base64"}
+
+_R = TypeVar("_R")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerAccess:
+    """What an endpoint's agent needs to reach its queues (minted at each registration)."""
+
+    __pydantic_config__ = _OPENAPI
+
+    amqp_url: str
+    """the broker URL with the endpoint's own user and password"""
+    username: str
+    task_queue: str
+    result_queue: str
+    results_exchange: str
+    dead_letter_exchange: str
+    control_queue: str | None = None
+    """cancellations for the agent (consumed apart from the task queue; null from an old forwarder)"""
+    tasks_exchange: str | None = None
+    """where the agent hands back tasks it has not started on a graceful stop (null from an old forwarder)"""
+    ca_certificate: str | None = None
+    """PEM CA certificate the agent should trust for an amqps broker (the forwarder's
+    endpoint_broker_ca_file); null: the system's trust store"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointRegistered:
+    """The answer to `POST /v1/endpoints`."""
+
+    __pydantic_config__ = _OPENAPI
+
+    endpoint_id: uuid.UUID
+    name: str
+    broker: BrokerAccess
+    status_period_s: float | None = None
+    """how often the agent should report its status (null from an old forwarder)"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointInfo:
+    """An endpoint and its agent's last status report (`GET /v1/endpoints/{id}`)."""
+
+    __pydantic_config__ = _OPENAPI
+
+    endpoint_id: uuid.UUID
+    name: str
+    status: EndpointState
+    """as last reported, or offline when the agent has been silent too long"""
+    last_heartbeat_at: float | None
+    managers: int
+    workers: int
+    idle_workers: int
+    outstanding_tasks: int
+    pending_blocks: int
+    running_blocks: int
+    hostname: str
+    scaling: str
+    """the agent's last scaling decision, in words (empty: none yet)"""
+    display_name: str | None
+    """the endpoint config's display_name, as registered"""
+    status_reason: str = ""
+    """why the endpoint is degraded (empty otherwise)"""
+    created_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDetails:
+    """Where and when a task ran."""
+
+    __pydantic_config__ = _OPENAPI
+
+    worker_python: str
+    client_python: str
+    received_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskErrorInfo:
+    """Why a task failed (a cancelled task carries `TASK_CANCELLED`)."""
+
+    __pydantic_config__ = _OPENAPI
+
+    code: str
+    message: str
+    traceback: str
+    exception_type: str
+    exception: bytes | None
+    """the pickled exception (base64 in JSON)"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskInfo:
+    """A task, its state and its outcome (`GET /v1/tasks/{id}`, `POST /v1/tasks/batch`)."""
+
+    __pydantic_config__ = _OPENAPI
+
+    task_id: uuid.UUID
+    status: TaskStatus
+    endpoint_id: uuid.UUID
+    function_id: uuid.UUID
+    task_group_id: uuid.UUID | None = None
+    created_at: float
+    completed_at: float | None
+    result: bytes | None = None
+    """the pickled result, base64 (success only)"""
+    error: TaskErrorInfo | None = None
+    """failed or cancelled only"""
+    details: TaskDetails
+    stdout: str = ""
+    """the task's captured stdout (the end of it), once finished"""
+    stderr: str = ""
+    """the task's captured stderr (the end of it), once finished"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ResultFrame:
+    """One result pushed on the results stream (in a `{"results": [...]}` frame)."""
+
+    __pydantic_config__ = _OPENAPI
+
+    task_id: uuid.UUID
+    ok: bool
+    value: bytes | None
+    """the pickled result (ok only)"""
+    error: TaskErrorInfo | None
+    details: TaskDetails
+    stdout: str = ""
+    stderr: str = ""
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+def render(record: Any, *, binary: bool = False, binary_ids: bool = False) -> dict[str, Any]:
+    """The body of `record`: JSON-ready, or msgpack-ready with `binary` (see the module docstring)."""
+    body: dict[str, Any] = {}
+    for name, kind in _plan(record.__class__):
+        value = getattr(record, name)
+        if value is not None and kind is not None:
+            value = _RENDERERS[kind](value, binary, binary_ids)
+        body[name] = value
+    return body
+
+
+def _render_bytes(value: bytes, binary: bool, binary_ids: bool) -> Any:
+    return value if binary else base64.b64encode(value).decode("ascii")
+
+
+def _render_uuid(value: uuid.UUID, binary: bool, binary_ids: bool) -> Any:
+    return value.bytes if binary_ids else str(value)
+
+
+def _render_enum(value: enum.Enum, binary: bool, binary_ids: bool) -> Any:
+    return value.value
+
+
+def _render_record(value: Any, binary: bool, binary_ids: bool) -> Any:
+    return render(value, binary=binary, binary_ids=binary_ids)
+
+
+_RENDERERS: dict[str, Callable[[Any, bool, bool], Any]] = {
+    "bytes": _render_bytes,
+    "uuid": _render_uuid,
+    "enum": _render_enum,
+    "record": _render_record,
+}
+
+
+@functools.cache
+def _plan(cls: Any) -> tuple[tuple[str, str | None], ...]:
+    """(field name, how to render it: None for as-is) of a record class, in field order."""
+    hints = _hints(cls)
+    return tuple((field.name, _kind(hints[field.name])) for field in dataclasses.fields(cls))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _kind(annotation: Any) -> str | None:
+    options = [arg for arg in typing.get_args(annotation) if arg is not type(None)] or [annotation]
+    base = options[0]
+    if base is bytes:
+        return "bytes"
+    if base is uuid.UUID:
+        return "uuid"
+    if isinstance(base, type) and issubclass(base, enum.Enum):
+        return "enum"
+    if dataclasses.is_dataclass(base):
+        return "record"
+    return None
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+#: a field's check-and-convert step: (value, binary) -> the value for the record; raises `_Mismatch`
+_Field = Callable[[Any, bool], Any]
+
+
+def parse(cls: type[_R], data: Any, *, binary: bool = False) -> _R:
+    """`data` (a decoded JSON or msgpack body) as a `cls` record; raises `ProtocolError`."""
+    try:
+        record: _R = _parse_record(cls, data, binary)
+    except _Mismatch as exc:
+        raise ProtocolError(f"{cls.__name__}{exc.where}: expected {exc.expected}, got {exc.value!r:.80}") from None
+    return record
+
+
+class _Mismatch(Exception):
+    """A bad value; `where` grows (".details.attempts") as the error leaves nested records."""
+
+    def __init__(self, expected: str, value: Any, where: str = "") -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.value = value
+        self.where = where
+
+
+def _parse_record(cls: type, data: Any, binary: bool) -> Any:
+    if not isinstance(data, Mapping):
+        raise _Mismatch("an object", data)
+    values = {}
+    for name, required, check in _parsers(cls):
+        if name in data:
+            try:
+                values[name] = check(data[name], binary)
+            except _Mismatch as exc:
+                exc.where = f".{name}{exc.where}"
+                raise
+        elif required:
+            raise _Mismatch("a value (the field is required)", None, f".{name}")
+    return cls(**values)
+
+
+@functools.cache
+def _parsers(cls: type) -> tuple[tuple[str, bool, _Field], ...]:
+    """(field name, required, its check) of a record class."""
+    hints = _hints(cls)
+    return tuple(
+        (field.name, field.default is dataclasses.MISSING, _field_parser(hints[field.name]))
+        for field in dataclasses.fields(cls)
+    )
+
+
+def _field_parser(annotation: Any) -> _Field:
+    options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if options and len(options) < len(typing.get_args(annotation)):  # X | None
+        inner = _field_parser(options[0])
+        return lambda value, binary: None if value is None else inner(value, binary)
+    if annotation in _SCALARS:
+        return _SCALARS[annotation]
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return functools.partial(_parse_enum, annotation)
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return functools.partial(_parse_record, annotation)
+    raise TypeError(f"no parser for {annotation!r}")
+
+
+def _scalar(kind: type, words: str) -> _Field:
+    def check(value: Any, binary: bool) -> Any:
+        if type(value) is kind:
+            return value
+        raise _Mismatch(words, value)
+
+    return check
+
+
+def _parse_float(value: Any, binary: bool) -> float:
+    if type(value) is float or type(value) is int:
+        return float(value)
+    raise _Mismatch("a number", value)
+
+
+def _parse_bytes(value: Any, binary: bool) -> bytes:
+    if binary and isinstance(value, bytes):
+        return value
+    if not binary and isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    raise _Mismatch("bytes" if binary else "a base64 string", value)
+
+
+def _parse_uuid(value: Any, binary: bool) -> uuid.UUID:
+    try:
+        if isinstance(value, bytes) and len(value) == 16:
+            return uuid.UUID(bytes=value)
+        if isinstance(value, str):
+            return uuid.UUID(value)
+    except ValueError:
+        pass
+    raise _Mismatch("a UUID", value)
+
+
+def _parse_enum(kind: type[enum.Enum], value: Any, binary: bool) -> enum.Enum:
+    try:
+        return kind(value)
+    except ValueError:
+        raise _Mismatch(f"one of {', '.join(str(m.value) for m in kind)}", value) from None
+
+
+_SCALARS: dict[Any, _Field] = {
+    str: _scalar(str, "a string"),
+    int: _scalar(int, "an integer"),
+    bool: _scalar(bool, "true or false"),
+    float: _parse_float,
+    bytes: _parse_bytes,
+    uuid.UUID: _parse_uuid,
+}
