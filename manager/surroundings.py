@@ -10,8 +10,8 @@ For each task the worker:
   empty when each task starts. A task that leaves files there has its directory renamed to
   `<workdir_root>/<task id>` at its end and removed (kept with `keep_workdirs`), and the worker
   makes a fresh one. Creating, renaming and deleting directories costs far more than a short
-  task (up to milliseconds on shared filesystems), so a task that writes nothing costs one
-  directory listing of an empty folder;
+  task (up to milliseconds on shared filesystems), so a task that writes nothing costs one poll
+  of an inotify watch on Linux (`dirwatch.py`), or one listing of the empty folder elsewhere;
 - sets `TASKFABRIC_TASK_ID` and the variables of the task's resource specification
   (`resource_environment`), and afterwards restores `os.environ`, `sys.path`, `sys.stdout`,
   `sys.stderr` and the current directory exactly as they were, so nothing one task changes leaks
@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+from taskfabric.manager.dirwatch import DirectoryWatch
 from taskfabric.protocol import Task, resource_environment
 
 __all__ = ["CapturedOutput", "OutputCapture", "TaskSurroundings", "tail_with_note"]
@@ -149,6 +150,8 @@ class TaskSurroundings:
         #: the worker's directory: every task starts in it, empty
         self.workdir = str(workdir_root / f"worker-{socket.gethostname()}-{os.getpid()}")
         self._workdir_fd: int | None = None
+        #: tells, without listing it, whether a task may have left something in the directory
+        self._watch = DirectoryWatch()
         #: the environment before any task variable was set
         self._base_environ: dict[Any, Any] = {}
         #: the resource variables the last task got (beside TASKFABRIC_TASK_ID)
@@ -157,6 +160,7 @@ class TaskSurroundings:
 
     def close(self) -> None:
         self.output.close()
+        self._watch.close()
         self._close_workdir()
         with contextlib.suppress(OSError):
             os.rmdir(self.workdir)
@@ -211,6 +215,7 @@ class TaskSurroundings:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(self.workdir, 0o700)
             self._workdir_fd = os.open(self.workdir, os.O_RDONLY | os.O_DIRECTORY)
+            self._watch.watch(self.workdir)
         os.fchdir(self._workdir_fd)
 
     def _close_workdir(self) -> None:
@@ -220,6 +225,10 @@ class TaskSurroundings:
 
     def _tidy_workdir(self, task: Task) -> None:
         """Back into the worker's directory, emptied if the task left anything in it."""
+        if not self._watch.maybe_touched():
+            assert self._workdir_fd is not None
+            os.fchdir(self._workdir_fd)
+            return
         try:
             with os.scandir(self.workdir) as entries:
                 empty = next(entries, None) is None

@@ -1,7 +1,7 @@
 """The worker process: reads task batches from its manager's pipe and runs them one by one.
 
-Results go back in small batches: a result waits at most `FLUSH_AFTER_S` (a background thread
-flushes it even while the next task runs), and all are flushed when the batch is done. A task's
+Results go back in small batches: a result waits at most `FLUSH_AFTER_S` (10 ms; a background
+thread flushes it even while the next task runs), and all are flushed when the batch is done. A task's
 start is reported (a `TaskEvents` frame) once it has run `REPORT_START_AFTER_S`; a shorter task
 is reported by its result alone. So that the
 manager knows exactly which task a dead worker was running, the worker writes the id of the task
@@ -67,8 +67,11 @@ __all__ = [
     "serve",
 ]
 
-#: the longest a finished result waits in the worker before it is sent
-FLUSH_AFTER_S = 0.001
+#: the longest a finished result waits in the worker while later tasks of its batch run (the last
+#: result of a batch is sent at once). The same as `REPORT_START_AFTER_S`, so that in a batch of
+#: short tasks each result falls due after the flusher's next wake-up, never before it: a batch
+#: wakes the flusher thread once, not once per task
+FLUSH_AFTER_S = 0.01
 #: a task's start is reported once it has run this long (a shorter task is reported by its result)
 REPORT_START_AFTER_S = 0.01
 #: a worker ending itself because its running task was cancelled exits like SIGTERM's default

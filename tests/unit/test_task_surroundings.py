@@ -211,3 +211,46 @@ def test_a_task_that_finishes_before_its_start_is_due_is_reported_by_its_result_
         writer.close()
         os.close(read_fd)
         os.close(write_fd)
+
+
+# --- the directory watch ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's; elsewhere the watch says 'maybe'")
+def test_the_directory_watch_sees_entries_added_and_the_directory_removed(tmp_path: Path) -> None:
+    from taskfabric.manager.dirwatch import DirectoryWatch
+
+    watched = tmp_path / "w"
+    watched.mkdir()
+    watch = DirectoryWatch()
+    try:
+        watch.watch(str(watched))
+        assert watch.active and not watch.maybe_touched()
+        (watched / "file").write_text("x")
+        assert watch.maybe_touched() and not watch.maybe_touched()  # each call starts afresh
+        (watched / "file").unlink()  # removing an entry leaves nothing behind: no alarm needed
+        assert not watch.maybe_touched()
+        (tmp_path / "outside").write_text("y")
+        os.rename(tmp_path / "outside", watched / "moved-in")
+        assert watch.maybe_touched()
+        (watched / "moved-in").unlink()
+        held = os.open(watched, os.O_RDONLY | os.O_DIRECTORY)  # as a task's current directory holds it
+        try:
+            watched.rmdir()
+            assert watch.maybe_touched()
+        finally:
+            os.close(held)
+    finally:
+        watch.close()
+
+
+def test_without_a_watch_every_check_says_maybe(tmp_path: Path) -> None:
+    from taskfabric.manager.dirwatch import DirectoryWatch
+
+    watch = DirectoryWatch()
+    try:
+        watch.watch(str(tmp_path / "does-not-exist"))  # inotify refuses: the stand-in answers
+        assert not watch.active
+        assert watch.maybe_touched() and watch.maybe_touched()
+    finally:
+        watch.close()
