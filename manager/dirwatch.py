@@ -3,9 +3,9 @@
 A worker's directory must be empty when each task starts. Listing it after every task costs more
 than a short task (open, getdents, close); on Linux an inotify watch answers "nothing was added"
 with one poll of a file descriptor instead. `DirectoryWatch.maybe_touched()` is True when an entry
-may have been added, moved in, or the directory itself removed or moved since the last
-`watch(path)` / `maybe_touched()` (or anything removed from its parent), and always True where inotify is not available (then the
-caller lists the directory every time, as before).
+may have been added or moved in, the directory itself moved, or anything removed from its parent
+since the last `watch(path)` / `maybe_touched()`, and always True where inotify is not available
+(then the caller lists the directory every time).
 """
 
 from __future__ import annotations
