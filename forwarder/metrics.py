@@ -28,6 +28,7 @@ import inspect
 import ipaddress
 import itertools
 import logging
+import operator
 import threading
 import time
 import uuid
@@ -182,18 +183,18 @@ class ForwarderMetrics:
         result the ingest thread stores)."""
         outcomes: collections.Counter[tuple[uuid.UUID, TaskStatus, str | None]] = collections.Counter()
         latencies: dict[uuid.UUID, list[float]] = collections.defaultdict(list)
-        hops: dict[str, list[float]] = {hop: [] for hop in _HOPS}
+        timed: list[TaskRecord] = []
         for record in records:
             code = error_code_label(record.error_code) if record.status is TaskStatus.FAILED else None
             outcomes[record.endpoint_id, record.status, code] += 1
             if record.completed_at is not None and record.status is not TaskStatus.CANCELLED:
                 latencies[record.endpoint_id].append(record.completed_at - record.created_at)
-                _collect_hops(record, hops)
+                timed.append(record)
         for (endpoint_id, status, code), count in outcomes.items():
             self._count_outcome(str(endpoint_id), status, code, count)
         for endpoint_id, values in latencies.items():
             self.latency.observe_many(str(endpoint_id), values)
-        for hop, values in hops.items():
+        for hop, values in _hop_durations(timed).items():
             self.hop_latency.observe_many(hop, values)
 
     def _count_outcome(self, endpoint: str, status: TaskStatus, code: str | None, count: int) -> None:
@@ -284,11 +285,14 @@ class ForwarderMetrics:
         return generate_latest(self.registry)
 
 
-def _collect_hops(record: TaskRecord, hops: dict[str, list[float]]) -> None:
-    for hop, (start, end) in _HOPS.items():
-        began, ended = getattr(record, start), getattr(record, end)
-        if began is not None and ended is not None:
-            hops[hop].append(ended - began)
+def _hop_durations(records: list[TaskRecord]) -> dict[str, list[float]]:
+    """Each hop's durations (see `_HOPS`) over the records that have both of its times."""
+    getters = {hop: (operator.attrgetter(start), operator.attrgetter(end)) for hop, (start, end) in _HOPS.items()}
+    durations: dict[str, list[float]] = {}
+    for hop, (began_at, ended_at) in getters.items():
+        pairs = zip(map(began_at, records), map(ended_at, records), strict=True)
+        durations[hop] = [ended - began for began, ended in pairs if began is not None and ended is not None]
+    return durations
 
 
 class BatchHistogram(Collector):
@@ -300,20 +304,27 @@ class BatchHistogram(Collector):
         self._name = name
         self._documentation = documentation
         self._label = label
-        self._bounds = list(buckets)
+        self._bounds = sorted(buckets)
+        if self._bounds and self._bounds[0] < 0:
+            raise ValueError("histogram bucket bounds must not be negative")
         self._series: dict[str, tuple[list[int], list[float]]] = {}  # label value -> (counts, [sum])
         self._lock = threading.Lock()
 
     def observe_many(self, label_value: str, values: Sequence[float]) -> None:
         if not values:
             return
-        bounds = self._bounds
+        ordered = sorted(values)  # then one bisect per bucket bound, not one per value
+        positive = ordered[bisect.bisect_right(ordered, 0.0) :]
+        # values <= each bound (negative ones too: as 0 they are below every bound, all >= 0)
+        below = [bisect.bisect_right(ordered, bound) for bound in self._bounds]
+        below.append(len(ordered))
         with self._lock:
-            counts, total = self._series.setdefault(label_value, ([0] * (len(bounds) + 1), [0.0]))
-            for value in values:
-                clamped = max(0.0, value)
-                counts[bisect.bisect_left(bounds, clamped)] += 1
-                total[0] += clamped
+            counts, total = self._series.setdefault(label_value, ([0] * (len(self._bounds) + 1), [0.0]))
+            previous = 0
+            for index, cumulative in enumerate(below):
+                counts[index] += cumulative - previous
+                previous = cumulative
+            total[0] += sum(positive)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=[self._label])

@@ -186,37 +186,42 @@ class ResultFrame:
 
 def render(record: Any, *, binary: bool = False, binary_ids: bool = False) -> dict[str, Any]:
     """The body of `record`: JSON-ready, or msgpack-ready with `binary` (see the module docstring)."""
-    body: dict[str, Any] = {}
-    for name, kind in _plan(record.__class__):
-        value = getattr(record, name)
-        if value is not None and kind is not None:
-            value = _RENDERERS[kind](value, binary, binary_ids)
-        body[name] = value
-    return body
+    return _renderer(record.__class__, binary, binary_ids)(record)
 
 
-def _render_bytes(value: bytes, binary: bool, binary_ids: bool) -> Any:
-    return value if binary else base64.b64encode(value).decode("ascii")
+@functools.cache
+def _renderer(cls: type, binary: bool, binary_ids: bool) -> Callable[[Any], dict[str, Any]]:
+    """A function that renders `cls` records with these flags, generated once: one dict display,
+    no loop over fields (the results stream renders a record per result)."""
+    namespace: dict[str, Any] = {"_b64": _b64_text}
+    hints = _hints(cls)
+    items = []
+    for index, (name, kind) in enumerate(_plan(cls)):
+        convert = {
+            "bytes": "v" if binary else "_b64(v)",
+            "uuid": "v.bytes" if binary_ids else "str(v)",
+            "enum": "v.value",
+            "record": f"_record{index}(v)",
+            None: "v",
+        }[kind]
+        if kind == "record":
+            namespace[f"_record{index}"] = _renderer(_record_class(hints[name]), binary, binary_ids)
+        items.append(
+            f"{name!r}: r.{name}" if kind is None else f"{name!r}: (None if (v := r.{name}) is None else {convert})"
+        )
+    source = "def render_record(r):\n    return {" + ", ".join(items) + "}\n"
+    exec(compile(source, f"<render {cls.__name__}>", "exec"), namespace)
+    renderer: Callable[[Any], dict[str, Any]] = namespace["render_record"]
+    return renderer
 
 
-def _render_uuid(value: uuid.UUID, binary: bool, binary_ids: bool) -> Any:
-    return value.bytes if binary_ids else str(value)
+def _b64_text(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
 
 
-def _render_enum(value: enum.Enum, binary: bool, binary_ids: bool) -> Any:
-    return value.value
-
-
-def _render_record(value: Any, binary: bool, binary_ids: bool) -> Any:
-    return render(value, binary=binary, binary_ids=binary_ids)
-
-
-_RENDERERS: dict[str, Callable[[Any, bool, bool], Any]] = {
-    "bytes": _render_bytes,
-    "uuid": _render_uuid,
-    "enum": _render_enum,
-    "record": _render_record,
-}
+def _record_class(annotation: Any) -> type:
+    options = [arg for arg in typing.get_args(annotation) if arg is not type(None)] or [annotation]
+    return typing.cast(type, options[0])
 
 
 @functools.cache
@@ -254,10 +259,89 @@ _Field = Callable[[Any, bool], Any]
 def parse(cls: type[_R], data: Any, *, binary: bool = False) -> _R:
     """`data` (a decoded JSON or msgpack body) as a `cls` record; raises `ProtocolError`."""
     try:
+        fast: _R = _fast_parser(cls, binary)(data)
+        return fast
+    except Exception:  # anything unusual: the checking parser decides, and names the problem
+        pass
+    try:
         record: _R = _parse_record(cls, data, binary)
     except _Mismatch as exc:
         raise ProtocolError(f"{cls.__name__}{exc.where}: expected {exc.expected}, got {exc.value!r:.80}") from None
     return record
+
+
+@functools.cache
+def _fast_parser(cls: type, binary: bool) -> Callable[[Any], Any]:
+    """A parser for well-formed `cls` bodies, generated once: straight-line checks per field,
+    raising on anything else (then `parse` runs the field-by-field parser, which names the
+    problem). The client parses a record per result on the stream."""
+    namespace: dict[str, Any] = {
+        "_cls": cls,
+        "_float": _parse_float,
+        "_bytes": _parse_bytes,
+        "_uuid": _parse_uuid,
+        "_Mismatch": _Mismatch,
+    }
+    lines = ["def parse_record(d):", "    if type(d) is not dict: raise _Mismatch('an object', d)", "    kw = {}"]
+    try:
+        fields = [(name, required, *_optional(annotation)) for name, required, annotation in _fields(cls)]
+        for *_, base in fields:
+            _fast_check(base, "", binary)
+    except TypeError:  # a field type without a fast check: the checking parser does it all
+        return functools.partial(_parse_record, cls, binary=binary)
+    for index, (name, required, optional, base) in enumerate(fields):
+        indent = "    " if required else "        "
+        if not required:
+            lines.append(f"    if {name!r} in d:")
+        lines.append(f"{indent}v = d[{name!r}]")
+        check = _fast_check(base, f"_t{index}", binary)
+        if isinstance(base, type) and (issubclass(base, enum.Enum) or dataclasses.is_dataclass(base)):
+            namespace[f"_t{index}"] = base if issubclass(base, enum.Enum) else _fast_parser(base, binary)
+        if optional:
+            lines += [f"{indent}if v is not None:", f"{indent}    {check}"]
+        else:
+            lines.append(f"{indent}{check}")
+        lines.append(f"{indent}kw[{name!r}] = v")
+    lines.append("    return _cls(**kw)")
+    exec(compile("\n".join(lines) + "\n", f"<parse {cls.__name__}>", "exec"), namespace)
+    parser: Callable[[Any], Any] = namespace["parse_record"]
+    return parser
+
+
+def _fields(cls: type) -> list[tuple[str, bool, Any]]:
+    hints = _hints(cls)
+    return [
+        (
+            field.name,
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING,
+            hints[field.name],
+        )
+        for field in dataclasses.fields(cls)
+    ]
+
+
+def _optional(annotation: Any) -> tuple[bool, Any]:
+    """(whether None is allowed, the annotation without None)."""
+    args = typing.get_args(annotation)
+    options = [arg for arg in args if arg is not type(None)]
+    if options and len(options) < len(args):
+        return True, options[0]
+    return False, annotation
+
+
+def _fast_check(base: Any, helper: str, binary: bool) -> str:
+    """One statement checking (and converting) `v` as a `base`, raising if it is not one."""
+    if base in (str, int, bool):
+        return f"if type(v) is not {base.__name__}: raise _Mismatch('', v)"
+    if base is float:
+        return "if type(v) is not float: v = _float(v, False)"
+    if base is bytes:
+        return f"v = _bytes(v, {binary})"
+    if base is uuid.UUID:
+        return "v = _uuid(v, False)"
+    if isinstance(base, type) and (issubclass(base, enum.Enum) or dataclasses.is_dataclass(base)):
+        return f"v = {helper}(v)"
+    raise TypeError(f"no parser for {base!r}")
 
 
 class _Mismatch(Exception):

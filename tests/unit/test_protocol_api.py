@@ -144,3 +144,13 @@ def test_the_client_stream_hands_over_typed_results_and_unknown_ids() -> None:
     assert not stream._wanted
     with pytest.raises(ProtocolError, match=r"ResultFrame\.ok"):
         stream._deliver({"results": [{**render(frame, binary=True), "ok": "yes"}]})
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda record: type(record).__name__)
+def test_the_generated_parser_agrees_with_the_checking_one(record: Any) -> None:
+    """`parse` tries a parser generated per class first; the field-by-field one must agree."""
+    from taskfabric.protocol.api import _fast_parser, _parse_record
+
+    for binary in (False, True):
+        body = render(record, binary=binary, binary_ids=binary)
+        assert _fast_parser(type(record), binary)(body) == _parse_record(type(record), body, binary) == record
