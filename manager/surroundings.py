@@ -89,8 +89,9 @@ class OutputCapture:
             os.close(saved[1])
 
     def start_task(self) -> CapturedOutput:
-        """Empty the files for the next task (inside `redirected`); `end_task` reads its output."""
-        _flush_python_streams()
+        """Empty the files for the next task (inside `redirected`); `end_task` reads its output.
+        (The Python streams were flushed when the last task ended; the worker prints nothing
+        between tasks.)"""
         for index, fd in enumerate(self._fds):
             if self._written[index]:
                 os.ftruncate(fd, 0)
@@ -270,9 +271,12 @@ def _flush_python_streams() -> None:
             pass
 
 
+#: the encoded mapping behind `os.environ` (CPython keeps it in sync with the process's, in place)
+_RAW_ENVIRON: dict[Any, Any] = cast(Any, os.environ)._data
+
+
 def _raw_environ() -> dict[Any, Any]:
-    """The encoded mapping behind `os.environ` (CPython keeps it in sync with the process's)."""
-    return cast(dict[Any, Any], cast(Any, os.environ)._data)
+    return _RAW_ENVIRON
 
 
 def _restore_environ(saved: dict[Any, Any]) -> None:
