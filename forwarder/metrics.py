@@ -181,19 +181,21 @@ class ForwarderMetrics:
     def tasks_finished(self, records: Iterable[TaskRecord]) -> None:
         """Count finished tasks and observe their latencies (grouped first: this runs for every
         result the ingest thread stores)."""
-        outcomes: collections.Counter[tuple[uuid.UUID, TaskStatus, str | None]] = collections.Counter()
-        latencies: dict[uuid.UUID, list[float]] = collections.defaultdict(list)
+        # grouped by the endpoint id's int: hashing a UUID object runs Python code, an int does not
+        outcomes: collections.Counter[tuple[int, TaskStatus, str | None]] = collections.Counter()
+        latencies: dict[int, list[float]] = collections.defaultdict(list)
         timed: list[TaskRecord] = []
         for record in records:
-            code = error_code_label(record.error_code) if record.status is TaskStatus.FAILED else None
-            outcomes[record.endpoint_id, record.status, code] += 1
-            if record.completed_at is not None and record.status is not TaskStatus.CANCELLED:
-                latencies[record.endpoint_id].append(record.completed_at - record.created_at)
+            status = record.status
+            code = error_code_label(record.error_code) if status is TaskStatus.FAILED else None
+            outcomes[record.endpoint_id.int, status, code] += 1
+            if record.completed_at is not None and status is not TaskStatus.CANCELLED:
+                latencies[record.endpoint_id.int].append(record.completed_at - record.created_at)
                 timed.append(record)
         for (endpoint_id, status, code), count in outcomes.items():
-            self._count_outcome(str(endpoint_id), status, code, count)
+            self._count_outcome(str(uuid.UUID(int=endpoint_id)), status, code, count)
         for endpoint_id, values in latencies.items():
-            self.latency.observe_many(str(endpoint_id), values)
+            self.latency.observe_many(str(uuid.UUID(int=endpoint_id)), values)
         for hop, values in _hop_durations(timed).items():
             self.hop_latency.observe_many(hop, values)
 
