@@ -76,8 +76,10 @@ class CancelBook:
     def answered(self, task_ids: Iterable[uuid.UUID]) -> None:
         """These tasks' results (cancelled or not: a task may finish before its cancel lands)
         are on their way: forget them, and any kill scheduled for them."""
+        if not (self._cancelled or self._kills):  # the usual case: nothing to forget, no set built
+            return
         done = set(task_ids)
-        if not done or not (self._cancelled or self._kills):
+        if not done:
             return
         self._cancelled.difference_update(done)
         for worker_index in [index for index, kill in self._kills.items() if kill.task_id in done]:

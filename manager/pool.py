@@ -189,10 +189,17 @@ class WorkerPool:
         return self._settle(worker, results), started, False
 
     def _settle(self, worker: Worker, results: list[Result]) -> list[Result]:
-        """Drop answered tasks from the worker's assignment (results arrive in order)."""
-        answered = {result.task_id for result in results}
-        if answered:
-            worker.assigned = collections.deque(task for task in worker.assigned if task.task_id not in answered)
+        """Drop answered tasks from the worker's assignment. Results arrive in the order the tasks
+        were sent, so each is usually the head of the assignment (compared by the ids' ints:
+        hashing UUID objects runs Python code); anything else is filtered out by id."""
+        assigned = worker.assigned
+        for index, result in enumerate(results):
+            if assigned and assigned[0].task_id.int == result.task_id.int:
+                assigned.popleft()
+                continue
+            rest = {later.task_id.int for later in results[index:]}
+            worker.assigned = collections.deque(task for task in assigned if task.task_id.int not in rest)
+            break
         return results
 
     def replace(self, worker: Worker) -> tuple[Task | None, list[Task]]:

@@ -192,12 +192,16 @@ class TaskSurroundings:
 
     def enter(self, task: Task) -> _TaskScope:
         """Set up `task`'s surroundings (inside `active`); `leave` ends them."""
-        variables = resource_environment(task.resource_specification) if task.resource_specification else {}
-        if variables != self._resource_variables:  # rare: the last task's variables go first
-            _restore_environ(self._base_environ)
-            os.environ.update(variables)
-            self._resource_variables = variables
-        os.environ["TASKFABRIC_TASK_ID"] = str(task.task_id)
+        if task.resource_specification or self._resource_variables:  # rare: a resource specification
+            variables = resource_environment(task.resource_specification)
+            if variables != self._resource_variables:  # the last task's variables go first
+                _restore_environ(self._base_environ)
+                os.environ.update(variables)
+                self._resource_variables = variables
+        # os.environ["TASKFABRIC_TASK_ID"] = ..., without its per-call encoding helpers
+        task_id = str(task.task_id).encode()
+        os.putenv(_TASK_ID_VARIABLE, task_id)
+        _RAW_ENVIRON[_TASK_ID_VARIABLE] = task_id
         output = self.output.start_task()
         return _TaskScope(task, _raw_environ().copy(), list(sys.path), (sys.stdout, sys.stderr), output)
 
@@ -271,6 +275,7 @@ def _flush_python_streams() -> None:
             pass
 
 
+_TASK_ID_VARIABLE = b"TASKFABRIC_TASK_ID"
 #: the encoded mapping behind `os.environ` (CPython keeps it in sync with the process's, in place)
 _RAW_ENVIRON: dict[Any, Any] = cast(Any, os.environ)._data
 

@@ -114,8 +114,9 @@ class ResultWriter:
         self._flush_after_s = flush_after_s
         self._report_start_after_s = report_start_after_s
         self._buffer: list[Result] = []
-        #: the running task's start, not reported yet, and when it is due (monotonic)
-        self._start: tuple[TaskStarted, float] | None = None
+        #: the running task's start (id, wall-clock time), not reported yet, and when it is due
+        #: (monotonic); the `TaskStarted` is built only if it is reported
+        self._start: tuple[uuid.UUID, float, float] | None = None
         self._oldest = 0.0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -128,7 +129,8 @@ class ResultWriter:
         """Buffer a result. `flushed_next`: the caller flushes right after (no need to wake the
         flusher for it)."""
         with self._lock:
-            if self._start is not None and self._start[0].task_id == result.task_id:
+            start = self._start
+            if start is not None and (start[0] is result.task_id or start[0] == result.task_id):
                 self._start = None
             if not self._buffer:
                 self._oldest = time.monotonic()
@@ -136,10 +138,11 @@ class ResultWriter:
                     self._wake_before(self._oldest + self._flush_after_s)
             self._buffer.append(result)
 
-    def started(self, event: TaskStarted) -> None:
+    def started(self, task_id: uuid.UUID, started_at: float) -> None:
+        """The worker starts running `task_id` (at `started_at`, wall clock)."""
         with self._lock:
             due = time.monotonic() + self._report_start_after_s
-            self._start = (event, due)
+            self._start = (task_id, started_at, due)
             self._wake_before(due)
 
     def flush(self) -> None:
@@ -168,8 +171,10 @@ class ResultWriter:
             self._wake.set()
 
     def _write_locked(self, now: float, *, results: bool) -> None:
-        if self._start is not None and self._start[1] <= now:
-            event, self._start = self._start[0], None
+        start = self._start
+        if start is not None and start[2] <= now:
+            self._start = None
+            event = TaskStarted(task_id=start[0], started_at=start[1])
             write_frame(self._fd, pack(TaskEvents(started=[event])))
         if results and self._buffer:
             batch, self._buffer = self._buffer, []
@@ -179,7 +184,7 @@ class ResultWriter:
         """How long the flusher may sleep (None: until woken)."""
         due = [self._oldest + self._flush_after_s] if self._buffer else []
         if self._start is not None:
-            due.append(self._start[1])
+            due.append(self._start[2])
         return max(min(due) - now, 0.0002) if due else None
 
     def _flush_aged(self) -> None:
@@ -296,7 +301,7 @@ def _next_batch(fd_in: int) -> TaskBatch | None:
 
 def _run(task: Task, runner: TaskRunner, writer: ResultWriter, surroundings: TaskSurroundings) -> Result:
     """Run one task in its own surroundings (directory, environment, captured output)."""
-    writer.started(TaskStarted(task_id=task.task_id, started_at=time.time()))
+    writer.started(task.task_id, time.time())
     scope = surroundings.enter(task)
     try:
         result = runner.run(task)

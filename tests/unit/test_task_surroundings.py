@@ -182,7 +182,7 @@ def test_a_start_is_reported_once_its_task_has_run_a_while() -> None:
     writer = ResultWriter(write_fd, flush_after_s=3600, report_start_after_s=0.0)  # the thread writes it
     try:
         slow = uuid.uuid4()
-        writer.started(TaskStarted(task_id=slow, started_at=1.0))
+        writer.started(slow, 1.0)
         frames = wait_until(lambda: _frames(read_fd), timeout_s=10, what="the start written")
         assert frames == [TaskEvents(started=[TaskStarted(task_id=slow, started_at=1.0)])]
         writer.add(Result(task_id=slow, ok=True, value=b"1"))
@@ -200,7 +200,7 @@ def test_a_task_that_finishes_before_its_start_is_due_is_reported_by_its_result_
     writer = ResultWriter(write_fd, flush_after_s=3600, report_start_after_s=3600)
     try:
         fast = uuid.uuid4()
-        writer.started(TaskStarted(task_id=fast, started_at=2.0))
+        writer.started(fast, 2.0)
         writer.flush()
         assert _frames(read_fd) == []  # not due yet
         writer.add(Result(task_id=fast, ok=True, value=b"2"))
