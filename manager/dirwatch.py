@@ -1,11 +1,13 @@
-"""Whether anything happened in a directory since it was last looked at, without listing it.
+"""Whether anything happened in a directory (or to some files) since it was last looked at,
+without listing or measuring them.
 
 A worker's directory must be empty when each task starts. Listing it after every task costs more
 than a short task (open, getdents, close); on Linux an inotify watch answers "nothing was added"
 with one poll of a file descriptor instead. `DirectoryWatch.maybe_touched()` is True when an entry
 may have been added or moved in, the directory itself moved, or anything removed from its parent
 since the last `watch(path)` / `maybe_touched()`, and always True where inotify is not available
-(then the caller lists the directory every time).
+(then the caller lists the directory every time). Files added with `watch_file` count too (a
+write to a task's output file), so one poll tells a task that left nothing and wrote nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = ["DirectoryWatch"]
 
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
+_IN_MODIFY = 0x00000002
 _IN_MOVED_TO = 0x00000080
 _IN_DELETE = 0x00000200
 _IN_CREATE = 0x00000100
@@ -60,6 +63,13 @@ class DirectoryWatch:
         self._poll = select.poll()
         if self._fd >= 0:
             self._poll.register(self._fd, select.POLLIN)
+
+    def watch_file(self, path: str) -> bool:
+        """Also count writes to the file at `path` (for as long as it exists, even unlinked:
+        call this before unlinking a private file). False if it cannot be watched."""
+        if self._libc is None or self._fd < 0:
+            return False
+        return bool(self._libc.inotify_add_watch(self._fd, os.fsencode(path), _IN_MODIFY) >= 0)
 
     @property
     def active(self) -> bool:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from taskfabric.errors import ProtocolError
 from taskfabric.manager.frames import FrameReader, write_frame
+from taskfabric.manager.slot import CANCEL_MARK_OFFSET, SLOT_BYTES
 from taskfabric.protocol import (
     CancelTasks,
     FunctionBody,
@@ -228,6 +229,8 @@ class WorkerPool:
         worker is reading or has read its batch, so this write does not block for long."""
         try:
             write_frame(worker.to_worker, pack(CancelTasks(task_ids=task_ids)))
+            # after the frame: a worker that sees the mark move finds the frame in its pipe
+            worker.slot[CANCEL_MARK_OFFSET] = (worker.slot[CANCEL_MARK_OFFSET] + 1) & 0xFF
         except OSError:
             log.warning("worker %d (pid %d) is gone; its tasks come back with the next read", worker.index, worker.pid)
 
@@ -254,9 +257,9 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> Worker:
         slot_path = self._slot_dir / f"worker-{index}"
-        slot_path.write_bytes(_EMPTY)
+        slot_path.write_bytes(bytes(SLOT_BYTES))
         with open(slot_path, "r+b") as slot_file:
-            slot = mmap.mmap(slot_file.fileno(), 16)
+            slot = mmap.mmap(slot_file.fileno(), SLOT_BYTES)
         task_read, task_write = os.pipe()
         result_read, result_write = os.pipe()
         command = [

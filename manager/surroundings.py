@@ -63,9 +63,14 @@ class OutputCapture:
     """Redirects this process's fds 1 and 2 to two private files (`redirected`, once per batch of
     tasks: a dup2 costs more than a short task) and splits what lands there by task (`task`)."""
 
-    def __init__(self, max_output_bytes: int, *, directory: str | None = None) -> None:
+    def __init__(
+        self, max_output_bytes: int, *, directory: str | None = None, watch: DirectoryWatch | None = None
+    ) -> None:
         self.max_output_bytes = max_output_bytes
-        self._fds = (_private_append_file(directory), _private_append_file(directory))
+        (out, out_watched), (err, err_watched) = (_private_append_file(directory, watch) for _ in range(2))
+        self._fds = (out, err)
+        #: whether the watch sees every write to both files (else they are measured after each task)
+        self._watched = out_watched and err_watched
         self._written = [True, True]  # whether each file may hold output (then it is emptied first)
 
     def close(self) -> None:
@@ -97,10 +102,15 @@ class OutputCapture:
                 os.ftruncate(fd, 0)
         return CapturedOutput()
 
-    def end_task(self, output: CapturedOutput) -> None:
+    def end_task(self, output: CapturedOutput, *, written: bool = True) -> None:
+        """Fill in `output` (after `flush_streams`); `written=False`: the watch saw no write."""
+        if written or not self._watched:
+            output.stdout = self._read(0)
+            output.stderr = self._read(1)
+
+    @staticmethod
+    def flush_streams() -> None:
         _flush_python_streams()
-        output.stdout = self._read(0)
-        output.stderr = self._read(1)
 
     @contextlib.contextmanager
     def task(self) -> Iterator[CapturedOutput]:
@@ -109,6 +119,7 @@ class OutputCapture:
         try:
             yield output
         finally:
+            self.flush_streams()
             self.end_task(output)
 
     @contextlib.contextmanager
@@ -157,7 +168,8 @@ class TaskSurroundings:
         self._base_environ: dict[Any, Any] = {}
         #: the resource variables the last task got (beside TASKFABRIC_TASK_ID)
         self._resource_variables: dict[str, str] = {}
-        self.output = OutputCapture(max_output_bytes)  # in the local temp folder, not a shared one
+        # in the local temp folder, not a shared one; writes to them show on the watch
+        self.output = OutputCapture(max_output_bytes, watch=self._watch)
 
     def close(self) -> None:
         self.output.close()
@@ -207,12 +219,14 @@ class TaskSurroundings:
 
     def leave(self, scope: _TaskScope) -> CapturedOutput:
         """Restore what the task may have changed and fill in its output."""
-        self.output.end_task(scope.output)
+        self.output.flush_streams()
+        touched = self._watch.maybe_touched()  # one poll: no output written, no file left?
+        self.output.end_task(scope.output, written=touched)
         sys.stdout, sys.stderr = scope.streams
         if sys.path != scope.path:
             sys.path[:] = scope.path
         _restore_environ(scope.environ)
-        self._tidy_workdir(scope.task)
+        self._tidy_workdir(scope.task, touched=touched)
         return scope.output
 
     def _open_workdir(self) -> None:
@@ -228,9 +242,10 @@ class TaskSurroundings:
             os.close(self._workdir_fd)
             self._workdir_fd = None
 
-    def _tidy_workdir(self, task: Task) -> None:
-        """Back into the worker's directory, emptied if the task left anything in it."""
-        if not self._watch.maybe_touched():
+    def _tidy_workdir(self, task: Task, *, touched: bool) -> None:
+        """Back into the worker's directory, emptied if the task left anything in it
+        (`touched`: the watch saw activity, or cannot watch)."""
+        if not touched:
             assert self._workdir_fd is not None
             os.fchdir(self._workdir_fd)
             return
@@ -258,13 +273,15 @@ class TaskSurroundings:
         self._open_workdir()
 
 
-def _private_append_file(directory: str | None) -> int:
-    """An unnamed file (created and unlinked at once) opened for appending: writers that share it
-    (the task, its subprocesses) always write at its end, even right after it is truncated."""
+def _private_append_file(directory: str | None, watch: DirectoryWatch | None) -> tuple[int, bool]:
+    """An unnamed file (created and unlinked at once, watched first) opened for appending: writers
+    that share it (the task, its subprocesses) always write at its end, even right after it is
+    truncated."""
     fd, path = tempfile.mkstemp(prefix=".output-", dir=directory)
+    watched = watch is not None and watch.watch_file(path)
     os.unlink(path)
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
-    return fd
+    return fd, watched
 
 
 def _flush_python_streams() -> None:

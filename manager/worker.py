@@ -26,7 +26,6 @@ import _signal
 import argparse
 import dataclasses
 import math
-import mmap
 import os
 import platform
 import select
@@ -42,6 +41,7 @@ from typing import Any
 from taskfabric.errors import ErrorCode, ProtocolError
 from taskfabric.manager.execution import TaskRunner
 from taskfabric.manager.frames import read_frame, write_frame
+from taskfabric.manager.slot import RunningSlot
 from taskfabric.manager.surroundings import TaskSurroundings
 from taskfabric.protocol import (
     CancelTasks,
@@ -76,24 +76,6 @@ FLUSH_AFTER_S = 0.01
 REPORT_START_AFTER_S = 0.01
 #: a worker ending itself because its running task was cancelled exits like SIGTERM's default
 EXIT_CANCELLED = 128 + signal.SIGTERM
-_EMPTY = bytes(16)
-
-
-class RunningSlot:
-    """The 16-byte shared-memory record of the task a worker is running."""
-
-    def __init__(self, path: str) -> None:
-        fd = os.open(path, os.O_RDWR)
-        try:
-            self._map = mmap.mmap(fd, 16)
-        finally:
-            os.close(fd)
-
-    def set(self, task_id: bytes) -> None:
-        self._map[0:16] = task_id
-
-    def clear(self) -> None:
-        self._map[0:16] = _EMPTY
 
 
 class ResultWriter:
@@ -205,9 +187,12 @@ class CancelWatch:
     """The worker's cancel state: the task it runs, the cancelled ids of its batch, and the
     SIGTERM handler that ends the worker when the running task is cancelled."""
 
-    def __init__(self, fd_in: int, writer: ResultWriter) -> None:
+    def __init__(self, fd_in: int, writer: ResultWriter, slot: RunningSlot | None = None) -> None:
         self._fd_in = fd_in
         self._writer = writer
+        #: with a slot, the pipe is read before a task only when its cancel mark moved
+        self._slot = slot
+        self._seen_mark = -1
         self.current: uuid.UUID | None = None
         self.cancelled: set[uuid.UUID] = set()
         self._reading = False
@@ -226,8 +211,12 @@ class CancelWatch:
         """The worker is about to run `task_id` (already in its slot): False if it is cancelled."""
         self.install()
         self.current = task_id
-        self.read_pending()
-        return task_id not in self.cancelled
+        if self._slot is None:
+            self.read_pending()
+        elif (mark := self._slot.cancel_mark()) != self._seen_mark:
+            self._seen_mark = mark  # before reading: a later bump is seen before the next task
+            self.read_pending()
+        return not (self.cancelled and task_id in self.cancelled)
 
     def finished(self) -> None:
         self.current = None
@@ -269,7 +258,7 @@ def serve(
     fd_in: int, writer: ResultWriter, runner: TaskRunner, slot: RunningSlot, surroundings: TaskSurroundings
 ) -> None:
     """Run batches from `fd_in` until it closes."""
-    watch = CancelWatch(fd_in, writer)
+    watch = CancelWatch(fd_in, writer, slot)
     watch.install()
     with surroundings.active():
         while (batch := _next_batch(fd_in)) is not None:

@@ -259,7 +259,7 @@ _Field = Callable[[Any, bool], Any]
 def parse(cls: type[_R], data: Any, *, binary: bool = False) -> _R:
     """`data` (a decoded JSON or msgpack body) as a `cls` record; raises `ProtocolError`."""
     try:
-        fast: _R = _fast_parser(cls, binary)(data)
+        fast: _R = _fast_parser(typing.cast(type, cls), binary)(data)
         return fast
     except Exception:  # anything unusual: the checking parser decides, and names the problem
         pass

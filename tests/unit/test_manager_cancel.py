@@ -16,6 +16,7 @@ from taskfabric.errors import ErrorCode
 from taskfabric.manager.cancel import CancelBook
 from taskfabric.manager.execution import WORKER_PYTHON, TaskRunner
 from taskfabric.manager.frames import FrameReader, write_frame
+from taskfabric.manager.slot import CANCEL_MARK_OFFSET, SLOT_BYTES
 from taskfabric.manager.surroundings import TaskSurroundings
 from taskfabric.manager.worker import ResultWriter, RunningSlot, serve
 from taskfabric.protocol import CancelTasks, FunctionBody, ResultBatch, Task, TaskBatch, pack, unpack_as
@@ -90,10 +91,12 @@ def test_the_worker_skips_tasks_of_its_batch_cancelled_before_they_start(tmp_pat
     task_read, task_write = os.pipe()
     result_read, result_write = os.pipe()
     slot_path = tmp_path / "slot"
-    slot_path.write_bytes(bytes(16))
-    # the manager cancels the second task while the batch is in the worker's hands
+    slot_path.write_bytes(bytes(SLOT_BYTES))
+    # the manager cancels the second task while the batch is in the worker's hands: the frame,
+    # then the slot's cancel mark moved (as WorkerPool.cancel does)
     write_frame(task_write, pack(TaskBatch(tasks=[first, second, third], functions=[body])))
     write_frame(task_write, pack(CancelTasks(task_ids=[second.task_id])))
+    slot_path.write_bytes(bytes(CANCEL_MARK_OFFSET) + b"\x01")
     os.close(task_write)
     writer = ResultWriter(result_write)
     surroundings = TaskSurroundings(max_output_bytes=1000, workdir_root=tmp_path / "tasks")

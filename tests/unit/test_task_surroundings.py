@@ -254,3 +254,22 @@ def test_without_a_watch_every_check_says_maybe(tmp_path: Path) -> None:
         assert watch.maybe_touched() and watch.maybe_touched()
     finally:
         watch.close()
+
+
+def test_output_written_by_a_subprocess_is_seen_by_the_watch(tmp_path: Path) -> None:
+    """With the inotify watch, a task's output is read only when a write was seen: a child
+    process's writes must count."""
+    surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=tmp_path)
+    try:
+        with surroundings.active():
+            with surroundings.around(_task()) as quiet:
+                pass
+            with surroundings.around(_task()) as child:
+                subprocess.run([sys.executable, "-c", "import os; os.write(2, b'from the child')"], check=True)
+            with surroundings.around(_task()) as after:
+                pass
+    finally:
+        surroundings.close()
+    assert (quiet.stdout, quiet.stderr) == ("", "")
+    assert (child.stdout, child.stderr) == ("", "from the child")
+    assert (after.stdout, after.stderr) == ("", "")
