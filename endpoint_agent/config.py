@@ -63,13 +63,18 @@ class EndpointConfig:
     task_workdir: str | None = setting(
         None,
         help=(
-            "Each task runs in its own working directory, <task_workdir>/<task id>, removed after the task. "
+            "Tasks run in their worker's directory, <task_workdir>/worker-<host>-<pid>, empty when each task "
+            "starts; what a task leaves there is removed after it. "
             "Default (null): `tasks/` in the run folder of the manager running it "
             "(<endpoint dir>/blocks/block-<id>/<host>-<pid>/tasks). `~` is expanded."
         ),
     )
     keep_task_workdirs: bool = setting(
-        False, help="Keep each task's working directory after the task (for debugging); they are never cleaned up."
+        False,
+        help=(
+            "Keep what each task leaves in its working directory, as <task_workdir>/<task id> (for debugging); "
+            "these are never cleaned up."
+        ),
     )
     default_walltime_s: float | None = setting(
         None, min=0.001, help="Walltime for tasks that do not set their own; null means unlimited."

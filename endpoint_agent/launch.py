@@ -47,7 +47,7 @@ class ManagerLaunch:
     #: the interchange's CurveZMQ public key; None when the link is not encrypted
     interchange_key_file: Path | None = None
     max_output_bytes: int = 65536
-    #: where tasks run (<task_workdir>/<task id>); None: under each manager's own run folder
+    #: where tasks run (<task_workdir>/worker-<host>-<pid>); None: under each manager's own run folder
     task_workdir: Path | None = None
     keep_task_workdirs: bool = False
 

@@ -60,7 +60,7 @@ def manager() -> None:
     "--task-workdir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Tasks run in TASK_WORKDIR/<task id> (default: <log dir>/tasks, else a temporary folder).",
+    help="Tasks run in TASK_WORKDIR/worker-<host>-<pid> (default: <log dir>/tasks, else a temporary folder).",
 )
 @click.option("--keep-task-workdirs", is_flag=True, help="Keep each task's working directory after it ends.")
 @click.option(

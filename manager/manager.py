@@ -87,7 +87,7 @@ class ManagerSettings:
     #: at most this many queued tasks go to an idle worker in one batch
     worker_batch_max: int = 16
     log_dir: Path | None = None
-    #: tasks run in <task_workdir>/<task id>; None: <log_dir>/tasks, or a temporary folder
+    #: tasks run in <task_workdir>/worker-<host>-<pid>; None: <log_dir>/tasks, or a temporary folder
     task_workdir: Path | None = None
     keep_task_workdirs: bool = False
     #: kept of each task's stdout and of its stderr (the end of it)

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-result-bytes", type=int, required=True)
     parser.add_argument("--worker-id", default="0")
     parser.add_argument("--max-output-bytes", type=int, default=65536, help="kept of each task's stdout and stderr")
-    parser.add_argument("--task-workdir", type=Path, required=True, help="tasks run in TASK_WORKDIR/<task id>")
+    parser.add_argument("--task-workdir", type=Path, required=True, help="tasks run in TASK_WORKDIR/worker-HOST-PID")
     parser.add_argument("--keep-task-workdirs", action="store_true")
     args = parser.parse_args(argv)
     # The manager decides when workers stop: a scheduler cancelling a job signals every process in
