@@ -14,6 +14,7 @@ from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.endpoint_agent.local import (
     LocalEndpoint,
+    LocalState,
     configure_endpoint,
     delete_endpoint,
     endpoint_status,
@@ -137,7 +138,7 @@ def status(ctx: click.Context, name: str, as_json: bool) -> None:
         click.echo(json.dumps(info))
     else:
         _print_status(info)
-    if info["state"] != "running":
+    if info["state"] != LocalState.RUNNING:
         ctx.exit(RET_STOPPED)
     ctx.exit(RET_BROKER if info["problem"] else RET_OK)
 

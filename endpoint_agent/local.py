@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import logging
 import os
 import platform
@@ -42,6 +43,7 @@ from taskfabric.processes import pid_alive
 __all__ = [
     "ForwarderEndpoints",
     "LocalEndpoint",
+    "LocalState",
     "configure_endpoint",
     "delete_endpoint",
     "endpoint_status",
@@ -75,6 +77,17 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def endpoints_root() -> Path:
     return taskfabric_home() / "endpoints"
+
+
+class LocalState(enum.StrEnum):
+    """The state of an endpoint's agent on this machine (`endpoint list` / `endpoint status`);
+    the service's view of the endpoint is an `EndpointState`."""
+
+    RUNNING = "running"
+    RESTARTING = "restarting"  # its supervisor is starting it again after a crash
+    CRASHED = "crashed"  # its supervisor gave up
+    STOPPED = "stopped"
+    NOT_REGISTERED = "not registered"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,13 +151,13 @@ class LocalEndpoint:
         endpoint_id = self.endpoint_id()
         supervised = read_supervisor_state(self.paths.root)
         if pid:
-            state = "running"
+            state = LocalState.RUNNING
         elif self.supervisor_pid():
-            state = "restarting"
+            state = LocalState.RESTARTING
         elif supervised.get("gave_up"):
-            state = "crashed"
+            state = LocalState.CRASHED
         else:
-            state = "stopped" if endpoint_id else "not registered"
+            state = LocalState.STOPPED if endpoint_id else LocalState.NOT_REGISTERED
         return {
             "name": self.name,
             "display_name": self.display_name(),
