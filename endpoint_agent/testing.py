@@ -41,6 +41,7 @@ from taskfabric.protocol import (
     ResultBatch,
     Task,
     TaskBatch,
+    TaskEvents,
     pack,
     unpack,
 )
@@ -230,13 +231,15 @@ def publish_batches(
 @dataclasses.dataclass
 class ResultCollector:
     """Consumes an endpoint's result queue: results by task id (first one wins, duplicates counted),
-    status reports, and who published them."""
+    status reports, reported task starts, and who published them."""
 
     transport: Transport
     connection: EndpointConnection
     results: dict[uuid.UUID, Result] = dataclasses.field(default_factory=dict)
     duplicates: dict[uuid.UUID, int] = dataclasses.field(default_factory=dict)
     statuses: list[EndpointStatus] = dataclasses.field(default_factory=list)
+    #: the tasks whose start the endpoint reported (a task running longer than the report delay)
+    started: set[uuid.UUID] = dataclasses.field(default_factory=set)
     senders: set[str | None] = dataclasses.field(default_factory=set)
     first_result_at: float | None = None
     last_result_at: float | None = None
@@ -261,6 +264,8 @@ class ResultCollector:
                         self.results[result.task_id] = result
             elif isinstance(message, EndpointStatus):
                 self.statuses.append(message)
+            elif isinstance(message, TaskEvents):
+                self.started.update(event.task_id for event in message.started)
         self.transport.ack(delivery)
 
     def count(self) -> int:
