@@ -37,6 +37,7 @@ tasks re-run or wait in the broker: at-least-once still holds).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import time
 import uuid
@@ -66,7 +67,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     client_python TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
     received_at REAL NOT NULL,
-    result BLOB
+    result BLOB,
+    task_group_id BLOB,
+    user TEXT NOT NULL DEFAULT '',
+    resource_specification TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS cancelled (
     task_id BLOB PRIMARY KEY,
@@ -78,6 +82,13 @@ CREATE TABLE IF NOT EXISTS functions (
     python_version TEXT NOT NULL DEFAULT ''
 );
 """
+
+#: task columns added after the first ledger format (added to an older file when it is opened)
+_ADDED_COLUMNS = {
+    "task_group_id": "BLOB",
+    "user": "TEXT NOT NULL DEFAULT ''",
+    "resource_specification": "TEXT NOT NULL DEFAULT '{}'",
+}
 
 
 @dataclasses.dataclass(slots=True)
@@ -104,6 +115,7 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
         self._rows: dict[uuid.UUID, int] = {}  # held task -> its row
         for seq, task_id in self._db.execute("SELECT seq, task_id FROM tasks"):
             self._rows[uuid.UUID(bytes=task_id)] = seq
@@ -120,6 +132,14 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+    def _add_missing_columns(self) -> None:
+        """A ledger written by an older agent lacks the newer task columns: add them (their
+        defaults describe tasks that had none of these)."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        for name, definition in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {definition}")
 
     @property
     def staged(self) -> int:
@@ -153,7 +173,10 @@ class Ledger:
                     task.submitted_at,
                     batch.client_python,
                     received_at,
-                    0,
+                    task.task_group_id.bytes if task.task_group_id is not None else None,
+                    task.user,
+                    json.dumps(task.resource_specification),
+                    0,  # attempts: last (see set_attempts)
                 ]
         return fresh
 
@@ -177,7 +200,8 @@ class Ledger:
             if self._staged:
                 self._db.executemany(
                     "INSERT INTO tasks (seq, task_id, function_id, payload, walltime_s, submitted_at, client_python, "
-                    "received_at, attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "received_at, task_group_id, user, resource_specification, attempts) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     list(self._staged.values()),
                 )
             if self._deletes:
@@ -270,19 +294,24 @@ class Ledger:
         to_run: list[HeldTask] = []
         to_publish: list[Result] = []
         rows = self._db.execute(
-            "SELECT task_id, function_id, payload, walltime_s, submitted_at, client_python, attempts, result "
-            "FROM tasks ORDER BY seq"
+            "SELECT task_id, function_id, payload, walltime_s, submitted_at, client_python, attempts, result, "
+            "task_group_id, user, resource_specification FROM tasks ORDER BY seq"
         )
-        for task_id, function_id, payload, walltime_s, submitted_at, client_python, attempts, result in rows:
+        for row in rows:
+            task_id, function_id, payload, walltime_s, submitted_at, client_python, attempts, result = row[:8]
             if result is not None:
                 to_publish.extend(unpack_as(result, ResultBatch).results)
                 continue
+            task_group_id, user, resource_specification = row[8:]
             task = Task(
                 task_id=uuid.UUID(bytes=task_id),
                 function_id=uuid.UUID(bytes=function_id),
                 payload=payload,
                 walltime_s=walltime_s,
                 submitted_at=submitted_at,
+                task_group_id=uuid.UUID(bytes=task_group_id) if task_group_id is not None else None,
+                user=user,
+                resource_specification=json.loads(resource_specification),
             )
             to_run.append(HeldTask(task, client_python, attempts))
         return to_run, to_publish

@@ -157,3 +157,45 @@ def test_a_refused_write_raises_ledger_error_and_keeps_everything_staged(tmp_pat
     assert sorted(ledger.flush()) == sorted(held.task_id for held in fresh)
     assert ledger.counts() == {"held": 3, "stored_results": 0}
     ledger.close()
+
+
+def test_a_recovered_task_keeps_its_group_user_and_resource_specification(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    ledger = Ledger(path)
+    task = Task(
+        task_id=uuid.uuid4(),
+        function_id=FN,
+        payload=b"p",
+        task_group_id=uuid.uuid4(),
+        user="alice",
+        resource_specification={"num_cores": 4, "memory_mb": 512},
+    )
+    ledger.record([TaskBatch(tasks=[task], functions=[])])
+    ledger.set_attempts(task.task_id, 1)
+    ledger.flush()
+    ledger.close()
+    (held,), _ = Ledger(path).unfinished()
+    assert held.task == task and held.attempts == 1
+
+
+def test_a_ledger_from_before_the_new_columns_opens_and_keeps_its_tasks(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """CREATE TABLE tasks (seq INTEGER PRIMARY KEY, task_id BLOB NOT NULL, function_id BLOB NOT NULL,
+        payload BLOB NOT NULL, walltime_s REAL, submitted_at REAL, client_python TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0, received_at REAL NOT NULL, result BLOB);"""
+    )
+    task_id = uuid.uuid4()
+    old.execute(
+        "INSERT INTO tasks (seq, task_id, function_id, payload, received_at) VALUES (1, ?, ?, ?, ?)",
+        (task_id.bytes, FN.bytes, b"p", time.time()),
+    )
+    old.commit()
+    old.close()
+    ledger = Ledger(path)
+    (held,), _ = ledger.unfinished()
+    assert held.task == Task(task_id=task_id, function_id=FN, payload=b"p")
+    fresh = ledger.record([batch(1)])  # and new tasks are written with every column
+    assert len(fresh) == 1
+    ledger.close()
