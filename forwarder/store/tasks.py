@@ -174,31 +174,33 @@ class TaskTable:
 
     def store_results(self, batches: Sequence[tuple[uuid.UUID, Sequence[Result]]], *, now: float) -> list[TaskRecord]:
         """Store results reported by endpoints: (endpoint id, its results) per broker message.
-        Returns the tasks this call finished (not the duplicates or the ignored ones)."""
-        outcomes: dict[uuid.UUID, Outcome] = {}
-        for endpoint_id, results in batches:
-            for result in results:
-                if result.task_id not in outcomes:
-                    outcomes[result.task_id] = outcome_of_result(endpoint_id, result, now)
-        if not outcomes:
+        Returns the tasks this call finished (not the duplicates or the ignored ones).
+
+        The first outcome per task and endpoint counts. A task claimed by several endpoints in one
+        call (another endpoint reporting a task that is not its own, beside the genuine result) is
+        stored in rounds, so a wrong claim that comes first cannot hide the right one."""
+        rounds = _outcome_rounds(batches, now)
+        if not rounds:
             return []
+        done: list[TaskRecord] = []
         with translate_errors("storing results"), self._engine.begin() as connection:
-            if self._sqlite:
-                done = sqlite_batches.finish_waiting(connection, outcomes)
-            elif connection.dialect.name == "postgresql":
-                done = postgres_batches.finish_waiting(connection, outcomes)
-            else:
-                heads = _waiting_heads(connection, list(outcomes))
-                mine = {
-                    task_id: head
-                    for task_id, head in heads.items()
-                    if head.endpoint_id == outcomes[task_id].endpoint_id
-                }
-                done = _finish_known(connection, mine, outcomes)
-        ignored = len(outcomes) - len(done)
+            for outcomes in rounds:
+                done.extend(self._finish_pending(connection, outcomes))
+        claimed = sum(len(outcomes) for outcomes in rounds)
+        ignored = claimed - len(done)
         if ignored:
             log.debug("ignored %d results (duplicate, unknown or another endpoint's task)", ignored)
         return done
+
+    def _finish_pending(self, connection: Connection, outcomes: dict[uuid.UUID, Outcome]) -> list[TaskRecord]:
+        """Store the outcomes of tasks still pending on the endpoint that claims each."""
+        if self._sqlite:
+            return sqlite_batches.finish_waiting(connection, outcomes)
+        if connection.dialect.name == "postgresql":
+            return postgres_batches.finish_waiting(connection, outcomes)
+        heads = _waiting_heads(connection, list(outcomes))
+        mine = {task_id: head for task_id, head in heads.items() if head.endpoint_id == outcomes[task_id].endpoint_id}
+        return _finish_known(connection, mine, outcomes)
 
     def fail(
         self,
@@ -439,6 +441,27 @@ def _waiting_heads(connection: Connection, task_ids: Sequence[uuid.UUID]) -> dic
         for row in connection.execute(query):
             heads[row.task_id] = _head(row)
     return heads
+
+
+def _outcome_rounds(
+    batches: Sequence[tuple[uuid.UUID, Sequence[Result]]], now: float
+) -> list[dict[uuid.UUID, Outcome]]:
+    """The outcomes to store, by task id, in as many rounds as some task has claiming endpoints
+    (almost always one): the first outcome per task and endpoint, in the order they came."""
+    rounds: list[dict[uuid.UUID, Outcome]] = []
+    for endpoint_id, results in batches:
+        for result in results:
+            task_id = result.task_id
+            for outcomes in rounds:
+                known = outcomes.get(task_id)
+                if known is None:
+                    outcomes[task_id] = outcome_of_result(endpoint_id, result, now)
+                    break
+                if known.endpoint_id == endpoint_id:
+                    break  # a duplicate from the same endpoint: the first one counts
+            else:
+                rounds.append({task_id: outcome_of_result(endpoint_id, result, now)})
+    return rounds
 
 
 def _finish_known(

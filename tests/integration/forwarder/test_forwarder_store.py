@@ -233,3 +233,21 @@ def test_a_schema_v1_database_gains_the_endpoint_scaling_column(tmp_path: Path) 
         )
         migrated.endpoints.add(record)
         assert migrated.endpoints.get(record.endpoint_id).status.scaling == ""  # type: ignore[union-attr]
+
+
+def test_a_wrong_claim_first_in_the_same_call_does_not_hide_the_genuine_result(store: Store) -> None:
+    """Another endpoint reporting this endpoint's task, in the same ingest call and before the
+    genuine result: the genuine one is stored (it was dropped when outcomes were keyed by task
+    alone, and the task stayed waiting for ever)."""
+    owner, endpoint, other = _user(store), uuid.uuid4(), uuid.uuid4()
+    (task_id,) = _submit(store, owner, endpoint, 1)
+    done = store.tasks.store_results(
+        [(other, [_ok(task_id, b"forged")]), (endpoint, [_ok(task_id, b"genuine")])], now=1.0
+    )
+    assert [record.task_id for record in done] == [task_id]
+    stored = store.tasks.get_many([task_id])[task_id]
+    assert stored.status is TaskStatus.SUCCESS and stored.result == b"genuine"
+    # and the other way round: the genuine first, then a wrong claim: the genuine stays
+    (second,) = _submit(store, owner, endpoint, 1)
+    store.tasks.store_results([(endpoint, [_ok(second, b"genuine")]), (other, [_ok(second, b"forged")])], now=2.0)
+    assert store.tasks.get_many([second])[second].result == b"genuine"
