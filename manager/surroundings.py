@@ -183,7 +183,7 @@ class TaskSurroundings:
         """Around the tasks a worker runs: output redirected and the worker's directory current
         throughout; the process's directory and environment are restored at the end."""
         saved_cwd = os.getcwd()
-        self._base_environ = _raw_environ().copy()
+        self._base_environ = _RAW_ENVIRON.copy()
         self._resource_variables = {}
         try:
             self._open_workdir()
@@ -215,7 +215,7 @@ class TaskSurroundings:
         os.putenv(_TASK_ID_VARIABLE, task_id)
         _RAW_ENVIRON[_TASK_ID_VARIABLE] = task_id
         output = self.output.start_task()
-        return _TaskScope(task, _raw_environ().copy(), list(sys.path), (sys.stdout, sys.stderr), output)
+        return _TaskScope(task, _RAW_ENVIRON.copy(), list(sys.path), (sys.stdout, sys.stderr), output)
 
     def leave(self, scope: _TaskScope) -> CapturedOutput:
         """Restore what the task may have changed and fill in its output."""
@@ -297,13 +297,9 @@ _TASK_ID_VARIABLE = b"TASKFABRIC_TASK_ID"
 _RAW_ENVIRON: dict[Any, Any] = cast(Any, os.environ)._data
 
 
-def _raw_environ() -> dict[Any, Any]:
-    return _RAW_ENVIRON
-
-
 def _restore_environ(saved: dict[Any, Any]) -> None:
     """Make `os.environ` (and the process environment) what `saved` (a raw copy) was."""
-    raw = _raw_environ()
+    raw = _RAW_ENVIRON
     if raw == saved:
         return
     decode = cast(Any, os.environ).decodevalue

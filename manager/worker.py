@@ -187,10 +187,10 @@ class CancelWatch:
     """The worker's cancel state: the task it runs, the cancelled ids of its batch, and the
     SIGTERM handler that ends the worker when the running task is cancelled."""
 
-    def __init__(self, fd_in: int, writer: ResultWriter, slot: RunningSlot | None = None) -> None:
+    def __init__(self, fd_in: int, writer: ResultWriter, slot: RunningSlot) -> None:
         self._fd_in = fd_in
         self._writer = writer
-        #: with a slot, the pipe is read before a task only when its cancel mark moved
+        #: the pipe is read before a task only when the slot's cancel mark moved
         self._slot = slot
         self._seen_mark = -1
         self.current: uuid.UUID | None = None
@@ -211,9 +211,7 @@ class CancelWatch:
         """The worker is about to run `task_id` (already in its slot): False if it is cancelled."""
         self.install()
         self.current = task_id
-        if self._slot is None:
-            self.read_pending()
-        elif (mark := self._slot.cancel_mark()) != self._seen_mark:
+        if (mark := self._slot.cancel_mark()) != self._seen_mark:
             self._seen_mark = mark  # before reading: a later bump is seen before the next task
             self.read_pending()
         return not (self.cancelled and task_id in self.cancelled)
