@@ -58,10 +58,34 @@ class AuthSettings:
     cache_max_age_s: float = setting(
         300.0, help="keep an introspection result at most this long, even if the token lives longer", min=0
     )
+    # --- Globus Auth hardening: audience, refusals remembered, who may use the service ---
+    globus_audience: str | None = setting(
+        None,
+        help="an introspected token's `aud` must name this resource server (default: globus_client_id, the "
+        "forwarder's own); tokens issued for other services are refused",
+    )
+    negative_cache_s: float = setting(
+        10.0, help="a refused token is refused again for this long without asking Globus Auth (0: never)", min=0
+    )
+    allowed_domains: list[str] = setting(
+        default_factory=list,
+        help="when this or allowed_identities is set, only identities whose username is in one of these domains "
+        "(ada@uni.example is in uni.example) or listed in allowed_identities may use the service (403 otherwise)",
+    )
+    allowed_identities: list[str] = setting(
+        default_factory=list, help="Globus identity ids (UUIDs) or usernames allowed whatever their domain"
+    )
 
     def __post_init__(self) -> None:
         if self.provider == "globus" and not (self.globus_client_id and self.globus_client_secret):
             raise ValueError("auth.provider 'globus' needs auth.globus_client_id and auth.globus_client_secret")
+        if self.provider == "globus" and not self.globus_required_scope:
+            raise ConfigError(
+                "auth.provider 'globus' needs this service's own scope (e.g. "
+                "https://auth.globus.org/scopes/<client id>/all): without it, a token consented for any use of "
+                "this resource server would be accepted",
+                key="auth.globus_required_scope",
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

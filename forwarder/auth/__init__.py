@@ -1,16 +1,24 @@
 """Authentication providers behind one interface: `authenticate(token) -> Identity`.
 
 - `local`: tokens created by `taskfabric admin create-token NAME`, stored as SHA-256 hashes.
-- `globus`: Globus Auth token introspection (globus-sdk), cached until the token expires.
+- `globus`: Globus Auth token introspection (globus-sdk), cached until the token expires; refusals
+  are remembered briefly; `AllowList` says which identities may use the service at all.
 
 `make_provider(settings, users)` builds the configured one.
 """
 
 from __future__ import annotations
 
+from taskfabric.forwarder.auth.allow import AllowList
 from taskfabric.forwarder.auth.base import AUTHENTICATION_REQUIRED, INVALID_TOKEN, AuthProvider, invalid_token
 from taskfabric.forwarder.auth.cache import TokenCache
-from taskfabric.forwarder.auth.globus import AUTH_UNAVAILABLE, GlobusTokenProvider, globus_introspection
+from taskfabric.forwarder.auth.globus import (
+    AUTH_UNAVAILABLE,
+    IDENTITY_CONFLICT,
+    IDENTITY_NOT_ALLOWED,
+    GlobusTokenProvider,
+    globus_introspection,
+)
 from taskfabric.forwarder.auth.local import LocalTokenProvider
 from taskfabric.forwarder.auth.tokens import TOKEN_PREFIX, hash_token, new_token
 from taskfabric.forwarder.settings import AuthSettings
@@ -19,8 +27,11 @@ from taskfabric.forwarder.store.users import UserTable
 __all__ = [
     "AUTHENTICATION_REQUIRED",
     "AUTH_UNAVAILABLE",
+    "IDENTITY_CONFLICT",
+    "IDENTITY_NOT_ALLOWED",
     "INVALID_TOKEN",
     "TOKEN_PREFIX",
+    "AllowList",
     "AuthProvider",
     "GlobusTokenProvider",
     "LocalTokenProvider",
@@ -41,8 +52,12 @@ def make_provider(settings: AuthSettings, users: UserTable) -> AuthProvider:
             introspect,
             users,
             required_scope=settings.globus_required_scope,
+            audience=settings.globus_audience or settings.globus_client_id,
+            allow=AllowList.of(settings.allowed_domains, settings.allowed_identities),
             cache=TokenCache(settings.cache_max_entries),
             cache_max_age_s=settings.cache_max_age_s,
+            negative_cache_s=settings.negative_cache_s,
+            negative_cache_max_entries=settings.cache_max_entries,
             close=close,
         )
     return LocalTokenProvider(

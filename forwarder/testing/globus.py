@@ -18,7 +18,9 @@ class GlobusAuthStandIn:
     """A loopback Globus Auth answering token introspection for the tokens it was given.
 
     `add_token(token, sub=..., username=..., exp=...)` makes a token active; any other token is
-    inactive (`{"active": false}`); a wrong client id/secret gets 401, as from Globus Auth."""
+    inactive (`{"active": false}`); a wrong client id/secret gets 401, as from Globus Auth. A token's
+    `aud` names the forwarder's client id unless `audience` says otherwise (a token issued for
+    another resource server). `calls` counts every request answered."""
 
     def __init__(self, client_id: str, client_secret: str) -> None:
         self.client_id = client_id
@@ -44,7 +46,14 @@ class GlobusAuthStandIn:
         return f"http://{host!s}:{port}/"
 
     def add_token(
-        self, token: str, *, sub: uuid.UUID, username: str, exp: float | None = None, scope: str = ""
+        self,
+        token: str,
+        *,
+        sub: uuid.UUID,
+        username: str,
+        exp: float | None = None,
+        scope: str = "",
+        audience: list[str] | None = None,
     ) -> None:
         now = int(time.time())
         claims = {
@@ -57,7 +66,7 @@ class GlobusAuthStandIn:
             "exp": int(exp if exp is not None else now + 3600),
             "iat": now,
             "nbf": now,
-            "aud": [self.client_id],
+            "aud": list(audience) if audience is not None else [self.client_id],
             "iss": "https://auth.globus.org",
             "identity_set": [str(sub)],
         }

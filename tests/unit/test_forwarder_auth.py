@@ -9,9 +9,10 @@ from typing import Any, cast
 
 import pytest
 
-from taskfabric.errors import AuthenticationError, ServiceError
+from taskfabric.errors import AuthenticationError, PermissionDenied, ServiceError
 from taskfabric.forwarder.auth import (
     TOKEN_PREFIX,
+    AllowList,
     GlobusTokenProvider,
     LocalTokenProvider,
     TokenCache,
@@ -19,6 +20,7 @@ from taskfabric.forwarder.auth import (
     new_token,
 )
 from taskfabric.forwarder.records import Identity, UserRecord
+from taskfabric.forwarder.store.engine import StoreConflict
 from taskfabric.forwarder.store.users import UserTable
 
 
@@ -162,3 +164,91 @@ def test_globus_outage_is_not_an_authentication_failure() -> None:
     assert failed.value.status == 503
     with pytest.raises(AuthenticationError):
         provider.authenticate("")
+
+
+def test_globus_refuses_tokens_issued_for_another_resource_server() -> None:
+    introspection, clock = FakeIntrospection(), Clock()
+    base = {"active": True, "sub": str(uuid.uuid4()), "username": "ada@uni.example", "exp": 2000}
+    introspection.answers["ours"] = {**base, "aud": ["transfer.api.globus.org", "forwarder-client-id"]}
+    introspection.answers["theirs"] = {**base, "aud": ["transfer.api.globus.org"]}
+    introspection.answers["none"] = base
+    provider = _globus(introspection, clock, audience="forwarder-client-id")
+    assert provider.authenticate("ours").username == "ada@uni.example"
+    for token in ("theirs", "none"):
+        with pytest.raises(AuthenticationError, match="not issued for this service") as refused:
+            provider.authenticate(token)
+        assert refused.value.code == "INVALID_TOKEN"
+
+
+def test_globus_refusals_are_remembered_for_the_negative_cache_window_only() -> None:
+    introspection, clock = FakeIntrospection(), Clock()
+    provider = _globus(introspection, clock, negative_cache_s=10)
+    for _ in range(3):
+        with pytest.raises(AuthenticationError, match="inactive"):
+            provider.authenticate("bad")
+    assert introspection.calls == 1
+    clock.now += 10  # the window has passed: Globus Auth is asked again (the token may be valid now)
+    sub = uuid.uuid4()
+    introspection.answers["bad"] = {"active": True, "sub": str(sub), "username": "u@x.example", "exp": 5000}
+    assert provider.authenticate("bad").user_id == sub
+    assert introspection.calls == 2
+
+
+def test_globus_outages_are_not_remembered_as_refusals() -> None:
+    answers: list[Mapping[str, Any]] = []
+
+    def flaky(token: str) -> Mapping[str, Any]:
+        if not answers:
+            answers.append({})
+            raise ServiceError("the identity provider is unreachable", status=503, code="AUTH_UNAVAILABLE")
+        return {"active": True, "sub": str(uuid.uuid4()), "username": "u", "exp": 5000}
+
+    provider = GlobusTokenProvider(flaky, cast(UserTable, FakeUsers()), clock=Clock(), negative_cache_s=60)
+    with pytest.raises(ServiceError):
+        provider.authenticate("tok")
+    assert provider.authenticate("tok").username == "u"
+
+
+@pytest.mark.parametrize(
+    ("username", "sub", "allowed"),
+    [
+        ("ada@uni.example", None, True),
+        ("ADA@Uni.Example", None, True),
+        ("eve@elsewhere.example", None, False),
+        ("eve@sub.uni.example", None, False),  # a domain is matched exactly, not as a suffix
+        ("bob@elsewhere.example", None, True),  # listed by username
+        ("carol@elsewhere.example", "5b0a7d5e-2f4c-4d3e-9a59-0d2f0c3e7e11", True),  # listed by identity id
+        ("nodomain", None, False),
+    ],
+)
+def test_allow_list_table(username: str, sub: str | None, allowed: bool) -> None:
+    allow = AllowList.of(["uni.example"], ["Bob@elsewhere.example", "5B0A7D5E-2F4C-4D3E-9A59-0D2F0C3E7E11"])
+    identity_id = uuid.UUID(sub) if sub else uuid.uuid4()
+    reason = allow.refusal(identity_id, username)
+    assert (reason is None) is allowed
+    if not allowed:
+        assert reason is not None and "auth.allowed_domains" in reason and username in reason
+    assert AllowList.of([], []).refusal(identity_id, username) is None  # no lists: everyone
+
+
+def test_globus_refuses_identities_outside_the_allow_list_before_creating_a_user() -> None:
+    introspection, clock, users = FakeIntrospection(), Clock(), FakeUsers()
+    introspection.answers["eve"] = {"active": True, "sub": str(uuid.uuid4()), "username": "eve@x.example", "exp": 9e9}
+    provider = _globus(introspection, clock, users, allow=AllowList.of(["uni.example"], []))
+    with pytest.raises(PermissionDenied, match="'x.example' is not in auth.allowed_domains") as refused:
+        provider.authenticate("eve")
+    assert (refused.value.status, refused.value.code) == (403, "IDENTITY_NOT_ALLOWED")
+    assert users.ensured == {}
+
+
+def test_globus_username_collision_is_a_409_not_an_outage() -> None:
+    class TakenUsers(FakeUsers):
+        def ensure(self, user_id: uuid.UUID, username: str, *, auth: str) -> UserRecord:
+            raise StoreConflict("creating user: conflicting write (UniqueViolation)")
+
+    introspection, clock = FakeIntrospection(), Clock()
+    introspection.answers["tok"] = {"active": True, "sub": str(uuid.uuid4()), "username": "ada@uni.example", "exp": 9e9}
+    provider = _globus(introspection, clock, TakenUsers())
+    with pytest.raises(ServiceError, match="'ada@uni.example' .* is held by another Globus identity") as failed:
+        provider.authenticate("tok")
+    assert (failed.value.status, failed.value.code) == (409, "IDENTITY_CONFLICT")

@@ -25,7 +25,10 @@ def test_defaults(tmp_home: Path) -> None:
 
 def test_file_then_environment_then_flags(tmp_path: Path, tmp_home: Path) -> None:
     config = tmp_path / "forwarder.yaml"
-    config.write_text("port: 9000\nhost: 0.0.0.0\nauth:\n  provider: globus\n  globus_client_id: abc\n")
+    config.write_text(
+        "port: 9000\nhost: 0.0.0.0\nauth:\n  provider: globus\n  globus_client_id: abc\n"
+        "  globus_required_scope: https://auth.globus.org/scopes/abc/all\n"
+    )
     environ = {
         "TASKFABRIC_FORWARDER_PORT": "9100",
         "TASKFABRIC_FORWARDER_AUTH_GLOBUS_CLIENT_SECRET": "s3cret",
@@ -47,6 +50,10 @@ def test_file_then_environment_then_flags(tmp_path: Path, tmp_home: Path) -> Non
         ({"max_payload_bytes": "big"}, "max_payload_bytes: expected an integer"),
         ({"auth": {"provider": "ldap"}}, "auth.provider: expected one of 'local', 'globus'"),
         ({"auth": {"provider": "globus"}}, "needs auth.globus_client_id"),
+        (
+            {"auth": {"provider": "globus", "globus_client_id": "abc", "globus_client_secret": "s"}},
+            "auth.globus_required_scope: auth.provider 'globus' needs this service's own scope",
+        ),
         ({"amqp_url": "http://x"}, "amqp_url: expected a amqp/amqps URL"),
         ({"status_period_s": 10, "endpoint_offline_after_s": 5}, "endpoint_offline_after_s must be longer"),
         ({"max_request_bytes": 1024 * 1024}, "max_request_bytes"),
