@@ -235,7 +235,7 @@ def test_globus_refuses_identities_outside_the_allow_list_before_creating_a_user
     introspection, clock, users = FakeIntrospection(), Clock(), FakeUsers()
     introspection.answers["eve"] = {"active": True, "sub": str(uuid.uuid4()), "username": "eve@x.example", "exp": 9e9}
     provider = _globus(introspection, clock, users, allow=AllowList.of(["uni.example"], []))
-    with pytest.raises(PermissionDenied, match="'x.example' is not in auth.allowed_domains") as refused:
+    with pytest.raises(PermissionDenied, match=r"'x\.example' is not in auth\.allowed_domains") as refused:
         provider.authenticate("eve")
     assert (refused.value.status, refused.value.code) == (403, "IDENTITY_NOT_ALLOWED")
     assert users.ensured == {}
@@ -249,6 +249,6 @@ def test_globus_username_collision_is_a_409_not_an_outage() -> None:
     introspection, clock = FakeIntrospection(), Clock()
     introspection.answers["tok"] = {"active": True, "sub": str(uuid.uuid4()), "username": "ada@uni.example", "exp": 9e9}
     provider = _globus(introspection, clock, TakenUsers())
-    with pytest.raises(ServiceError, match="'ada@uni.example' .* is held by another Globus identity") as failed:
+    with pytest.raises(ServiceError, match=r"'ada@uni\.example' .* is held by another Globus identity") as failed:
         provider.authenticate("tok")
     assert (failed.value.status, failed.value.code) == (409, "IDENTITY_CONFLICT")
