@@ -1,5 +1,5 @@
-"""`taskfabric forwarder serve|settings` and `taskfabric admin create-user|create-token|list-users`,
-`taskfabric admin dead-letters list|show|requeue|purge`.
+"""`taskfabric forwarder serve|settings|migrate|check-config` and `taskfabric admin
+create-user|create-token|list-users`, `taskfabric admin dead-letters list|show|requeue|purge`.
 
 Thin click commands: they build `ForwarderSettings` (file, environment, flags) and call plain
 functions (`serve` here, `admin.*`), which tests call directly. Errors map to named exit codes in
@@ -24,6 +24,13 @@ import click
 
 from taskfabric.errors import ConfigError, TaskfabricError
 from taskfabric.forwarder import admin as admin_functions
+from taskfabric.forwarder.deployment import (
+    check_config,
+    load_serve_settings,
+    migrate_store,
+    prepare_store,
+    require_store,
+)
 from taskfabric.forwarder.records import DeadLetterRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.gc_tuning import tune_for_service
@@ -38,17 +45,19 @@ _LISTEN_BACKLOG = 2048
 _SHUTDOWN_GRACE_S = 5.0
 
 
-def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = click.echo) -> None:
+def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = click.echo, migrate: bool = False) -> None:
     """Run the forwarder (one process, uvicorn) until SIGINT/SIGTERM. With `port` 0 a free port is
     chosen; either way the address is announced once the socket listens. With `tls` it serves
     HTTPS and loads its certificate and key again on SIGHUP. Plain HTTP on an address that is not
-    loopback is refused (`ConfigError`) unless `allow_plaintext` is set."""
+    loopback is refused (`ConfigError`) unless `allow_plaintext` is set. A store with an older
+    schema is refused (`StoreNeedsMigration`) unless `migrate`; an empty one gets the schema."""
     import uvicorn
     import uvicorn.config
 
     from taskfabric.forwarder.app import create_app
 
     check_plaintext(settings)
+    prepare_store(settings, migrate=migrate)
     ssl_context = settings.tls.ssl_context() if settings.tls.enabled else None
     app = create_app(settings)
     sock = _listen(settings.host, settings.port)
@@ -157,7 +166,12 @@ def _store_options(fn: Any) -> Any:
 
 
 def _settings(config_file: Path | None, **overrides: Any) -> ForwarderSettings:
-    return ForwarderSettings.load(config_file, overrides=overrides)
+    """The settings of an `admin` command. Without a settings file the store must already exist:
+    the built-in default location would otherwise get a stray, empty store nobody serves."""
+    settings = ForwarderSettings.load(config_file, overrides=overrides)
+    if config_file is None:
+        require_store(settings)
+    return settings
 
 
 # --- taskfabric forwarder -----------------------------------------------------------------
@@ -176,6 +190,7 @@ def forwarder() -> None:
 @click.option("--management-url", default=None, help="Broker management API URL with administrator credentials.")
 @click.option("--endpoint-amqp-url", default=None, help="The broker as endpoints reach it (no credentials).")
 @click.option("--topology-prefix", default=None, help="Prefix of every exchange and queue name.")
+@click.option("--migrate", is_flag=True, help="Upgrade a store with an older schema first (back it up before).")
 def serve_command(
     *,
     config_file: Path | None,
@@ -186,19 +201,68 @@ def serve_command(
     management_url: str | None,
     endpoint_amqp_url: str | None,
     topology_prefix: str | None,
+    migrate: bool,
 ) -> None:
-    """Serve the HTTP API until interrupted (SIGINT / SIGTERM stop it gracefully)."""
-    settings = _settings(
-        config_file,
-        database_url=database_url,
-        host=host,
-        port=port,
-        amqp_url=amqp_url,
-        management_url=management_url,
-        endpoint_amqp_url=endpoint_amqp_url,
-        topology_prefix=topology_prefix,
-    )
-    serve(settings)
+    """Serve the HTTP API until interrupted (SIGINT / SIGTERM stop it gracefully). amqp_url and
+    database_url must be named (settings file, environment or flags): there are no defaults."""
+    overrides = {
+        "database_url": database_url,
+        "host": host,
+        "port": port,
+        "amqp_url": amqp_url,
+        "management_url": management_url,
+        "endpoint_amqp_url": endpoint_amqp_url,
+        "topology_prefix": topology_prefix,
+    }
+    serve(load_serve_settings(config_file, overrides=overrides), migrate=migrate)
+
+
+@forwarder.command("migrate")
+@_store_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: {database, before, after}.")
+def migrate_command(config_file: Path | None, database_url: str | None, as_json: bool) -> None:
+    """Upgrade the store's schema to this taskfabric's (creating it in an empty database when a
+    settings file names it). Back the store up first; stop or keep serving forwarders of this
+    version only. A store newer than this taskfabric is refused."""
+    settings = ForwarderSettings.load(config_file, overrides={"database_url": database_url})
+    report = migrate_store(settings, create=config_file is not None)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(report)))
+    elif report.changed:
+        click.echo(f"migrated the store at {report.database}: schema version {report.before} -> {report.after}")
+    else:
+        click.echo(f"the store at {report.database} is up to date (schema version {report.after})")
+
+
+@forwarder.command("check-config")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="TASKFABRIC_FORWARDER_CONFIG",
+    help="YAML settings file to check (with the environment, as `serve` reads them).",
+)
+@click.option("--offline", is_flag=True, help="Only validate the settings; reach neither store nor broker.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: {summary, checks, ok}.")
+def check_config_command(config_file: Path | None, offline: bool, as_json: bool) -> None:
+    """Validate the settings `serve` would use and print a summary (no secrets); unless --offline,
+    also check that the store and the broker answer. Exits 4 for an invalid setting (naming the
+    key), 1 when a check fails, 0 when all is well. Changes nothing."""
+    from taskfabric.exit_codes import RET_ERROR
+
+    report = check_config(config_file, offline=offline)
+    if as_json:
+        checks = [dataclasses.asdict(check) for check in report.checks]
+        click.echo(json.dumps({"summary": report.summary, "checks": checks, "ok": report.ok}))
+    else:
+        click.echo(f"settings {'of ' + str(config_file) if config_file else 'from the environment'}: valid")
+        for key, value in report.summary.items():
+            click.echo(f"  {key:<22} {value}")
+        for check in report.checks:
+            click.echo(f"{check.name:<11} {'ok' if check.ok else 'FAILED'}: {check.detail}")
+    if not report.ok:
+        raise SystemExit(RET_ERROR)
 
 
 @forwarder.command("status")

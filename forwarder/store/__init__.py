@@ -1,18 +1,23 @@
 """The forwarder's store: users, tokens, functions, endpoints, tasks and kept dead letters in one
 SQL database.
 
-SQLAlchemy Core (no ORM), SQLite by default and PostgreSQL by URL; the schema is created and
-migrated when the store opens. Methods are synchronous and batch-oriented; `StoreRunner` runs them
-off the event loop (one writer thread, a few reader threads). Every error leaving here is a
-`StoreError` (`StoreConflict` for a broken uniqueness rule).
+SQLAlchemy Core (no ORM), SQLite by default and PostgreSQL by URL; the schema is created in an
+empty database when the store opens, and migrated only when the opener asks (`upgrade=True`:
+`taskfabric forwarder migrate`, `serve --migrate`); see `versions`. Methods are synchronous and
+batch-oriented; `StoreRunner` runs them off the event loop (one writer thread, a few reader
+threads). Every error leaving here is a `StoreError` (`StoreConflict` for a broken uniqueness rule).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
+from taskfabric.forwarder.store import versions as _versions
 from taskfabric.forwarder.store.dead_letters import DeadLetterTable
 from taskfabric.forwarder.store.endpoints import EndpointTable
 from taskfabric.forwarder.store.engine import StoreConflict, open_engine, redact_db_url, translate_errors
@@ -22,8 +27,18 @@ from taskfabric.forwarder.store.runner import StoreRunner
 from taskfabric.forwarder.store.schema import migrate
 from taskfabric.forwarder.store.tasks import TaskTable
 from taskfabric.forwarder.store.users import UserTable
+from taskfabric.forwarder.store.versions import SchemaStatus, StoreMissing, StoreNeedsMigration, StoreTooNew
 
-__all__ = ["Failure", "Store", "StoreConflict", "StoreRunner"]
+__all__ = [
+    "Failure",
+    "SchemaStatus",
+    "Store",
+    "StoreConflict",
+    "StoreMissing",
+    "StoreNeedsMigration",
+    "StoreRunner",
+    "StoreTooNew",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +55,34 @@ class Store:
         self.dead_letters = DeadLetterTable(engine)
 
     @classmethod
-    def open(cls, url: str, *, pool_size: int = 8) -> Store:
-        """Open (creating or migrating the schema) the database at `url`."""
+    def open(cls, url: str, *, pool_size: int = 8, create: bool = True, upgrade: bool = False) -> Store:
+        """Open the database at `url`. An empty one gets the schema when `create` (else
+        `StoreMissing`, and a SQLite file is not even created); an older schema is migrated when
+        `upgrade` (else `StoreNeedsMigration`); a newer one is `StoreTooNew`."""
+        where = redact_db_url(url)
+        if not create and _sqlite_file_missing(url):
+            raise _versions.missing(where)
         engine = open_engine(url, pool_size=pool_size)
         try:
-            with translate_errors(f"opening the store at {redact_db_url(url)}"), engine.begin() as connection:
-                version = migrate(connection)
+            with translate_errors(f"opening the store at {where}"), engine.begin() as connection:
+                version = _bring_up_to_date(connection, where, create=create, upgrade=upgrade)
         except BaseException:
             engine.dispose()
             raise
-        log.info("store %s open (schema version %d)", redact_db_url(url), version)
+        log.info("store %s open (schema version %d)", where, version)
         return cls(engine)
+
+    @staticmethod
+    def status(url: str) -> SchemaStatus:
+        """The schema version at `url`, changing nothing (a missing SQLite file: version 0)."""
+        if _sqlite_file_missing(url):
+            return SchemaStatus(0)
+        engine = open_engine(url, pool_size=1)
+        try:
+            with translate_errors(f"reading the store at {redact_db_url(url)}"), engine.connect() as connection:
+                return _versions.schema_status(connection)
+        finally:
+            engine.dispose()
 
     @property
     def backend(self) -> str:
@@ -70,3 +102,27 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _bring_up_to_date(connection: Connection, where: str, *, create: bool, upgrade: bool) -> int:
+    status = _versions.schema_status(connection)
+    if status.newer:
+        raise _versions.too_new(where, status)
+    if status.empty and not create:
+        raise _versions.missing(where)
+    if status.older and not upgrade:
+        raise _versions.needs_migration(where, status)
+    if status.version != status.latest:
+        log.info("store %s: schema version %d -> %d", where, status.version, status.latest)
+    return migrate(connection)
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False  # open_engine names the problem
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return False
+    return not Path(database).expanduser().exists()

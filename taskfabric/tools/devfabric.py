@@ -152,9 +152,11 @@ def _dev_token(settings_file: Path, *, saved: str) -> str:
     """The `dev` user's token: the saved one while the store still has that user, else a new one
     (the store is new, or its file was deleted)."""
     from taskfabric.forwarder.admin import create_token, create_user, list_users
+    from taskfabric.forwarder.deployment import migrate_store
     from taskfabric.forwarder.settings import ForwarderSettings
 
     settings = ForwarderSettings.from_file(settings_file)
+    migrate_store(settings)  # the dev store is the developer's own: upgrade it with taskfabric
     if DEV_USER in {user.username for user in list_users(settings)}:
         if saved:
             return saved

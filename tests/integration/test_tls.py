@@ -250,6 +250,7 @@ def test_forwarder_serve_refuses_plain_http_on_every_interface(tmp_path: Path) -
     env.pop("TASKFABRIC_FORWARDER_ALLOW_PLAINTEXT", None)
     nowhere = f"127.0.0.1:{free_port()}"  # were the refusal missing, it would reach no broker and stop
     command = ["forwarder", "serve", "--host", "0.0.0.0", "--port", "0", "--amqp-url", f"amqp://u:p@{nowhere}/%2F"]
+    command += ["--database-url", f"sqlite:///{tmp_path / 'fw.db'}"]  # serve has no default store
     done = subprocess.run(
         [sys.executable, "-m", "taskfabric", *command, "--management-url", f"http://u:p@{nowhere}"],
         env=env,

@@ -35,30 +35,32 @@ def _run(*args: str, home: Path, timeout_s: float = 120, stdin: str | None = Non
 
 def test_admin_commands(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    created = _run("admin", "create-user", "alice", home=home)
+    database = tmp_path / "forwarder.db"
+    config = tmp_path / "forwarder.yaml"
+    config.write_text(f"database_url: sqlite:///{database}\n")
+    created = _run("admin", "create-user", "alice", "--config", str(config), home=home)
     assert created.returncode == RET_OK, created.stderr
     assert "created user alice" in created.stdout
-    duplicate = _run("admin", "create-user", "alice", home=home)
+    # the store named by --config exists now: later commands may name it by URL alone
+    store = ("--database-url", f"sqlite:///{database}")
+    duplicate = _run("admin", "create-user", "alice", *store, home=home)
     assert duplicate.returncode == RET_ERROR
     assert "already exists" in duplicate.stderr
-    token = _run("admin", "create-token", "alice", "--description", "laptop", home=home)
+    token = _run("admin", "create-token", "alice", "--description", "laptop", *store, home=home)
     assert token.returncode == RET_OK and token.stdout.strip().startswith("tf_")
-    assert _run("admin", "create-token", "nobody", home=home).returncode == RET_ERROR
-    assert _run("admin", "create-user", "bad name", home=home).returncode == RET_ERROR
-    listed = _run("admin", "list-users", "--json", home=home)
+    assert _run("admin", "create-token", "nobody", *store, home=home).returncode == RET_ERROR
+    assert _run("admin", "create-user", "bad name", *store, home=home).returncode == RET_ERROR
+    listed = _run("admin", "list-users", "--json", *store, home=home)
     (row,) = json.loads(listed.stdout)  # one JSON document: the list of users
     assert (row["username"], row["auth"], row["tokens"]) == ("alice", "local", 1)
-    # the default store lives in TASKFABRIC_HOME, and the token itself is not in it
-    database = home / "forwarder" / "forwarder.db"
-    assert database.exists()
-    assert token.stdout.strip().encode() not in database.read_bytes()
+    assert token.stdout.strip().encode() not in database.read_bytes()  # only its hash is stored
     # revoking: the token comes on standard input (not in argv); a wrong one revokes nothing
-    wrong = _run("admin", "revoke-token", "alice", home=home, stdin="tf_not-a-token-of-alice\n")
+    wrong = _run("admin", "revoke-token", "alice", *store, home=home, stdin="tf_not-a-token-of-alice\n")
     assert wrong.returncode == RET_ERROR and "not one of 'alice'" in wrong.stderr
-    revoked = _run("admin", "revoke-token", "alice", home=home, stdin=token.stdout)
+    revoked = _run("admin", "revoke-token", "alice", *store, home=home, stdin=token.stdout)
     assert revoked.returncode == RET_OK, revoked.stderr
     assert "revoked 1 token(s) of alice" in revoked.stdout
-    listed = _run("admin", "list-users", "--json", home=home)
+    listed = _run("admin", "list-users", "--json", *store, home=home)
     assert [user["tokens"] for user in json.loads(listed.stdout)] == [0]
 
 
@@ -85,7 +87,7 @@ def test_serve_refuses_bad_settings_and_an_unreachable_broker(tmp_path: Path) ->
     assert bad.returncode == RET_CONFIG
     assert "prot: unknown key" in bad.stderr and "port" in bad.stderr
     config.write_text(
-        "port: 0\nbroker_connect_timeout_s: 1\n"
+        f"port: 0\nbroker_connect_timeout_s: 1\ndatabase_url: sqlite:///{tmp_path / 'fw.db'}\n"
         "amqp_url: amqp://guest:guest@127.0.0.1:1/%2F\nmanagement_url: http://guest:guest@127.0.0.1:1\n"
     )
     unreachable = _run("forwarder", "serve", "--config", str(config), home=tmp_path)
@@ -97,8 +99,6 @@ def test_serve_refuses_bad_settings_and_an_unreachable_broker(tmp_path: Path) ->
 
 def test_a_whole_trip_through_a_served_forwarder(broker: BrokerUnderTest, tmp_path: Path) -> None:
     database_url = f"sqlite:///{tmp_path / 'forwarder.db'}"
-    assert _run("admin", "create-user", "carol", "--database-url", database_url, home=tmp_path).returncode == RET_OK
-    token = _run("admin", "create-token", "carol", "--database-url", database_url, home=tmp_path).stdout.strip()
     settings = {
         "database_url": database_url,
         "amqp_url": broker.amqp_url,
@@ -106,7 +106,9 @@ def test_a_whole_trip_through_a_served_forwarder(broker: BrokerUnderTest, tmp_pa
         "topology_prefix": unique_name("e2e"),
         "auth": {"cache_max_age_s": 1},  # so a revoked token is refused within a second
     }
-    process = ForwarderProcess(tmp_path / "run", settings).start()
+    process = ForwarderProcess(tmp_path / "run", settings).start()  # it creates the store
+    assert _run("admin", "create-user", "carol", "--database-url", database_url, home=tmp_path).returncode == RET_OK
+    token = _run("admin", "create-token", "carol", "--database-url", database_url, home=tmp_path).stdout.strip()
     try:
         with ForwarderApi(process.url, token) as carol:
             registration = carol.register_endpoint("carols-lab")

@@ -219,7 +219,7 @@ def test_a_schema_v1_database_gains_the_endpoint_scaling_column(tmp_path: Path) 
     with Store.open(url) as opened, opened.engine.begin() as connection:  # as schema v1 left it:
         connection.execute(text("ALTER TABLE endpoints DROP COLUMN scaling"))
         connection.execute(text("UPDATE schema_version SET version = 1"))
-    with Store.open(url) as migrated:
+    with Store.open(url, upgrade=True) as migrated:
         columns = {column["name"] for column in inspect(migrated.engine).get_columns("endpoints")}
         assert "scaling" in columns
         owner = _user(migrated)
