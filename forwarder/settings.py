@@ -52,7 +52,7 @@ class AuthSettings:
         None, help="its client secret (prefer the TASKFABRIC_FORWARDER_AUTH_GLOBUS_CLIENT_SECRET variable)"
     )
     globus_required_scope: str | None = setting(
-        None, help="when set, an introspected token must carry this scope string"
+        None, help="the scope string an introspected token must carry (this service's own; required for 'globus')"
     )
     cache_max_entries: int = setting(10000, help="introspected tokens kept in memory until they expire", min=0)
     cache_max_age_s: float = setting(
