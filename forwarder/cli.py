@@ -275,13 +275,20 @@ def check_config_command(config_file: Path | None, offline: bool, as_json: bool)
 )
 @click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True, help="Seconds per request.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
-def status_command(url: str, timeout_s: float, as_json: bool) -> None:
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="TASKFABRIC_CA_FILE",
+    help="PEM CA that signed an https forwarder's certificate (default: the system's trust store).",
+)
+def status_command(url: str, timeout_s: float, as_json: bool, ca_file: Path | None) -> None:
     """Is the forwarder alive (/healthz) and ready (/readyz: store and broker)? Exits 0 when ready,
     1 when it answers but is not ready, 3 when nothing answers."""
     from taskfabric.exit_codes import RET_ERROR, RET_STOPPED
     from taskfabric.forwarder.health import probe_forwarder
 
-    status = probe_forwarder(url, timeout_s=timeout_s)
+    status = probe_forwarder(url, timeout_s=timeout_s, ca_file=ca_file)
     if as_json:
         click.echo(json.dumps(status))
     else:

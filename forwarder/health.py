@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import ssl
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -19,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from taskfabric.errors import TaskfabricError
+from taskfabric.tls import client_ssl_context
 
 if TYPE_CHECKING:
     from taskfabric.forwarder.service import Forwarder
@@ -94,12 +97,14 @@ async def readyz(request: Request) -> JSONResponse:
 # --- the client side: `taskfabric forwarder status` ------------------------------------------
 
 
-def probe_forwarder(url: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
+def probe_forwarder(url: str, *, timeout_s: float = 10.0, ca_file: Path | None = None) -> dict[str, Any]:
     """Ask a forwarder's /healthz and /readyz: `{"url", "reachable", "alive", "ready", "checks"}`
-    (`reachable` False: nothing answered at `url`; `error` then says why)."""
+    (`reachable` False: nothing answered at `url`; `error` then says why). `ca_file`: the private
+    CA that signed an https forwarder's certificate (default: the system's trust store)."""
     base = url.rstrip("/")
+    verify: ssl.SSLContext | bool = client_ssl_context(ca_file, key="--ca-file") if ca_file is not None else True
     try:
-        with httpx.Client(timeout=timeout_s) as http:
+        with httpx.Client(timeout=timeout_s, verify=verify) as http:
             alive = http.get(f"{base}/healthz")
             ready = http.get(f"{base}/readyz")
     except httpx.HTTPError as exc:
