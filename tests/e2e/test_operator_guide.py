@@ -182,6 +182,7 @@ def _walk_through(
     database_password = urllib.parse.urlsplit(database_url).password
     assert database_password and database_password not in checked.stdout
     assert broker_password not in checked.stdout
+    assert f"management  ok: answers (0 queues in vhost '{VHOST}')" in checked.stdout
 
     # 5. the schema and the first user
     migrated = _taskfabric("forwarder", "migrate", "--config", str(config), home=home)
