@@ -93,8 +93,8 @@ class MigrationReport:
 
 def migrate_store(settings: ForwarderSettings, *, create: bool = True) -> MigrationReport:
     """Bring the store to this code's schema (creating it in an empty database when `create`).
-    A newer store is refused (`StoreTooNew`); migrations are idempotent and each runs in one
-    transaction, so a failed upgrade leaves the last good version recorded."""
+    A newer store is refused (`StoreTooNew`). Migrations are idempotent (each checks what exists),
+    so running this again after an interrupted upgrade completes it; back the store up first."""
     before = Store.status(settings.store_url)
     with Store.open(settings.store_url, create=create, upgrade=True):
         pass
