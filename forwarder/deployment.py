@@ -1,8 +1,9 @@
 """Operating a forwarder's store and settings: what `forwarder migrate`, `forwarder check-config`,
 `serve` and the `admin` commands do before they touch anything.
 
-- Nothing silently reaches another system: `serve` needs `amqp_url` and `database_url` named
-  explicitly (settings file, environment or flag), never the built-in local defaults.
+- Nothing silently reaches another system: `serve` needs `amqp_url`, `database_url` and
+  `management_url` named explicitly (settings file, environment or flag), never the built-in
+  local defaults (guest on 127.0.0.1, a SQLite file in $TASKFABRIC_HOME).
 - Schema upgrades are explicit: `migrate_store` (the `forwarder migrate` command, or `serve
   --migrate`); `serve` and `admin` refuse an older store and every command refuses a newer one.
 - `admin` commands without a settings file never create a store (`require_store`).
@@ -43,7 +44,7 @@ __all__ = [
 
 #: keys `serve` needs named explicitly: their defaults would reach a broker or database on this
 #: host that nobody chose (the dev fabric and the test fixtures write their own settings files)
-REQUIRED_SERVE_KEYS = ("amqp_url", "database_url")
+REQUIRED_SERVE_KEYS = ("amqp_url", "database_url", "management_url")
 
 
 def load_serve_settings(

@@ -25,12 +25,14 @@ def _config(tmp_path: Path, text: str) -> Path:
 
 def test_serve_needs_amqp_url_and_database_url_from_file_environment_or_flags(tmp_path: Path) -> None:
     database = f"sqlite:///{tmp_path / 'fw.db'}"
-    only_broker = _config(tmp_path, f"amqp_url: {AMQP}\n")
+    only_broker = _config(tmp_path, f"amqp_url: {AMQP}\nmanagement_url: http://u:p@broker.example.org:15672\n")
     with pytest.raises(ConfigError, match=r"^database_url: not set in .*forwarder\.yaml") as refused:
         load_serve_settings(only_broker, environ={})
     assert refused.value.key == "database_url"
     with pytest.raises(ConfigError, match=r"^amqp_url: not set in the settings"):
         load_serve_settings(None, overrides={"database_url": database}, environ={})
+    with pytest.raises(ConfigError, match=r"^management_url: not set"):
+        load_serve_settings(None, overrides={"database_url": database, "amqp_url": AMQP}, environ={})
     from_env = load_serve_settings(only_broker, environ={"TASKFABRIC_FORWARDER_DATABASE_URL": database})
     from_flag = load_serve_settings(only_broker, overrides={"database_url": database}, environ={})
     assert from_env.store_url == from_flag.store_url == database

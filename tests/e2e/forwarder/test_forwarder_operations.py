@@ -1,7 +1,7 @@
 """Operator tooling as real processes on real stores (SQLite and PostgreSQL): `forwarder migrate`,
 `serve` refusing an unmigrated store (or migrating it with --migrate), every command refusing a
-store newer than itself, `admin` never creating a stray store, `serve` needing amqp_url and
-database_url named, and `forwarder check-config`."""
+store newer than itself, `admin` never creating a stray store, `serve` needing amqp_url,
+database_url and management_url named, and `forwarder check-config`."""
 
 from __future__ import annotations
 
@@ -200,12 +200,16 @@ def test_admin_without_config_refuses_to_create_a_store(tmp_path: Path) -> None:
     assert (tmp_path / "real.db").exists() and not default_store.exists()
 
 
-@pytest.mark.parametrize("missing", ["amqp_url", "database_url"])
-def test_serve_refuses_settings_without_amqp_url_or_database_url(missing: str, tmp_path: Path) -> None:
-    values = {"amqp_url": "amqp://u:p@127.0.0.1:1/%2F", "database_url": f"sqlite:///{tmp_path / 'fw.db'}"}
-    del values[missing]
+@pytest.mark.parametrize("missing", ["amqp_url", "database_url", "management_url"])
+def test_serve_refuses_settings_without_a_broker_or_database_named(missing: str, tmp_path: Path) -> None:
+    named = {
+        "amqp_url": "amqp://u:p@127.0.0.1:1/%2F",  # nobody listens there: serve stops at the broker
+        "database_url": f"sqlite:///{tmp_path / 'fw.db'}",
+        "management_url": "http://u:p@127.0.0.1:1",
+    }
     config = tmp_path / "forwarder.yaml"
-    config.write_text("".join(f"{key}: '{value}'\n" for key, value in values.items()) + "port: 0\n")
+    lines = [f"{key}: '{value}'\n" for key, value in named.items() if key != missing]
+    config.write_text("".join(lines) + "port: 0\nbroker_connect_timeout_s: 1\n")
     done = _run("forwarder", "serve", "--config", str(config), home=tmp_path)
     assert done.returncode == RET_CONFIG
     line = _one_clear_line(done)
@@ -213,9 +217,7 @@ def test_serve_refuses_settings_without_amqp_url_or_database_url(missing: str, t
     assert f"TASKFABRIC_FORWARDER_{missing.upper()}" in line and f"--{missing.replace('_', '-')}" in line
     assert not (tmp_path / "forwarder").exists()  # no default store was created in TASKFABRIC_HOME
     # named in the environment instead, it counts (and serve goes on, to the absent broker)
-    given = {"amqp_url": "amqp://u:p@127.0.0.1:1/%2F", "database_url": f"sqlite:///{tmp_path / 'fw.db'}"}[missing]
-    env = {f"TASKFABRIC_FORWARDER_{missing.upper()}": given, "TASKFABRIC_FORWARDER_BROKER_CONNECT_TIMEOUT_S": "1"}
-    env["TASKFABRIC_FORWARDER_MANAGEMENT_URL"] = "http://u:p@127.0.0.1:1"
+    env = {f"TASKFABRIC_FORWARDER_{missing.upper()}": named[missing]}
     assert _run("forwarder", "serve", "--config", str(config), home=tmp_path, env=env).returncode == RET_BROKER
 
 
