@@ -44,9 +44,9 @@ def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = clic
     HTTPS and loads its certificate and key again on SIGHUP. Plain HTTP on an address that is not
     loopback is refused (`ConfigError`) unless `allow_plaintext` is set."""
     import uvicorn
-    import uvicorn.config
 
     from taskfabric.forwarder.app import create_app
+    from taskfabric.forwarder.connections import uvicorn_limits
 
     check_plaintext(settings)
     ssl_context = settings.tls.ssl_context() if settings.tls.enabled else None
@@ -56,9 +56,7 @@ def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = clic
     config = uvicorn.Config(
         app,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        ws="websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS else "websockets",
-        ws_max_size=settings.ws_max_message_bytes,
+        **uvicorn_limits(settings),  # timeouts, connection limit, WebSocket caps (see connections.py)
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from taskfabric import __version__
 from taskfabric.errors import ServiceError
 from taskfabric.forwarder import schemas
+from taskfabric.forwarder.limits import bearer_token, identity_of
 from taskfabric.forwarder.listing import page_body, parse_task_query
 from taskfabric.forwarder.records import EndpointRecord, Identity
 from taskfabric.forwarder.requests import (
@@ -66,6 +67,11 @@ async def forwarder_of(request: Request) -> Forwarder:  # async: FastAPI runs sy
 async def current_identity(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Identity:
+    """The caller. `RequestGuard` authenticated it on the headers already (and refused the request
+    otherwise); checking again here is defence in depth, without a second token lookup."""
+    known = identity_of(request.scope)
+    if known is not None:
+        return known
     return await _forwarder(request).authenticate(credentials.credentials if credentials else None)
 
 
@@ -306,7 +312,7 @@ async def results_stream(websocket: WebSocket) -> None:
     """Subscribe to task ids; receive their results as msgpack frames (see docs/api.md)."""
     forwarder: Forwarder = websocket.app.state.forwarder
     try:
-        identity = await forwarder.authenticate(_bearer_token(websocket.headers.get("authorization")))
+        identity = await forwarder.authenticate(bearer_token(websocket.headers.get("authorization")))
     except ServiceError as exc:
         await _deny(websocket, exc)
         return
@@ -319,13 +325,6 @@ async def results_stream(websocket: WebSocket) -> None:
         runner=forwarder.runner,
         limits=forwarder.stream_limits,
     )
-
-
-def _bearer_token(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
 
 
 async def _deny(websocket: WebSocket, exc: ServiceError) -> None:
