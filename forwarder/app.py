@@ -27,7 +27,7 @@ from taskfabric.forwarder.metrics import (
     log_access,
     metrics_router,
 )
-from taskfabric.forwarder.routes import current_identity, router, websocket_router
+from taskfabric.forwarder.routes import AUTH_SCHEME, router, websocket_router
 from taskfabric.forwarder.service import Forwarder
 from taskfabric.forwarder.settings import ForwarderSettings
 
@@ -69,7 +69,7 @@ def create_app(settings: ForwarderSettings, *, broker: AdminBrokerLink | None = 
         RequestGuard,
         limits=BodyLimits.from_settings(settings),
         body_timeout_s=settings.limits.body_timeout_s,
-        auth_dependency=current_identity,
+        auth_scheme=AUTH_SCHEME,
     )
     install_error_handlers(app)
     app.add_middleware(HttpMetrics, metrics=metrics)

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from fastapi.dependencies.models import Dependant
-from starlette.routing import BaseRoute, Match
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taskfabric.errors import ServiceError
@@ -82,44 +81,37 @@ class BodyLimits:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RoutePolicy:
-    """What the guard checks for requests matching `route`."""
+    """What the guard checks for requests matching `route` (a path template and one method)."""
 
-    route: BaseRoute | None  # None: no route matches (the router will answer 404 or 405)
-    method: str
+    route: Route | None  # None: no operation matches (the router will answer 404 or 405)
     needs_token: bool
     limit: BodyLimit
 
 
 class RouteTable:
-    """The app's HTTP routes with their policies; `find(scope)` is the route the router will pick."""
+    """The API's operations with their policies, read from the app's OpenAPI description (the one
+    public list of routes: an operation needs a token when it names the bearer `auth_scheme`)."""
 
-    def __init__(self, routes: Sequence[BaseRoute], limits: BodyLimits, auth_dependency: Callable[..., Any]) -> None:
+    def __init__(self, openapi: Mapping[str, Any], limits: BodyLimits, auth_scheme: str) -> None:
         self._policies: list[RoutePolicy] = []
-        for route in routes:
-            dependant: Dependant | None = getattr(route, "dependant", None)
-            template = getattr(route, "path_format", None)
-            if dependant is None or not isinstance(template, str):
-                continue  # websocket routes authenticate before accepting; mounts serve no bodies
-            needs_token = _depends_on(dependant, auth_dependency)
-            for method in getattr(route, "methods", None) or ():
-                limit = limits.of(method, template, needs_token=needs_token)
-                self._policies.append(RoutePolicy(route, method, needs_token, limit))
-        self._unmatched = RoutePolicy(route=None, method="", needs_token=False, limit=limits.unauthenticated)
+        for template, operations in openapi.get("paths", {}).items():
+            for method, operation in operations.items():
+                needs_token = any(auth_scheme in requirement for requirement in operation.get("security") or ())
+                route = Route(template, endpoint=_never_called, methods=[method.upper()])
+                limit = limits.of(method.upper(), template, needs_token=needs_token)
+                self._policies.append(RoutePolicy(route, needs_token, limit))
+        self._unmatched = RoutePolicy(route=None, needs_token=False, limit=limits.unauthenticated)
 
     def find(self, scope: Scope) -> RoutePolicy:
-        """The policy of the route serving `scope` (no route, or another method: the tiny limit)."""
-        method = scope.get("method")
+        """The policy of the operation serving `scope` (none: the tiny unauthenticated limit)."""
         for policy in self._policies:
-            if policy.method != method or policy.route is None:
-                continue
-            match, _ = policy.route.matches(scope)
-            if match is Match.FULL:
+            if policy.route is not None and policy.route.matches(scope)[0] is Match.FULL:
                 return policy
         return self._unmatched
 
 
-def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
-    return any(dep.call is call or _depends_on(dep, call) for dep in dependant.dependencies)
+async def _never_called(request: Any) -> None:  # the table's routes only match, they never serve
+    raise AssertionError("RouteTable routes are not served")
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -157,13 +149,13 @@ class RequestGuard:
         *,
         limits: BodyLimits,
         body_timeout_s: float,
-        auth_dependency: Callable[..., Any],
+        auth_scheme: str,
     ) -> None:
-        """`auth_dependency`: the route dependency that authenticates (routes using it need a token)."""
+        """`auth_scheme`: the OpenAPI security scheme of the routes that need a token."""
         self.app = app
         self.limits = limits
         self.body_timeout_s = body_timeout_s
-        self.auth_dependency = auth_dependency
+        self.auth_scheme = auth_scheme
         self._table: RouteTable | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -184,7 +176,7 @@ class RequestGuard:
 
     def _routes(self, scope: Scope) -> RouteTable:
         if self._table is None:  # the routes are complete once the app serves its first request
-            self._table = RouteTable(scope["app"].routes, self.limits, self.auth_dependency)
+            self._table = RouteTable(scope["app"].openapi(), self.limits, self.auth_scheme)
         return self._table
 
     async def _authenticate(self, scope: Scope) -> None:

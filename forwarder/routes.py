@@ -36,7 +36,7 @@ from taskfabric.forwarder.stream import serve_stream
 from taskfabric.forwarder.views import endpoint_info, function_info, task_info
 from taskfabric.protocol.api import EndpointInfo, EndpointRegistered, TaskInfo, render
 
-__all__ = ["API_VERSION", "MAX_CANCEL_TASK_IDS", "MIN_CLIENT_VERSION", "router", "websocket_router"]
+__all__ = ["API_VERSION", "AUTH_SCHEME", "MAX_CANCEL_TASK_IDS", "MIN_CLIENT_VERSION", "router", "websocket_router"]
 
 API_VERSION = 1
 MIN_CLIENT_VERSION = "0.1.0"
@@ -47,6 +47,8 @@ _MAX_TASK_IDS = 10_000
 MAX_CANCEL_TASK_IDS = 1000
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `taskfabric admin create-token`, or Globus Auth")
+#: the OpenAPI security scheme of every route that needs a token (`RequestGuard` reads it)
+AUTH_SCHEME = _bearer.scheme_name
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 413, 422, 503)
 }
