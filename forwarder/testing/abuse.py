@@ -1,0 +1,146 @@
+"""Hostile HTTP clients on raw sockets, for the limit tests and `benchmarks/abuse.py`.
+
+httpx cannot lie about Content-Length, stall between header bytes or stop reading, so these speak
+HTTP/1.1 by hand: an upload that watches for the server's answer before each chunk it sends (and so
+counts how much of the body the server made it send), a chunked upload, a body that stalls, and
+connections that send their headers a byte at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import select
+import socket
+import urllib.parse
+from collections.abc import Iterator
+
+__all__ = ["RawResponse", "Upload", "connect", "read_response", "request_head", "send_slowly", "upload"]
+
+_CHUNK_BYTES = 64 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class RawResponse:
+    """An HTTP response as read off the socket; `closed`: the server closed the connection after it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    closed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """How an upload ended: the answer, and how many body bytes the client had sent by then."""
+
+    response: RawResponse | None
+    sent_bytes: int
+
+
+def connect(url: str, *, timeout_s: float = 30.0) -> socket.socket:
+    """A TCP connection to the host and port of `url` (http only)."""
+    parts = urllib.parse.urlsplit(url)
+    return socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=timeout_s)
+
+
+def request_head(
+    method: str, path: str, *, token: str | None = None, content_length: int | None = None, chunked: bool = False
+) -> bytes:
+    """The request line and headers of one request."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: forwarder", "Content-Type: application/json"]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
+    if content_length is not None:
+        lines.append(f"Content-Length: {content_length}")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def upload(
+    url: str,
+    path: str,
+    *,
+    body_bytes: int,
+    token: str | None = None,
+    chunked: bool = False,
+    timeout_s: float = 30.0,
+) -> Upload:
+    """POST a body of `body_bytes` spaces (declared with Content-Length, or chunked), checking for
+    the server's answer before every 64 KiB sent; stops at the answer or when the server closes."""
+    with connect(url, timeout_s=timeout_s) as sock:
+        head = request_head("POST", path, token=token, content_length=None if chunked else body_bytes, chunked=chunked)
+        sock.sendall(head)
+        sent = 0
+        for wire, size in _pieces(body_bytes, chunked=chunked):
+            if _readable(sock, 0.0):
+                break
+            try:
+                sock.sendall(wire)
+            except OSError:  # the server closed: its answer may still be readable
+                break
+            sent += size
+        else:
+            _readable(sock, timeout_s)
+        try:
+            return Upload(read_response(sock), sent)
+        except OSError:
+            return Upload(None, sent)
+
+
+def _pieces(total: int, *, chunked: bool) -> Iterator[tuple[bytes, int]]:
+    """(bytes on the wire, body bytes among them)."""
+    block = b" " * _CHUNK_BYTES
+    left = total
+    while left > 0:
+        size = min(left, _CHUNK_BYTES)
+        left -= size
+        yield (f"{size:x}\r\n".encode() + block[:size] + b"\r\n" if chunked else block[:size]), size
+    if chunked:
+        yield b"0\r\n\r\n", 0
+
+
+def send_slowly(sock: socket.socket, data: bytes, *, interval_s: float, wait_s: float) -> bool:
+    """Send `data` a byte every `interval_s`; True if the server closed (or answered) before the end."""
+    for byte in data:
+        if _readable(sock, interval_s):
+            return True
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return True
+    return _readable(sock, wait_s)
+
+
+def read_response(sock: socket.socket) -> RawResponse:
+    """One response (Content-Length framed), then whether the server closed the connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"the server closed the connection before answering (got {data[:80]!r})")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return RawResponse(int(status_line.split()[1]), headers, rest[:length], closed=_server_closed(sock))
+
+
+def _server_closed(sock: socket.socket, wait_s: float = 2.0) -> bool:
+    if not _readable(sock, wait_s):
+        return False
+    with contextlib.suppress(OSError):
+        return sock.recv(1) == b""
+    return True  # reset: closed too
+
+
+def _readable(sock: socket.socket, timeout_s: float) -> bool:
+    readable, _, _ = select.select([sock], [], [], timeout_s)
+    return bool(readable)
