@@ -113,8 +113,9 @@ def send_slowly(sock: socket.socket, data: bytes, *, interval_s: float, wait_s: 
     return _readable(sock, wait_s)
 
 
-def read_response(sock: socket.socket) -> RawResponse:
-    """One response (Content-Length framed), then whether the server closed the connection."""
+def read_response(sock: socket.socket, *, close_wait_s: float = 2.0) -> RawResponse:
+    """One response (Content-Length framed), then whether the server closed the connection
+    (waiting at most `close_wait_s` for it to)."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -130,10 +131,11 @@ def read_response(sock: socket.socket) -> RawResponse:
         if not chunk:
             break
         rest += chunk
-    return RawResponse(int(status_line.split()[1]), headers, rest[:length], closed=_server_closed(sock))
+    closed = _server_closed(sock, close_wait_s)
+    return RawResponse(int(status_line.split()[1]), headers, rest[:length], closed=closed)
 
 
-def _server_closed(sock: socket.socket, wait_s: float = 2.0) -> bool:
+def _server_closed(sock: socket.socket, wait_s: float) -> bool:
     if not _readable(sock, wait_s):
         return False
     with contextlib.suppress(OSError):
