@@ -109,7 +109,7 @@ def test_an_unauthenticated_50_mb_upload_is_answered_after_a_fraction_of_it(limi
 def test_each_route_has_its_own_body_limit_checked_on_content_length(
     limited: Limited, method: str, path: str, key: str
 ) -> None:
-    limit = LIMITS[key] if key in LIMITS else limited.settings.max_request_bytes
+    limit = LIMITS.get(key, limited.settings.max_request_bytes)
     setting = f"limits.{key}" if key in LIMITS else key
     with connect(limited.url, timeout_s=10.0) as sock:
         sock.sendall(request_head(method, path.format(id=uuid.uuid4()), token=limited.token, content_length=limit + 1))
