@@ -3,10 +3,12 @@ of the `Forwarder`, and renders the answer; errors are raised and rendered by `h
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import msgpack
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
@@ -45,6 +47,9 @@ _MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.m
 _MAX_TASK_IDS = 10_000
 #: ids per cancel request (each may cost a control message and a guarded update)
 MAX_CANCEL_TASK_IDS = 1000
+#: request bodies from this size on are parsed on a worker thread (see `_sized`)
+_OFF_LOOP_BYTES = 256 * 1024
+_T = TypeVar("_T")
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `taskfabric admin create-token`, or Globus Auth")
 #: the OpenAPI security scheme of every route that needs a token (`RequestGuard` reads it)
@@ -81,6 +86,14 @@ Caller = Annotated[Identity, Depends(current_identity)]
 Service = Annotated[Forwarder, Depends(forwarder_of)]
 
 
+async def _sized(size: int, work: Callable[..., _T], *args: Any) -> _T:
+    """`work(*args)`, on a worker thread when its input is large (`size` bytes): parsing a large
+    body on the event loop would stall every other request and stream meanwhile."""
+    if size < _OFF_LOOP_BYTES:
+        return work(*args)
+    return await asyncio.to_thread(work, *args)
+
+
 # --- version and identity -----------------------------------------------------------------
 
 
@@ -108,7 +121,7 @@ async def register_function(body: schemas.FunctionRegistration, identity: Caller
     limit = service.settings.max_function_bytes
     name = check_text(body.name, "name", max_length=256)
     python_version = check_python_version(body.python_version, "python_version")
-    function_body = decode_base64(body.body, "body", limit, "max_function_bytes")
+    function_body = await _sized(len(body.body), decode_base64, body.body, "body", limit, "max_function_bytes")
     if len(function_body) > limit:
         raise too_large("body", len(function_body), limit, "max_function_bytes")
     if not function_body:
@@ -227,9 +240,9 @@ async def submit_tasks(endpoint_id: uuid.UUID, request: Request, identity: Calle
     body = await request.body()
     binary = content_type in _MSGPACK_TYPES
     if binary:
-        parsed = parse_submit_msgpack(body, limits)
+        parsed = await _sized(len(body), parse_submit_msgpack, body, limits)
     elif content_type in ("application/json", ""):
-        parsed = parse_submit_json(body, limits)
+        parsed = await _sized(len(body), parse_submit_json, body, limits)
     else:
         raise ServiceError(
             f"unsupported content type {content_type[:64]!r}: use application/json or {MSGPACK}",

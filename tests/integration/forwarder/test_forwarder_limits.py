@@ -73,12 +73,15 @@ def _error(body: bytes) -> dict[str, Any]:
     return error
 
 
-def test_an_unauthenticated_upload_is_refused_before_its_body_is_sent(limited: Limited) -> None:
-    """The 401 comes on the headers alone: the client has sent none of a body that is within
-    every size limit (before the fix, FastAPI read and parsed the body before the token check)."""
-    path = f"/v1/endpoints/{uuid.uuid4()}/tasks"
+@pytest.mark.parametrize(
+    ("path", "size"), [("/v1/functions", 400 * 1024), (f"/v1/endpoints/{uuid.uuid4()}/tasks", _MIB)]
+)
+def test_an_unauthenticated_upload_is_refused_before_its_body_is_sent(limited: Limited, path: str, size: int) -> None:
+    """The 401 comes on the headers alone: the client has sent none of a body that is within the
+    route's size limit (before the fix, FastAPI read and parsed a function's body before the token
+    check, and the connection stayed open with the body unread)."""
     with connect(limited.url, timeout_s=10.0) as sock:
-        sock.sendall(request_head("POST", path, content_length=_MIB))  # under submit_body_bytes
+        sock.sendall(request_head("POST", path, content_length=size))
         response = read_response(sock)  # nothing of the body sent
     assert response.status == 401
     assert _error(response.body)["code"] == "AUTHENTICATION_REQUIRED"
@@ -87,8 +90,8 @@ def test_an_unauthenticated_upload_is_refused_before_its_body_is_sent(limited: L
 
 
 def test_an_unauthenticated_50_mb_upload_is_answered_after_a_fraction_of_it(limited: Limited) -> None:
-    for token in (None, "tf_not-a-real-token"):
-        outcome = upload(limited.url, f"/v1/endpoints/{uuid.uuid4()}/tasks", body_bytes=50 * _MIB, token=token)
+    for path, token in [("/v1/functions", None), (f"/v1/endpoints/{uuid.uuid4()}/tasks", "tf_not-a-real-token")]:
+        outcome = upload(limited.url, path, body_bytes=50 * _MIB, token=token)
         assert outcome.response is not None
         assert outcome.response.status == 401, outcome.response.body
         assert outcome.response.closed
