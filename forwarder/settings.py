@@ -182,7 +182,10 @@ class ForwarderSettings:
     max_function_bytes: int = setting(10 * _MIB, help="largest function body accepted", min=1)
     max_batch_tasks: int = setting(10000, help="most tasks in one submit request", min=1)
     max_request_bytes: int = setting(
-        64 * _MIB, help="largest HTTP request body (must fit a base64 payload or function body)", min=1024
+        64 * _MIB,
+        help="largest request body of an authenticated route without a limit of its own in `limits` (must fit a "
+        "base64 payload or function body)",
+        min=1024,
     )
     max_metadata_bytes: int = setting(64 * 1024, help="largest endpoint metadata (as JSON)", min=2)
     publish_batch_tasks: int = setting(256, help="most tasks carried by one AMQP message", min=1)
