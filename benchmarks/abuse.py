@@ -9,6 +9,8 @@ bytes the client got to send first, and the forwarder's RSS before, at its peak 
    (refused on the headers) and chunked (refused at the running count, after the limit was read).
 3. slow-loris: N connections sending their headers a byte every 0.5 s; when the forwarder cut
    them, and how long a normal request took meanwhile.
+4. ws-ping-flood: 200,000 WebSocket pings from a client that reads nothing; the pongs it gets
+   when it finally reads.
 
 Usage::
 
@@ -44,7 +46,7 @@ import psutil
 
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
 from taskfabric.forwarder.testing import ForwarderProcess
-from taskfabric.forwarder.testing.abuse import connect, upload
+from taskfabric.forwarder.testing.abuse import connect, count_pongs, ping_frames, upload, websocket_connect
 from taskfabric.testing import broker_for_tests, unique_name
 
 _MIB = 1024 * 1024
@@ -195,12 +197,27 @@ def _timed_version_request(url: str) -> float | None:
     return time.perf_counter() - started
 
 
+def ws_ping_flood(target: Target, *, pings: int = 200_000) -> dict[str, Any]:
+    """`pings` WebSocket pings from a client that reads nothing, then the pongs it finally reads."""
+    with target.sampled_rss() as figures:
+        sock = websocket_connect(target.url, "/v1/results/ws", target.token)
+        try:
+            frames = ping_frames(1000)
+            for _ in range(pings // 1000):
+                sock.sendall(frames)
+            figures["pongs_received"] = count_pongs(sock)
+        finally:
+            sock.close()
+    return {"section": "ws-ping-flood", "pings": pings // 1000 * 1000, **figures}
+
+
 def default_sections(args: argparse.Namespace) -> list[Section]:
     return [
         lambda target: unauthenticated_upload(target, upload_mb=args.upload_mb),
         lambda target: authenticated_oversize(target, chunked=False),
         lambda target: authenticated_oversize(target, chunked=True),
         lambda target: slow_loris(target, connections=args.slow_connections),
+        ws_ping_flood,
     ]
 
 

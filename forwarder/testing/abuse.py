@@ -3,19 +3,33 @@
 httpx cannot lie about Content-Length, stall between header bytes or stop reading, so these speak
 HTTP/1.1 by hand: an upload that watches for the server's answer before each chunk it sends (and so
 counts how much of the body the server made it send), a chunked upload, a body that stalls, and
-connections that send their headers a byte at a time.
+connections that send their headers a byte at a time; and a WebSocket client that sends pings
+and reads nothing.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import os
 import select
 import socket
 import urllib.parse
 from collections.abc import Iterator
 
-__all__ = ["RawResponse", "Upload", "connect", "read_response", "request_head", "send_slowly", "upload"]
+__all__ = [
+    "RawResponse",
+    "Upload",
+    "connect",
+    "count_pongs",
+    "ping_frames",
+    "read_response",
+    "request_head",
+    "send_slowly",
+    "upload",
+    "websocket_connect",
+]
 
 _CHUNK_BYTES = 64 * 1024
 
@@ -146,3 +160,76 @@ def _server_closed(sock: socket.socket, wait_s: float) -> bool:
 def _readable(sock: socket.socket, timeout_s: float) -> bool:
     readable, _, _ = select.select([sock], [], [], timeout_s)
     return bool(readable)
+
+
+def websocket_connect(url: str, path: str, token: str, *, receive_buffer_bytes: int = 4096) -> socket.socket:
+    """A WebSocket (handshake done) with a small receive buffer, so unread frames back up fast."""
+    parts = urllib.parse.urlsplit(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
+    sock.settimeout(30.0)
+    sock.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = (
+        f"GET {path} HTTP/1.1\r\nHost: forwarder\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    sock.sendall(head.encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the server closed the connection during the WebSocket handshake")
+        answer += chunk
+    if not answer.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(f"the WebSocket handshake was refused: {answer[:200]!r}")
+    return sock
+
+
+def ping_frames(count: int, payload_bytes: int = 125) -> bytes:
+    """`count` masked ping frames (as a client must send them) with `payload_bytes` each (at most 125)."""
+    mask = os.urandom(4)
+    payload = os.urandom(payload_bytes)
+    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    return (bytes([0x89, 0x80 | payload_bytes]) + mask + masked) * count
+
+
+def count_pongs(sock: socket.socket, *, quiet_s: float = 2.0) -> int:
+    """Read frames until none arrives for `quiet_s` (or the server closes); the number of pongs."""
+    pongs = 0
+    buffer = b""
+    sock.settimeout(quiet_s)
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except (TimeoutError, OSError):
+            break
+        if not chunk:
+            break
+        buffer += chunk
+        found, used = _pongs_in(buffer)
+        pongs += found
+        buffer = buffer[used:]
+    return pongs
+
+
+def _pongs_in(buffer: bytes) -> tuple[int, int]:
+    """(pongs among the whole frames at the start of `buffer`, bytes those frames take)."""
+    pongs = position = 0
+    while (size := _frame_size(buffer, position)) is not None:
+        pongs += (buffer[position] & 0x0F) == 0x0A
+        position += size
+    return pongs, position
+
+
+def _frame_size(buffer: bytes, position: int) -> int | None:
+    """The size of the unmasked (server) frame at `position`, None if it is not all there."""
+    if len(buffer) - position < 2:
+        return None
+    length, header = buffer[position + 1] & 0x7F, 2
+    if length >= 126:
+        header = 4 if length == 126 else 10
+        if len(buffer) - position < header:
+            return None
+        length = int.from_bytes(buffer[position + 2 : position + header], "big")
+    return header + length if len(buffer) - position >= header + length else None

@@ -18,7 +18,16 @@ import pytest
 
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
 from taskfabric.forwarder.testing import ForwarderProcess
-from taskfabric.forwarder.testing.abuse import connect, read_response, request_head, send_slowly, upload
+from taskfabric.forwarder.testing.abuse import (
+    connect,
+    count_pongs,
+    ping_frames,
+    read_response,
+    request_head,
+    send_slowly,
+    upload,
+    websocket_connect,
+)
 from taskfabric.testing import BrokerUnderTest, unique_name
 
 _MIB = 1024 * 1024
@@ -207,6 +216,24 @@ def test_connections_above_the_limit_get_503(limited: Limited) -> None:
             sock.close()
     with httpx.Client(base_url=limited.url) as http:
         assert http.get("/v1/version").status_code == 200
+
+
+def test_pings_from_a_websocket_client_that_reads_nothing_get_no_pile_of_pongs(limited: Limited) -> None:
+    """200,000 pings (25 MB of pongs owed) from a client that reads nothing: once the socket's
+    write buffer is full the forwarder stops answering, so only the pongs the buffers held arrive
+    when the client finally reads (uvicorn alone answers all 200,000, holding them in memory)."""
+    pings = 200_000
+    sock = websocket_connect(limited.url, "/v1/results/ws", limited.token)
+    try:
+        frames = ping_frames(1000)
+        for _ in range(pings // 1000):
+            sock.sendall(frames)
+        received = count_pongs(sock)
+    finally:
+        sock.close()
+    assert 0 < received < pings // 2
+    with limited.http() as http:  # the forwarder is fine afterwards
+        assert http.get("/v1/whoami").status_code == 200
 
 
 def _recv(sock: socket.socket) -> bytes:
