@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from taskfabric.forwarder.settings import ForwarderSettings
 
@@ -60,11 +60,14 @@ class _HeaderDeadline:
             self.transport.close()
 
 
-def guarded_http_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol (httptools, else h11) with a deadline for request headers."""
-    if importlib.util.find_spec("httptools") is not None:
-        return _httptools_protocol(header_timeout_s)
-    return _h11_protocol(header_timeout_s)
+def guarded_http_protocol(
+    header_timeout_s: float, *, parser: Literal["httptools", "h11"] | None = None
+) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with a deadline for request headers; `parser` None: httptools when
+    it is installed, else h11 (uvicorn's own choice)."""
+    if parser is None:
+        parser = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    return _httptools_protocol(header_timeout_s) if parser == "httptools" else _h11_protocol(header_timeout_s)
 
 
 def _httptools_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
