@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from taskfabric.client import Client, Executor
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
 from taskfabric.forwarder.testing import ForwarderProcess
 from taskfabric.forwarder.testing.abuse import (
@@ -28,7 +29,7 @@ from taskfabric.forwarder.testing.abuse import (
     upload,
     websocket_connect,
 )
-from taskfabric.testing import BrokerUnderTest, unique_name
+from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
 
 _MIB = 1024 * 1024
 LIMITS: dict[str, Any] = {
@@ -234,6 +235,31 @@ def test_pings_from_a_websocket_client_that_reads_nothing_get_no_pile_of_pongs(l
     assert 0 < received < pings // 2
     with limited.http() as http:  # the forwarder is fine afterwards
         assert http.get("/v1/whoami").status_code == 200
+
+
+def _identity(value: bytes) -> bytes:
+    return value
+
+
+def test_the_executor_splits_a_batch_above_the_submit_limit(limited: Limited) -> None:
+    """20 calls of 200 kB: a batch of them is above limits.submit_body_bytes (2 MiB); the 413
+    names that setting, and the Executor sends the batch again in halves."""
+    with Client(url=limited.url, token=limited.token) as client:
+        endpoint_id = client.register_endpoint(unique_name("offline"))["endpoint_id"]
+        with Executor(endpoint_id, client=client) as executor:
+            futures = [executor.submit(_identity, bytes([index]) * 200_000) for index in range(20)]
+            wait_until(
+                lambda: all(future.task_id for future in futures) or any(future.done() for future in futures),
+                timeout_s=60.0,
+                what="task ids",
+            )
+            failed = [future.exception() for future in futures if future.done()]
+            assert failed == []  # all accepted, waiting for the endpoint
+            for future in futures:
+                future.cancel_remote()
+    metrics = httpx.get(f"{limited.url}/metrics").text
+    refused = 'taskfabric_http_requests_total{method="POST",route="/v1/endpoints/{endpoint_id}/tasks",status="413"}'
+    assert refused in metrics  # the split was needed
 
 
 def _recv(sock: socket.socket) -> bytes:
