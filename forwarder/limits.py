@@ -193,13 +193,15 @@ class RequestGuard:
 
     async def _call_with_bounded_body(self, scope: Scope, receive: Receive, send: Send, limit: BodyLimit) -> None:
         received = 0
-        started = False
+        started = complete = False
         refused: _Refused | None = None
 
         async def bounded_receive() -> Message:
-            nonlocal received, refused
+            nonlocal received, refused, complete
             if refused is not None:
                 return {"type": "http.disconnect"}
+            if complete:  # after the body, a receive waits for the client to leave: no deadline
+                return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.body_timeout_s)
             except TimeoutError:
@@ -212,6 +214,7 @@ class RequestGuard:
                 if message["type"] != "http.request":
                     return message
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received <= limit.max_bytes:
                     return message
                 refused = _too_large(received, limit, more=True)
