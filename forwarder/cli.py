@@ -44,9 +44,10 @@ def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = clic
     HTTPS and loads its certificate and key again on SIGHUP. Plain HTTP on an address that is not
     loopback is refused (`ConfigError`) unless `allow_plaintext` is set."""
     import uvicorn
+    import uvicorn.config
 
     from taskfabric.forwarder.app import create_app
-    from taskfabric.forwarder.connections import uvicorn_limits
+    from taskfabric.forwarder.connections import apply_connection_limits
 
     check_plaintext(settings)
     ssl_context = settings.tls.ssl_context() if settings.tls.enabled else None
@@ -56,13 +57,16 @@ def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = clic
     config = uvicorn.Config(
         app,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        **uvicorn_limits(settings),  # timeouts, connection limit, WebSocket caps (see connections.py)
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        ws="websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS else "websockets",
+        ws_max_size=settings.ws_max_message_bytes,
         lifespan="on",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.confirm_timeout_s + _SHUTDOWN_GRACE_S),
         server_header=False,
     )
+    apply_connection_limits(config, settings)  # timeouts, connection limit, WebSocket caps
     config.load()
     config.ssl = ssl_context  # the one context the listener uses: SIGHUP reloads its certificate
     server = uvicorn.Server(config)

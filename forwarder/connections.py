@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from taskfabric.forwarder.settings import ForwarderSettings
 
-__all__ = ["guarded_http_protocol", "guarded_ws_protocol", "uvicorn_limits"]
+__all__ = ["apply_connection_limits", "guarded_http_protocol", "guarded_ws_protocol"]
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +137,13 @@ def guarded_ws_protocol() -> type[asyncio.Protocol] | str:
     return GuardedWebSocketProtocol
 
 
-def uvicorn_limits(settings: ForwarderSettings) -> dict[str, Any]:
-    """The `uvicorn.Config` arguments that bound connections (see `settings.limits`)."""
+def apply_connection_limits(config: Any, settings: ForwarderSettings) -> None:
+    """Set the fields of a `uvicorn.Config` (before its `load()`) that bound connections (see
+    `settings.limits`): the guarded protocols, timeouts, the connection limit, WebSocket pings."""
     limits = settings.limits
-    return {
-        "http": guarded_http_protocol(limits.header_timeout_s),
-        "ws": guarded_ws_protocol(),
-        "ws_max_size": settings.ws_max_message_bytes,
-        "ws_ping_interval": limits.ws_ping_interval_s,
-        "ws_ping_timeout": limits.ws_ping_timeout_s,
-        "timeout_keep_alive": limits.idle_timeout_s,
-        "limit_concurrency": limits.max_connections,
-    }
+    config.http = guarded_http_protocol(limits.header_timeout_s)
+    config.ws = guarded_ws_protocol()
+    config.ws_ping_interval = limits.ws_ping_interval_s
+    config.ws_ping_timeout = limits.ws_ping_timeout_s
+    config.timeout_keep_alive = limits.idle_timeout_s
+    config.limit_concurrency = limits.max_connections
