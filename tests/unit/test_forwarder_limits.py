@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
 
-from taskfabric.errors import AuthenticationError
+from taskfabric.errors import AuthenticationError, ConfigError
 from taskfabric.forwarder.http_errors import install_error_handlers
 from taskfabric.forwarder.limits import BodyLimit, BodyLimits, RequestGuard, bearer_token
 from taskfabric.forwarder.records import Identity
 from taskfabric.forwarder.routes import AUTH_SCHEME, Caller
+from taskfabric.forwarder.settings import ForwarderSettings
 
 _ALICE = Identity(user_id=uuid.uuid4(), username="alice", auth="local")
 
@@ -115,3 +117,28 @@ def test_a_streamed_body_is_cut_at_the_running_count() -> None:
 )
 def test_bearer_token(header: str | None, token: str | None) -> None:
     assert bearer_token(header) == token
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"submit_body_bytes": 1_000_000}, "limits.submit_body_bytes: must be at least"),
+        ({"function_body_bytes": 1_000_000}, "limits.function_body_bytes: must be at least"),
+        ({"lookup_body_bytes": 10}, "limits.lookup_body_bytes: must be at least 1024"),
+        ({"header_timeout_s": 0}, "limits.header_timeout_s"),
+        ({"max_conections": 5}, "did you mean 'max_connections'"),
+    ],
+)
+def test_bad_limits_are_named(limits: dict[str, Any], message: str, tmp_home: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ForwarderSettings.from_mapping({"limits": limits})
+
+
+def test_limits_from_the_environment(tmp_home: Path) -> None:
+    environ = {"TASKFABRIC_FORWARDER_LIMITS_MAX_CONNECTIONS": "50", "TASKFABRIC_FORWARDER_LIMITS_BODY_TIMEOUT_S": "2.5"}
+    settings = ForwarderSettings.load(environ=environ)
+    assert (settings.limits.max_connections, settings.limits.body_timeout_s) == (50, 2.5)
+    limits = BodyLimits.from_settings(settings)
+    assert limits.of("POST", "/v1/tasks/batch", needs_token=True) == BodyLimit(1024 * 1024, "limits.lookup_body_bytes")
+    assert limits.of("POST", "/v1/tasks/batch", needs_token=False).key == "limits.unauthenticated_body_bytes"
+    assert limits.of("POST", "/v1/endpoints", needs_token=True).key == "max_request_bytes"
