@@ -98,6 +98,8 @@ _STOP = object()
 _BODY_CACHE_BYTES = 64 * 1024 * 1024
 #: the function id of a queued call whose function the submitter has not registered yet
 _UNREGISTERED = uuid.UUID(int=0)
+#: the service's limits a batch can exceed as a whole (a 413 naming one: send the batch in halves)
+_BATCH_LIMITS = ("max_batch_tasks", "max_request_bytes", "limits.submit_body_bytes")
 
 
 class Executor(concurrent.futures.Executor):
@@ -408,7 +410,7 @@ class Executor(concurrent.futures.Executor):
             calls = [item.call for item in live]
             task_ids = self.client.submit_calls(self.endpoint_id, calls, task_group_id=self.task_group_id)
         except PayloadTooLarge as exc:
-            if len(live) > 1 and ("max_batch_tasks" in str(exc) or "max_request_bytes" in str(exc)):
+            if len(live) > 1 and any(limit in str(exc) for limit in _BATCH_LIMITS):
                 half = len(live) // 2
                 self._submit(live[:half], registered_again=registered_again)
                 self._submit(live[half:], registered_again=registered_again)

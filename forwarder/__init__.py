@@ -17,6 +17,9 @@ stream subscriptions, the latest endpoint status) can be lost without losing any
 
 Layers, outside in: `cli` -> `app`/`routes` (HTTP) -> `service.Forwarder` -> `functions`,
 `endpoints`, `tasks`, `stream`, `ingest` -> `store` (SQL) and `broker`/`consumers` (AMQP).
+In front of the routes, `connections` (header deadline, connection limit, WebSocket caps, in
+uvicorn) and `limits.RequestGuard` (token and body limit checked on the headers) bound what a
+connection can cost before anyone is authenticated.
 """
 
 from __future__ import annotations

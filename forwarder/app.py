@@ -1,7 +1,8 @@
 """The FastAPI application: `create_app(settings)`.
 
 The lifespan starts the `Forwarder` (store, broker link, consumers, ingest thread) before the first
-request and stops it after the last. Middleware limits request sizes; exception handlers give
+request and stops it after the last. Middleware (`limits.RequestGuard`) authenticates and bounds
+each request on its headers before any body is read; exception handlers give
 every error the same body and keep bad input away from 500 (see `http_errors`). The OpenAPI
 description is served at /openapi.json (interactive docs at /docs).
 """
@@ -18,7 +19,7 @@ from taskfabric.errors import BrokerError
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.health import health_router
 from taskfabric.forwarder.http_errors import install_error_handlers
-from taskfabric.forwarder.limits import RequestSizeLimit
+from taskfabric.forwarder.limits import BodyLimits, RequestGuard
 from taskfabric.forwarder.metrics import (
     ForwarderMetrics,
     HttpMetrics,
@@ -26,7 +27,7 @@ from taskfabric.forwarder.metrics import (
     log_access,
     metrics_router,
 )
-from taskfabric.forwarder.routes import router, websocket_router
+from taskfabric.forwarder.routes import AUTH_SCHEME, router, websocket_router
 from taskfabric.forwarder.service import Forwarder
 from taskfabric.forwarder.settings import ForwarderSettings
 
@@ -64,7 +65,12 @@ def create_app(settings: ForwarderSettings, *, broker: AdminBrokerLink | None = 
         description=_DESCRIPTION,
         lifespan=lifespan,
     )
-    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        RequestGuard,
+        limits=BodyLimits.from_settings(settings),
+        body_timeout_s=settings.limits.body_timeout_s,
+        auth_scheme=AUTH_SCHEME,
+    )
     install_error_handlers(app)
     app.add_middleware(HttpMetrics, metrics=metrics)
     app.exception_handlers[BrokerError] = count_broker_errors(app.exception_handlers[BrokerError], metrics)

@@ -55,6 +55,7 @@ def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = clic
     import uvicorn.config
 
     from taskfabric.forwarder.app import create_app
+    from taskfabric.forwarder.connections import apply_connection_limits
 
     check_plaintext(settings)
     prepare_store(settings, migrate=migrate)
@@ -74,6 +75,7 @@ def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = clic
         timeout_graceful_shutdown=int(settings.confirm_timeout_s + _SHUTDOWN_GRACE_S),
         server_header=False,
     )
+    apply_connection_limits(config, settings)  # timeouts, connection limit, WebSocket caps
     config.load()
     config.ssl = ssl_context  # the one context the listener uses: SIGHUP reloads its certificate
     server = uvicorn.Server(config)

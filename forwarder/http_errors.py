@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from taskfabric.errors import BrokerError, ServiceError, StoreError
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["error_response", "install_error_handlers", "service_error_code"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ _CODE_BY_STATUS = {
     403: "FORBIDDEN",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
     409: "CONFLICT",
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
@@ -51,10 +52,14 @@ def error_response(
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
+def service_error_code(exc: ServiceError) -> str:
+    """The `code` of the error body: the error's own, else the one of its status."""
+    return exc.code if exc.code != type(exc).__name__ else _CODE_BY_STATUS.get(exc.status, "ERROR")
+
+
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    code = exc.code if exc.code != type(exc).__name__ else _CODE_BY_STATUS.get(exc.status, "ERROR")
-    return error_response(exc.status, code, str(exc))
+    return error_response(exc.status, service_error_code(exc), str(exc))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -3,10 +3,12 @@ of the `Forwarder`, and renders the answer; errors are raised and rendered by `h
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import msgpack
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
@@ -16,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from taskfabric import __version__
 from taskfabric.errors import ServiceError
 from taskfabric.forwarder import schemas
+from taskfabric.forwarder.limits import bearer_token, identity_of
 from taskfabric.forwarder.listing import page_body, parse_task_query
 from taskfabric.forwarder.records import EndpointRecord, Identity
 from taskfabric.forwarder.requests import (
@@ -35,7 +38,7 @@ from taskfabric.forwarder.stream import serve_stream
 from taskfabric.forwarder.views import endpoint_info, function_info, task_info
 from taskfabric.protocol.api import EndpointInfo, EndpointRegistered, TaskInfo, render
 
-__all__ = ["API_VERSION", "MAX_CANCEL_TASK_IDS", "MIN_CLIENT_VERSION", "router", "websocket_router"]
+__all__ = ["API_VERSION", "AUTH_SCHEME", "MAX_CANCEL_TASK_IDS", "MIN_CLIENT_VERSION", "router", "websocket_router"]
 
 API_VERSION = 1
 MIN_CLIENT_VERSION = "0.1.0"
@@ -44,8 +47,13 @@ _MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.m
 _MAX_TASK_IDS = 10_000
 #: ids per cancel request (each may cost a control message and a guarded update)
 MAX_CANCEL_TASK_IDS = 1000
+#: request bodies from this size on are parsed on a worker thread (see `_sized`)
+_OFF_LOOP_BYTES = 256 * 1024
+_T = TypeVar("_T")
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `taskfabric admin create-token`, or Globus Auth")
+#: the OpenAPI security scheme of every route that needs a token (`RequestGuard` reads it)
+AUTH_SCHEME = _bearer.scheme_name
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 413, 422, 503)
 }
@@ -66,11 +74,24 @@ async def forwarder_of(request: Request) -> Forwarder:  # async: FastAPI runs sy
 async def current_identity(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Identity:
+    """The caller. `RequestGuard` authenticated it on the headers already (and refused the request
+    otherwise); checking again here is defence in depth, without a second token lookup."""
+    known = identity_of(request.scope)
+    if known is not None:
+        return known
     return await _forwarder(request).authenticate(credentials.credentials if credentials else None)
 
 
 Caller = Annotated[Identity, Depends(current_identity)]
 Service = Annotated[Forwarder, Depends(forwarder_of)]
+
+
+async def _sized(size: int, work: Callable[..., _T], *args: Any) -> _T:
+    """`work(*args)`, on a worker thread when its input is large (`size` bytes): parsing a large
+    body on the event loop would stall every other request and stream meanwhile."""
+    if size < _OFF_LOOP_BYTES:
+        return work(*args)
+    return await asyncio.to_thread(work, *args)
 
 
 # --- version and identity -----------------------------------------------------------------
@@ -100,7 +121,7 @@ async def register_function(body: schemas.FunctionRegistration, identity: Caller
     limit = service.settings.max_function_bytes
     name = check_text(body.name, "name", max_length=256)
     python_version = check_python_version(body.python_version, "python_version")
-    function_body = decode_base64(body.body, "body", limit, "max_function_bytes")
+    function_body = await _sized(len(body.body), decode_base64, body.body, "body", limit, "max_function_bytes")
     if len(function_body) > limit:
         raise too_large("body", len(function_body), limit, "max_function_bytes")
     if not function_body:
@@ -219,9 +240,9 @@ async def submit_tasks(endpoint_id: uuid.UUID, request: Request, identity: Calle
     body = await request.body()
     binary = content_type in _MSGPACK_TYPES
     if binary:
-        parsed = parse_submit_msgpack(body, limits)
+        parsed = await _sized(len(body), parse_submit_msgpack, body, limits)
     elif content_type in ("application/json", ""):
-        parsed = parse_submit_json(body, limits)
+        parsed = await _sized(len(body), parse_submit_json, body, limits)
     else:
         raise ServiceError(
             f"unsupported content type {content_type[:64]!r}: use application/json or {MSGPACK}",
@@ -306,7 +327,7 @@ async def results_stream(websocket: WebSocket) -> None:
     """Subscribe to task ids; receive their results as msgpack frames (see docs/api.md)."""
     forwarder: Forwarder = websocket.app.state.forwarder
     try:
-        identity = await forwarder.authenticate(_bearer_token(websocket.headers.get("authorization")))
+        identity = await forwarder.authenticate(bearer_token(websocket.headers.get("authorization")))
     except ServiceError as exc:
         await _deny(websocket, exc)
         return
@@ -319,13 +340,6 @@ async def results_stream(websocket: WebSocket) -> None:
         runner=forwarder.runner,
         limits=forwarder.stream_limits,
     )
-
-
-def _bearer_token(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
 
 
 async def _deny(websocket: WebSocket, exc: ServiceError) -> None:

@@ -1,8 +1,8 @@
 """The forwarder's settings: one keyword-only dataclass, loaded from YAML, environment and flags.
 
 Precedence, lowest first: defaults, the YAML file (`--config`), environment variables
-(`TASKFABRIC_FORWARDER_<KEY>`, and `TASKFABRIC_FORWARDER_AUTH_<KEY>` / `TASKFABRIC_FORWARDER_TLS_<KEY>`
-for the `auth` and `tls` sections), then
+(`TASKFABRIC_FORWARDER_<KEY>`, and `TASKFABRIC_FORWARDER_AUTH_<KEY>` / `TASKFABRIC_FORWARDER_TLS_<KEY>` /
+`TASKFABRIC_FORWARDER_LIMITS_<KEY>` for the `auth`, `tls` and `limits` sections), then
 command-line flags. Every key is validated eagerly; a bad key or value raises `ConfigError` naming
 it. `describe_settings(ForwarderSettings)` lists every key with its help text.
 """
@@ -22,11 +22,12 @@ from taskfabric.paths import taskfabric_home
 from taskfabric.settings import load_settings, load_yaml, setting, settings_from_env
 from taskfabric.tls import client_ssl_context, server_ssl_context
 
-__all__ = ["ENV_PREFIX", "AuthSettings", "ForwarderSettings", "TlsSettings", "default_database_url"]
+__all__ = ["ENV_PREFIX", "AuthSettings", "ForwarderSettings", "LimitsSettings", "TlsSettings", "default_database_url"]
 
 ENV_PREFIX = "TASKFABRIC_FORWARDER_"
 _AUTH_ENV_PREFIX = "TASKFABRIC_FORWARDER_AUTH_"
 _TLS_ENV_PREFIX = "TASKFABRIC_FORWARDER_TLS_"
+_LIMITS_ENV_PREFIX = "TASKFABRIC_FORWARDER_LIMITS_"
 _MIB = 1024 * 1024
 #: JSON carries binary values as base64: 4 bytes for every 3, plus the rest of the request
 _BASE64_GROWTH = 4 / 3
@@ -121,6 +122,44 @@ class TlsSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class LimitsSettings:
+    """What one connection may cost the forwarder (issue 12: nothing unauthenticated costs much).
+
+    Body limits are checked on the request headers (Content-Length) and on the running count of a
+    chunked body, before any route reads it; requests to authenticated routes are authenticated on
+    their headers first. See `forwarder.limits` and `forwarder.connections`."""
+
+    unauthenticated_body_bytes: int = setting(
+        4096, help="largest request body to a route that needs no token (/v1/version, /healthz, unknown paths)", min=0
+    )
+    function_body_bytes: int = setting(
+        16 * _MIB, help="largest body of POST /v1/functions (must fit a base64 function body of max_function_bytes)"
+    )
+    submit_body_bytes: int = setting(
+        64 * _MIB,
+        help="largest body of a task batch, POST /v1/endpoints/{id}/tasks (must fit a base64 payload of "
+        "max_payload_bytes)",
+    )
+    lookup_body_bytes: int = setting(1 * _MIB, help="largest body of a batch lookup, POST /v1/tasks/batch", min=1024)
+    header_timeout_s: float = setting(
+        10.0, help="a connection must finish sending a request's headers this long after it opens or starts it", min=0.1
+    )
+    body_timeout_s: float = setting(
+        30.0, help="longest wait for the next piece of a request body before answering 408 and closing", min=0.1
+    )
+    idle_timeout_s: float = setting(
+        5.0, help="an idle keep-alive connection (between requests) is closed after this long", min=0.1
+    )
+    max_connections: int = setting(
+        1000, help="open connections (and requests in progress) above which new requests get 503", min=1
+    )
+    ws_ping_interval_s: float = setting(20.0, help="the forwarder pings each WebSocket this often", min=0.1)
+    ws_ping_timeout_s: float = setting(
+        20.0, help="a WebSocket that does not answer a ping within this long is closed", min=0.1
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ForwarderSettings:
     """Everything `taskfabric forwarder serve` can be told."""
 
@@ -167,7 +206,10 @@ class ForwarderSettings:
     max_function_bytes: int = setting(10 * _MIB, help="largest function body accepted", min=1)
     max_batch_tasks: int = setting(10000, help="most tasks in one submit request", min=1)
     max_request_bytes: int = setting(
-        64 * _MIB, help="largest HTTP request body (must fit a base64 payload or function body)", min=1024
+        64 * _MIB,
+        help="largest request body of an authenticated route without a limit of its own in `limits` (must fit a "
+        "base64 payload or function body)",
+        min=1024,
     )
     max_metadata_bytes: int = setting(64 * 1024, help="largest endpoint metadata (as JSON)", min=2)
     publish_batch_tasks: int = setting(256, help="most tasks carried by one AMQP message", min=1)
@@ -216,6 +258,11 @@ class ForwarderSettings:
     metrics_cache_s: float = setting(
         5.0, help="/metrics reads unfinished-task counts and endpoint states from the store at most this often", min=0
     )
+    # --- request limits and connection timeouts (issue 12) ---
+    limits: LimitsSettings = setting(
+        default_factory=LimitsSettings,
+        help="per-route body limits, header/body/idle timeouts, connection limit, WebSocket caps",
+    )
 
     def __post_init__(self) -> None:
         if self.database_url is None:
@@ -242,6 +289,7 @@ class ForwarderSettings:
             client_ssl_context(self.broker_ca_file, key="broker_ca_file")
         if self.endpoint_broker_ca_file is not None:
             client_ssl_context(self.endpoint_broker_ca_file, key="endpoint_broker_ca_file")
+        _check_body_limits(self)
 
     # --- loading ------------------------------------------------------------------------
 
@@ -269,6 +317,7 @@ class ForwarderSettings:
         for section, section_cls, prefix in (
             ("auth", AuthSettings, _AUTH_ENV_PREFIX),
             ("tls", TlsSettings, _TLS_ENV_PREFIX),
+            ("limits", LimitsSettings, _LIMITS_ENV_PREFIX),
         ):
             section_env = settings_from_env(section_cls, prefix, environ)
             if section_env:
@@ -329,3 +378,15 @@ def _check_url(url: str, schemes: tuple[str, ...], key: str) -> None:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in schemes or not parts.hostname:
         raise ConfigError(f"expected a {'/'.join(schemes)} URL with a host", key=key)
+
+
+def _check_body_limits(settings: ForwarderSettings) -> None:
+    """The per-route body limits must fit the largest function body and payload, base64-encoded."""
+    limits = settings.limits
+    for key, limit, largest in (
+        ("limits.function_body_bytes", limits.function_body_bytes, settings.max_function_bytes),
+        ("limits.submit_body_bytes", limits.submit_body_bytes, settings.max_payload_bytes),
+    ):
+        needed = int(largest * _BASE64_GROWTH) + _REQUEST_SLACK_BYTES
+        if limit < needed:
+            raise ConfigError(f"must be at least {needed} to fit one base64-encoded body of the maximum size", key=key)

@@ -14,8 +14,11 @@
 - `MemoryEndpointUsers`: the management API's endpoint users in a dict, for an `AdminBrokerLink`
   on a `MemoryTransport` (unit tests).
 - `ForwarderApi`: a small HTTP client of the API (one user's token).
+- `abuse` (imported by module, not re-exported): hostile clients on raw sockets (uploads that
+  watch for an early answer, chunked bodies, slow headers, a WebSocket that pings and never reads)
+  for the limit tests and `benchmarks/abuse.py`.
 
-One module each: `process`, `postgres`, `globus`, `endpoint`, `api`.
+One module each: `process`, `postgres`, `globus`, `endpoint`, `api`, `abuse`.
 """
 
 from __future__ import annotations

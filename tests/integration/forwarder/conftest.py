@@ -35,6 +35,7 @@ TEST_SETTINGS: dict[str, Any] = {
     "endpoint_sync_period_s": 1.0,
     "stream_poll_s": 1.0,
     "confirm_timeout_s": 5.0,
+    "limits": {"function_body_bytes": 512 * 1024, "submit_body_bytes": 2 * 1024 * 1024},
 }
 
 

@@ -121,8 +121,9 @@ def test_oversized_requests_get_413_naming_the_limit(sqlite_forwarder: Any, user
     assert payload.status_code == 413
     assert f"{settings.max_payload_bytes} bytes" in payload.json()["error"]["message"]
 
-    # a whole request above max_request_bytes: declared, and streamed without a length
-    huge = b"{" + b" " * settings.max_request_bytes + b"}"
+    # a whole request above the route's limit: declared, and streamed without a length
+    limit = settings.limits.function_body_bytes
+    huge = b"{" + b" " * limit + b"}"
     declared = alice.http.post("/v1/functions", content=huge, headers={"Content-Type": "application/json"})
     streamed = alice.http.post(
         "/v1/functions",
@@ -132,7 +133,8 @@ def test_oversized_requests_get_413_naming_the_limit(sqlite_forwarder: Any, user
     for response in (declared, streamed):
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
-        assert f"{settings.max_request_bytes} bytes" in response.json()["error"]["message"]
+        assert f"{limit} bytes" in response.json()["error"]["message"]
+        assert "limits.function_body_bytes" in response.json()["error"]["message"]
     assert _row_counts(sqlite_forwarder) == before
     # and the service is fine afterwards
     assert alice.http.get("/v1/whoami").status_code == 200
