@@ -4,6 +4,7 @@ of the `Forwarder`, and renders the answer; errors are raised and rendered by `h
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from typing import Annotated, Any
@@ -35,7 +36,14 @@ from taskfabric.forwarder.stream import serve_stream
 from taskfabric.forwarder.views import endpoint_info, function_info, task_info
 from taskfabric.protocol.api import EndpointInfo, EndpointRegistered, TaskInfo, render
 
-__all__ = ["API_VERSION", "MAX_CANCEL_TASK_IDS", "MIN_CLIENT_VERSION", "router", "websocket_router"]
+__all__ = [
+    "API_VERSION",
+    "MAX_CANCEL_TASK_IDS",
+    "MIN_CLIENT_VERSION",
+    "peer_address",
+    "router",
+    "websocket_router",
+]
 
 API_VERSION = 1
 MIN_CLIENT_VERSION = "0.1.0"
@@ -44,6 +52,8 @@ _MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.m
 _MAX_TASK_IDS = 10_000
 #: ids per cancel request (each may cost a control message and a guarded update)
 MAX_CANCEL_TASK_IDS = 1000
+
+log = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `taskfabric admin create-token`, or Globus Auth")
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -66,7 +76,15 @@ async def forwarder_of(request: Request) -> Forwarder:  # async: FastAPI runs sy
 async def current_identity(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Identity:
-    return await _forwarder(request).authenticate(credentials.credentials if credentials else None)
+    return await _forwarder(request).authenticate(
+        credentials.credentials if credentials else None, peer=peer_address(request)
+    )
+
+
+def peer_address(connection: Request | WebSocket) -> str:
+    """The client's address as "host:port" (for logs and the audit log; a proxy's, behind one)."""
+    client = connection.client
+    return f"{client.host}:{client.port}" if client is not None else "?"
 
 
 Caller = Annotated[Identity, Depends(current_identity)]
@@ -148,7 +166,9 @@ async def delete_function(function_id: uuid.UUID, identity: Caller, service: Ser
         409: {"model": schemas.ErrorBody},
     },
 )
-async def register_endpoint(body: schemas.EndpointRegistration, identity: Caller, service: Service) -> JSONResponse:
+async def register_endpoint(
+    body: schemas.EndpointRegistration, request: Request, identity: Caller, service: Service
+) -> JSONResponse:
     """Register (or re-register) an endpoint: its queues, a broker user, fresh credentials."""
     settings = service.settings
     if body.metadata is not None:
@@ -157,6 +177,12 @@ async def register_endpoint(body: schemas.EndpointRegistration, identity: Caller
             raise too_large("metadata", size, settings.max_metadata_bytes, "max_metadata_bytes")
     registration = await service.endpoints.register(
         identity, name=body.name, endpoint_id=body.endpoint_id, metadata=body.metadata
+    )
+    service.audit.record(
+        "register_endpoint",
+        user=identity.username,
+        peer=peer_address(request),
+        object=f"endpoint:{registration.endpoint.endpoint_id}",
     )
     answer = EndpointRegistered(
         endpoint_id=registration.endpoint.endpoint_id,
@@ -184,9 +210,12 @@ async def get_endpoint_status(endpoint_id: uuid.UUID, identity: Caller, service:
 
 
 @router.delete("/endpoints/{endpoint_id}", status_code=204, response_class=Response)
-async def delete_endpoint(endpoint_id: uuid.UUID, identity: Caller, service: Service) -> Response:
+async def delete_endpoint(endpoint_id: uuid.UUID, request: Request, identity: Caller, service: Service) -> Response:
     """Delete an endpoint: its broker user, its queues; its unfinished tasks fail ENDPOINT_DELETED."""
     await service.endpoints.delete(identity, endpoint_id)
+    service.audit.record(
+        "delete_endpoint", user=identity.username, peer=peer_address(request), object=f"endpoint:{endpoint_id}"
+    )
     return Response(status_code=204)
 
 
@@ -305,11 +334,20 @@ async def cancel_tasks(body: schemas.CancelRequest, identity: Caller, service: S
 async def results_stream(websocket: WebSocket) -> None:
     """Subscribe to task ids; receive their results as msgpack frames (see docs/api.md)."""
     forwarder: Forwarder = websocket.app.state.forwarder
+    peer = peer_address(websocket)
+    token = _bearer_token(websocket.headers.get("authorization"))
     try:
-        identity = await forwarder.authenticate(_bearer_token(websocket.headers.get("authorization")))
+        identity = await forwarder.authenticate(token, peer=peer)
     except ServiceError as exc:
+        # INFO: a refused handshake is the client's problem, not the forwarder's
+        log.info("refused a results stream handshake from %s: %s", peer, exc.code)
         await _deny(websocket, exc)
         return
+    assert token is not None  # authenticate refuses a missing token
+
+    async def recheck() -> str | None:
+        return await forwarder.recheck(token, identity)
+
     await websocket.accept()
     await serve_stream(
         websocket,
@@ -318,6 +356,8 @@ async def results_stream(websocket: WebSocket) -> None:
         store=forwarder.store,
         runner=forwarder.runner,
         limits=forwarder.stream_limits,
+        recheck=recheck,
+        recheck_s=forwarder.recheck_s,
     )
 
 

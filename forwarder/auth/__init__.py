@@ -8,7 +8,15 @@
 
 from __future__ import annotations
 
-from taskfabric.forwarder.auth.base import AUTHENTICATION_REQUIRED, INVALID_TOKEN, AuthProvider, invalid_token
+from taskfabric.forwarder.auth.base import (
+    AUTHENTICATION_REQUIRED,
+    INVALID_TOKEN,
+    TOKEN_EXPIRED,
+    TOKEN_REVOKED,
+    USER_DISABLED,
+    AuthProvider,
+    invalid_token,
+)
 from taskfabric.forwarder.auth.cache import TokenCache
 from taskfabric.forwarder.auth.globus import AUTH_UNAVAILABLE, GlobusTokenProvider, globus_introspection
 from taskfabric.forwarder.auth.local import LocalTokenProvider
@@ -20,7 +28,10 @@ __all__ = [
     "AUTHENTICATION_REQUIRED",
     "AUTH_UNAVAILABLE",
     "INVALID_TOKEN",
+    "TOKEN_EXPIRED",
     "TOKEN_PREFIX",
+    "TOKEN_REVOKED",
+    "USER_DISABLED",
     "AuthProvider",
     "GlobusTokenProvider",
     "LocalTokenProvider",

@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from taskfabric.errors import ServiceError
-from taskfabric.forwarder.auth.base import invalid_token
+from taskfabric.errors import PermissionDenied, ServiceError
+from taskfabric.forwarder.auth.base import USER_DISABLED, invalid_token
 from taskfabric.forwarder.auth.cache import TokenCache
 from taskfabric.forwarder.auth.tokens import MAX_TOKEN_LENGTH, hash_token
 from taskfabric.forwarder.records import Identity
@@ -89,6 +89,7 @@ class GlobusTokenProvider:
         self._required_scope = required_scope
         self._cache = cache if cache is not None else TokenCache(10000)
         self._cache_max_age_s = cache_max_age_s
+        self.recheck_s = cache_max_age_s
         self._clock = clock
         self._close = close
 
@@ -108,6 +109,8 @@ class GlobusTokenProvider:
         data = self._introspect(token)
         sub, username, expires_at = self._accepted_claims(data, now)
         record = self._users.ensure(sub, username, auth="globus")
+        if record.disabled_at is not None:
+            raise PermissionDenied(f"user {username!r} is disabled", code=USER_DISABLED)
         identity = Identity(user_id=record.user_id, username=username, auth="globus")
         self._cache.put(key, identity, expires_at=min(expires_at, now + self._cache_max_age_s))
         return identity

@@ -18,7 +18,7 @@ from taskfabric.forwarder.auth import (
     hash_token,
     new_token,
 )
-from taskfabric.forwarder.records import Identity, UserRecord
+from taskfabric.forwarder.records import Identity, TokenOwner, UserRecord
 from taskfabric.forwarder.store.users import UserTable
 
 
@@ -29,10 +29,24 @@ class FakeUsers:
         self.by_hash: dict[str, Identity] = {}
         self.ensured: dict[uuid.UUID, str] = {}
         self.lookups = 0
+        self.expires_at: dict[str, float] = {}
+        self.disabled_at: dict[uuid.UUID, float] = {}
+        self.touched: dict[str, float] = {}
 
-    def identity_for_token(self, token_hash: str) -> Identity | None:
+    def token_owner(self, token_hash: str) -> TokenOwner | None:
         self.lookups += 1
-        return self.by_hash.get(token_hash)
+        identity = self.by_hash.get(token_hash)
+        if identity is None:
+            return None
+        return TokenOwner(
+            identity=identity,
+            token_id="id",
+            expires_at=self.expires_at.get(token_hash),
+            disabled_at=self.disabled_at.get(identity.user_id),
+        )
+
+    def touch_token(self, token_hash: str, *, now: float) -> None:
+        self.touched[token_hash] = now
 
     def ensure(self, user_id: uuid.UUID, username: str, *, auth: str) -> UserRecord:
         self.ensured[user_id] = username
@@ -81,6 +95,36 @@ def test_local_provider_accepts_only_stored_hashes() -> None:
             provider.authenticate(bad)
         assert refused.value.status == 401 and refused.value.code == "INVALID_TOKEN"
     assert users.lookups == 3  # tokens without our prefix (or absurdly long) never reach the store
+
+
+def test_local_provider_refuses_expired_tokens_even_from_its_cache() -> None:
+    users, clock = FakeUsers(), Clock()
+    token = new_token()
+    alice = Identity(user_id=uuid.uuid4(), username="alice", auth="local")
+    users.by_hash[hash_token(token)] = alice
+    users.expires_at[hash_token(token)] = clock.now + 10
+    provider = LocalTokenProvider(cast(UserTable, users), cache_s=60, clock=clock)
+    assert provider.authenticate(token) == alice
+    assert provider.cached(token) == alice
+    assert users.touched == {hash_token(token): clock.now}  # last use recorded
+    clock.now += 10
+    assert provider.cached(token) is None  # cached for 60 s, but it expired: not from the cache
+    with pytest.raises(AuthenticationError) as refused:
+        provider.authenticate(token)
+    assert refused.value.status == 401 and refused.value.code == "TOKEN_EXPIRED"
+
+
+def test_local_provider_refuses_tokens_of_a_disabled_user_with_403() -> None:
+    users = FakeUsers()
+    token = new_token()
+    alice = Identity(user_id=uuid.uuid4(), username="alice", auth="local")
+    users.by_hash[hash_token(token)] = alice
+    users.disabled_at[alice.user_id] = 5.0
+    provider = LocalTokenProvider(cast(UserTable, users))
+    with pytest.raises(ServiceError) as refused:
+        provider.authenticate(token)
+    assert refused.value.status == 403 and refused.value.code == "USER_DISABLED"
+    assert "alice" in str(refused.value) and users.touched == {}
 
 
 def test_token_cache_expires_and_is_bounded() -> None:
