@@ -67,6 +67,7 @@ def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = clic
         server_header=False,
     )
     config.load()
+    _quiet_denied_handshakes()
     config.ssl = ssl_context  # the one context the listener uses: SIGHUP reloads its certificate
     server = uvicorn.Server(config)
     tune_for_service()
@@ -87,6 +88,27 @@ def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = clic
         raise startup_error
     if not server.started:
         raise TaskfabricError(f"the forwarder did not start: {startup_error or 'see the log above'}")
+
+
+class _DeniedHandshakeFilter(logging.Filter):
+    """uvicorn's websockets-sansio protocol logs "ASGI callable returned without completing
+    handshake." at ERROR after every handshake refused with an HTTP response (401/403 with a body),
+    which is a completed handshake. The results route logs each refusal itself, at INFO with the
+    peer's address; this demotes uvicorn's line to DEBUG (dropped unless DEBUG is on)."""
+
+    _MESSAGE = "ASGI callable returned without completing handshake."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.ERROR or record.getMessage() != self._MESSAGE:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def _quiet_denied_handshakes() -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(existing, _DeniedHandshakeFilter) for existing in uvicorn_log.filters):
+        uvicorn_log.addFilter(_DeniedHandshakeFilter())
 
 
 def check_plaintext(settings: ForwarderSettings) -> None:
