@@ -26,6 +26,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s(%(process)d) %(threadN
 _SECRET_PATTERNS = (
     re.compile(r"tf_[A-Za-z0-9_-]{16,}"),
     re.compile(r"(?i)((?:access_)?token|secret|password|api_key)=[^&\s\"']+"),
+    re.compile(r"(?i)(bearer) [^\s\"']+"),  # any bearer token (Globus tokens are not ours)
 )
 _REDACTED = "[redacted]"
 
@@ -36,7 +37,8 @@ _R = TypeVar("_R")
 def redact_secrets(text: str) -> str:
     """`text` with local tokens and token-like query parameters' values replaced by [redacted]."""
     text = _SECRET_PATTERNS[0].sub(_REDACTED, text)
-    return _SECRET_PATTERNS[1].sub(lambda match: f"{match.group(1)}={_REDACTED}", text)
+    text = _SECRET_PATTERNS[1].sub(lambda match: f"{match.group(1)}={_REDACTED}", text)
+    return _SECRET_PATTERNS[2].sub(lambda match: f"{match.group(1)} {_REDACTED}", text)
 
 
 class RedactSecrets(logging.Filter):
