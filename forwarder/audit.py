@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from taskfabric.errors import ConfigError
 from taskfabric.private_files import open_private
 
 __all__ = ["LOCAL_PEER", "AuditLog"]
@@ -38,13 +39,17 @@ OK = "ok"
 
 
 class AuditLog:
-    """Appends audit records to one file (thread-safe). `close()` when done."""
+    """Appends audit records to one file (thread-safe). `close()` when done. A file that cannot
+    be opened is a `ConfigError` naming `audit_log_file`: the forwarder does not run unaudited."""
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
-        self._fd: int | None = open_private(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            self._fd: int | None = open_private(path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            raise ConfigError(f"cannot open the audit log {path}: {exc.strerror}", key="audit_log_file") from None
 
     def record(self, action: str, *, user: str, peer: str, object: str = "", outcome: str = OK) -> None:
         """Append one record. A failing write is logged, never raised: the action it records

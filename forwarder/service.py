@@ -230,7 +230,7 @@ class Forwarder:
         """Whether `token` is still accepted for `identity` (not from the cache): None if so, else
         the refusal ("CODE: message"). An identity provider that cannot answer is not a refusal."""
         try:
-            current = await asyncio.wrap_future(self._auth_executor.submit(self.auth.authenticate, token))
+            current = await asyncio.wrap_future(self._auth_executor.submit(self.auth.revalidate, token))
         except ServiceError as exc:
             if exc.status not in (401, 403):
                 return None

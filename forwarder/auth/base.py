@@ -41,6 +41,11 @@ class AuthProvider(Protocol):
 
     def authenticate(self, token: str) -> Identity: ...
 
+    def revalidate(self, token: str) -> Identity:
+        """As `authenticate`, but never from the cache (results streams re-check their token
+        with this, so a revocation reaches them within `recheck_s`)."""
+        ...
+
     def cached(self, token: str) -> Identity | None:
         """The identity of a token accepted recently, without blocking (None: ask `authenticate`)."""
         ...

@@ -101,11 +101,16 @@ class GlobusTokenProvider:
     def authenticate(self, token: str) -> Identity:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise invalid_token()
-        key = hash_token(token)
-        now = self._clock()
-        cached = self._cache.get(key, now=now)
+        cached = self._cache.get(hash_token(token), now=self._clock())
         if cached is not None:
             return cached
+        return self.revalidate(token)
+
+    def revalidate(self, token: str) -> Identity:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise invalid_token()
+        key = hash_token(token)
+        now = self._clock()
         data = self._introspect(token)
         sub, username, expires_at = self._accepted_claims(data, now)
         record = self._users.ensure(sub, username, auth="globus")

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from taskfabric.errors import AuthenticationError, PermissionDenied
+from taskfabric.errors import AuthenticationError, PermissionDenied, StoreError
 from taskfabric.forwarder.auth.base import TOKEN_EXPIRED, USER_DISABLED, invalid_token
 from taskfabric.forwarder.auth.tokens import hash_token, looks_like_local_token
 from taskfabric.forwarder.records import Identity, TokenOwner
@@ -53,6 +53,9 @@ class LocalTokenProvider:
             return None  # an expired token goes to `authenticate`, which names the reason
         return owner.identity
 
+    def revalidate(self, token: str) -> Identity:
+        return self.authenticate(token)  # `authenticate` always reads the store
+
     def authenticate(self, token: str) -> Identity:
         if not looks_like_local_token(token):
             raise invalid_token()
@@ -63,7 +66,10 @@ class LocalTokenProvider:
             raise invalid_token()
         now = self._clock()
         _check_usable(owner, now)
-        self._users.touch_token(token_hash, now=now)
+        try:
+            self._users.touch_token(token_hash, now=now)
+        except StoreError as exc:  # the last use is for operators' eyes: not worth refusing the token
+            log.warning("could not record the use of token %s: %s", owner.token_id, exc)
         self._cache.put(token_hash, owner)
         return owner.identity
 

@@ -50,7 +50,8 @@ class FakeUsers:
 
     def ensure(self, user_id: uuid.UUID, username: str, *, auth: str) -> UserRecord:
         self.ensured[user_id] = username
-        return UserRecord(user_id=user_id, username=username, auth=auth, created_at=0.0)
+        disabled_at = self.disabled_at.get(user_id)
+        return UserRecord(user_id=user_id, username=username, auth=auth, created_at=0.0, disabled_at=disabled_at)
 
 
 class FakeIntrospection:
@@ -161,6 +162,31 @@ def test_globus_active_tokens_are_accepted_and_cached_until_they_expire() -> Non
     with pytest.raises(AuthenticationError):
         provider.authenticate("tok")
     assert introspection.calls == 2
+
+
+def test_globus_revalidation_never_answers_from_the_cache() -> None:
+    introspection, clock = FakeIntrospection(), Clock()
+    introspection.answers["tok"] = {"active": True, "sub": str(uuid.uuid4()), "username": "u", "exp": 10**9}
+    provider = _globus(introspection, clock, cache_max_age_s=300)
+    provider.authenticate("tok")
+    provider.authenticate("tok")
+    assert introspection.calls == 1
+    introspection.answers["tok"] = {"active": False}  # revoked at Globus Auth
+    with pytest.raises(AuthenticationError):
+        provider.revalidate("tok")
+    assert introspection.calls == 2
+
+
+def test_globus_refuses_users_disabled_in_the_store_with_403() -> None:
+    introspection, clock = FakeIntrospection(), Clock()
+    sub = uuid.uuid4()
+    introspection.answers["tok"] = {"active": True, "sub": str(sub), "username": "u", "exp": 10**9}
+    users = FakeUsers()
+    users.disabled_at[sub] = 1.0
+    provider = GlobusTokenProvider(introspection, cast(UserTable, users), clock=clock)
+    with pytest.raises(ServiceError) as refused:
+        provider.authenticate("tok")
+    assert refused.value.status == 403 and refused.value.code == "USER_DISABLED"
 
 
 def test_globus_cache_age_is_bounded_even_for_long_lived_tokens() -> None:
