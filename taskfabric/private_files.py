@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging.handlers
 import os
+import stat
 from pathlib import Path
 
 __all__ = ["PrivateRotatingFileHandler", "open_private", "private_folder", "write_private"]
@@ -19,11 +20,17 @@ FILE_MODE = 0o600
 
 
 def private_folder(path: Path) -> Path:
-    """Create `path` (and missing parents) and make it 0700 (parents made here are 0700 too)."""
+    """Create `path` (and missing parents) 0700. An existing `path` is made 0700 too when it is
+    this user's and not a shared folder (sticky, like /tmp): a store put in /tmp must not lock
+    everyone else out of /tmp; its files are private all the same."""
     missing = [folder for folder in (path, *path.parents) if not folder.exists()]
     path.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
-    for folder in (path, *missing):
+    for folder in missing:
         os.chmod(folder, FOLDER_MODE)
+    if path not in missing:
+        status = os.stat(path)
+        if status.st_uid == os.getuid() and not status.st_mode & stat.S_ISVTX:
+            os.chmod(path, FOLDER_MODE)
     return path
 
 

@@ -110,6 +110,15 @@ def test_no_token_or_broker_password_appears_in_any_log_of_a_run(
     names = {path.name for path in logs}
     assert {"forwarder.log", "agent.log", "audit.jsonl"} <= names, names
     assert any(path.name.startswith("worker-") for path in logs), names  # the managers' worker logs
+    # logs hold user names, task ids and task output: this user's only (the umask here is 022)
+    private = [
+        path
+        for path in logs
+        if path.name in ("agent.log", "agent.stdout", "manager.log", "audit.jsonl") or path.name.startswith("worker-")
+    ]
+    assert {str(path): oct(stat.S_IMODE(os.stat(path).st_mode)) for path in private} == {
+        str(path): oct(0o600) for path in private
+    }
     leaks = [
         (what, str(path), next(line for line in text.splitlines() if secret in line)[:200])
         for path, text in logs.items()

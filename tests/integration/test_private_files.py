@@ -76,3 +76,25 @@ def test_secret_files_are_0600_in_0700_folders_under_umask_022(tmp_path: Path) -
     for folder in (data, tmp_path / "logs", tmp_path / "agent"):
         assert _mode(folder) == 0o700, folder
     assert json.loads((tmp_path / "home" / "client.json").read_text())["url"] == "http://127.0.0.1:8470"
+
+
+def test_a_shared_sticky_folder_is_left_alone(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)  # like /tmp
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from taskfabric.forwarder.store import Store; "
+            "Store.open(f'sqlite:///{sys.argv[1]}').close()",
+            str(shared / "forwarder.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _mode(shared) == 0o1777
+    assert _mode(shared / "forwarder.db") == 0o600
