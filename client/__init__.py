@@ -31,6 +31,8 @@ from taskfabric.errors import (
     TaskFailed,
     TaskPending,
     TaskQueueLost,
+    UserDeleted,
+    UserDisabled,
     WalltimeExceeded,
     WorkerLost,
 )
@@ -60,6 +62,8 @@ __all__ = [
     "TaskListPage",
     "TaskPending",
     "TaskQueueLost",
+    "UserDeleted",
+    "UserDisabled",
     "WalltimeExceeded",
     "WorkerLost",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from taskfabric.errors import ConfigError
 from taskfabric.paths import taskfabric_home
+from taskfabric.private_files import write_private
 from taskfabric.tls import INSECURE_ENV, client_ssl_context, require_secure_url
 
 __all__ = ["ClientConfig", "client_config_path"]
@@ -83,10 +84,8 @@ class ClientConfig:
             ) from None
 
     def save(self) -> Path:
-        """Write the file `taskfabric login` writes (readable by this user only)."""
+        """Write the file `taskfabric login` writes (readable by this user only: 0600, also when
+        an older file had looser permissions, in a 0700 folder when the folder is made here)."""
         path = client_config_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"url": self.url, "token": self.token, "ca_file": self.ca_file}, handle, indent=2)
+        write_private(path, json.dumps({"url": self.url, "token": self.token, "ca_file": self.ca_file}, indent=2))
         return path

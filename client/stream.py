@@ -21,12 +21,16 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.sync.client import ClientConnection, connect
 
 from taskfabric.errors import AuthenticationError, ProtocolError
-from taskfabric.logs import wrap_with_logs
+from taskfabric.logs import RedactSecrets, wrap_with_logs
 from taskfabric.protocol import ResultFrame, parse
 
 __all__ = ["ResultStream"]
 
 log = logging.getLogger(__name__)
+#: websockets logs every request header at DEBUG, our Authorization header too: its records go
+#: through this logger, which redacts secrets whatever logging the researcher configured
+_websocket_log = logging.getLogger(f"{__name__}.websocket")
+_websocket_log.addFilter(RedactSecrets())
 
 # Backoff jitter from a generator of our own: the stream thread leaves the global `random` alone.
 _jitter = random.Random()
@@ -111,6 +115,7 @@ class ResultStream:
                     ping_interval=20,
                     ping_timeout=20,
                     ssl=self._ssl_context,
+                    logger=_websocket_log,
                 ) as connection:
                     attempt = 0
                     self._attach(connection)

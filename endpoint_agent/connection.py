@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import ssl
 import urllib.parse
 import uuid
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from taskfabric.errors import ConfigError
+from taskfabric.private_files import write_private
 from taskfabric.protocol.api import BrokerAccess, EndpointRegistered, parse
 from taskfabric.tls import client_ssl_context
 
@@ -80,10 +80,7 @@ class EndpointConnection(BrokerAccess):
     def save(self, path: Path) -> None:
         data = dataclasses.asdict(self)
         data["endpoint_id"] = str(self.endpoint_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
+        write_private(path, json.dumps(data, indent=2))
 
 
 def _fields_of(broker: BrokerAccess) -> dict[str, Any]:

@@ -15,6 +15,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from taskfabric.private_files import open_private
+
 __all__ = ["ManagerLaunch", "new_registration_token", "write_private_file"]
 
 
@@ -23,9 +25,9 @@ def new_registration_token() -> str:
 
 
 def write_private_file(path: Path, content: str | bytes) -> Path:
-    """Write `content` to `path`, readable and writable by this user only (mode 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write `content` to `path`, readable and writable by this user only (mode 0600, even if the
+    file existed with another mode)."""
+    fd = open_private(path, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "wb") as handle:
         handle.write(content.encode() if isinstance(content, str) else content)
     return path

@@ -1,5 +1,7 @@
 """Administration on the store directly (no server needed): local users and their tokens, and
-the dead letters the forwarder keeps (re-queueing one also needs the broker).
+the dead letters the forwarder keeps (re-queueing one also needs the broker; disabling and
+deleting users need the broker's management API, to cut off their endpoints). Every user and
+token change is written to the audit log (`forwarder/audit.py`).
 
 These are the plain functions behind `taskfabric admin ...`; tests call them directly.
 """
@@ -7,24 +9,36 @@ These are the plain functions behind `taskfabric admin ...`; tests call them dir
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import logging
+import os
 import re
+import time
 import uuid
 from typing import Any
 
-from taskfabric.errors import ProtocolError, TaskfabricError
+from taskfabric.broker_config import ManagementClient
+from taskfabric.errors import ErrorCode, ProtocolError, TaskfabricError
+from taskfabric.forwarder.audit import LOCAL_PEER, AuditLog
 from taskfabric.forwarder.auth.tokens import hash_token, new_token
-from taskfabric.forwarder.records import DeadLetterRecord, TaskStatus, UserRecord
+from taskfabric.forwarder.records import DeadLetterRecord, TaskStatus, TokenRecord, UserRecord
 from taskfabric.forwarder.settings import ForwarderSettings
-from taskfabric.forwarder.store import Store, StoreConflict
+from taskfabric.forwarder.store import Failure, Store, StoreConflict
 from taskfabric.protocol import MESSAGE_TYPES, Message, ResultBatch, TaskBatch, unpack
 
 __all__ = [
+    "TOKEN_SHOWN_CHARS",
     "DeadLetterDetails",
+    "UserShutdown",
     "create_token",
     "create_user",
+    "delete_user",
+    "disable_user",
+    "enable_user",
     "list_dead_letters",
+    "list_tokens",
     "list_users",
+    "parse_duration",
     "purge_dead_letters",
     "requeue_dead_letter",
     "revoke_tokens",
@@ -37,6 +51,10 @@ log = logging.getLogger(__name__)
 _REQUEUE_CONFIRM_S = 30.0
 
 _USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+#: characters of a new token kept as its prefix: "tf_" and 5 of its 43 random ones (30 of 256 bits)
+TOKEN_SHOWN_CHARS = 8
 
 
 def create_user(settings: ForwarderSettings, name: str) -> UserRecord:
@@ -47,30 +65,60 @@ def create_user(settings: ForwarderSettings, name: str) -> UserRecord:
         )
     with Store.open(settings.store_url) as store:
         try:
-            return store.users.create(name, auth="local")
+            record = store.users.create(name, auth="local")
         except StoreConflict:
             raise TaskfabricError(f"a local user named {name!r} already exists") from None
+    _audit(settings, "create_user", f"user:{name}")
+    return record
 
 
-def create_token(settings: ForwarderSettings, name: str, *, description: str = "") -> str:
-    """A new token for local user `name`. The token is returned once and stored only as a hash."""
+def create_token(
+    settings: ForwarderSettings, name: str, *, description: str = "", expires_in_s: float | None = None
+) -> str:
+    """A new token for local user `name`, valid for `expires_in_s` seconds (None: until revoked).
+    The token is returned once and stored only as a hash, with its first characters as a prefix
+    that tells tokens apart in `list_tokens` (too short to be of use to anyone)."""
+    if expires_in_s is not None and expires_in_s <= 0:
+        raise TaskfabricError(f"--expires-in must be positive, not {expires_in_s:g} seconds")
     with Store.open(settings.store_url) as store:
         user = _local_user(store, name)
         token = new_token()
-        store.users.add_token(user.user_id, hash_token(token), description=description[:256])
+        expires_at = time.time() + expires_in_s if expires_in_s is not None else None
+        record = store.users.add_token(
+            user.user_id,
+            hash_token(token),
+            description=description[:256],
+            prefix=token[:TOKEN_SHOWN_CHARS],
+            expires_at=expires_at,
+        )
+    _audit(settings, "create_token", f"user:{name} token:{record.token_id}")
     return token
 
 
-def revoke_tokens(settings: ForwarderSettings, name: str, *, token: str | None = None) -> int:
-    """Delete `token` of local user `name` or, with `token=None`, all of that user's tokens; returns
-    how many were deleted. A running forwarder stops accepting a revoked token within a minute
-    (it remembers accepted tokens for at most `auth.cache_max_age_s`, capped at 60 s)."""
+def list_tokens(settings: ForwarderSettings, name: str) -> list[TokenRecord]:
+    """The tokens of local user `name`: id, prefix, label, created, expiry and last use."""
+    with Store.open(settings.store_url) as store:
+        return store.users.list_tokens(_local_user(store, name).user_id)
+
+
+def revoke_tokens(
+    settings: ForwarderSettings, name: str, *, token: str | None = None, token_id: str | None = None
+) -> int:
+    """Delete `token` (or the token with id `token_id`) of local user `name` or, with neither,
+    all of that user's tokens; returns how many were deleted. A running forwarder refuses a revoked
+    token, and closes the results streams opened with it, within its auth cache period
+    (`auth.cache_max_age_s`, capped at 60 s)."""
     with Store.open(settings.store_url) as store:
         user = _local_user(store, name)
-        if token is None:
-            return store.users.delete_tokens(user.user_id)
-        deleted = store.users.delete_tokens(user.user_id, token_hash=hash_token(token.strip()))
-    if deleted == 0:
+        if token is not None:
+            deleted = store.users.delete_tokens(user.user_id, token_hash=hash_token(token.strip()))
+        elif token_id is not None:
+            deleted = store.users.delete_tokens(user.user_id, token_id=token_id.strip())
+        else:
+            deleted = store.users.delete_tokens(user.user_id)
+    which = "all" if token is None and token_id is None else (token_id or "by value")
+    _audit(settings, "revoke_token", f"user:{name} token:{which}", outcome="ok" if deleted else "NOT_FOUND")
+    if deleted == 0 and (token is not None or token_id is not None):
         raise TaskfabricError(f"that token is not one of {name!r}'s tokens (nothing was revoked)")
     return deleted
 
@@ -81,11 +129,108 @@ def list_users(settings: ForwarderSettings) -> list[UserRecord]:
         return store.users.list()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserShutdown:
+    """What disabling or deleting a user did: endpoints whose broker users were deleted (and
+    their connections closed), and the user's unfinished tasks failed."""
+
+    user: UserRecord
+    endpoints: int
+    failed_tasks: int
+
+
+def disable_user(settings: ForwarderSettings, name: str, *, auth: str = "local") -> UserShutdown:
+    """Disable a user: its tokens are refused (403 `USER_DISABLED`), its results streams closed
+    (within the auth cache period), its endpoints' broker users deleted (the broker closes their
+    connections; re-registering after `enable_user` issues new ones) and its unfinished tasks
+    failed with `USER_DISABLED`. Needs the broker's management API."""
+    with Store.open(settings.store_url) as store:
+        user = _user_named(store, name, auth)
+        store.users.set_disabled(user.user_id, at=time.time())
+        shutdown = _shut_down(settings, store, user, ErrorCode.USER_DISABLED, "disabled")
+    _audit(settings, "disable_user", f"user:{name}")
+    return shutdown
+
+
+def enable_user(settings: ForwarderSettings, name: str, *, auth: str = "local") -> UserRecord:
+    """Accept a disabled user's tokens again (its endpoints must register again)."""
+    with Store.open(settings.store_url) as store:
+        user = _user_named(store, name, auth)
+        store.users.set_disabled(user.user_id, at=None)
+    _audit(settings, "enable_user", f"user:{name}")
+    return user
+
+
+def delete_user(settings: ForwarderSettings, name: str, *, auth: str = "local") -> UserShutdown:
+    """Delete a user with its tokens, functions and endpoints: as `disable_user` (broker users
+    deleted, connections closed, unfinished tasks failed with `USER_DELETED`), then the rows.
+    The endpoints' queues are left to the broker's operator (`rabbitmqctl list_queues`): a running
+    forwarder stops consuming them within `endpoint_sync_period_s`."""
+    with Store.open(settings.store_url) as store:
+        user = _user_named(store, name, auth)
+        store.users.set_disabled(user.user_id, at=time.time())  # refused at once, even if deleting fails
+        shutdown = _shut_down(settings, store, user, ErrorCode.USER_DELETED, "deleted")
+        store.users.delete(user.user_id)
+    _audit(settings, "delete_user", f"user:{name}")
+    return shutdown
+
+
+def _shut_down(settings: ForwarderSettings, store: Store, user: UserRecord, code: ErrorCode, what: str) -> UserShutdown:
+    """Delete the broker users of `user`'s endpoints (closing their connections) and fail its
+    unfinished tasks with `code`."""
+    failure = Failure(code.value, f"user {user.username!r} was {what} by an administrator before the task finished")
+    failed = store.tasks.fail_owner(user.user_id, failure, now=time.time())
+    endpoints = store.endpoints.list(user.user_id)
+    if endpoints:
+        management = ManagementClient(
+            settings.management_url, vhost=settings.vhost, ssl_context=settings.management_ssl_context
+        )
+        try:
+            for endpoint in endpoints:
+                management.delete_user(endpoint.broker_username)  # the broker closes its connections
+                management.close_connections_of(endpoint.broker_username, reason=f"user {what}")
+        finally:
+            management.close()
+    log.info("%s user %s: %d endpoint(s) cut off, %d task(s) failed", what, user.username, len(endpoints), len(failed))
+    return UserShutdown(user, len(endpoints), len(failed))
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `30d`, `12h`, `90m`, `45s` or a plain number of seconds (`TaskfabricError`
+    naming the text otherwise)."""
+    match = _DURATION_RE.fullmatch(text.strip().lower())
+    if match is None or float(match.group(1)) <= 0:
+        raise TaskfabricError(f"{text[:40]!r} is not a duration: use e.g. 30d, 12h, 90m or 3600s")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+
+
 def _local_user(store: Store, name: str) -> UserRecord:
     user = store.users.find(name, auth="local")
     if user is None:
         raise TaskfabricError(f"no local user named {name!r}; create it with: taskfabric admin create-user {name}")
     return user
+
+
+def _user_named(store: Store, name: str, auth: str) -> UserRecord:
+    if auth not in ("local", "globus"):
+        raise TaskfabricError(f"--auth must be 'local' or 'globus', not {auth[:20]!r}")
+    user = store.users.find(name, auth=auth)
+    if user is None:
+        raise TaskfabricError(f"no {auth} user named {name!r} (see: taskfabric admin list-users)")
+    return user
+
+
+def _audit(settings: ForwarderSettings, action: str, target: str, *, outcome: str = "ok") -> None:
+    with AuditLog(settings.audit_log_path) as audit:
+        audit.record(action, user=_operator(), peer=LOCAL_PEER, object=target, outcome=outcome)
+
+
+def _operator() -> str:
+    """Who ran the admin command: the local account."""
+    try:
+        return f"admin:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"admin:uid {os.getuid()}"
 
 
 # --- dead letters -------------------------------------------------------------------------

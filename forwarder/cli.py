@@ -1,5 +1,6 @@
 """`taskfabric forwarder serve|settings|migrate|check-config` and `taskfabric admin
-create-user|create-token|list-users`, `taskfabric admin dead-letters list|show|requeue|purge`.
+create-user|create-token|list-users|list-tokens|revoke-token|disable-user|enable-user|delete-user`,
+`taskfabric admin dead-letters list|show|requeue|purge`.
 
 Thin click commands: they build `ForwarderSettings` (file, environment, flags) and call plain
 functions (`serve` here, `admin.*`), which tests call directly. Errors map to named exit codes in
@@ -31,7 +32,7 @@ from taskfabric.forwarder.deployment import (
     prepare_store,
     require_store,
 )
-from taskfabric.forwarder.records import DeadLetterRecord
+from taskfabric.forwarder.records import DeadLetterRecord, TokenRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.gc_tuning import tune_for_service
 from taskfabric.tls import is_loopback_host, reload_certificate
@@ -77,6 +78,7 @@ def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = clic
     )
     apply_connection_limits(config, settings)  # timeouts, connection limit, WebSocket caps
     config.load()
+    _quiet_denied_handshakes()
     config.ssl = ssl_context  # the one context the listener uses: SIGHUP reloads its certificate
     server = uvicorn.Server(config)
     tune_for_service()
@@ -97,6 +99,27 @@ def serve(settings: ForwarderSettings, *, announce: Callable[[str], None] = clic
         raise startup_error
     if not server.started:
         raise TaskfabricError(f"the forwarder did not start: {startup_error or 'see the log above'}")
+
+
+class _DeniedHandshakeFilter(logging.Filter):
+    """uvicorn's websockets-sansio protocol logs "ASGI callable returned without completing
+    handshake." at ERROR after every handshake refused with an HTTP response (401/403 with a body),
+    which is a completed handshake. The results route logs each refusal itself, at INFO with the
+    peer's address; this demotes uvicorn's line to DEBUG (dropped unless DEBUG is on)."""
+
+    _MESSAGE = "ASGI callable returned without completing handshake."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.ERROR or record.getMessage() != self._MESSAGE:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def _quiet_denied_handshakes() -> None:
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(existing, _DeniedHandshakeFilter) for existing in uvicorn_log.filters):
+        uvicorn_log.addFilter(_DeniedHandshakeFilter())
 
 
 def check_plaintext(settings: ForwarderSettings) -> None:
@@ -343,12 +366,16 @@ def create_user_command(name: str, config_file: Path | None, database_url: str |
 
 @admin.command("create-token")
 @click.argument("name")
-@click.option("--description", default="", help="What the token is for (shown nowhere else).")
+@click.option("--description", default="", help="What the token is for (its label in list-tokens).")
+@click.option("--expires-in", default=None, help="Refuse the token after this long: 30d, 12h, 90m, 3600s.")
 @_store_options
-def create_token_command(name: str, description: str, config_file: Path | None, database_url: str | None) -> None:
+def create_token_command(
+    name: str, description: str, expires_in: str | None, config_file: Path | None, database_url: str | None
+) -> None:
     """Create a bearer token for local user NAME and print it (only this once)."""
+    expires_in_s = admin_functions.parse_duration(expires_in) if expires_in is not None else None
     token = admin_functions.create_token(
-        _settings(config_file, database_url=database_url), name, description=description
+        _settings(config_file, database_url=database_url), name, description=description, expires_in_s=expires_in_s
     )
     click.echo(token)
 
@@ -356,31 +383,124 @@ def create_token_command(name: str, description: str, config_file: Path | None, 
 @admin.command("revoke-token")
 @click.argument("name")
 @click.option("--all", "revoke_all", is_flag=True, help="Revoke every token of NAME.")
+@click.option("--id", "token_id", default=None, help="Revoke the token with this id (see list-tokens).")
 @_store_options
-def revoke_token_command(name: str, revoke_all: bool, config_file: Path | None, database_url: str | None) -> None:
-    """Revoke a token of local user NAME (read from a hidden prompt or standard input, so it stays
-    out of the shell history), or all of NAME's tokens with --all. A running forwarder refuses a
-    revoked token within a minute."""
-    token = None if revoke_all else click.prompt("token to revoke", hide_input=True, err=True)
-    revoked = admin_functions.revoke_tokens(_settings(config_file, database_url=database_url), name, token=token)
+def revoke_token_command(
+    name: str, revoke_all: bool, token_id: str | None, config_file: Path | None, database_url: str | None
+) -> None:
+    """Revoke a token of local user NAME (by --id, or the token itself read from a hidden prompt
+    or standard input, so it stays out of the shell history), or all of NAME's tokens with --all.
+    A running forwarder refuses a revoked token, and closes results streams opened with it,
+    within a minute."""
+    if revoke_all and token_id is not None:
+        raise click.UsageError("give either --all or --id, not both")
+    token = None if revoke_all or token_id is not None else click.prompt("token to revoke", hide_input=True, err=True)
+    revoked = admin_functions.revoke_tokens(
+        _settings(config_file, database_url=database_url), name, token=token, token_id=token_id
+    )
     click.echo(f"revoked {revoked} token(s) of {name}")
+
+
+@admin.command("list-tokens")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: a list of tokens.")
+@_store_options
+def list_tokens_command(name: str, as_json: bool, config_file: Path | None, database_url: str | None) -> None:
+    """List local user NAME's tokens: id, prefix, label, created, expires and last used (UTC)."""
+    records = admin_functions.list_tokens(_settings(config_file, database_url=database_url), name)
+    if as_json:
+        click.echo(json.dumps([_token_json(record) for record in records]))
+        return
+    for record in records:
+        expires = _utc(record.expires_at) if record.expires_at is not None else "never"
+        used = _utc(record.last_used_at) if record.last_used_at is not None else "never"
+        click.echo(
+            f"{record.token_id}  {record.prefix or '?':<8}  created {_utc(record.created_at)}  expires {expires}  "
+            f"last used {used}  {record.label}"
+        )
+
+
+def _token_json(record: TokenRecord) -> dict[str, Any]:
+    return {
+        "token_id": record.token_id,
+        "prefix": record.prefix,
+        "label": record.label,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "last_used_at": record.last_used_at,
+    }
+
+
+_AUTH_OPTION = click.option(
+    "--auth", type=click.Choice(["local", "globus"]), default="local", show_default=True, help="The user's kind."
+)
+_BROKER_OPTION = click.option(
+    "--management-url", default=None, help="Broker management API URL with administrator credentials."
+)
+
+
+@admin.command("disable-user")
+@click.argument("name")
+@_AUTH_OPTION
+@_BROKER_OPTION
+@_store_options
+def disable_user_command(
+    name: str, auth: str, management_url: str | None, config_file: Path | None, database_url: str | None
+) -> None:
+    """Disable user NAME: refuse its tokens, close its results streams, cut off its endpoints'
+    broker connections and fail its unfinished tasks (USER_DISABLED). Undo with enable-user."""
+    settings = _settings(config_file, database_url=database_url, management_url=management_url)
+    done = admin_functions.disable_user(settings, name, auth=auth)
+    click.echo(f"disabled {name}: {done.endpoints} endpoint(s) cut off, {done.failed_tasks} task(s) failed")
+
+
+@admin.command("enable-user")
+@click.argument("name")
+@_AUTH_OPTION
+@_store_options
+def enable_user_command(name: str, auth: str, config_file: Path | None, database_url: str | None) -> None:
+    """Accept disabled user NAME's tokens again (its endpoints must register again)."""
+    admin_functions.enable_user(_settings(config_file, database_url=database_url), name, auth=auth)
+    click.echo(f"enabled {name}")
+
+
+@admin.command("delete-user")
+@click.argument("name")
+@_AUTH_OPTION
+@_BROKER_OPTION
+@_store_options
+def delete_user_command(
+    name: str, auth: str, management_url: str | None, config_file: Path | None, database_url: str | None
+) -> None:
+    """Delete user NAME with its tokens, functions and endpoints: as disable-user (tasks fail
+    USER_DELETED), then the records."""
+    settings = _settings(config_file, database_url=database_url, management_url=management_url)
+    done = admin_functions.delete_user(settings, name, auth=auth)
+    click.echo(f"deleted {name}: {done.endpoints} endpoint(s) cut off, {done.failed_tasks} task(s) failed")
 
 
 @admin.command("list-users")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: a list of users.")
 @_store_options
 def list_users_command(as_json: bool, config_file: Path | None, database_url: str | None) -> None:
-    """List users with their number of tokens."""
+    """List users with their number of tokens (and `disabled` for disabled users)."""
     users = admin_functions.list_users(_settings(config_file, database_url=database_url))
     if as_json:
         records = [
-            {"user_id": str(user.user_id), "username": user.username, "auth": user.auth, "tokens": user.tokens}
+            {
+                "user_id": str(user.user_id),
+                "username": user.username,
+                "auth": user.auth,
+                "tokens": user.tokens,
+                "disabled_at": user.disabled_at,
+            }
             for user in users
         ]
         click.echo(json.dumps(records))
         return
     for user in users:
-        click.echo(f"{user.username:<32} {user.auth:<7} {user.tokens:>3} token(s)  {user.user_id}")
+        disabled = "  disabled" if user.disabled_at is not None else ""
+        click.echo(f"{user.username:<32} {user.auth:<7} {user.tokens:>3} token(s)  {user.user_id}{disabled}")
 
 
 # --- taskfabric admin dead-letters --------------------------------------------------------

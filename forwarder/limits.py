@@ -185,7 +185,7 @@ class RequestGuard:
             raise _Refused(503, "SERVICE_UNAVAILABLE", "the forwarder is starting or stopping; retry later")
         header = _header(scope, b"authorization")
         try:
-            identity = await forwarder.authenticate(bearer_token(header))
+            identity = await forwarder.authenticate(bearer_token(header), peer=_peer(scope))
         except ServiceError as exc:
             raise _Refused(exc.status, service_error_code(exc), str(exc)) from None
         state = scope.setdefault("state", {})
@@ -272,3 +272,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return bytes(value).decode("latin-1")
     return None
+
+
+def _peer(scope: Scope) -> str:
+    """The client's address as "host:port" (as `routes.peer_address` gives it, for the audit log)."""
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "?"

@@ -24,6 +24,8 @@ __all__ = [
     "TaskRecord",
     "TaskStatus",
     "TaskSummary",
+    "TokenOwner",
+    "TokenRecord",
     "UserRecord",
 ]
 
@@ -44,6 +46,31 @@ class UserRecord:
     auth: str
     created_at: float
     tokens: int = 0
+    #: when an administrator disabled the user (None: enabled); its tokens are refused meanwhile
+    disabled_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TokenRecord:
+    """A local token as `taskfabric admin list-tokens` shows it: never the token or its hash."""
+
+    token_id: str
+    user_id: uuid.UUID
+    prefix: str
+    label: str
+    created_at: float
+    expires_at: float | None = None
+    last_used_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TokenOwner:
+    """Who a presented token belongs to, and whether it may be used now."""
+
+    identity: Identity
+    token_id: str
+    expires_at: float | None
+    disabled_at: float | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

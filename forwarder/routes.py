@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -38,7 +39,15 @@ from taskfabric.forwarder.stream import serve_stream
 from taskfabric.forwarder.views import endpoint_info, function_info, task_info
 from taskfabric.protocol.api import EndpointInfo, EndpointRegistered, TaskInfo, render
 
-__all__ = ["API_VERSION", "AUTH_SCHEME", "MAX_CANCEL_TASK_IDS", "MIN_CLIENT_VERSION", "router", "websocket_router"]
+__all__ = [
+    "API_VERSION",
+    "AUTH_SCHEME",
+    "MAX_CANCEL_TASK_IDS",
+    "MIN_CLIENT_VERSION",
+    "peer_address",
+    "router",
+    "websocket_router",
+]
 
 API_VERSION = 1
 MIN_CLIENT_VERSION = "0.1.0"
@@ -50,6 +59,8 @@ MAX_CANCEL_TASK_IDS = 1000
 #: request bodies from this size on are parsed on a worker thread (see `_sized`)
 _OFF_LOOP_BYTES = 256 * 1024
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `taskfabric admin create-token`, or Globus Auth")
 #: the OpenAPI security scheme of every route that needs a token (`RequestGuard` reads it)
@@ -79,7 +90,15 @@ async def current_identity(
     known = identity_of(request.scope)
     if known is not None:
         return known
-    return await _forwarder(request).authenticate(credentials.credentials if credentials else None)
+    return await _forwarder(request).authenticate(
+        credentials.credentials if credentials else None, peer=peer_address(request)
+    )
+
+
+def peer_address(connection: Request | WebSocket) -> str:
+    """The client's address as "host:port" (for logs and the audit log; a proxy's, behind one)."""
+    client = connection.client
+    return f"{client.host}:{client.port}" if client is not None else "?"
 
 
 Caller = Annotated[Identity, Depends(current_identity)]
@@ -169,7 +188,9 @@ async def delete_function(function_id: uuid.UUID, identity: Caller, service: Ser
         409: {"model": schemas.ErrorBody},
     },
 )
-async def register_endpoint(body: schemas.EndpointRegistration, identity: Caller, service: Service) -> JSONResponse:
+async def register_endpoint(
+    body: schemas.EndpointRegistration, request: Request, identity: Caller, service: Service
+) -> JSONResponse:
     """Register (or re-register) an endpoint: its queues, a broker user, fresh credentials."""
     settings = service.settings
     if body.metadata is not None:
@@ -178,6 +199,12 @@ async def register_endpoint(body: schemas.EndpointRegistration, identity: Caller
             raise too_large("metadata", size, settings.max_metadata_bytes, "max_metadata_bytes")
     registration = await service.endpoints.register(
         identity, name=body.name, endpoint_id=body.endpoint_id, metadata=body.metadata
+    )
+    service.audit.record(
+        "register_endpoint",
+        user=identity.username,
+        peer=peer_address(request),
+        object=f"endpoint:{registration.endpoint.endpoint_id}",
     )
     answer = EndpointRegistered(
         endpoint_id=registration.endpoint.endpoint_id,
@@ -205,9 +232,12 @@ async def get_endpoint_status(endpoint_id: uuid.UUID, identity: Caller, service:
 
 
 @router.delete("/endpoints/{endpoint_id}", status_code=204, response_class=Response)
-async def delete_endpoint(endpoint_id: uuid.UUID, identity: Caller, service: Service) -> Response:
+async def delete_endpoint(endpoint_id: uuid.UUID, request: Request, identity: Caller, service: Service) -> Response:
     """Delete an endpoint: its broker user, its queues; its unfinished tasks fail ENDPOINT_DELETED."""
     await service.endpoints.delete(identity, endpoint_id)
+    service.audit.record(
+        "delete_endpoint", user=identity.username, peer=peer_address(request), object=f"endpoint:{endpoint_id}"
+    )
     return Response(status_code=204)
 
 
@@ -326,11 +356,20 @@ async def cancel_tasks(body: schemas.CancelRequest, identity: Caller, service: S
 async def results_stream(websocket: WebSocket) -> None:
     """Subscribe to task ids; receive their results as msgpack frames (see docs/api.md)."""
     forwarder: Forwarder = websocket.app.state.forwarder
+    peer = peer_address(websocket)
+    token = bearer_token(websocket.headers.get("authorization"))
     try:
-        identity = await forwarder.authenticate(bearer_token(websocket.headers.get("authorization")))
+        identity = await forwarder.authenticate(token, peer=peer)
     except ServiceError as exc:
+        # INFO: a refused handshake is the client's problem, not the forwarder's
+        log.info("refused a results stream handshake from %s: %s", peer, exc.code)
         await _deny(websocket, exc)
         return
+    assert token is not None  # authenticate refuses a missing token
+
+    async def recheck() -> str | None:
+        return await forwarder.recheck(token, identity)
+
     await websocket.accept()
     await serve_stream(
         websocket,
@@ -339,6 +378,8 @@ async def results_stream(websocket: WebSocket) -> None:
         store=forwarder.store,
         runner=forwarder.runner,
         limits=forwarder.stream_limits,
+        recheck=recheck,
+        recheck_s=forwarder.recheck_s,
     )
 
 

@@ -17,8 +17,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from taskfabric.errors import AuthenticationError, TaskfabricError
-from taskfabric.forwarder.auth import AUTHENTICATION_REQUIRED, AuthProvider, make_provider
+from taskfabric.errors import AuthenticationError, ServiceError, TaskfabricError
+from taskfabric.forwarder.audit import AuditLog
+from taskfabric.forwarder.auth import (
+    AUTHENTICATION_REQUIRED,
+    INVALID_TOKEN,
+    TOKEN_REVOKED,
+    AuthProvider,
+    make_provider,
+)
 from taskfabric.forwarder.batching import FunctionBodyCache
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.consumers import ResultConsumers
@@ -68,6 +75,7 @@ class Forwarder:
         self.store: Store
         self.runner: StoreRunner
         self.auth: AuthProvider
+        self.audit: AuditLog
         self.broker: AdminBrokerLink
         self.ingestor: Ingestor
         self.consumers: ResultConsumers
@@ -119,6 +127,8 @@ class Forwarder:
         self._cleanups.append(self.runner.close)
         self.auth = make_provider(settings.auth, self.store.users)
         self._cleanups.append(self.auth.close)
+        self.audit = AuditLog(settings.audit_log_path)
+        self._cleanups.append(self.audit.close)
         self._cleanups.append(lambda: self._auth_executor.shutdown(wait=True))
 
     async def _connect_broker(self) -> None:
@@ -195,8 +205,10 @@ class Forwarder:
         self.metrics.tasks_finished(records)
         self.hub.publish(records)
 
-    async def authenticate(self, token: str | None) -> Identity:
-        """The identity of a bearer token (`AuthenticationError` if missing or not accepted)."""
+    async def authenticate(self, token: str | None, *, peer: str = "") -> Identity:
+        """The identity of a bearer token (`AuthenticationError` if missing or not accepted,
+        `PermissionDenied` for a disabled user). Acceptances that were checked against the store or
+        identity provider and every refusal are audited, with the client's address `peer`."""
         if not token:
             raise AuthenticationError(
                 "a bearer token is required (Authorization: Bearer <token>)", code=AUTHENTICATION_REQUIRED
@@ -204,7 +216,35 @@ class Forwarder:
         known = self.auth.cached(token)  # most requests: no thread hop, no database read
         if known is not None:
             return known
-        return await asyncio.wrap_future(self._auth_executor.submit(self.auth.authenticate, token))
+        try:
+            identity = await asyncio.wrap_future(self._auth_executor.submit(self.auth.authenticate, token))
+        except ServiceError as exc:
+            if exc.status in (401, 403):
+                log.info("refused a token from %s: %s", peer or "?", exc.code)
+                self.audit.record("login_refused", user="", peer=peer, outcome=exc.code)
+            raise
+        self.audit.record("login", user=identity.username, peer=peer)
+        return identity
+
+    async def recheck(self, token: str, identity: Identity) -> str | None:
+        """Whether `token` is still accepted for `identity` (not from the cache): None if so, else
+        the refusal ("CODE: message"). An identity provider that cannot answer is not a refusal."""
+        try:
+            current = await asyncio.wrap_future(self._auth_executor.submit(self.auth.revalidate, token))
+        except ServiceError as exc:
+            if exc.status not in (401, 403):
+                return None
+            code = TOKEN_REVOKED if exc.code == INVALID_TOKEN else exc.code
+            self.audit.record("stream_closed", user=identity.username, peer="", outcome=code)
+            return f"{code}: {exc}"
+        if current.user_id != identity.user_id:
+            return f"{TOKEN_REVOKED}: the token now names another user"
+        return None
+
+    @property
+    def recheck_s(self) -> float:
+        """How often results streams re-check their token: the auth cache period (at least 1 s)."""
+        return max(1.0, self.auth.recheck_s)
 
     async def delete_expired(self) -> None:
         """Delete tasks finished more than `result_ttl_s` ago, a chunk at a time."""

@@ -263,6 +263,12 @@ class ForwarderSettings:
         default_factory=LimitsSettings,
         help="per-route body limits, header/body/idle timeouts, connection limit, WebSocket caps",
     )
+    # --- audit log (issue 12: revocation, files and logs) ---
+    audit_log_file: Path | None = setting(
+        None,
+        help="JSON-lines audit log of logins, token, user and endpoint changes (0600); default: audit.jsonl next "
+        "to a SQLite store, else $TASKFABRIC_HOME/forwarder/audit.jsonl",
+    )
 
     def __post_init__(self) -> None:
         if self.database_url is None:
@@ -333,6 +339,16 @@ class ForwarderSettings:
     def store_url(self) -> str:
         """The database URL (never None after construction)."""
         return str(self.database_url)
+
+    @property
+    def audit_log_path(self) -> Path:
+        """`audit_log_file`, or its default: the forwarder's data folder (a SQLite store's folder)."""
+        if self.audit_log_file is not None:
+            return self.audit_log_file
+        url = self.store_url
+        if url.startswith("sqlite:///"):
+            return Path(url.removeprefix("sqlite:///")).expanduser().parent / "audit.jsonl"
+        return taskfabric_home() / "forwarder" / "audit.jsonl"
 
     @property
     def vhost(self) -> str:

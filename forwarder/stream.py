@@ -9,8 +9,10 @@
   connection whose unsent results exceed `stream_buffer_bytes` is closed (code 1013; the client
   reconnects and re-subscribes), replays from the store wait for room, and a connection may wait
   for at most `max_subscriptions` ids.
-- `serve_stream` runs one connection: a receive loop (subscribe / ping), a send loop, and a poll
-  loop that catches results stored by other forwarder replicas.
+- `serve_stream` runs one connection: a receive loop (subscribe / ping), a send loop, a poll
+  loop that catches results stored by other forwarder replicas, and a guard loop that re-checks
+  the connection's token every `recheck_s` (a revoked or expired token, a disabled or deleted
+  user: the connection is closed with code 1008 and the refusal's error code as the reason).
 
 Frames (all binary msgpack maps): client -> server ``{"subscribe": [ids]}``, ``{"ping": x}``;
 server -> client ``{"results": [...]}``, ``{"unknown": [ids]}``, ``{"pong": x}``,
@@ -26,7 +28,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
@@ -38,7 +40,7 @@ from taskfabric.forwarder.store import Store, StoreRunner
 from taskfabric.forwarder.views import task_result_frame
 from taskfabric.ids import uuid_from_bytes
 
-__all__ = ["ResultHub", "StreamLimits", "StreamSubscriber", "serve_stream"]
+__all__ = ["Recheck", "ResultHub", "StreamLimits", "StreamSubscriber", "serve_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ _POLL_MARGIN_S = 2.0
 _SENT_MEMORY = 200_000
 #: close code: "try again later" (the client re-subscribes on a new connection)
 _CLOSE_OVERFLOW = 1013
+#: close code: "policy violation" (the token is no longer accepted)
+_CLOSE_POLICY = 1008
+#: WebSocket close reasons are at most 123 bytes
+_REASON_CHARS = 120
+
+#: re-check the connection's token: None while it is accepted, else why not ("CODE: message")
+Recheck = Callable[[], Awaitable[str | None]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -231,16 +240,24 @@ async def serve_stream(
     store: Store,
     runner: StoreRunner,
     limits: StreamLimits,
+    recheck: Recheck | None = None,
+    recheck_s: float = 60.0,
 ) -> None:
-    """Run an accepted WebSocket until the client leaves (or falls too far behind)."""
+    """Run an accepted WebSocket until the client leaves (or falls too far behind, or its token
+    stops being accepted: `recheck` is called every `recheck_s`)."""
     subscriber = StreamSubscriber(owner_id, limits)
     connection = _Connection(websocket, subscriber, hub, store, runner)
     sender = asyncio.create_task(connection.send_loop(), name="stream-send")
     poller = asyncio.create_task(connection.poll_loop(), name="stream-poll") if limits.poll_s > 0 else None
+    guard = (
+        asyncio.create_task(connection.guard_loop(recheck, recheck_s), name="stream-guard")
+        if recheck is not None
+        else None
+    )
     try:
-        await connection.receive_loop(sender)
+        await connection.receive_loop({task for task in (sender, guard) if task is not None})
     finally:
-        for task in (sender, poller):
+        for task in (sender, poller, guard):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -258,13 +275,15 @@ class _Connection:
         self.store = store
         self.runner = runner
 
-    async def receive_loop(self, sender: asyncio.Task[None]) -> None:
+    async def receive_loop(self, closers: set[asyncio.Task[None]]) -> None:
+        """Handle the client's frames until it leaves or one of `closers` (the send loop, the
+        guard loop) ends: they end when they closed the connection (or the client went away)."""
         receive = asyncio.ensure_future(self.websocket.receive())
         try:
             while True:
-                done, _ = await asyncio.wait({receive, sender}, return_when=asyncio.FIRST_COMPLETED)
-                if sender in done:
-                    return  # the send loop closed the connection (or the client went away)
+                done, _ = await asyncio.wait({receive, *closers}, return_when=asyncio.FIRST_COMPLETED)
+                if not closers.isdisjoint(done):
+                    return
                 message = receive.result()
                 if message["type"] == "websocket.disconnect":
                     return
@@ -350,6 +369,18 @@ class _Connection:
                 return
             while (frame := subscriber.next_frame()) is not None:
                 await self.websocket.send_bytes(msgpack.packb(frame, use_bin_type=True))
+
+    async def guard_loop(self, recheck: Recheck, period_s: float) -> None:
+        """Close the connection once its token is refused (revoked, expired, user disabled or
+        deleted); an identity provider that cannot answer keeps it open (`recheck` says None)."""
+        while True:
+            await asyncio.sleep(period_s)
+            refusal = await recheck()
+            if refusal is not None:
+                log.info("closing a results stream of user %s: %s", self.subscriber.owner_id, refusal)
+                with contextlib.suppress(Exception):  # the client may be gone already
+                    await self.websocket.close(code=_CLOSE_POLICY, reason=refusal[:_REASON_CHARS])
+                return
 
     async def poll_loop(self) -> None:
         """Deliver results stored by other replicas (this one's arrive through the hub)."""

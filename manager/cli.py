@@ -13,6 +13,7 @@ import click
 from taskfabric.gc_tuning import tune_for_service
 from taskfabric.logs import setup_logging
 from taskfabric.manager.manager import Manager, ManagerSettings
+from taskfabric.private_files import private_folder
 
 __all__ = ["manager", "run_manager"]
 
@@ -91,7 +92,7 @@ def run(
     comes from --token-file or $TASKFABRIC_MANAGER_TOKEN (never the command line)."""
     if log_dir is not None:  # one folder per manager: a block may span several nodes
         log_dir = log_dir / f"{socket.gethostname()}-{os.getpid()}"
-        log_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(log_dir)  # logs name tasks and hold workers' output: this user's only
     setup_logging(getattr(logging, log_level.upper(), logging.INFO), file=log_dir / "manager.log" if log_dir else None)
     settings = ManagerSettings(
         interchange_address=address,

@@ -22,10 +22,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 from taskfabric.errors import ProtocolError
 from taskfabric.manager.frames import FrameReader, write_frame
 from taskfabric.manager.slot import CANCEL_MARK_OFFSET, SLOT_BYTES
+from taskfabric.private_files import open_private
 from taskfabric.protocol import (
     CancelTasks,
     FunctionBody,
@@ -282,7 +284,7 @@ class WorkerPool:
             str(self.task_workdir),
             *(["--keep-task-workdirs"] if self.keep_task_workdirs else []),
         ]
-        output = subprocess.DEVNULL if self.log_dir is None else open(self.log_dir / f"worker-{index}.log", "ab")  # noqa: SIM115
+        output = subprocess.DEVNULL if self.log_dir is None else _private_log(self.log_dir / f"worker-{index}.log")
         try:
             process = subprocess.Popen(
                 command,
@@ -298,6 +300,11 @@ class WorkerPool:
             os.close(result_write)
         os.set_blocking(result_read, False)
         return Worker(index=index, process=process, to_worker=task_write, from_worker=result_read, slot=slot)
+
+
+def _private_log(path: Path) -> IO[bytes]:
+    """A worker's log file for appending, 0600 (it holds the output of users' tasks)."""
+    return os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "ab")
 
 
 def _close_quietly(fd: int) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from taskfabric.errors import TaskfabricError
+from taskfabric.private_files import open_private
 
 __all__ = ["spawn_detached"]
 
@@ -19,7 +20,9 @@ __all__ = ["spawn_detached"]
 def spawn_detached(
     argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None, cwd: Path | None = None
 ) -> int:
-    """Run `argv` in the background with stdout and stderr appended to `log`; return its pid."""
+    """Run `argv` in the background with stdout and stderr appended to `log` (made 0600 first:
+    it is a log); return its pid."""
+    os.close(open_private(log, os.O_WRONLY | os.O_APPEND))
     launcher = subprocess.run(
         ["sh", "-c", 'log="$1"; shift; nohup "$@" >>"$log" 2>&1 </dev/null & echo $!', "sh", str(log), *argv],
         env=dict(env) if env is not None else dict(os.environ),

@@ -36,7 +36,9 @@ Every error that leaves a public API is one of these; errors of the libraries un
         ├── TaskDeadLettered        the broker gave up on the task (poison message, bad format)
         ├── EndpointDeleted         the endpoint was deleted before the task ran
         ├── TaskQueueLost           the task was in an endpoint queue a broker crash destroyed
-        └── TaskCancelled           the task was cancelled (`Client.cancel`) before it finished
+        ├── TaskCancelled           the task was cancelled (`Client.cancel`) before it finished
+        ├── UserDeleted             an administrator deleted the task's owner before the task ran
+        └── UserDisabled            an administrator disabled the task's owner before the task ran
 
 Remote failures travel as an error *code* in the wire protocol (see `ErrorCode`); `TaskFailed.for_code`
 maps a code back to its class on the client.
@@ -80,6 +82,8 @@ __all__ = [
     "TaskQueueLost",
     "TaskfabricError",
     "Unroutable",
+    "UserDeleted",
+    "UserDisabled",
     "WalltimeExceeded",
     "WorkerLost",
 ]
@@ -234,6 +238,9 @@ class ErrorCode(enum.StrEnum):
     TASK_QUEUE_LOST = "TASK_QUEUE_LOST"
     #: cancelled by its owner; also how a manager or agent answers a task it dropped or stopped
     TASK_CANCELLED = "TASK_CANCELLED"
+    #: an administrator deleted (or disabled) the task's owner before the task ran
+    USER_DELETED = "USER_DELETED"
+    USER_DISABLED = "USER_DISABLED"
 
     @property
     def is_system_failure(self) -> bool:
@@ -307,6 +314,14 @@ class TaskCancelled(TaskFailed):
     code = ErrorCode.TASK_CANCELLED
 
 
+class UserDeleted(TaskFailed):
+    code = ErrorCode.USER_DELETED
+
+
+class UserDisabled(TaskFailed):
+    code = ErrorCode.USER_DISABLED
+
+
 _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
     cls.code.value: cls
     for cls in (
@@ -320,5 +335,7 @@ _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
         EndpointDeleted,
         TaskQueueLost,
         TaskCancelled,
+        UserDeleted,
+        UserDisabled,
     )
 }

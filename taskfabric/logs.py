@@ -8,19 +8,50 @@ from __future__ import annotations
 
 import functools
 import logging
-import logging.handlers
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-__all__ = ["LOG_FORMAT", "setup_logging", "wrap_with_logs"]
+from taskfabric.private_files import PrivateRotatingFileHandler
+
+__all__ = ["LOG_FORMAT", "RedactSecrets", "redact_secrets", "setup_logging", "wrap_with_logs"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s(%(process)d) %(threadName)s %(name)s: %(message)s"
 
+#: what a secret looks like in a log line: our local tokens anywhere, and the value of a
+#: token-like query parameter (uvicorn logs every WebSocket handshake's path with its query string)
+_SECRET_PATTERNS = (
+    re.compile(r"tf_[A-Za-z0-9_-]{16,}"),
+    re.compile(r"(?i)((?:access_)?token|secret|password|api_key)=[^&\s\"']+"),
+    re.compile(r"(?i)(bearer) [^\s\"']+"),  # any bearer token (Globus tokens are not ours)
+)
+_REDACTED = "[redacted]"
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+def redact_secrets(text: str) -> str:
+    """`text` with local tokens and token-like query parameters' values replaced by [redacted]."""
+    text = _SECRET_PATTERNS[0].sub(_REDACTED, text)
+    text = _SECRET_PATTERNS[1].sub(lambda match: f"{match.group(1)}={_REDACTED}", text)
+    return _SECRET_PATTERNS[2].sub(lambda match: f"{match.group(1)} {_REDACTED}", text)
+
+
+class RedactSecrets(logging.Filter):
+    """A handler filter that redacts secrets from each record's message (the last line of
+    defence: code never logs tokens on purpose, but libraries log URLs, e.g. uvicorn's
+    `"WebSocket /v1/results/ws?token=..."` lines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_secrets(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 def setup_logging(level: int | str = logging.INFO, *, file: Path | None = None, stream: bool = True) -> None:
@@ -34,10 +65,10 @@ def setup_logging(level: int | str = logging.INFO, *, file: Path | None = None, 
     if stream:
         handlers.append(logging.StreamHandler(sys.stderr))
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(file, maxBytes=20 * 1024 * 1024, backupCount=3))
+        handlers.append(PrivateRotatingFileHandler(file, maxBytes=20 * 1024 * 1024, backupCount=3))
     for handler in handlers:
         handler.setFormatter(formatter)
+        handler.addFilter(RedactSecrets())
         root.addHandler(handler)
     # pika is chatty at INFO about every channel; keep its warnings
     logging.getLogger("pika").setLevel(max(logging.WARNING, root.level))

@@ -10,7 +10,15 @@
 from __future__ import annotations
 
 from taskfabric.forwarder.auth.allow import AllowList
-from taskfabric.forwarder.auth.base import AUTHENTICATION_REQUIRED, INVALID_TOKEN, AuthProvider, invalid_token
+from taskfabric.forwarder.auth.base import (
+    AUTHENTICATION_REQUIRED,
+    INVALID_TOKEN,
+    TOKEN_EXPIRED,
+    TOKEN_REVOKED,
+    USER_DISABLED,
+    AuthProvider,
+    invalid_token,
+)
 from taskfabric.forwarder.auth.cache import TokenCache
 from taskfabric.forwarder.auth.globus import (
     AUTH_UNAVAILABLE,
@@ -30,7 +38,10 @@ __all__ = [
     "IDENTITY_CONFLICT",
     "IDENTITY_NOT_ALLOWED",
     "INVALID_TOKEN",
+    "TOKEN_EXPIRED",
     "TOKEN_PREFIX",
+    "TOKEN_REVOKED",
+    "USER_DISABLED",
     "AllowList",
     "AuthProvider",
     "GlobusTokenProvider",

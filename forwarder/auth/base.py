@@ -7,10 +7,24 @@ from typing import Protocol
 from taskfabric.errors import AuthenticationError
 from taskfabric.forwarder.records import Identity
 
-__all__ = ["AUTHENTICATION_REQUIRED", "INVALID_TOKEN", "AuthProvider", "invalid_token"]
+__all__ = [
+    "AUTHENTICATION_REQUIRED",
+    "INVALID_TOKEN",
+    "TOKEN_EXPIRED",
+    "TOKEN_REVOKED",
+    "USER_DISABLED",
+    "AuthProvider",
+    "invalid_token",
+]
 
 AUTHENTICATION_REQUIRED = "AUTHENTICATION_REQUIRED"
 INVALID_TOKEN = "INVALID_TOKEN"
+#: 401: a local token past its `--expires-in`
+TOKEN_EXPIRED = "TOKEN_EXPIRED"
+#: the close reason of a results stream whose token stopped being accepted while it was open
+TOKEN_REVOKED = "TOKEN_REVOKED"
+#: 403: the token's user was disabled by an administrator
+USER_DISABLED = "USER_DISABLED"
 
 
 class AuthProvider(Protocol):
@@ -21,8 +35,16 @@ class AuthProvider(Protocol):
     tell (the identity provider is unreachable)."""
 
     name: str
+    #: how long a token refused in the store may still be accepted (its cache period): results
+    #: streams re-check their token this often, so a revocation closes them as late as a request
+    recheck_s: float
 
     def authenticate(self, token: str) -> Identity: ...
+
+    def revalidate(self, token: str) -> Identity:
+        """As `authenticate`, but never from the cache (results streams re-check their token
+        with this, so a revocation reaches them within `recheck_s`)."""
+        ...
 
     def cached(self, token: str) -> Identity | None:
         """The identity of a token accepted recently, without blocking (None: ask `authenticate`)."""

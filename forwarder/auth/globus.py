@@ -23,7 +23,7 @@ from typing import Any
 
 from taskfabric.errors import AuthenticationError, PermissionDenied, ServiceError
 from taskfabric.forwarder.auth.allow import AllowList
-from taskfabric.forwarder.auth.base import invalid_token
+from taskfabric.forwarder.auth.base import USER_DISABLED, invalid_token
 from taskfabric.forwarder.auth.cache import TokenCache
 from taskfabric.forwarder.auth.tokens import MAX_TOKEN_LENGTH, hash_token
 from taskfabric.forwarder.records import Identity, UserRecord
@@ -119,6 +119,7 @@ class GlobusTokenProvider:
         self._refused: TTLCache[str, _Refusal] = TTLCache(
             negative_cache_s, max_entries=negative_cache_max_entries, clock=clock
         )
+        self.recheck_s = cache_max_age_s
         self._clock = clock
         self._close = close
 
@@ -130,14 +131,21 @@ class GlobusTokenProvider:
     def authenticate(self, token: str) -> Identity:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise invalid_token()
-        key = hash_token(token)
-        now = self._clock()
-        cached = self._cache.get(key, now=now)
+        cached = self._cache.get(hash_token(token), now=self._clock())
         if cached is not None:
             return cached
-        refused = self._refused.get(key)
+        refused = self._refused.get(hash_token(token))
         if refused is not None:
             raise refused.error()
+        return self.revalidate(token)
+
+    def revalidate(self, token: str) -> Identity:
+        """Ask Globus Auth, without the cache (results streams re-check their token this way); a
+        refusal is remembered for `negative_cache_s`, a disabled user is not (enabling works at once)."""
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise invalid_token()
+        key = hash_token(token)
+        now = self._clock()
         data = self._introspect(token)
         try:
             sub, username, expires_at = self._accepted_claims(data, now)
@@ -146,6 +154,8 @@ class GlobusTokenProvider:
             self._refused.put(key, _Refusal(type(exc), str(exc), exc.code))
             raise
         record = self._ensure_user(sub, username)
+        if record.disabled_at is not None:
+            raise PermissionDenied(f"user {username!r} is disabled", code=USER_DISABLED)
         identity = Identity(user_id=record.user_id, username=username, auth="globus")
         self._cache.put(key, identity, expires_at=min(expires_at, now + self._cache_max_age_s))
         return identity

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 from taskfabric.errors import ConfigError, StoreError
+from taskfabric.private_files import open_private, private_folder
 
 __all__ = ["StoreConflict", "open_engine", "redact_db_url", "translate_errors"]
 
@@ -66,10 +68,17 @@ def open_engine(url: str, *, pool_size: int = 8) -> Engine:
 def _open_sqlite(url: str, database: str | None) -> Engine:
     if not database or database == ":memory:":
         raise ConfigError("SQLite needs a file (sqlite:///PATH), not an in-memory database", key="database_url")
-    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    _create_private(Path(database).expanduser())
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": _SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Make the database file 0600 in a 0700 folder before SQLite opens it (SQLite would make it
+    0644 under the usual umask; its -wal and -shm files copy the database file's mode)."""
+    private_folder(path.parent)
+    os.close(open_private(path, os.O_RDWR))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

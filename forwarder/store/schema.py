@@ -12,6 +12,7 @@ holds the last one applied. Add a migration by appending to `MIGRATIONS`, never 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,7 @@ users = Table(
     Column("username", String(256), nullable=False),
     Column("auth", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("disabled_at", Float),  # schema v3 (revocation): a disabled user's tokens are refused
     UniqueConstraint("auth", "username", name="uq_users_auth_username"),
 )
 
@@ -69,6 +71,12 @@ tokens = Table(
     Column("user_id", Uuid, ForeignKey("users.user_id", ondelete="CASCADE"), nullable=False, index=True),
     Column("description", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    # schema v3 (revocation): a public id to name the token by, its first characters (to tell
+    # tokens apart; never enough to use), when it expires and when it was last accepted
+    Column("token_id", String(32)),
+    Column("prefix", String(16)),
+    Column("expires_at", Float),
+    Column("last_used_at", Float),
 )
 
 functions = Table(
@@ -206,8 +214,28 @@ _IX_OWNER_CREATED = Index("ix_tasks_owner_created", tasks.c.owner_id, tasks.c.cr
 _IX_GROUP = Index("ix_tasks_group", tasks.c.task_group_id)
 
 
+_V3_TOKEN_COLUMNS = ("token_id", "prefix", "expires_at", "last_used_at")
+_IX_TOKEN_ID = Index("ix_tokens_token_id", tokens.c.token_id, unique=True)
+
+
+def _v3_revocation(connection: Connection) -> None:
+    """Revocation that bites: token ids, prefixes, expiry and last use; disabled users.
+    Idempotent (other branches append a v3 too and are renumbered on merge): it adds only what is
+    missing, and gives ids only to tokens that have none."""
+    inspector = inspect(connection)
+    _add_missing_columns(connection, inspector, "tokens", tokens, _V3_TOKEN_COLUMNS)
+    _add_missing_columns(connection, inspector, "users", users, ("disabled_at",))
+    unnamed = connection.execute(select(tokens.c.token_hash).where(tokens.c.token_id.is_(None))).scalars().all()
+    for token_hash in unnamed:
+        connection.execute(
+            tokens.update().where(tokens.c.token_hash == token_hash).values(token_id=uuid.uuid4().hex, prefix="")
+        )
+    if _IX_TOKEN_ID.name not in {index["name"] for index in inspector.get_indexes("tokens")}:
+        _IX_TOKEN_ID.create(connection)
+
+
 #: schema version n is reached by running MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle, _v3_revocation]
 
 
 def migrate(connection: Connection) -> int:

@@ -19,7 +19,7 @@ from taskfabric.forwarder.auth import (
     hash_token,
     new_token,
 )
-from taskfabric.forwarder.records import Identity, UserRecord
+from taskfabric.forwarder.records import Identity, TokenOwner, UserRecord
 from taskfabric.forwarder.store.engine import StoreConflict
 from taskfabric.forwarder.store.users import UserTable
 
@@ -31,14 +31,29 @@ class FakeUsers:
         self.by_hash: dict[str, Identity] = {}
         self.ensured: dict[uuid.UUID, str] = {}
         self.lookups = 0
+        self.expires_at: dict[str, float] = {}
+        self.disabled_at: dict[uuid.UUID, float] = {}
+        self.touched: dict[str, float] = {}
 
-    def identity_for_token(self, token_hash: str) -> Identity | None:
+    def token_owner(self, token_hash: str) -> TokenOwner | None:
         self.lookups += 1
-        return self.by_hash.get(token_hash)
+        identity = self.by_hash.get(token_hash)
+        if identity is None:
+            return None
+        return TokenOwner(
+            identity=identity,
+            token_id="id",
+            expires_at=self.expires_at.get(token_hash),
+            disabled_at=self.disabled_at.get(identity.user_id),
+        )
+
+    def touch_token(self, token_hash: str, *, now: float) -> None:
+        self.touched[token_hash] = now
 
     def ensure(self, user_id: uuid.UUID, username: str, *, auth: str) -> UserRecord:
         self.ensured[user_id] = username
-        return UserRecord(user_id=user_id, username=username, auth=auth, created_at=0.0)
+        disabled_at = self.disabled_at.get(user_id)
+        return UserRecord(user_id=user_id, username=username, auth=auth, created_at=0.0, disabled_at=disabled_at)
 
 
 class FakeIntrospection:
@@ -85,6 +100,36 @@ def test_local_provider_accepts_only_stored_hashes() -> None:
     assert users.lookups == 3  # tokens without our prefix (or absurdly long) never reach the store
 
 
+def test_local_provider_refuses_expired_tokens_even_from_its_cache() -> None:
+    users, clock = FakeUsers(), Clock()
+    token = new_token()
+    alice = Identity(user_id=uuid.uuid4(), username="alice", auth="local")
+    users.by_hash[hash_token(token)] = alice
+    users.expires_at[hash_token(token)] = clock.now + 10
+    provider = LocalTokenProvider(cast(UserTable, users), cache_s=60, clock=clock)
+    assert provider.authenticate(token) == alice
+    assert provider.cached(token) == alice
+    assert users.touched == {hash_token(token): clock.now}  # last use recorded
+    clock.now += 10
+    assert provider.cached(token) is None  # cached for 60 s, but it expired: not from the cache
+    with pytest.raises(AuthenticationError) as refused:
+        provider.authenticate(token)
+    assert refused.value.status == 401 and refused.value.code == "TOKEN_EXPIRED"
+
+
+def test_local_provider_refuses_tokens_of_a_disabled_user_with_403() -> None:
+    users = FakeUsers()
+    token = new_token()
+    alice = Identity(user_id=uuid.uuid4(), username="alice", auth="local")
+    users.by_hash[hash_token(token)] = alice
+    users.disabled_at[alice.user_id] = 5.0
+    provider = LocalTokenProvider(cast(UserTable, users))
+    with pytest.raises(ServiceError) as refused:
+        provider.authenticate(token)
+    assert refused.value.status == 403 and refused.value.code == "USER_DISABLED"
+    assert "alice" in str(refused.value) and users.touched == {}
+
+
 def test_token_cache_expires_and_is_bounded() -> None:
     cache = TokenCache(max_entries=2)
     identities = [Identity(user_id=uuid.uuid4(), username=f"u{i}", auth="globus") for i in range(3)]
@@ -119,6 +164,31 @@ def test_globus_active_tokens_are_accepted_and_cached_until_they_expire() -> Non
     with pytest.raises(AuthenticationError):
         provider.authenticate("tok")
     assert introspection.calls == 2
+
+
+def test_globus_revalidation_never_answers_from_the_cache() -> None:
+    introspection, clock = FakeIntrospection(), Clock()
+    introspection.answers["tok"] = {"active": True, "sub": str(uuid.uuid4()), "username": "u", "exp": 10**9}
+    provider = _globus(introspection, clock, cache_max_age_s=300)
+    provider.authenticate("tok")
+    provider.authenticate("tok")
+    assert introspection.calls == 1
+    introspection.answers["tok"] = {"active": False}  # revoked at Globus Auth
+    with pytest.raises(AuthenticationError):
+        provider.revalidate("tok")
+    assert introspection.calls == 2
+
+
+def test_globus_refuses_users_disabled_in_the_store_with_403() -> None:
+    introspection, clock = FakeIntrospection(), Clock()
+    sub = uuid.uuid4()
+    introspection.answers["tok"] = {"active": True, "sub": str(sub), "username": "u", "exp": 10**9}
+    users = FakeUsers()
+    users.disabled_at[sub] = 1.0
+    provider = GlobusTokenProvider(introspection, cast(UserTable, users), clock=clock)
+    with pytest.raises(ServiceError) as refused:
+        provider.authenticate("tok")
+    assert refused.value.status == 403 and refused.value.code == "USER_DISABLED"
 
 
 def test_globus_cache_age_is_bounded_even_for_long_lived_tokens() -> None:

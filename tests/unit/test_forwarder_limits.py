@@ -29,7 +29,7 @@ class CountingForwarder:
     def __init__(self) -> None:
         self.checks = 0
 
-    async def authenticate(self, token: str | None) -> Identity:
+    async def authenticate(self, token: str | None, *, peer: str = "") -> Identity:
         self.checks += 1
         if token != "good":
             raise AuthenticationError("unknown token", code="INVALID_TOKEN")
