@@ -51,7 +51,8 @@ def test_a_process_that_stops_on_sigterm_is_not_killed() -> None:
     assert pid_alive(process.pid)
     assert terminate_then_kill(process.pid, timeout_s=10) is True
     assert not pid_alive(process.pid)
-    assert process.returncode == -15
+    # the reaping thread sets returncode just after the pid is gone: wait for it, not race it
+    assert process.wait(timeout=10) == -15
 
 
 def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period() -> None:
@@ -59,7 +60,7 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period() -> No
     assert wait_for_exit(process.pid, timeout_s=0.2) is False
     assert terminate_then_kill(process.pid, timeout_s=0.3) is False
     assert not pid_alive(process.pid)
-    assert process.returncode == -9
+    assert process.wait(timeout=10) == -9
 
 
 def test_a_gone_pid_counts_as_stopped() -> None:
