@@ -43,7 +43,7 @@ from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FORBIDDEN, NOT_FOUND
 from taskfabric.forwarder.metrics import ForwarderMetrics
-from taskfabric.forwarder.records import Identity, NewTask, TaskPage, TaskQuery, TaskRecord
+from taskfabric.forwarder.records import Identity, NewTask, TaskActivity, TaskPage, TaskQuery, TaskRecord
 from taskfabric.forwarder.requests import SubmitRequest
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreConflict, StoreRunner
@@ -329,3 +329,16 @@ class TaskService:
         """One page of a listing; `query` names its owner, so only the caller's tasks are seen."""
         page: TaskPage = await self._runner.read(self._store.tasks.list_page, query)
         return page
+
+    async def activity(
+        self, identity: Identity, *, since: float, failures: int, failures_since: float
+    ) -> TaskActivity:
+        """The caller's own task activity (see `TaskStore.activity`): never another user's tasks."""
+        activity: TaskActivity = await self._runner.read(
+            self._store.tasks.activity,
+            identity.user_id,
+            since=since,
+            failures=failures,
+            failures_since=failures_since,
+        )
+        return activity

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, Row, and_, bindparam, func, or_, select
 
 from taskfabric.errors import ErrorCode
-from taskfabric.forwarder.records import NewTask, TaskPage, TaskQuery, TaskRecord, TaskStatus, TaskSummary
+from taskfabric.forwarder.records import NewTask, TaskActivity, TaskPage, TaskQuery, TaskRecord, TaskStatus, TaskSummary
 from taskfabric.forwarder.store import postgres_batches, sqlite_batches
 from taskfabric.forwarder.store._sql import statement_chunks
 from taskfabric.forwarder.store.engine import translate_errors
@@ -377,6 +377,41 @@ class TaskTable:
         )
         with translate_errors("counting unfinished tasks"), self._engine.connect() as connection:
             return {(row[0], TaskStatus(row[1])): int(row[2]) for row in connection.execute(query)}
+
+    def activity(self, owner_id: uuid.UUID, *, since: float, failures: int, failures_since: float) -> TaskActivity:
+        """The owner's tasks per (endpoint, state): every unfinished one, and those finished at or
+        after `since`; and the newest `failures` failed tasks finished at or after `failures_since`.
+        Finished tasks are found along `ix_tasks_completed_at` from the bound on, so a narrow
+        window reads few rows however many tasks the store holds."""
+        pending = [status.value for status in TaskStatus if status.pending]
+        by_state = (tasks.c.endpoint_id, tasks.c.status)
+        unfinished = (
+            select(*by_state, func.count())
+            .where(tasks.c.owner_id == owner_id, tasks.c.completed_at.is_(None), tasks.c.status.in_(pending))
+            .group_by(*by_state)
+        )
+        finished = (
+            select(*by_state, func.count())
+            .where(tasks.c.completed_at >= since, tasks.c.owner_id == owner_id)
+            .group_by(*by_state)
+        )
+        failed = (
+            select(*_SUMMARY)
+            .where(
+                tasks.c.completed_at >= failures_since,
+                tasks.c.owner_id == owner_id,
+                tasks.c.status == TaskStatus.FAILED.value,
+            )
+            .order_by(tasks.c.completed_at.desc(), tasks.c.task_id.desc())
+            .limit(failures)
+        )
+        counts: dict[tuple[uuid.UUID, TaskStatus], int] = {}
+        with translate_errors("reading task activity"), self._engine.connect() as connection:
+            for statement in (unfinished, finished):
+                for endpoint_id, status, count in connection.execute(statement):
+                    counts[endpoint_id, TaskStatus(status)] = int(count)
+            recent = [_summary(row) for row in connection.execute(failed)] if failures > 0 else []
+        return TaskActivity(counts=counts, failures=recent)
 
 
 # --- listings -----------------------------------------------------------------------------
