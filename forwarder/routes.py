@@ -306,7 +306,7 @@ async def cancel_tasks(body: schemas.CancelRequest, identity: Caller, service: S
 async def get_activity(
     identity: Caller,
     service: Service,
-    window_s: Annotated[str | None, Query(description="count tasks finished this many seconds back (0 < s <= 3600)")] = None,
+    window_s: Annotated[str | None, Query(description="seconds back to count finished tasks, up to 3600")] = None,
     failures: Annotated[str | None, Query(description="list this many recent failures, 0 to 100 (default 10)")] = None,
 ) -> JSONResponse:
     """Your tasks per endpoint (unfinished now; finished within `window_s`) and your newest

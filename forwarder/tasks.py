@@ -330,9 +330,7 @@ class TaskService:
         page: TaskPage = await self._runner.read(self._store.tasks.list_page, query)
         return page
 
-    async def activity(
-        self, identity: Identity, *, since: float, failures: int, failures_since: float
-    ) -> TaskActivity:
+    async def activity(self, identity: Identity, *, since: float, failures: int, failures_since: float) -> TaskActivity:
         """The caller's own task activity (see `TaskStore.activity`): never another user's tasks."""
         activity: TaskActivity = await self._runner.read(
             self._store.tasks.activity,
