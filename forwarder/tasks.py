@@ -51,7 +51,13 @@ from taskfabric.forwarder.ttl_cache import TTLCache
 from taskfabric.ids import new_uuid4s
 from taskfabric.protocol import CancelTasks, FunctionBody, TaskStatus, pack
 
-__all__ = ["BROKER_UNAVAILABLE", "SUBMISSION_CONFLICT", "TaskService", "submission_task_ids"]
+__all__ = [
+    "ACTIVITY_UNFINISHED_CACHE_S",
+    "BROKER_UNAVAILABLE",
+    "SUBMISSION_CONFLICT",
+    "TaskService",
+    "submission_task_ids",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,10 @@ BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
 SUBMISSION_CONFLICT = "SUBMISSION_CONFLICT"
 #: extra time, beyond the transport's own confirm deadline, before we stop waiting
 _CONFIRM_GRACE_S = 5.0
+
+
+#: how long `TaskService.activity` reuses a user's unfinished-task counts
+ACTIVITY_UNFINISHED_CACHE_S = 2.0
 
 
 def new_task_ids(count: int) -> list[uuid.UUID]:
@@ -101,6 +111,10 @@ class TaskService:
         self._cache = cache
         # who owns a function never changes; a deletion (here or elsewhere) is noticed within a minute
         self._owners: TTLCache[uuid.UUID, uuid.UUID] = TTLCache(60.0)
+        #: owner -> their unfinished tasks per (endpoint, state), for `activity`
+        self._unfinished: TTLCache[uuid.UUID, dict[tuple[uuid.UUID, TaskStatus], int]] = TTLCache(
+            ACTIVITY_UNFINISHED_CACHE_S, max_entries=10_000
+        )
         self.submitted = 0
 
     # --- submission ---------------------------------------------------------------------
@@ -331,12 +345,18 @@ class TaskService:
         return page
 
     async def activity(self, identity: Identity, *, since: float, failures: int, failures_since: float) -> TaskActivity:
-        """The caller's own task activity (see `TaskStore.activity`): never another user's tasks."""
-        activity: TaskActivity = await self._runner.read(
+        """The caller's own task activity (see `TaskTable.activity`), never another user's tasks.
+        The unfinished counts walk all the caller's tasks, so they are reused for
+        `ACTIVITY_UNFINISHED_CACHE_S`: a user polling fast costs one such walk per period."""
+        unfinished = self._unfinished.get(identity.user_id)
+        if unfinished is None:
+            unfinished = await self._runner.read(self._store.tasks.unfinished_counts, identity.user_id)
+            self._unfinished.put(identity.user_id, unfinished)
+        finished: TaskActivity = await self._runner.read(
             self._store.tasks.activity,
             identity.user_id,
             since=since,
             failures=failures,
             failures_since=failures_since,
         )
-        return activity
+        return TaskActivity(counts={**unfinished, **finished.counts}, failures=finished.failures)
