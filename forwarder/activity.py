@@ -6,11 +6,14 @@ to the refresh interval give completion and failure rates. And the newest `failu
 of the last `RECENT_FAILURES_S`. The window is measured on the forwarder's clock (`as_of`), so a
 client's clock does not matter.
 
-Access (DESIGN): any authenticated user, and only their own tasks (the store query is bound to
-the caller's id); an endpoint appears because the caller has tasks on it, whoever owns it. Cost:
-one grouped count of the caller's unfinished tasks, and two index range scans over tasks finished
-within the window (at most `MAX_WINDOW_S`) and the failure horizon; nothing before authentication.
-Parameters arrive as text and are checked here, so a bad one is a 400 naming it.
+Access (DESIGN): any authenticated user, and only their own tasks (every store query is bound
+to the caller's id); an endpoint appears because the caller has tasks on it, whoever owns it.
+Cost (nothing before authentication; figures from benchmarks/activity_query.py): a range of the
+completed_at index for the tasks finished fabric-wide within the window (at most `MAX_WINDOW_S`),
+a walk of the caller's `ACTIVITY_SCAN_TASKS` newest tasks for the failures, and a count of the
+caller's unfinished tasks, which walks all their tasks and is therefore reused for
+`ACTIVITY_UNFINISHED_CACHE_S` (a user polling fast costs one walk per period, and only of their
+own tasks). Parameters arrive as text and are checked here, so a bad one is a 400 naming it.
 """
 
 from __future__ import annotations
