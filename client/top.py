@@ -176,7 +176,7 @@ def render_view(snapshot: Snapshot) -> Any:
 
     parts: list[Any] = [_header(snapshot)]
     if snapshot.error is not None:
-        parts.append(_unreachable(snapshot))
+        parts.append(_refresh_failed(snapshot))
     else:
         parts += [_endpoint_table(snapshot), _failure_table(snapshot)]
     parts.append(_footer())
@@ -195,10 +195,11 @@ def _header(snapshot: Snapshot) -> Any:
     return header
 
 
-def _unreachable(snapshot: Snapshot) -> Any:
+def _refresh_failed(snapshot: Snapshot) -> Any:
+    """Why there are no figures (the forwarder unreachable, a token refused, ...)."""
     from rich.text import Text
 
-    return Text(f"\nforwarder unreachable: {snapshot.error}\nretrying every {snapshot.window_s:g} s\n", style="red")
+    return Text(f"\nrefresh failed: {snapshot.error}\nretrying every {snapshot.window_s:g} s\n", style="red")
 
 
 def _endpoint_table(snapshot: Snapshot) -> Any:

@@ -447,17 +447,18 @@ def _unfinished_by_state(owner_id: uuid.UUID) -> Select[Any]:
 
 def _recent_failures(owner_id: uuid.UUID, limit: int, since: float) -> Select[Any]:
     """The newest failed tasks finished since `since` among the owner's newest
-    `ACTIVITY_SCAN_TASKS` tasks (a bounded walk of `ix_tasks_owner_created`)."""
+    `ACTIVITY_SCAN_TASKS` tasks (a bounded walk of `ix_tasks_owner_created`, reading each row once)."""
     newest = (
-        select(tasks.c.task_id)
+        select(*_SUMMARY)
         .where(tasks.c.owner_id == owner_id)
         .order_by(tasks.c.created_at.desc(), tasks.c.task_id.desc())
         .limit(ACTIVITY_SCAN_TASKS)
+        .subquery()
     )
     return (
-        select(*_SUMMARY)
-        .where(tasks.c.task_id.in_(newest), tasks.c.status == TaskStatus.FAILED.value, tasks.c.completed_at >= since)
-        .order_by(tasks.c.completed_at.desc(), tasks.c.task_id.desc())
+        select(*newest.c)
+        .where(newest.c.status == TaskStatus.FAILED.value, newest.c.completed_at >= since)
+        .order_by(newest.c.completed_at.desc(), newest.c.task_id.desc())
         .limit(limit)
     )
 

@@ -205,9 +205,10 @@ def test_top_shows_an_unreachable_forwarder_and_ctrl_c_quits(
     fabric: Fabric, top_session: Callable[..., TerminalSession]
 ) -> None:
     session = top_session("--interval", "0.3", url="http://127.0.0.1:9")  # the discard port: refused
-    session.wait_for_frame(lambda frame: "unreachable" in frame, what="the view says the forwarder is unreachable")
+    unreachable = "refresh failed: cannot reach the forwarder at http://127.0.0.1:9"
+    session.wait_for_frame(lambda frame: unreachable in frame, what="the view says the forwarder is unreachable")
     frames = len(session.frames())
-    session.wait_for_frame(lambda frame: "unreachable" in frame, after=frames, what="it keeps retrying")
+    session.wait_for_frame(lambda frame: unreachable in frame, after=frames, what="it keeps retrying")
     assert session.line_mode() == (False, False)
     session.send(b"\x03")  # Ctrl-C: SIGINT to the terminal's foreground process group
     assert session.wait_exit() == RET_OK

@@ -107,7 +107,7 @@ def test_a_frame_shows_endpoints_rates_and_failures() -> None:
 def test_a_failed_refresh_is_shown_not_raised() -> None:
     snapshot = failed_snapshot("http://forwarder", 1.0, ServiceError("cannot reach the forwarder", status=0))
     text = _text(render_view(snapshot))
-    assert "unreachable: cannot reach the forwarder" in text and "retrying every 1 s" in text
+    assert "refresh failed: cannot reach the forwarder" in text and "retrying every 1 s" in text
 
 
 class _Live:
