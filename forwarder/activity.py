@@ -11,9 +11,9 @@ to the caller's id); an endpoint appears because the caller has tasks on it, who
 Cost (nothing before authentication; figures from benchmarks/activity_query.py): a range of the
 completed_at index for the tasks finished fabric-wide within the window (at most `MAX_WINDOW_S`),
 a walk of the caller's `ACTIVITY_SCAN_TASKS` newest tasks for the failures, and a count of the
-caller's unfinished tasks, which walks all their tasks and is therefore reused for
-`ACTIVITY_UNFINISHED_CACHE_S` (a user polling fast costs one walk per period, and only of their
-own tasks). Parameters arrive as text and are checked here, so a bad one is a 400 naming it.
+caller's unfinished tasks, which walks all their tasks and is therefore reused for at least
+`ACTIVITY_UNFINISHED_CACHE_S` and ten times as long as it took (`TaskService.activity`): a user
+polling fast keeps a reader thread busy a tenth of the time at most, walking their own tasks. Parameters arrive as text and are checked here, so a bad one is a 400 naming it.
 """
 
 from __future__ import annotations

@@ -53,6 +53,7 @@ from taskfabric.protocol import CancelTasks, FunctionBody, TaskStatus, pack
 
 __all__ = [
     "ACTIVITY_UNFINISHED_CACHE_S",
+    "ACTIVITY_UNFINISHED_COST_RATIO",
     "BROKER_UNAVAILABLE",
     "SUBMISSION_CONFLICT",
     "TaskService",
@@ -67,8 +68,10 @@ SUBMISSION_CONFLICT = "SUBMISSION_CONFLICT"
 _CONFIRM_GRACE_S = 5.0
 
 
-#: how long `TaskService.activity` reuses a user's unfinished-task counts
+#: how long `TaskService.activity` reuses a user's unfinished-task counts, at least
 ACTIVITY_UNFINISHED_CACHE_S = 2.0
+#: ... and at least this many times as long as counting them took
+ACTIVITY_UNFINISHED_COST_RATIO = 10.0
 
 
 def new_task_ids(count: int) -> list[uuid.UUID]:
@@ -111,9 +114,9 @@ class TaskService:
         self._cache = cache
         # who owns a function never changes; a deletion (here or elsewhere) is noticed within a minute
         self._owners: TTLCache[uuid.UUID, uuid.UUID] = TTLCache(60.0)
-        #: owner -> their unfinished tasks per (endpoint, state), for `activity`
-        self._unfinished: TTLCache[uuid.UUID, dict[tuple[uuid.UUID, TaskStatus], int]] = TTLCache(
-            ACTIVITY_UNFINISHED_CACHE_S, max_entries=10_000
+        #: owner -> (their unfinished tasks per (endpoint, state), reused until this monotonic time)
+        self._unfinished: TTLCache[uuid.UUID, tuple[dict[tuple[uuid.UUID, TaskStatus], int], float]] = TTLCache(
+            600.0, max_entries=10_000
         )
         self.submitted = 0
 
@@ -346,12 +349,11 @@ class TaskService:
 
     async def activity(self, identity: Identity, *, since: float, failures: int, failures_since: float) -> TaskActivity:
         """The caller's own task activity (see `TaskTable.activity`), never another user's tasks.
-        The unfinished counts walk all the caller's tasks, so they are reused for
-        `ACTIVITY_UNFINISHED_CACHE_S`: a user polling fast costs one such walk per period."""
-        unfinished = self._unfinished.get(identity.user_id)
-        if unfinished is None:
-            unfinished = await self._runner.read(self._store.tasks.unfinished_counts, identity.user_id)
-            self._unfinished.put(identity.user_id, unfinished)
+        The unfinished counts walk all the caller's tasks, so they are reused for a while: at
+        least `ACTIVITY_UNFINISHED_CACHE_S`, and `ACTIVITY_UNFINISHED_COST_RATIO` times as long as
+        the walk took, so that a user with a huge backlog who polls fast keeps a reader thread
+        busy a tenth of the time at most."""
+        unfinished = await self._unfinished_counts(identity.user_id)
         finished: TaskActivity = await self._runner.read(
             self._store.tasks.activity,
             identity.user_id,
@@ -360,3 +362,14 @@ class TaskService:
             failures_since=failures_since,
         )
         return TaskActivity(counts={**unfinished, **finished.counts}, failures=finished.failures)
+
+    async def _unfinished_counts(self, user_id: uuid.UUID) -> dict[tuple[uuid.UUID, TaskStatus], int]:
+        cached = self._unfinished.get(user_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        started = time.monotonic()
+        counts = await self._runner.read(self._store.tasks.unfinished_counts, user_id)
+        elapsed = time.monotonic() - started
+        reuse_s = max(ACTIVITY_UNFINISHED_CACHE_S, ACTIVITY_UNFINISHED_COST_RATIO * elapsed)
+        self._unfinished.put(user_id, (counts, time.monotonic() + reuse_s))
+        return counts
