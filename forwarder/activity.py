@@ -13,7 +13,8 @@ completed_at index for the tasks finished fabric-wide within the window (at most
 a walk of the caller's `ACTIVITY_SCAN_TASKS` newest tasks for the failures, and a count of the
 caller's unfinished tasks, which walks all their tasks and is therefore reused for at least
 `ACTIVITY_UNFINISHED_CACHE_S` and ten times as long as it took (`TaskService.activity`): a user
-polling fast keeps a reader thread busy a tenth of the time at most, walking their own tasks. Parameters arrive as text and are checked here, so a bad one is a 400 naming it.
+polling fast keeps a reader thread busy a tenth of the time at most, walking their own tasks.
+Parameters arrive as text and are checked here, so a bad one is a 400 naming it.
 """
 
 from __future__ import annotations
