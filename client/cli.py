@@ -30,6 +30,7 @@ __all__ = [
     "result_document",
     "shown_task",
     "task",
+    "top",
     "whoami",
 ]
 
@@ -344,3 +345,40 @@ def cancel(task_ids: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{task_id}  {'cancelled' if cancelled else 'not cancelled (finished, unknown or not yours)'}")
     if not any(answers.values()):
         sys.exit(RET_ERROR)
+
+
+# --- top ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=0.2, max=3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes; rates are measured over this window.",
+)
+@click.option("--once", is_flag=True, help="Draw one frame and exit (for scripts).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON document: one snapshot (endpoints, rates, recent failures)."
+)
+def top(interval_s: float, once: bool, as_json: bool) -> None:
+    """A live view of your endpoints (status, workers, queue depth), task rates and recent
+    failures, refreshed every --interval seconds; q (or Ctrl-C) quits."""
+    from rich.console import Console
+
+    from taskfabric.client.top import render_view, run_top, snapshot_document, take_snapshot
+
+    with Client(timeout_s=10.0) as client:
+        if as_json or once:  # one request, and its errors as the one-line message of the root command
+            snapshot = take_snapshot(client, window_s=interval_s)
+            if as_json:
+                click.echo(json.dumps(snapshot_document(snapshot)))
+            else:
+                Console().print(render_view(snapshot))
+            return
+        try:
+            run_top(client, interval_s=interval_s, console=Console(), keys_from=sys.stdin)
+        except KeyboardInterrupt:  # Ctrl-C is a way to quit, not an error (the terminal is restored)
+            return

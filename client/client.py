@@ -273,6 +273,16 @@ class Client:
             out.update((uuid.UUID(task_id), bool(cancelled)) for task_id, cancelled in answer.items())
         return out
 
+    # --- activity -----------------------------------------------------------------------
+
+    def activity(self, *, window_s: float = 60.0, failures: int = 10) -> dict[str, Any]:
+        """Your tasks per endpoint (`waiting`, `running` now; `completed`, `failed`, `cancelled`
+        within the last `window_s` seconds, on the service's clock) and your newest `failures`
+        failed tasks of the last hour (`GET /v1/activity`; what `taskfabric top` shows)."""
+        params = {"window_s": repr(float(window_s)), "failures": str(int(failures))}
+        result: dict[str, Any] = self._http.get("/v1/activity", params=params)
+        return result
+
     # --- listings -----------------------------------------------------------------------
 
     def list_tasks(

@@ -19,6 +19,7 @@ __all__ = [
     "Identity",
     "NewTask",
     "StatusReport",
+    "TaskActivity",
     "TaskPage",
     "TaskQuery",
     "TaskRecord",
@@ -226,3 +227,13 @@ class TaskPage:
 
     tasks: list[TaskSummary]
     next_after: tuple[float, uuid.UUID] | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TaskActivity:
+    """An owner's tasks as `taskfabric top` watches them (`GET /v1/activity`): how many there are
+    per (endpoint, state), counting the unfinished ones all and the finished ones only within a
+    window, and the newest failures (summaries, newest first)."""
+
+    counts: dict[tuple[uuid.UUID, TaskStatus], int]
+    failures: list[TaskSummary]

@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from taskfabric import __version__
 from taskfabric.errors import ServiceError
 from taskfabric.forwarder import schemas
+from taskfabric.forwarder.activity import RECENT_FAILURES_S, activity_body, parse_failures, parse_window_s
 from taskfabric.forwarder.limits import bearer_token, identity_of
 from taskfabric.forwarder.listing import page_body, parse_task_query
 from taskfabric.forwarder.records import EndpointRecord, Identity
@@ -347,6 +348,27 @@ async def cancel_tasks(body: schemas.CancelRequest, identity: Caller, service: S
     answers, cancelled = await service.tasks.cancel(identity, ids)
     service.hub.publish(cancelled)
     return JSONResponse({str(task_id): answer for task_id, answer in answers.items()})
+
+
+# --- activity -----------------------------------------------------------------------------
+
+
+@router.get("/activity", responses={200: {"model": schemas.Activity}})
+async def get_activity(
+    identity: Caller,
+    service: Service,
+    window_s: Annotated[str | None, Query(description="seconds back to count finished tasks, up to 3600")] = None,
+    failures: Annotated[str | None, Query(description="list this many recent failures, 0 to 100 (default 10)")] = None,
+) -> JSONResponse:
+    """Your tasks per endpoint (unfinished now; finished within `window_s`) and your newest
+    failures: what `taskfabric top` shows (see `forwarder/activity.py`)."""
+    window = parse_window_s(window_s)
+    count = parse_failures(failures)
+    now = time.time()
+    activity = await service.tasks.activity(
+        identity, since=now - window, failures=count, failures_since=now - RECENT_FAILURES_S
+    )
+    return JSONResponse(activity_body(activity, as_of=now, window_s=window))
 
 
 # --- results stream -----------------------------------------------------------------------

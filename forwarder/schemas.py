@@ -12,9 +12,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskfabric.protocol import MAX_RESOURCE_VALUE, RESOURCE_KEYS, EndpointInfo, TaskInfo, TaskStatus
+from taskfabric.protocol.api import EndpointActivity, RecentFailure
 
 __all__ = [
     "SUBMIT_BODY_SCHEMA",
+    "Activity",
     "BatchStatus",
     "EndpointList",
     "EndpointRegistration",
@@ -171,3 +173,13 @@ class TaskSummary(BaseModel):
 class TaskList(BaseModel):
     tasks: list[TaskSummary] = Field(description="newest first")
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+# --- activity (`taskfabric top`) ----------------------------------------------------------
+
+
+class Activity(BaseModel):
+    as_of: float = Field(description="the forwarder's time of the answer (seconds since the epoch)")
+    window_s: float = Field(description="finished tasks are counted from as_of - window_s on")
+    endpoints: list[EndpointActivity] = Field(description="endpoints you have tasks on, by id")
+    recent_failures: list[RecentFailure] = Field(description="your newest failed tasks of the last hour, newest first")

@@ -43,7 +43,7 @@ from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FORBIDDEN, NOT_FOUND
 from taskfabric.forwarder.metrics import ForwarderMetrics
-from taskfabric.forwarder.records import Identity, NewTask, TaskPage, TaskQuery, TaskRecord
+from taskfabric.forwarder.records import Identity, NewTask, TaskActivity, TaskPage, TaskQuery, TaskRecord
 from taskfabric.forwarder.requests import SubmitRequest
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreConflict, StoreRunner
@@ -51,7 +51,14 @@ from taskfabric.forwarder.ttl_cache import TTLCache
 from taskfabric.ids import new_uuid4s
 from taskfabric.protocol import CancelTasks, FunctionBody, TaskStatus, pack
 
-__all__ = ["BROKER_UNAVAILABLE", "SUBMISSION_CONFLICT", "TaskService", "submission_task_ids"]
+__all__ = [
+    "ACTIVITY_UNFINISHED_CACHE_S",
+    "ACTIVITY_UNFINISHED_COST_RATIO",
+    "BROKER_UNAVAILABLE",
+    "SUBMISSION_CONFLICT",
+    "TaskService",
+    "submission_task_ids",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,12 @@ BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
 SUBMISSION_CONFLICT = "SUBMISSION_CONFLICT"
 #: extra time, beyond the transport's own confirm deadline, before we stop waiting
 _CONFIRM_GRACE_S = 5.0
+
+
+#: how long `TaskService.activity` reuses a user's unfinished-task counts, at least
+ACTIVITY_UNFINISHED_CACHE_S = 2.0
+#: ... and at least this many times as long as counting them took
+ACTIVITY_UNFINISHED_COST_RATIO = 10.0
 
 
 def new_task_ids(count: int) -> list[uuid.UUID]:
@@ -101,6 +114,10 @@ class TaskService:
         self._cache = cache
         # who owns a function never changes; a deletion (here or elsewhere) is noticed within a minute
         self._owners: TTLCache[uuid.UUID, uuid.UUID] = TTLCache(60.0)
+        #: owner -> (their unfinished tasks per (endpoint, state), reused until this monotonic time)
+        self._unfinished: TTLCache[uuid.UUID, tuple[dict[tuple[uuid.UUID, TaskStatus], int], float]] = TTLCache(
+            600.0, max_entries=10_000
+        )
         self.submitted = 0
 
     # --- submission ---------------------------------------------------------------------
@@ -329,3 +346,30 @@ class TaskService:
         """One page of a listing; `query` names its owner, so only the caller's tasks are seen."""
         page: TaskPage = await self._runner.read(self._store.tasks.list_page, query)
         return page
+
+    async def activity(self, identity: Identity, *, since: float, failures: int, failures_since: float) -> TaskActivity:
+        """The caller's own task activity (see `TaskTable.activity`), never another user's tasks.
+        The unfinished counts walk all the caller's tasks, so they are reused for a while: at
+        least `ACTIVITY_UNFINISHED_CACHE_S`, and `ACTIVITY_UNFINISHED_COST_RATIO` times as long as
+        the walk took, so that a user with a huge backlog who polls fast keeps a reader thread
+        busy a tenth of the time at most."""
+        unfinished = await self._unfinished_counts(identity.user_id)
+        finished: TaskActivity = await self._runner.read(
+            self._store.tasks.activity,
+            identity.user_id,
+            since=since,
+            failures=failures,
+            failures_since=failures_since,
+        )
+        return TaskActivity(counts={**unfinished, **finished.counts}, failures=finished.failures)
+
+    async def _unfinished_counts(self, user_id: uuid.UUID) -> dict[tuple[uuid.UUID, TaskStatus], int]:
+        cached = self._unfinished.get(user_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        started = time.monotonic()
+        counts = await self._runner.read(self._store.tasks.unfinished_counts, user_id)
+        elapsed = time.monotonic() - started
+        reuse_s = max(ACTIVITY_UNFINISHED_CACHE_S, ACTIVITY_UNFINISHED_COST_RATIO * elapsed)
+        self._unfinished.put(user_id, (counts, time.monotonic() + reuse_s))
+        return counts

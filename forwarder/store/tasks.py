@@ -27,10 +27,21 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Row, and_, bindparam, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+)
 
 from taskfabric.errors import ErrorCode
-from taskfabric.forwarder.records import NewTask, TaskPage, TaskQuery, TaskRecord, TaskStatus, TaskSummary
+from taskfabric.forwarder.records import NewTask, TaskActivity, TaskPage, TaskQuery, TaskRecord, TaskStatus, TaskSummary
 from taskfabric.forwarder.store import postgres_batches, sqlite_batches
 from taskfabric.forwarder.store._sql import statement_chunks
 from taskfabric.forwarder.store.engine import translate_errors
@@ -386,6 +397,79 @@ class TaskTable:
         )
         with translate_errors("counting unfinished tasks"), self._engine.connect() as connection:
             return {(row[0], TaskStatus(row[1])): int(row[2]) for row in connection.execute(query)}
+
+    def unfinished_counts(self, owner_id: uuid.UUID) -> dict[tuple[uuid.UUID, TaskStatus], int]:
+        """How many unfinished tasks the owner has per (endpoint, state): a walk of the owner's
+        tasks along `ix_tasks_owner_created` (the costly part of `GET /v1/activity`; the task
+        service caches it briefly)."""
+        with translate_errors("counting unfinished tasks"), self._engine.connect() as connection:
+            rows = connection.execute(_unfinished_by_state(owner_id))
+            return {(row[0], TaskStatus(row[1])): int(row[2]) for row in rows}
+
+    def activity(self, owner_id: uuid.UUID, *, since: float, failures: int, failures_since: float) -> TaskActivity:
+        """The owner's tasks finished at or after `since` per (endpoint, state), and the newest
+        `failures` failed tasks finished at or after `failures_since` among the owner's
+        `ACTIVITY_SCAN_TASKS` newest tasks (a bounded read however many tasks the owner has).
+        Unfinished tasks are `unfinished_counts`'."""
+        with translate_errors("reading task activity"), self._engine.connect() as connection:
+            counts = self._finished_by_state(connection, owner_id, since)
+            recent = _recent_failures(owner_id, failures, failures_since) if failures > 0 else None
+            found = [_summary(row) for row in connection.execute(recent)] if recent is not None else []
+        return TaskActivity(counts=counts, failures=found)
+
+    def _finished_by_state(
+        self, connection: Connection, owner_id: uuid.UUID, since: float
+    ) -> dict[tuple[uuid.UUID, TaskStatus], int]:
+        """The owner's tasks finished at or after `since`, counted per (endpoint, state), found
+        along `ix_tasks_completed_at` from `since` on: a short window reads only the tasks
+        finished fabric-wide within it. SQLite's planner, without statistics, would rather walk
+        the owner's whole listing index (an equality beats a range), so there the index is named
+        (`INDEXED BY`, which SQLAlchemy cannot say); PostgreSQL's planner decides from statistics."""
+        if not self._sqlite:
+            statement = (
+                select(tasks.c.endpoint_id, tasks.c.status, func.count())
+                .where(tasks.c.completed_at >= since, tasks.c.owner_id == owner_id)
+                .group_by(tasks.c.endpoint_id, tasks.c.status)
+            )
+            return {(row[0], TaskStatus(row[1])): int(row[2]) for row in connection.execute(statement)}
+        query = (
+            "SELECT endpoint_id, status, count(*) FROM tasks INDEXED BY ix_tasks_completed_at"
+            " WHERE completed_at >= ? AND owner_id = ? GROUP BY endpoint_id, status"
+        )
+        rows = connection.exec_driver_sql(query, (since, owner_id.hex))
+        return {(uuid.UUID(row[0]), TaskStatus(row[1])): int(row[2]) for row in rows}
+
+
+#: how many of an owner's newest tasks `TaskTable.activity` looks through for recent failures
+ACTIVITY_SCAN_TASKS = 10_000
+
+
+def _unfinished_by_state(owner_id: uuid.UUID) -> Select[Any]:
+    pending = [status.value for status in TaskStatus if status.pending]
+    by_state = (tasks.c.endpoint_id, tasks.c.status)
+    return (
+        select(*by_state, func.count())
+        .where(tasks.c.owner_id == owner_id, tasks.c.completed_at.is_(None), tasks.c.status.in_(pending))
+        .group_by(*by_state)
+    )
+
+
+def _recent_failures(owner_id: uuid.UUID, limit: int, since: float) -> Select[Any]:
+    """The newest failed tasks finished since `since` among the owner's newest
+    `ACTIVITY_SCAN_TASKS` tasks (a bounded walk of `ix_tasks_owner_created`, reading each row once)."""
+    newest = (
+        select(*_SUMMARY)
+        .where(tasks.c.owner_id == owner_id)
+        .order_by(tasks.c.created_at.desc(), tasks.c.task_id.desc())
+        .limit(ACTIVITY_SCAN_TASKS)
+        .subquery()
+    )
+    return (
+        select(*newest.c)
+        .where(newest.c.status == TaskStatus.FAILED.value, newest.c.completed_at >= since)
+        .order_by(newest.c.completed_at.desc(), newest.c.task_id.desc())
+        .limit(limit)
+    )
 
 
 # --- listings -----------------------------------------------------------------------------

@@ -34,8 +34,10 @@ from taskfabric.protocol.states import EndpointState, TaskStatus
 
 __all__ = [
     "BrokerAccess",
+    "EndpointActivity",
     "EndpointInfo",
     "EndpointRegistered",
+    "RecentFailure",
     "ResultFrame",
     "TaskDetails",
     "TaskErrorInfo",
@@ -179,6 +181,40 @@ class ResultFrame:
     details: TaskDetails
     stdout: str = ""
     stderr: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointActivity:
+    """Your tasks on one endpoint (an item of `GET /v1/activity`): the unfinished ones now, and
+    the ones that finished within the window asked for."""
+
+    __pydantic_config__ = _OPENAPI
+
+    endpoint_id: uuid.UUID
+    waiting: int
+    """your tasks not started yet (in its queue or held by its agent)"""
+    running: int
+    """your tasks a worker has started"""
+    completed: int
+    """your tasks that ended with a result within the window"""
+    failed: int
+    """your tasks that ended in error within the window"""
+    cancelled: int
+    """your tasks cancelled within the window"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RecentFailure:
+    """One of your tasks that failed recently (an item of `GET /v1/activity`), newest first."""
+
+    __pydantic_config__ = _OPENAPI
+
+    task_id: uuid.UUID
+    endpoint_id: uuid.UUID
+    code: str
+    """its error code (`TASK_FAILED`: the function raised; others: the fabric failed it)"""
+    completed_at: float
+    """when the failure was stored (seconds since the epoch, the forwarder's clock)"""
 
 
 # --- rendering ----------------------------------------------------------------------------

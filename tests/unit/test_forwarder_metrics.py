@@ -299,6 +299,85 @@ def test_the_grafana_dashboard_uses_exposed_metrics() -> None:
     assert shown == {family.name for family in ForwarderMetrics().registry.collect()}
 
 
+# Each label a rule or panel names must be one its metric carries (or one Prometheus attaches),
+# and each fixed value it compares with must be one the forwarder can emit: a misspelt label or
+# value does not fail in Prometheus, it silently matches nothing and the alert never fires.
+_SCRAPE_LABELS = frozenset({"instance", "job"})
+_LABEL_VALUES = {
+    "code": {code.value for code in ErrorCode} | {"OTHER"},
+    "state": {"busy", "idle"},
+    "hop": {"queued", "dispatch", "run", "return"},
+    "operation": {"publish", "request"},
+}
+_SELECTOR = re.compile(r"\b(taskfabric_[a-z_]+)\s*\{([^}]*)\}")
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
+_LABEL_VALUES_QUERY = re.compile(r"label_values\((taskfabric_[a-z_]+),\s*(\w+)\)")
+
+
+def _labels_by_name() -> dict[str, set[str]]:
+    """Every exposed series name (with its _total/_bucket/... suffix) -> its label names."""
+    labels: dict[str, set[str]] = {}
+    registry = ForwarderMetrics().registry
+    for collector, names in registry._collector_to_names.items():
+        own = set(getattr(collector, "_labelnames", None) or (getattr(collector, "_label", None),)) - {None}
+        for name in names:
+            labels[name] = own | ({"le"} if name.endswith("_bucket") else set())
+    return labels
+
+
+def _label_problems(expression: str, labels: dict[str, set[str]]) -> list[str]:
+    problems = []
+    for metric, matchers in _SELECTOR.findall(expression):
+        for label, operator_, value in _MATCHER.findall(matchers):
+            if label not in labels.get(metric, set()):
+                problems.append(f"{metric} has no label {label!r}")
+            elif operator_ in ("=", "!=") and label in _LABEL_VALUES and value not in _LABEL_VALUES[label]:
+                problems.append(f"{metric}{{{label}}} is never {value!r}")
+    used = set().union(*(labels.get(name, set()) for name in _metric_names(expression)))
+    for grouping in _GROUPING.findall(expression):
+        for label in filter(None, (part.strip() for part in grouping.split(","))):
+            if label not in used | _SCRAPE_LABELS:
+                problems.append(f"grouping by {label!r}, which none of {sorted(_metric_names(expression))} carries")
+    return problems
+
+
+def _monitoring_expressions() -> list[str]:
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"]
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    expressions = [rule["expr"] for group in rules for rule in group["rules"]]
+    expressions += [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    expressions += [variable["definition"] for variable in dashboard["templating"]["list"]]
+    return expressions
+
+
+def test_the_monitoring_files_use_only_labels_and_values_the_metrics_carry() -> None:
+    labels = _labels_by_name()
+    expressions = _monitoring_expressions()
+    problems = [problem for expression in expressions for problem in _label_problems(expression, labels)]
+    assert problems == []
+    for metric, label in _LABEL_VALUES_QUERY.findall(" ".join(expressions)):
+        assert label in labels[metric], f"label_values({metric}, {label})"
+
+
+def test_the_label_check_catches_a_misspelt_label_value_or_grouping() -> None:
+    labels = _labels_by_name()
+    assert (
+        _label_problems('sum by (endpoint) (rate(taskfabric_tasks_failed_total{code!="TASK_FAILED"}[5m]))', labels)
+        == []
+    )
+    assert _label_problems('taskfabric_tasks_failed_total{cod="TASK_FAILED"}', labels) == [
+        "taskfabric_tasks_failed_total has no label 'cod'"
+    ]
+    assert _label_problems('taskfabric_workers{state="busyy"}', labels) == [
+        "taskfabric_workers{state} is never 'busyy'"
+    ]
+    assert _label_problems("sum by (hop) (taskfabric_tasks_waiting)", labels) == [
+        "grouping by 'hop', which none of ['taskfabric_tasks_waiting'] carries"
+    ]
+    assert _label_problems("sum by (le) (rate(taskfabric_task_hop_seconds_bucket[5m]))", labels) == []
+
+
 def test_a_store_conflict_is_not_a_store_error() -> None:
     """A conflict (a name taken, a retried submission) is an answer of a working store."""
     heard: list[StoreError] = []

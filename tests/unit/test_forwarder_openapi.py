@@ -162,6 +162,9 @@ async def _exercise(api: Conformance, memory: MemoryBroker) -> None:
     await api.call("POST", "/v1/tasks/cancel", json={"task_ids": task_ids}, expect=200)
     await api.call("GET", "/v1/tasks", params={"limit": "2"}, expect=200)
     await api.call("GET", "/v1/tasks", params={"status": TaskStatus.CANCELLED.value}, expect=200)
+    activity = await api.call("GET", "/v1/activity", params={"window_s": "60", "failures": "5"}, expect=200)
+    assert activity.json()["recent_failures"][0]["task_id"] == task_ids[1]
+    await api.call("GET", "/v1/activity", params={"window_s": "0"}, expect=400)
 
     await api.call("DELETE", "/v1/functions/{function_id}", ids=fn, expect=204)
     await api.call("DELETE", "/v1/endpoints/{endpoint_id}", ids=ep, expect=204)
