@@ -1,13 +1,15 @@
 """Error responses: one body shape for every failure, `{"error": {"code", "message"}}`.
 
 The exception handlers make sure no input produces a 500: taskfabric's `ServiceError`s carry their
-status and code, FastAPI's validation errors become 400 (malformed JSON, bad ids in the path) or
-422 (field-level detail), store and broker outages become 503. A 500 is left only for bugs.
+status and code (a `QuotaExceeded`'s 429 adds `Retry-After`), FastAPI's validation errors become
+400 (malformed JSON, bad ids in the path) or 422 (field-level detail), store and broker outages
+become 503. A 500 is left only for bugs.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from taskfabric.errors import BrokerError, ServiceError, StoreError
+from taskfabric.errors import BrokerError, QuotaExceeded, ServiceError, StoreError
 
 __all__ = ["error_response", "install_error_handlers"]
 
@@ -31,6 +33,7 @@ _CODE_BY_STATUS = {
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     422: "INVALID_REQUEST",
+    429: "QUOTA_EXCEEDED",
     503: "SERVICE_UNAVAILABLE",
 }
 
@@ -54,7 +57,11 @@ def error_response(
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     code = exc.code if exc.code != type(exc).__name__ else _CODE_BY_STATUS.get(exc.status, "ERROR")
-    return error_response(exc.status, code, str(exc))
+    headers = None
+    if isinstance(exc, QuotaExceeded):
+        # whole seconds, rounded up (RFC 9110): never 0, which a client would read as "now"
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    return error_response(exc.status, code, str(exc), headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -26,7 +26,9 @@ from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FunctionRegistry
 from taskfabric.forwarder.ingest import Ingestor
 from taskfabric.forwarder.metrics import ForwarderMetrics
+from taskfabric.forwarder.quotas import utc_day
 from taskfabric.forwarder.records import Identity, TaskRecord
+from taskfabric.forwarder.result_limits import ResultLimits
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreRunner
 from taskfabric.forwarder.store.engine import redact_db_url
@@ -142,6 +144,11 @@ class Forwarder:
             batch_messages=self.settings.ingest_batch_messages,
             status_flush_s=self.settings.status_flush_s,
             metrics=self.metrics,
+            limits=ResultLimits(
+                max_result_bytes=self.settings.quotas.max_result_bytes,
+                max_results_per_message=self.settings.quotas.max_results_per_message,
+            ),
+            group_results=self.settings.quotas.ingest_group_results,
         )
         self.ingestor.start()
         self._cleanups.append(self.ingestor.stop)
@@ -217,6 +224,8 @@ class Forwarder:
                 break
         if total:
             log.info("deleted %d expired tasks", total)
+        # the daily result-bytes counts: today's and yesterday's are all the quota reads
+        await self.runner.write(self.store.quotas.prune_result_bytes, utc_day(time.time()) - 1)
 
     @staticmethod
     async def _every(period_s: float, job: Callable[[], Awaitable[None]]) -> None:

@@ -43,6 +43,7 @@ from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FORBIDDEN, NOT_FOUND
 from taskfabric.forwarder.metrics import ForwarderMetrics
+from taskfabric.forwarder.quotas import SubmitRateLimiter, check_pending_tasks, check_result_bytes, utc_day
 from taskfabric.forwarder.records import Identity, NewTask, TaskPage, TaskQuery, TaskRecord
 from taskfabric.forwarder.requests import SubmitRequest
 from taskfabric.forwarder.settings import ForwarderSettings
@@ -101,12 +102,16 @@ class TaskService:
         self._cache = cache
         # who owns a function never changes; a deletion (here or elsewhere) is noticed within a minute
         self._owners: TTLCache[uuid.UUID, uuid.UUID] = TTLCache(60.0)
+        quotas = settings.quotas
+        self._rate = SubmitRateLimiter(quotas.submit_requests_per_s, quotas.submit_burst)
         self.submitted = 0
 
     # --- submission ---------------------------------------------------------------------
 
     async def submit(self, identity: Identity, endpoint_id: uuid.UUID, request: SubmitRequest) -> list[uuid.UUID]:
-        """Store and publish a batch; returns the task ids in request order."""
+        """Store and publish a batch; returns the task ids in request order. `QuotaExceeded`
+        (429) when a per-user quota refuses it: nothing is recorded."""
+        self._rate.take(identity.user_id)
         endpoint = await self._endpoints.submit_target(identity, endpoint_id)
         if self._endpoints.under_repair(endpoint_id):
             raise ServiceError(
@@ -116,6 +121,7 @@ class TaskService:
                 code=BROKER_UNAVAILABLE,
             )
         bodies = await self._function_bodies(identity, request.function_ids)
+        await self._check_quotas(identity, len(request.tasks))
         task_ids = (
             new_task_ids(len(request.tasks))
             if request.submission_id is None
@@ -156,6 +162,16 @@ class TaskService:
         self.submitted += len(new_tasks)
         self._metrics.tasks_submitted(endpoint_id, len(new_tasks))
         return task_ids
+
+    async def _check_quotas(self, identity: Identity, adding: int) -> None:
+        """The store-backed quotas: unfinished tasks and today's result bytes (one read each)."""
+        quotas, now = self._settings.quotas, time.time()
+        if quotas.max_pending_tasks_per_user:
+            pending = await self._runner.read(self._store.quotas.pending_tasks, identity.user_id)
+            check_pending_tasks(quotas, pending=pending, adding=adding)
+        if quotas.max_result_bytes_per_day:
+            used = await self._runner.read(self._store.quotas.result_bytes, identity.user_id, utc_day(now))
+            check_result_bytes(quotas, used=used, now=now)
 
     async def _publish_or_withdraw(
         self,

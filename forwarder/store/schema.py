@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Float,
@@ -40,6 +41,7 @@ __all__ = [
     "functions",
     "metadata",
     "migrate",
+    "result_bytes_daily",
     "schema_version",
     "tasks",
     "tokens",
@@ -206,8 +208,32 @@ _IX_OWNER_CREATED = Index("ix_tasks_owner_created", tasks.c.owner_id, tasks.c.cr
 _IX_GROUP = Index("ix_tasks_group", tasks.c.task_group_id)
 
 
+#: schema v3 (quotas): result bytes stored per user and UTC day (days since the epoch), for
+#: `quotas.max_result_bytes_per_day`; rows older than yesterday are pruned with expired tasks
+result_bytes_daily = Table(
+    "result_bytes_daily",
+    metadata,
+    Column("owner_id", Uuid, primary_key=True),
+    Column("day", Integer, primary_key=True),
+    Column("result_bytes", BigInteger, nullable=False, default=0),
+)
+
+#: a user's unfinished tasks (`completed_at` IS NULL), counted at every submit for
+#: `quotas.max_pending_tasks_per_user` without reading their finished ones
+_IX_OWNER_COMPLETED = Index("ix_tasks_owner_completed", tasks.c.owner_id, tasks.c.completed_at)
+
+
+def _v3_quotas(connection: Connection) -> None:
+    """Per-user quotas: the daily result-bytes table and the unfinished-tasks-per-owner index.
+    Idempotent (it checks what exists): other branches' v3 migrations may be ordered before it."""
+    result_bytes_daily.create(connection, checkfirst=True)
+    indexes = {index["name"] for index in inspect(connection).get_indexes("tasks")}
+    if _IX_OWNER_COMPLETED.name not in indexes:
+        _IX_OWNER_COMPLETED.create(connection)
+
+
 #: schema version n is reached by running MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle, _v3_quotas]
 
 
 def migrate(connection: Connection) -> int:
