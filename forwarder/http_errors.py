@@ -57,11 +57,17 @@ def error_response(
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     code = exc.code if exc.code != type(exc).__name__ else _CODE_BY_STATUS.get(exc.status, "ERROR")
-    headers = None
     if isinstance(exc, QuotaExceeded):
-        # whole seconds, rounded up (RFC 9110): never 0, which a client would read as "now"
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
-    return error_response(exc.status, code, str(exc), headers=headers)
+        return _quota_exceeded(exc, code)
+    return error_response(exc.status, code, str(exc))
+
+
+def _quota_exceeded(exc: QuotaExceeded, code: str) -> JSONResponse:
+    """429 with `Retry-After` in whole seconds, rounded up (RFC 9110; never 0, which a client would
+    read as "at once"), and the quota's key and value beside the message."""
+    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    error = {"code": code, "message": str(exc), "quota": exc.quota, "limit": exc.limit}
+    return JSONResponse({"error": error}, status_code=exc.status, headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -47,7 +47,7 @@ MAX_CANCEL_TASK_IDS = 1000
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `taskfabric admin create-token`, or Globus Auth")
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 413, 422, 503)
+    status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 413, 422, 429, 503)
 }
 
 router = APIRouter(prefix="/v1", responses=_ERRORS)
