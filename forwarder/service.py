@@ -21,6 +21,7 @@ from taskfabric.errors import AuthenticationError, TaskfabricError
 from taskfabric.forwarder.auth import AUTHENTICATION_REQUIRED, AuthProvider, make_provider
 from taskfabric.forwarder.batching import FunctionBodyCache
 from taskfabric.forwarder.broker import AdminBrokerLink
+from taskfabric.forwarder.consumer_pool import ConsumerConnections
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FunctionRegistry
@@ -73,6 +74,7 @@ class Forwarder:
         self.broker: AdminBrokerLink
         self.ingestor: Ingestor
         self.consumers: ResultConsumers
+        self.consumer_connections: ConsumerConnections
         self.functions: FunctionRegistry
         self.endpoints: EndpointRegistry
         self.tasks: TaskService
@@ -135,10 +137,17 @@ class Forwarder:
             self.metrics.tasks_finished(records)
             loop.call_soon_threadsafe(self.hub.publish, records)
 
+        self.consumer_connections = ConsumerConnections(
+            self.broker.transport,
+            per_connection=self.settings.quotas.consumers_per_connection,
+            open_transport=self.broker.consumer_transport_factory(),
+            connect_timeout_s=self.settings.broker_connect_timeout_s,
+        )
+        self._cleanups.append(self.consumer_connections.close)
         self.ingestor = Ingestor(
             self.store,
             self.runner,
-            self.broker.transport,
+            self.consumer_connections,
             forwarder_username=self.broker.username,
             on_finished=on_finished,
             batch_messages=self.settings.ingest_batch_messages,
@@ -153,7 +162,7 @@ class Forwarder:
         self.ingestor.start()
         self._cleanups.append(self.ingestor.stop)
         self.consumers = ResultConsumers(
-            self.broker.transport, self.broker.topology, self.ingestor.put, prefetch=self.settings.result_prefetch
+            self.consumer_connections, self.broker.topology, self.ingestor.put, prefetch=self.settings.result_prefetch
         )
         self._cleanups.append(self.consumers.close)
 
