@@ -7,7 +7,7 @@ broker's 2047), so a handful of queues stands for two thousand endpoints."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
