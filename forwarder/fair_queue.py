@@ -3,10 +3,15 @@
 A single FIFO would let one endpoint that floods its result queue (up to `result_prefetch` messages
 in hand at any time, each up to `max_results_per_message` results) put a long line of store work
 in front of every other endpoint's results. Here each source (an endpoint; `None` for the
-dead-letter queue) has its own line, and a group for one store transaction is taken round-robin:
-one message per source in turn, starting after the source the previous group started with, until
-the group holds `max_items` messages or `max_weight` (results). A result from a quiet endpoint is
-therefore in the next transaction, whatever the flood, and that transaction is bounded.
+dead-letter queue) has its own line. A group for one store transaction is taken so:
+
+- when one source alone has messages waiting, up to `max_items` of them or `max_weight` (results):
+  big transactions for throughput;
+- when several have, one message of each (one round, starting after the source the previous group
+  started with), still within `max_items` and `max_weight`: a small transaction.
+
+A result from a quiet endpoint is therefore in the next transaction after the one in progress
+(at most `max_weight` results), and that next one holds one message of each busy endpoint.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ class FairQueue(Generic[_T]):
         group: list[_T] = []
         weight = 0
         first = self._turns[0] if self._turns else None
+        if len(self._turns) > 1:  # contended: one round
+            max_items = min(max_items, len(self._turns))
         while self._turns and len(group) < max_items:
             source = self._turns[0]
             line = self._lines[source]

@@ -2,8 +2,9 @@
 
 One ingest thread takes verified messages from the consumers (a `FairQueue` filled on the broker's
 IO thread: endpoints take turns, so one endpoint's flood delays another's results by one bounded
-transaction), groups up to `ingest_batch_messages` of them (and about `quotas.ingest_group_results`
-results), and for each group:
+transaction), groups up to `ingest_batch_messages` of them (and about as many results as the store
+writes in `quotas.ingest_transaction_s`, at most `quotas.ingest_group_results`: measured as it goes,
+so a transaction stays short on a slow or busy machine too), and for each group:
 
 1. screens the results (`result_limits.py`: an oversized result or a message with too many results
    becomes a `RESULT_TOO_LARGE` outcome) and stores them in one transaction
@@ -64,6 +65,8 @@ OUTCOME_REPORTED_HEADER = "x-taskfabric-outcome-reported"
 #: the agent's explanation of why it gave up on the task
 REASON_HEADER = "x-taskfabric-reason"
 _REASON_LIMIT = 4096
+#: the smallest group the transaction target shrinks to (per-transaction costs dominate below it)
+_MIN_GROUP_RESULTS = 64
 #: task ids named one per log line for each dead letter; the rest are counted
 _LOGGED_TASK_IDS = 20
 
@@ -112,6 +115,27 @@ class StatusBook:
         return dirty
 
 
+class GroupSizer:
+    """How many results one ingest transaction may take: about what the store writes in
+    `target_s` (a moving average of its speed), between `_MIN_GROUP_RESULTS` and `max_results`.
+    A short transaction is what another endpoint's result waits for behind a flood."""
+
+    def __init__(self, *, max_results: int, target_s: float) -> None:
+        self._max_results = max_results
+        self._target_s = target_s
+        self._seconds_per_result: float | None = None
+        self.results = max_results
+
+    def observe(self, results: int, seconds: float) -> None:
+        if results <= 0:
+            return
+        sample = seconds / results
+        previous = self._seconds_per_result
+        self._seconds_per_result = sample if previous is None else 0.7 * previous + 0.3 * sample
+        fit = int(self._target_s / self._seconds_per_result) if self._seconds_per_result > 0 else self._max_results
+        self.results = max(min(_MIN_GROUP_RESULTS, self._max_results), min(self._max_results, fit))
+
+
 class Ingestor:
     """The ingest thread (see the module docstring)."""
 
@@ -128,9 +152,11 @@ class Ingestor:
         metrics: ForwarderMetrics | None = None,
         limits: ResultLimits | None = None,
         group_results: int = 4096,
+        transaction_s: float = 0.05,
     ) -> None:
         """`limits`: the forwarder's result limits (default: none beyond the broker's own);
-        `group_results`: a group stops growing past this many results (fair ingest)."""
+        `group_results`, `transaction_s`: a group stops growing past this many results, or past
+        as many as the store writes in that long (fair ingest)."""
         self._store = store
         self._metrics = metrics
         self._runner = runner
@@ -140,7 +166,7 @@ class Ingestor:
         self._batch_messages = batch_messages
         self._status_flush_s = status_flush_s
         self._limits = limits or ResultLimits(max_result_bytes=1 << 62, max_results_per_message=1 << 62)
-        self._group_results = group_results
+        self._sizer = GroupSizer(max_results=group_results, target_s=transaction_s)
         self.statuses = StatusBook()
         self._queue: FairQueue[Incoming | DeadLetter] = FairQueue(weight=_weight)
         self._stopping = threading.Event()
@@ -176,7 +202,7 @@ class Ingestor:
 
     def _take_group(self) -> list[Incoming | DeadLetter]:
         wait_s = self._status_flush_s if self._status_flush_s > 0 else 1.0
-        return self._queue.take_group(max_items=self._batch_messages, max_weight=self._group_results, timeout_s=wait_s)
+        return self._queue.take_group(max_items=self._batch_messages, max_weight=self._sizer.results, timeout_s=wait_s)
 
     def _process(self, group: Sequence[Incoming | DeadLetter]) -> None:
         results = [item for item in group if isinstance(item, Incoming) and isinstance(item.message, ResultBatch)]
@@ -201,9 +227,11 @@ class Ingestor:
             for item in items
             if isinstance(item.message, ResultBatch)
         ]
+        started = time.monotonic()
         finished = self._write_with_retry(lambda: self._store.tasks.store_results(batches, now=time.time()))
         if finished is None:
             return  # stopping: the deliveries stay unacked and come back
+        self._sizer.observe(sum(len(results) for _, results in batches), time.monotonic() - started)
         for item in items:
             self._transport.ack(item.delivery)
         self._count_result_bytes(finished)

@@ -158,6 +158,7 @@ class Forwarder:
                 max_results_per_message=self.settings.quotas.max_results_per_message,
             ),
             group_results=self.settings.quotas.ingest_group_results,
+            transaction_s=self.settings.quotas.ingest_transaction_s,
         )
         self.ingestor.start()
         self._cleanups.append(self.ingestor.stop)

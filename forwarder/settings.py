@@ -129,9 +129,15 @@ class QuotaSettings:
     )
     ingest_group_results: int = setting(
         4096,
-        help="fair ingest: a store transaction stops taking broker messages past this many results (endpoints "
-        "take turns, one message each), so one endpoint's flood delays another's results by one short transaction",
+        help="fair ingest: a store transaction takes at most this many results (while several endpoints have "
+        "results waiting, one message of each), so one endpoint's flood delays another's by one short transaction",
         min=1,
+    )
+    ingest_transaction_s: float = setting(
+        0.05,
+        help="fair ingest: a store transaction takes about as many results as the store writes in this long "
+        "(measured as it goes), at most ingest_group_results",
+        min=0.001,
     )
     consumers_per_connection: int = setting(
         1000,

@@ -9,6 +9,7 @@ import pytest
 
 from taskfabric.errors import ErrorCode, QuotaExceeded
 from taskfabric.forwarder.fair_queue import FairQueue
+from taskfabric.forwarder.ingest import GroupSizer
 from taskfabric.forwarder.quotas import (
     SECONDS_PER_DAY,
     SubmitRateLimiter,
@@ -170,8 +171,9 @@ def test_the_fair_queue_takes_sources_in_turns_so_a_flood_does_not_go_first() ->
         queue.put("flood", f"a{index}")
     queue.put("quiet", "b0")
     group = queue.take_group(max_items=4, max_weight=1000, timeout_s=0)
-    assert "b0" in group[:2]
-    assert group == ["a0", "b0", "a1", "a2"]
+    assert group == ["a0", "b0"], "while others wait, a group is one round"
+    alone = queue.take_group(max_items=4, max_weight=1000, timeout_s=0)
+    assert alone == ["a1", "a2", "a3", "a4"], "a source alone fills the group"
 
 
 def test_the_fair_queue_bounds_a_group_by_weight_but_always_takes_one() -> None:
@@ -188,9 +190,11 @@ def test_the_next_group_starts_with_another_source() -> None:
     for index in range(10):
         queue.put("a", f"a{index}")
         queue.put("b", f"b{index}")
-    first = queue.take_group(max_items=3, max_weight=1000, timeout_s=0)
-    second = queue.take_group(max_items=3, max_weight=1000, timeout_s=0)
-    assert first[0][0] != second[0][0]
+    for source in "abc":
+        queue.put(source, f"{source}9")
+    first = queue.take_group(max_items=2, max_weight=1000, timeout_s=0)
+    second = queue.take_group(max_items=2, max_weight=1000, timeout_s=0)
+    assert first == ["a0", "b0"] and second[0] != "a1", (first, second)
 
 
 def test_the_fair_queue_times_out_empty_and_close_wakes_a_waiting_taker() -> None:
@@ -202,3 +206,19 @@ def test_the_fair_queue_times_out_empty_and_close_wakes_a_waiting_taker() -> Non
     queue.close()
     taker.join(5)
     assert not taker.is_alive() and taken == [[]]
+
+
+# --- ingest transaction size -------------------------------------------------------------------
+
+
+def test_the_group_size_follows_the_stores_speed_within_its_bounds() -> None:
+    sizer = GroupSizer(max_results=4096, target_s=0.05)
+    assert sizer.results == 4096  # nothing measured yet
+    sizer.observe(1000, 1.0)  # 1 ms per result: 50 fit in the target, but never fewer than the minimum
+    assert sizer.results == 64
+    for _ in range(30):
+        sizer.observe(1000, 0.01)  # 10 us per result: 5,000 would fit, the cap holds
+    assert sizer.results == 4096
+    for _ in range(30):
+        sizer.observe(1000, 0.05)  # 50 us per result
+    assert 990 <= sizer.results <= 1010
