@@ -12,7 +12,7 @@ Usage::
 
     .venv/bin/python benchmarks/abuse_flood.py                      # private broker, SQLite
     .venv/bin/python benchmarks/abuse_flood.py --flood-tasks 200000 --round-trips 200
-    .venv/bin/python benchmarks/abuse_flood.py --database-url postgresql+psycopg://postgres@127.0.0.1/test
+    .venv/bin/python benchmarks/abuse_flood.py --postgres          # a throwaway PostgreSQL database
 
 A private RabbitMQ node is started in a temporary directory unless TASKFABRIC_TEST_AMQP_URL and
 TASKFABRIC_TEST_MANAGEMENT_URL name one. `run_flood(...)` is the same measurement as a function
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import statistics
 import tempfile
 import threading
@@ -268,14 +269,10 @@ def _bob_with_agent(stack: contextlib.ExitStack, bob: ForwarderApi) -> tuple[str
     return str(registration.endpoint_id), bob.register_function(b"quiet" + uuid.uuid4().bytes)
 
 
-_submit_seconds: list[float] = []
-
-
 def _round_trip(api: ForwarderApi, endpoint_id: str, function_id: str) -> float:
     """Seconds from submitting one task to reading it finished."""
     started = time.perf_counter()
     [task_id] = _submit(api, endpoint_id, function_id, 1)
-    _submit_seconds.append(time.perf_counter() - started)
     deadline = time.monotonic() + 120
     while api.task(task_id)["status"] in ("waiting", "running"):
         if time.monotonic() > deadline:
@@ -291,24 +288,29 @@ def _percentile(values: list[float], percent: int) -> float:
 
 
 def main() -> None:
-    import os
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flood-tasks", type=int, default=50_000, help="A's tasks whose results flood (50,000)")
     parser.add_argument("--results-per-message", type=int, default=256, help="results per flood message (256)")
     parser.add_argument("--round-trips", type=int, default=100, help="B's round trips per phase (100)")
     parser.add_argument("--result-bytes", type=int, default=64, help="bytes per flooded result value (64)")
     parser.add_argument("--database-url", default=None, help="default: SQLite in a temporary directory")
+    parser.add_argument("--postgres", action="store_true", help="a throwaway PostgreSQL database (as the tests get)")
     args = parser.parse_args()
-    figures = run_flood(
-        amqp_url=os.environ.get("TASKFABRIC_TEST_AMQP_URL"),
-        management_url=os.environ.get("TASKFABRIC_TEST_MANAGEMENT_URL"),
-        database_url=args.database_url,
-        flood_tasks=args.flood_tasks,
-        results_per_message=args.results_per_message,
-        round_trips=args.round_trips,
-        result_bytes=args.result_bytes,
-    )
+    with contextlib.ExitStack() as stack:
+        database_url = args.database_url
+        if args.postgres:
+            from taskfabric.forwarder.testing.postgres import postgres_for_tests
+
+            database_url = stack.enter_context(postgres_for_tests())
+        figures = run_flood(
+            amqp_url=os.environ.get("TASKFABRIC_TEST_AMQP_URL"),
+            management_url=os.environ.get("TASKFABRIC_TEST_MANAGEMENT_URL"),
+            database_url=database_url,
+            flood_tasks=args.flood_tasks,
+            results_per_message=args.results_per_message,
+            round_trips=args.round_trips,
+            result_bytes=args.result_bytes,
+        )
     for line in figures.lines():
         print(line)
 
