@@ -57,6 +57,9 @@ class FloodFigures:
     idle_p99_s: float
     flood_p50_s: float
     flood_p99_s: float
+    #: the submit alone (HTTP request to answer): the part of the round trip that waits on the store writer
+    idle_submit_p50_s: float
+    flood_submit_p50_s: float
     flood_results_sent: int
     flood_seconds: float
     backend: str
@@ -76,6 +79,8 @@ class FloodFigures:
             f"B idle round trip:   p50 {self.idle_p50_s * 1000:8.1f} ms   p99 {self.idle_p99_s * 1000:8.1f} ms",
             f"B during A's flood:  p50 {self.flood_p50_s * 1000:8.1f} ms   p99 {self.flood_p99_s * 1000:8.1f} ms",
             f"ratio flood/idle:    p50 {self.p50_ratio:8.2f} x    p99 {self.p99_ratio:8.2f} x",
+            f"B's submit alone:    p50 {self.idle_submit_p50_s * 1000:8.1f} ms idle, "
+            f"{self.flood_submit_p50_s * 1000:.1f} ms during the flood",
             f"A's flood: {self.flood_results_sent} results published in {self.flood_seconds:.1f} s ({rate:,.0f}/s)",
         ]
 
@@ -116,11 +121,11 @@ def run_flood(
         bob_endpoint, bob_function = _bob_with_agent(stack, bob)
         for _ in range(10):  # warm-up
             _round_trip(bob, bob_endpoint, bob_function)
-        idle = [_round_trip(bob, bob_endpoint, bob_function) for _ in range(round_trips)]
+        idle, idle_submit = _round_trips(bob, bob_endpoint, bob_function, round_trips)
         flooder.start()
         try:
             flooder.wait_flowing()
-            during = [_round_trip(bob, bob_endpoint, bob_function) for _ in range(round_trips)]
+            during, during_submit = _round_trips(bob, bob_endpoint, bob_function, round_trips)
         finally:
             flooder.stop()
         return FloodFigures(
@@ -128,6 +133,8 @@ def run_flood(
             idle_p99_s=_percentile(idle, 99),
             flood_p50_s=_percentile(during, 50),
             flood_p99_s=_percentile(during, 99),
+            idle_submit_p50_s=_percentile(idle_submit, 50),
+            flood_submit_p50_s=_percentile(during_submit, 50),
             flood_results_sent=flooder.sent,
             flood_seconds=flooder.seconds,
             backend=forwarder_settings.store_url.split(":", 1)[0],
@@ -269,16 +276,23 @@ def _bob_with_agent(stack: contextlib.ExitStack, bob: ForwarderApi) -> tuple[str
     return str(registration.endpoint_id), bob.register_function(b"quiet" + uuid.uuid4().bytes)
 
 
-def _round_trip(api: ForwarderApi, endpoint_id: str, function_id: str) -> float:
-    """Seconds from submitting one task to reading it finished."""
+def _round_trips(api: ForwarderApi, endpoint_id: str, function_id: str, count: int) -> tuple[list[float], list[float]]:
+    """(round trips, their submits) in seconds, `count` one after the other."""
+    timed = [_round_trip(api, endpoint_id, function_id) for _ in range(count)]
+    return [total for total, _ in timed], [submit for _, submit in timed]
+
+
+def _round_trip(api: ForwarderApi, endpoint_id: str, function_id: str) -> tuple[float, float]:
+    """Seconds from submitting one task to reading it finished, and of the submit alone."""
     started = time.perf_counter()
     [task_id] = _submit(api, endpoint_id, function_id, 1)
+    submitted = time.perf_counter() - started
     deadline = time.monotonic() + 120
     while api.task(task_id)["status"] in ("waiting", "running"):
         if time.monotonic() > deadline:
             raise TimeoutError(f"task {task_id} did not finish in 120 s")
         time.sleep(_POLL_S)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, submitted
 
 
 def _percentile(values: list[float], percent: int) -> float:
