@@ -17,6 +17,9 @@ stream subscriptions, the latest endpoint status) can be lost without losing any
 
 Layers, outside in: `cli` -> `app`/`routes` (HTTP) -> `service.Forwarder` -> `functions`,
 `endpoints`, `tasks`, `stream`, `ingest` -> `store` (SQL) and `broker`/`consumers` (AMQP).
+Per-user quotas (`quotas`: 429 with Retry-After) are checked by `tasks` and `endpoints`; the ingest
+screens what endpoints send (`result_limits`) and takes endpoints in turns (`fair_queue`); result
+consumers are spread over broker connections (`consumer_pool`).
 """
 
 from __future__ import annotations

@@ -37,7 +37,14 @@ import uuid
 from collections.abc import Sequence
 
 from taskfabric.broker_config import EndpointQueues
-from taskfabric.errors import BrokerError, NotFoundError, PermissionDenied, PublishTimeout, ServiceError
+from taskfabric.errors import (
+    BrokerError,
+    NotFoundError,
+    PermissionDenied,
+    PublishTimeout,
+    QuotaExceeded,
+    ServiceError,
+)
 from taskfabric.forwarder.batching import FunctionBodyCache, plan_task_batches
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
@@ -121,12 +128,12 @@ class TaskService:
                 code=BROKER_UNAVAILABLE,
             )
         bodies = await self._function_bodies(identity, request.function_ids)
-        await self._check_quotas(identity, len(request.tasks))
         task_ids = (
             new_task_ids(len(request.tasks))
             if request.submission_id is None
             else submission_task_ids(identity.user_id, request.submission_id, len(request.tasks))
         )
+        await self._check_quotas(identity, len(request.tasks), retry_of=task_ids[0] if request.submission_id else None)
         new_tasks = [
             NewTask(
                 task_id=task_id,
@@ -163,8 +170,18 @@ class TaskService:
         self._metrics.tasks_submitted(endpoint_id, len(new_tasks))
         return task_ids
 
-    async def _check_quotas(self, identity: Identity, adding: int) -> None:
-        """The store-backed quotas: unfinished tasks and today's result bytes (one read each)."""
+    async def _check_quotas(self, identity: Identity, adding: int, *, retry_of: uuid.UUID | None) -> None:
+        """The store-backed quotas. A retry of a submission already stored (its first task id,
+        `retry_of`, is known) passes: it records nothing new, and refusing it would leave the
+        client unsure whether its tasks were accepted."""
+        try:
+            await self._check_store_quotas(identity, adding)
+        except QuotaExceeded:
+            if retry_of is None or not await self._runner.read(self._store.tasks.get_many, [retry_of]):
+                raise
+
+    async def _check_store_quotas(self, identity: Identity, adding: int) -> None:
+        """Unfinished tasks and today's result bytes (one read each)."""
         quotas, now = self._settings.quotas, time.time()
         if quotas.max_pending_tasks_per_user:
             pending = await self._runner.read(self._store.quotas.pending_tasks, identity.user_id)

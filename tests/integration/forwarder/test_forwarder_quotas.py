@@ -100,11 +100,14 @@ def fake_endpoint() -> Iterator[Callable[[dict[str, Any]], FakeEndpoint]]:
         endpoint.close()
 
 
-def _submit(api: ForwarderApi, endpoint_id: str, function_id: str, count: int) -> httpx.Response:
+def _submit(
+    api: ForwarderApi, endpoint_id: str, function_id: str, count: int, *, submission_id: str | None = None
+) -> httpx.Response:
     tasks = [{"function_id": function_id, "payload": b"p%d" % index} for index in range(count)]
+    keyed = {"submission_id": submission_id} if submission_id is not None else {}
     return api.http.post(
         f"/v1/endpoints/{endpoint_id}/tasks",
-        content=msgpack.packb({"tasks": tasks, "client_python": "3.11.7"}),
+        content=msgpack.packb({"tasks": tasks, "client_python": "3.11.7", **keyed}),
         headers={"Content-Type": "application/msgpack"},
     )
 
@@ -179,6 +182,21 @@ def test_unfinished_tasks_beyond_the_quota_answer_429_until_some_finish(
     fake_endpoint(registration).publish_results([_ok(task_id, b"v") for task_id in first])
     _wait_finished(alice, first)
     assert len(_task_ids(_submit(alice, endpoint_id, function_id, 3))) == 3
+
+
+def test_a_retried_submission_that_was_stored_passes_a_full_quota_with_the_same_ids(
+    quota_forwarder: QuotaForwarder,
+) -> None:
+    """A client that lost the answer retries with the same submission_id: refusing it with 429
+    would leave it unsure whether its tasks were accepted (they were)."""
+    alice = quota_forwarder.new_user()
+    registration, function_id = _setup(alice)
+    endpoint_id, key = registration["endpoint_id"], str(uuid.uuid4())
+    accepted = _task_ids(_submit(alice, endpoint_id, function_id, 4, submission_id=key))
+    _assert_quota_refusal(_submit(alice, endpoint_id, function_id, 2), "max_pending_tasks_per_user", 5)
+
+    assert _task_ids(_submit(alice, endpoint_id, function_id, 4, submission_id=key)) == accepted
+    assert len(alice.list_tasks()["tasks"]) == 4
 
 
 def test_endpoints_beyond_the_quota_answer_429_but_re_registering_one_is_free(
