@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import uuid
 
@@ -9,6 +11,7 @@ import pytest
 
 from taskfabric.errors import ErrorCode, QuotaExceeded
 from taskfabric.forwarder.fair_queue import FairQueue
+from taskfabric.forwarder.http_errors import _service_error
 from taskfabric.forwarder.ingest import GroupSizer
 from taskfabric.forwarder.quotas import (
     SECONDS_PER_DAY,
@@ -222,3 +225,22 @@ def test_the_group_size_follows_the_stores_speed_within_its_bounds() -> None:
     for _ in range(30):
         sizer.observe(1000, 0.05)  # 50 us per result
     assert 990 <= sizer.results <= 1010
+
+
+# --- the HTTP answer ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("wait_s", "header"), [(0.02, "1"), (1.0, "1"), (1.2, "2"), (86399.5, "86400")])
+def test_a_refusal_is_429_with_retry_after_in_whole_seconds_rounded_up_and_the_quota_named(
+    wait_s: float, header: str
+) -> None:
+    refusal = QuotaExceeded("too many", quota="submit_requests_per_s", limit=5.0, retry_after_s=wait_s)
+    response = asyncio.run(_service_error(None, refusal))  # type: ignore[arg-type]
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == header
+    assert json.loads(response.body)["error"] == {
+        "code": "QUOTA_EXCEEDED",
+        "message": "too many",
+        "quota": "submit_requests_per_s",
+        "limit": 5.0,
+    }
