@@ -2,7 +2,8 @@
 
 A 4xx/5xx answer becomes the matching `ServiceError` subclass carrying the server's error code and
 message (401 `AuthenticationError`, 403 `PermissionDenied`, 404 `NotFoundError`, 413
-`PayloadTooLarge`, 400/422 `InvalidRequest`); a connection failure becomes `ServiceError` with
+`PayloadTooLarge`, 400/422 `InvalidRequest`, 429 `QuotaExceeded` with the quota's name, value and
+the `Retry-After` wait); a connection failure becomes `ServiceError` with
 status 0 and says which URL could not be reached. Idempotent reads are retried on connection errors.
 """
 
@@ -23,6 +24,7 @@ from taskfabric.errors import (
     NotFoundError,
     PayloadTooLarge,
     PermissionDenied,
+    QuotaExceeded,
     ServiceError,
 )
 
@@ -38,6 +40,8 @@ _BY_STATUS: dict[int, type[ServiceError]] = {
     413: PayloadTooLarge,
     422: InvalidRequest,
 }
+#: when a 429 names no wait (or an unreadable one): retry after this long
+_DEFAULT_RETRY_AFTER_S = 1.0
 MSGPACK = "application/msgpack"
 
 
@@ -110,6 +114,7 @@ class ServiceHTTP:
 
 def _error_from(response: httpx.Response) -> ServiceError:
     code, message = "HTTP_ERROR", response.text[:500] or response.reason_phrase
+    error: Any = None
     try:
         body = response.json()
         error = body.get("error") if isinstance(body, dict) else None
@@ -120,5 +125,28 @@ def _error_from(response: httpx.Response) -> ServiceError:
             message = str(body["detail"])
     except ValueError:
         pass
+    text = f"{message} (HTTP {response.status_code} {code})"
+    if response.status_code == 429:
+        return _quota_exceeded(response, text, code, error if isinstance(error, dict) else {})
     kind = _BY_STATUS.get(response.status_code, ServiceError)
-    return kind(f"{message} (HTTP {response.status_code} {code})", status=response.status_code, code=code)
+    return kind(text, status=response.status_code, code=code)
+
+
+def _quota_exceeded(response: httpx.Response, text: str, code: str, error: dict[str, Any]) -> QuotaExceeded:
+    limit = error.get("limit")
+    return QuotaExceeded(
+        text,
+        code=code,
+        quota=str(error.get("quota") or ""),
+        limit=float(limit) if isinstance(limit, int | float) else None,
+        retry_after_s=_retry_after_s(response.headers.get("Retry-After")),
+    )
+
+
+def _retry_after_s(value: str | None) -> float:
+    """`Retry-After` in seconds (the forwarder sends whole seconds; an HTTP date or garbage from a
+    proxy falls back to a short default)."""
+    try:
+        return max(0.0, float(value)) if value is not None else _DEFAULT_RETRY_AFTER_S
+    except ValueError:
+        return _DEFAULT_RETRY_AFTER_S

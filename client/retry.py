@@ -2,8 +2,10 @@
 
 A submit request carries a `submission_id`; the service derives its task ids from it, so sending
 the same request again after a 503, a timeout or a dropped connection never makes second tasks
-(see `taskfabric.forwarder.tasks`). Only those failures are retried: any other answer (400, 401,
-403, 404, 413, 409) is final.
+(see `taskfabric.forwarder.tasks`). Only those failures are retried, and a 429 (`QuotaExceeded`)
+whose `Retry-After` falls within the budget: the retry waits at least that long. A 429 asking for
+a longer wait (a daily quota) is raised at once. Any other answer (400, 401, 403, 404, 413, 409)
+is final.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from taskfabric.errors import ServiceError
+from taskfabric.errors import QuotaExceeded, ServiceError
 
 __all__ = ["RETRYABLE_STATUSES", "retry_transient"]
 
@@ -45,6 +47,16 @@ def retry_transient(
     while True:
         try:
             return send()
+        except QuotaExceeded as exc:
+            remaining = deadline - clock()
+            if exc.retry_after_s > remaining:
+                raise
+            # the forwarder said when: at least that, with a little jitter so that a crowd spreads
+            pause = min(exc.retry_after_s * (1.0 + 0.2 * _jitter.random()), remaining)
+            log.warning("%s refused (attempt %d: %s); retrying in %.1f s", what, attempt, exc, pause)
+            sleep(pause)
+            attempt += 1
+            continue
         except ServiceError as exc:
             remaining = deadline - clock()
             if exc.status not in RETRYABLE_STATUSES or remaining <= 0:

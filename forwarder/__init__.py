@@ -20,6 +20,9 @@ Layers, outside in: `cli` -> `app`/`routes` (HTTP) -> `service.Forwarder` -> `fu
 In front of the routes, `connections` (header deadline, connection limit, WebSocket caps, in
 uvicorn) and `limits.RequestGuard` (token and body limit checked on the headers) bound what a
 connection can cost before anyone is authenticated.
+Per-user quotas (`quotas`: 429 with Retry-After) are checked by `tasks` and `endpoints`; the ingest
+screens what endpoints send (`result_limits`) and takes endpoints in turns (`fair_queue`); result
+consumers are spread over broker connections (`consumer_pool`).
 """
 
 from __future__ import annotations

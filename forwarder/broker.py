@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
 
@@ -36,6 +36,8 @@ __all__ = ["TASK_BATCH_CONTENT_TYPE", "AdminBrokerLink", "EndpointUsers"]
 log = logging.getLogger(__name__)
 
 TASK_BATCH_CONTENT_TYPE = "application/x-taskfabric"
+#: a consumer connection's channels beside its consumers' (publish, admin)
+_SPARE_CHANNELS = 2
 
 
 class EndpointUsers(Protocol):
@@ -69,6 +71,8 @@ class AdminBrokerLink:
         """`transport` and `management` default to the real ones (RabbitMQ as the administrator
         user, the management HTTP API); unit tests pass in-memory ones."""
         self.topology = Topology(prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit)
+        self._settings = settings
+        self._own_transport = transport is None
         self.transport = transport or RabbitTransport(
             settings.amqp_url,
             ssl_context=settings.broker_ssl_context,
@@ -93,6 +97,25 @@ class AdminBrokerLink:
     def close(self) -> None:
         self.transport.close()
         self.management.close()
+
+    def consumer_transport_factory(self) -> Callable[[int], Transport] | None:
+        """Makes further connections for result consumers (`ConsumerConnections`), each allowing
+        `quotas.consumers_per_connection` consumer channels plus its publish and admin channels;
+        None when the link was given its transport (an in-memory one has no channel limit)."""
+        if not self._own_transport:
+            return None
+        settings = self._settings
+
+        def open_transport(index: int) -> Transport:
+            return RabbitTransport(
+                settings.amqp_url,
+                ssl_context=settings.broker_ssl_context,
+                connection_name=f"taskfabric-forwarder-results-{index}",
+                confirm_timeout_s=settings.confirm_timeout_s,
+                channel_max=settings.quotas.consumers_per_connection + _SPARE_CHANNELS,
+            )
+
+        return open_transport
 
     # --- endpoints ----------------------------------------------------------------------
 

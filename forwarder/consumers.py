@@ -9,6 +9,15 @@ name, a forged message). Others are rejected without requeue (dead-lettered) and
 Accepted messages are handed to the `sink` (the ingestor's queue) on the transport's IO thread;
 the ingestor acks them after storing. Consumers follow the store: `reconcile` starts them for
 new endpoints (also ones registered through other replicas) and stops them for deleted ones.
+
+Channels (DESIGN). Each consumer has its own channel (its own prefetch; a channel the broker closes,
+e.g. on a deleted queue, takes no other endpoint's consumer with it). A RabbitMQ connection carries
+at most `channel_max` channels (2047 by default), so a single connection would stop consuming new
+endpoints' results at about the 2,046th endpoint, silently for those endpoints. The transport given
+here is therefore a `ConsumerConnections` pool (forwarder/consumer_pool.py): at most
+`quotas.consumers_per_connection` consumers per connection, another connection opened when all are
+full, acks routed back to the delivering connection. `quotas.max_endpoints_per_user` bounds what one
+user can make the forwarder open; the pool is what keeps many users' endpoints working.
 """
 
 from __future__ import annotations

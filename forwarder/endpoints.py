@@ -27,6 +27,7 @@ from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.ingest import StatusBook
 from taskfabric.forwarder.queue_health import QueueDoctor
+from taskfabric.forwarder.quotas import check_endpoint_count
 from taskfabric.forwarder.records import EndpointRecord, Identity, TaskRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Failure, Store, StoreConflict, StoreRunner
@@ -127,6 +128,8 @@ class EndpointRegistry:
     async def _create(
         self, identity: Identity, *, name: str, endpoint_id: uuid.UUID | None, metadata: str | None
     ) -> EndpointRecord:
+        # before any broker work: a refused endpoint costs one count, no queues or broker user
+        await self._check_endpoint_quota(identity)
         new_id = endpoint_id or uuid.uuid4()
         record = EndpointRecord(
             endpoint_id=new_id,
@@ -147,6 +150,13 @@ class EndpointRegistry:
                 f"endpoint {new_id} or the name {name!r} was registered concurrently; retry", status=409, code=CONFLICT
             ) from None
         return record
+
+    async def _check_endpoint_quota(self, identity: Identity) -> None:
+        """`QuotaExceeded` when the user has `quotas.max_endpoints_per_user` endpoints already
+        (checked under the registration lock, so one replica cannot overshoot)."""
+        if self._settings.quotas.max_endpoints_per_user:
+            owned = await self._runner.read(self._store.quotas.endpoints, identity.user_id)
+            check_endpoint_count(self._settings.quotas, owned=owned)
 
     def _declare_proven_queues(self, queues: EndpointQueues) -> None:
         """Declare a new endpoint's queues and prove them with a probe round trip (a queue the

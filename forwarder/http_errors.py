@@ -1,13 +1,15 @@
 """Error responses: one body shape for every failure, `{"error": {"code", "message"}}`.
 
 The exception handlers make sure no input produces a 500: taskfabric's `ServiceError`s carry their
-status and code, FastAPI's validation errors become 400 (malformed JSON, bad ids in the path) or
-422 (field-level detail), store and broker outages become 503. A 500 is left only for bugs.
+status and code (a `QuotaExceeded`'s 429 adds `Retry-After`), FastAPI's validation errors become
+400 (malformed JSON, bad ids in the path) or 422 (field-level detail), store and broker outages
+become 503. A 500 is left only for bugs.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from taskfabric.errors import BrokerError, ServiceError, StoreError
+from taskfabric.errors import BrokerError, QuotaExceeded, ServiceError, StoreError
 
 __all__ = ["error_response", "install_error_handlers", "service_error_code"]
 
@@ -32,6 +34,7 @@ _CODE_BY_STATUS = {
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
     422: "INVALID_REQUEST",
+    429: "QUOTA_EXCEEDED",
     503: "SERVICE_UNAVAILABLE",
 }
 
@@ -59,7 +62,18 @@ def service_error_code(exc: ServiceError) -> str:
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_response(exc.status, service_error_code(exc), str(exc))
+    code = service_error_code(exc)
+    if isinstance(exc, QuotaExceeded):
+        return _quota_exceeded(exc, code)
+    return error_response(exc.status, code, str(exc))
+
+
+def _quota_exceeded(exc: QuotaExceeded, code: str) -> JSONResponse:
+    """429 with `Retry-After` in whole seconds, rounded up (RFC 9110; never 0, which a client would
+    read as "at once"), and the quota's key and value beside the message."""
+    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    error = {"code": code, "message": str(exc), "quota": exc.quota, "limit": exc.limit}
+    return JSONResponse({"error": error}, status_code=exc.status, headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,12 +1,19 @@
 """Storing what endpoints send back: results, status reports and dead letters.
 
-One ingest thread takes verified messages from the consumers (a queue filled on the broker's IO
-thread), groups up to `ingest_batch_messages` of them, and for each group:
+One ingest thread takes verified messages from the consumers (a `FairQueue` filled on the broker's
+IO thread: endpoints take turns, so one endpoint's flood delays another's results by one bounded
+transaction), groups up to `ingest_batch_messages` of them (and about as many results as the store
+writes in `quotas.ingest_transaction_s`, at most `quotas.ingest_group_results`: measured as it goes,
+so a transaction stays short on a slow or busy machine too), and for each group:
 
-1. stores all results in one transaction (`TaskTable.store_results`, on the store's writer
-   thread), retrying with backoff while the store fails: deliveries stay unacked meanwhile;
+1. screens the results (`result_limits.py`: an oversized result or a message with too many results
+   becomes a `RESULT_TOO_LARGE` outcome) and stores them in one transaction
+   (`TaskTable.store_results`, on the store's writer thread), retrying with backoff while the store
+   fails: deliveries stay unacked meanwhile;
 2. acks the deliveries: only after the commit, so a crash re-delivers instead of losing;
-3. hands the newly finished tasks to `on_finished` (the results stream).
+3. adds the stored result bytes to each owner's daily count (`quotas.max_result_bytes_per_day`;
+   best effort: a failure is logged, the results are not stored twice);
+4. hands the newly finished tasks to `on_finished` (the results stream).
 
 Task starts (`TaskEvents`) in a group are stored first, in one transaction (`mark_started`:
 `waiting` -> `running`, never from a finished state), then acked the same way. A start and its
@@ -28,7 +35,6 @@ Anything else is kept without a task id (not re-queueable) and logged.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -37,8 +43,11 @@ from collections.abc import Callable, Sequence
 from taskfabric.broker_config import endpoint_id_of_username
 from taskfabric.errors import ErrorCode, StoreError
 from taskfabric.forwarder.consumers import DeadLetter, Incoming
+from taskfabric.forwarder.fair_queue import FairQueue
 from taskfabric.forwarder.metrics import ForwarderMetrics
+from taskfabric.forwarder.quotas import utc_day
 from taskfabric.forwarder.records import DeadLetterRecord, StatusReport, TaskRecord
+from taskfabric.forwarder.result_limits import ResultLimits, result_bytes_by_owner
 from taskfabric.forwarder.store import Failure, Store, StoreRunner
 from taskfabric.forwarder.store._sql import clean_text
 from taskfabric.logs import wrap_with_logs
@@ -56,6 +65,8 @@ OUTCOME_REPORTED_HEADER = "x-taskfabric-outcome-reported"
 #: the agent's explanation of why it gave up on the task
 REASON_HEADER = "x-taskfabric-reason"
 _REASON_LIMIT = 4096
+#: the smallest group the transaction target shrinks to (per-transaction costs dominate below it)
+_MIN_GROUP_RESULTS = 64
 #: task ids named one per log line for each dead letter; the rest are counted
 _LOGGED_TASK_IDS = 20
 
@@ -104,6 +115,27 @@ class StatusBook:
         return dirty
 
 
+class GroupSizer:
+    """How many results one ingest transaction may take: about what the store writes in
+    `target_s` (a moving average of its speed), between `_MIN_GROUP_RESULTS` and `max_results`.
+    A short transaction is what another endpoint's result waits for behind a flood."""
+
+    def __init__(self, *, max_results: int, target_s: float) -> None:
+        self._max_results = max_results
+        self._target_s = target_s
+        self._seconds_per_result: float | None = None
+        self.results = max_results
+
+    def observe(self, results: int, seconds: float) -> None:
+        if results <= 0:
+            return
+        sample = seconds / results
+        previous = self._seconds_per_result
+        self._seconds_per_result = sample if previous is None else 0.7 * previous + 0.3 * sample
+        fit = int(self._target_s / self._seconds_per_result) if self._seconds_per_result > 0 else self._max_results
+        self.results = max(min(_MIN_GROUP_RESULTS, self._max_results), min(self._max_results, fit))
+
+
 class Ingestor:
     """The ingest thread (see the module docstring)."""
 
@@ -118,7 +150,13 @@ class Ingestor:
         batch_messages: int = 64,
         status_flush_s: float = 1.0,
         metrics: ForwarderMetrics | None = None,
+        limits: ResultLimits | None = None,
+        group_results: int = 4096,
+        transaction_s: float = 0.05,
     ) -> None:
+        """`limits`: the forwarder's result limits (default: none beyond the broker's own);
+        `group_results`, `transaction_s`: a group stops growing past this many results, or past
+        as many as the store writes in that long (fair ingest)."""
         self._store = store
         self._metrics = metrics
         self._runner = runner
@@ -127,8 +165,10 @@ class Ingestor:
         self._on_finished = on_finished
         self._batch_messages = batch_messages
         self._status_flush_s = status_flush_s
+        self._limits = limits or ResultLimits(max_result_bytes=1 << 62, max_results_per_message=1 << 62)
+        self._sizer = GroupSizer(max_results=group_results, target_s=transaction_s)
         self.statuses = StatusBook()
-        self._queue: queue.SimpleQueue[Incoming | DeadLetter | None] = queue.SimpleQueue()
+        self._queue: FairQueue[Incoming | DeadLetter] = FairQueue(weight=_weight)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
         self._last_flush = time.monotonic()
@@ -139,13 +179,13 @@ class Ingestor:
 
     def put(self, item: Incoming | DeadLetter) -> None:
         """Hand over a message (called on the broker's IO thread; never blocks)."""
-        self._queue.put(item)
+        self._queue.put(item.endpoint_id if isinstance(item, Incoming) else None, item)
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
         """Stop after the group in progress; unprocessed deliveries stay unacked (the broker
         re-delivers them when the connection closes)."""
         self._stopping.set()
-        self._queue.put(None)
+        self._queue.close()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
         self._flush_statuses()
@@ -162,21 +202,7 @@ class Ingestor:
 
     def _take_group(self) -> list[Incoming | DeadLetter]:
         wait_s = self._status_flush_s if self._status_flush_s > 0 else 1.0
-        try:
-            first = self._queue.get(timeout=wait_s)
-        except queue.Empty:
-            return []
-        group: list[Incoming | DeadLetter] = []
-        item = first
-        while item is not None:
-            group.append(item)
-            if len(group) >= self._batch_messages:
-                break
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-        return group
+        return self._queue.take_group(max_items=self._batch_messages, max_weight=self._sizer.results, timeout_s=wait_s)
 
     def _process(self, group: Sequence[Incoming | DeadLetter]) -> None:
         results = [item for item in group if isinstance(item, Incoming) and isinstance(item.message, ResultBatch)]
@@ -196,18 +222,36 @@ class Ingestor:
     # --- results ------------------------------------------------------------------------
 
     def _store_results(self, items: Sequence[Incoming]) -> None:
-        batches = [(item.endpoint_id, item.message.results) for item in items if isinstance(item.message, ResultBatch)]
+        batches = [
+            (item.endpoint_id, self._limits.screen(item.message.results))
+            for item in items
+            if isinstance(item.message, ResultBatch)
+        ]
+        started = time.monotonic()
         finished = self._write_with_retry(lambda: self._store.tasks.store_results(batches, now=time.time()))
         if finished is None:
             return  # stopping: the deliveries stay unacked and come back
+        self._sizer.observe(sum(len(results) for _, results in batches), time.monotonic() - started)
         for item in items:
             self._transport.ack(item.delivery)
+        self._count_result_bytes(finished)
         self.stored_results += len(finished)
         if self._metrics is not None:
             for endpoint_id, results in batches:
                 self._metrics.results_ingested(endpoint_id, messages=1, results=len(results))
         if finished:
             self._on_finished(finished)
+
+    def _count_result_bytes(self, finished: Sequence[TaskRecord]) -> None:
+        """Add stored result bytes to their owners' daily counts. Apart from the results'
+        transaction: retrying it after a failure here would find them stored and stream nothing."""
+        by_owner = result_bytes_by_owner(finished)
+        if not by_owner:
+            return
+        try:
+            self._runner.write_blocking(self._store.quotas.add_result_bytes, by_owner, utc_day(time.time()))
+        except (StoreError, RuntimeError) as exc:
+            log.warning("could not count %d users' result bytes: %s", len(by_owner), exc)
 
     def _store_events(self, items: Sequence[Incoming]) -> None:
         batches = [(item.endpoint_id, item.message.started) for item in items if isinstance(item.message, TaskEvents)]
@@ -296,7 +340,7 @@ class Ingestor:
                 lambda: self._keep_task_batch(message, delivery, endpoint_id, outcome_reported=outcome_reported)
             )
         elif isinstance(message, ResultBatch) and endpoint_id is not None:
-            batches = [(endpoint_id, message.results)]
+            batches = [(endpoint_id, self._limits.screen(message.results))]
             kept = _kept_message(delivery, endpoint_id)
 
             def store() -> list[TaskRecord]:
@@ -305,6 +349,7 @@ class Ingestor:
 
             failed = self._write_with_retry(store)
             if failed is not None:
+                self._count_result_bytes(failed)
                 log.warning(
                     "dead-lettered result batch of endpoint %s (%s): stored %d results",
                     endpoint_id,
@@ -385,6 +430,12 @@ class Ingestor:
             return True, None
         endpoint_id = endpoint_id_of_username(user_id)
         return endpoint_id is not None, endpoint_id
+
+
+def _weight(item: Incoming | DeadLetter) -> int:
+    """A message's share of a group: its results (at least 1)."""
+    message = item.message
+    return max(1, len(message.results)) if isinstance(message, ResultBatch) else 1
 
 
 def _broker_reason(delivery: Delivery) -> str:

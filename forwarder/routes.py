@@ -67,7 +67,7 @@ _bearer = HTTPBearer(auto_error=False, description="a token from `taskfabric adm
 #: the OpenAPI security scheme of every route that needs a token (`RequestGuard` reads it)
 AUTH_SCHEME = _bearer.scheme_name
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 413, 422, 503)
+    status: {"model": schemas.ErrorBody} for status in (400, 401, 403, 404, 413, 422, 429, 503)
 }
 
 router = APIRouter(prefix="/v1", responses=_ERRORS)

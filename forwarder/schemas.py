@@ -44,6 +44,9 @@ class ErrorDetail(BaseModel):
     code: str
     message: str
     detail: list[dict[str, Any]] | None = None
+    #: 429 QUOTA_EXCEEDED only: the quota's settings key and its configured value
+    quota: str | None = None
+    limit: float | None = None
 
 
 class ErrorBody(BaseModel):

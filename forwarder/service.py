@@ -28,12 +28,15 @@ from taskfabric.forwarder.auth import (
 )
 from taskfabric.forwarder.batching import FunctionBodyCache
 from taskfabric.forwarder.broker import AdminBrokerLink
+from taskfabric.forwarder.consumer_pool import ConsumerConnections
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FunctionRegistry
 from taskfabric.forwarder.ingest import Ingestor
 from taskfabric.forwarder.metrics import ForwarderMetrics
+from taskfabric.forwarder.quotas import utc_day
 from taskfabric.forwarder.records import Identity, TaskRecord
+from taskfabric.forwarder.result_limits import ResultLimits
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreRunner
 from taskfabric.forwarder.store.engine import redact_db_url
@@ -79,6 +82,7 @@ class Forwarder:
         self.broker: AdminBrokerLink
         self.ingestor: Ingestor
         self.consumers: ResultConsumers
+        self.consumer_connections: ConsumerConnections
         self.functions: FunctionRegistry
         self.endpoints: EndpointRegistry
         self.tasks: TaskService
@@ -143,20 +147,33 @@ class Forwarder:
             self.metrics.tasks_finished(records)
             loop.call_soon_threadsafe(self.hub.publish, records)
 
+        self.consumer_connections = ConsumerConnections(
+            self.broker.transport,
+            per_connection=self.settings.quotas.consumers_per_connection,
+            open_transport=self.broker.consumer_transport_factory(),
+            connect_timeout_s=self.settings.broker_connect_timeout_s,
+        )
+        self._cleanups.append(self.consumer_connections.close)
         self.ingestor = Ingestor(
             self.store,
             self.runner,
-            self.broker.transport,
+            self.consumer_connections,
             forwarder_username=self.broker.username,
             on_finished=on_finished,
             batch_messages=self.settings.ingest_batch_messages,
             status_flush_s=self.settings.status_flush_s,
             metrics=self.metrics,
+            limits=ResultLimits(
+                max_result_bytes=self.settings.quotas.max_result_bytes,
+                max_results_per_message=self.settings.quotas.max_results_per_message,
+            ),
+            group_results=self.settings.quotas.ingest_group_results,
+            transaction_s=self.settings.quotas.ingest_transaction_s,
         )
         self.ingestor.start()
         self._cleanups.append(self.ingestor.stop)
         self.consumers = ResultConsumers(
-            self.broker.transport, self.broker.topology, self.ingestor.put, prefetch=self.settings.result_prefetch
+            self.consumer_connections, self.broker.topology, self.ingestor.put, prefetch=self.settings.result_prefetch
         )
         self._cleanups.append(self.consumers.close)
 
@@ -257,6 +274,8 @@ class Forwarder:
                 break
         if total:
             log.info("deleted %d expired tasks", total)
+        # the daily result-bytes counts: today's and yesterday's are all the quota reads
+        await self.runner.write(self.store.quotas.prune_result_bytes, utc_day(time.time()) - 1)
 
     @staticmethod
     async def _every(period_s: float, job: Callable[[], Awaitable[None]]) -> None:

@@ -2,7 +2,8 @@
 
 Precedence, lowest first: defaults, the YAML file (`--config`), environment variables
 (`TASKFABRIC_FORWARDER_<KEY>`, and `TASKFABRIC_FORWARDER_AUTH_<KEY>` / `TASKFABRIC_FORWARDER_TLS_<KEY>` /
-`TASKFABRIC_FORWARDER_LIMITS_<KEY>` for the `auth`, `tls` and `limits` sections), then
+`TASKFABRIC_FORWARDER_LIMITS_<KEY>` / `TASKFABRIC_FORWARDER_QUOTAS_<KEY>` for the `auth`, `tls`, `limits` and
+`quotas` sections), then
 command-line flags. Every key is validated eagerly; a bad key or value raises `ConfigError` naming
 it. `describe_settings(ForwarderSettings)` lists every key with its help text.
 """
@@ -22,12 +23,21 @@ from taskfabric.paths import taskfabric_home
 from taskfabric.settings import load_settings, load_yaml, setting, settings_from_env
 from taskfabric.tls import client_ssl_context, server_ssl_context
 
-__all__ = ["ENV_PREFIX", "AuthSettings", "ForwarderSettings", "LimitsSettings", "TlsSettings", "default_database_url"]
+__all__ = [
+    "ENV_PREFIX",
+    "AuthSettings",
+    "ForwarderSettings",
+    "LimitsSettings",
+    "QuotaSettings",
+    "TlsSettings",
+    "default_database_url",
+]
 
 ENV_PREFIX = "TASKFABRIC_FORWARDER_"
 _AUTH_ENV_PREFIX = "TASKFABRIC_FORWARDER_AUTH_"
 _TLS_ENV_PREFIX = "TASKFABRIC_FORWARDER_TLS_"
 _LIMITS_ENV_PREFIX = "TASKFABRIC_FORWARDER_LIMITS_"
+_QUOTAS_ENV_PREFIX = "TASKFABRIC_FORWARDER_QUOTAS_"
 _MIB = 1024 * 1024
 #: JSON carries binary values as base64: 4 bytes for every 3, plus the rest of the request
 _BASE64_GROWTH = 4 / 3
@@ -160,6 +170,57 @@ class LimitsSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class QuotaSettings:
+    """Per-user quotas and rate limits (429 with Retry-After), and what one endpoint may cost the
+    shared ingest. Defaults are generous: they stop abuse, not work. 0 switches a quota off."""
+
+    max_pending_tasks_per_user: int = setting(
+        1_000_000, help="unfinished tasks (waiting or running) one user may have; 0: no limit", min=0
+    )
+    max_endpoints_per_user: int = setting(100, help="endpoints one user may register; 0: no limit", min=0)
+    submit_requests_per_s: float = setting(
+        50.0, help="submit requests per second per user (a token bucket, per forwarder replica); 0: no limit", min=0
+    )
+    submit_burst: int = setting(100, help="submit requests a user may send at once above the rate", min=1)
+    max_result_bytes_per_day: int = setting(
+        100 * 1024 * _MIB,
+        help="result bytes (values and pickled exceptions) stored per user per UTC day; past it, that user's "
+        "submits answer 429 until midnight UTC; 0: no limit",
+        min=0,
+    )
+    max_result_bytes: int = setting(
+        10 * _MIB,
+        help="largest result value (or pickled exception) ingested; a larger one ends its task as RESULT_TOO_LARGE",
+        min=1,
+    )
+    max_results_per_message: int = setting(
+        10000,
+        help="most results one broker message may carry; a larger message is refused: its tasks end as "
+        "RESULT_TOO_LARGE",
+        min=1,
+    )
+    ingest_group_results: int = setting(
+        4096,
+        help="fair ingest: a store transaction takes at most this many results (while several endpoints have "
+        "results waiting, one message of each), so one endpoint's flood delays another's by one short transaction",
+        min=1,
+    )
+    ingest_transaction_s: float = setting(
+        0.05,
+        help="fair ingest: a store transaction takes about as many results as the store writes in this long "
+        "(measured as it goes), at most ingest_group_results",
+        min=0.001,
+    )
+    consumers_per_connection: int = setting(
+        1000,
+        help="result consumers (one channel each) per broker connection; more endpoints open more connections "
+        "(RabbitMQ allows 2047 channels per connection by default)",
+        min=1,
+        max=2000,
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ForwarderSettings:
     """Everything `taskfabric forwarder serve` can be told."""
 
@@ -269,6 +330,10 @@ class ForwarderSettings:
         help="JSON-lines audit log of logins, token, user and endpoint changes (0600); default: audit.jsonl next "
         "to a SQLite store, else $TASKFABRIC_HOME/forwarder/audit.jsonl",
     )
+    # --- per-user quotas and fair ingest (issue 12 item 4)
+    quotas: QuotaSettings = setting(
+        default_factory=QuotaSettings, help="per-user quotas and rate limits, result size limits, fair ingest"
+    )
 
     def __post_init__(self) -> None:
         if self.database_url is None:
@@ -324,6 +389,7 @@ class ForwarderSettings:
             ("auth", AuthSettings, _AUTH_ENV_PREFIX),
             ("tls", TlsSettings, _TLS_ENV_PREFIX),
             ("limits", LimitsSettings, _LIMITS_ENV_PREFIX),
+            ("quotas", QuotaSettings, _QUOTAS_ENV_PREFIX),
         ):
             section_env = settings_from_env(section_cls, prefix, environ)
             if section_env:

@@ -37,12 +37,20 @@ import uuid
 from collections.abc import Sequence
 
 from taskfabric.broker_config import EndpointQueues
-from taskfabric.errors import BrokerError, NotFoundError, PermissionDenied, PublishTimeout, ServiceError
+from taskfabric.errors import (
+    BrokerError,
+    NotFoundError,
+    PermissionDenied,
+    PublishTimeout,
+    QuotaExceeded,
+    ServiceError,
+)
 from taskfabric.forwarder.batching import FunctionBodyCache, plan_task_batches
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FORBIDDEN, NOT_FOUND
 from taskfabric.forwarder.metrics import ForwarderMetrics
+from taskfabric.forwarder.quotas import SubmitRateLimiter, check_pending_tasks, check_result_bytes, utc_day
 from taskfabric.forwarder.records import Identity, NewTask, TaskActivity, TaskPage, TaskQuery, TaskRecord
 from taskfabric.forwarder.requests import SubmitRequest
 from taskfabric.forwarder.settings import ForwarderSettings
@@ -118,12 +126,16 @@ class TaskService:
         self._unfinished: TTLCache[uuid.UUID, tuple[dict[tuple[uuid.UUID, TaskStatus], int], float]] = TTLCache(
             600.0, max_entries=10_000
         )
+        quotas = settings.quotas
+        self._rate = SubmitRateLimiter(quotas.submit_requests_per_s, quotas.submit_burst)
         self.submitted = 0
 
     # --- submission ---------------------------------------------------------------------
 
     async def submit(self, identity: Identity, endpoint_id: uuid.UUID, request: SubmitRequest) -> list[uuid.UUID]:
-        """Store and publish a batch; returns the task ids in request order."""
+        """Store and publish a batch; returns the task ids in request order. `QuotaExceeded`
+        (429) when a per-user quota refuses it: nothing is recorded."""
+        self._rate.take(identity.user_id)
         endpoint = await self._endpoints.submit_target(identity, endpoint_id)
         if self._endpoints.under_repair(endpoint_id):
             raise ServiceError(
@@ -138,6 +150,7 @@ class TaskService:
             if request.submission_id is None
             else submission_task_ids(identity.user_id, request.submission_id, len(request.tasks))
         )
+        await self._check_quotas(identity, len(request.tasks), retry_of=task_ids[0] if request.submission_id else None)
         new_tasks = [
             NewTask(
                 task_id=task_id,
@@ -173,6 +186,26 @@ class TaskService:
         self.submitted += len(new_tasks)
         self._metrics.tasks_submitted(endpoint_id, len(new_tasks))
         return task_ids
+
+    async def _check_quotas(self, identity: Identity, adding: int, *, retry_of: uuid.UUID | None) -> None:
+        """The store-backed quotas. A retry of a submission already stored (its first task id,
+        `retry_of`, is known) passes: it records nothing new, and refusing it would leave the
+        client unsure whether its tasks were accepted."""
+        try:
+            await self._check_store_quotas(identity, adding)
+        except QuotaExceeded:
+            if retry_of is None or not await self._runner.read(self._store.tasks.get_many, [retry_of]):
+                raise
+
+    async def _check_store_quotas(self, identity: Identity, adding: int) -> None:
+        """Unfinished tasks and today's result bytes (one read each)."""
+        quotas, now = self._settings.quotas, time.time()
+        if quotas.max_pending_tasks_per_user:
+            pending = await self._runner.read(self._store.quotas.pending_tasks, identity.user_id)
+            check_pending_tasks(quotas, pending=pending, adding=adding)
+        if quotas.max_result_bytes_per_day:
+            used = await self._runner.read(self._store.quotas.result_bytes, identity.user_id, utc_day(now))
+            check_result_bytes(quotas, used=used, now=now)
 
     async def _publish_or_withdraw(
         self,

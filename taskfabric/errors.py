@@ -24,6 +24,7 @@ Every error that leaves a public API is one of these; errors of the libraries un
     │   ├── PermissionDenied        403: not yours
     │   ├── NotFoundError           404: unknown id
     │   ├── PayloadTooLarge         413: over the size limit (names the limit)
+    │   ├── QuotaExceeded           429: over a per-user quota or rate (names it; `retry_after_s`)
     │   └── InvalidRequest          400 / 422: malformed request
     ├── TaskPending                 the task has no result yet (not a failure)
     └── TaskFailed                  a task ended in error; carries the remote traceback
@@ -70,6 +71,7 @@ __all__ = [
     "ProviderError",
     "PublishRejected",
     "PublishTimeout",
+    "QuotaExceeded",
     "ResultTooLarge",
     "ServiceError",
     "StoreError",
@@ -210,6 +212,29 @@ class PayloadTooLarge(ServiceError):
 
 class InvalidRequest(ServiceError):
     status = 400
+
+
+class QuotaExceeded(ServiceError):
+    """429: a per-user quota or rate limit refused the request. `quota` names it (its settings
+    key), `limit` is its configured value and `retry_after_s` how long to wait before it may pass
+    (the `Retry-After` header); nothing was recorded."""
+
+    status = 429
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        quota: str = "",
+        limit: float | None = None,
+        retry_after_s: float = 1.0,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code or "QUOTA_EXCEEDED")
+        self.quota = quota
+        self.limit = limit
+        self.retry_after_s = retry_after_s
 
 
 # --- tasks --------------------------------------------------------------------------------

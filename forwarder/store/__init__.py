@@ -23,6 +23,7 @@ from taskfabric.forwarder.store.endpoints import EndpointTable
 from taskfabric.forwarder.store.engine import StoreConflict, open_engine, redact_db_url, translate_errors
 from taskfabric.forwarder.store.functions import FunctionTable
 from taskfabric.forwarder.store.outcomes import Failure
+from taskfabric.forwarder.store.quotas import QuotaTable
 from taskfabric.forwarder.store.runner import StoreRunner
 from taskfabric.forwarder.store.schema import migrate
 from taskfabric.forwarder.store.tasks import TaskTable
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 
 
 class Store:
-    """One database: its tables as `users`, `functions`, `endpoints`, `tasks`, `dead_letters`."""
+    """One database: its tables as `users`, `functions`, `endpoints`, `tasks`, `dead_letters`,
+    and the counts behind per-user quotas as `quotas`."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -53,6 +55,7 @@ class Store:
         self.endpoints = EndpointTable(engine)
         self.tasks = TaskTable(engine)
         self.dead_letters = DeadLetterTable(engine)
+        self.quotas = QuotaTable(engine)
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = 8, create: bool = True, upgrade: bool = False) -> Store:

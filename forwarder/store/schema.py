@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Float,
@@ -41,6 +42,7 @@ __all__ = [
     "functions",
     "metadata",
     "migrate",
+    "result_bytes_daily",
     "schema_version",
     "tasks",
     "tokens",
@@ -234,8 +236,32 @@ def _v3_revocation(connection: Connection) -> None:
         _IX_TOKEN_ID.create(connection)
 
 
+#: schema v4 (quotas): result bytes stored per user and UTC day (days since the epoch), for
+#: `quotas.max_result_bytes_per_day`; rows older than yesterday are pruned with expired tasks
+result_bytes_daily = Table(
+    "result_bytes_daily",
+    metadata,
+    Column("owner_id", Uuid, primary_key=True),
+    Column("day", Integer, primary_key=True),
+    Column("result_bytes", BigInteger, nullable=False, default=0),
+)
+
+#: a user's unfinished tasks (`completed_at` IS NULL), counted at every submit for
+#: `quotas.max_pending_tasks_per_user` without reading their finished ones
+_IX_OWNER_COMPLETED = Index("ix_tasks_owner_completed", tasks.c.owner_id, tasks.c.completed_at)
+
+
+def _v4_quotas(connection: Connection) -> None:
+    """Per-user quotas: the daily result-bytes table and the unfinished-tasks-per-owner index.
+    Idempotent (it checks what exists)."""
+    result_bytes_daily.create(connection, checkfirst=True)
+    indexes = {index["name"] for index in inspect(connection).get_indexes("tasks")}
+    if _IX_OWNER_COMPLETED.name not in indexes:
+        _IX_OWNER_COMPLETED.create(connection)
+
+
 #: schema version n is reached by running MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle, _v3_revocation]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle, _v3_revocation, _v4_quotas]
 
 
 def migrate(connection: Connection) -> int:

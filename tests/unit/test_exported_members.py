@@ -86,6 +86,7 @@ EXPECTED: dict[str, list[str]] = {
         "ProviderError",
         "PublishRejected",
         "PublishTimeout",
+        "QuotaExceeded",
         "ResultTooLarge",
         "ServiceError",
         "StoreError",

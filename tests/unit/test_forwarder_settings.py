@@ -94,3 +94,18 @@ def test_every_key_is_documented() -> None:
         "delivery_limit",
     } <= keys
     assert all(doc.help for doc in docs), [doc.key for doc in docs if not doc.help]
+
+
+def test_quota_settings_load_from_their_section_and_environment_and_name_a_bad_key() -> None:
+    settings = ForwarderSettings.load(
+        environ={
+            "TASKFABRIC_FORWARDER_QUOTAS_MAX_ENDPOINTS_PER_USER": "3",
+            "TASKFABRIC_FORWARDER_QUOTAS_SUBMIT_BURST": "7",
+        }
+    )
+    assert (settings.quotas.max_endpoints_per_user, settings.quotas.submit_burst) == (3, 7)
+    assert settings.quotas.max_pending_tasks_per_user == 1_000_000  # the generous default
+    with pytest.raises(ConfigError, match=r"quotas\.max_endpoints_per_user: must be at least 0"):
+        ForwarderSettings.from_mapping({"quotas": {"max_endpoints_per_user": -1}})
+    with pytest.raises(ConfigError, match=r"quotas\.consumers_per_connection: must be at most 2000"):
+        ForwarderSettings.from_mapping({"quotas": {"consumers_per_connection": 5000}})

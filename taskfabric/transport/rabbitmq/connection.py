@@ -62,7 +62,10 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 5.0,
         connect_timeout_s: float = 10.0,
+        channel_max: int | None = None,
     ) -> None:
+        """`channel_max`: ask for at most this many channels on the connection (the broker's own
+        limit applies when lower); None: the broker's."""
         self._url = url
         self._params = pika.URLParameters(url)
         self._params.heartbeat = heartbeat_s
@@ -73,6 +76,8 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
         self._params.stack_timeout = connect_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._params.client_properties = {"connection_name": connection_name}
+        if channel_max is not None:
+            self._params.channel_max = channel_max
         self._params.ssl_options = _ssl_options(self._params, url, ssl_context)
         self._confirm_timeout_s = confirm_timeout_s
         self._backoff_initial_s = backoff_initial_s

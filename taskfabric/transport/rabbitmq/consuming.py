@@ -9,6 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+import pika.exceptions
+
 from taskfabric.errors import BrokerError, BrokerUnavailable
 from taskfabric.transport.base import ConsumerHandle, Delivery, DeliveryCallback, ErrorCallback
 from taskfabric.transport.rabbitmq.core import TransportCore, _jitter
@@ -99,7 +101,25 @@ class Consuming(TransportCore):
             channel.add_on_cancel_callback(lambda _frame: self._on_server_cancel(consumer, channel))
             channel.basic_qos(prefetch_count=consumer.prefetch, callback=lambda _frame: self._start_consuming(consumer))
 
-        self._connection.channel(on_open_callback=on_open)
+        try:
+            self._connection.channel(on_open_callback=on_open)
+        except pika.exceptions.NoFreeChannels:
+            self._no_free_channel(consumer)
+
+    def _no_free_channel(self, consumer: _RabbitConsumer) -> None:
+        """The connection has no channel left (`channel_max`): fail this subscription alone. pika
+        raises that on the IO thread, where it would end the connection's loop: every other
+        consumer and every publish with it."""
+        error = BrokerUnavailable(
+            f"cannot consume {consumer.queue!r}: the connection has no free channel "
+            f"(channel_max {self._connection.params.channel_max})"
+        )
+        log.error("%s", error)
+        consumer.cancelled = True
+        if consumer in self._consumers:
+            self._consumers.remove(consumer)
+        if not consumer.first_subscription.done():
+            consumer.first_subscription.set_exception(error)
 
     def _start_consuming(self, consumer: _RabbitConsumer) -> None:
         if consumer.cancelled or consumer.channel is None:
