@@ -47,7 +47,7 @@ def test_endpoints_count_the_owners_endpoints(store: Store) -> None:
                 endpoint_id=endpoint_id,
                 owner_id=owner,
                 name=f"ep{index}",
-                queue_secret="s" * 16,
+                queue_secret="5e" * 8,
                 broker_username=f"ep-{endpoint_id}",
                 created_at=time.time(),
                 metadata="{}",
