@@ -2,7 +2,7 @@
 
 Precedence, lowest first: defaults, the YAML file (`--config`), environment variables
 (`TASKFABRIC_FORWARDER_<KEY>`, and `TASKFABRIC_FORWARDER_AUTH_<KEY>` / `TASKFABRIC_FORWARDER_TLS_<KEY>`
-for the `auth` and `tls` sections), then
+for the `auth` and `tls` sections, `TASKFABRIC_FORWARDER_UI_<KEY>` for `ui`), then
 command-line flags. Every key is validated eagerly; a bad key or value raises `ConfigError` naming
 it. `describe_settings(ForwarderSettings)` lists every key with its help text.
 """
@@ -22,11 +22,12 @@ from taskfabric.paths import taskfabric_home
 from taskfabric.settings import load_settings, load_yaml, setting, settings_from_env
 from taskfabric.tls import client_ssl_context, server_ssl_context
 
-__all__ = ["ENV_PREFIX", "AuthSettings", "ForwarderSettings", "TlsSettings", "default_database_url"]
+__all__ = ["ENV_PREFIX", "AuthSettings", "ForwarderSettings", "TlsSettings", "UiSettings", "default_database_url"]
 
 ENV_PREFIX = "TASKFABRIC_FORWARDER_"
 _AUTH_ENV_PREFIX = "TASKFABRIC_FORWARDER_AUTH_"
 _TLS_ENV_PREFIX = "TASKFABRIC_FORWARDER_TLS_"
+_UI_ENV_PREFIX = "TASKFABRIC_FORWARDER_UI_"
 _MIB = 1024 * 1024
 #: JSON carries binary values as base64: 4 bytes for every 3, plus the rest of the request
 _BASE64_GROWTH = 4 / 3
@@ -94,6 +95,27 @@ class TlsSettings:
         if self.cert_file is None or self.key_file is None:
             raise ConfigError("TLS is not configured", key="tls.cert_file")
         return server_ssl_context(self.cert_file, self.key_file, client_ca_file=self.client_ca_file)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UiSettings:
+    """The web dashboard at /ui/ (docs/dashboard.md)."""
+
+    enabled: bool = setting(True, help="serve the web dashboard at /ui/")
+    admin_users: tuple[str, ...] = setting(
+        (), help="user names that see the dashboard's Admin page (operators); empty: nobody"
+    )
+    session_max_age_s: float = setting(
+        8 * 3600.0, help="a dashboard session (sign-in cookie) expires this long after sign-in", min=60
+    )
+    session_key_file: Path | None = setting(
+        None,
+        help="file holding the key that signs session cookies (made 0600 on first start); default "
+        "$TASKFABRIC_HOME/forwarder/ui-session.key; replicas behind one address must share it",
+    )
+    sample_period_s: float = setting(
+        10.0, help="how often the queue depth of every endpoint is sampled for the dashboard's charts", min=1
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -192,6 +214,8 @@ class ForwarderSettings:
     metrics_cache_s: float = setting(
         5.0, help="/metrics reads unfinished-task counts and endpoint states from the store at most this often", min=0
     )
+    # the web dashboard (forwarder/ui/)
+    ui: UiSettings = setting(default_factory=UiSettings, help="the web dashboard: admin_users, sessions")
 
     def __post_init__(self) -> None:
         if self.database_url is None:
@@ -245,6 +269,7 @@ class ForwarderSettings:
         for section, section_cls, prefix in (
             ("auth", AuthSettings, _AUTH_ENV_PREFIX),
             ("tls", TlsSettings, _TLS_ENV_PREFIX),
+            ("ui", UiSettings, _UI_ENV_PREFIX),
         ):
             section_env = settings_from_env(section_cls, prefix, environ)
             if section_env:

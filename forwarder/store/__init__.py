@@ -13,6 +13,7 @@ import logging
 
 from sqlalchemy import Engine
 
+from taskfabric.forwarder.store.dashboard import DashboardQueries
 from taskfabric.forwarder.store.dead_letters import DeadLetterTable
 from taskfabric.forwarder.store.endpoints import EndpointTable
 from taskfabric.forwarder.store.engine import StoreConflict, open_engine, redact_db_url, translate_errors
@@ -38,6 +39,7 @@ class Store:
         self.endpoints = EndpointTable(engine)
         self.tasks = TaskTable(engine)
         self.dead_letters = DeadLetterTable(engine)
+        self.dashboard = DashboardQueries(engine)  # read-only aggregates of the web dashboard
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = 8) -> Store:
