@@ -34,7 +34,7 @@ from taskfabric.forwarder.testing import ForwarderProcess
 from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -182,7 +182,8 @@ def browsers() -> Iterator[Callable[[], WebDriver]]:
 
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], Any], what: str) -> Any:
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition, message=f"waiting for {what}")
+    wait = WebDriverWait(driver, WAIT_S, poll_frequency=0.1, ignored_exceptions=[StaleElementReferenceException])
+    return wait.until(condition, message=f"waiting for {what}")
 
 
 def screenshot(driver: WebDriver, dashboard: Dashboard, page: str) -> None:
@@ -253,10 +254,11 @@ def test_researcher_watches_tasks_run_and_opens_one(dashboard: Dashboard, browse
 
     # the open page refreshes itself: the tasks appear, finished, without reloading it
     def finished_rows(d: WebDriver) -> bool:
-        statuses = {
-            e.get_attribute("data-task-id"): e.get_attribute("data-status")
-            for e in d.find_elements(By.CSS_SELECTOR, "tr.task")
-        }
+        # read in one script: the page may swap the table between two WebDriver calls
+        rows = d.execute_script(
+            "return Array.from(document.querySelectorAll('tr.task')).map(r => [r.dataset.taskId, r.dataset.status])"
+        )
+        statuses = dict(rows)
         return all(statuses.get(task_id) == "success" for task_id in task_ids)
 
     wait_for(driver, finished_rows, "the submitted tasks listed as success")
