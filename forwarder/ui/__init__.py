@@ -15,10 +15,12 @@ Modules: `sessions` (cookies, CSRF tokens), `viewer` (the signed-in user of a re
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 _STATIC = Path(__file__).parent / "static"
 _Handler = Callable[[Request, Exception], Awaitable[Response]]
+#: an exception handler as Starlette keeps them (sync or async)
+_ApiHandler = Callable[[Request, Any], Response | Awaitable[Response]]
 
 
 def session_key_path(settings: ForwarderSettings) -> Path:
@@ -69,26 +73,27 @@ async def _signin_required(request: Request, exc: Exception) -> Response:
     return sign_in_redirect(request)
 
 
-def _html_on_ui(api_handler: _Handler, dashboard: Dashboard) -> _Handler:
+def _html_on_ui(api_handler: _ApiHandler, dashboard: Dashboard) -> _Handler:
     """Errors on /ui/ pages as an HTML page with the same status and code as the API's JSON."""
 
     async def handle(request: Request, exc: Exception) -> Response:
-        answer = await api_handler(request, exc)
         if not request.url.path.startswith("/ui/"):
-            return answer
-        status, code, message = _described(exc, answer.status_code)
+            answer = api_handler(request, exc)
+            return await answer if inspect.isawaitable(answer) else answer
+        status, code, message = _described(exc)
         context = {"viewer": None, "status": status, "code": code, "message": message}
         return dashboard.page(request, "error.html", context, status=status)
 
     return handle
 
 
-def _described(exc: Exception, status: int) -> tuple[int, str, str]:
+def _described(exc: Exception) -> tuple[int, str, str]:
     if isinstance(exc, ServiceError):
         return exc.status, exc.code, str(exc)
     if isinstance(exc, StarletteHTTPException):
         return exc.status_code, f"HTTP_{exc.status_code}", str(exc.detail or "")
-    return status, "SERVICE_UNAVAILABLE", "the store or the broker is unavailable; retry later"
+    log.error("%s during a dashboard page: %s", type(exc).__name__, exc)
+    return 503, "SERVICE_UNAVAILABLE", "the store or the broker is unavailable; retry later"
 
 
 async def sample_queue_depths(dashboard: Dashboard, forwarder: Forwarder) -> None:
