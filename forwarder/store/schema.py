@@ -114,6 +114,8 @@ endpoints = Table(
     # schema v2: the scaling strategy's last decision, as the agent reported it
     Column("scaling", Text),
     Column("status_reason", Text),  # v2: why the agent reports itself degraded
+    # schema v3 (dashboard): the agent's live blocks with their scheduler job ids, as JSON
+    Column("blocks", Text),
     UniqueConstraint("owner_id", "name", name="uq_endpoints_owner_name"),
 )
 
@@ -206,8 +208,13 @@ _IX_OWNER_CREATED = Index("ix_tasks_owner_created", tasks.c.owner_id, tasks.c.cr
 _IX_GROUP = Index("ix_tasks_group", tasks.c.task_group_id)
 
 
+def _v3_dashboard(connection: Connection) -> None:
+    """Endpoints' live blocks with their scheduler job ids (shown by the web dashboard)."""
+    _add_missing_columns(connection, inspect(connection), "endpoints", endpoints, ("blocks",))
+
+
 #: schema version n is reached by running MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle, _v3_dashboard]
 
 
 def migrate(connection: Connection) -> int:

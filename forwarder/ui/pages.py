@@ -92,6 +92,7 @@ async def endpoint_page(request: Request, endpoint_id: str, who: Viewer = Who) -
         "viewer": who,
         "page": "endpoints",
         "info": _info(forwarder, record),
+        "blocks": record.status.blocks,
         "throughput_chart": line_chart(throughput, title="tasks/s completed", unit="tasks/s", start=since, end=now),
         "depth_chart": line_chart(depth, title="unfinished tasks", unit="tasks", start=since, end=now),
         "completed_last_hour": sum(per_minute.values()),

@@ -282,6 +282,8 @@ def test_researcher_watches_tasks_run_and_opens_one(dashboard: Dashboard, browse
         lambda d: (d.refresh() or True) and d.find_elements(By.CSS_SELECTOR, "#queue-depth circle.point"),
         "a queue depth sample",
     )
+    job_ids = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#blocks td.job-id")]
+    assert len(job_ids) == 1 and job_ids[0], "the LocalProvider's block with its job id"
     screenshot(driver, dashboard, "endpoint")
 
     driver.get(dashboard.url + "/ui/functions")
