@@ -147,3 +147,16 @@ def test_the_ui_section_is_validated_and_read_from_the_environment() -> None:
         ForwarderSettings.from_mapping({"ui": {"session_max_age_s": 1}})
     with pytest.raises(ConfigError, match="admin_users"):
         ForwarderSettings.from_mapping({"ui": {"admin_users": "ops"}})
+
+
+def test_every_template_compiles() -> None:
+    """A broken template would be a 500 on its page: compile them all here, without a browser."""
+    from taskfabric.forwarder.ui import Dashboard
+    from taskfabric.forwarder.ui.sessions import SessionSigner
+
+    dashboard = Dashboard(ForwarderSettings(), SessionSigner(KEY))
+    folder = Path(__file__).resolve().parents[2] / "forwarder" / "ui" / "templates"
+    names = sorted(path.name for path in folder.glob("*.html"))
+    assert "endpoint.html" in names
+    for name in names:
+        dashboard.templates.env.get_template(name)
