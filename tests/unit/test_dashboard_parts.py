@@ -160,3 +160,19 @@ def test_every_template_compiles() -> None:
     assert "endpoint.html" in names
     for name in names:
         dashboard.templates.env.get_template(name)
+
+
+def test_a_status_report_carries_its_blocks_and_older_reports_decode_without() -> None:
+    from taskfabric.errors import ProtocolError
+    from taskfabric.protocol import MAX_BLOCK_REPORTS, BlockReport, EndpointStatus, pack, unpack
+
+    block = BlockReport(block_id="0", job_id="4242", state="running", submitted_at=1.5)
+    report = EndpointStatus(endpoint_id=USER, sent_at=1.0, state="online", heartbeat_period_s=5.0, blocks=[block])
+    assert unpack(pack(report)) == report
+    older = EndpointStatus(endpoint_id=USER, sent_at=1.0, state="online", heartbeat_period_s=5.0)
+    assert unpack(pack(older)).blocks == []  # type: ignore[union-attr]
+    too_many = EndpointStatus(
+        endpoint_id=USER, sent_at=1.0, state="online", heartbeat_period_s=5.0, blocks=[block] * (MAX_BLOCK_REPORTS + 1)
+    )
+    with pytest.raises(ProtocolError, match="blocks"):
+        unpack(pack(too_many))
