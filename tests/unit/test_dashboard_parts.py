@@ -176,3 +176,22 @@ def test_a_status_report_carries_its_blocks_and_older_reports_decode_without() -
     )
     with pytest.raises(ProtocolError, match="blocks"):
         unpack(pack(too_many))
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_the_session_cookie_is_secure_exactly_when_the_forwarder_serves_https(tmp_path: Path, tls: bool) -> None:
+    from fastapi.responses import Response
+
+    from taskfabric.broker_config.certs import make_ca, make_server_certificate
+    from taskfabric.forwarder.ui import Dashboard
+
+    values: dict[str, object] = {"ui": {"session_max_age_s": 600}}
+    if tls:
+        server = make_server_certificate(make_ca(tmp_path, name="ui test CA"), tmp_path, hostnames=["127.0.0.1"])
+        values["tls"] = {"cert_file": str(server.cert_file), "key_file": str(server.key_file)}
+    dashboard = Dashboard(ForwarderSettings.from_mapping(values), SessionSigner(KEY))
+    response = Response()
+    dashboard.set_session_cookie(response, "v1.cookie")
+    header = response.headers["set-cookie"]
+    assert "HttpOnly" in header and "SameSite=strict" in header and "Max-Age=600" in header and "Path=/ui" in header
+    assert ("Secure" in header) is tls
