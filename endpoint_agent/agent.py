@@ -58,6 +58,8 @@ from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode, LedgerError
 from taskfabric.protocol import (
+    MAX_BLOCK_REPORTS,
+    BlockReport,
     EndpointState,
     EndpointStatus,
     FunctionBody,
@@ -686,6 +688,15 @@ class Agent:
             agent_version=__version__,
             scaling=blocks.last_decision,
             status_reason=self.degraded_reason or "",
+            blocks=[
+                BlockReport(
+                    block_id=record.block_id,
+                    job_id=record.job_id,
+                    state=record.state.value,
+                    submitted_at=record.submitted_at,
+                )
+                for record in blocks.live[:MAX_BLOCK_REPORTS]
+            ],
         )
 
     def note_broker_refusal(self) -> None:

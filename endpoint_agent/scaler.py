@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from taskfabric.endpoint_agent.block_types import BlockState, EndReason
-from taskfabric.endpoint_agent.blocks import BlockActivity, BlockManager
+from taskfabric.endpoint_agent.blocks import BlockActivity, BlockManager, BlockRecord
 from taskfabric.endpoint_agent.launch import ManagerLaunch
 from taskfabric.endpoint_agent.providers import BlockConfig, build_provider, render_block_command
 from taskfabric.endpoint_agent.strategy import ScalingPolicy, ScalingSnapshot, decide, initial_blocks
@@ -43,6 +43,8 @@ class ScalerStatus:
     pending: int = 0
     running: int = 0
     last_decision: str = ""
+    #: the live (pending and running) blocks, oldest first
+    live: tuple[BlockRecord, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -170,7 +172,10 @@ class Scaler:
         snapshot = self._manager.snapshot()
         with self._lock:
             self._status = dataclasses.replace(
-                self._status, pending=len(snapshot.pending), running=len(snapshot.running)
+                self._status,
+                pending=len(snapshot.pending),
+                running=len(snapshot.running),
+                live=tuple(record for record in snapshot.blocks if record.state is not BlockState.ENDED),
             )
 
     def _decide(self, manager: BlockManager) -> tuple[int, tuple[str, ...], str]:

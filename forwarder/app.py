@@ -9,6 +9,7 @@ description is served at /openapi.json (interactive docs at /docs).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -30,6 +31,7 @@ from taskfabric.forwarder.metrics import (
 from taskfabric.forwarder.routes import AUTH_SCHEME, router, websocket_router
 from taskfabric.forwarder.service import Forwarder
 from taskfabric.forwarder.settings import ForwarderSettings
+from taskfabric.forwarder.ui import Dashboard, install_dashboard, sample_queue_depths
 
 __all__ = ["create_app"]
 
@@ -41,8 +43,10 @@ _DESCRIPTION = (
 
 def create_app(settings: ForwarderSettings, *, broker: AdminBrokerLink | None = None) -> FastAPI:
     """A FastAPI app serving API v1 with a `Forwarder` built from `settings`, plus /metrics,
-    /healthz and /readyz (see `metrics` and `health`). `broker`: see `Forwarder`."""
+    /healthz and /readyz (see `metrics` and `health`), and the web dashboard at /ui/ (see `ui`).
+    `broker`: see `Forwarder`."""
     metrics = ForwarderMetrics(cache_s=settings.metrics_cache_s)
+    dashboard: Dashboard | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,9 +58,14 @@ def create_app(settings: ForwarderSettings, *, broker: AdminBrokerLink | None = 
             raise
         app.state.forwarder = forwarder
         log_access(token=settings.metrics_token, host=settings.host)
+        sampler = asyncio.create_task(sample_queue_depths(dashboard, forwarder)) if dashboard else None
         try:
             yield
         finally:
+            if sampler is not None:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
             await forwarder.stop()
 
     app = FastAPI(
@@ -78,4 +87,6 @@ def create_app(settings: ForwarderSettings, *, broker: AdminBrokerLink | None = 
     app.include_router(websocket_router)
     app.include_router(health_router)
     app.include_router(metrics_router)
+    if settings.ui.enabled:
+        dashboard = install_dashboard(app, settings)  # after the error handlers: it wraps them
     return app

@@ -94,6 +94,7 @@ class StatusBook:
             agent_version=report.agent_version,
             scaling=report.scaling,
             status_reason=report.status_reason,
+            blocks=tuple(report.blocks),
         )
         with self._lock:
             self._latest[report.endpoint_id] = status

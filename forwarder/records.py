@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
+from taskfabric.protocol.messages import BlockReport
 from taskfabric.protocol.states import EndpointState, TaskStatus
 
 __all__ = [
@@ -105,6 +106,8 @@ class StatusReport:
     scaling: str = ""
     #: why the agent said it is degraded (empty otherwise)
     status_reason: str = ""
+    #: its live blocks with their scheduler job ids (schema v3; empty from older agents)
+    blocks: tuple[BlockReport, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

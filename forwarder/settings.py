@@ -2,8 +2,8 @@
 
 Precedence, lowest first: defaults, the YAML file (`--config`), environment variables
 (`TASKFABRIC_FORWARDER_<KEY>`, and `TASKFABRIC_FORWARDER_AUTH_<KEY>` / `TASKFABRIC_FORWARDER_TLS_<KEY>` /
-`TASKFABRIC_FORWARDER_LIMITS_<KEY>` / `TASKFABRIC_FORWARDER_QUOTAS_<KEY>` for the `auth`, `tls`, `limits` and
-`quotas` sections), then
+`TASKFABRIC_FORWARDER_LIMITS_<KEY>` / `TASKFABRIC_FORWARDER_QUOTAS_<KEY>` / `TASKFABRIC_FORWARDER_UI_<KEY>` for
+the `auth`, `tls`, `limits`, `quotas` and `ui` sections), then
 command-line flags. Every key is validated eagerly; a bad key or value raises `ConfigError` naming
 it. `describe_settings(ForwarderSettings)` lists every key with its help text.
 """
@@ -30,6 +30,7 @@ __all__ = [
     "LimitsSettings",
     "QuotaSettings",
     "TlsSettings",
+    "UiSettings",
     "default_database_url",
 ]
 
@@ -38,6 +39,7 @@ _AUTH_ENV_PREFIX = "TASKFABRIC_FORWARDER_AUTH_"
 _TLS_ENV_PREFIX = "TASKFABRIC_FORWARDER_TLS_"
 _LIMITS_ENV_PREFIX = "TASKFABRIC_FORWARDER_LIMITS_"
 _QUOTAS_ENV_PREFIX = "TASKFABRIC_FORWARDER_QUOTAS_"
+_UI_ENV_PREFIX = "TASKFABRIC_FORWARDER_UI_"
 _MIB = 1024 * 1024
 #: JSON carries binary values as base64: 4 bytes for every 3, plus the rest of the request
 _BASE64_GROWTH = 4 / 3
@@ -221,6 +223,27 @@ class QuotaSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class UiSettings:
+    """The web dashboard at /ui/ (docs/dashboard.md)."""
+
+    enabled: bool = setting(True, help="serve the web dashboard at /ui/")
+    admin_users: tuple[str, ...] = setting(
+        (), help="user names that see the dashboard's Admin page (operators); empty: nobody"
+    )
+    session_max_age_s: float = setting(
+        8 * 3600.0, help="a dashboard session (sign-in cookie) expires this long after sign-in", min=60
+    )
+    session_key_file: Path | None = setting(
+        None,
+        help="file holding the key that signs session cookies (made 0600 on first start); default "
+        "$TASKFABRIC_HOME/forwarder/ui-session.key; replicas behind one address must share it",
+    )
+    sample_period_s: float = setting(
+        10.0, help="how often the queue depth of every endpoint is sampled for the dashboard's charts", min=1
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ForwarderSettings:
     """Everything `taskfabric forwarder serve` can be told."""
 
@@ -334,6 +357,8 @@ class ForwarderSettings:
     quotas: QuotaSettings = setting(
         default_factory=QuotaSettings, help="per-user quotas and rate limits, result size limits, fair ingest"
     )
+    # the web dashboard (forwarder/ui/)
+    ui: UiSettings = setting(default_factory=UiSettings, help="the web dashboard: admin_users, sessions")
 
     def __post_init__(self) -> None:
         if self.database_url is None:
@@ -390,6 +415,7 @@ class ForwarderSettings:
             ("tls", TlsSettings, _TLS_ENV_PREFIX),
             ("limits", LimitsSettings, _LIMITS_ENV_PREFIX),
             ("quotas", QuotaSettings, _QUOTAS_ENV_PREFIX),
+            ("ui", UiSettings, _UI_ENV_PREFIX),
         ):
             section_env = settings_from_env(section_cls, prefix, environ)
             if section_env:

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from taskfabric.forwarder.store import versions as _versions
+from taskfabric.forwarder.store.dashboard import DashboardQueries
 from taskfabric.forwarder.store.dead_letters import DeadLetterTable
 from taskfabric.forwarder.store.endpoints import EndpointTable
 from taskfabric.forwarder.store.engine import StoreConflict, open_engine, redact_db_url, translate_errors
@@ -56,6 +57,7 @@ class Store:
         self.tasks = TaskTable(engine)
         self.dead_letters = DeadLetterTable(engine)
         self.quotas = QuotaTable(engine)
+        self.dashboard = DashboardQueries(engine)  # read-only aggregates of the web dashboard
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = 8, create: bool = True, upgrade: bool = False) -> Store:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -13,6 +15,7 @@ from taskfabric.forwarder.records import EndpointRecord, StatusReport
 from taskfabric.forwarder.store._sql import clean_text
 from taskfabric.forwarder.store.engine import translate_errors
 from taskfabric.forwarder.store.schema import endpoints
+from taskfabric.protocol import MAX_BLOCK_REPORTS, BlockReport
 
 __all__ = ["EndpointTable"]
 
@@ -21,6 +24,8 @@ _STATUS_COUNTERS = ("managers", "workers", "idle_workers", "outstanding_tasks", 
 _STATUS_TEXTS = ("hostname", "python_version", "agent_version", "status_reason")
 #: a scaling decision may quote a scheduler's message
 _SCALING_LIMIT = 1024
+#: block and job ids are short (`0`, `12345.cluster`)
+_ID_LIMIT = 128
 #: counters are clamped into a signed 32-bit column
 _COUNTER_MAX = 2**31 - 1
 
@@ -99,6 +104,7 @@ class EndpointTable:
                 state=bindparam("b_state"),
                 last_heartbeat_at=bindparam("b_last_heartbeat_at"),
                 scaling=bindparam("b_scaling"),
+                blocks=bindparam("b_blocks"),
                 **{name: bindparam(f"b_{name}") for name in (*_STATUS_COUNTERS, *_STATUS_TEXTS)},
             )
         )
@@ -118,7 +124,31 @@ def _status_params(endpoint_id: uuid.UUID, report: StatusReport) -> dict[str, An
     for name in _STATUS_TEXTS:
         params[f"b_{name}"] = clean_text(getattr(report, name), _TEXT_LIMIT)
     params["b_scaling"] = clean_text(report.scaling, _SCALING_LIMIT)
+    params["b_blocks"] = _blocks_json(report.blocks)
     return params
+
+
+def _blocks_json(blocks: Sequence[BlockReport]) -> str:
+    """The reported blocks as a JSON list of [block id, job id, state, submitted at], each text
+    clipped (an agent's report is untrusted input)."""
+    rows = [
+        [clean_text(b.block_id, _ID_LIMIT), clean_text(b.job_id, _ID_LIMIT), clean_text(b.state, 16), b.submitted_at]
+        for b in blocks[:MAX_BLOCK_REPORTS]
+        if math.isfinite(b.submitted_at)
+    ]
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def _blocks_of(text: str | None) -> tuple[BlockReport, ...]:
+    """The blocks `_blocks_json` wrote (none for older rows, or text that is not what it wrote)."""
+    try:
+        rows = json.loads(text or "[]")
+        return tuple(
+            BlockReport(block_id=str(row[0]), job_id=str(row[1]), state=str(row[2]), submitted_at=float(row[3]))
+            for row in rows
+        )
+    except (ValueError, TypeError, IndexError):
+        return ()
 
 
 def _endpoint(row: Row[Any]) -> EndpointRecord:
@@ -137,6 +167,7 @@ def _endpoint(row: Row[Any]) -> EndpointRecord:
         agent_version=m["agent_version"] or "",
         scaling=m["scaling"] or "",
         status_reason=m["status_reason"] or "",
+        blocks=_blocks_of(m["blocks"]),
     )
     return EndpointRecord(
         endpoint_id=m["endpoint_id"],

@@ -124,6 +124,8 @@ endpoints = Table(
     # schema v2: the scaling strategy's last decision, as the agent reported it
     Column("scaling", Text),
     Column("status_reason", Text),  # v2: why the agent reports itself degraded
+    # schema v3 (dashboard): the agent's live blocks with their scheduler job ids, as JSON
+    Column("blocks", Text),
     UniqueConstraint("owner_id", "name", name="uq_endpoints_owner_name"),
 )
 
@@ -260,8 +262,13 @@ def _v4_quotas(connection: Connection) -> None:
         _IX_OWNER_COMPLETED.create(connection)
 
 
+def _v5_dashboard(connection: Connection) -> None:
+    """Endpoints' live blocks with their scheduler job ids (shown by the web dashboard)."""
+    _add_missing_columns(connection, inspect(connection), "endpoints", endpoints, ("blocks",))
+
+
 #: schema version n is reached by running MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle, _v3_revocation, _v4_quotas]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle, _v3_revocation, _v4_quotas, _v5_dashboard]
 
 
 def migrate(connection: Connection) -> int:

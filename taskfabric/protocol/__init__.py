@@ -77,7 +77,9 @@ from taskfabric.protocol.api import (
     render,
 )
 from taskfabric.protocol.messages import (
+    MAX_BLOCK_REPORTS,
     MESSAGE_TYPES,
+    BlockReport,
     CancelTasks,
     Drain,
     EndpointStatus,
@@ -104,11 +106,13 @@ from taskfabric.protocol.resources import (
 from taskfabric.protocol.states import TERMINAL_TASK_STATES, EndpointState, TaskStatus
 
 __all__ = [
+    "MAX_BLOCK_REPORTS",
     "MAX_RESOURCE_VALUE",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "RESOURCE_KEYS",
     "TERMINAL_TASK_STATES",
+    "BlockReport",
     "BrokerAccess",
     "CancelTasks",
     "Drain",

@@ -16,7 +16,9 @@ from taskfabric.errors import ErrorCode
 from taskfabric.protocol.states import EndpointState
 
 __all__ = [
+    "MAX_BLOCK_REPORTS",
     "MESSAGE_TYPES",
+    "BlockReport",
     "CancelTasks",
     "Drain",
     "EndpointStatus",
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 _M = TypeVar("_M")
+
+#: blocks one status report may list (an agent with more reports its oldest)
+MAX_BLOCK_REPORTS = 200
 
 #: type tag -> top-level message class
 MESSAGE_TYPES: dict[str, type] = {}
@@ -198,6 +203,16 @@ class CancelTasks:
             raise ValueError("grace_period_s must not be negative")
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class BlockReport:
+    """One live block of an endpoint, as its agent reports it: the scheduler's job id and state."""
+
+    block_id: str
+    job_id: str
+    state: str
+    submitted_at: float
+
+
 @message("endpoint_status")
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class EndpointStatus:
@@ -220,12 +235,16 @@ class EndpointStatus:
     scaling: str = ""
     #: why the agent is `degraded` (empty otherwise)
     status_reason: str = ""
+    #: its live (pending and running) blocks, at most `MAX_BLOCK_REPORTS` (older agents send none)
+    blocks: list[BlockReport] = dataclasses.field(default_factory=list)
 
     STATES = tuple(EndpointState)
 
     def check(self) -> None:
         if self.state not in self.STATES:
             raise ValueError(f"state must be one of {', '.join(self.STATES)}")
+        if len(self.blocks) > MAX_BLOCK_REPORTS:
+            raise ValueError(f"blocks: at most {MAX_BLOCK_REPORTS} block reports")
 
 
 @message("manager_register")

@@ -15,11 +15,13 @@ EXPECTED: dict[str, list[str]] = {
     "taskfabric": ["__version__"],
     "taskfabric.tools": [],
     "taskfabric.protocol": [
+        "MAX_BLOCK_REPORTS",
         "MAX_RESOURCE_VALUE",
         "MESSAGE_TYPES",
         "PROTOCOL_VERSION",
         "RESOURCE_KEYS",
         "TERMINAL_TASK_STATES",
+        "BlockReport",
         "BrokerAccess",
         "CancelTasks",
         "Drain",
