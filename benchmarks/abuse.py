@@ -11,6 +11,8 @@ bytes the client got to send first, and the forwarder's RSS before, at its peak 
    them, and how long a normal request took meanwhile.
 4. ws-ping-flood: 200,000 WebSocket pings from a client that reads nothing; the pongs it gets
    when it finally reads.
+5. result-flood: a second user's round trip while the first user's endpoint floods results
+   (`benchmarks/abuse_flood.py`, on a forwarder of its own with two users; `--flood-tasks 0` skips it).
 
 Usage::
 
@@ -32,6 +34,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import socket
 import tempfile
 import threading
@@ -211,14 +214,40 @@ def ws_ping_flood(target: Target, *, pings: int = 200_000) -> dict[str, Any]:
     return {"section": "ws-ping-flood", "pings": pings // 1000 * 1000, **figures}
 
 
+def result_flood(target: Target, *, flood_tasks: int) -> dict[str, Any]:
+    """User B's round trips idle and during user A's result flood (`abuse_flood.run_flood`: it
+    needs two users and A's endpoint credentials, so it runs a forwarder of its own on the same
+    broker, not `target`)."""
+    import abuse_flood  # benchmarks/ is on sys.path when this script runs
+
+    figures = abuse_flood.run_flood(
+        amqp_url=os.environ.get("TASKFABRIC_TEST_AMQP_URL"),
+        management_url=os.environ.get("TASKFABRIC_TEST_MANAGEMENT_URL"),
+        flood_tasks=flood_tasks,
+    )
+    return {
+        "section": "result-flood",
+        "idle_p50_s": figures.idle_p50_s,
+        "idle_p99_s": figures.idle_p99_s,
+        "flood_p50_s": figures.flood_p50_s,
+        "flood_p99_s": figures.flood_p99_s,
+        "p50_ratio": figures.p50_ratio,
+        "p99_ratio": figures.p99_ratio,
+        "flood_results_sent": figures.flood_results_sent,
+    }
+
+
 def default_sections(args: argparse.Namespace) -> list[Section]:
-    return [
+    sections: list[Section] = [
         lambda target: unauthenticated_upload(target, upload_mb=args.upload_mb),
         lambda target: authenticated_oversize(target, chunked=False),
         lambda target: authenticated_oversize(target, chunked=True),
         lambda target: slow_loris(target, connections=args.slow_connections),
         ws_ping_flood,
     ]
+    if args.flood_tasks > 0:
+        sections.append(lambda target: result_flood(target, flood_tasks=args.flood_tasks))
+    return sections
 
 
 def run_sections(target: Target, sections: Sequence[Section]) -> list[dict[str, Any]]:
@@ -270,6 +299,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pid", type=int, help="the process id of the forwarder at --url (for its RSS)")
     parser.add_argument("--upload-mb", type=int, default=50, help="the unauthenticated upload (default 50 MB)")
     parser.add_argument("--slow-connections", type=int, default=200, help="slow-loris connections (default 200)")
+    parser.add_argument(
+        "--flood-tasks",
+        type=int,
+        default=50_000,
+        help="results in the result-flood section (default 50,000; 0 skips it)",
+    )
     return parser.parse_args(argv)
 
 
