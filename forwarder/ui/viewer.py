@@ -132,13 +132,19 @@ async def viewer(request: Request) -> Viewer:
 
 async def _session_identity(forwarder: Forwarder, session: Session) -> Identity | None:
     """The user behind a session if its token still counts. Local tokens are looked up by hash
-    (revocation ends the session at once); Globus tokens are not kept, so a Globus session lives
-    until it expires (see docs/dashboard.md)."""
+    (revocation, expiry and disabling the user end the session at once); Globus tokens are not
+    kept, so a Globus session lives until it expires or its user is disabled (docs/dashboard.md)."""
     if forwarder.settings.auth.provider == "local":
-        identity = await forwarder.runner.read(forwarder.store.users.identity_for_token, session.token_hash)
-        return identity if identity is not None and identity.user_id == session.user_id else None
+        owner = await forwarder.runner.read(forwarder.store.users.token_owner, session.token_hash)
+        if owner is None or owner.identity.user_id != session.user_id or owner.disabled_at is not None:
+            return None
+        if owner.expires_at is not None and owner.expires_at <= time.time():
+            return None
+        return owner.identity
     user = await forwarder.runner.read(forwarder.store.users.get, session.user_id)
-    return Identity(user_id=user.user_id, username=user.username, auth=user.auth) if user is not None else None
+    if user is None or user.disabled_at is not None:
+        return None
+    return Identity(user_id=user.user_id, username=user.username, auth=user.auth)
 
 
 def check_csrf(viewer: Viewer, dashboard: Dashboard, token: str | None) -> None:

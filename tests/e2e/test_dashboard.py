@@ -30,6 +30,7 @@ from taskfabric.endpoint_agent.local import (
     stop_endpoint,
 )
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user, revoke_tokens
+from taskfabric.forwarder.admin import disable_user, enable_user
 from taskfabric.forwarder.testing import ForwarderProcess
 from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
 
@@ -408,6 +409,24 @@ def test_revoking_the_token_ends_the_session(dashboard: Dashboard, browsers: Cal
     revoke_tokens(dashboard.settings, name)
     driver.get(dashboard.url + "/ui/tasks")
     wait_for(driver, lambda d: "/ui/signin" in d.current_url, "the sign-in page once the token is revoked")
+
+
+def test_disabling_the_user_or_an_expired_token_ends_the_session(
+    dashboard: Dashboard, browsers: Callable[[], WebDriver]
+) -> None:
+    name = unique_name("disabled")
+    create_user(dashboard.settings, name)
+    driver = browsers()
+    sign_in(driver, dashboard, create_token(dashboard.settings, name))
+    disable_user(dashboard.settings, name)
+    driver.get(dashboard.url + "/ui/tasks")
+    wait_for(driver, lambda d: "/ui/signin" in d.current_url, "the sign-in page once the user is disabled")
+    enable_user(dashboard.settings, name)
+    fresh = browsers()  # the first browser's session counts again once the user is enabled
+    sign_in(fresh, dashboard, create_token(dashboard.settings, name, expires_in_s=3.0))
+    time.sleep(3.5)  # the token's own lifetime, not a wait for the forwarder
+    fresh.get(dashboard.url + "/ui/tasks")
+    wait_for(fresh, lambda d: "/ui/signin" in d.current_url, "the sign-in page once the token has expired")
 
 
 def test_sessions_cookie_is_http_only_and_strict(dashboard: Dashboard, browsers: Callable[[], WebDriver]) -> None:
