@@ -67,6 +67,8 @@ class BlockScaler(Protocol):
 
     def status(self) -> ScalerStatus: ...
 
+    def failure(self) -> BaseException | None: ...
+
 
 class Scaler:
     """Starts, scales and stops the endpoint's blocks."""
@@ -122,8 +124,23 @@ class Scaler:
                 for block_id in live:
                     self._remove_block_files(block_id)
 
+    def failure(self) -> BaseException | None:
+        """What ended the scaling thread for good (None while it runs): the agent then stops."""
+        return self.error
+
     @wrap_with_logs
     def _run(self) -> None:
+        """The scaling thread. A failing step is logged and retried next period; anything else
+        escaping is kept in `error` for the agent's loop (woken now), which stops the agent with
+        `RET_CRASHED` so its supervisor starts a fresh one, instead of running on without scaling."""
+        try:
+            self._scale_until_stopped()
+        except Exception as exc:
+            self.error = exc
+            self._wake()
+            raise
+
+    def _scale_until_stopped(self) -> None:
         try:
             provider = build_provider(self._config.provider, script_dir=self._run_dir / "submit_scripts")
         except ConfigError as exc:

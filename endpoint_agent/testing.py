@@ -424,6 +424,7 @@ class FakeScaler:
         self.started = False
         self.stopped = False
         self.observed: list[tuple[int, int]] = []
+        self.error: BaseException | None = None
         self._ended: list[tuple[str, str]] = []
 
     def start(self) -> None:
@@ -447,3 +448,7 @@ class FakeScaler:
 
     def status(self) -> ScalerStatus:
         return ScalerStatus()
+
+    def failure(self) -> BaseException | None:
+        """Set `error` to play a scaling thread that died."""
+        return self.error

@@ -15,6 +15,9 @@ EXPECTED: dict[str, list[str]] = {
     "taskfabric": ["__version__"],
     "taskfabric.tools": [],
     "taskfabric.protocol": [
+        "MAX_MANAGER_PREFETCH",
+        "MAX_MANAGER_WORKERS",
+        "MAX_REGISTER_TEXT_CHARS",
         "MAX_RESOURCE_VALUE",
         "MESSAGE_TYPES",
         "PROTOCOL_VERSION",
