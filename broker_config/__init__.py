@@ -18,7 +18,7 @@ State: none here; the broker's queues hold messages in flight.
 
 from __future__ import annotations
 
-from taskfabric.broker_config.management import ManagementClient
+from taskfabric.broker_config.management import ManagementClient, vhost_of
 from taskfabric.broker_config.node import NodeInfo, RabbitNode, find_rabbitmq_bin, install_hint
 from taskfabric.broker_config.topology import (
     DEFAULT_DELIVERY_LIMIT,
@@ -43,4 +43,5 @@ __all__ = [
     "find_rabbitmq_bin",
     "install_hint",
     "new_queue_secret",
+    "vhost_of",
 ]

@@ -17,9 +17,16 @@ from taskfabric.broker_config.topology import EndpointPermissions
 from taskfabric.errors import AccessRefused, BrokerError, BrokerUnavailable, NotFound
 from taskfabric.transport import redact_url
 
-__all__ = ["ManagementClient"]
+__all__ = ["ManagementClient", "vhost_of"]
 
 log = logging.getLogger(__name__)
+
+
+def vhost_of(amqp_url: str) -> str:
+    """The virtual host an AMQP URL names (`amqp://host:port/VHOST`, URL-quoted; "/" when the
+    path is empty, as pika reads it)."""
+    path = urllib.parse.urlsplit(amqp_url).path
+    return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
 
 
 class ManagementClient:

@@ -133,6 +133,7 @@ EXPECTED: dict[str, list[str]] = {
         "find_rabbitmq_bin",
         "install_hint",
         "new_queue_secret",
+        "vhost_of",
     ],
     "taskfabric.forwarder": [
         "AuthProvider",
