@@ -73,6 +73,15 @@ class ManagementClient:
     def user_exists(self, name: str) -> bool:
         return self._request("GET", f"/users/{_q(name)}", missing_ok=True).status_code == 200
 
+    def create_vhost(self, *, description: str = "") -> None:
+        """Create this client's virtual host (fine if it exists)."""
+        self._request("PUT", f"/vhosts/{_q(self._vhost)}", json={"description": description})
+
+    def vhost_permissions_of(self, user: str) -> list[str]:
+        """The virtual hosts on which `user` has any permissions."""
+        rows = self._request("GET", f"/users/{_q(user)}/permissions").json()
+        return [row["vhost"] for row in rows if isinstance(row, dict) and "vhost" in row]
+
     def set_permissions(self, user: str, permissions: EndpointPermissions) -> None:
         """Set a user's configure/write/read regexes on this client's virtual host."""
         body = {"configure": permissions.configure, "write": permissions.write, "read": permissions.read}

@@ -122,6 +122,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "taskfabric.broker_config": [
         "DEFAULT_DELIVERY_LIMIT",
+        "DEFAULT_VHOST",
         "EndpointPermissions",
         "EndpointQueues",
         "ManagementClient",
@@ -129,6 +130,7 @@ EXPECTED: dict[str, list[str]] = {
         "RabbitNode",
         "Topology",
         "broker_username",
+        "check_vhost",
         "endpoint_id_of_username",
         "find_rabbitmq_bin",
         "install_hint",
