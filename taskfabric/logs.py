@@ -68,6 +68,6 @@ def run_guarded(main: Callable[[], int], *, what: str, crash_code: int) -> int:
         return main()
     except Exception as exc:
         logging.getLogger(getattr(main, "__module__", None) or __name__).exception(
-            "%s (pid %d) stopped on an unexpected error: %s: %s", what, os.getpid(), type(exc).__name__, exc
+            "%s (pid %d) failed on an unexpected error: %s: %s", what, os.getpid(), type(exc).__name__, exc
         )
         return crash_code

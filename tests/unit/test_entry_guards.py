@@ -59,7 +59,7 @@ def test_a_manager_that_cannot_start_exits_with_the_crash_code_and_one_log_recor
         "taskfabric", "manager", "run", "--interchange", "not an address", "--workers", "1", "--token-file", str(token)
     )
     assert done.returncode == RET_CRASHED, done.stderr
-    assert "the manager (pid" in done.stderr and "stopped on an unexpected error" in done.stderr
+    assert "the manager (pid" in done.stderr and "failed on an unexpected error" in done.stderr
     assert done.stderr.count("Traceback") == 1  # logged once, by the guard
 
 
