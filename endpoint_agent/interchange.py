@@ -160,7 +160,9 @@ class Interchange:
         unauthenticated peer costs the agent stays small."""
         registered = manager_id in self.managers
         if not registered and len(payload) > MAX_REGISTRATION_BYTES:
-            self._refuse(manager_id, f"a {len(payload)}-byte first message (at most {MAX_REGISTRATION_BYTES})")
+            self._refuse(
+                manager_id, f"a {len(payload)}-byte message before registering (at most {MAX_REGISTRATION_BYTES})"
+            )
             return None
         try:
             return unpack(payload)

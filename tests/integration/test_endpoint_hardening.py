@@ -72,8 +72,14 @@ def test_hostile_manager_registrations_are_refused_and_the_agent_keeps_working(e
         "workers as text": (_registration(token, workers="lots"), "workers: expected an integer, got str"),
         "prefetch=2**63": (_registration(token, prefetch=2**63), "prefetch must be between 0 and"),
         "a long host name": (_registration(token, hostname="h" * 4000), "hostname must be at most 255 characters"),
-        "a huge frame": (_registration(token, hostname="h" * 1_000_000), "-byte first message (at most 16384)"),
-        "huge unknown fields": (_registration(token, extra="x" * 100_000), "-byte first message (at most 16384)"),
+        "a huge frame": (
+            _registration(token, hostname="h" * 1_000_000),
+            "-byte message before registering (at most 16384)",
+        ),
+        "huge unknown fields": (
+            _registration(token, extra="x" * 100_000),
+            "-byte message before registering (at most 16384)",
+        ),
         "not msgpack": (bytes([PROTOCOL_VERSION]) + b"\xc1\xc1not msgpack", "not a valid msgpack envelope"),
         "no version byte": (b"{}", "unsupported protocol version"),
     }
