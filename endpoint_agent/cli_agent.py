@@ -16,7 +16,7 @@ from taskfabric.endpoint_agent.supervisor import supervise as supervise_agent
 from taskfabric.exit_codes import RET_CRASHED
 from taskfabric.gc_tuning import tune_for_service
 from taskfabric.logs import run_guarded, setup_logging
-from taskfabric.secret_env import scrub_environment
+from taskfabric.secret_env import exec_without_secrets, scrub_environment
 
 __all__ = ["agent", "run_agent"]
 
@@ -52,6 +52,15 @@ def run_agent(endpoint_dir: Path, *, log_to_stderr: bool = True) -> int:
                 log.warning("could not remove %s: %s", leftover, exc)
 
 
+def _secrets_of(endpoint_dir: Path) -> list[str]:
+    """The endpoint's broker password (none while connection.json is missing or unreadable: the
+    agent then fails at start and says why)."""
+    try:
+        return EndpointConnection.load(AgentPaths(endpoint_dir).connection).secret_values()
+    except Exception:  # reported properly by run_agent
+        return []
+
+
 @click.group()
 def agent() -> None:
     """The endpoint agent process (started by `taskfabric endpoint start`)."""
@@ -67,6 +76,7 @@ def agent() -> None:
 @click.option("--quiet", is_flag=True, help="Log only to agent.log in the endpoint folder.")
 def run(endpoint_dir: Path, quiet: bool) -> None:
     """Run the agent in the foreground until SIGTERM/SIGINT (then it drains and stops)."""
+    exec_without_secrets(secrets=_secrets_of(endpoint_dir))
     sys.exit(run_agent(endpoint_dir, log_to_stderr=not quiet))
 
 
@@ -79,6 +89,7 @@ def run(endpoint_dir: Path, quiet: bool) -> None:
 )
 def supervise(endpoint_dir: Path) -> None:
     """Run the agent and restart it when it crashes (with back-off, at most 5 times in 10 minutes)."""
+    exec_without_secrets(secrets=_secrets_of(endpoint_dir))
     setup_logging(logging.INFO, file=AgentPaths(endpoint_dir).log, stream=False)
     sys.exit(
         run_guarded(lambda: supervise_agent(endpoint_dir), what="the endpoint's supervisor", crash_code=RET_CRASHED)

@@ -15,7 +15,7 @@ from taskfabric.gc_tuning import tune_for_service
 from taskfabric.logs import run_guarded, setup_logging
 from taskfabric.manager.manager import Manager, ManagerSettings
 from taskfabric.protocol import MAX_MANAGER_PREFETCH, MAX_MANAGER_WORKERS
-from taskfabric.secret_env import scrub_environment
+from taskfabric.secret_env import exec_without_secrets, scrub_environment
 
 __all__ = ["manager", "run_manager"]
 
@@ -112,6 +112,9 @@ def run(
 ) -> None:
     """Connect to the interchange and run its tasks on WORKERS processes. The registration token
     comes from --token-file or $TASKFABRIC_MANAGER_TOKEN (never the command line)."""
+    token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV, "")
+    if token_file is not None:  # from $TASKFABRIC_MANAGER_TOKEN, it would be gone after the exec
+        exec_without_secrets(secrets=[token])
     if log_dir is not None:  # one folder per manager: a block may span several nodes
         log_dir = log_dir / f"{socket.gethostname()}-{os.getpid()}"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +124,7 @@ def run(
         workers=workers,
         prefetch=prefetch,
         block_id=block_id,
-        registration_token=token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV, ""),
+        registration_token=token,
         interchange_key=interchange_key_file.read_bytes().strip() if interchange_key_file else None,
         heartbeat_period_s=heartbeat_period_s,
         heartbeat_threshold_s=heartbeat_threshold_s,

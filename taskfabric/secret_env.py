@@ -9,6 +9,12 @@ need to reach a task, so each of those processes removes them from its own envir
 the environment without them. Secrets stay in files of mode 0600 that only the agent and the
 managers read (`connection.json`, `blocks/manager.token`).
 
+Removing a variable from `os.environ` does not remove it from `/proc/PID/environ`, which shows
+the environment a process was started with and which any process of the same user (a task)
+can read. So the long-running commands (`agent run`, `agent supervise`, `manager run`, `endpoint
+start`) first re-execute themselves without the secrets (`exec_without_secrets`) when they were
+started with any.
+
 What is removed: the variables named in `SECRET_VARIABLES`, every variable starting with one of
 `SECRET_PREFIXES`, and every variable whose name or value contains one of the secrets the caller
 knows (e.g. the broker password, in whatever variable an operator put it).
@@ -17,9 +23,17 @@ knows (e.g. the broker password, in whatever variable an operator put it).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping, MutableMapping
 
-__all__ = ["MIN_SECRET_CHARS", "SECRET_PREFIXES", "SECRET_VARIABLES", "scrub_environment", "without_secrets"]
+__all__ = [
+    "MIN_SECRET_CHARS",
+    "SECRET_PREFIXES",
+    "SECRET_VARIABLES",
+    "exec_without_secrets",
+    "scrub_environment",
+    "without_secrets",
+]
 
 #: taskfabric's own credential variables
 SECRET_VARIABLES = frozenset({"TASKFABRIC_TOKEN", "TASKFABRIC_MANAGER_TOKEN"})
@@ -59,3 +73,21 @@ def scrub_environment(
     for name in removed:
         del target[name]
     return removed
+
+
+def exec_without_secrets(*, secrets: Iterable[str | None] = (), command: list[str] | None = None) -> None:
+    """When this process's environment holds a secret (see `without_secrets`), replace the
+    process with `python -m taskfabric COMMAND` (default: the command it runs now) in an
+    environment without them, so they are not left in `/proc/PID/environ` either. Returns only
+    when there was nothing to remove. Call it first thing in a `taskfabric` command, before any
+    thread or file is opened."""
+    clean = without_secrets(os.environ, secrets=secrets)
+    if len(clean) == len(os.environ):
+        return
+    if command is None and os.path.basename(sys.argv[0]) not in ("taskfabric", "__main__.py"):
+        scrub_environment(secrets=secrets)  # run in-process (e.g. by click's test runner): no exec
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    arguments = sys.argv[1:] if command is None else command
+    os.execve(sys.executable, [sys.executable, "-m", "taskfabric", *arguments], clean)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from taskfabric.secret_env import scrub_environment, without_secrets
+import os
+import sys
+
+import pytest
+
+from taskfabric.secret_env import exec_without_secrets, scrub_environment, without_secrets
 
 PASSWORD = "s3cr3t-broker-pw"
 
@@ -38,3 +43,12 @@ def test_scrub_removes_in_place_and_names_what_it_removed() -> None:
     environ = {"TASKFABRIC_TOKEN": "api", "B": f"x{PASSWORD}", "KEEP": "1"}
     assert scrub_environment(secrets=[PASSWORD], environ=environ) == ["B", "TASKFABRIC_TOKEN"]
     assert environ == {"KEEP": "1"}
+
+
+def test_exec_without_secrets_only_scrubs_when_not_run_as_the_taskfabric_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TASKFABRIC_TOKEN", "api-token-value")
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/pytest", "-k", "x"])
+    exec_without_secrets()  # would replace pytest itself if it exec'd
+    assert "TASKFABRIC_TOKEN" not in os.environ
