@@ -6,7 +6,8 @@
 - `ManagementClient`: creates and deletes per-endpoint broker users (HTTP management API).
 - `RabbitNode`: starts and stops a private, loopback-only node in a directory
   (`taskfabric broker up|down|status`), configured from `rabbitmq.conf` and `enabled_plugins`
-  in this folder.
+  in this folder; taskfabric lives on its own virtual host there (`DEFAULT_VHOST`, "taskfabric";
+  `--vhost`), never on `/`.
 
 Who it talks to: RabbitMQ, over AMQP through a `taskfabric.transport.Transport` (declarations) and
 over the HTTP management API (endpoint users, permissions, their connections); `RabbitNode` runs
@@ -18,8 +19,15 @@ State: none here; the broker's queues hold messages in flight.
 
 from __future__ import annotations
 
-from taskfabric.broker_config.management import ManagementClient
-from taskfabric.broker_config.node import NodeInfo, RabbitNode, find_rabbitmq_bin, install_hint
+from taskfabric.broker_config.management import ManagementClient, vhost_of
+from taskfabric.broker_config.node import (
+    DEFAULT_VHOST,
+    NodeInfo,
+    RabbitNode,
+    check_vhost,
+    find_rabbitmq_bin,
+    install_hint,
+)
 from taskfabric.broker_config.topology import (
     DEFAULT_DELIVERY_LIMIT,
     EndpointPermissions,
@@ -32,6 +40,7 @@ from taskfabric.broker_config.topology import (
 
 __all__ = [
     "DEFAULT_DELIVERY_LIMIT",
+    "DEFAULT_VHOST",
     "EndpointPermissions",
     "EndpointQueues",
     "ManagementClient",
@@ -39,8 +48,10 @@ __all__ = [
     "RabbitNode",
     "Topology",
     "broker_username",
+    "check_vhost",
     "endpoint_id_of_username",
     "find_rabbitmq_bin",
     "install_hint",
     "new_queue_secret",
+    "vhost_of",
 ]

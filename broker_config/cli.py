@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from taskfabric.broker_config.node import NodeInfo, RabbitNode
+from taskfabric.broker_config.node import DEFAULT_VHOST, NodeInfo, RabbitNode, check_vhost
 from taskfabric.errors import BrokerError
 from taskfabric.exit_codes import RET_OK, RET_STOPPED
 from taskfabric.paths import taskfabric_home
@@ -36,6 +36,7 @@ def node_document(info: NodeInfo) -> dict[str, str | bool | None]:
         "node": info.node_name,
         "amqp_url": info.amqp_url,
         "management_url": info.management_url,
+        "vhost": info.vhost,
     }
     if info.amqps_url is not None:
         document.update(amqps_url=info.amqps_url, ca_file=info.ca_file)
@@ -52,6 +53,14 @@ def _print_info(info: NodeInfo, as_json: bool) -> None:
         click.echo(f"AMQPS URL:      {info.amqps_url}")
         click.echo(f"CA file:        {info.ca_file}")
     click.echo(f"management URL: {info.management_url}")
+    click.echo(f"vhost:          {info.vhost}")
+
+
+def _vhost_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    try:
+        return None if value is None else check_vhost(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group()
@@ -69,9 +78,16 @@ def broker() -> None:
     help="Also listen for AMQP over TLS, with a certificate signed by a private CA made for the node; "
     "prints the amqps URL and the CA file (give it to the forwarder as broker_ca_file).",
 )
-def up(directory: Path | None, as_json: bool, timeout_s: float, tls: bool) -> None:
+@click.option(
+    "--vhost",
+    default=None,
+    callback=_vhost_option,
+    help=f"The virtual host taskfabric uses on the node, created if missing (default: the node's earlier one, "
+    f"else {DEFAULT_VHOST!r}); the printed URLs name it.",
+)
+def up(directory: Path | None, as_json: bool, timeout_s: float, tls: bool, vhost: str | None) -> None:
     """Start the node (or find it running) and print its AMQP and management URLs."""
-    node = RabbitNode(directory or default_broker_dir(), tls=tls)
+    node = RabbitNode(directory or default_broker_dir(), tls=tls, vhost=vhost)
     try:
         info = node.start(timeout_s=timeout_s)
     except BrokerError as exc:

@@ -17,9 +17,16 @@ from taskfabric.broker_config.topology import EndpointPermissions
 from taskfabric.errors import AccessRefused, BrokerError, BrokerUnavailable, NotFound
 from taskfabric.transport import redact_url
 
-__all__ = ["ManagementClient"]
+__all__ = ["ManagementClient", "vhost_of"]
 
 log = logging.getLogger(__name__)
+
+
+def vhost_of(amqp_url: str) -> str:
+    """The virtual host an AMQP URL names (`amqp://host:port/VHOST`, URL-quoted; "/" when the
+    path is empty, as pika reads it)."""
+    path = urllib.parse.urlsplit(amqp_url).path
+    return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
 
 
 class ManagementClient:
@@ -65,6 +72,15 @@ class ManagementClient:
 
     def user_exists(self, name: str) -> bool:
         return self._request("GET", f"/users/{_q(name)}", missing_ok=True).status_code == 200
+
+    def create_vhost(self, *, description: str = "") -> None:
+        """Create this client's virtual host (fine if it exists)."""
+        self._request("PUT", f"/vhosts/{_q(self._vhost)}", json={"description": description})
+
+    def vhost_permissions_of(self, user: str) -> list[str]:
+        """The virtual hosts on which `user` has any permissions."""
+        rows = self._request("GET", f"/users/{_q(user)}/permissions").json()
+        return [row["vhost"] for row in rows if isinstance(row, dict) and "vhost" in row]
 
     def set_permissions(self, user: str, permissions: EndpointPermissions) -> None:
         """Set a user's configure/write/read regexes on this client's virtual host."""

@@ -23,27 +23,46 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.parse
 from importlib import resources
 from pathlib import Path
 
 from taskfabric.broker_config.certs import CertificateFiles, make_ca, make_server_certificate
+from taskfabric.broker_config.management import ManagementClient
+from taskfabric.broker_config.topology import EndpointPermissions
 from taskfabric.errors import BrokerError, BrokerUnavailable
 from taskfabric.processes import free_ports, port_open
 
-__all__ = ["NodeInfo", "RabbitNode", "find_rabbitmq_bin", "install_hint"]
+__all__ = ["DEFAULT_VHOST", "NodeInfo", "RabbitNode", "check_vhost", "find_rabbitmq_bin", "install_hint"]
 
 log = logging.getLogger(__name__)
 
+#: the virtual host a node serves taskfabric on: endpoint users get permissions there only, never
+#: on the broker's default `/`
+DEFAULT_VHOST = "taskfabric"
+_VHOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
 _BIN_DIRS = (Path("/usr/lib/rabbitmq/bin"), Path("/usr/local/lib/rabbitmq/bin"))
 _PORT_RANGE = (20000, 30000)
+#: how long the management API may take to create the vhost after the node is up
+_VHOST_SETUP_S = 20.0
 # seeded from the OS, apart from the global `random` (which tests and user code may reseed)
 _port_picker = random.Random()
+
+
+def check_vhost(name: str) -> str:
+    """`name` if it is a virtual host name taskfabric uses (letters, digits, `_.-`, at most 64
+    characters; or `/`), else `ValueError` saying so."""
+    if name != "/" and not _VHOST_RE.fullmatch(name):
+        raise ValueError(f"invalid vhost {name!r}: use letters, digits, '_', '.' and '-' (at most 64), or '/'")
+    return name
 
 
 def install_hint() -> str:
@@ -80,17 +99,23 @@ class NodeInfo:
     amqps_port: int | None = None
     #: the PEM CA certificate that signed the TLS listener's certificate
     ca_file: str | None = None
+    #: the virtual host the URLs name (node.json files written before it existed get the default)
+    vhost: str = DEFAULT_VHOST
+
+    @property
+    def _vhost_path(self) -> str:
+        return urllib.parse.quote(self.vhost, safe="")
 
     @property
     def amqp_url(self) -> str:
-        return f"amqp://{self.username}:{self.password}@127.0.0.1:{self.amqp_port}/%2F"
+        return f"amqp://{self.username}:{self.password}@127.0.0.1:{self.amqp_port}/{self._vhost_path}"
 
     @property
     def amqps_url(self) -> str | None:
         """The TLS listener's URL (verify it against `ca_file`), or None without TLS."""
         if self.amqps_port is None:
             return None
-        return f"amqps://{self.username}:{self.password}@127.0.0.1:{self.amqps_port}/%2F"
+        return f"amqps://{self.username}:{self.password}@127.0.0.1:{self.amqps_port}/{self._vhost_path}"
 
     @property
     def management_url(self) -> str:
@@ -100,11 +125,13 @@ class NodeInfo:
 class RabbitNode:
     """Start, stop, restart and inspect one private node living in `directory`."""
 
-    def __init__(self, directory: Path, *, tls: bool = False) -> None:
+    def __init__(self, directory: Path, *, tls: bool = False, vhost: str | None = None) -> None:
         """`tls`: give the node a TLS listener too (a node configured without one is reconfigured
-        at its next start; one configured with one keeps it)."""
+        at its next start; one configured with one keeps it). `vhost`: the virtual host its URLs
+        name, created at start (default: the one it used before, else `DEFAULT_VHOST`)."""
         self.directory = Path(directory).absolute()
         self.tls = tls
+        self.vhost = None if vhost is None else check_vhost(vhost)
 
     @property
     def tls_dir(self) -> Path:
@@ -134,8 +161,17 @@ class RabbitNode:
         return True
 
     def start(self, *, timeout_s: float = 90.0) -> NodeInfo:
-        """Start the node (configuring it on first use) and wait until it accepts connections."""
+        """Start the node (configuring it on first use), wait until it accepts connections, and
+        make sure its virtual host exists, with all permissions for the administrator."""
+        info = self._started(timeout_s)
+        self._ensure_vhost(info)
+        return info
+
+    def _started(self, timeout_s: float) -> NodeInfo:
         info = self.info() or self._configure()
+        if self.vhost is not None and self.vhost != info.vhost:
+            info = dataclasses.replace(info, vhost=self.vhost)
+            self._save_info(info)
         if self.tls and info.amqps_port is None:
             if self.is_running():
                 raise BrokerError(
@@ -224,12 +260,32 @@ class RabbitNode:
             password=keep_credentials.password if keep_credentials else secrets.token_urlsafe(18),
             amqps_port=rest[0] if rest else None,
             ca_file=str(ca.cert_file) if ca else None,
+            vhost=keep_credentials.vhost if keep_credentials else (self.vhost or DEFAULT_VHOST),
         )
         self._write_config(info)
+        self._save_info(info)
+        return info
+
+    def _save_info(self, info: NodeInfo) -> None:
         fd = os.open(self.info_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(dataclasses.asdict(info), handle, indent=2)
-        return info
+
+    def _ensure_vhost(self, info: NodeInfo) -> None:
+        """Create the node's virtual host (idempotent) and give the administrator every permission
+        on it; the forwarder then gives each endpoint user its narrow permissions there only."""
+        everything = EndpointPermissions(configure=".*", write=".*", read=".*")
+        deadline = time.monotonic() + _VHOST_SETUP_S
+        with ManagementClient(info.management_url, vhost=info.vhost) as management:
+            while True:
+                try:
+                    management.create_vhost(description="taskfabric")
+                    management.set_permissions(info.username, everything)
+                    return
+                except BrokerError as exc:  # the management API may lag its listener by a moment
+                    if time.monotonic() >= deadline:
+                        raise BrokerUnavailable(f"could not create the vhost {info.vhost!r}: {exc}") from None
+                    time.sleep(0.2)
 
     def _make_certificates(self) -> CertificateFiles:
         """The node's CA (made once, kept: clients keep trusting it) and a fresh server certificate."""

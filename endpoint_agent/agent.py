@@ -4,7 +4,8 @@ One loop thread owns all state; the broker's IO thread and the block launcher on
 through queues and wake it. Each pass of the loop is a fixed sequence of named steps:
 
     poll -> ensure_subscribed -> report_inventory -> process_cancellations -> take_task_batches
-         -> process_manager_messages -> handle_lost_tasks -> apply_block_changes -> dispatch_tasks
+         -> process_manager_messages -> handle_lost_tasks -> apply_block_changes -> check_scaler
+         -> dispatch_tasks
          -> publish_results -> publish_started -> settle_publishes -> republish_stored_results
          -> send_heartbeats -> report_status -> observe_for_scaling -> regulate_intake -> flush_ledger
          -> advance_shutdown
@@ -57,6 +58,7 @@ from taskfabric.endpoint_agent.outbox import ResultOutbox
 from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode, LedgerError
+from taskfabric.exit_codes import RET_CRASHED, RET_OK
 from taskfabric.protocol import (
     MAX_BLOCK_REPORTS,
     BlockReport,
@@ -221,6 +223,8 @@ class Agent:
         self._refused = False
         self._handed_back = False
         self.stopping = False
+        #: what `run` returns: RET_CRASHED after a part of the agent failed for good
+        self.exit_code = RET_OK
         self._stop_deadline = 0.0
         self._drained = False
         self.finished = False
@@ -274,7 +278,7 @@ class Agent:
                 self.step()
         finally:
             self.close()
-        return 0
+        return self.exit_code
 
     def start(self) -> None:
         log.info(
@@ -355,6 +359,7 @@ class Agent:
         self.process_manager_messages(now)
         self.handle_lost_tasks(self.interchange.expire_lost_managers(now))
         self.apply_block_changes()
+        self.check_scaler()
         if not self.stopping:
             self.interchange.dispatch(self.waiting)
         self.publish_results()
@@ -554,6 +559,17 @@ class Agent:
             self.handle_lost_tasks(self.interchange.lose_block(block_id, reason))
         for block_id in self.scaler.blocks_to_drain():
             self.interchange.drain("scaled in: idle", block_id=block_id)
+
+    def check_scaler(self) -> None:
+        """A scaling thread that died for good stops the agent (gracefully: running tasks may
+        finish, waiting ones go back to the broker) with `RET_CRASHED`, so its supervisor starts
+        a fresh one rather than leaving an endpoint that never gets a block again."""
+        failure = self.scaler.failure()
+        if failure is None or self.exit_code != RET_OK:
+            return
+        log.error("the scaling thread failed (%s); stopping so the supervisor starts the agent again", failure)
+        self.exit_code = RET_CRASHED
+        self.stop()
 
     def observe_for_scaling(self, now: float) -> None:
         if now - self._last_observed >= 0.1:

@@ -35,6 +35,7 @@ from concurrent.futures import Future
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.errors import AccessRefused, BrokerError, NotFound
 from taskfabric.inbox import Inbox
+from taskfabric.logs import wrap_with_logs
 from taskfabric.protocol import (
     CancelTasks,
     EndpointStatus,
@@ -152,6 +153,7 @@ class EndpointBrokerLink:
 
     # --- the consumer watchdog ------------------------------------------------------------
 
+    @wrap_with_logs
     def _watch(self) -> None:
         while not self._stop.wait(self._check_period_s):
             try:

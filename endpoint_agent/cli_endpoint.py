@@ -25,6 +25,7 @@ from taskfabric.endpoint_agent.local import (
     stop_endpoint,
 )
 from taskfabric.exit_codes import RET_BROKER, RET_OK, RET_STOPPED
+from taskfabric.secret_env import exec_without_secrets
 from taskfabric.settings import describe_settings
 
 if TYPE_CHECKING:
@@ -83,6 +84,10 @@ def start(name: str, detach: bool) -> None:
         pid = start_endpoint(name, detach=True)
         click.echo(f"agent running in the background (pid {pid}); logs: {LocalEndpoint(name).paths.log}")
     else:
+        # the agent runs in this process: without the API token and broker password this process
+        # was started with, which its tasks could otherwise read in /proc/PID/environ
+        directory = str(LocalEndpoint(name).paths.root)
+        exec_without_secrets(secrets=connection.secret_values(), command=["agent", "run", "--endpoint-dir", directory])
         raise SystemExit(start_endpoint(name, detach=False))
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from taskfabric.endpoint_agent.providers import BlockConfig, load_block_config
 from taskfabric.endpoint_agent.strategy import ScalingSettings
+from taskfabric.protocol.messages import MAX_MANAGER_PREFETCH
 from taskfabric.settings import load_settings, load_yaml, setting
 from taskfabric.tls import client_ssl_context
 
@@ -32,6 +33,7 @@ class EndpointConfig:
     prefetch: int | None = setting(
         None,
         min=0,
+        max=MAX_MANAGER_PREFETCH,
         help=(
             "Tasks each manager holds beyond its workers, to keep them busy between tasks. Default (null): "
             "max(128, 8 x scaling.workers_per_node) when at most one manager can run (provider.max_blocks x "

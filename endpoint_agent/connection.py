@@ -53,6 +53,14 @@ class EndpointConnection(BrokerAccess):
         """An endpoint's connection from its broker access (see `Topology.broker_access`)."""
         return cls(endpoint_id=endpoint_id, status_period_s=status_period_s, **_fields_of(broker))
 
+    def secret_values(self) -> list[str]:
+        """The broker password, as it is and URL-quoted: what must not reach a task's environment
+        (see `taskfabric.secret_env`)."""
+        quoted = urllib.parse.urlsplit(self.amqp_url).password
+        if not quoted:
+            return []
+        return list(dict.fromkeys((urllib.parse.unquote(quoted), quoted)))
+
     def broker_ssl_context(self, broker_ca_file: Path | None = None) -> ssl.SSLContext | None:
         """How the agent verifies an amqps broker: against the owner's `broker_ca_file` when set,
         else the CA the forwarder sent, else the system's trust store. None for an amqp URL."""

@@ -31,6 +31,7 @@ from taskfabric.protocol import (
     Heartbeat,
     ManagerAccepted,
     ManagerRegister,
+    Message,
     Result,
     ResultBatch,
     TaskBatch,
@@ -40,9 +41,12 @@ from taskfabric.protocol import (
     unpack,
 )
 
-__all__ = ["Interchange", "InterchangeSummary", "LostTask", "ManagerRecord"]
+__all__ = ["MAX_REGISTRATION_BYTES", "Interchange", "InterchangeSummary", "LostTask", "ManagerRecord"]
 
 log = logging.getLogger(__name__)
+
+#: the largest first message of a manager that is decoded (a registration is about 300 bytes)
+MAX_REGISTRATION_BYTES = 16384
 
 FunctionSource = Callable[[set[uuid.UUID]], list[FunctionBody]]
 
@@ -125,10 +129,8 @@ class Interchange:
         now = time.monotonic() if now is None else now
         out = StepOutput()
         for manager_id, payload in self.sockets.receive_all():
-            try:
-                message = unpack(payload)
-            except ProtocolError as exc:
-                log.warning("bad message from manager %r: %s", manager_id[:8], exc)
+            message = self._decode(manager_id, payload)
+            if message is None:
                 continue
             if isinstance(message, ManagerRegister):
                 self._register(manager_id, message, now, out)
@@ -150,6 +152,30 @@ class Interchange:
                     out.lost,
                 )
         return out
+
+    def _decode(self, manager_id: bytes, payload: bytes) -> Message | None:
+        """The message in `payload`, or None (logged) when it is not one. A peer that has not
+        registered is told it is refused (a buggy manager then exits instead of waiting), and
+        its frame is not even decoded when it is larger than any registration can be: what an
+        unauthenticated peer costs the agent stays small."""
+        registered = manager_id in self.managers
+        if not registered and len(payload) > MAX_REGISTRATION_BYTES:
+            self._refuse(
+                manager_id, f"a {len(payload)}-byte message before registering (at most {MAX_REGISTRATION_BYTES})"
+            )
+            return None
+        try:
+            return unpack(payload)
+        except ProtocolError as exc:
+            if registered:
+                log.warning("bad message from manager %r: %s", manager_id[:8], exc)
+            else:
+                self._refuse(manager_id, str(exc))
+            return None
+
+    def _refuse(self, manager_id: bytes, problem: str) -> None:
+        log.warning("refusing manager %r: %s", manager_id[:16], problem[:300])
+        self.sockets.send(manager_id, pack(Drain(reason=f"registration refused: {problem[:300]}")))
 
     def _register(self, manager_id: bytes, message: ManagerRegister, now: float, out: StepOutput) -> None:
         if message.registration_token != self._token:

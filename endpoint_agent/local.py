@@ -39,6 +39,7 @@ from taskfabric.endpoint_agent.supervisor import read_state as read_supervisor_s
 from taskfabric.errors import ConfigError, NotFoundError, ServiceError, TaskfabricError
 from taskfabric.paths import taskfabric_home
 from taskfabric.processes import pid_alive
+from taskfabric.secret_env import without_secrets
 
 __all__ = [
     "ForwarderEndpoints",
@@ -291,6 +292,8 @@ def start_endpoint(name: str, *, detach: bool, wait_s: float = 15.0) -> int:
     supervisor = spawn_detached(
         [sys.executable, "-m", "taskfabric", "agent", "supervise", "--endpoint-dir", str(endpoint.paths.root)],
         log=endpoint.paths.root / "agent.stdout",
+        # the API token that registered it and the broker password stay with this command
+        env=without_secrets(os.environ, secrets=EndpointConnection.load(endpoint.paths.connection).secret_values()),
     )
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

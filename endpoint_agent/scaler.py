@@ -29,7 +29,6 @@ from taskfabric.endpoint_agent.launch import ManagerLaunch
 from taskfabric.endpoint_agent.providers import BlockConfig, build_provider, render_block_command
 from taskfabric.endpoint_agent.strategy import ScalingPolicy, ScalingSnapshot, decide, initial_blocks
 from taskfabric.errors import ConfigError, ProviderError
-from taskfabric.logs import wrap_with_logs
 
 __all__ = ["BlockScaler", "Scaler", "ScalerStatus"]
 
@@ -68,6 +67,8 @@ class BlockScaler(Protocol):
     def blocks_to_drain(self) -> list[str]: ...
 
     def status(self) -> ScalerStatus: ...
+
+    def failure(self) -> BaseException | None: ...
 
 
 class Scaler:
@@ -124,8 +125,23 @@ class Scaler:
                 for block_id in live:
                     self._remove_block_files(block_id)
 
-    @wrap_with_logs
+    def failure(self) -> BaseException | None:
+        """What ended the scaling thread for good (None while it runs): the agent then stops."""
+        return self.error
+
     def _run(self) -> None:
+        """The scaling thread. A failing step is logged and retried next period; anything else
+        escaping is logged and kept in `error` for the agent's loop (woken now), which stops the
+        agent with `RET_CRASHED` so its supervisor starts a fresh one, instead of running on
+        without scaling."""
+        try:
+            self._scale_until_stopped()
+        except Exception as exc:
+            log.exception("the scaling thread stopped on an unexpected error")
+            self.error = exc
+            self._wake()
+
+    def _scale_until_stopped(self) -> None:
         try:
             provider = build_provider(self._config.provider, script_dir=self._run_dir / "submit_scripts")
         except ConfigError as exc:

@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 
 from taskfabric.endpoint_agent.block_types import BlockSpec, BlockState
+from taskfabric.protocol.messages import MAX_MANAGER_WORKERS
 from taskfabric.settings import setting
 
 __all__ = [
@@ -42,7 +43,9 @@ __all__ = [
 class ScalingSettings:
     """The `scaling:` section of an endpoint's config (the block shape is the provider's)."""
 
-    workers_per_node: int = setting(1, help="worker processes each manager runs (one manager per node)", min=1)
+    workers_per_node: int = setting(
+        1, help="worker processes each manager runs (one manager per node)", min=1, max=MAX_MANAGER_WORKERS
+    )
     max_idle_time_s: float = setting(
         120.0, help="seconds a block may sit idle (no task, none waiting) before it is scaled in", min=0
     )

@@ -28,7 +28,7 @@ import cloudpickle
 import psutil
 import yaml
 
-from taskfabric.broker_config import ManagementClient, Topology, broker_username, new_queue_secret
+from taskfabric.broker_config import ManagementClient, Topology, broker_username, new_queue_secret, vhost_of
 from taskfabric.client.serialization import value_from_result
 from taskfabric.endpoint_agent.blocks import BlockActivity
 from taskfabric.endpoint_agent.connection import EndpointConnection
@@ -81,7 +81,7 @@ def provision_endpoint(
     topology.declare_endpoint(admin, queues)
     username = broker_username(endpoint_id)
     password = secrets.token_urlsafe(18)
-    with ManagementClient(management_url) as management:
+    with ManagementClient(management_url, vhost=vhost_of(amqp_url)) as management:
         management.create_user(username, password)
         management.set_permissions(username, topology.endpoint_permissions(queues))
     parts = urllib.parse.urlsplit(amqp_url)
@@ -99,14 +99,17 @@ def provision_endpoint(
 class AgentProcess:
     """`taskfabric agent run --endpoint-dir DIR` as a child process."""
 
-    def __init__(self, endpoint_dir: Path) -> None:
+    def __init__(self, endpoint_dir: Path, *, env: Mapping[str, str] | None = None) -> None:
+        """`env`: the agent's whole environment (default: this process's)."""
         self.endpoint_dir = endpoint_dir
+        self.env = env
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         log = open(self.endpoint_dir / "agent.stdout", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "taskfabric", "agent", "run", "--endpoint-dir", str(self.endpoint_dir), "--quiet"],
+            env=dict(self.env) if self.env is not None else None,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -342,9 +345,31 @@ class EndpointHarness:
         self.topology = Topology(prefix=unique_name("ep"), delivery_limit=3)
         self.topology.declare_shared(admin)
         self.running: list[RunningEndpoint] = []
+        self._provisioned: list[EndpointConnection] = []
 
-    def start(self, *, service_status_period_s: float | None = None, **overrides: Any) -> RunningEndpoint:
-        """Provision an endpoint with FAST_CONFIG and `overrides` and start its agent."""
+    def start(
+        self,
+        *,
+        service_status_period_s: float | None = None,
+        agent_env: Callable[[EndpointConnection], Mapping[str, str]] | None = None,
+        **overrides: Any,
+    ) -> RunningEndpoint:
+        """Provision an endpoint with FAST_CONFIG and `overrides` and start its agent (with the
+        environment `agent_env(connection)` when given, else this process's)."""
+        directory, connection = self.provision(service_status_period_s=service_status_period_s, **overrides)
+        collector = ResultCollector(self.admin, connection)
+        env = agent_env(connection) if agent_env is not None else None
+        endpoint = RunningEndpoint(
+            directory, connection, AgentProcess(directory, env=env).start(), collector, self.admin, self.topology
+        )
+        self.running.append(endpoint)
+        return endpoint
+
+    def provision(
+        self, *, service_status_period_s: float | None = None, **overrides: Any
+    ) -> tuple[Path, EndpointConnection]:
+        """An endpoint's folder (FAST_CONFIG and `overrides`), queues and broker user, without an
+        agent (its user is deleted at cleanup)."""
         config = {**FAST_CONFIG, **overrides}
         directory = self.root / unique_name("endpoint")
         connection = provision_endpoint(
@@ -356,12 +381,8 @@ class EndpointHarness:
             config=config,
             status_period_s=service_status_period_s,
         )
-        collector = ResultCollector(self.admin, connection)
-        endpoint = RunningEndpoint(
-            directory, connection, AgentProcess(directory).start(), collector, self.admin, self.topology
-        )
-        self.running.append(endpoint)
-        return endpoint
+        self._provisioned.append(connection)
+        return directory, connection
 
     def cleanup(self) -> None:
         with ManagementClient(self.management_url) as management:
@@ -371,7 +392,8 @@ class EndpointHarness:
                     process.send_signal(signal.SIGKILL)
                     process.wait()
                 endpoint.agent.kill_group()
-                management.delete_user(endpoint.connection.username)
+            for connection in self._provisioned:
+                management.delete_user(connection.username)
         self.topology.delete_shared(self.admin)
 
 
@@ -424,6 +446,7 @@ class FakeScaler:
         self.started = False
         self.stopped = False
         self.observed: list[tuple[int, int]] = []
+        self.error: BaseException | None = None
         self._ended: list[tuple[str, str]] = []
 
     def start(self) -> None:
@@ -447,3 +470,7 @@ class FakeScaler:
 
     def status(self) -> ScalerStatus:
         return ScalerStatus()
+
+    def failure(self) -> BaseException | None:
+        """Set `error` to play a scaling thread that died."""
+        return self.error

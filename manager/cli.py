@@ -10,21 +10,35 @@ from pathlib import Path
 
 import click
 
+from taskfabric.exit_codes import RET_CRASHED
 from taskfabric.gc_tuning import tune_for_service
-from taskfabric.logs import setup_logging
+from taskfabric.logs import run_guarded, setup_logging
 from taskfabric.manager.manager import Manager, ManagerSettings
 from taskfabric.private_files import private_folder
+from taskfabric.protocol import MAX_MANAGER_PREFETCH, MAX_MANAGER_WORKERS
+from taskfabric.secret_env import exec_without_secrets, scrub_environment
 
 __all__ = ["manager", "run_manager"]
 
 TOKEN_ENV = "TASKFABRIC_MANAGER_TOKEN"
 
+log = logging.getLogger(__name__)
+
 
 def run_manager(settings: ManagerSettings) -> int:
-    """Run one manager to completion; returns its exit code."""
-    manager = Manager(settings)
-    tune_for_service()
-    return manager.run()
+    """Run one manager to completion; returns its exit code (`RET_CRASHED` after an unexpected
+    error, logged with its traceback: the interchange then loses the manager and retries its tasks)."""
+
+    removed = scrub_environment(secrets=[settings.registration_token])
+    if removed:  # names only, never values
+        log.info("removed %s from the environment workers inherit", ", ".join(removed))
+
+    def main() -> int:
+        manager = Manager(settings)
+        tune_for_service()
+        return manager.run()
+
+    return run_guarded(main, what="the manager", crash_code=RET_CRASHED)
 
 
 @click.group()
@@ -34,9 +48,18 @@ def manager() -> None:
 
 @manager.command()
 @click.option("--interchange", "address", required=True, help="The interchange's address, tcp://HOST:PORT.")
-@click.option("--workers", type=click.IntRange(min=1), required=True, help="Worker processes on this node.")
 @click.option(
-    "--prefetch", type=click.IntRange(min=0), default=0, show_default=True, help="Extra tasks held beyond the workers."
+    "--workers",
+    type=click.IntRange(min=1, max=MAX_MANAGER_WORKERS),
+    required=True,
+    help="Worker processes on this node.",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0, max=MAX_MANAGER_PREFETCH),
+    default=0,
+    show_default=True,
+    help="Extra tasks held beyond the workers.",
 )
 @click.option("--block-id", default=None, help="The block this manager belongs to.")
 @click.option("--heartbeat-period", "heartbeat_period_s", type=float, default=10.0, show_default=True)
@@ -90,6 +113,9 @@ def run(
 ) -> None:
     """Connect to the interchange and run its tasks on WORKERS processes. The registration token
     comes from --token-file or $TASKFABRIC_MANAGER_TOKEN (never the command line)."""
+    token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV, "")
+    if token_file is not None:  # from $TASKFABRIC_MANAGER_TOKEN, it would be gone after the exec
+        exec_without_secrets(secrets=[token])
     if log_dir is not None:  # one folder per manager: a block may span several nodes
         log_dir = log_dir / f"{socket.gethostname()}-{os.getpid()}"
         private_folder(log_dir)  # logs name tasks and hold workers' output: this user's only
@@ -99,7 +125,7 @@ def run(
         workers=workers,
         prefetch=prefetch,
         block_id=block_id,
-        registration_token=token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV, ""),
+        registration_token=token,
         interchange_key=interchange_key_file.read_bytes().strip() if interchange_key_file else None,
         heartbeat_period_s=heartbeat_period_s,
         heartbeat_threshold_s=heartbeat_threshold_s,

@@ -40,6 +40,7 @@ from taskfabric.protocol import (
     pack,
     unpack,
 )
+from taskfabric.secret_env import without_secrets
 
 __all__ = ["Worker", "WorkerPool"]
 
@@ -290,6 +291,9 @@ class WorkerPool:
                 command,
                 pass_fds=(task_read, result_write),
                 stdin=subprocess.DEVNULL,
+                # the manager scrubbed its own environment at start (cli.py); this keeps a pool
+                # run any other way from handing taskfabric's credential variables to tasks
+                env=without_secrets(os.environ),
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )

@@ -33,12 +33,15 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from taskfabric.errors import ErrorCode, ProtocolError
+from taskfabric.exit_codes import RET_CRASHED
+from taskfabric.logs import run_guarded
 from taskfabric.manager.execution import TaskRunner
 from taskfabric.manager.frames import read_frame, write_frame
 from taskfabric.manager.slot import RunningSlot
@@ -170,6 +173,18 @@ class ResultWriter:
         return max(min(due) - now, 0.0002) if due else None
 
     def _flush_aged(self) -> None:
+        """The flusher thread: a worker whose flusher died would hold its results for good, so an
+        unexpected error ends the whole worker (logged, `RET_CRASHED`): the manager replaces it
+        and the interchange retries its running task."""
+        try:
+            self._flush_until_closed()
+        except Exception:
+            traceback.print_exc()
+            print("worker: the result flusher failed; exiting so the manager replaces this worker", file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(RET_CRASHED)
+
+    def _flush_until_closed(self) -> None:
         while not self._closed:
             with self._lock:
                 now = time.monotonic()
@@ -312,6 +327,12 @@ def _cancelled(task: Task) -> Result:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The worker process: an unexpected error is logged (to the worker's log) and ends it with
+    `RET_CRASHED`; the manager replaces it."""
+    return run_guarded(lambda: _serve_main(argv), what="the worker", crash_code=RET_CRASHED)
+
+
+def _serve_main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="taskfabric-worker")
     parser.add_argument("--fd-in", type=int, required=True)
     parser.add_argument("--fd-out", type=int, required=True)

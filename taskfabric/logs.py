@@ -17,7 +17,7 @@ from typing import ParamSpec, TypeVar
 
 from taskfabric.private_files import PrivateRotatingFileHandler
 
-__all__ = ["LOG_FORMAT", "RedactSecrets", "redact_secrets", "setup_logging", "wrap_with_logs"]
+__all__ = ["LOG_FORMAT", "RedactSecrets", "redact_secrets", "run_guarded", "setup_logging", "wrap_with_logs"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s(%(process)d) %(threadName)s %(name)s: %(message)s"
 
@@ -89,3 +89,16 @@ def wrap_with_logs(fn: Callable[_P, _R]) -> Callable[_P, _R]:
             raise
 
     return guarded
+
+
+def run_guarded(main: Callable[[], int], *, what: str, crash_code: int) -> int:
+    """Run a process's `main` and return its exit code; an exception escaping it is logged with
+    its traceback (in the process's log, once) and becomes `crash_code`, so the process ends with
+    a named code and one log record instead of a bare traceback on a stderr nobody reads."""
+    try:
+        return main()
+    except Exception as exc:
+        logging.getLogger(getattr(main, "__module__", None) or __name__).exception(
+            "%s (pid %d) failed on an unexpected error: %s: %s", what, os.getpid(), type(exc).__name__, exc
+        )
+        return crash_code

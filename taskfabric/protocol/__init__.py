@@ -32,8 +32,10 @@ Messages (type tag -> fields, `?` = optional)
 ``endpoint_status``   endpoint_id, sent_at, state (online|draining|offline), heartbeat_period_s,
                       managers?, workers?, idle_workers?, outstanding_tasks?, pending_blocks?,
                       running_blocks?, hostname?, python_version?, agent_version?, scaling?
-``manager_register``  manager_id: str, hostname, workers >= 1, prefetch?, python_version?,
-                      taskfabric_version?, block_id?, pid?, registration_token?
+``manager_register``  manager_id: str, hostname, workers: 1..MAX_MANAGER_WORKERS, prefetch?:
+                      0..MAX_MANAGER_PREFETCH, python_version?, taskfabric_version?, block_id?,
+                      pid?: 0..2**31-1, registration_token? (every text at most
+                      MAX_REGISTER_TEXT_CHARS characters)
 ``manager_accepted``  heartbeat_period_s, heartbeat_threshold_s
 ``heartbeat``         sent_at
 ``drain``             reason?, deadline_s?
@@ -78,6 +80,9 @@ from taskfabric.protocol.api import (
 )
 from taskfabric.protocol.messages import (
     MAX_BLOCK_REPORTS,
+    MAX_MANAGER_PREFETCH,
+    MAX_MANAGER_WORKERS,
+    MAX_REGISTER_TEXT_CHARS,
     MESSAGE_TYPES,
     BlockReport,
     CancelTasks,
@@ -107,6 +112,9 @@ from taskfabric.protocol.states import TERMINAL_TASK_STATES, EndpointState, Task
 
 __all__ = [
     "MAX_BLOCK_REPORTS",
+    "MAX_MANAGER_PREFETCH",
+    "MAX_MANAGER_WORKERS",
+    "MAX_REGISTER_TEXT_CHARS",
     "MAX_RESOURCE_VALUE",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",

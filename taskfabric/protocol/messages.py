@@ -17,6 +17,9 @@ from taskfabric.protocol.states import EndpointState
 
 __all__ = [
     "MAX_BLOCK_REPORTS",
+    "MAX_MANAGER_PREFETCH",
+    "MAX_MANAGER_WORKERS",
+    "MAX_REGISTER_TEXT_CHARS",
     "MESSAGE_TYPES",
     "BlockReport",
     "CancelTasks",
@@ -247,6 +250,23 @@ class EndpointStatus:
             raise ValueError(f"blocks: at most {MAX_BLOCK_REPORTS} block reports")
 
 
+#: the most workers one manager may announce (a node with more cores runs several managers)
+MAX_MANAGER_WORKERS = 4096
+#: the most tasks a manager may ask to hold beyond its workers
+MAX_MANAGER_PREFETCH = 1 << 20
+#: the longest text field of a registration (ids, host name, versions, token)
+MAX_REGISTER_TEXT_CHARS = 255
+_MAX_PID = (1 << 31) - 1
+_REGISTER_TEXT_FIELDS = (
+    "manager_id",
+    "hostname",
+    "python_version",
+    "taskfabric_version",
+    "block_id",
+    "registration_token",
+)
+
+
 @message("manager_register")
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ManagerRegister:
@@ -264,10 +284,19 @@ class ManagerRegister:
     registration_token: str = ""
 
     def check(self) -> None:
-        if self.workers < 1:
-            raise ValueError("workers must be at least 1")
-        if self.prefetch < 0:
-            raise ValueError("prefetch must not be negative")
+        # a registration comes from a process the agent does not control (a buggy or hostile
+        # manager): every number must stay in a range the agent's sums and status reports can
+        # carry (msgpack ints stop at 2**64-1), and every string short enough to log
+        if not 1 <= self.workers <= MAX_MANAGER_WORKERS:
+            raise ValueError(f"workers must be between 1 and {MAX_MANAGER_WORKERS}")
+        if not 0 <= self.prefetch <= MAX_MANAGER_PREFETCH:
+            raise ValueError(f"prefetch must be between 0 and {MAX_MANAGER_PREFETCH}")
+        if not 0 <= self.pid <= _MAX_PID:
+            raise ValueError(f"pid must be between 0 and {_MAX_PID}")
+        for name in _REGISTER_TEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and len(value) > MAX_REGISTER_TEXT_CHARS:
+                raise ValueError(f"{name} must be at most {MAX_REGISTER_TEXT_CHARS} characters")
 
 
 @message("manager_accepted")

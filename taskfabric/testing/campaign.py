@@ -98,7 +98,8 @@ class Campaign:
             "port": _free_port(),  # a restarted forwarder keeps its URL
             "database_url": f"sqlite:///{folder / 'fw.db'}",
             "amqp_url": _with_port(info.amqp_url, self.forwarder_proxy.port),
-            "endpoint_amqp_url": f"amqp://127.0.0.1:{self.agent_proxy.port}/%2F",
+            # the node's own vhost: endpoint users have permissions there only
+            "endpoint_amqp_url": f"amqp://127.0.0.1:{self.agent_proxy.port}/{urllib.parse.quote(info.vhost, safe='')}",
             "management_url": info.management_url,
             "topology_prefix": unique_name("faults"),
             "status_period_s": 0.5,

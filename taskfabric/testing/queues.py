@@ -15,8 +15,12 @@ from taskfabric.broker_config import RabbitNode
 __all__ = ["make_leaderless"]
 
 
-def make_leaderless(node: RabbitNode, queue: str, *, vhost: str = "/") -> None:
-    """Stop the Raft server of quorum queue `queue` on `node` (a private node of the test)."""
+def make_leaderless(node: RabbitNode, queue: str, *, vhost: str | None = None) -> None:
+    """Stop the Raft server of quorum queue `queue` on `node` (a private node of the test), on
+    `vhost` (default: the node's own, see `RabbitNode`)."""
+    if vhost is None:
+        info = node.info()
+        vhost = info.vhost if info is not None else "/"
     ra_name = f"{urllib.parse.quote(vhost, safe='')}_{queue}"
     reply = node.ctl("eval", f"ra:stop_server(quorum_queues, {{'{ra_name}', node()}}).")
     if reply.strip() != "ok":

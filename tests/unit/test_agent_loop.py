@@ -4,6 +4,7 @@ step) and watches the memory broker: what is acked, what reaches the result and 
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +20,7 @@ from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.endpoint_agent.ledger import Ledger
 from taskfabric.endpoint_agent.testing import FakeManagerSockets, FakeScaler
 from taskfabric.errors import ConnectionLost, ErrorCode
+from taskfabric.exit_codes import RET_CRASHED
 from taskfabric.protocol import (
     Drain,
     FunctionBody,
@@ -113,7 +115,7 @@ class Fabric:
     def ready_task_messages(self) -> int:
         return self.forwarder.queue_depth(self.queues.task_queue)
 
-    def agent(self, **settings: object) -> Agent:
+    def agent(self, *, start: bool = True, **settings: object) -> Agent:
         config = EndpointConfig.from_mapping({"interchange_encrypted": False, **settings})
         agent = Agent(
             config,
@@ -123,7 +125,8 @@ class Fabric:
             sockets=FakeManagerSockets(),
             scaler=FakeScaler(),
         )
-        agent.start()
+        if start:
+            agent.start()
         return agent
 
 
@@ -319,3 +322,25 @@ def test_results_left_unconfirmed_by_an_earlier_run_are_republished_at_start(fab
         step_until(agent, lambda: agent.ledger.counts()["held"] == 0, "the task leaving the ledger")
     finally:
         agent.close()
+
+
+def test_a_dead_scaling_thread_stops_the_agent_gracefully_with_a_named_code(
+    fabric: Fabric, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure injected where the scaling thread keeps it: the loop stops the agent (tasks no
+    manager has go back to the broker) and `run` returns RET_CRASHED for the supervisor."""
+    agent = fabric.agent(start=False)
+    scaler = agent.scaler
+    assert isinstance(scaler, FakeScaler)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    fabric.publish_tasks(3)
+    scaler.error = RuntimeError("the provider exploded")
+    try:
+        assert agent.run() == RET_CRASHED
+    finally:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    assert "the scaling thread failed (the provider exploded)" in caplog.text
+    assert fabric.ready_task_messages() >= 1  # handed back, not lost
+    assert not fabric.results

@@ -16,6 +16,9 @@ EXPECTED: dict[str, list[str]] = {
     "taskfabric.tools": [],
     "taskfabric.protocol": [
         "MAX_BLOCK_REPORTS",
+        "MAX_MANAGER_PREFETCH",
+        "MAX_MANAGER_WORKERS",
+        "MAX_REGISTER_TEXT_CHARS",
         "MAX_RESOURCE_VALUE",
         "MESSAGE_TYPES",
         "PROTOCOL_VERSION",
@@ -124,6 +127,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "taskfabric.broker_config": [
         "DEFAULT_DELIVERY_LIMIT",
+        "DEFAULT_VHOST",
         "EndpointPermissions",
         "EndpointQueues",
         "ManagementClient",
@@ -131,10 +135,12 @@ EXPECTED: dict[str, list[str]] = {
         "RabbitNode",
         "Topology",
         "broker_username",
+        "check_vhost",
         "endpoint_id_of_username",
         "find_rabbitmq_bin",
         "install_hint",
         "new_queue_secret",
+        "vhost_of",
     ],
     "taskfabric.forwarder": [
         "AuthProvider",

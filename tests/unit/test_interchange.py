@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import uuid
 
-from taskfabric.endpoint_agent.interchange import Interchange
+from taskfabric.endpoint_agent.interchange import MAX_REGISTRATION_BYTES, Interchange
 from taskfabric.endpoint_agent.ledger import HeldTask
 from taskfabric.endpoint_agent.testing import FakeManagerSockets
 from taskfabric.errors import ErrorCode
@@ -118,3 +118,25 @@ def test_a_silent_manager_is_lost_with_its_tasks() -> None:
     lost = interchange.expire_lost_managers(3.1)
     assert len(lost) == 2 and {item.code for item in lost} == {ErrorCode.MANAGER_LOST}
     assert interchange.managers == {}
+
+
+def test_an_unregistered_peer_is_refused_for_an_undecodable_or_oversized_first_message() -> None:
+    interchange, sockets = _interchange()
+    _register(interchange, sockets, b"good", workers=2)
+    sockets.inbox.append((b"garbage", b"\x01\xc1\xc1"))
+    sockets.inbox.append((b"huge", b"\x01" + b"\x00" * (MAX_REGISTRATION_BYTES + 1)))
+    interchange.process_messages(0.0)
+    (garbage,) = sockets.sent_to(b"garbage", Drain)
+    assert garbage.reason.startswith("registration refused: not a valid msgpack envelope")
+    (huge,) = sockets.sent_to(b"huge", Drain)
+    assert f"(at most {MAX_REGISTRATION_BYTES})" in huge.reason
+    assert list(interchange.managers) == [b"good"]
+
+
+def test_a_bad_frame_from_a_registered_manager_is_logged_not_answered_with_a_refusal() -> None:
+    interchange, sockets = _interchange()
+    _register(interchange, sockets, b"good", workers=2)
+    sockets.inbox.append((b"good", b"\x01\xc1\xc1"))
+    interchange.process_messages(0.0)
+    assert not sockets.sent_to(b"good", Drain)
+    assert list(interchange.managers) == [b"good"]

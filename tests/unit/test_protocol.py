@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from taskfabric.errors import ErrorCode, ProtocolError
 from taskfabric.protocol import (
+    MAX_MANAGER_PREFETCH,
+    MAX_MANAGER_WORKERS,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     CancelTasks,
@@ -167,7 +169,10 @@ def test_ints_are_accepted_for_floats() -> None:
         (_raw("heartbeat", {"sent_at": "now"}), "expected a number"),
         (_raw("heartbeat", {"sent_at": True}), "expected a number"),
         (_raw("manager_register", {"manager_id": "m", "hostname": "h", "workers": True}), "expected an integer"),
-        (_raw("manager_register", {"manager_id": "m", "hostname": "h", "workers": 0}), "workers must be at least 1"),
+        (
+            _raw("manager_register", {"manager_id": "m", "hostname": "h", "workers": 0}),
+            "workers must be between 1 and 4096",
+        ),
         (
             _raw("result_batch", {"results": [{"task_id": uuid.uuid4().bytes, "ok": True}]}),
             "an ok result needs a value",
@@ -207,6 +212,43 @@ def test_ints_are_accepted_for_floats() -> None:
 def test_malformed_messages_are_rejected_with_a_reason(raw: bytes, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         unpack(raw)
+
+
+def _registration(**overrides: Any) -> bytes:
+    fields: dict[str, Any] = {"manager_id": "m", "hostname": "h", "workers": 2}
+    fields.update(overrides)
+    return _raw("manager_register", fields)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"workers": 2**64 - 1}, r"manager_register: workers must be between 1 and 4096"),
+        ({"workers": -1}, r"workers must be between 1 and 4096"),
+        ({"workers": MAX_MANAGER_WORKERS + 1}, r"workers must be between 1 and 4096"),
+        ({"workers": "2"}, r"manager_register.workers: expected an integer, got str"),
+        ({"workers": 2.0}, r"manager_register.workers: expected an integer, got float"),
+        ({"prefetch": 2**63}, r"prefetch must be between 0 and"),
+        ({"prefetch": -5}, r"prefetch must be between 0 and"),
+        ({"pid": -1}, r"pid must be between 0 and"),
+        ({"pid": 2**40}, r"pid must be between 0 and"),
+        ({"hostname": "h" * 1_000_000}, r"hostname must be at most 255 characters"),
+        ({"registration_token": "t" * 256}, r"registration_token must be at most 255 characters"),
+        ({"block_id": "b" * 300}, r"block_id must be at most 255 characters"),
+        ({"manager_id": ["m"]}, r"manager_register.manager_id: expected a string, got list"),
+    ],
+)
+def test_a_hostile_manager_registration_is_refused_naming_the_field(overrides: dict[str, Any], match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        unpack(_registration(**overrides))
+
+
+def test_a_registration_at_the_limits_is_accepted_and_unknown_fields_are_ignored() -> None:
+    message = unpack(
+        _registration(workers=MAX_MANAGER_WORKERS, prefetch=MAX_MANAGER_PREFETCH, hostname="h" * 255, gpus=[1, 2])
+    )
+    assert isinstance(message, ManagerRegister)
+    assert (message.workers, message.prefetch, len(message.hostname)) == (4096, MAX_MANAGER_PREFETCH, 255)
 
 
 def test_pack_refuses_records_that_are_not_messages() -> None:

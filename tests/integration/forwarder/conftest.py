@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from taskfabric.broker_config import ManagementClient
+from taskfabric.broker_config import ManagementClient, vhost_of
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
 from taskfabric.forwarder.store import Store
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi, ForwarderProcess
@@ -62,7 +62,7 @@ class RunningForwarder:
 
     def management(self) -> ManagementClient:
         assert self.broker.management_url
-        return ManagementClient(self.broker.management_url)
+        return ManagementClient(self.broker.management_url, vhost=vhost_of(self.broker.amqp_url))
 
 
 class ForwarderPool:
