@@ -12,7 +12,9 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import msgpack
+import pydantic
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -135,9 +137,18 @@ async def whoami(identity: Caller) -> JSONResponse:
     "/functions",
     status_code=201,
     responses={200: {"model": schemas.FunctionRegistered}, 201: {"model": schemas.FunctionRegistered}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schemas.FunctionRegistration.model_json_schema()}},
+        }
+    },
 )
-async def register_function(body: schemas.FunctionRegistration, identity: Caller, service: Service) -> JSONResponse:
-    """Register a function; the same body again (same owner) returns the existing id with 200."""
+async def register_function(request: Request, identity: Caller, service: Service) -> JSONResponse:
+    """Register a function; the same body again (same owner) returns the existing id with 200.
+    The body is read here, not by FastAPI, so that a large one is parsed on a worker thread."""
+    raw = await request.body()
+    body = await _sized(len(raw), _function_registration, raw)
     limit = service.settings.max_function_bytes
     name = check_text(body.name, "name", max_length=256)
     python_version = check_python_version(body.python_version, "python_version")
@@ -153,6 +164,15 @@ async def register_function(body: schemas.FunctionRegistration, identity: Caller
         {"function_id": str(record.function_id), "content_hash": record.content_hash},
         status_code=201 if created else 200,
     )
+
+
+def _function_registration(raw: bytes) -> schemas.FunctionRegistration:
+    """The parsed body, or the same 422/400 FastAPI gives a body it validates itself."""
+    try:
+        return schemas.FunctionRegistration.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error.get("loc", ()))} for error in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
 
 
 @router.get("/functions", responses={200: {"model": schemas.FunctionList}})

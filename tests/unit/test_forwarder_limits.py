@@ -142,3 +142,20 @@ def test_limits_from_the_environment(tmp_home: Path) -> None:
     assert limits.of("POST", "/v1/tasks/batch", needs_token=True) == BodyLimit(1024 * 1024, "limits.lookup_body_bytes")
     assert limits.of("POST", "/v1/tasks/batch", needs_token=False).key == "limits.unauthenticated_body_bytes"
     assert limits.of("POST", "/v1/endpoints", needs_token=True).key == "max_request_bytes"
+
+
+def test_a_function_body_is_parsed_by_the_route_with_fastapis_error_shape() -> None:
+    """POST /v1/functions reads its body itself (a large one is parsed on a worker thread, see
+    `routes._sized`); a bad body still gets the 422 FastAPI's own validation gives, located in the body."""
+    from fastapi.exceptions import RequestValidationError
+
+    from taskfabric.forwarder.routes import _function_registration
+
+    parsed = _function_registration(b'{"name": "f", "body": "AAAA", "python_version": "3.11.7"}')
+    assert (parsed.name, parsed.body) == ("f", "AAAA")
+    with pytest.raises(RequestValidationError) as missing:
+        _function_registration(b'{"body": "AAAA"}')
+    assert [error["loc"] for error in missing.value.errors()] == [("body", "name")]
+    with pytest.raises(RequestValidationError) as malformed:
+        _function_registration(b'{"name": ')
+    assert malformed.value.errors()[0]["type"] == "json_invalid"
