@@ -97,6 +97,7 @@ def _arguments(fabric: Fabric, tmp_path: Path) -> dict[tuple[str, ...], list[str
         ("forwarder", "settings"): [],
         ("forwarder", "status"): ["--url", fabric.url],
         ("admin", "list-users"): ["--database-url", fabric.settings.database_url],
+        ("admin", "list-tokens"): [fabric.username, "--database-url", fabric.settings.database_url],
         ("admin", "dead-letters", "list"): ["--database-url", fabric.settings.database_url],
         ("admin", "dead-letters", "show"): [
             str(dead_letter.dead_letter_id),
