@@ -12,12 +12,16 @@ dead-letter queue) has its own line. A group for one store transaction is taken 
 
 A result from a quiet endpoint is therefore in the next transaction after the one in progress
 (at most `max_weight` results), and that next one holds one message of each busy endpoint.
+`active_sources(window_s)` says how many sources sent something lately: the ingest keeps its
+transactions short while more than one does (a flood's big transactions are what another
+endpoint's result waits behind), and long for throughput while one endpoint is alone.
 """
 
 from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -29,7 +33,9 @@ _T = TypeVar("_T")
 class FairQueue(Generic[_T]):
     """Items per source, taken in turns (see the module docstring). Thread-safe; `put` never blocks."""
 
-    def __init__(self, weight: Callable[[_T], int] = lambda item: 1) -> None:
+    def __init__(
+        self, weight: Callable[[_T], int] = lambda item: 1, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._weight = weight
         self._lines: dict[Hashable, collections.deque[_T]] = {}
         #: sources with items, in turn order (the head goes first in the next group)
@@ -37,6 +43,9 @@ class FairQueue(Generic[_T]):
         self._size = 0
         self._closed = False
         self._ready = threading.Condition()
+        #: source -> when it last put an item (monotonic seconds)
+        self._last_put: dict[Hashable, float] = {}
+        self._clock = clock
 
     def put(self, source: Hashable, item: _T) -> None:
         with self._ready:
@@ -46,7 +55,16 @@ class FairQueue(Generic[_T]):
                 self._turns.append(source)
             line.append(item)
             self._size += 1
+            self._last_put[source] = self._clock()
             self._ready.notify()
+
+    def active_sources(self, window_s: float) -> int:
+        """How many sources put an item within the last `window_s` seconds."""
+        horizon = self._clock() - window_s
+        with self._ready:
+            for source in [source for source, at in self._last_put.items() if at < horizon]:
+                del self._last_put[source]
+            return len(self._last_put)
 
     def close(self) -> None:
         """Wake a waiting `take_group` (it returns what is there, or nothing)."""

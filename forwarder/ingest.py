@@ -67,6 +67,8 @@ REASON_HEADER = "x-taskfabric-reason"
 _REASON_LIMIT = 4096
 #: the smallest group the transaction target shrinks to (per-transaction costs dominate below it)
 _MIN_GROUP_RESULTS = 64
+#: more than one endpoint sent results within this many seconds: ingest transactions stay short
+CONTENDED_WINDOW_S = 5.0
 #: task ids named one per log line for each dead letter; the rest are counted
 _LOGGED_TASK_IDS = 20
 
@@ -133,8 +135,13 @@ class GroupSizer:
         sample = seconds / results
         previous = self._seconds_per_result
         self._seconds_per_result = sample if previous is None else 0.7 * previous + 0.3 * sample
-        fit = int(self._target_s / self._seconds_per_result) if self._seconds_per_result > 0 else self._max_results
-        self.results = max(min(_MIN_GROUP_RESULTS, self._max_results), min(self._max_results, fit))
+        self.results = self.results_for(self._target_s)
+
+    def results_for(self, target_s: float) -> int:
+        """About as many results as the store writes in `target_s`, within the bounds."""
+        per_result = self._seconds_per_result
+        fit = int(target_s / per_result) if per_result is not None and per_result > 0 else self._max_results
+        return max(min(_MIN_GROUP_RESULTS, self._max_results), min(self._max_results, fit))
 
 
 class Ingestor:
@@ -154,10 +161,12 @@ class Ingestor:
         limits: ResultLimits | None = None,
         group_results: int = 4096,
         transaction_s: float = 0.05,
+        contended_transaction_s: float = 0.01,
     ) -> None:
         """`limits`: the forwarder's result limits (default: none beyond the broker's own);
         `group_results`, `transaction_s`: a group stops growing past this many results, or past
-        as many as the store writes in that long (fair ingest)."""
+        as many as the store writes in that long (fair ingest); `contended_transaction_s` instead
+        while more than one endpoint sent results within the last `CONTENDED_WINDOW_S`."""
         self._store = store
         self._metrics = metrics
         self._runner = runner
@@ -168,6 +177,7 @@ class Ingestor:
         self._status_flush_s = status_flush_s
         self._limits = limits or ResultLimits(max_result_bytes=1 << 62, max_results_per_message=1 << 62)
         self._sizer = GroupSizer(max_results=group_results, target_s=transaction_s)
+        self._contended_s = min(contended_transaction_s, transaction_s)
         self.statuses = StatusBook()
         self._queue: FairQueue[Incoming | DeadLetter] = FairQueue(weight=_weight)
         self._stopping = threading.Event()
@@ -203,7 +213,14 @@ class Ingestor:
 
     def _take_group(self) -> list[Incoming | DeadLetter]:
         wait_s = self._status_flush_s if self._status_flush_s > 0 else 1.0
-        return self._queue.take_group(max_items=self._batch_messages, max_weight=self._sizer.results, timeout_s=wait_s)
+        return self._queue.take_group(max_items=self._batch_messages, max_weight=self.group_results(), timeout_s=wait_s)
+
+    def group_results(self) -> int:
+        """The next group's size in results: short transactions while several endpoints send (one
+        waits for the transaction in progress), long ones for throughput while one is alone."""
+        if self._queue.active_sources(CONTENDED_WINDOW_S) > 1:
+            return self._sizer.results_for(self._contended_s)
+        return self._sizer.results
 
     def _process(self, group: Sequence[Incoming | DeadLetter]) -> None:
         results = [item for item in group if isinstance(item, Incoming) and isinstance(item.message, ResultBatch)]

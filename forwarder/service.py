@@ -169,6 +169,7 @@ class Forwarder:
             ),
             group_results=self.settings.quotas.ingest_group_results,
             transaction_s=self.settings.quotas.ingest_transaction_s,
+            contended_transaction_s=self.settings.quotas.ingest_contended_transaction_s,
         )
         self.ingestor.start()
         self._cleanups.append(self.ingestor.stop)

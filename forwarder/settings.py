@@ -213,6 +213,12 @@ class QuotaSettings:
         "(measured as it goes), at most ingest_group_results",
         min=0.001,
     )
+    ingest_contended_transaction_s: float = setting(
+        0.01,
+        help="fair ingest: the same while more than one endpoint sent results in the last 5 s (a result waits for "
+        "the transaction in progress; short ones keep that wait short)",
+        min=0.001,
+    )
     consumers_per_connection: int = setting(
         1000,
         help="result consumers (one channel each) per broker connection; more endpoints open more connections "

@@ -244,3 +244,53 @@ def test_a_refusal_is_429_with_retry_after_in_whole_seconds_rounded_up_and_the_q
         "quota": "submit_requests_per_s",
         "limit": 5.0,
     }
+
+
+def test_the_group_size_for_a_shorter_target_scales_with_the_stores_speed() -> None:
+    sizer = GroupSizer(max_results=4096, target_s=0.05)
+    assert sizer.results_for(0.01) == 4096  # nothing measured yet: the cap
+    for _ in range(30):
+        sizer.observe(1000, 0.05)  # 50 us per result
+    assert 990 <= sizer.results <= 1010
+    assert 195 <= sizer.results_for(0.01) <= 205
+    assert sizer.results_for(0.0001) == 64  # never below the minimum
+
+
+def test_sources_count_as_active_for_a_window_after_their_last_item() -> None:
+    now = [100.0]
+    queue: FairQueue[str] = FairQueue(clock=lambda: now[0])
+    assert queue.active_sources(5.0) == 0
+    queue.put("flood", "a1")
+    queue.put("flood", "a2")
+    assert queue.active_sources(5.0) == 1
+    now[0] = 103.0
+    queue.put("quiet", "b1")
+    assert queue.active_sources(5.0) == 2
+    queue.take_group(max_items=10, max_weight=10, timeout_s=0)  # taking items does not end activity
+    assert queue.active_sources(5.0) == 2
+    now[0] = 106.0  # the flood's last item is 6 s old, the quiet one's 3 s
+    assert queue.active_sources(5.0) == 1
+    now[0] = 109.0
+    assert queue.active_sources(5.0) == 0
+
+
+def test_the_ingest_takes_short_transactions_while_several_endpoints_send() -> None:
+    from taskfabric.forwarder.ingest import Ingestor
+
+    ingestor = Ingestor(
+        None,  # type: ignore[arg-type]  # group sizing touches neither store nor broker
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        forwarder_username="forwarder",
+        on_finished=lambda finished: None,
+        group_results=4096,
+        transaction_s=0.05,
+        contended_transaction_s=0.01,
+    )
+    for _ in range(30):
+        ingestor._sizer.observe(1000, 0.05)  # 50 us per result
+    ingestor._queue.put("flood", "x")  # type: ignore[arg-type]
+    alone = ingestor.group_results()
+    ingestor._queue.put("quiet", "y")  # type: ignore[arg-type]
+    contended = ingestor.group_results()
+    assert 990 <= alone <= 1010 and 195 <= contended <= 205
