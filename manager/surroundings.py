@@ -81,6 +81,7 @@ class OutputCapture:
     def redirected(self) -> Iterator[None]:
         """Point fds 1 and 2 at the capture files for the `with` block (then back)."""
         _flush_python_streams()
+        _line_buffer_stdout()
         saved = (os.dup(1), os.dup(2))
         os.dup2(self._fds[0], 1)
         os.dup2(self._fds[1], 2)
@@ -282,6 +283,17 @@ def _private_append_file(directory: str | None, watch: DirectoryWatch | None) ->
     os.unlink(path)
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
     return fd, watched
+
+
+def _line_buffer_stdout() -> None:
+    """Python block-buffers stdout on a file: a task's `print` would land after the output of a
+    subprocess it runs next. Line buffering keeps the order a terminal shows (stderr already is)."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(line_buffering=True)
+        except Exception:  # a stream a task left that cannot be reconfigured: keep it as it is
+            pass
 
 
 def _flush_python_streams() -> None:

@@ -423,8 +423,9 @@ def test_disabling_the_user_or_an_expired_token_ends_the_session(
     wait_for(driver, lambda d: "/ui/signin" in d.current_url, "the sign-in page once the user is disabled")
     enable_user(dashboard.settings, name)
     fresh = browsers()  # the first browser's session counts again once the user is enabled
-    sign_in(fresh, dashboard, create_token(dashboard.settings, name, expires_in_s=3.0))
-    time.sleep(3.5)  # the token's own lifetime, not a wait for the forwarder
+    created = time.time()
+    sign_in(fresh, dashboard, create_token(dashboard.settings, name, expires_in_s=15.0))
+    time.sleep(max(0.0, created + 15.5 - time.time()))  # the token's own lifetime, not a wait for the forwarder
     fresh.get(dashboard.url + "/ui/tasks")
     wait_for(fresh, lambda d: "/ui/signin" in d.current_url, "the sign-in page once the token has expired")
 
