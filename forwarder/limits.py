@@ -33,7 +33,7 @@ from taskfabric.forwarder.http_errors import error_response, service_error_code
 from taskfabric.forwarder.records import Identity
 from taskfabric.forwarder.settings import ForwarderSettings
 
-__all__ = ["BodyLimits", "RequestGuard", "RouteTable", "bearer_token", "identity_of"]
+__all__ = ["BodyLimits", "RequestGuard", "RouteTable", "bearer_token", "identity_of", "peer_of"]
 
 #: the key of the authenticated identity in a request's scope state
 _IDENTITY_KEY = "taskfabric.identity"
@@ -185,7 +185,7 @@ class RequestGuard:
             raise _Refused(503, "SERVICE_UNAVAILABLE", "the forwarder is starting or stopping; retry later")
         header = _header(scope, b"authorization")
         try:
-            identity = await forwarder.authenticate(bearer_token(header), peer=_peer(scope))
+            identity = await forwarder.authenticate(bearer_token(header), peer=peer_of(scope))
         except ServiceError as exc:
             raise _Refused(exc.status, service_error_code(exc), str(exc)) from None
         state = scope.setdefault("state", {})
@@ -274,7 +274,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _peer(scope: Scope) -> str:
-    """The client's address as "host:port" (as `routes.peer_address` gives it, for the audit log)."""
+def peer_of(scope: Scope) -> str:
+    """The client's address as "host:port" (for logs and the audit log; a proxy's, behind one)."""
     client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else "?"

@@ -22,7 +22,7 @@ from taskfabric import __version__
 from taskfabric.errors import ServiceError
 from taskfabric.forwarder import schemas
 from taskfabric.forwarder.activity import RECENT_FAILURES_S, activity_body, parse_failures, parse_window_s
-from taskfabric.forwarder.limits import bearer_token, identity_of
+from taskfabric.forwarder.limits import bearer_token, identity_of, peer_of
 from taskfabric.forwarder.listing import page_body, parse_task_query
 from taskfabric.forwarder.records import EndpointRecord, Identity
 from taskfabric.forwarder.requests import (
@@ -100,8 +100,7 @@ async def current_identity(
 
 def peer_address(connection: Request | WebSocket) -> str:
     """The client's address as "host:port" (for logs and the audit log; a proxy's, behind one)."""
-    client = connection.client
-    return f"{client.host}:{client.port}" if client is not None else "?"
+    return peer_of(connection.scope)
 
 
 Caller = Annotated[Identity, Depends(current_identity)]

@@ -20,7 +20,7 @@ from taskfabric.forwarder.records import Identity, TokenOwner
 from taskfabric.forwarder.store.users import UserTable
 from taskfabric.forwarder.ttl_cache import TTLCache
 
-__all__ = ["LocalTokenProvider"]
+__all__ = ["LocalTokenProvider", "check_usable"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class LocalTokenProvider:
             log.info("rejected an unknown local token")
             raise invalid_token()
         now = self._clock()
-        _check_usable(owner, now)
+        check_usable(owner, now)
         try:
             self._users.touch_token(token_hash, now=now)
         except StoreError as exc:  # the last use is for operators' eyes: not worth refusing the token
@@ -77,7 +77,8 @@ class LocalTokenProvider:
         pass
 
 
-def _check_usable(owner: TokenOwner, now: float) -> None:
+def check_usable(owner: TokenOwner, now: float) -> None:
+    """Refuse an expired token (401 `TOKEN_EXPIRED`) or a disabled user's (403 `USER_DISABLED`)."""
     if owner.expires_at is not None and owner.expires_at <= now:
         log.info("rejected expired token %s of %s", owner.token_id, owner.identity.username)
         raise AuthenticationError("the token has expired: ask for a new one", code=TOKEN_EXPIRED)

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from taskfabric.errors import ServiceError
+from taskfabric.forwarder.auth.local import check_usable
 from taskfabric.forwarder.records import Identity
 from taskfabric.forwarder.service import Forwarder
 from taskfabric.forwarder.settings import ForwarderSettings
@@ -136,9 +137,11 @@ async def _session_identity(forwarder: Forwarder, session: Session) -> Identity 
     kept, so a Globus session lives until it expires or its user is disabled (docs/dashboard.md)."""
     if forwarder.settings.auth.provider == "local":
         owner = await forwarder.runner.read(forwarder.store.users.token_owner, session.token_hash)
-        if owner is None or owner.identity.user_id != session.user_id or owner.disabled_at is not None:
+        if owner is None or owner.identity.user_id != session.user_id:
             return None
-        if owner.expires_at is not None and owner.expires_at <= time.time():
+        try:
+            check_usable(owner, time.time())  # the rule bearer tokens are held to
+        except ServiceError:
             return None
         return owner.identity
     user = await forwarder.runner.read(forwarder.store.users.get, session.user_id)
