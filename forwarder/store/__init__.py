@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from taskfabric.forwarder.store import versions as _versions
+from taskfabric.forwarder.store.access import AccessTable
 from taskfabric.forwarder.store.dashboard import DashboardQueries
 from taskfabric.forwarder.store.dead_letters import DeadLetterTable
 from taskfabric.forwarder.store.endpoints import EndpointTable
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 
 class Store:
     """One database: its tables as `users`, `functions`, `endpoints`, `tasks`, `dead_letters`,
-    and the counts behind per-user quotas as `quotas`."""
+    the counts behind per-user quotas as `quotas`, and what sharing reads (groups, grants, the
+    sharing audit) as `access`."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -57,6 +59,7 @@ class Store:
         self.tasks = TaskTable(engine)
         self.dead_letters = DeadLetterTable(engine)
         self.quotas = QuotaTable(engine)
+        self.access = AccessTable(engine)  # what sharing decisions read, and the sharing audit
         self.dashboard = DashboardQueries(engine)  # read-only aggregates of the web dashboard
 
     @classmethod

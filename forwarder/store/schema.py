@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Connection,
     Float,
@@ -38,12 +39,18 @@ from sqlalchemy import (
 __all__ = [
     "MIGRATIONS",
     "dead_letters",
+    "endpoint_grants",
     "endpoints",
+    "function_grants",
     "functions",
+    "group_members",
+    "groups",
     "metadata",
     "migrate",
     "result_bytes_daily",
     "schema_version",
+    "sharing_audit",
+    "submissions_daily",
     "tasks",
     "tokens",
     "users",
@@ -92,6 +99,9 @@ functions = Table(
     Column("python_version", Text, nullable=False),
     Column("size_bytes", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
+    # schema v6 (sharing): what the owner says it does, and whether every user may run it
+    Column("description", Text),
+    Column("public", Boolean),
     UniqueConstraint("owner_id", "content_hash", name="uq_functions_owner_hash"),
 )
 
@@ -126,6 +136,10 @@ endpoints = Table(
     Column("status_reason", Text),  # v2: why the agent reports itself degraded
     # schema v3 (dashboard): the agent's live blocks with their scheduler job ids, as JSON
     Column("blocks", Text),
+    # schema v6 (sharing): every authenticated user may submit; the functions it runs (a JSON list
+    # of ids; NULL: any function its users may run)
+    Column("public", Boolean),
+    Column("allowed_functions", Text),
     UniqueConstraint("owner_id", "name", name="uq_endpoints_owner_name"),
 )
 
@@ -267,8 +281,114 @@ def _v5_dashboard(connection: Connection) -> None:
     _add_missing_columns(connection, inspect(connection), "endpoints", endpoints, ("blocks",))
 
 
+# --- schema v6 (sharing): groups, grants on endpoints and functions, their audit -------------
+
+#: groups of users; the owner is also a member (role "owner"), so membership is one table
+groups = Table(
+    "groups",
+    metadata,
+    Column("group_id", Uuid, primary_key=True),
+    Column("owner_id", Uuid, ForeignKey("users.user_id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("owner_id", "name", name="uq_groups_owner_name"),
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_id", Uuid, ForeignKey("groups.group_id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Uuid, ForeignKey("users.user_id", ondelete="CASCADE"), primary_key=True),
+    Column("role", String(16), nullable=False),  # owner | manager | member
+    Column("added_at", Float, nullable=False),
+    Column("added_by", Uuid),
+    Index("ix_group_members_user", "user_id"),
+)
+
+#: who besides the owner may use an endpoint: a user or a group ("principal"), with a role
+#: (submit | manage) and optional limits of their own. No foreign key on the principal (it is
+#: one of two tables): deleting a group or a user deletes its grants in the same transaction.
+endpoint_grants = Table(
+    "endpoint_grants",
+    metadata,
+    Column("endpoint_id", Uuid, ForeignKey("endpoints.endpoint_id", ondelete="CASCADE"), primary_key=True),
+    Column("principal_kind", String(8), primary_key=True),  # user | group
+    Column("principal_id", Uuid, primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("max_waiting_tasks", Integer),
+    Column("max_tasks_per_day", Integer),
+    Column("granted_at", Float, nullable=False),
+    Column("granted_by", Uuid, nullable=False),
+    Index("ix_endpoint_grants_principal", "principal_id"),
+)
+
+#: who besides the owner may run a function (by id) and read its metadata (never its body)
+function_grants = Table(
+    "function_grants",
+    metadata,
+    Column("function_id", Uuid, ForeignKey("functions.function_id", ondelete="CASCADE"), primary_key=True),
+    Column("principal_kind", String(8), primary_key=True),  # user | group
+    Column("principal_id", Uuid, primary_key=True),
+    Column("granted_at", Float, nullable=False),
+    Column("granted_by", Uuid, nullable=False),
+    Index("ix_function_grants_principal", "principal_id"),
+)
+
+#: sharing changes and cross-user submissions: who (actor), when, what (action + JSON detail)
+sharing_audit = Table(
+    "sharing_audit",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("actor_id", Uuid, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("endpoint_id", Uuid),
+    Column("function_id", Uuid),
+    Column("group_id", Uuid),
+    Column("detail", Text, nullable=False, default="{}"),
+    Index("ix_sharing_audit_endpoint", "endpoint_id", "at"),
+    Index("ix_sharing_audit_function", "function_id", "at"),
+)
+
+#: tasks a user submitted to another user's endpoint per UTC day (days since the epoch), for a
+#: grant's `max_tasks_per_day` (counted at submit; old days pruned with expired tasks)
+submissions_daily = Table(
+    "submissions_daily",
+    metadata,
+    Column("endpoint_id", Uuid, primary_key=True),
+    Column("user_id", Uuid, primary_key=True),
+    Column("day", Integer, primary_key=True),
+    Column("tasks", BigInteger, nullable=False, default=0),
+)
+
+#: a user's unfinished tasks on one endpoint, counted for a grant's `max_waiting_tasks`
+_IX_OWNER_ENDPOINT_COMPLETED = Index(
+    "ix_tasks_owner_endpoint_completed", tasks.c.owner_id, tasks.c.endpoint_id, tasks.c.completed_at
+)
+
+
+def _v6_sharing(connection: Connection) -> None:
+    """Groups, endpoint and function grants, public endpoints and functions, function allow-lists,
+    the sharing audit and per-grant daily counts. Idempotent (it checks what exists)."""
+    inspector = inspect(connection)
+    _add_missing_columns(connection, inspector, "functions", functions, ("description", "public"))
+    _add_missing_columns(connection, inspector, "endpoints", endpoints, ("public", "allowed_functions"))
+    for table in (groups, group_members, endpoint_grants, function_grants, sharing_audit, submissions_daily):
+        table.create(connection, checkfirst=True)
+    if _IX_OWNER_ENDPOINT_COMPLETED.name not in {index["name"] for index in inspector.get_indexes("tasks")}:
+        _IX_OWNER_ENDPOINT_COMPLETED.create(connection)
+
+
 #: schema version n is reached by running MIGRATIONS[n - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial, _v2_lifecycle, _v3_revocation, _v4_quotas, _v5_dashboard]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_initial,
+    _v2_lifecycle,
+    _v3_revocation,
+    _v4_quotas,
+    _v5_dashboard,
+    _v6_sharing,
+]
 
 
 def migrate(connection: Connection) -> int:
