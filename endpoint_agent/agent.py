@@ -181,6 +181,8 @@ class Agent:
         self.paths = paths
         self.ledger = Ledger(paths.ledger)
         self.functions = _Functions(self.ledger)
+        #: the functions this endpoint runs (None: any); see `_allowed`
+        self.allowed_functions = allowed_functions_of(config, connection)
         self._wake_pipe = WakePipe()
         public_key, secret_key = curve_keypair() if config.interchange_encrypted else (None, None)
         self.sockets = sockets or ManagerSockets(
@@ -304,7 +306,7 @@ class Agent:
             log.info(
                 "recovered %d tasks to run and %d results to re-publish from the ledger", len(to_run), len(to_publish)
             )
-        self.waiting.extend(self._not_cancelled(to_run))
+        self.waiting.extend(self._allowed(self._not_cancelled(to_run)))
         self._has_stored_results = bool(to_publish)
 
     def stop(self) -> None:
@@ -444,7 +446,7 @@ class Agent:
             for held in fresh:
                 if default_walltime and held.task.walltime_s is None:
                     held.task = dataclasses.replace(held.task, walltime_s=default_walltime)
-            self.waiting.extend(self._not_cancelled(fresh))
+            self.waiting.extend(self._allowed(self._not_cancelled(fresh)))
 
     def process_cancellations(self, now: float) -> None:
         """Record each cancellation durably, ack it, then drop the named tasks waiting here and
@@ -489,6 +491,26 @@ class Agent:
                 self.outbox.append(_cancelled_result(held))
             else:
                 runnable.append(held)
+        return runnable
+
+    def _allowed(self, held_tasks: list[HeldTask]) -> list[HeldTask]:
+        """The tasks the allow-list lets run; the others are answered `FUNCTION_NOT_ALLOWED` and
+        never dispatched (defence in depth: the forwarder refused them at submit already, so one
+        here was published around it)."""
+        allowed = self.allowed_functions
+        if allowed is None:
+            return held_tasks
+        runnable = []
+        for held in held_tasks:
+            if held.task.function_id in allowed:
+                runnable.append(held)
+                continue
+            log.warning(
+                "task %s names function %s, which the allow-list does not list: refused, not run",
+                held.task_id,
+                held.task.function_id,
+            )
+            self.outbox.append(_not_allowed_result(held, self.connection.endpoint_id))
         return runnable
 
     def flush_ledger(self, now: float, *, force: bool = False) -> None:
@@ -845,6 +867,25 @@ def _error_result(held: HeldTask, code: ErrorCode, message: str) -> Result:
         started_at=now,
         finished_at=now,
         attempts=held.attempts,
+    )
+
+
+def allowed_functions_of(config: EndpointConfig, connection: EndpointConnection) -> frozenset[uuid.UUID] | None:
+    """The allow-list the agent enforces: config.yaml's when it sets one, else the one the
+    forwarder answered at registration (set through the API); None: any function."""
+    if config.allowed_functions is not None:
+        return config.allowed_function_ids
+    if connection.allowed_functions is None:
+        return None
+    return frozenset(uuid.UUID(function_id) for function_id in connection.allowed_functions)
+
+
+def _not_allowed_result(held: HeldTask, endpoint_id: uuid.UUID) -> Result:
+    return _error_result(
+        held,
+        ErrorCode.FUNCTION_NOT_ALLOWED,
+        f"endpoint {endpoint_id} does not run function {held.task.function_id}: its allow-list does not list it "
+        "(the task never ran)",
     )
 
 

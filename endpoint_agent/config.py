@@ -7,6 +7,7 @@ docs/endpoint-owner.md (both generated from the `help` texts below).
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -168,8 +169,18 @@ class EndpointConfig:
             "registration (its endpoint_broker_ca_file), else the system's trust store."
         ),
     )
+    allowed_functions: list[str] | None = setting(
+        None,
+        help=(
+            "The only function ids this endpoint runs, for every user, its owner too (null: any function). "
+            "Sent at each registration, where it replaces the list set through the API; the forwarder refuses "
+            "other functions at submit, and the agent answers one that reaches it anyway FUNCTION_NOT_ALLOWED "
+            "without running it. See docs/endpoint-owner.md, Allow-lists."
+        ),
+    )
 
     def __post_init__(self) -> None:
+        _function_ids(self.allowed_functions)  # every item is a function id, now
         if self.heartbeat_threshold_s < 2 * self.heartbeat_period_s:
             raise ValueError(
                 f"heartbeat_threshold_s ({self.heartbeat_threshold_s:g}) must be at least twice heartbeat_period_s "
@@ -199,6 +210,11 @@ class EndpointConfig:
         return load_block_config(sections, source=source)
 
     @property
+    def allowed_function_ids(self) -> frozenset[uuid.UUID] | None:
+        """`allowed_functions` as ids (None: any function)."""
+        return _function_ids(self.allowed_functions)
+
+    @property
     def workers_per_node(self) -> int:
         return self.scaling.workers_per_node
 
@@ -207,3 +223,15 @@ class EndpointConfig:
         if self.prefetch is not None:
             return self.prefetch
         return max(128, 8 * self.workers_per_node) if max_managers <= 1 else 0
+
+
+def _function_ids(items: list[str] | None) -> frozenset[uuid.UUID] | None:
+    if items is None:
+        return None
+    ids = set()
+    for index, item in enumerate(items):
+        try:
+            ids.add(uuid.UUID(item))
+        except ValueError:
+            raise ValueError(f"allowed_functions[{index}]: {item!r} is not a function id") from None
+    return frozenset(ids)

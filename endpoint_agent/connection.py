@@ -38,13 +38,19 @@ class EndpointConnection(BrokerAccess):
 
     endpoint_id: uuid.UUID
     status_period_s: float | None = None
+    #: the endpoint's allow-list as the forwarder stored it at registration (None: any function)
+    allowed_functions: list[str] | None = None
 
     @classmethod
     def from_registration(cls, answer: Mapping[str, Any]) -> EndpointConnection:
         """From the forwarder's answer to `POST /v1/endpoints` (`EndpointRegistered`); raises
         `ProtocolError` for an answer that is not one."""
         registered = parse(EndpointRegistered, answer)
-        return cls.of(registered.endpoint_id, registered.broker, status_period_s=registered.status_period_s)
+        connection = cls.of(registered.endpoint_id, registered.broker, status_period_s=registered.status_period_s)
+        if registered.allowed_functions is None:
+            return connection
+        allowed = sorted(str(function_id) for function_id in registered.allowed_functions)
+        return dataclasses.replace(connection, allowed_functions=allowed)
 
     @classmethod
     def of(

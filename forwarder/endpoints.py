@@ -218,6 +218,10 @@ class EndpointRegistry:
                 self._targets.put(endpoint_id, record)
         return _owned(identity, endpoint_id, record)
 
+    def forget_target(self, endpoint_id: uuid.UUID) -> None:
+        """The endpoint's allow-list changed: submits read it afresh at once (on this replica)."""
+        self._targets.discard(endpoint_id)
+
     async def list(self, identity: Identity) -> list[EndpointRecord]:
         records = await self._runner.read(self._store.endpoints.list, identity.user_id)
         return [self._with_fresh_status(record) for record in records]

@@ -85,6 +85,10 @@ class FunctionRecord:
     size_bytes: int
     created_at: float
     body: bytes | None = None
+    #: what the owner says it does (schema v6; empty for older rows)
+    description: str = ""
+    #: whether every authenticated user may run it and read its metadata (schema v6)
+    public: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +124,8 @@ class EndpointRecord:
     created_at: float
     metadata: str = "{}"
     status: StatusReport = dataclasses.field(default_factory=StatusReport)
+    #: the functions it may run (schema v6 allow-list; None: any)
+    allowed_functions: frozenset[uuid.UUID] | None = None
 
 
 # NewTask and TaskRecord are built once per task on the hot path: not frozen (a frozen dataclass

@@ -21,7 +21,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from taskfabric import __version__
 from taskfabric.errors import ServiceError
 from taskfabric.forwarder import schemas
+from taskfabric.forwarder.access import FunctionAccess, PrincipalKind
 from taskfabric.forwarder.activity import RECENT_FAILURES_S, activity_body, parse_failures, parse_window_s
+from taskfabric.forwarder.functions import GrantRequest
 from taskfabric.forwarder.limits import bearer_token, identity_of, peer_of
 from taskfabric.forwarder.listing import page_body, parse_task_query
 from taskfabric.forwarder.records import EndpointRecord, Identity
@@ -156,9 +158,17 @@ async def register_function(request: Request, identity: Caller, service: Service
         raise too_large("body", len(function_body), limit, "max_function_bytes")
     if not function_body:
         raise invalid("body: must not be empty")
+    description = None if body.description is None else check_text(body.description, "description", max_length=4096)
     record, created = await service.functions.register(
-        identity, name=name, body=function_body, python_version=python_version
+        identity,
+        name=name,
+        body=function_body,
+        python_version=python_version,
+        description=description,
+        public=body.public,
     )
+    if not created:
+        service.tasks.forget_function_access(record.function_id)
     return JSONResponse(
         {"function_id": str(record.function_id), "content_hash": record.content_hash},
         status_code=201 if created else 200,
@@ -175,17 +185,24 @@ def _function_registration(raw: bytes) -> schemas.FunctionRegistration:
 
 
 @router.get("/functions", responses={200: {"model": schemas.FunctionList}})
-async def list_functions(identity: Caller, service: Service) -> JSONResponse:
-    records = await service.functions.list(identity)
-    return JSONResponse({"functions": [function_info(record) for record in records]})
+async def list_functions(
+    identity: Caller,
+    service: Service,
+    shared: Annotated[bool, Query(description="also other users' functions shared with you, or public")] = False,
+) -> JSONResponse:
+    """Your functions; with `shared=true`, then those shared with you (see `owner`)."""
+    views = await service.functions.list(identity, shared=shared)
+    return JSONResponse({"functions": [function_info(view.record, owner=view.owner) for view in views]})
 
 
 @router.get("/functions/{function_id}", responses={200: {"model": schemas.FunctionInfo}})
 async def get_function(
     function_id: uuid.UUID, identity: Caller, service: Service, include_body: Annotated[bool, Query()] = False
 ) -> JSONResponse:
-    record = await service.functions.get(identity, function_id, include_body=include_body)
-    return JSONResponse(function_info(record, include_body=include_body))
+    """A function's metadata, for anyone it is shared with; its body (`include_body`) for its
+    owner only (403 for others; 404 for a function not shared with you)."""
+    view = await service.functions.describe(identity, function_id, include_body=include_body)
+    return JSONResponse(function_info(view.record, include_body=include_body, owner=view.owner))
 
 
 @router.delete("/functions/{function_id}", status_code=204, response_class=Response)
@@ -194,6 +211,44 @@ async def delete_function(function_id: uuid.UUID, identity: Caller, service: Ser
     await service.functions.delete(identity, function_id)
     service.tasks.forget_function(function_id)
     return Response(status_code=204)
+
+
+# --- function sharing (issue 13) ----------------------------------------------------------
+
+
+@router.get("/functions/{function_id}/access", responses={200: {"model": schemas.FunctionAccessInfo}})
+async def get_function_access(function_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
+    """Who the function is shared with (its owner only)."""
+    access = await service.functions.access(identity, function_id)
+    return JSONResponse(await _function_access_body(service, access, owner=identity.username))
+
+
+@router.put("/functions/{function_id}/access", responses={200: {"model": schemas.FunctionAccessInfo}})
+async def set_function_access(
+    function_id: uuid.UUID, body: schemas.FunctionAccessBody, identity: Caller, service: Service
+) -> JSONResponse:
+    """Replace the function's sharing: `public` and the whole list of grants (its owner only)."""
+    grants = [GrantRequest(user=grant.user, group=grant.group) for grant in body.grants]
+    access = await service.functions.set_access(identity, function_id, public=body.public, grants=grants)
+    service.tasks.forget_function_access(function_id)
+    return JSONResponse(await _function_access_body(service, access, owner=identity.username))
+
+
+async def _function_access_body(service: Forwarder, access: FunctionAccess, *, owner: str) -> dict[str, Any]:
+    user_ids = [grant.principal.principal_id for grant in access.grants if grant.principal.kind is PrincipalKind.USER]
+    names = await service.functions.usernames(user_ids)
+    grants: list[dict[str, Any]] = []
+    for grant in sorted(
+        access.grants, key=lambda grant: (grant.principal.kind.value, str(grant.principal.principal_id))
+    ):
+        principal_id = grant.principal.principal_id
+        if grant.principal.kind is PrincipalKind.USER:
+            grants.append(
+                {"user": names.get(principal_id, ""), "user_id": str(principal_id), "granted_at": grant.granted_at}
+            )
+        else:
+            grants.append({"group": str(principal_id), "granted_at": grant.granted_at})
+    return {"function_id": str(access.function_id), "owner": owner, "public": access.public, "grants": grants}
 
 
 # --- endpoints ----------------------------------------------------------------------------
@@ -220,6 +275,7 @@ async def register_endpoint(
     registration = await service.endpoints.register(
         identity, name=body.name, endpoint_id=body.endpoint_id, metadata=body.metadata
     )
+    allowed = await _registered_allow_list(service, identity, registration.endpoint, body.allowed_functions)
     service.audit.record(
         "register_endpoint",
         user=identity.username,
@@ -231,6 +287,7 @@ async def register_endpoint(
         name=registration.endpoint.name,
         broker=registration.broker,
         status_period_s=settings.status_period_s,
+        allowed_functions=allowed,
     )
     return JSONResponse(render(answer), status_code=201 if registration.created else 200)
 
@@ -259,6 +316,43 @@ async def delete_endpoint(endpoint_id: uuid.UUID, request: Request, identity: Ca
         "delete_endpoint", user=identity.username, peer=peer_address(request), object=f"endpoint:{endpoint_id}"
     )
     return Response(status_code=204)
+
+
+# --- endpoint allow-lists (issue 13) ------------------------------------------------------
+
+
+async def _registered_allow_list(
+    service: Forwarder, identity: Identity, record: EndpointRecord, allowed: list[uuid.UUID] | None
+) -> tuple[uuid.UUID, ...] | None:
+    """Store the allow-list an agent registered with (None keeps the stored one); the list in force."""
+    updated = await service.allow_lists.registered(identity, record, allowed)
+    if updated.allowed_functions != record.allowed_functions:
+        service.endpoints.forget_target(record.endpoint_id)
+    return None if updated.allowed_functions is None else tuple(sorted(updated.allowed_functions, key=str))
+
+
+@router.get("/endpoints/{endpoint_id}/allowed_functions", responses={200: {"model": schemas.AllowedFunctionsInfo}})
+async def get_allowed_functions(endpoint_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
+    """The functions the endpoint runs (null: any); for anyone with a role on it."""
+    allowed = await service.allow_lists.get(identity, endpoint_id)
+    return JSONResponse(_allowed_functions_body(endpoint_id, allowed))
+
+
+@router.put("/endpoints/{endpoint_id}/allowed_functions", responses={200: {"model": schemas.AllowedFunctionsInfo}})
+async def set_allowed_functions(
+    endpoint_id: uuid.UUID, body: schemas.AllowedFunctionsBody, identity: Caller, service: Service
+) -> JSONResponse:
+    """Replace the endpoint's allow-list (its owner or a manager). The agent's config.yaml, when it
+    sets one, replaces it again at the agent's next registration."""
+    allowed = None if body.allowed_functions is None else list(dict.fromkeys(body.allowed_functions))
+    stored = await service.allow_lists.set(identity, endpoint_id, allowed)
+    service.endpoints.forget_target(endpoint_id)
+    return JSONResponse(_allowed_functions_body(endpoint_id, stored))
+
+
+def _allowed_functions_body(endpoint_id: uuid.UUID, allowed: frozenset[uuid.UUID] | None) -> dict[str, Any]:
+    listed = None if allowed is None else sorted(str(function_id) for function_id in allowed)
+    return {"endpoint_id": str(endpoint_id), "allowed_functions": listed}
 
 
 def _endpoint_info(service: Forwarder, record: EndpointRecord) -> EndpointInfo:

@@ -17,14 +17,20 @@ from taskfabric.protocol.api import EndpointActivity, RecentFailure
 __all__ = [
     "SUBMIT_BODY_SCHEMA",
     "Activity",
+    "AllowedFunctionsBody",
+    "AllowedFunctionsInfo",
     "BatchStatus",
     "EndpointList",
     "EndpointRegistration",
     "ErrorBody",
+    "FunctionAccessBody",
+    "FunctionAccessInfo",
+    "FunctionGrantInfo",
     "FunctionInfo",
     "FunctionList",
     "FunctionRegistered",
     "FunctionRegistration",
+    "GrantBody",
     "TaskIds",
     "TaskList",
     "TaskSubmitted",
@@ -72,6 +78,12 @@ class FunctionRegistration(_Request):
     name: str = Field(min_length=1, max_length=256, description="a display name")
     body: str = Field(description="the serialized function (cloudpickle bytes), base64")
     python_version: str = Field("", max_length=64, description="the registering Python, e.g. 3.11.7")
+    description: str | None = Field(
+        None, max_length=4096, description="what it does (null: keep the stored one when the body is known)"
+    )
+    public: bool | None = Field(
+        None, description="every user may run it and read its metadata (null: keep the stored flag; new: false)"
+    )
 
 
 class FunctionRegistered(BaseModel):
@@ -86,11 +98,52 @@ class FunctionInfo(BaseModel):
     python_version: str
     size_bytes: int
     created_at: float
-    body: str | None = Field(None, description="base64; only with ?include_body=true")
+    description: str = Field("", description="what the owner says it does")
+    owner: str = Field("", description="the owner's username")
+    public: bool = Field(False, description="every user may run it and read its metadata")
+    body: str | None = Field(None, description="base64; only with ?include_body=true (the owner only)")
 
 
 class FunctionList(BaseModel):
     functions: list[FunctionInfo]
+
+
+# --- function sharing and allow-lists (issue 13) ------------------------------------------
+
+
+class GrantBody(_Request):
+    user: str | None = Field(None, max_length=256, description="a username or user id")
+    group: uuid.UUID | None = Field(None, description="a group id")
+
+
+class FunctionAccessBody(_Request):
+    public: bool = Field(False, description="every authenticated user may run it and read its metadata")
+    grants: list[GrantBody] = Field(default_factory=list, max_length=1000, description="users and groups")
+
+
+class FunctionGrantInfo(BaseModel):
+    user: str | None = Field(None, description="the user's username (user grants)")
+    user_id: str | None = Field(None, description="the user's id (user grants)")
+    group: str | None = Field(None, description="the group's id (group grants)")
+    granted_at: float
+
+
+class FunctionAccessInfo(BaseModel):
+    function_id: str
+    owner: str
+    public: bool
+    grants: list[FunctionGrantInfo]
+
+
+class AllowedFunctionsBody(_Request):
+    allowed_functions: list[uuid.UUID] | None = Field(
+        description="the only functions the endpoint runs (null: any function)", max_length=1000
+    )
+
+
+class AllowedFunctionsInfo(BaseModel):
+    endpoint_id: str
+    allowed_functions: list[str] | None = Field(description="sorted function ids; null: any function")
 
 
 # --- endpoints ----------------------------------------------------------------------------
@@ -100,6 +153,11 @@ class EndpointRegistration(_Request):
     name: str = Field(pattern=ENDPOINT_NAME_PATTERN, description="unique among your endpoints")
     endpoint_id: uuid.UUID | None = Field(None, description="re-register this endpoint of yours")
     metadata: dict[str, Any] | None = Field(None, description="free-form JSON kept with the endpoint")
+    allowed_functions: list[uuid.UUID] | None = Field(
+        None,
+        max_length=1000,
+        description="the agent config's allow-list: replaces the stored one (null: keep the stored one)",
+    )
 
 
 class EndpointList(BaseModel):

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from taskfabric.errors import AuthenticationError, ServiceError, TaskfabricError
+from taskfabric.forwarder.allow_lists import AllowLists
 from taskfabric.forwarder.audit import AuditLog
 from taskfabric.forwarder.auth import (
     AUTHENTICATION_REQUIRED,
@@ -84,6 +85,7 @@ class Forwarder:
         self.consumers: ResultConsumers
         self.consumer_connections: ConsumerConnections
         self.functions: FunctionRegistry
+        self.allow_lists: AllowLists
         self.endpoints: EndpointRegistry
         self.tasks: TaskService
 
@@ -181,6 +183,7 @@ class Forwarder:
     def _build_services(self) -> None:
         cache = FunctionBodyCache(self.settings.function_cache_bytes)
         self.functions = FunctionRegistry(self.store, self.runner, cache)
+        self.allow_lists = AllowLists(self.store, self.runner)
         self.endpoints = EndpointRegistry(
             self.settings,
             store=self.store,
@@ -199,6 +202,7 @@ class Forwarder:
             endpoints=self.endpoints,
             cache=cache,
             metrics=self.metrics,
+            sharing=self.functions.sharing,
         )
 
     async def stop(self) -> None:

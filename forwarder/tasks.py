@@ -1,6 +1,8 @@
 """Task submission and task reads.
 
-Submitting a batch, in order: check the endpoint and every function are the caller's; insert all
+Submitting a batch, in order: check the caller may use the endpoint, its allow-list names every
+function (`check_allowed_functions`, for its owner too) and the caller may run every function
+(theirs, or shared with them: `FunctionSharing`); insert all
 tasks as `waiting` (one executemany); pack them into few `TaskBatch` messages carrying the
 function bodies (cached in memory); publish them and await every confirm together, bounded by
 `confirm_timeout_s`. If the broker does not confirm, the rows are deleted and the caller gets 503:
@@ -40,15 +42,15 @@ from taskfabric.broker_config import EndpointQueues
 from taskfabric.errors import (
     BrokerError,
     NotFoundError,
-    PermissionDenied,
     PublishTimeout,
     QuotaExceeded,
     ServiceError,
 )
+from taskfabric.forwarder.allow_lists import check_allowed_functions
 from taskfabric.forwarder.batching import FunctionBodyCache, plan_task_batches
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
-from taskfabric.forwarder.functions import FORBIDDEN, NOT_FOUND
+from taskfabric.forwarder.functions import NOT_FOUND, FunctionSharing
 from taskfabric.forwarder.metrics import ForwarderMetrics
 from taskfabric.forwarder.quotas import SubmitRateLimiter, check_pending_tasks, check_result_bytes, utc_day
 from taskfabric.forwarder.records import Identity, NewTask, TaskActivity, TaskPage, TaskQuery, TaskRecord
@@ -112,8 +114,10 @@ class TaskService:
         endpoints: EndpointRegistry,
         cache: FunctionBodyCache,
         metrics: ForwarderMetrics | None = None,
+        sharing: FunctionSharing | None = None,
     ) -> None:
         self._settings = settings
+        self._sharing = sharing or FunctionSharing(store, runner)
         self._metrics = metrics or ForwarderMetrics()
         self._store = store
         self._runner = runner
@@ -144,6 +148,7 @@ class TaskService:
                 status=503,
                 code=BROKER_UNAVAILABLE,
             )
+        check_allowed_functions(endpoint, request.function_ids)
         bodies = await self._function_bodies(identity, request.function_ids)
         task_ids = (
             new_task_ids(len(request.tasks))
@@ -322,6 +327,11 @@ class TaskService:
     def forget_function(self, function_id: uuid.UUID) -> None:
         """A function was deleted: stop accepting tasks for it at once (on this replica)."""
         self._owners.discard(function_id)
+        self._sharing.forget(function_id)
+
+    def forget_function_access(self, function_id: uuid.UUID) -> None:
+        """A function's sharing changed: decide afresh at its next submit (on this replica)."""
+        self._sharing.forget(function_id)
 
     async def _withdraw(self, task_ids: list[uuid.UUID]) -> None:
         try:
@@ -330,7 +340,8 @@ class TaskService:
             log.exception("could not withdraw %d unconfirmed tasks", len(task_ids))
 
     async def _function_bodies(self, identity: Identity, function_ids: set[uuid.UUID]) -> dict[uuid.UUID, FunctionBody]:
-        """The bodies of the caller's functions (404 unknown, 403 another user's)."""
+        """The bodies of functions the caller may run: their own (the fast path: owners are
+        cached), or shared with them (404 for unknown functions and other users' private ones)."""
         owners = {function_id: owner for function_id in function_ids if (owner := self._owners.get(function_id))}
         unknown = function_ids - owners.keys()
         if unknown:
@@ -339,11 +350,11 @@ class TaskService:
                 self._owners.put(function_id, owner)
             owners.update(stored)
         for function_id in sorted(function_ids, key=str):
-            owner = owners.get(function_id)
-            if owner is None:
+            if owners.get(function_id) is None:
                 raise NotFoundError(f"no function {function_id}", code=NOT_FOUND)
-            if owner != identity.user_id:
-                raise PermissionDenied(f"function {function_id} belongs to another user", code=FORBIDDEN)
+        others = {function_id for function_id in function_ids if owners[function_id] != identity.user_id}
+        if others:
+            await self._sharing.check_runnable(identity, others)
         bodies = self._cache.get_many(function_ids)
         missing = [function_id for function_id in function_ids if function_id not in bodies]
         if missing:

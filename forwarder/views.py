@@ -25,7 +25,8 @@ def _b64(value: bytes | None) -> str | None:
     return base64.b64encode(value).decode("ascii") if value is not None else None
 
 
-def function_info(record: FunctionRecord, *, include_body: bool = False) -> dict[str, Any]:
+def function_info(record: FunctionRecord, *, include_body: bool = False, owner: str = "") -> dict[str, Any]:
+    """A function's metadata (`owner`: its owner's username), and its body when asked."""
     info: dict[str, Any] = {
         "function_id": str(record.function_id),
         "name": record.name,
@@ -33,6 +34,9 @@ def function_info(record: FunctionRecord, *, include_body: bool = False) -> dict
         "python_version": record.python_version,
         "size_bytes": record.size_bytes,
         "created_at": record.created_at,
+        "description": record.description,
+        "owner": owner,
+        "public": record.public,
     }
     if include_body:
         info["body"] = _b64(record.body)

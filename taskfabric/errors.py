@@ -39,7 +39,8 @@ Every error that leaves a public API is one of these; errors of the libraries un
         ├── TaskQueueLost           the task was in an endpoint queue a broker crash destroyed
         ├── TaskCancelled           the task was cancelled (`Client.cancel`) before it finished
         ├── UserDeleted             an administrator deleted the task's owner before the task ran
-        └── UserDisabled            an administrator disabled the task's owner before the task ran
+        ├── UserDisabled            an administrator disabled the task's owner before the task ran
+        └── FunctionNotAllowed      the endpoint's allow-list does not list the task's function (its agent refused it)
 
 Remote failures travel as an error *code* in the wire protocol (see `ErrorCode`); `TaskFailed.for_code`
 maps a code back to its class on the client.
@@ -59,6 +60,7 @@ __all__ = [
     "DeserializationFailed",
     "EndpointDeleted",
     "ErrorCode",
+    "FunctionNotAllowed",
     "InvalidRequest",
     "LedgerError",
     "ManagerLost",
@@ -266,6 +268,8 @@ class ErrorCode(enum.StrEnum):
     #: an administrator deleted (or disabled) the task's owner before the task ran
     USER_DELETED = "USER_DELETED"
     USER_DISABLED = "USER_DISABLED"
+    #: the endpoint's agent refused a function its allow-list does not name (it never ran)
+    FUNCTION_NOT_ALLOWED = "FUNCTION_NOT_ALLOWED"
 
     @property
     def is_system_failure(self) -> bool:
@@ -347,6 +351,10 @@ class UserDisabled(TaskFailed):
     code = ErrorCode.USER_DISABLED
 
 
+class FunctionNotAllowed(TaskFailed):
+    code = ErrorCode.FUNCTION_NOT_ALLOWED
+
+
 _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
     cls.code.value: cls
     for cls in (
@@ -362,5 +370,6 @@ _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
         TaskCancelled,
         UserDeleted,
         UserDisabled,
+        FunctionNotAllowed,
     )
 }

@@ -23,6 +23,7 @@ from taskfabric.forwarder.store.dashboard import DashboardQueries
 from taskfabric.forwarder.store.dead_letters import DeadLetterTable
 from taskfabric.forwarder.store.endpoints import EndpointTable
 from taskfabric.forwarder.store.engine import StoreConflict, open_engine, redact_db_url, translate_errors
+from taskfabric.forwarder.store.function_access import FunctionAccessTable
 from taskfabric.forwarder.store.functions import FunctionTable
 from taskfabric.forwarder.store.outcomes import Failure
 from taskfabric.forwarder.store.quotas import QuotaTable
@@ -60,6 +61,7 @@ class Store:
         self.dead_letters = DeadLetterTable(engine)
         self.quotas = QuotaTable(engine)
         self.access = AccessTable(engine)  # what sharing decisions read, and the sharing audit
+        self.function_access = FunctionAccessTable(engine)  # function sharing and endpoint allow-lists (writes)
         self.dashboard = DashboardQueries(engine)  # read-only aggregates of the web dashboard
 
     @classmethod

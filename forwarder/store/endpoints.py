@@ -13,6 +13,7 @@ from sqlalchemy import Engine, Row, bindparam, select
 
 from taskfabric.forwarder.records import EndpointRecord, StatusReport
 from taskfabric.forwarder.store._sql import clean_text
+from taskfabric.forwarder.store.access import parse_allowed_functions
 from taskfabric.forwarder.store.engine import translate_errors
 from taskfabric.forwarder.store.schema import endpoints
 from taskfabric.protocol import MAX_BLOCK_REPORTS, BlockReport
@@ -178,4 +179,5 @@ def _endpoint(row: Row[Any]) -> EndpointRecord:
         created_at=m["created_at"],
         metadata=m["metadata"],
         status=status,
+        allowed_functions=parse_allowed_functions(m.get("allowed_functions")),
     )

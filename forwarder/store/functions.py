@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -14,9 +15,9 @@ from taskfabric.forwarder.store._sql import statement_chunks
 from taskfabric.forwarder.store.engine import StoreConflict, translate_errors
 from taskfabric.forwarder.store.schema import functions
 
-__all__ = ["FunctionTable"]
+__all__ = ["FUNCTION_INFO_COLUMNS", "FunctionTable", "function_record"]
 
-_INFO_COLUMNS = [
+FUNCTION_INFO_COLUMNS = [
     functions.c.function_id,
     functions.c.owner_id,
     functions.c.name,
@@ -24,6 +25,8 @@ _INFO_COLUMNS = [
     functions.c.python_version,
     functions.c.size_bytes,
     functions.c.created_at,
+    functions.c.description,
+    functions.c.public,
 ]
 
 
@@ -34,12 +37,22 @@ class FunctionTable:
         self._engine = engine
 
     def add(
-        self, *, owner_id: uuid.UUID, name: str, body: bytes, content_hash: str, python_version: str
+        self,
+        *,
+        owner_id: uuid.UUID,
+        name: str,
+        body: bytes,
+        content_hash: str,
+        python_version: str,
+        description: str | None = None,
+        public: bool | None = None,
     ) -> tuple[FunctionRecord, bool]:
-        """Store a function, or find the owner's function with the same hash; (record, created)."""
+        """Store a function, or find the owner's function with the same hash; (record, created).
+        The same body again keeps its id; a `description` or `public` given then replaces the
+        stored one (None: keep it)."""
         existing = self.find_by_hash(owner_id, content_hash)
         if existing is not None:
-            return existing, False
+            return self._restate(existing, description=description, public=public), False
         record = FunctionRecord(
             function_id=uuid.uuid4(),
             owner_id=owner_id,
@@ -48,6 +61,8 @@ class FunctionTable:
             python_version=python_version,
             size_bytes=len(body),
             created_at=time.time(),
+            description=description or "",
+            public=bool(public),
         )
         try:
             with translate_errors("registering a function"), self._engine.begin() as connection:
@@ -61,31 +76,50 @@ class FunctionTable:
                         python_version=python_version,
                         size_bytes=len(body),
                         created_at=record.created_at,
+                        description=record.description,
+                        public=record.public,
                     )
                 )
         except StoreConflict:  # the same body registered concurrently
             existing = self.find_by_hash(owner_id, content_hash)
             if existing is None:
                 raise
-            return existing, False
+            return self._restate(existing, description=description, public=public), False
         return record, True
 
+    def _restate(self, record: FunctionRecord, *, description: str | None, public: bool | None) -> FunctionRecord:
+        """A registration of an existing body: update what it states differently."""
+        changes: dict[str, Any] = {}
+        if description is not None and description != record.description:
+            changes["description"] = description
+        if public is not None and public != record.public:
+            changes["public"] = public
+        if not changes:
+            return record
+        with translate_errors("updating a function"), self._engine.begin() as connection:
+            connection.execute(
+                functions.update().where(functions.c.function_id == record.function_id).values(**changes)
+            )
+        return dataclasses.replace(record, **changes)
+
     def find_by_hash(self, owner_id: uuid.UUID, content_hash: str) -> FunctionRecord | None:
-        query = select(*_INFO_COLUMNS).where(functions.c.owner_id == owner_id, functions.c.content_hash == content_hash)
+        query = select(*FUNCTION_INFO_COLUMNS).where(
+            functions.c.owner_id == owner_id, functions.c.content_hash == content_hash
+        )
         with translate_errors("looking up a function"), self._engine.connect() as connection:
             row = connection.execute(query).first()
-        return _function(row) if row is not None else None
+        return function_record(row) if row is not None else None
 
     def get(self, function_id: uuid.UUID, *, include_body: bool = False) -> FunctionRecord | None:
-        columns = [*_INFO_COLUMNS, functions.c.body] if include_body else _INFO_COLUMNS
+        columns = [*FUNCTION_INFO_COLUMNS, functions.c.body] if include_body else FUNCTION_INFO_COLUMNS
         with translate_errors("reading a function"), self._engine.connect() as connection:
             row = connection.execute(select(*columns).where(functions.c.function_id == function_id)).first()
-        return _function(row) if row is not None else None
+        return function_record(row) if row is not None else None
 
     def list(self, owner_id: uuid.UUID) -> list[FunctionRecord]:
-        query = select(*_INFO_COLUMNS).where(functions.c.owner_id == owner_id).order_by(functions.c.created_at)
+        query = select(*FUNCTION_INFO_COLUMNS).where(functions.c.owner_id == owner_id).order_by(functions.c.created_at)
         with translate_errors("listing functions"), self._engine.connect() as connection:
-            return [_function(row) for row in connection.execute(query)]
+            return [function_record(row) for row in connection.execute(query)]
 
     def delete(self, function_id: uuid.UUID) -> bool:
         with translate_errors("deleting a function"), self._engine.begin() as connection:
@@ -116,7 +150,7 @@ class FunctionTable:
         return found
 
 
-def _function(row: Row[Any]) -> FunctionRecord:
+def function_record(row: Row[Any] | Any) -> FunctionRecord:
     mapping = row._mapping
     body = mapping.get("body")
     return FunctionRecord(
@@ -128,4 +162,6 @@ def _function(row: Row[Any]) -> FunctionRecord:
         size_bytes=mapping["size_bytes"],
         created_at=mapping["created_at"],
         body=bytes(body) if body is not None else None,
+        description=mapping.get("description") or "",
+        public=bool(mapping.get("public")),
     )

@@ -29,4 +29,8 @@ async def visible_endpoints(forwarder: Forwarder, identity: Identity) -> Visible
 
 
 async def visible_functions(forwarder: Forwarder, identity: Identity) -> Visible[FunctionRecord]:
-    return Visible(mine=await forwarder.functions.list(identity), shared=[])
+    """The user's functions, and other users' functions shared with them (or public)."""
+    views = await forwarder.functions.list(identity, shared=True)
+    mine = [view.record for view in views if view.record.owner_id == identity.user_id]
+    shared = [view.record for view in views if view.record.owner_id != identity.user_id]
+    return Visible(mine=mine, shared=shared)

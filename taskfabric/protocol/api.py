@@ -86,6 +86,8 @@ class EndpointRegistered:
     broker: BrokerAccess
     status_period_s: float | None = None
     """how often the agent should report its status (null from an old forwarder)"""
+    allowed_functions: tuple[uuid.UUID, ...] | None = None
+    """the endpoint's allow-list after this registration (null: any function, or an old forwarder)"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,6 +238,7 @@ def _renderer(cls: type, binary: bool, binary_ids: bool) -> Callable[[Any], dict
         convert = {
             "bytes": "v" if binary else "_b64(v)",
             "uuid": "v.bytes" if binary_ids else "str(v)",
+            "uuids": "[x.bytes for x in v]" if binary_ids else "[str(x) for x in v]",
             "enum": "v.value",
             "record": f"_record{index}(v)",
             None: "v",
@@ -279,6 +282,8 @@ def _kind(annotation: Any) -> str | None:
         return "bytes"
     if base is uuid.UUID:
         return "uuid"
+    if typing.get_origin(base) is tuple and typing.get_args(base)[:1] == (uuid.UUID,):
+        return "uuids"
     if isinstance(base, type) and issubclass(base, enum.Enum):
         return "enum"
     if dataclasses.is_dataclass(base):
@@ -423,6 +428,8 @@ def _field_parser(annotation: Any) -> _Field:
         return lambda value, binary: None if value is None else inner(value, binary)
     if annotation in _SCALARS:
         return _SCALARS[annotation]
+    if typing.get_origin(annotation) is tuple and typing.get_args(annotation)[:1] == (uuid.UUID,):
+        return _parse_uuids
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return functools.partial(_parse_enum, annotation)
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
@@ -465,6 +472,12 @@ def _parse_uuid(value: Any, binary: bool) -> uuid.UUID:
     except ValueError:
         pass
     raise _Mismatch("a UUID", value)
+
+
+def _parse_uuids(value: Any, binary: bool) -> tuple[uuid.UUID, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _Mismatch("a list of UUIDs", value)
+    return tuple(_parse_uuid(item, binary) for item in value)
 
 
 def _parse_enum(kind: type[enum.Enum], value: Any, binary: bool) -> enum.Enum:
