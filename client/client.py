@@ -132,31 +132,127 @@ class Client:
     # --- functions ----------------------------------------------------------------------
 
     def register_function(
-        self, fn: Callable[..., Any], *, name: str | None = None, by_value: bool = False
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        by_value: bool = False,
+        description: str | None = None,
+        public: bool = False,
     ) -> uuid.UUID:
         """Register a function (idempotent: the same code gets the same id) and return its id.
 
         Functions from a notebook or `__main__` travel by value. Functions from an importable
         module travel by reference: that module must be installed where the endpoint's workers run,
-        unless `by_value=True`, which ships the module's code along."""
+        unless `by_value=True`, which ships the module's code along. `description` is shown to
+        those the function is shared with; `public=True` lets every user of the service run it by
+        id (registering the same code again without `public` leaves its sharing as it is)."""
         body = serialize_function(fn, by_value=by_value)
-        return self.register_serialized_function(body, name=name or function_name(fn))
-
-    def register_serialized_function(self, body: bytes, *, name: str) -> uuid.UUID:
-        """Register a function already serialized by `serialize_function` (idempotent)."""
-        answer = self._http.post(
-            "/v1/functions",
-            {"name": name, "body": base64.b64encode(body).decode(), "python_version": CLIENT_PYTHON},
-            idempotent=True,
+        return self.register_serialized_function(
+            body, name=name or function_name(fn), description=description, public=public
         )
+
+    def register_serialized_function(
+        self, body: bytes, *, name: str, description: str | None = None, public: bool = False
+    ) -> uuid.UUID:
+        """Register a function already serialized by `serialize_function` (idempotent)."""
+        request: dict[str, Any] = {
+            "name": name,
+            "body": base64.b64encode(body).decode(),
+            "python_version": CLIENT_PYTHON,
+        }
+        if description is not None:
+            request["description"] = description
+        if public:
+            request["public"] = True
+        answer = self._http.post("/v1/functions", request, idempotent=True)
         return uuid.UUID(answer["function_id"])
 
-    def get_function(self, function_id: uuid.UUID | str) -> dict[str, Any]:
-        result: dict[str, Any] = self._http.get(f"/v1/functions/{function_id}")
+    def get_function(self, function_id: uuid.UUID | str, *, include_body: bool = False) -> dict[str, Any]:
+        """A function's metadata (name, description, owner, python_version, public): yours, or
+        one shared with you. `include_body=True` (yours only) adds its serialized body (base64)."""
+        params = {"include_body": "true"} if include_body else None
+        result: dict[str, Any] = self._http.get(f"/v1/functions/{function_id}", params=params)
         return result
 
-    def list_functions(self) -> list[dict[str, Any]]:
-        return list(self._http.get("/v1/functions")["functions"])
+    def list_functions(self, *, shared: bool = False) -> list[dict[str, Any]]:
+        """Your functions; with `shared=True`, then other users' functions shared with you (or
+        public), each with its `owner`."""
+        params = {"shared": "true"} if shared else None
+        return list(self._http.get("/v1/functions", params=params)["functions"])
+
+    # --- function sharing ---------------------------------------------------------------
+
+    def get_function_access(self, function_id: uuid.UUID | str) -> dict[str, Any]:
+        """Who your function is shared with: `{"public": bool, "grants": [{"user", "user_id"} |
+        {"group"}], ...}`."""
+        result: dict[str, Any] = self._http.get(f"/v1/functions/{function_id}/access")
+        return result
+
+    def set_function_access(
+        self, function_id: uuid.UUID | str, *, public: bool, grants: Iterable[dict[str, str]]
+    ) -> dict[str, Any]:
+        """Replace your function's sharing (each grant `{"user": name}` or `{"group": id}`)."""
+        body = {"public": public, "grants": list(grants)}
+        result: dict[str, Any] = self._http.put(f"/v1/functions/{function_id}/access", body)
+        return result
+
+    def share_function(
+        self,
+        function_id: uuid.UUID | str,
+        *,
+        user: str | None = None,
+        group: uuid.UUID | str | None = None,
+        public: bool | None = None,
+    ) -> dict[str, Any]:
+        """Share your function with a user (username or id) and/or a group (id), and/or make it
+        public (`public=True`); returns the new sharing."""
+        current = self.get_function_access(function_id)
+        grants = _grant_requests(current)
+        if user is not None:
+            grants.append({"user": user})
+        if group is not None:
+            grants.append({"group": str(group)})
+        new_public = bool(current["public"]) if public is None else public
+        return self.set_function_access(function_id, public=new_public, grants=_unique(grants))
+
+    def unshare_function(
+        self,
+        function_id: uuid.UUID | str,
+        *,
+        user: str | None = None,
+        group: uuid.UUID | str | None = None,
+        public: bool | None = None,
+    ) -> dict[str, Any]:
+        """Stop sharing your function with a user (username or id) and/or a group (id);
+        `public=False` makes it private to its grants again. Returns the new sharing."""
+        current = self.get_function_access(function_id)
+        kept = [
+            grant
+            for grant in current["grants"]
+            if not (user is not None and user in (grant.get("user"), grant.get("user_id")))
+            and not (group is not None and str(group) == grant.get("group"))
+        ]
+        new_public = bool(current["public"]) if public is None else public
+        return self.set_function_access(function_id, public=new_public, grants=_grant_requests({"grants": kept}))
+
+    # --- endpoint allow-lists -----------------------------------------------------------
+
+    def get_allowed_functions(self, endpoint_id: uuid.UUID | str) -> list[str] | None:
+        """The function ids the endpoint runs (None: any function)."""
+        answer = self._http.get(f"/v1/endpoints/{endpoint_id}/allowed_functions")
+        allowed: list[str] | None = answer["allowed_functions"]
+        return allowed
+
+    def set_allowed_functions(
+        self, endpoint_id: uuid.UUID | str, function_ids: Iterable[uuid.UUID | str] | None
+    ) -> list[str] | None:
+        """Replace the endpoint's allow-list (None: any function); the endpoint's owner or a
+        manager. The agent's config.yaml, when it sets one, replaces it again at its next start."""
+        listed = None if function_ids is None else [str(function_id) for function_id in function_ids]
+        answer = self._http.put(f"/v1/endpoints/{endpoint_id}/allowed_functions", {"allowed_functions": listed})
+        allowed: list[str] | None = answer["allowed_functions"]
+        return allowed
 
     def delete_function(self, function_id: uuid.UUID | str) -> None:
         self._http.delete(f"/v1/functions/{function_id}")
@@ -174,14 +270,22 @@ class Client:
         return _with_id(self._http.get(f"/v1/endpoints/{endpoint_id}/status"))
 
     def register_endpoint(
-        self, name: str, *, endpoint_id: uuid.UUID | str | None = None, metadata: dict[str, Any] | None = None
+        self,
+        name: str,
+        *,
+        endpoint_id: uuid.UUID | str | None = None,
+        metadata: dict[str, Any] | None = None,
+        allowed_functions: Iterable[uuid.UUID | str] | None = None,
     ) -> dict[str, Any]:
-        """Register (or re-register) an endpoint; returns its id and broker credentials."""
+        """Register (or re-register) an endpoint; returns its id and broker credentials.
+        `allowed_functions` (its config's allow-list) replaces the stored one; None keeps it."""
         body: dict[str, Any] = {"name": name}
         if endpoint_id is not None:
             body["endpoint_id"] = str(endpoint_id)
         if metadata:
             body["metadata"] = metadata
+        if allowed_functions is not None:
+            body["allowed_functions"] = [str(function_id) for function_id in allowed_functions]
         result: dict[str, Any] = self._http.post("/v1/endpoints", body, idempotent=True)
         return result
 
@@ -411,3 +515,18 @@ def _summary(info: dict[str, Any]) -> dict[str, Any]:
 
 def _with_id(endpoint: dict[str, Any]) -> dict[str, Any]:
     return {**endpoint, "id": endpoint.get("endpoint_id", endpoint.get("id"))}
+
+
+def _grant_requests(access: dict[str, Any]) -> list[dict[str, str]]:
+    """The grants of a `get_function_access` answer as a PUT names them (users by id)."""
+    grants = []
+    for grant in access["grants"]:
+        if grant.get("user_id"):
+            grants.append({"user": str(grant["user_id"])})
+        elif grant.get("group"):
+            grants.append({"group": str(grant["group"])})
+    return grants
+
+
+def _unique(grants: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [dict(items) for items in dict.fromkeys(tuple(sorted(grant.items())) for grant in grants)]

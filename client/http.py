@@ -76,6 +76,10 @@ class ServiceHTTP:
     def post(self, path: str, body: Any, *, idempotent: bool = False) -> Any:
         return self._json(self._send("POST", path, json=body, retries=self._read_retries if idempotent else 0))
 
+    def put(self, path: str, body: Any) -> Any:
+        """PUT replaces a whole document: idempotent, so retried like a read."""
+        return self._json(self._send("PUT", path, json=body, retries=self._read_retries))
+
     def post_msgpack(self, path: str, body: Any) -> Any:
         payload = msgpack.packb(body, use_bin_type=True)
         response = self._send("POST", path, content=payload, headers={"Content-Type": MSGPACK, "Accept": MSGPACK})

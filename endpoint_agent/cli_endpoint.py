@@ -242,3 +242,50 @@ def config_keys(as_json: bool) -> None:
         return
     for doc in docs:
         click.echo(f"{doc.key}  ({doc.type}, default {doc.default})\n    {doc.help}\n")
+
+
+# --- allow-lists (issue 13) ---------------------------------------------------------------
+
+
+@endpoint.command(name="allowed-functions")
+@click.argument("name")
+@click.option("--set", "function_ids", multiple=True, help="Run only this function id (repeatable; replaces the list).")
+@click.option("--clear", is_flag=True, help="Remove the allow-list: run any function.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: {endpoint_id, allowed_functions}.")
+def allowed_functions(name: str, function_ids: tuple[str, ...], clear: bool, as_json: bool) -> None:
+    """Show or set the functions endpoint NAME (a local endpoint, one of yours on the service, or
+    an id) runs. config.yaml's `allowed_functions`, when set, replaces this list at each start."""
+    if function_ids and clear:
+        raise click.UsageError("give --set or --clear, not both")
+    with _client() as client:
+        endpoint_id = _service_endpoint_id(client, name)
+        if clear:
+            listed = client.set_allowed_functions(endpoint_id, None)
+        elif function_ids:
+            listed = client.set_allowed_functions(endpoint_id, function_ids)
+        else:
+            listed = client.get_allowed_functions(endpoint_id)
+    if as_json:
+        click.echo(json.dumps({"endpoint_id": endpoint_id, "allowed_functions": listed}))
+    elif listed is None:
+        click.echo(f"endpoint {name} runs any function (no allow-list)")
+    else:
+        click.echo(f"endpoint {name} runs only: {', '.join(listed) if listed else '(no function)'}")
+
+
+def _service_endpoint_id(client: Client, name: str) -> str:
+    """The id of a local endpoint's registration, else an id or the name of one of yours."""
+    from taskfabric.client.executor import resolve_endpoint
+
+    local = LocalEndpoint(name) if _is_local_name(name) else None
+    if local is not None and local.exists and local.endpoint_id():
+        return str(local.endpoint_id())
+    return str(resolve_endpoint(client, name))
+
+
+def _is_local_name(name: str) -> bool:
+    try:
+        LocalEndpoint(name)
+    except ValueError:
+        return False
+    return True

@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,7 +63,12 @@ class ForwarderEndpoints(Protocol):
     is one; tests may pass a stand-in)."""
 
     def register_endpoint(
-        self, name: str, *, endpoint_id: uuid.UUID | str | None = None, metadata: dict[str, Any] | None = None
+        self,
+        name: str,
+        *,
+        endpoint_id: uuid.UUID | str | None = None,
+        metadata: dict[str, Any] | None = None,
+        allowed_functions: Iterable[uuid.UUID | str] | None = None,
     ) -> dict[str, Any]: ...
 
     def delete_endpoint(self, endpoint_id: uuid.UUID | str) -> None: ...
@@ -227,7 +232,9 @@ def register_endpoint(name: str, client: ForwarderEndpoints) -> EndpointConnecti
         "taskfabric_version": __version__,
         "display_name": config.display_name or name,
     }
-    answer = client.register_endpoint(name, endpoint_id=endpoint.endpoint_id(), metadata=metadata)
+    answer = client.register_endpoint(
+        name, endpoint_id=endpoint.endpoint_id(), metadata=metadata, allowed_functions=config.allowed_functions
+    )
     connection = EndpointConnection.from_registration(answer)
     connection.save(endpoint.paths.connection)
     return connection

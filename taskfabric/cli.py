@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "login": "taskfabric.client.cli:login",
     "whoami": "taskfabric.client.cli:whoami",
     "task": "taskfabric.client.cli:task",
+    "function": "taskfabric.client.cli_functions:function",
     "top": "taskfabric.client.cli:top",
     "forwarder": "taskfabric.forwarder.cli:forwarder",
     "admin": "taskfabric.forwarder.cli:admin",

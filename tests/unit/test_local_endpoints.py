@@ -28,7 +28,12 @@ class FakeForwarder:
         self.endpoint_id = uuid.uuid4()
 
     def register_endpoint(
-        self, name: str, *, endpoint_id: uuid.UUID | str | None = None, metadata: dict[str, Any] | None = None
+        self,
+        name: str,
+        *,
+        endpoint_id: uuid.UUID | str | None = None,
+        metadata: dict[str, Any] | None = None,
+        allowed_functions: Any = None,
     ) -> dict[str, Any]:
         self.registered.append((name, endpoint_id, metadata))
         broker = BrokerAccess(
