@@ -91,10 +91,14 @@ def test_another_users_things_are_off_limits(sqlite_forwarder: Any, users: Users
             mallory.http.delete(f"/v1/endpoints/{endpoint_id}"),
             mallory.http.get(f"/v1/endpoints/{endpoint_id}"),
             mallory.http.post("/v1/endpoints", json={"name": "lab", "endpoint_id": endpoint_id}),
+        ],
+        404: [
+            mallory.http.get(f"/v1/tasks/{task_id}"),  # tasks of others do not exist for you
+            # nor do their private functions (issue 13: 404, as for an unknown id)
             mallory.http.get(f"/v1/functions/{function_id}", params={"include_body": "true"}),
             mallory.http.delete(f"/v1/functions/{function_id}"),
+            mallory.http.get(f"/v1/functions/{function_id}/access"),
         ],
-        404: [mallory.http.get(f"/v1/tasks/{task_id}")],  # tasks of others do not exist for you
     }
     for status, responses in refused.items():
         for response in responses:
