@@ -5,10 +5,11 @@ may run it by id and read its metadata; only the owner reads its body, deletes i
 sharing. A user who may not see a function gets 404, exactly as for an unknown id; one who may see
 it but not do this gets 403.
 
-Submits ask `FunctionSharing.check_runnable` for other users' functions. It caches a function's
-sharing and a user's groups for `SHARING_CACHE_S`: a change made through this replica forgets the
-function's entry at once (revoking refuses at once here); other replicas may accept tasks for up
-to `SHARING_CACHE_S` after a revocation.
+Submits ask `FunctionSharing.check_runnable` for other users' functions (a user's own pass on the
+owner cache of `TaskService`, with no extra read). It caches a function's sharing for
+`SHARING_CACHE_S`: a change made through this replica forgets the function's entry at once
+(revoking refuses at once here); other replicas may accept tasks for up to `SHARING_CACHE_S` after
+a revocation. A user's groups are never cached here: a membership change counts at once.
 """
 
 from __future__ import annotations
@@ -78,31 +79,18 @@ class GrantRequest:
 
 
 class FunctionSharing:
-    """Who may run which function: the decision at submit, with a short per-replica cache."""
+    """Who may run which function: the decision at submit, with a short per-replica cache of
+    each function's sharing. A user's groups are read afresh whenever a decision needs them (a
+    group grant), so a membership change counts at once."""
 
     def __init__(self, store: Store, runner: StoreRunner, *, cache_s: float = SHARING_CACHE_S) -> None:
         self._store = store
         self._runner = runner
         self._access: TTLCache[uuid.UUID, FunctionAccess] = TTLCache(cache_s, max_entries=10_000)
-        self._groups: TTLCache[uuid.UUID, frozenset[uuid.UUID]] = TTLCache(cache_s, max_entries=10_000)
 
     def forget(self, function_id: uuid.UUID) -> None:
         """The function's sharing changed (or it was deleted): decide afresh at once."""
         self._access.discard(function_id)
-
-    def forget_groups(self, user_id: uuid.UUID | None = None) -> None:
-        """A user's group memberships changed (None: anyone's): read them afresh at once."""
-        if user_id is None:
-            self._groups = TTLCache(SHARING_CACHE_S, max_entries=10_000)
-        else:
-            self._groups.discard(user_id)
-
-    async def group_ids(self, user_id: uuid.UUID) -> frozenset[uuid.UUID]:
-        cached = self._groups.get(user_id)
-        if cached is None:
-            cached = await self._runner.read(self._store.access.group_ids_of, user_id)
-            self._groups.put(user_id, cached)
-        return cached
 
     async def access(self, function_id: uuid.UUID) -> FunctionAccess | None:
         cached = self._access.get(function_id)
@@ -117,9 +105,12 @@ class FunctionSharing:
         access = await self.access(function_id)
         if access is None:
             return False
-        if access.owner_id == identity.user_id or access.public:
+        if function_readable(access, identity.user_id, ()):  # the owner, public, or a grant to the user
             return True
-        return function_readable(access, identity.user_id, await self.group_ids(identity.user_id))
+        if not any(grant.principal.kind is PrincipalKind.GROUP for grant in access.grants):
+            return False
+        group_ids = await self._runner.read(self._store.access.group_ids_of, identity.user_id)
+        return function_readable(access, identity.user_id, group_ids)
 
     async def check_runnable(self, identity: Identity, function_ids: Collection[uuid.UUID]) -> None:
         """404 for a function the caller may not run (unknown, or private to another user)."""

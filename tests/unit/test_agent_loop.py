@@ -344,3 +344,56 @@ def test_a_dead_scaling_thread_stops_the_agent_gracefully_with_a_named_code(
     assert "the scaling thread failed (the provider exploded)" in caplog.text
     assert fabric.ready_task_messages() >= 1  # handed back, not lost
     assert not fabric.results
+
+
+# --- allow-lists (issue 13) ---------------------------------------------------------------------
+
+
+def _refused_codes(fabric: Fabric) -> list[ErrorCode | None]:
+    return [result.error.code if result.error else None for result in fabric.results]
+
+
+def test_a_task_outside_the_configured_allow_list_is_answered_and_never_dispatched(fabric: Fabric) -> None:
+    agent = fabric.agent(allowed_functions=[str(uuid.uuid4())])
+    try:
+        register_manager(agent)
+        fabric.publish_tasks(2)
+        step_until(agent, lambda: len(fabric.results) == 2, "the refusals")
+        assert _refused_codes(fabric) == [ErrorCode.FUNCTION_NOT_ALLOWED] * 2
+        assert dispatched(agent) == []
+        step_until(agent, lambda: agent.ledger.counts()["held"] == 0, "the ledger letting go of them")
+    finally:
+        agent.close()
+
+
+def test_the_registration_allow_list_applies_when_the_config_sets_none(fabric: Fabric) -> None:
+    import dataclasses
+
+    fabric.connection = dataclasses.replace(fabric.connection, allowed_functions=[])  # the service: nothing
+    agent = fabric.agent()
+    try:
+        register_manager(agent)
+        fabric.publish_tasks(1)
+        step_until(agent, lambda: len(fabric.results) == 1, "the refusal")
+        assert _refused_codes(fabric) == [ErrorCode.FUNCTION_NOT_ALLOWED]
+        assert dispatched(agent) == []
+    finally:
+        agent.close()
+
+
+def test_a_listed_function_runs(fabric: Fabric) -> None:
+    function_id = uuid.uuid4()
+    agent = fabric.agent(allowed_functions=[str(function_id)])
+    try:
+        register_manager(agent)
+        task = Task(task_id=uuid.uuid4(), function_id=function_id, payload=b"args")
+        message = OutgoingMessage(
+            exchange=fabric.topology.tasks_exchange,
+            routing_key=fabric.queues.task_queue,
+            body=pack(TaskBatch(tasks=[task], functions=[FunctionBody(function_id=function_id, body=b"f")])),
+        )
+        fabric.forwarder.publish(message).result(timeout=5)
+        step_until(agent, lambda: dispatched(agent) == [task.task_id], "the listed task's dispatch")
+        assert fabric.results == []
+    finally:
+        agent.close()

@@ -42,6 +42,8 @@ def test_prefetch_default_depends_on_how_many_managers_can_run() -> None:
         ("log_level: LOUD\n", "log_level must be DEBUG, INFO, WARNING or ERROR"),
         ("provider: LocalProvider\n", "provider: expected a mapping"),
         ("- 1\n", "top level must be a mapping"),
+        ("allowed_functions:\n  - not-an-id\n", r"allowed_functions\[0\]: 'not-an-id' is not a function id"),
+        ("allowed_functions: some\n", "allowed_functions: expected"),
     ],
 )
 def test_bad_config_names_the_key_and_file(tmp_path: Path, text: str, message: str) -> None:
@@ -50,6 +52,16 @@ def test_bad_config_names_the_key_and_file(tmp_path: Path, text: str, message: s
     with pytest.raises(ConfigError, match=message) as caught:
         EndpointConfig.from_file(path)
     assert str(path) in str(caught.value)
+
+
+def test_the_allow_list_is_a_set_of_function_ids() -> None:
+    import uuid
+
+    function_id = uuid.uuid4()
+    config = EndpointConfig.from_mapping({"allowed_functions": [str(function_id), str(function_id).upper()]})
+    assert config.allowed_function_ids == frozenset({function_id})
+    assert EndpointConfig().allowed_function_ids is None
+    assert EndpointConfig.from_mapping({"allowed_functions": []}).allowed_function_ids == frozenset()
 
 
 def test_a_full_file_loads(tmp_path: Path) -> None:

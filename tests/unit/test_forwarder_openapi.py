@@ -166,6 +166,17 @@ async def _exercise(api: Conformance, memory: MemoryBroker) -> None:
     assert activity.json()["recent_failures"][0]["task_id"] == task_ids[1]
     await api.call("GET", "/v1/activity", params={"window_s": "0"}, expect=400)
 
+    # function sharing and endpoint allow-lists (issue 13)
+    await api.call("GET", "/v1/functions", params={"shared": "true"}, expect=200)
+    await api.call("GET", "/v1/functions/{function_id}/access", ids=fn, expect=200)
+    sharing = {"public": True, "grants": []}
+    await api.call("PUT", "/v1/functions/{function_id}/access", ids=fn, json=sharing, expect=200)
+    await api.call("PUT", "/v1/functions/{function_id}/access", ids=fn, json={"public": "x"}, expect=422)
+    await api.call("GET", "/v1/endpoints/{endpoint_id}/allowed_functions", ids=ep, expect=200)
+    allowed = {"allowed_functions": [function_id]}
+    await api.call("PUT", "/v1/endpoints/{endpoint_id}/allowed_functions", ids=ep, json=allowed, expect=200)
+    await api.call("GET", "/v1/endpoints/{endpoint_id}/allowed_functions", ids=ep, expect=200)
+
     await api.call("DELETE", "/v1/functions/{function_id}", ids=fn, expect=204)
     await api.call("DELETE", "/v1/endpoints/{endpoint_id}", ids=ep, expect=204)
     await api.call("GET", "/v1/endpoints/{endpoint_id}", ids=ep, expect=404)
