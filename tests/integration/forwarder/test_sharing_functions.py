@@ -316,3 +316,44 @@ def test_the_client_shares_and_unshares_a_function(forwarder: Any, users: Users)
 
 def _square(x: int) -> int:
     return x * x
+
+
+def test_the_cli_shares_functions_and_sets_allow_lists(
+    sqlite_forwarder: Any, users: Users, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from click.testing import CliRunner
+
+    from taskfabric.cli import main
+
+    alice, bob = users(sqlite_forwarder), users(sqlite_forwarder)
+    function_id = _register(alice, b"cli " + uuid.uuid4().bytes, description="for the lab")["function_id"]
+    endpoint_id = alice.register_endpoint("cli-lab")["endpoint_id"]
+    monkeypatch.setenv("TASKFABRIC_HOME", str(tmp_path))
+    monkeypatch.setenv("TASKFABRIC_URL", sqlite_forwarder.url)
+
+    def run(api: ForwarderApi, *args: str) -> Any:
+        monkeypatch.setenv("TASKFABRIC_TOKEN", api.token)
+        result = CliRunner().invoke(main, list(args))
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    shared = run(alice, "function", "share", function_id, "--user", bob.username, "--json")
+    assert [grant["user"] for grant in shared["grants"]] == [bob.username]
+    listed = run(bob, "function", "list", "--shared", "--json")
+    assert [(entry["function_id"], entry["owner"]) for entry in listed] == [(function_id, alice.username)]
+    shown = run(bob, "function", "show", function_id, "--json")
+    assert shown["description"] == "for the lab"
+    assert "access" not in shown  # bob does not own it
+    assert run(alice, "function", "show", function_id, "--json")["access"]["grants"][0]["user"] == bob.username
+    assert run(alice, "function", "unshare", function_id, "--user", bob.username, "--json")["grants"] == []
+    assert run(bob, "function", "list", "--shared", "--json") == []
+
+    answer = run(alice, "endpoint", "allowed-functions", endpoint_id, "--set", function_id, "--json")
+    assert answer == {"endpoint_id": endpoint_id, "allowed_functions": [function_id]}
+    assert run(alice, "endpoint", "allowed-functions", "cli-lab", "--json")["allowed_functions"] == [function_id]
+    cleared = run(alice, "endpoint", "allowed-functions", endpoint_id, "--clear", "--json")
+    assert cleared["allowed_functions"] is None
+    monkeypatch.setenv("TASKFABRIC_TOKEN", bob.token)
+    refused = CliRunner().invoke(main, ["endpoint", "allowed-functions", endpoint_id, "--clear"])
+    assert refused.exit_code == 1
+    assert "403" in refused.output
