@@ -78,7 +78,9 @@ def list_command(as_json: bool) -> None:
         return
     click.echo(f"{'group':36}  {'name':24}  {'owner':16}  {'role':8}  members")
     for item in groups:
-        click.echo(f"{item['group_id']:36}  {item['name']:24}  {item['owner']:16}  {item['role']:8}  {item['members']}")
+        click.echo(
+            f"{item['group_id']:36}  {item['name']:24}  {item['owner']:16}  {item['role']:8}  {item['member_count']}"
+        )
 
 
 @group.command(name="show")

@@ -428,7 +428,9 @@ async def delete_group(group_id: uuid.UUID, request: Request, identity: Caller, 
     return Response(status_code=204)
 
 
-@router.post("/groups/{group_id}/members", status_code=201, responses={201: {"model": GroupMember}})
+@router.post(
+    "/groups/{group_id}/members", status_code=201, responses={200: {"model": GroupMember}, 201: {"model": GroupMember}}
+)
 async def add_group_member(
     group_id: uuid.UUID, body: schemas.MemberAddition, request: Request, identity: Caller, service: Service
 ) -> JSONResponse:

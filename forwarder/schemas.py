@@ -211,6 +211,7 @@ class GroupDetails(BaseModel):
     owner_id: str
     owner: str = Field(description="the owner's username")
     role: str = Field(description="your role: owner, manager or member")
+    member_count: int
     members: list[GroupMember] = Field(description="the owner first, then managers, then members")
     created_at: float
 

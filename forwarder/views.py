@@ -174,7 +174,7 @@ def group_info(record: GroupRecord, *, role: str | None = None) -> GroupInfo:
         owner_id=record.owner_id,
         owner=record.owner,
         role=role or (record.role.value if record.role is not None else ""),
-        members=record.members,
+        member_count=record.members,
         created_at=record.created_at,
     )
 

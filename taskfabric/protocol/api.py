@@ -237,7 +237,7 @@ class GroupInfo:
     """the owner's username"""
     role: str
     """your role in it: owner, manager or member"""
-    members: int
+    member_count: int
     """how many members it has (its owner included)"""
     created_at: float
 
