@@ -28,6 +28,7 @@ from taskfabric.forwarder.store.access import AuditEvent
 from taskfabric.forwarder.store.groups import GroupMemberRecord, GroupRecord
 
 __all__ = [
+    "GROUP_CHANGED",
     "GROUP_MANAGER_REQUIRED",
     "GROUP_NAME_PATTERN",
     "GROUP_NAME_TAKEN",
@@ -50,6 +51,7 @@ __all__ = [
 GROUP_NOT_FOUND = "GROUP_NOT_FOUND"
 MEMBER_NOT_FOUND = "MEMBER_NOT_FOUND"
 GROUP_NAME_TAKEN = "GROUP_NAME_TAKEN"
+GROUP_CHANGED = "GROUP_CHANGED"
 GROUP_MANAGER_REQUIRED = "GROUP_MANAGER_REQUIRED"
 GROUP_OWNER_REQUIRED = "GROUP_OWNER_REQUIRED"
 GROUP_OWNER_FIXED = "GROUP_OWNER_FIXED"
@@ -182,9 +184,14 @@ class GroupService:
         current = await self._runner.read(self._store.groups.role_of, group_id, target.user_id)
         check_set_member(actor, current, new)
         now = time.time()
-        before = await self._runner.write(
-            self._store.groups.set_member, group_id, target.user_id, role=new, added_by=identity.user_id, now=now
-        )
+        try:
+            before = await self._runner.write(
+                self._store.groups.set_member, group_id, target.user_id, role=new, added_by=identity.user_id, now=now
+            )
+        except StoreConflict:  # the same user added concurrently, or the group or user deleted meanwhile
+            raise ServiceError(
+                "the group or its members changed while adding: look again and retry", status=409, code=GROUP_CHANGED
+            ) from None
         if before is not new:
             detail = {"user_id": str(target.user_id), "username": target.username, "role": new.value}
             if before is not None:

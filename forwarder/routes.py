@@ -429,7 +429,9 @@ async def delete_group(group_id: uuid.UUID, request: Request, identity: Caller, 
 
 
 @router.post(
-    "/groups/{group_id}/members", status_code=201, responses={200: {"model": GroupMember}, 201: {"model": GroupMember}}
+    "/groups/{group_id}/members",
+    status_code=201,
+    responses={200: {"model": GroupMember}, 201: {"model": GroupMember}, 409: {"model": schemas.ErrorBody}},
 )
 async def add_group_member(
     group_id: uuid.UUID, body: schemas.MemberAddition, request: Request, identity: Caller, service: Service
