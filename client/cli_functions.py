@@ -7,40 +7,18 @@ from __future__ import annotations
 
 import datetime
 import json
-import uuid
 from typing import Any
 
 import click
 
 from taskfabric.client.client import Client
-from taskfabric.errors import InvalidRequest, NotFoundError
 
 __all__ = ["function", "group_id_of", "share", "show_function", "unshare"]
 
 
 def group_id_of(client: Client, group: str) -> str:
-    """A group id, given one or the name of a group the caller belongs to (`GET /v1/groups`)."""
-    try:
-        return str(uuid.UUID(group))
-    except ValueError:
-        pass
-    groups = _my_groups(client)
-    named = [entry for entry in groups if entry.get("name") == group]
-    if len(named) == 1:
-        return str(named[0].get("group_id") or named[0].get("id"))
-    if not named:
-        raise NotFoundError(f"no group named {group!r} among yours: give a group id", status=404, code="NOT_FOUND")
-    ids = ", ".join(str(entry.get("group_id") or entry.get("id")) for entry in named)
-    raise InvalidRequest(f"the group name {group!r} is ambiguous ({ids}): give a group id")
-
-
-def _my_groups(client: Client) -> list[dict[str, Any]]:
-    # `Client.list_groups` comes with groups (issue 13); until then, the same route by hand
-    lister = getattr(client, "list_groups", None)
-    if lister is not None:
-        return list(lister())
-    listed = client._http.get("/v1/groups")
-    return list(listed.get("groups", [])) if isinstance(listed, dict) else []
+    """A group id, given one or the name of a group the caller belongs to."""
+    return str(client.resolve_group(group))
 
 
 def show_function(client: Client, function_id: str) -> dict[str, Any]:

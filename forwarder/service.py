@@ -33,6 +33,7 @@ from taskfabric.forwarder.consumer_pool import ConsumerConnections
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FunctionRegistry
+from taskfabric.forwarder.groups import GroupService
 from taskfabric.forwarder.ingest import Ingestor
 from taskfabric.forwarder.metrics import ForwarderMetrics
 from taskfabric.forwarder.quotas import utc_day
@@ -88,6 +89,7 @@ class Forwarder:
         self.allow_lists: AllowLists
         self.endpoints: EndpointRegistry
         self.tasks: TaskService
+        self.groups: GroupService  # sharing: groups and their members
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -204,6 +206,7 @@ class Forwarder:
             metrics=self.metrics,
             sharing=self.functions.sharing,
         )
+        self.groups = GroupService(self.store, self.runner)
 
     async def stop(self) -> None:
         """Stop the housekeeping loops, then every part in reverse order of starting."""

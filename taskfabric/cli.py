@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, str] = {
     "task": "taskfabric.client.cli:task",
     "function": "taskfabric.client.cli_functions:function",
     "top": "taskfabric.client.cli:top",
+    "group": "taskfabric.client.cli_groups:group",
     "forwarder": "taskfabric.forwarder.cli:forwarder",
     "admin": "taskfabric.forwarder.cli:admin",
     "dev": "taskfabric.tools.devfabric:dev",
