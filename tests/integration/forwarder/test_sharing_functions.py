@@ -357,3 +357,52 @@ def test_the_cli_shares_functions_and_sets_allow_lists(
     refused = CliRunner().invoke(main, ["endpoint", "allowed-functions", endpoint_id, "--clear"])
     assert refused.exit_code == 1
     assert "403" in refused.output
+
+
+def test_a_function_shared_with_a_group_follows_its_membership_at_once(
+    forwarder: Any, users: Users, fake_endpoints: FakeEndpoints
+) -> None:
+    alice, bob, carol = users(forwarder), users(forwarder), users(forwarder)
+    created = alice.http.post("/v1/groups", json={"name": f"lab-{uuid.uuid4().hex[:8]}"})
+    assert created.status_code == 201, created.text
+    group_id = created.json()["group_id"]
+    assert alice.http.post(f"/v1/groups/{group_id}/members", json={"user": bob.username}).status_code in (200, 201)
+    function_id = _register(alice, b"group-shared " + uuid.uuid4().bytes)["function_id"]
+    shared = _share(alice, function_id, grants=[{"group": group_id}])
+    assert shared.status_code == 200, shared.text
+    assert shared.json()["grants"][0]["group"] == group_id
+
+    bobs_lab, carols_lab = bob.register_endpoint("bobs-lab"), carol.register_endpoint("carols-lab")
+    assert _submit(bob, bobs_lab["endpoint_id"], function_id).status_code == 201
+    assert bob.http.get(f"/v1/functions/{function_id}").json()["owner"] == alice.username
+    assert bob.http.get(f"/v1/functions/{function_id}", params={"include_body": "true"}).status_code == 403
+    assert [
+        entry["function_id"] for entry in bob.http.get("/v1/functions", params={"shared": "true"}).json()["functions"]
+    ] == [function_id]
+    assert _submit(carol, carols_lab["endpoint_id"], function_id).status_code == 404
+
+    # membership changes count at once: bob leaves, carol joins
+    assert alice.http.delete(f"/v1/groups/{group_id}/members/{bob.username}").status_code == 204
+    assert _submit(bob, bobs_lab["endpoint_id"], function_id).status_code == 404
+    assert bob.http.get(f"/v1/functions/{function_id}").status_code == 404
+    assert alice.http.post(f"/v1/groups/{group_id}/members", json={"user": carol.username}).status_code in (200, 201)
+    assert _submit(carol, carols_lab["endpoint_id"], function_id).status_code == 201
+    # deleting the group deletes its grant
+    assert alice.http.delete(f"/v1/groups/{group_id}").status_code == 204
+    assert _submit(carol, carols_lab["endpoint_id"], function_id).status_code == 404
+    assert alice.http.get(f"/v1/functions/{function_id}/access").json()["grants"] == []
+    # a group the caller names must exist
+    unknown = _share(alice, function_id, grants=[{"group": group_id}])
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "GROUP_NOT_FOUND"
+
+
+def test_the_client_shares_with_a_group_by_name(forwarder: Any, users: Users) -> None:
+    alice, bob = users(forwarder), users(forwarder)
+    with Client(url=forwarder.url, token=alice.token) as client:
+        group = client.create_group(f"lab-{uuid.uuid4().hex[:8]}")
+        client.add_group_member(group["group_id"], bob.username)
+        function_id = client.register_function(_square, name="square-for-the-group")
+        access = client.share_function(function_id, group=client.resolve_group(group["name"]))
+        assert [grant.get("group") for grant in access["grants"]] == [group["group_id"]]
+    assert bob.http.get(f"/v1/functions/{function_id}").status_code == 200
