@@ -110,6 +110,8 @@ def _arguments(fabric: Fabric, tmp_path: Path) -> dict[tuple[str, ...], list[str
         ("dev", "status"): [],
         ("group", "list"): [],
         ("group", "show"): [group_name],
+        ("function", "list"): [],
+        ("function", "show"): [str(function_id)],
     }
 
 
@@ -141,3 +143,11 @@ def test_every_listing_command_prints_one_json_document(fabric: Fabric, tmp_path
     group_name = arguments[("group", "show")][0]
     assert group_name in {group["name"] for group in documents[("group", "list")]}
     assert documents[("group", "show")]["members"][0]["username"] == fabric.username
+    function_id = arguments[("function", "show")][0]
+    assert function_id in {function["function_id"] for function in documents[("function", "list")]}
+    assert documents[("function", "show")]["access"] == {
+        "function_id": function_id,
+        "owner": fabric.username,
+        "public": False,
+        "grants": [],
+    }
