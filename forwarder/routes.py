@@ -168,8 +168,6 @@ async def register_function(request: Request, identity: Caller, service: Service
         description=description,
         public=body.public,
     )
-    if not created:
-        service.tasks.forget_function_access(record.function_id)
     return JSONResponse(
         {"function_id": str(record.function_id), "content_hash": record.content_hash},
         status_code=201 if created else 200,
