@@ -14,6 +14,7 @@ a revocation. A user's groups are never cached here: a membership change counts 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 import uuid
@@ -56,14 +57,12 @@ def content_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
 class FunctionView:
     """A function as a caller sees it: its record and its owner's username."""
 
-    __slots__ = ("owner", "record")
-
-    def __init__(self, record: FunctionRecord, owner: str) -> None:
-        self.record = record
-        self.owner = owner
+    record: FunctionRecord
+    owner: str
 
 
 class GrantRequest:
@@ -141,20 +140,43 @@ class FunctionRegistry:
         public: bool | None = None,
     ) -> tuple[FunctionRecord, bool]:
         """(record, created): the same body registered again by its owner returns the first id
-        (a `description` or `public` given then replaces the stored one)."""
+        (a `description` or `public` given then replaces the stored one). A registration that
+        changes the public flag is a sharing change: audited as `function.access`."""
+        digest = content_hash(body)
+        known = None
+        if public is not None:  # only then may sharing change: what it was, for the audit
+            known = await self._runner.read(self._store.functions.find_by_hash, identity.user_id, digest)
         record, created = await self._runner.write(
             self._store.functions.add,
             owner_id=identity.user_id,
             name=name,
             body=body,
-            content_hash=content_hash(body),
+            content_hash=digest,
             python_version=python_version,
             description=description,
             public=public,
         )
         if not created:
             self.sharing.forget(record.function_id)
+        was_public = known.public if known is not None else False
+        if public is not None and record.public != was_public:
+            await self._audit_public(identity, record, was_public=was_public)
         return record, created
+
+    async def _audit_public(self, identity: Identity, record: FunctionRecord, *, was_public: bool) -> None:
+        access = await self._runner.read(self._store.access.function_access, record.function_id)
+        grants = [grant.principal for grant in access.grants] if access is not None else []
+        event = AuditEvent(
+            action=FUNCTION_ACCESS_ACTION,
+            actor_id=identity.user_id,
+            function_id=record.function_id,
+            detail={
+                "before": _principals_detail(was_public, grants),
+                "after": _principals_detail(record.public, grants),
+                "via": "registration",
+            },
+        )
+        await self._runner.write(self._store.access.record, [event])
 
     async def get(self, identity: Identity, function_id: uuid.UUID, *, include_body: bool = False) -> FunctionRecord:
         """The caller's own function (404 unknown or unseen, 403 seen but another user's)."""

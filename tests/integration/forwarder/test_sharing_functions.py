@@ -166,6 +166,14 @@ def test_a_public_function_is_readable_and_runnable_by_anyone(forwarder: Any, us
     assert _share(alice, function_id, public=False, grants=[]).status_code == 200
     assert carol.http.get(f"/v1/functions/{function_id}").status_code == 404
     assert _submit(carol, carols_lab["endpoint_id"], function_id).status_code == 404
+    # both changes of its public flag are audited: at registration, then through the API
+    events = sorted(_audit(forwarder, action="function.access", function_id=function_id), key=lambda e: e.at)
+    details = [json.loads(event.detail) for event in events]
+    assert [(detail["before"]["public"], detail["after"]["public"]) for detail in details] == [
+        (False, True),
+        (True, False),
+    ]
+    assert details[0]["via"] == "registration"
 
 
 def test_the_allow_list_refuses_unlisted_functions_at_submit(
