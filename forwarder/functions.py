@@ -65,16 +65,17 @@ class FunctionView:
     owner: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class GrantRequest:
-    """One grant as asked for: a user name (username or id) or a group id."""
+    """One grant as asked for: a user name (username or id) or a group id; `InvalidRequest`
+    (400 `INVALID_GRANT`) unless exactly one is given."""
 
-    __slots__ = ("group", "user")
+    user: str | None = None
+    group: uuid.UUID | None = None
 
-    def __init__(self, *, user: str | None = None, group: uuid.UUID | None = None) -> None:
-        if (user is None) == (group is None):
+    def __post_init__(self) -> None:
+        if (self.user is None) == (self.group is None):
             raise InvalidRequest("grants: each grant names exactly one of 'user' or 'group'", code="INVALID_GRANT")
-        self.user = user
-        self.group = group
 
 
 class FunctionSharing:
