@@ -175,7 +175,7 @@ def test_submitters_see_their_own_tasks_and_managers_see_everyone_s(forwarder: A
     for owner_or_manager in (alice, dave):
         everyone = owner_or_manager.list_tasks(endpoint_id=endpoint_id, all_users="true")["tasks"]
         assert {task["task_id"]: task["submitted_by"] for task in everyone} == {
-            **{task_id: bob.username for task_id in bob_ids},
+            **dict.fromkeys(bob_ids, bob.username),
             alice_ids[0]: alice.username,
         }
     for refused_user in (bob, carol):
