@@ -86,6 +86,10 @@ class ServiceHTTP:
     def delete(self, path: str) -> None:
         self._send("DELETE", path)
 
+    def put(self, path: str, body: Any) -> Any:
+        """PUT replaces a whole document: safe to retry."""
+        return self._json(self._send("PUT", path, json=body, retries=self._read_retries))
+
     # --- internals ----------------------------------------------------------------------
 
     def _send(self, method: str, path: str, *, retries: int = 0, **kwargs: Any) -> httpx.Response:
