@@ -180,9 +180,7 @@ def _local_time(timestamp: float | None) -> str:
 @click.option("--since", help="Only tasks created since: an age (30m, 2h, 7d), an ISO date/time, or epoch seconds.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many tasks.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: a list of task summaries.")
-@click.option(
-    "--all-users", is_flag=True, help="With --endpoint (one you own or manage): every user's tasks on it."
-)
+@click.option("--all-users", is_flag=True, help="With --endpoint (one you own or manage): every user's tasks on it.")
 def list_command(
     status: str | None,
     endpoint_id: str | None,

@@ -110,9 +110,7 @@ def test_unsharing_refuses_the_next_submit_at_once_and_accepted_tasks_still_fini
     )
 
 
-def test_a_public_endpoint_takes_everyone_s_tasks_and_only_the_owner_deletes_it(
-    forwarder: Any, users: Users
-) -> None:
+def test_a_public_endpoint_takes_everyone_s_tasks_and_only_the_owner_deletes_it(forwarder: Any, users: Users) -> None:
     alice, bob, carol = users(forwarder), users(forwarder), users(forwarder)
     endpoint_id = alice.register_endpoint("open")["endpoint_id"]
     assert _submit(carol, endpoint_id, _function(carol)).status_code == 403
