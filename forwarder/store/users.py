@@ -11,7 +11,7 @@ from sqlalchemy import Engine, Row, func, select
 from taskfabric.errors import StoreError
 from taskfabric.forwarder.records import Identity, TokenOwner, TokenRecord, UserRecord
 from taskfabric.forwarder.store.engine import StoreConflict, translate_errors
-from taskfabric.forwarder.store.schema import endpoints, functions, tokens, users
+from taskfabric.forwarder.store.schema import endpoint_grants, endpoints, functions, tokens, users
 
 __all__ = ["UserTable"]
 
@@ -171,6 +171,13 @@ class UserTable:
             connection.execute(tokens.delete().where(tokens.c.user_id == user_id))
             connection.execute(endpoints.delete().where(endpoints.c.owner_id == user_id))
             connection.execute(functions.delete().where(functions.c.owner_id == user_id))
+            # grants name users without a foreign key: a user created again with this id (a
+            # Globus identity) must not inherit them
+            connection.execute(
+                endpoint_grants.delete().where(
+                    endpoint_grants.c.principal_kind == "user", endpoint_grants.c.principal_id == user_id
+                )
+            )
             connection.execute(users.delete().where(users.c.user_id == user_id))
 
 

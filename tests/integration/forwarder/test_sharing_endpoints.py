@@ -13,6 +13,7 @@ import httpx
 import msgpack
 import pytest
 
+from taskfabric.forwarder.admin import delete_user
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi
 from taskfabric.protocol import Result
 from taskfabric.testing import wait_until
@@ -271,3 +272,12 @@ def test_every_new_route_refuses_strangers_and_bad_input(forwarder: Any, users: 
     assert [grant["user"] for grant in alice.http.get(f"/v1/endpoints/{endpoint_id}/access").json()["grants"]] == [
         bob.username
     ]
+
+
+def test_deleting_a_user_deletes_their_grants(forwarder: Any, users: Users) -> None:
+    alice, bob, carol = users(forwarder), users(forwarder), users(forwarder)
+    endpoint_id = alice.register_endpoint("granted")["endpoint_id"]
+    _share(alice, endpoint_id, {"user": bob.username}, {"user": carol.username, "role": "manage"})
+    delete_user(forwarder.settings, bob.username)
+    document = alice.http.get(f"/v1/endpoints/{endpoint_id}/access").json()
+    assert [(grant["user"], grant["role"]) for grant in document["grants"]] == [(carol.username, "manage")]
