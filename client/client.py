@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from taskfabric.client.config import ClientConfig
 from taskfabric.client.http import ServiceHTTP
@@ -27,10 +28,10 @@ from taskfabric.client.serialization import (
     serialize_function,
     value_from_result,
 )
-from taskfabric.errors import InvalidRequest, TaskPending
+from taskfabric.errors import InvalidRequest, NotFoundError, TaskPending
 from taskfabric.protocol import TaskStatus, check_resource_specification
 
-__all__ = ["Batch", "Client", "TaskListPage"]
+__all__ = ["Batch", "Client", "TaskListPage", "resolve_group_name"]
 
 #: tasks per submit request (the service accepts up to its max_batch_tasks, 10,000 by default)
 SUBMIT_CHUNK = 2000
@@ -422,12 +423,77 @@ class Client:
         tasks.reverse()
         return tasks
 
+    # --- sharing: groups ----------------------------------------------------------------
+
+    def create_group(self, name: str, description: str = "") -> dict[str, Any]:
+        """Create a group you own; returns it (`group_id`, `name`, `members`, ...)."""
+        result: dict[str, Any] = self._http.post("/v1/groups", {"name": name, "description": description})
+        return result
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        """The groups you belong to, each with `group_id`, `name`, `owner` and your `role`."""
+        return list(self._http.get("/v1/groups")["groups"])
+
+    def get_group(self, group_id: uuid.UUID | str) -> dict[str, Any]:
+        """A group you belong to, with its `members` (`username`, `user_id`, `role`)."""
+        result: dict[str, Any] = self._http.get(f"/v1/groups/{_group_id(group_id)}")
+        return result
+
+    def add_group_member(self, group_id: uuid.UUID | str, username: str, role: str = "member") -> dict[str, Any]:
+        """Add a user (username or user id) to the group as `member` or `manager`, or change their
+        role; returns the member."""
+        path = f"/v1/groups/{_group_id(group_id)}/members"
+        result: dict[str, Any] = self._http.post(path, {"user": username, "role": role}, idempotent=True)
+        return result
+
+    def remove_group_member(self, group_id: uuid.UUID | str, username: str) -> None:
+        """Remove a member (username or user id); yourself to leave the group."""
+        self._http.delete(f"/v1/groups/{_group_id(group_id)}/members/{quote(username, safe='')}")
+
+    def delete_group(self, group_id: uuid.UUID | str) -> None:
+        """Delete a group you own; its grants on endpoints and functions go with it."""
+        self._http.delete(f"/v1/groups/{_group_id(group_id)}")
+
+    def resolve_group(self, name_or_id: uuid.UUID | str) -> uuid.UUID:
+        """The id of the group named `name_or_id` among the groups you belong to (a group id is
+        returned as it is). Raises `NotFoundError` (`GROUP_NOT_FOUND`) for an unknown name and
+        `InvalidRequest` (`AMBIGUOUS_GROUP`, listing the ids) when several groups have it."""
+        return resolve_group_name(name_or_id, self.list_groups())
+
 
 def _task_id(value: uuid.UUID | str) -> str:
     try:
         return str(uuid.UUID(str(value)))
     except ValueError:
         raise InvalidRequest(f"{str(value)[:64]!r} is not a task id") from None
+
+
+def _group_id(value: uuid.UUID | str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise InvalidRequest(
+            f"{str(value)[:64]!r} is not a group id (use resolve_group to turn a name into one)",
+            code="INVALID_GROUP_ID",
+        ) from None
+
+
+def resolve_group_name(name_or_id: uuid.UUID | str, groups: list[dict[str, Any]]) -> uuid.UUID:
+    """`Client.resolve_group` on a listing already fetched (`list_groups()`)."""
+    text = str(name_or_id).strip()
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        pass
+    matches = [group for group in groups if group.get("name") == text]
+    if not matches:
+        raise NotFoundError(f"no group named {text[:128]!r} among your groups", code="GROUP_NOT_FOUND")
+    if len(matches) > 1:
+        choices = ", ".join(f"{group['group_id']} (owner {group.get('owner', '?')})" for group in matches)
+        raise InvalidRequest(
+            f"several of your groups are named {text!r}: name one by id: {choices}", code="AMBIGUOUS_GROUP"
+        )
+    return uuid.UUID(str(matches[0]["group_id"]))
 
 
 def function_name(fn: Callable[..., Any]) -> str:

@@ -163,7 +163,8 @@ def enable_user(settings: ForwarderSettings, name: str, *, auth: str = "local") 
 
 def delete_user(settings: ForwarderSettings, name: str, *, auth: str = "local") -> UserShutdown:
     """Delete a user with its tokens, functions and endpoints: as `disable_user` (broker users
-    deleted, connections closed, unfinished tasks failed with `USER_DELETED`), then the rows.
+    deleted, connections closed, unfinished tasks failed with `USER_DELETED`), then the rows (with
+    its groups, memberships and the grants naming it or its groups, in one transaction).
     The endpoints' queues are left to the broker's operator (`rabbitmqctl list_queues`): a running
     forwarder stops consuming them within `endpoint_sync_period_s`."""
     with Store.open(settings.store_url) as store:

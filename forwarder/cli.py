@@ -473,7 +473,8 @@ def delete_user_command(
     name: str, auth: str, management_url: str | None, config_file: Path | None, database_url: str | None
 ) -> None:
     """Delete user NAME with its tokens, functions and endpoints: as disable-user (tasks fail
-    USER_DELETED), then the records."""
+    USER_DELETED), then the records (also its groups, its group memberships and what was shared
+    with it or its groups)."""
     settings = _settings(config_file, database_url=database_url, management_url=management_url)
     done = admin_functions.delete_user(settings, name, auth=auth)
     click.echo(f"deleted {name}: {done.endpoints} endpoint(s) cut off, {done.failed_tasks} task(s) failed")

@@ -25,6 +25,7 @@ from taskfabric.forwarder import schemas
 from taskfabric.forwarder.access import EndpointPermission, EndpointRole, GrantLimits
 from taskfabric.forwarder.activity import RECENT_FAILURES_S, activity_body, parse_failures, parse_window_s
 from taskfabric.forwarder.endpoint_sharing import GrantRequest, audit_event_body, parse_limit, parse_since
+from taskfabric.forwarder.groups import GroupDetails
 from taskfabric.forwarder.limits import bearer_token, identity_of, peer_of
 from taskfabric.forwarder.listing import page_body, parse_task_query
 from taskfabric.forwarder.records import EndpointRecord, Identity
@@ -42,8 +43,8 @@ from taskfabric.forwarder.requests import (
 )
 from taskfabric.forwarder.service import Forwarder
 from taskfabric.forwarder.stream import serve_stream
-from taskfabric.forwarder.views import endpoint_info, function_info, task_info
-from taskfabric.protocol.api import EndpointInfo, EndpointRegistered, TaskInfo, render
+from taskfabric.forwarder.views import endpoint_info, function_info, group_info, group_member, task_info
+from taskfabric.protocol.api import EndpointInfo, EndpointRegistered, GroupMember, TaskInfo, render
 
 __all__ = [
     "API_VERSION",
@@ -505,6 +506,79 @@ async def get_activity(
         identity, since=now - window, failures=count, failures_since=now - RECENT_FAILURES_S
     )
     return JSONResponse(activity_body(activity, as_of=now, window_s=window))
+
+
+# --- sharing: groups ---------------------------------------------------------------------
+
+
+@router.post(
+    "/groups", status_code=201, responses={201: {"model": schemas.GroupDetails}, 409: {"model": schemas.ErrorBody}}
+)
+async def create_group(
+    body: schemas.GroupCreation, request: Request, identity: Caller, service: Service
+) -> JSONResponse:
+    """Create a group you own (you are its first member, role `owner`)."""
+    group = await service.groups.create(identity, name=body.name, description=body.description)
+    _audit_group(service, request, identity, "group.create", group.group_id)
+    details = await service.groups.get(identity, group.group_id)
+    return JSONResponse(_group_details(details), status_code=201)
+
+
+@router.get("/groups", responses={200: {"model": schemas.GroupList}})
+async def list_groups(identity: Caller, service: Service) -> JSONResponse:
+    """The groups you belong to, with your role in each."""
+    groups = await service.groups.list(identity)
+    return JSONResponse({"groups": [render(group_info(group)) for group in groups]})
+
+
+@router.get("/groups/{group_id}", responses={200: {"model": schemas.GroupDetails}})
+async def get_group(group_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
+    """A group and its members (members only: 404 for anyone else)."""
+    return JSONResponse(_group_details(await service.groups.get(identity, group_id)))
+
+
+@router.delete("/groups/{group_id}", status_code=204, response_class=Response)
+async def delete_group(group_id: uuid.UUID, request: Request, identity: Caller, service: Service) -> Response:
+    """Delete a group (its owner only): its members and its grants on endpoints and functions go."""
+    await service.groups.delete(identity, group_id)
+    _audit_group(service, request, identity, "group.delete", group_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/groups/{group_id}/members",
+    status_code=201,
+    responses={200: {"model": GroupMember}, 201: {"model": GroupMember}, 409: {"model": schemas.ErrorBody}},
+)
+async def add_group_member(
+    group_id: uuid.UUID, body: schemas.MemberAddition, request: Request, identity: Caller, service: Service
+) -> JSONResponse:
+    """Add a user (201) or change a member's role (200); owner and managers (managers: the owner)."""
+    member, added = await service.groups.set_member(identity, group_id, user=body.user, role=body.role)
+    _audit_group(service, request, identity, "group.add_member", group_id, f" user:{member.username}")
+    return JSONResponse(render(group_member(member)), status_code=201 if added else 200)
+
+
+@router.delete("/groups/{group_id}/members/{user}", status_code=204, response_class=Response)
+async def remove_group_member(
+    group_id: uuid.UUID, user: str, request: Request, identity: Caller, service: Service
+) -> Response:
+    """Remove a member (username or user id); anyone but the owner may remove themselves."""
+    await service.groups.remove_member(identity, group_id, user=user)
+    _audit_group(service, request, identity, "group.remove_member", group_id, f" user:{user[:64]}")
+    return Response(status_code=204)
+
+
+def _group_details(details: GroupDetails) -> dict[str, Any]:
+    body = render(group_info(details.group, role=details.role.value))
+    body["members"] = [render(group_member(member)) for member in details.members]
+    return body
+
+
+def _audit_group(
+    service: Forwarder, request: Request, identity: Identity, action: str, group_id: uuid.UUID, extra: str = ""
+) -> None:
+    service.audit.record(action, user=identity.username, peer=peer_address(request), object=f"group:{group_id}{extra}")
 
 
 # --- results stream -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from taskfabric.protocol import MAX_RESOURCE_VALUE, RESOURCE_KEYS, EndpointInfo, TaskInfo, TaskStatus
-from taskfabric.protocol.api import EndpointActivity, RecentFailure
+from taskfabric.protocol.api import EndpointActivity, GroupInfo, GroupMember, RecentFailure
 
 __all__ = [
     "SUBMIT_BODY_SCHEMA",
@@ -28,6 +28,10 @@ __all__ = [
     "FunctionList",
     "FunctionRegistered",
     "FunctionRegistration",
+    "GroupCreation",
+    "GroupDetails",
+    "GroupList",
+    "MemberAddition",
     "TaskIds",
     "TaskList",
     "TaskSubmitted",
@@ -190,6 +194,35 @@ class Activity(BaseModel):
     window_s: float = Field(description="finished tasks are counted from as_of - window_s on")
     endpoints: list[EndpointActivity] = Field(description="endpoints you have tasks on, by id")
     recent_failures: list[RecentFailure] = Field(description="your newest failed tasks of the last hour, newest first")
+
+
+# --- sharing: groups ----------------------------------------------------------------------
+
+
+class GroupCreation(_Request):
+    name: str = Field(description="unique among your groups: 1-128 letters, digits, _ . @ -; not a UUID")
+    description: str = Field("", description="at most 1000 characters")
+
+
+class GroupList(BaseModel):
+    groups: list[GroupInfo] = Field(description="the groups you belong to (any role), by name")
+
+
+class GroupDetails(BaseModel):
+    group_id: str
+    name: str
+    description: str
+    owner_id: str
+    owner: str = Field(description="the owner's username")
+    role: str = Field(description="your role: owner, manager or member")
+    member_count: int
+    members: list[GroupMember] = Field(description="the owner first, then managers, then members")
+    created_at: float
+
+
+class MemberAddition(_Request):
+    user: str = Field(description="a username, or a user id (a Globus identity's sub)")
+    role: str = Field("member", description="member or manager (managers: the owner only)")
 
 
 # --- endpoint sharing (issue 13) ----------------------------------------------------------

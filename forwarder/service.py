@@ -33,6 +33,7 @@ from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.endpoint_sharing import EndpointSharing
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FunctionRegistry
+from taskfabric.forwarder.groups import GroupService
 from taskfabric.forwarder.ingest import Ingestor
 from taskfabric.forwarder.metrics import ForwarderMetrics
 from taskfabric.forwarder.quotas import utc_day
@@ -87,6 +88,7 @@ class Forwarder:
         self.functions: FunctionRegistry
         self.endpoints: EndpointRegistry
         self.tasks: TaskService
+        self.groups: GroupService  # sharing: groups and their members
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -202,6 +204,7 @@ class Forwarder:
             cache=cache,
             metrics=self.metrics,
         )
+        self.groups = GroupService(self.store, self.runner)
 
     async def stop(self) -> None:
         """Stop the housekeeping loops, then every part in reverse order of starting."""

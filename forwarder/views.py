@@ -8,12 +8,15 @@ import json
 from typing import Any
 
 from taskfabric.forwarder.records import EndpointRecord, EndpointState, FunctionRecord, TaskRecord, TaskStatus
-from taskfabric.protocol.api import EndpointInfo, TaskDetails, TaskErrorInfo, TaskInfo
+from taskfabric.forwarder.store.groups import GroupMemberRecord, GroupRecord
+from taskfabric.protocol.api import EndpointInfo, GroupInfo, GroupMember, TaskDetails, TaskErrorInfo, TaskInfo
 
 __all__ = [
     "endpoint_info",
     "endpoint_state",
     "function_info",
+    "group_info",
+    "group_member",
     "task_details",
     "task_error",
     "task_info",
@@ -157,3 +160,30 @@ def task_result_frame(record: TaskRecord, *, binary_id: bool = False) -> dict[st
         "stdout": record.stdout or "",
         "stderr": record.stderr or "",
     }
+
+
+# --- sharing: groups ------------------------------------------------------------------------
+
+
+def group_info(record: GroupRecord, *, role: str | None = None) -> GroupInfo:
+    """A group as `GET /v1/groups` lists it, with the caller's `role` (default: the record's)."""
+    return GroupInfo(
+        group_id=record.group_id,
+        name=record.name,
+        description=record.description,
+        owner_id=record.owner_id,
+        owner=record.owner,
+        role=role or (record.role.value if record.role is not None else ""),
+        member_count=record.members,
+        created_at=record.created_at,
+    )
+
+
+def group_member(record: GroupMemberRecord) -> GroupMember:
+    return GroupMember(
+        user_id=record.user_id,
+        username=record.username,
+        role=record.role.value,
+        added_at=record.added_at,
+        added_by=record.added_by,
+    )

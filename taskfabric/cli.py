@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, str] = {
     "whoami": "taskfabric.client.cli:whoami",
     "task": "taskfabric.client.cli:task",
     "top": "taskfabric.client.cli:top",
+    "group": "taskfabric.client.cli_groups:group",
     "forwarder": "taskfabric.forwarder.cli:forwarder",
     "admin": "taskfabric.forwarder.cli:admin",
     "dev": "taskfabric.tools.devfabric:dev",

@@ -25,6 +25,7 @@ from taskfabric.forwarder.store.endpoints import EndpointTable
 from taskfabric.forwarder.store.engine import StoreConflict, open_engine, redact_db_url, translate_errors
 from taskfabric.forwarder.store.functions import FunctionTable
 from taskfabric.forwarder.store.grants import GrantTable
+from taskfabric.forwarder.store.groups import GroupTable
 from taskfabric.forwarder.store.outcomes import Failure
 from taskfabric.forwarder.store.quotas import QuotaTable
 from taskfabric.forwarder.store.runner import StoreRunner
@@ -63,6 +64,7 @@ class Store:
         self.access = AccessTable(engine)  # what sharing decisions read, and the sharing audit
         self.dashboard = DashboardQueries(engine)  # read-only aggregates of the web dashboard
         self.grants = GrantTable(engine)  # endpoint sharing's writes (forwarder/endpoint_sharing.py)
+        self.groups = GroupTable(engine)  # sharing: groups and their members
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = 8, create: bool = True, upgrade: bool = False) -> Store:

@@ -6,12 +6,23 @@ import builtins
 import time
 import uuid
 
-from sqlalchemy import Engine, Row, func, select
+from sqlalchemy import Connection, Engine, Row, func, select
 
 from taskfabric.errors import StoreError
+from taskfabric.forwarder.access import PrincipalKind
 from taskfabric.forwarder.records import Identity, TokenOwner, TokenRecord, UserRecord
 from taskfabric.forwarder.store.engine import StoreConflict, translate_errors
-from taskfabric.forwarder.store.schema import endpoint_grants, endpoints, functions, tokens, users
+from taskfabric.forwarder.store.groups import delete_group_grants
+from taskfabric.forwarder.store.schema import (
+    endpoint_grants,
+    endpoints,
+    function_grants,
+    functions,
+    group_members,
+    groups,
+    tokens,
+    users,
+)
 
 __all__ = ["UserTable"]
 
@@ -165,20 +176,31 @@ class UserTable:
             connection.execute(statement)
 
     def delete(self, user_id: uuid.UUID) -> None:
-        """Delete the user; its tokens, functions and endpoints go with it,
+        """Delete the user; its tokens, functions and endpoints go with it, and (sharing) its
+        group memberships, the groups it owns with their grants, and the grants naming it;
         its tasks stay until they expire (they have no foreign key: fail them first)."""
         with translate_errors("deleting a user"), self._engine.begin() as connection:
             connection.execute(tokens.delete().where(tokens.c.user_id == user_id))
+            _delete_sharing_of(connection, user_id)
             connection.execute(endpoints.delete().where(endpoints.c.owner_id == user_id))
             connection.execute(functions.delete().where(functions.c.owner_id == user_id))
-            # grants name users without a foreign key: a user created again with this id (a
-            # Globus identity) must not inherit them
-            connection.execute(
-                endpoint_grants.delete().where(
-                    endpoint_grants.c.principal_kind == "user", endpoint_grants.c.principal_id == user_id
-                )
-            )
             connection.execute(users.delete().where(users.c.user_id == user_id))
+
+
+def _delete_sharing_of(connection: Connection, user_id: uuid.UUID) -> None:
+    """A deleted user's sharing (in the caller's transaction): the grants naming the user, the
+    groups it owns with their grants and members, its memberships of other groups. The foreign
+    keys would cascade groups and memberships; grants name their principal without one."""
+    for table in (endpoint_grants, function_grants):
+        connection.execute(
+            table.delete().where(table.c.principal_kind == PrincipalKind.USER.value, table.c.principal_id == user_id)
+        )
+    owned = list(connection.execute(select(groups.c.group_id).where(groups.c.owner_id == user_id)).scalars())
+    delete_group_grants(connection, owned)
+    if owned:
+        connection.execute(group_members.delete().where(group_members.c.group_id.in_(owned)))
+        connection.execute(groups.delete().where(groups.c.group_id.in_(owned)))
+    connection.execute(group_members.delete().where(group_members.c.user_id == user_id))
 
 
 def _user(row: Row[tuple[object, ...]], *, tokens: int = 0) -> UserRecord:

@@ -37,6 +37,8 @@ __all__ = [
     "EndpointActivity",
     "EndpointInfo",
     "EndpointRegistered",
+    "GroupInfo",
+    "GroupMember",
     "RecentFailure",
     "ResultFrame",
     "TaskDetails",
@@ -219,6 +221,44 @@ class RecentFailure:
     """its error code (`TASK_FAILED`: the function raised; others: the fabric failed it)"""
     completed_at: float
     """when the failure was stored (seconds since the epoch, the forwarder's clock)"""
+
+
+# --- sharing: groups (issue 13) -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GroupInfo:
+    """A group you belong to (an item of `GET /v1/groups`; `GET /v1/groups/{id}` adds `members`)."""
+
+    __pydantic_config__ = _OPENAPI
+
+    group_id: uuid.UUID
+    name: str
+    """unique among its owner's groups (not across owners: name a group by id to be sure)"""
+    description: str
+    owner_id: uuid.UUID
+    owner: str
+    """the owner's username"""
+    role: str
+    """your role in it: owner, manager or member"""
+    member_count: int
+    """how many members it has (its owner included)"""
+    created_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GroupMember:
+    """A member of a group (`GET /v1/groups/{id}`, `POST /v1/groups/{id}/members`)."""
+
+    __pydantic_config__ = _OPENAPI
+
+    user_id: uuid.UUID
+    username: str
+    role: str
+    """owner, manager or member"""
+    added_at: float
+    added_by: uuid.UUID | None = None
+    """who added them (the owner: themselves, at creation)"""
 
 
 # --- rendering ----------------------------------------------------------------------------

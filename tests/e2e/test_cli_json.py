@@ -68,6 +68,8 @@ def _arguments(fabric: Fabric, tmp_path: Path) -> dict[tuple[str, ...], list[str
         registered = client.register_endpoint(unique_name("offline"))  # never started: tasks wait
         function_id = client.register_function(_length)
         task_id = str(client.run("abc", endpoint_id=registered["endpoint_id"], function_id=function_id))
+        group_name = unique_name("lab")
+        client.create_group(group_name)
     dead_letter = DeadLetterRecord(
         dead_letter_id=uuid.uuid4(),
         task_id=None,
@@ -106,6 +108,8 @@ def _arguments(fabric: Fabric, tmp_path: Path) -> dict[tuple[str, ...], list[str
         ],
         ("broker", "status"): ["--dir", str(tmp_path / "no-broker")],
         ("dev", "status"): [],
+        ("group", "list"): [],
+        ("group", "show"): [group_name],
     }
 
 
@@ -134,3 +138,6 @@ def test_every_listing_command_prints_one_json_document(fabric: Fabric, tmp_path
     assert documents[("broker", "status")]["running"] is False
     assert "amqp_url" in {setting["key"] for setting in documents[("forwarder", "settings")]}
     assert all(uuid.UUID(task["task_id"]) for task in documents[("task", "list")])
+    group_name = arguments[("group", "show")][0]
+    assert group_name in {group["name"] for group in documents[("group", "list")]}
+    assert documents[("group", "show")]["members"][0]["username"] == fabric.username

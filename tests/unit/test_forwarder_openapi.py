@@ -72,6 +72,7 @@ async def running_app(tmp_path: Path) -> AsyncIterator[tuple[Conformance, str, M
         database_url=f"sqlite:///{tmp_path / 'store.db'}", topology_prefix="unit", queue_check_period_s=0
     )
     create_user(settings, "alice")
+    create_user(settings, "bob")  # a group member (_exercise_groups)
     token = create_token(settings, "alice")
     memory = MemoryBroker()
     link = AdminBrokerLink(
@@ -181,6 +182,25 @@ async def _exercise(api: Conformance, memory: MemoryBroker) -> None:
     await api.call("DELETE", "/v1/functions/{function_id}", ids=fn, expect=204)
     await api.call("DELETE", "/v1/endpoints/{endpoint_id}", ids=ep, expect=204)
     await api.call("GET", "/v1/endpoints/{endpoint_id}", ids=ep, expect=404)
+    await _exercise_groups(api)
+
+
+async def _exercise_groups(api: Conformance) -> None:
+    """Sharing: groups (issue 13)."""
+    created = await api.call("POST", "/v1/groups", json={"name": "lab", "description": "my lab"}, expect=201)
+    group = {"group_id": created.json()["group_id"]}
+    await api.call("POST", "/v1/groups", json={"name": "lab"}, expect=409)
+    await api.call("POST", "/v1/groups", json={"name": "not a name!"}, expect=400)
+    await api.call("GET", "/v1/groups", expect=200)
+    members = "/v1/groups/{group_id}/members"
+    await api.call("POST", members, ids=group, json={"user": "bob"}, expect=201)
+    await api.call("POST", members, ids=group, json={"user": "bob", "role": "manager"}, expect=200)
+    await api.call("POST", members, ids=group, json={"user": "nobody-here"}, expect=404)
+    await api.call("GET", "/v1/groups/{group_id}", ids=group, expect=200)
+    await api.call("GET", "/v1/groups/{group_id}", ids={"group_id": str(uuid.uuid4())}, expect=404)
+    await api.call("DELETE", "/v1/groups/{group_id}/members/{user}", ids={**group, "user": "bob"}, expect=204)
+    await api.call("DELETE", "/v1/groups/{group_id}/members/{user}", ids={**group, "user": "alice"}, expect=403)
+    await api.call("DELETE", "/v1/groups/{group_id}", ids=group, expect=204)
 
 
 def test_every_route_answers_as_its_openapi_schema_says(tmp_path: Path) -> None:
