@@ -274,11 +274,9 @@ def resolve_endpoint_id(name: str, client: Client) -> str:
 
 
 def resolve_group_id(group: str, client: Client) -> str:
-    """A group id as it is (group names are resolved through your groups once they exist here)."""
-    try:
-        return str(uuid.UUID(group))
-    except ValueError:
-        raise InvalidRequest(f"{group!r} is not a group id") from None
+    """A group id as it is; a group name through the groups you belong to (ambiguous: an error
+    listing the ids)."""
+    return str(client.resolve_group(group))
 
 
 def share_endpoint(
@@ -340,7 +338,7 @@ _ROLE = click.Choice(["submit", "manage"])
 @endpoint.command()
 @click.argument("name")
 @click.option("--user", help="A username (or user id).")
-@click.option("--group", help="A group id.")
+@click.option("--group", help="A group name (one of your groups) or id.")
 @click.option("--role", type=_ROLE, default="submit", show_default=True, help="manage: also share it, see all tasks.")
 @click.option("--max-waiting-tasks", type=click.IntRange(min=0), default=None, help="Their unfinished tasks, at most.")
 @click.option("--max-tasks-per-day", type=click.IntRange(min=0), default=None, help="Their tasks per UTC day, at most.")
@@ -371,7 +369,7 @@ def share(
 @endpoint.command()
 @click.argument("name")
 @click.option("--user", help="A username (or user id).")
-@click.option("--group", help="A group id.")
+@click.option("--group", help="A group name (one of your groups) or id.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new access document as JSON.")
 def unshare(name: str, user: str | None, group: str | None, as_json: bool) -> None:
     """Remove a user's or a group's grant on endpoint NAME (their accepted tasks still run)."""

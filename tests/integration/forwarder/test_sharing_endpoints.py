@@ -1,6 +1,7 @@
 """Endpoint sharing through a real forwarder, broker and store (SQLite and PostgreSQL): alice owns
-an endpoint, bob gets a grant, carol has none. Grants, revocation, public endpoints, per-grant
-limits, who sees which tasks, the sharing audit, and every new route refused to strangers."""
+an endpoint, bob gets a grant, carol has none. Grants to users and groups (membership changes
+take effect at once), revocation, public endpoints, per-grant limits, who sees which tasks, the
+sharing audit, and every new route refused to strangers."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from taskfabric.forwarder.admin import delete_user
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi
 from taskfabric.protocol import Result
-from taskfabric.testing import wait_until
+from taskfabric.testing import unique_name, wait_until
 
 Users = Callable[[Any], ForwarderApi]
 FakeEndpoints = Callable[..., FakeEndpoint]
@@ -281,3 +282,52 @@ def test_deleting_a_user_deletes_their_grants(forwarder: Any, users: Users) -> N
     delete_user(forwarder.settings, bob.username)
     document = alice.http.get(f"/v1/endpoints/{endpoint_id}/access").json()
     assert [(grant["user"], grant["role"]) for grant in document["grants"]] == [(carol.username, "manage")]
+
+
+def _group(owner: ForwarderApi, *members: ForwarderApi) -> str:
+    created = owner.http.post("/v1/groups", json={"name": unique_name("lab")})
+    assert created.status_code == 201, created.text
+    group_id = str(created.json()["group_id"])
+    for member in members:
+        assert owner.http.post(f"/v1/groups/{group_id}/members", json={"user": member.username}).status_code == 201
+    return group_id
+
+
+def test_a_group_grant_follows_membership_at_once(forwarder: Any, users: Users) -> None:
+    alice, bob, carol = users(forwarder), users(forwarder), users(forwarder)
+    endpoint_id = alice.register_endpoint("lab")["endpoint_id"]
+    group_id = _group(alice, bob)
+    document = _share(alice, endpoint_id, {"group": group_id, "max_tasks_per_day": 100})
+    assert [(grant["group"], grant["role"], grant["max_tasks_per_day"]) for grant in document["grants"]] == [
+        (group_id, "submit", 100)
+    ]
+    assert document["grants"][0]["group_name"].startswith("lab")
+
+    _task_ids(_submit(bob, endpoint_id, _function(bob)))
+    carol_function = _function(carol)
+    assert _submit(carol, endpoint_id, carol_function).status_code == 403
+    listed = {item["endpoint_id"]: item for item in bob.http.get("/v1/endpoints").json()["endpoints"]}
+    assert listed[endpoint_id]["role"] == "submit"
+
+    # membership changes take effect on the next submit, with no change to the endpoint's sharing
+    assert alice.http.post(f"/v1/groups/{group_id}/members", json={"user": carol.username}).status_code == 201
+    _task_ids(_submit(carol, endpoint_id, carol_function))
+    assert alice.http.delete(f"/v1/groups/{group_id}/members/{bob.username}").status_code == 204
+    refused = _submit(bob, endpoint_id, _function(bob))
+    assert refused.status_code == 403 and _code(refused) == "FORBIDDEN"
+    assert endpoint_id not in {item["endpoint_id"] for item in bob.http.get("/v1/endpoints").json()["endpoints"]}
+
+    # deleting the group deletes its grant
+    assert alice.http.delete(f"/v1/groups/{group_id}").status_code == 204
+    assert _submit(carol, endpoint_id, carol_function).status_code == 403
+    assert alice.http.get(f"/v1/endpoints/{endpoint_id}/access").json()["grants"] == []
+
+
+def test_the_strongest_role_of_a_user_s_own_and_group_grants_wins(forwarder: Any, users: Users) -> None:
+    alice, bob = users(forwarder), users(forwarder)
+    endpoint_id = alice.register_endpoint("roles")["endpoint_id"]
+    group_id = _group(alice, bob)
+    _share(alice, endpoint_id, {"user": bob.username, "max_waiting_tasks": 1}, {"group": group_id, "role": "manage"})
+    assert bob.http.get(f"/v1/endpoints/{endpoint_id}/access").status_code == 200  # manage, through the group
+    _task_ids(_submit(bob, endpoint_id, _function(bob), 3))  # the manage grant has no limit
+    assert bob.endpoint(endpoint_id)["role"] == "manage"
