@@ -204,10 +204,6 @@ class EndpointRegistry:
 
     # --- reads --------------------------------------------------------------------------
 
-    async def get(self, identity: Identity, endpoint_id: uuid.UUID) -> EndpointRecord:
-        record = await self._runner.read(self._store.endpoints.get, endpoint_id)
-        return self._with_fresh_status(_owned(identity, endpoint_id, record))
-
     async def owned(self, identity: Identity, endpoint_id: uuid.UUID) -> EndpointRecord:
         """The caller's endpoint (404 / 403 otherwise), as stored."""
         record = await self._runner.read(self._store.endpoints.get, endpoint_id)
