@@ -342,7 +342,7 @@ async def put_endpoint_access(
     ]
     document = await sharing.replace(identity, endpoint_id, public=body.public, grants=grants)
     service.audit.record(
-        "share_endpoint", user=identity.username, peer=peer_address(request), object=f"endpoint:{endpoint_id}"
+        "endpoint.access", user=identity.username, peer=peer_address(request), object=f"endpoint:{endpoint_id}"
     )
     return JSONResponse(document)
 
