@@ -243,7 +243,9 @@ async def register_endpoint(
 async def list_endpoints(identity: Caller, service: Service) -> JSONResponse:
     """Your endpoints, then those shared with you, each with your `role` and its `owner`."""
     visible = await service.endpoints.list_visible(identity)
-    owners = await service.endpoints.sharing.usernames({record.owner_id for record, _ in visible})
+    others = {record.owner_id for record, _ in visible if record.owner_id != identity.user_id}
+    owners = await service.endpoints.sharing.usernames(others) if others else {}
+    owners[identity.user_id] = identity.username
     return JSONResponse(
         {"endpoints": [_shared_endpoint_body(service, record, permission, owners) for record, permission in visible]}
     )
