@@ -1,11 +1,14 @@
 """Task submission and task reads.
 
-Submitting a batch, in order: check the endpoint and every function are the caller's; insert all
-tasks as `waiting` (one executemany); pack them into few `TaskBatch` messages carrying the
-function bodies (cached in memory); publish them and await every confirm together, bounded by
+Submitting a batch, in order: check the caller may submit to the endpoint (they own it, at no
+extra cost, or hold a grant on it: see `endpoint_sharing`, whose per-grant limits are checked with
+the quotas) and every function is theirs; insert all tasks as `waiting` (one executemany); pack
+them into few `TaskBatch` messages carrying the function bodies (cached in memory) and the
+submitting username (`Task.user`); publish them and await every confirm together, bounded by
 `confirm_timeout_s`. If the broker does not confirm, the rows are deleted and the caller gets 503:
 nothing is recorded. Rows go in before the publish so that a result can never arrive for a task the
-store does not know.
+store does not know. A batch accepted on another user's endpoint is then counted for the day and
+audited (`endpoint.submit`).
 
 Idempotent retries (DESIGN). A broker that did not confirm may still have taken a message, so a
 503 cannot promise that nothing will run. A request may carry a `submission_id` (the client's
