@@ -1,7 +1,7 @@
 """Endpoint sharing end to end (real forwarder, broker, agent, managers and workers; SQLite and
 PostgreSQL): alice shares her endpoint with bob from the CLI, bob's task runs on it knowing who
 submitted it (`TASKFABRIC_TASK_USER`), bob gets the result, alice's audit lists bob's submission,
-and once alice unshares, bob's next submit is refused."""
+once alice unshares, bob's next submit is refused; once she makes it public, it is taken again."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from taskfabric.client import Client, Executor
 from taskfabric.client.config import ClientConfig
 from taskfabric.errors import ServiceError
 from taskfabric.exit_codes import RET_OK
-from taskfabric.testing import unique_name
+from taskfabric.testing import unique_name, wait_until
 
 Fabric = Any  # the `fabric` fixture of tests/e2e/conftest.py
 
@@ -64,3 +64,10 @@ def test_bob_runs_a_task_on_alice_s_shared_endpoint_until_she_unshares_it(fabric
         with pytest.raises(ServiceError) as refused:
             bob.run(endpoint_id=endpoint_id, function_id=function_id)
         assert refused.value.status == 403
+
+        # public: every authenticated user may submit (the endpoint named by id this time)
+        opened = runner.invoke(main, ["endpoint", "public", endpoint_id, "on"])
+        assert opened.exit_code == RET_OK and "public: yes" in opened.output, opened.output
+        public_task = bob.run(endpoint_id=endpoint_id, function_id=function_id)
+        wait_until(lambda: bob.get_task(public_task)["status"] == "success", timeout_s=60, what="bob's public task")
+        assert bob.get_result(public_task)[0] == bob_name
