@@ -124,8 +124,10 @@ def list_tasks(
     group_id: str | None = None,
     since: float | None = None,
     limit: int = 100,
+    all_users: bool = False,
 ) -> list[dict[str, Any]]:
-    """The newest `limit` of your tasks matching the filters (what `task list` prints)."""
+    """The newest `limit` of your tasks matching the filters (what `task list` prints); with
+    `all_users`, everyone's tasks on `endpoint_id` (an endpoint you own or manage)."""
     found = client.list_tasks(
         status=status,
         endpoint_id=endpoint_id,
@@ -134,6 +136,7 @@ def list_tasks(
         since=since,
         limit=limit,
         page_size=min(limit, 1000) or 1,
+        all_users=all_users,
     )
     return list(found)
 
@@ -177,6 +180,7 @@ def _local_time(timestamp: float | None) -> str:
 @click.option("--since", help="Only tasks created since: an age (30m, 2h, 7d), an ISO date/time, or epoch seconds.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many tasks.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: a list of task summaries.")
+@click.option("--all-users", is_flag=True, help="With --endpoint (one you own or manage): every user's tasks on it.")
 def list_command(
     status: str | None,
     endpoint_id: str | None,
@@ -185,6 +189,7 @@ def list_command(
     since: str | None,
     limit: int,
     as_json: bool,
+    all_users: bool,
 ) -> None:
     """Your tasks, newest first."""
     with Client() as client:
@@ -196,6 +201,7 @@ def list_command(
             group_id=group_id,
             since=parse_since(since) if since else None,
             limit=limit,
+            all_users=all_users,
         )
     if as_json:
         click.echo(json.dumps(tasks))

@@ -261,7 +261,8 @@ class Client:
     # --- endpoints ----------------------------------------------------------------------
 
     def list_endpoints(self) -> list[dict[str, Any]]:
-        """Your endpoints, each with at least `id`, `name` and `status` (online/offline)."""
+        """Your endpoints, then those shared with you, each with at least `id`, `name`, `status`
+        (online/offline), `role` (owner, manage or submit) and `owner` (a username)."""
         return [_with_id(endpoint) for endpoint in self._http.get("/v1/endpoints")["endpoints"]]
 
     def get_endpoint(self, endpoint_id: uuid.UUID | str) -> dict[str, Any]:
@@ -292,6 +293,66 @@ class Client:
 
     def delete_endpoint(self, endpoint_id: uuid.UUID | str) -> None:
         self._http.delete(f"/v1/endpoints/{endpoint_id}")
+
+    # --- endpoint sharing ---------------------------------------------------------------
+
+    def get_endpoint_access(self, endpoint_id: uuid.UUID | str) -> dict[str, Any]:
+        """Who besides its owner may use the endpoint: `{"endpoint_id", "owner", "public",
+        "grants": [{"user"|"group", "role", "max_waiting_tasks", "max_tasks_per_day", ...}]}`
+        (its owner and managers only)."""
+        document: dict[str, Any] = self._http.get(f"/v1/endpoints/{endpoint_id}/access")
+        return document
+
+    def set_endpoint_access(
+        self, endpoint_id: uuid.UUID | str, *, public: bool, grants: Iterable[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Replace the endpoint's whole access document; returns the new one. Each grant names a
+        `user` (username or id) or a `group` (id), a `role` (submit or manage) and optional
+        `max_waiting_tasks` / `max_tasks_per_day`."""
+        body = {"public": public, "grants": list(grants)}
+        document: dict[str, Any] = self._http.put(f"/v1/endpoints/{endpoint_id}/access", body)
+        return document
+
+    def share_endpoint(
+        self,
+        endpoint_id: uuid.UUID | str,
+        *,
+        user: str | None = None,
+        group: uuid.UUID | str | None = None,
+        role: str = "submit",
+        max_waiting_tasks: int | None = None,
+        max_tasks_per_day: int | None = None,
+    ) -> dict[str, Any]:
+        """Grant `user` (username or id) or `group` (id) `role` on the endpoint, replacing the
+        grant they had; returns the new access document."""
+        document = self.get_endpoint_access(endpoint_id)
+        grant: dict[str, Any] = {**_principal(user, group), "role": role}
+        if max_waiting_tasks is not None:
+            grant["max_waiting_tasks"] = max_waiting_tasks
+        if max_tasks_per_day is not None:
+            grant["max_tasks_per_day"] = max_tasks_per_day
+        kept = [_grant_request(item) for item in document["grants"] if not _names(item, user, group)]
+        return self.set_endpoint_access(endpoint_id, public=document["public"], grants=[*kept, grant])
+
+    def unshare_endpoint(
+        self, endpoint_id: uuid.UUID | str, *, user: str | None = None, group: uuid.UUID | str | None = None
+    ) -> dict[str, Any]:
+        """Remove the grant of `user` or `group` (tasks they submitted before still run)."""
+        _principal(user, group)
+        document = self.get_endpoint_access(endpoint_id)
+        kept = [_grant_request(item) for item in document["grants"] if not _names(item, user, group)]
+        return self.set_endpoint_access(endpoint_id, public=document["public"], grants=kept)
+
+    def set_endpoint_public(self, endpoint_id: uuid.UUID | str, public: bool) -> dict[str, Any]:
+        """Let every authenticated user submit to the endpoint (or stop that); grants stay."""
+        document = self.get_endpoint_access(endpoint_id)
+        grants = [_grant_request(item) for item in document["grants"]]
+        return self.set_endpoint_access(endpoint_id, public=public, grants=grants)
+
+    def get_endpoint_audit(self, endpoint_id: uuid.UUID | str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The endpoint's sharing changes and cross-user submissions, newest first."""
+        answer = self._http.get(f"/v1/endpoints/{endpoint_id}/audit", params={"limit": str(limit)})
+        return list(answer["events"])
 
     # --- tasks --------------------------------------------------------------------------
 
@@ -400,13 +461,15 @@ class Client:
         since: float | datetime.datetime | None = None,
         limit: int | None = None,
         page_size: int = 100,
+        all_users: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Your tasks, newest first, matching every filter given: a generator that fetches pages
         of `page_size` (1 to 1000) as you iterate, following the service's cursors, and stops
         after `limit` tasks when given. Each item is a summary: `task_id`, `status`,
         `endpoint_id`, `function_id`, `task_group_id`, `created_at`, `started_at`,
-        `completed_at`, `error_code` (no result: use `get_result`). `since` is a datetime or
-        seconds since the epoch (tasks created at or after it)."""
+        `completed_at`, `error_code`, `submitted_by` (no result: use `get_result`). `since` is a
+        datetime or seconds since the epoch (tasks created at or after it). `all_users` (with
+        `endpoint_id`, an endpoint you own or manage): every user's tasks on it."""
         if limit is not None and limit < 0:
             raise InvalidRequest(f"limit: expected a number of tasks >= 0, got {limit}")
         yielded = 0
@@ -421,6 +484,7 @@ class Client:
                 since=since,
                 limit=size,
                 cursor=cursor,
+                all_users=all_users,
             )
             yield from page.tasks
             yielded += len(page.tasks)
@@ -438,6 +502,7 @@ class Client:
         since: float | datetime.datetime | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        all_users: bool = False,
     ) -> TaskListPage:
         """One page of `list_tasks` (`GET /v1/tasks`); pass its `next_cursor` as `cursor` to get
         the next page with the same filters."""
@@ -450,6 +515,8 @@ class Client:
             params["since"] = repr(since.timestamp() if isinstance(since, datetime.datetime) else float(since))
         if cursor is not None:
             params["cursor"] = cursor
+        if all_users:
+            params["all_users"] = "true"
         answer = self._http.get("/v1/tasks", params=params)
         return TaskListPage(tasks=list(answer["tasks"]), next_cursor=answer.get("next_cursor"))
 
@@ -577,6 +644,30 @@ def _summary(info: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:
             summary["exception"] = exc
     return summary
+
+
+def _principal(user: str | None, group: uuid.UUID | str | None) -> dict[str, str]:
+    if (user is None) == (group is None):
+        raise InvalidRequest("name exactly one of user or group")
+    return {"user": user} if user is not None else {"group": str(group)}
+
+
+def _names(grant: dict[str, Any], user: str | None, group: uuid.UUID | str | None) -> bool:
+    """Whether an access document's grant is the one of `user` (by name or id) or `group`."""
+    if user is not None:
+        return user in (grant.get("user"), grant.get("user_id"))
+    return grant.get("group") == str(group)
+
+
+def _grant_request(grant: dict[str, Any]) -> dict[str, Any]:
+    """An access document's grant as a PUT body's (users by id: a name may be ambiguous)."""
+    named = {"user": grant["user_id"]} if grant.get("user_id") else {"group": grant["group"]}
+    return {
+        **named,
+        "role": grant["role"],
+        "max_waiting_tasks": grant.get("max_waiting_tasks"),
+        "max_tasks_per_day": grant.get("max_tasks_per_day"),
+    }
 
 
 def _with_id(endpoint: dict[str, Any]) -> dict[str, Any]:

@@ -574,8 +574,9 @@ def _forget(
 
 
 def resolve_endpoint(client: Client, endpoint: uuid.UUID | str) -> uuid.UUID:
-    """An endpoint id, given one or the name of one of the caller's endpoints. Raises
-    `NotFoundError` when no endpoint of the caller has that name, `InvalidRequest` when several do."""
+    """An endpoint id, given one or the name of one of the caller's endpoints (or, when none of
+    theirs has the name, of one shared with them). Raises `NotFoundError` when no endpoint has that
+    name, `InvalidRequest` when several do."""
     if isinstance(endpoint, uuid.UUID):
         return endpoint
     try:
@@ -583,12 +584,14 @@ def resolve_endpoint(client: Client, endpoint: uuid.UUID | str) -> uuid.UUID:
     except ValueError:
         pass
     named = [entry for entry in client.list_endpoints() if entry.get("name") == endpoint]
+    # your own endpoint's name is never made ambiguous by someone sharing one of the same name
+    named = [entry for entry in named if entry.get("role", "owner") == "owner"] or named
     if len(named) == 1:
         return uuid.UUID(str(named[0]["id"]))
     if not named:
         raise NotFoundError(
-            f"no endpoint named {endpoint!r} among yours: give an endpoint id (a UUID, as "
-            "`Client.list_endpoints()` shows) or the exact name of one of your endpoints",
+            f"no endpoint named {endpoint!r} among yours or those shared with you: give an endpoint id (a "
+            "UUID, as `Client.list_endpoints()` shows) or the exact name of one of your endpoints",
             status=404,
             code="NOT_FOUND",
         )

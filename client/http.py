@@ -76,10 +76,6 @@ class ServiceHTTP:
     def post(self, path: str, body: Any, *, idempotent: bool = False) -> Any:
         return self._json(self._send("POST", path, json=body, retries=self._read_retries if idempotent else 0))
 
-    def put(self, path: str, body: Any) -> Any:
-        """PUT replaces a whole document: idempotent, so retried like a read."""
-        return self._json(self._send("PUT", path, json=body, retries=self._read_retries))
-
     def post_msgpack(self, path: str, body: Any) -> Any:
         payload = msgpack.packb(body, use_bin_type=True)
         response = self._send("POST", path, content=payload, headers={"Content-Type": MSGPACK, "Accept": MSGPACK})
@@ -89,6 +85,10 @@ class ServiceHTTP:
 
     def delete(self, path: str) -> None:
         self._send("DELETE", path)
+
+    def put(self, path: str, body: Any) -> Any:
+        """PUT replaces a whole document: safe to retry."""
+        return self._json(self._send("PUT", path, json=body, retries=self._read_retries))
 
     # --- internals ----------------------------------------------------------------------
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -24,6 +26,7 @@ from taskfabric.endpoint_agent.local import (
     start_endpoint,
     stop_endpoint,
 )
+from taskfabric.errors import ConfigError, InvalidRequest
 from taskfabric.exit_codes import RET_BROKER, RET_OK, RET_STOPPED
 from taskfabric.secret_env import exec_without_secrets
 from taskfabric.settings import describe_settings
@@ -31,7 +34,7 @@ from taskfabric.settings import describe_settings
 if TYPE_CHECKING:
     from taskfabric.client import Client
 
-__all__ = ["endpoint"]
+__all__ = ["access_lines", "endpoint", "resolve_endpoint_id", "share_endpoint", "unshare_endpoint"]
 
 
 def _client() -> Client:
@@ -244,6 +247,173 @@ def config_keys(as_json: bool) -> None:
         click.echo(f"{doc.key}  ({doc.type}, default {doc.default})\n    {doc.help}\n")
 
 
+# --- sharing (issue 13): who besides you may use an endpoint ------------------------------
+
+
+def resolve_endpoint_id(name: str, client: Client) -> str:
+    """The endpoint NAME means: an endpoint id as it is; the name of an endpoint folder on this
+    machine (its registered id); else the name of an endpoint you own, or one shared with you
+    (by name, when only one has it)."""
+    try:
+        return str(uuid.UUID(name))
+    except ValueError:
+        pass
+    with contextlib.suppress(ConfigError):
+        local_id = LocalEndpoint(name).endpoint_id()
+        if local_id:
+            return local_id
+    named = [item for item in client.list_endpoints() if item.get("name") == name]
+    owned = [item for item in named if item.get("role") == "owner"]
+    matches = owned or named
+    if len(matches) == 1:
+        return str(matches[0]["endpoint_id"])
+    if not matches:
+        raise InvalidRequest(f"no endpoint named {name!r} here or among your endpoints and those shared with you")
+    choices = ", ".join(f"{item['endpoint_id']} (owner {item.get('owner')})" for item in matches)
+    raise InvalidRequest(f"several endpoints are named {name!r}: name one by id ({choices})")
+
+
+def resolve_group_id(group: str, client: Client) -> str:
+    """A group id as it is; a group name through the groups you belong to (ambiguous: an error
+    listing the ids)."""
+    return str(client.resolve_group(group))
+
+
+def share_endpoint(
+    client: Client,
+    name: str,
+    *,
+    user: str | None,
+    group: str | None,
+    role: str,
+    max_waiting_tasks: int | None = None,
+    max_tasks_per_day: int | None = None,
+) -> dict[str, Any]:
+    """Grant `role` on endpoint NAME to a user or a group; returns the new access document."""
+    _one_principal(user, group)
+    endpoint_id = resolve_endpoint_id(name, client)
+    return client.share_endpoint(
+        endpoint_id,
+        user=user,
+        group=resolve_group_id(group, client) if group is not None else None,
+        role=role,
+        max_waiting_tasks=max_waiting_tasks,
+        max_tasks_per_day=max_tasks_per_day,
+    )
+
+
+def unshare_endpoint(client: Client, name: str, *, user: str | None, group: str | None) -> dict[str, Any]:
+    _one_principal(user, group)
+    endpoint_id = resolve_endpoint_id(name, client)
+    return client.unshare_endpoint(
+        endpoint_id, user=user, group=resolve_group_id(group, client) if group is not None else None
+    )
+
+
+def _one_principal(user: str | None, group: str | None) -> None:
+    if (user is None) == (group is None):
+        raise click.UsageError("give exactly one of --user or --group")
+
+
+def access_lines(document: dict[str, Any]) -> list[str]:
+    """The access document in words, one line each."""
+    lines = [
+        f"endpoint {document['endpoint_id']} (owner {document['owner']})",
+        f"public: {'yes (every authenticated user may submit)' if document['public'] else 'no'}",
+    ]
+    if not document["grants"]:
+        lines.append("no grants")
+    for grant in document["grants"]:
+        who = f"user {grant['user']}" if grant.get("user") else f"group {grant.get('group_name') or grant['group']}"
+        limits = [
+            f"{key}={grant[key]}" for key in ("max_waiting_tasks", "max_tasks_per_day") if grant.get(key) is not None
+        ]
+        lines.append(f"{who}: {grant['role']}" + (f" ({', '.join(limits)})" if limits else ""))
+    return lines
+
+
+_ROLE = click.Choice(["submit", "manage"])
+
+
+@endpoint.command()
+@click.argument("name")
+@click.option("--user", help="A username (or user id).")
+@click.option("--group", help="A group name (one of your groups) or id.")
+@click.option("--role", type=_ROLE, default="submit", show_default=True, help="manage: also share it, see all tasks.")
+@click.option("--max-waiting-tasks", type=click.IntRange(min=0), default=None, help="Their unfinished tasks, at most.")
+@click.option("--max-tasks-per-day", type=click.IntRange(min=0), default=None, help="Their tasks per UTC day, at most.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new access document as JSON.")
+def share(
+    name: str,
+    user: str | None,
+    group: str | None,
+    role: str,
+    max_waiting_tasks: int | None,
+    max_tasks_per_day: int | None,
+    as_json: bool,
+) -> None:
+    """Let a user or a group submit to (or manage) endpoint NAME."""
+    with _client() as client:
+        document = share_endpoint(
+            client,
+            name,
+            user=user,
+            group=group,
+            role=role,
+            max_waiting_tasks=max_waiting_tasks,
+            max_tasks_per_day=max_tasks_per_day,
+        )
+    click.echo(json.dumps(document) if as_json else "\n".join(access_lines(document)))
+
+
+@endpoint.command()
+@click.argument("name")
+@click.option("--user", help="A username (or user id).")
+@click.option("--group", help="A group name (one of your groups) or id.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new access document as JSON.")
+def unshare(name: str, user: str | None, group: str | None, as_json: bool) -> None:
+    """Remove a user's or a group's grant on endpoint NAME (their accepted tasks still run)."""
+    with _client() as client:
+        document = unshare_endpoint(client, name, user=user, group=group)
+    click.echo(json.dumps(document) if as_json else "\n".join(access_lines(document)))
+
+
+@endpoint.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: public, grants.")
+def access(name: str, as_json: bool) -> None:
+    """Who besides its owner may use endpoint NAME."""
+    with _client() as client:
+        document = client.get_endpoint_access(resolve_endpoint_id(name, client))
+    click.echo(json.dumps(document) if as_json else "\n".join(access_lines(document)))
+
+
+@endpoint.command()
+@click.argument("name")
+@click.argument("state", type=click.Choice(["on", "off"]))
+def public(name: str, state: str) -> None:
+    """Let every authenticated user submit to endpoint NAME (on), or only its grants (off)."""
+    with _client() as client:
+        document = client.set_endpoint_public(resolve_endpoint_id(name, client), state == "on")
+    click.echo("\n".join(access_lines(document)))
+
+
+@endpoint.command()
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(min=1, max=1000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: a list of events.")
+def audit(name: str, limit: int, as_json: bool) -> None:
+    """Sharing changes and other users' submissions on endpoint NAME, newest first."""
+    with _client() as client:
+        events = client.get_endpoint_audit(resolve_endpoint_id(name, client), limit=limit)
+    if as_json:
+        click.echo(json.dumps(events))
+        return
+    for event in events:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at"]))
+        click.echo(f"{when}  {event['actor']:20} {event['action']:18} {json.dumps(event['detail'])}")
+
+
 # --- allow-lists (issue 13) ---------------------------------------------------------------
 
 
@@ -253,12 +423,12 @@ def config_keys(as_json: bool) -> None:
 @click.option("--clear", is_flag=True, help="Remove the allow-list: run any function.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: {endpoint_id, allowed_functions}.")
 def allowed_functions(name: str, function_ids: tuple[str, ...], clear: bool, as_json: bool) -> None:
-    """Show or set the functions endpoint NAME (a local endpoint, one of yours on the service, or
-    an id) runs. config.yaml's `allowed_functions`, when set, replaces this list at each start."""
+    """Show or set the functions endpoint NAME (an id, a local endpoint, or one of yours or shared
+    with you on the service) runs. config.yaml's `allowed_functions`, when set, replaces this list at each start."""
     if function_ids and clear:
         raise click.UsageError("give --set or --clear, not both")
     with _client() as client:
-        endpoint_id = _service_endpoint_id(client, name)
+        endpoint_id = resolve_endpoint_id(name, client)
         if clear:
             listed = client.set_allowed_functions(endpoint_id, None)
         elif function_ids:
@@ -271,21 +441,3 @@ def allowed_functions(name: str, function_ids: tuple[str, ...], clear: bool, as_
         click.echo(f"endpoint {name} runs any function (no allow-list)")
     else:
         click.echo(f"endpoint {name} runs only: {', '.join(listed) if listed else '(no function)'}")
-
-
-def _service_endpoint_id(client: Client, name: str) -> str:
-    """The id of a local endpoint's registration, else an id or the name of one of yours."""
-    from taskfabric.client.executor import resolve_endpoint
-
-    local = LocalEndpoint(name) if _is_local_name(name) else None
-    if local is not None and local.exists and local.endpoint_id():
-        return str(local.endpoint_id())
-    return str(resolve_endpoint(client, name))
-
-
-def _is_local_name(name: str) -> bool:
-    try:
-        LocalEndpoint(name)
-    except ValueError:
-        return False
-    return True

@@ -23,6 +23,8 @@ connection can cost before anyone is authenticated.
 Per-user quotas (`quotas`: 429 with Retry-After) are checked by `tasks` and `endpoints`; the ingest
 screens what endpoints send (`result_limits`) and takes endpoints in turns (`fair_queue`); result
 consumers are spread over broker connections (`consumer_pool`).
+Sharing: `access` holds the rules; `endpoint_sharing` reads and changes endpoints' access
+documents (grants, `public`), checks per-grant limits at submit and audits cross-user batches.
 """
 
 from __future__ import annotations

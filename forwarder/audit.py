@@ -10,7 +10,8 @@ error code of a refusal). Actions recorded:
   ``revoke_token`` (by `taskfabric admin`, which writes the same file);
 - ``register_endpoint``, ``delete_endpoint``;
 - sharing: ``group.create``, ``group.delete``, ``group.add_member``, ``group.remove_member``
-  (object ``group:<id>``, with `` user:<name>`` for members; the store's sharing audit has details).
+  (object ``group:<id>``, with `` user:<name>`` for members; the store's sharing audit has details),
+  ``endpoint.access`` (an endpoint's access document replaced; object ``endpoint:<id>``).
 
 Never a token, a hash of one, or payload bytes. The file is 0600 in a 0700 folder (see
 `taskfabric.private_files`); each line is one `write` on an `O_APPEND` descriptor, so the forwarder

@@ -31,8 +31,10 @@ def plan_task_batches(
     client_python: str = "",
     submitted_at: float | None = None,
     task_group_id: uuid.UUID | None = None,
+    user: str = "",
 ) -> list[TaskBatch]:
-    """Split `tasks` (in order) into messages of at most `max_tasks` tasks and about `max_bytes`."""
+    """Split `tasks` (in order) into messages of at most `max_tasks` tasks and about `max_bytes`;
+    each task names the submitting `user` (a username: the worker shows it as TASKFABRIC_TASK_USER)."""
     batches: list[TaskBatch] = []
     current: list[Task] = []
     functions: dict[uuid.UUID, FunctionBody] = {}
@@ -55,6 +57,7 @@ def plan_task_batches(
                 submitted_at=submitted_at,
                 task_group_id=task_group_id,
                 resource_specification=new.resource_specification or {},
+                user=user,
             )
         )
         functions.setdefault(new.function_id, body)

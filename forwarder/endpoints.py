@@ -23,8 +23,10 @@ from typing import Any, ParamSpec, TypeVar
 
 from taskfabric.broker_config import EndpointQueues, broker_username, new_queue_secret
 from taskfabric.errors import BrokerError, ErrorCode, NotFoundError, PermissionDenied, ServiceError
+from taskfabric.forwarder.access import EndpointPermission, EndpointRole
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.consumers import ResultConsumers
+from taskfabric.forwarder.endpoint_sharing import EndpointSharing
 from taskfabric.forwarder.ingest import StatusBook
 from taskfabric.forwarder.queue_health import QueueDoctor
 from taskfabric.forwarder.quotas import check_endpoint_count
@@ -64,6 +66,7 @@ class EndpointRegistry:
         consumers: ResultConsumers,
         statuses: StatusBook,
         on_failed: Callable[[Sequence[TaskRecord]], None],
+        sharing: EndpointSharing,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -72,6 +75,7 @@ class EndpointRegistry:
         self._consumers = consumers
         self._statuses = statuses
         self._on_failed = on_failed
+        self.sharing = sharing
         self._lock = asyncio.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="broker-admin")
         self._doctor = QueueDoctor(broker, consumers, confirmations=settings.queue_check_confirmations)
@@ -200,23 +204,50 @@ class EndpointRegistry:
 
     # --- reads --------------------------------------------------------------------------
 
-    async def get(self, identity: Identity, endpoint_id: uuid.UUID) -> EndpointRecord:
-        record = await self._runner.read(self._store.endpoints.get, endpoint_id)
-        return self._with_fresh_status(_owned(identity, endpoint_id, record))
-
     async def owned(self, identity: Identity, endpoint_id: uuid.UUID) -> EndpointRecord:
         """The caller's endpoint (404 / 403 otherwise), as stored."""
         record = await self._runner.read(self._store.endpoints.get, endpoint_id)
         return _owned(identity, endpoint_id, record)
 
-    async def submit_target(self, identity: Identity, endpoint_id: uuid.UUID) -> EndpointRecord:
-        """The caller's endpoint for a submit (its owner and queue secret; its status may be old)."""
+    async def submit_target(
+        self, identity: Identity, endpoint_id: uuid.UUID
+    ) -> tuple[EndpointRecord, EndpointPermission]:
+        """The endpoint for a submit (its owner and queue secret; its status may be old) and what
+        the caller may do with it: the owner at no further cost, others by their grants (403
+        without one)."""
         record = self._targets.get(endpoint_id)
         if record is None:
             record = await self._runner.read(self._store.endpoints.get, endpoint_id)
             if record is not None:
                 self._targets.put(endpoint_id, record)
-        return _owned(identity, endpoint_id, record)
+        return await self._permitted(identity, endpoint_id, record)
+
+    async def visible(self, identity: Identity, endpoint_id: uuid.UUID) -> tuple[EndpointRecord, EndpointPermission]:
+        """The endpoint with a fresh status, for its owner and anyone with a role on it (404
+        unknown, 403 otherwise); what the caller sees of it depends on the role."""
+        record = await self._runner.read(self._store.endpoints.get, endpoint_id)
+        record, permission = await self._permitted(identity, endpoint_id, record)
+        return self._with_fresh_status(record), permission
+
+    async def _permitted(
+        self, identity: Identity, endpoint_id: uuid.UUID, record: EndpointRecord | None
+    ) -> tuple[EndpointRecord, EndpointPermission]:
+        if record is not None and record.owner_id != identity.user_id:
+            permission = await self.sharing.permission(identity, endpoint_id)
+            if permission is not None:
+                return record, permission
+        return _owned(identity, endpoint_id, record), _OWNER
+
+    async def list_visible(self, identity: Identity) -> list[tuple[EndpointRecord, EndpointPermission]]:
+        """The caller's endpoints, then those shared with them, each with the caller's role."""
+        mine = [(record, _OWNER) for record in await self.list(identity)]
+        shared = []
+        for endpoint_id, permission in await self.sharing.shared_with(identity):
+            record = await self._runner.read(self._store.endpoints.get, endpoint_id)
+            if record is not None:
+                shared.append((self._with_fresh_status(record), permission))
+        shared.sort(key=lambda item: item[0].created_at)
+        return mine + shared
 
     def forget_target(self, endpoint_id: uuid.UUID) -> None:
         """The endpoint's allow-list changed: submits read it afresh at once (on this replica)."""
@@ -243,6 +274,7 @@ class EndpointRegistry:
     async def delete(self, identity: Identity, endpoint_id: uuid.UUID) -> int:
         """Delete an endpoint; returns how many unfinished tasks were failed."""
         self._targets.discard(endpoint_id)
+        self.sharing.forget(endpoint_id)
         async with self._lock:
             record = await self.owned(identity, endpoint_id)
             queues = self._broker.queues_of(endpoint_id, record.queue_secret)
@@ -292,6 +324,9 @@ class EndpointRegistry:
         for rebuild in rebuilds:
             if rebuild.task_queue:
                 await self._runner.write(self._store.endpoints.mark_queue_rebuilt, rebuild.endpoint_id, at=time.time())
+
+
+_OWNER = EndpointPermission(role=EndpointRole.OWNER)
 
 
 def _owned(identity: Identity, endpoint_id: uuid.UUID, record: EndpointRecord | None) -> EndpointRecord:

@@ -35,10 +35,10 @@ __all__ = [
     "GROUP_NOT_FOUND",
     "NOT_FOUND",
     "SHARING_CACHE_S",
+    "FunctionGrantRequest",
     "FunctionRegistry",
     "FunctionSharing",
     "FunctionView",
-    "GrantRequest",
     "content_hash",
 ]
 
@@ -66,7 +66,7 @@ class FunctionView:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class GrantRequest:
+class FunctionGrantRequest:
     """One grant as asked for: a user name (username or id) or a group id; `InvalidRequest`
     (400 `INVALID_GRANT`) unless exactly one is given."""
 
@@ -224,7 +224,7 @@ class FunctionRegistry:
         return access
 
     async def set_access(
-        self, identity: Identity, function_id: uuid.UUID, *, public: bool, grants: Sequence[GrantRequest]
+        self, identity: Identity, function_id: uuid.UUID, *, public: bool, grants: Sequence[FunctionGrantRequest]
     ) -> FunctionAccess:
         """Replace the function's sharing (its owner only); returns the new one."""
         if len(grants) > MAX_FUNCTION_GRANTS:
@@ -251,7 +251,7 @@ class FunctionRegistry:
         self.sharing.forget(function_id)
         return await self.access(identity, function_id)
 
-    async def _principal(self, grant: GrantRequest) -> Principal:
+    async def _principal(self, grant: FunctionGrantRequest) -> Principal:
         if grant.user is not None:
             principal, _ = await user_principal(self._runner, self._store, grant.user)
             return principal

@@ -13,6 +13,7 @@ import base64
 import binascii
 import math
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from taskfabric.forwarder.records import TaskPage, TaskQuery, TaskStatus, TaskSummary
@@ -44,8 +45,13 @@ def parse_task_query(
     since: str | None = None,
     limit: str | None = None,
     cursor: str | None = None,
+    all_users: str | None = None,
 ) -> TaskQuery:
-    """The listing the parameters ask for, restricted to `owner_id`'s tasks."""
+    """The listing the parameters ask for, restricted to `owner_id`'s tasks (with `all_users`,
+    every user's tasks on `endpoint_id`, which must be given; the caller checks the right)."""
+    everyone = _flag(all_users, "all_users")
+    if everyone and not endpoint_id:
+        raise invalid("all_users: needs endpoint_id (every user's tasks on one endpoint you own or manage)")
     return TaskQuery(
         owner_id=owner_id,
         status=_status(status),
@@ -55,7 +61,19 @@ def parse_task_query(
         since=_since(since),
         limit=_limit(limit),
         after=decode_cursor(cursor) if cursor else None,
+        all_users=everyone,
     )
+
+
+def _flag(value: str | None, field: str) -> bool:
+    if value is None or value == "":
+        return False
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise invalid(f"{field}: {value[:32]!r} is not true or false")
 
 
 def _status(value: str | None) -> TaskStatus | None:
@@ -122,8 +140,8 @@ def decode_cursor(cursor: str) -> tuple[float, uuid.UUID]:
 # --- answers ------------------------------------------------------------------------------
 
 
-def task_summary(summary: TaskSummary) -> dict[str, Any]:
-    """One item of a listing."""
+def task_summary(summary: TaskSummary, *, submitted_by: str | None = None) -> dict[str, Any]:
+    """One item of a listing (`submitted_by`: the submitting user's name)."""
     return {
         "task_id": str(summary.task_id),
         "status": summary.status.value,
@@ -134,12 +152,18 @@ def task_summary(summary: TaskSummary) -> dict[str, Any]:
         "started_at": summary.started_at,
         "completed_at": summary.completed_at,
         "error_code": summary.error_code,
+        "submitted_by": submitted_by,
     }
 
 
-def page_body(page: TaskPage) -> dict[str, Any]:
-    """The answer of `GET /v1/tasks`: the page's tasks, and the cursor of the next (or null)."""
+def page_body(page: TaskPage, usernames: Mapping[uuid.UUID, str] | None = None) -> dict[str, Any]:
+    """The answer of `GET /v1/tasks`: the page's tasks (each with the name `usernames` gives its
+    submitter), and the cursor of the next (or null)."""
+    names = usernames or {}
     return {
-        "tasks": [task_summary(summary) for summary in page.tasks],
+        "tasks": [
+            task_summary(summary, submitted_by=names.get(summary.owner_id) if summary.owner_id else None)
+            for summary in page.tasks
+        ],
         "next_cursor": encode_cursor(page.next_after) if page.next_after is not None else None,
     }

@@ -208,6 +208,9 @@ class TaskQuery:
     since: float | None = None
     limit: int = 100
     after: tuple[float, uuid.UUID] | None = None
+    #: every user's tasks, not only the owner's (`endpoint_id` is then required: the caller
+    #: owns or manages that endpoint, checked before the query is made)
+    all_users: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -223,6 +226,8 @@ class TaskSummary:
     started_at: float | None
     completed_at: float | None
     error_code: str | None
+    #: who submitted it
+    owner_id: uuid.UUID | None = None
 
     @property
     def key(self) -> tuple[float, uuid.UUID]:

@@ -4,6 +4,7 @@ of the `Forwarder`, and renders the answer; errors are raised and rendered by `h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -21,9 +22,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from taskfabric import __version__
 from taskfabric.errors import ServiceError
 from taskfabric.forwarder import schemas
-from taskfabric.forwarder.access import FunctionAccess, PrincipalKind
+from taskfabric.forwarder.access import EndpointPermission, EndpointRole, FunctionAccess, GrantLimits, PrincipalKind
 from taskfabric.forwarder.activity import RECENT_FAILURES_S, activity_body, parse_failures, parse_window_s
-from taskfabric.forwarder.functions import GrantRequest
+from taskfabric.forwarder.endpoint_sharing import GrantRequest, audit_event_body, parse_limit, parse_since
+from taskfabric.forwarder.functions import FunctionGrantRequest
 from taskfabric.forwarder.groups import GroupDetails
 from taskfabric.forwarder.limits import bearer_token, identity_of, peer_of
 from taskfabric.forwarder.listing import page_body, parse_task_query
@@ -227,7 +229,7 @@ async def set_function_access(
     function_id: uuid.UUID, body: schemas.FunctionAccessBody, identity: Caller, service: Service
 ) -> JSONResponse:
     """Replace the function's sharing: `public` and the whole list of grants (its owner only)."""
-    grants = [GrantRequest(user=grant.user, group=grant.group) for grant in body.grants]
+    grants = [FunctionGrantRequest(user=grant.user, group=grant.group) for grant in body.grants]
     access = await service.functions.set_access(identity, function_id, public=body.public, grants=grants)
     service.tasks.forget_function_access(function_id)
     return JSONResponse(await _function_access_body(service, access, owner=identity.username))
@@ -293,18 +295,25 @@ async def register_endpoint(
 
 @router.get("/endpoints", responses={200: {"model": schemas.EndpointList}})
 async def list_endpoints(identity: Caller, service: Service) -> JSONResponse:
-    records = await service.endpoints.list(identity)
-    return JSONResponse({"endpoints": [render(_endpoint_info(service, record)) for record in records]})
+    """Your endpoints, then those shared with you, each with your `role` and its `owner`."""
+    visible = await service.endpoints.list_visible(identity)
+    others = {record.owner_id for record, _ in visible if record.owner_id != identity.user_id}
+    owners = await service.endpoints.sharing.usernames(others) if others else {}
+    owners[identity.user_id] = identity.username
+    return JSONResponse(
+        {"endpoints": [_shared_endpoint_body(service, record, permission, owners) for record, permission in visible]}
+    )
 
 
 @router.get("/endpoints/{endpoint_id}", responses={200: {"model": EndpointInfo}})
 async def get_endpoint(endpoint_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
-    return JSONResponse(render(_endpoint_info(service, await service.endpoints.get(identity, endpoint_id))))
+    """The endpoint, for its owner and anyone with a role on it (submit: name, status, owner)."""
+    return JSONResponse(await _visible_endpoint_body(service, identity, endpoint_id))
 
 
 @router.get("/endpoints/{endpoint_id}/status", responses={200: {"model": EndpointInfo}})
 async def get_endpoint_status(endpoint_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
-    return JSONResponse(render(_endpoint_info(service, await service.endpoints.get(identity, endpoint_id))))
+    return JSONResponse(await _visible_endpoint_body(service, identity, endpoint_id))
 
 
 @router.delete("/endpoints/{endpoint_id}", status_code=204, response_class=Response)
@@ -356,6 +365,101 @@ def _allowed_functions_body(endpoint_id: uuid.UUID, allowed: frozenset[uuid.UUID
 
 def _endpoint_info(service: Forwarder, record: EndpointRecord) -> EndpointInfo:
     return endpoint_info(record, now=time.time(), offline_after_s=service.settings.endpoint_offline_after_s)
+
+
+# --- endpoint sharing (issue 13) ----------------------------------------------------------
+
+#: what a user with the submit role sees of another user's endpoint
+_SUBMITTER_FIELDS = (
+    "endpoint_id",
+    "name",
+    "display_name",
+    "status",
+    "status_reason",
+    "last_heartbeat_at",
+    "created_at",
+    "owner",
+    "role",
+)
+
+
+def _shared_endpoint_body(
+    service: Forwarder, record: EndpointRecord, permission: EndpointPermission, owners: dict[uuid.UUID, str]
+) -> dict[str, Any]:
+    """An endpoint as the caller may see it: everything for its owner and managers; name,
+    status and owner for a submitter."""
+    info = dataclasses.replace(
+        _endpoint_info(service, record),
+        owner=owners.get(record.owner_id, str(record.owner_id)),
+        role=permission.role.value,
+    )
+    body = render(info)
+    if permission.role.may_manage:
+        return body
+    return {key: body[key] for key in _SUBMITTER_FIELDS}
+
+
+async def _visible_endpoint_body(service: Forwarder, identity: Identity, endpoint_id: uuid.UUID) -> dict[str, Any]:
+    record, permission = await service.endpoints.visible(identity, endpoint_id)
+    if permission.is_owner:
+        owners = {record.owner_id: identity.username}
+    else:
+        owners = await service.endpoints.sharing.usernames({record.owner_id})
+    return _shared_endpoint_body(service, record, permission, owners)
+
+
+@router.get("/endpoints/{endpoint_id}/access", responses={200: {"model": schemas.EndpointAccessDocument}})
+async def get_endpoint_access(endpoint_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
+    """Who besides its owner may use the endpoint (owner and managers only)."""
+    sharing = service.endpoints.sharing
+    await sharing.require_manager(identity, endpoint_id)
+    return JSONResponse(await sharing.document(endpoint_id))
+
+
+@router.put("/endpoints/{endpoint_id}/access", responses={200: {"model": schemas.EndpointAccessDocument}})
+async def put_endpoint_access(
+    endpoint_id: uuid.UUID, body: schemas.EndpointAccessBody, request: Request, identity: Caller, service: Service
+) -> JSONResponse:
+    """Replace the endpoint's whole access document (owner and managers only). Revoking refuses
+    the next submit at once; tasks accepted before still run."""
+    sharing = service.endpoints.sharing
+    await sharing.require_manager(identity, endpoint_id)
+    grants = [
+        GrantRequest(
+            user=grant.user,
+            group=grant.group,
+            role=EndpointRole(grant.role),
+            limits=GrantLimits(max_waiting_tasks=grant.max_waiting_tasks, max_tasks_per_day=grant.max_tasks_per_day),
+        )
+        for grant in body.grants
+    ]
+    document = await sharing.replace(identity, endpoint_id, public=body.public, grants=grants)
+    service.audit.record(
+        "endpoint.access", user=identity.username, peer=peer_address(request), object=f"endpoint:{endpoint_id}"
+    )
+    return JSONResponse(document)
+
+
+@router.get("/endpoints/{endpoint_id}/audit", responses={200: {"model": schemas.AuditList}})
+async def get_endpoint_audit(
+    endpoint_id: uuid.UUID,
+    identity: Caller,
+    service: Service,
+    limit: Annotated[str | None, Query(description="events per page, 1 to 1000 (default 100)")] = None,
+    before: Annotated[
+        str | None, Query(description="only events older than this time (seconds since the epoch)")
+    ] = None,
+) -> JSONResponse:
+    """The endpoint's sharing changes and cross-user submissions, newest first (owner and managers)."""
+    sharing = service.endpoints.sharing
+    await sharing.require_manager(identity, endpoint_id)
+    page_limit = parse_limit(limit)
+    before_at = parse_since(before, "before")
+    events = await service.runner.read(
+        service.store.access.audit_of_endpoint, endpoint_id, limit=page_limit, before=before_at
+    )
+    names = await sharing.usernames({event.actor_id for event in events})
+    return JSONResponse({"events": [audit_event_body(event, names) for event in events]})
 
 
 # --- tasks --------------------------------------------------------------------------------
@@ -414,6 +518,9 @@ async def list_tasks(
     since: Annotated[str | None, Query(description="created at or after (seconds since the epoch)")] = None,
     limit: Annotated[str | None, Query(description="tasks per page, 1 to 1000 (default 100)")] = None,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    all_users: Annotated[
+        str | None, Query(description="with endpoint_id: every user's tasks on it (its owner and managers only)")
+    ] = None,
 ) -> JSONResponse:
     """Your tasks, newest first, a page at a time (follow `next_cursor` until it is null)."""
     query = parse_task_query(
@@ -425,8 +532,19 @@ async def list_tasks(
         since=since,
         limit=limit,
         cursor=cursor,
+        all_users=all_users,
     )
-    return JSONResponse(page_body(await service.tasks.list(query)))
+    if query.all_users:
+        assert query.endpoint_id is not None  # parse_task_query requires it
+        await service.endpoints.sharing.require_manager(identity, query.endpoint_id)
+    page = await service.tasks.list(query)
+    if query.all_users:
+        names = await service.endpoints.sharing.usernames(
+            {summary.owner_id for summary in page.tasks if summary.owner_id}
+        )
+    else:
+        names = {identity.user_id: identity.username}
+    return JSONResponse(page_body(page, names))
 
 
 @router.get("/tasks/{task_id}", responses={200: {"model": TaskInfo}})

@@ -7,7 +7,7 @@ used here as they are. The submit route (the hot path) is validated by hand in
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,12 +19,16 @@ __all__ = [
     "Activity",
     "AllowedFunctionsBody",
     "AllowedFunctionsInfo",
+    "AuditList",
     "BatchStatus",
+    "EndpointAccessBody",
+    "EndpointAccessDocument",
     "EndpointList",
     "EndpointRegistration",
     "ErrorBody",
     "FunctionAccessBody",
     "FunctionAccessInfo",
+    "FunctionGrantBody",
     "FunctionGrantInfo",
     "FunctionInfo",
     "FunctionList",
@@ -115,14 +119,14 @@ class FunctionList(BaseModel):
 # --- function sharing and allow-lists (issue 13) ------------------------------------------
 
 
-class GrantBody(_Request):
+class FunctionGrantBody(_Request):
     user: str | None = Field(None, max_length=256, description="a username or user id")
     group: uuid.UUID | None = Field(None, description="a group id")
 
 
 class FunctionAccessBody(_Request):
     public: bool = Field(False, description="every authenticated user may run it and read its metadata")
-    grants: list[GrantBody] = Field(default_factory=list, max_length=1000, description="users and groups")
+    grants: list[FunctionGrantBody] = Field(default_factory=list, max_length=1000, description="users and groups")
 
 
 class FunctionGrantInfo(BaseModel):
@@ -233,6 +237,7 @@ class TaskSummary(BaseModel):
     started_at: float | None
     completed_at: float | None
     error_code: str | None
+    submitted_by: str | None = Field(None, description="the username of who submitted it")
 
 
 class TaskList(BaseModel):
@@ -277,3 +282,58 @@ class GroupDetails(BaseModel):
 class MemberAddition(_Request):
     user: str = Field(description="a username, or a user id (a Globus identity's sub)")
     role: str = Field("member", description="member or manager (managers: the owner only)")
+
+
+# --- endpoint sharing (issue 13) ----------------------------------------------------------
+
+_MAX_LIMIT_VALUE = 2**31 - 1
+
+
+class GrantBody(_Request):
+    user: str | None = Field(None, max_length=256, description="a username or user id (give user or group)")
+    group: str | None = Field(None, max_length=64, description="a group id (give user or group)")
+    role: Literal["submit", "manage"] = Field("submit", description="submit: run tasks; manage: also share, see all")
+    max_waiting_tasks: int | None = Field(
+        None, ge=0, le=_MAX_LIMIT_VALUE, description="this grant's unfinished tasks on the endpoint, at most"
+    )
+    max_tasks_per_day: int | None = Field(
+        None, ge=0, le=_MAX_LIMIT_VALUE, description="tasks submitted per UTC day through this grant, at most"
+    )
+
+
+class EndpointAccessBody(_Request):
+    public: bool = Field(False, description="every authenticated user may submit")
+    grants: list[GrantBody] = Field(default_factory=list, max_length=1000)
+
+
+class GrantInfo(BaseModel):
+    user: str | None = None
+    user_id: str | None = None
+    group: str | None = None
+    group_name: str | None = None
+    role: str
+    max_waiting_tasks: int | None
+    max_tasks_per_day: int | None
+    granted_at: float
+    granted_by: str | None
+
+
+class EndpointAccessDocument(BaseModel):
+    endpoint_id: str
+    owner: str
+    public: bool
+    grants: list[GrantInfo]
+
+
+class AuditEventInfo(BaseModel):
+    event_id: str
+    at: float
+    actor: str
+    actor_id: str
+    action: str = Field(description="endpoint.access, endpoint.submit, endpoint.allowed_functions, ...")
+    endpoint_id: str | None
+    detail: dict[str, Any]
+
+
+class AuditList(BaseModel):
+    events: list[AuditEventInfo] = Field(description="newest first")

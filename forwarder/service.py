@@ -31,6 +31,7 @@ from taskfabric.forwarder.batching import FunctionBodyCache
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.consumer_pool import ConsumerConnections
 from taskfabric.forwarder.consumers import ResultConsumers
+from taskfabric.forwarder.endpoint_sharing import EndpointSharing
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FunctionRegistry
 from taskfabric.forwarder.groups import GroupService
@@ -194,6 +195,7 @@ class Forwarder:
             consumers=self.consumers,
             statuses=self.ingestor.statuses,
             on_failed=self.finished,
+            sharing=EndpointSharing(self.store, self.runner),  # endpoint sharing (issue 13)
         )
         self._cleanups.append(self.endpoints.close)
         self.tasks = TaskService(
@@ -284,6 +286,8 @@ class Forwarder:
             log.info("deleted %d expired tasks", total)
         # the daily result-bytes counts: today's and yesterday's are all the quota reads
         await self.runner.write(self.store.quotas.prune_result_bytes, utc_day(time.time()) - 1)
+        # the daily counts of cross-user submissions (per-grant max_tasks_per_day): today's only
+        await self.runner.write(self.store.access.prune_submissions, utc_day(time.time()) - 1)
 
     @staticmethod
     async def _every(period_s: float, job: Callable[[], Awaitable[None]]) -> None:

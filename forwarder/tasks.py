@@ -1,13 +1,16 @@
 """Task submission and task reads.
 
-Submitting a batch, in order: check the caller may use the endpoint, its allow-list names every
-function (`check_allowed_functions`, for its owner too) and the caller may run every function
-(theirs, or shared with them: `FunctionSharing`); insert all
-tasks as `waiting` (one executemany); pack them into few `TaskBatch` messages carrying the
-function bodies (cached in memory); publish them and await every confirm together, bounded by
+Submitting a batch, in order: check the caller may submit to the endpoint (they own it, at no
+extra cost, or hold a grant on it: see `endpoint_sharing`, whose per-grant limits are checked with
+the quotas), its allow-list names every function (`check_allowed_functions`, for its owner too)
+and the caller may run every function (theirs, at no extra cost, or shared with them:
+`FunctionSharing`); insert all tasks as `waiting` (one executemany); pack
+them into few `TaskBatch` messages carrying the function bodies (cached in memory) and the
+submitting username (`Task.user`); publish them and await every confirm together, bounded by
 `confirm_timeout_s`. If the broker does not confirm, the rows are deleted and the caller gets 503:
 nothing is recorded. Rows go in before the publish so that a result can never arrive for a task the
-store does not know.
+store does not know. A batch accepted on another user's endpoint is then counted for the day and
+audited (`endpoint.submit`).
 
 Idempotent retries (DESIGN). A broker that did not confirm may still have taken a message, so a
 503 cannot promise that nothing will run. A request may carry a `submission_id` (the client's
@@ -46,6 +49,7 @@ from taskfabric.errors import (
     QuotaExceeded,
     ServiceError,
 )
+from taskfabric.forwarder.access import EndpointPermission
 from taskfabric.forwarder.allow_lists import check_allowed_functions
 from taskfabric.forwarder.batching import FunctionBodyCache, plan_task_batches
 from taskfabric.forwarder.broker import AdminBrokerLink
@@ -140,7 +144,7 @@ class TaskService:
         """Store and publish a batch; returns the task ids in request order. `QuotaExceeded`
         (429) when a per-user quota refuses it: nothing is recorded."""
         self._rate.take(identity.user_id)
-        endpoint = await self._endpoints.submit_target(identity, endpoint_id)
+        endpoint, permission = await self._endpoints.submit_target(identity, endpoint_id)
         if self._endpoints.under_repair(endpoint_id):
             raise ServiceError(
                 "the endpoint's broker queue is being repaired after a broker failure; nothing was recorded, "
@@ -155,7 +159,12 @@ class TaskService:
             if request.submission_id is None
             else submission_task_ids(identity.user_id, request.submission_id, len(request.tasks))
         )
-        await self._check_quotas(identity, len(request.tasks), retry_of=task_ids[0] if request.submission_id else None)
+        await self._check_quotas(
+            identity,
+            len(request.tasks),
+            retry_of=task_ids[0] if request.submission_id else None,
+            grant=None if permission.is_owner else (endpoint_id, permission),
+        )
         new_tasks = [
             NewTask(
                 task_id=task_id,
@@ -185,19 +194,33 @@ class TaskService:
             waiting = await self._accepted_before(identity, endpoint_id, new_tasks)
             again = [task for task in new_tasks if task.task_id in waiting]
             if again:
-                await self._publish_or_withdraw(endpoint_id, endpoint.queue_secret, again, bodies, request, now)
+                await self._publish_or_withdraw(
+                    identity, endpoint_id, endpoint.queue_secret, again, bodies, request, now
+                )
             return task_ids
-        await self._publish_or_withdraw(endpoint_id, endpoint.queue_secret, new_tasks, bodies, request, now)
+        await self._publish_or_withdraw(identity, endpoint_id, endpoint.queue_secret, new_tasks, bodies, request, now)
         self.submitted += len(new_tasks)
         self._metrics.tasks_submitted(endpoint_id, len(new_tasks))
+        if not permission.is_owner:
+            await self._endpoints.sharing.submitted(identity, endpoint_id, task_ids, now=now)
         return task_ids
 
-    async def _check_quotas(self, identity: Identity, adding: int, *, retry_of: uuid.UUID | None) -> None:
-        """The store-backed quotas. A retry of a submission already stored (its first task id,
-        `retry_of`, is known) passes: it records nothing new, and refusing it would leave the
-        client unsure whether its tasks were accepted."""
+    async def _check_quotas(
+        self,
+        identity: Identity,
+        adding: int,
+        *,
+        retry_of: uuid.UUID | None,
+        grant: tuple[uuid.UUID, EndpointPermission] | None = None,
+    ) -> None:
+        """The store-backed quotas, and the limits of the caller's grant on another user's
+        endpoint (`grant`: the endpoint and the caller's permission). A retry of a submission
+        already stored (its first task id, `retry_of`, is known) passes: it records nothing new,
+        and refusing it would leave the client unsure whether its tasks were accepted."""
         try:
             await self._check_store_quotas(identity, adding)
+            if grant is not None and grant[1].limits.any:
+                await self._endpoints.sharing.check_limits(identity, grant[0], grant[1].limits, adding, now=time.time())
         except QuotaExceeded:
             if retry_of is None or not await self._runner.read(self._store.tasks.get_many, [retry_of]):
                 raise
@@ -214,6 +237,7 @@ class TaskService:
 
     async def _publish_or_withdraw(
         self,
+        identity: Identity,
         endpoint_id: uuid.UUID,
         queue_secret: str,
         new_tasks: list[NewTask],
@@ -230,6 +254,7 @@ class TaskService:
             client_python=request.client_python,
             submitted_at=now,
             task_group_id=request.task_group_id,
+            user=identity.username,
         )
         queues = self._broker.queues_of(endpoint_id, queue_secret)
         try:

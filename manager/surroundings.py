@@ -12,7 +12,8 @@ For each task the worker:
   makes a fresh one. Creating, renaming and deleting directories costs far more than a short
   task (up to milliseconds on shared filesystems), so a task that writes nothing costs one poll
   of an inotify watch on Linux (`dirwatch.py`), or one listing of the empty folder elsewhere;
-- sets `TASKFABRIC_TASK_ID` and the variables of the task's resource specification
+- sets `TASKFABRIC_TASK_ID`, `TASKFABRIC_TASK_USER` (the submitting username, unset after the
+  task) and the variables of the task's resource specification
   (`resource_environment`), and afterwards restores `os.environ`, `sys.path`, `sys.stdout`,
   `sys.stderr` and the current directory exactly as they were, so nothing one task changes leaks
   into the next. Redirecting the fds and entering the directory happen once per worker
@@ -215,6 +216,10 @@ class TaskSurroundings:
         task_id = str(task.task_id).encode()
         os.putenv(_TASK_ID_VARIABLE, task_id)
         _RAW_ENVIRON[_TASK_ID_VARIABLE] = task_id
+        if task.user:  # who submitted it (endpoint sharing), for the task's own logging
+            user = task.user.encode()
+            os.putenv(_TASK_USER_VARIABLE, user)
+            _RAW_ENVIRON[_TASK_USER_VARIABLE] = user
         output = self.output.start_task()
         return _TaskScope(task, _RAW_ENVIRON.copy(), list(sys.path), (sys.stdout, sys.stderr), output)
 
@@ -227,6 +232,9 @@ class TaskSurroundings:
         if sys.path != scope.path:
             sys.path[:] = scope.path
         _restore_environ(scope.environ)
+        if _TASK_USER_VARIABLE in _RAW_ENVIRON:  # the next task may be another user's, or nobody's
+            del _RAW_ENVIRON[_TASK_USER_VARIABLE]
+            os.unsetenv(_TASK_USER_VARIABLE)
         self._tidy_workdir(scope.task, touched=touched)
         return scope.output
 
@@ -305,6 +313,8 @@ def _flush_python_streams() -> None:
 
 
 _TASK_ID_VARIABLE = b"TASKFABRIC_TASK_ID"
+#: the submitting user's name (set only while a task that names one runs)
+_TASK_USER_VARIABLE = b"TASKFABRIC_TASK_USER"
 #: the encoded mapping behind `os.environ` (CPython keeps it in sync with the process's, in place)
 _RAW_ENVIRON: dict[Any, Any] = cast(Any, os.environ)._data
 

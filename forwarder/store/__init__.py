@@ -25,6 +25,7 @@ from taskfabric.forwarder.store.endpoints import EndpointTable
 from taskfabric.forwarder.store.engine import StoreConflict, open_engine, redact_db_url, translate_errors
 from taskfabric.forwarder.store.function_access import FunctionAccessTable
 from taskfabric.forwarder.store.functions import FunctionTable
+from taskfabric.forwarder.store.grants import GrantTable
 from taskfabric.forwarder.store.groups import GroupTable
 from taskfabric.forwarder.store.outcomes import Failure
 from taskfabric.forwarder.store.quotas import QuotaTable
@@ -64,6 +65,7 @@ class Store:
         self.access = AccessTable(engine)  # what sharing decisions read, and the sharing audit
         self.function_access = FunctionAccessTable(engine)  # function sharing and endpoint allow-lists (writes)
         self.dashboard = DashboardQueries(engine)  # read-only aggregates of the web dashboard
+        self.grants = GrantTable(engine)  # endpoint sharing's writes (forwarder/endpoint_sharing.py)
         self.groups = GroupTable(engine)  # sharing: groups and their members
 
     @classmethod

@@ -476,6 +476,7 @@ def _recent_failures(owner_id: uuid.UUID, limit: int, since: float) -> Select[An
 
 _SUMMARY = [
     tasks.c.task_id,
+    tasks.c.owner_id,
     tasks.c.status,
     tasks.c.endpoint_id,
     tasks.c.function_id,
@@ -488,8 +489,11 @@ _SUMMARY = [
 
 
 def _listing_filters(query: TaskQuery) -> list[ColumnElement[bool]]:
-    """The WHERE terms of a listing: always the owner, then each filter given, then the keyset."""
-    terms: list[ColumnElement[bool]] = [tasks.c.owner_id == query.owner_id]
+    """The WHERE terms of a listing: the owner (unless every user's tasks on one endpoint), then
+    each filter given, then the keyset."""
+    terms: list[ColumnElement[bool]] = []
+    if not query.all_users or query.endpoint_id is None:
+        terms.append(tasks.c.owner_id == query.owner_id)
     if query.status is not None:
         terms.append(tasks.c.status == query.status.value)
     if query.endpoint_id is not None:
@@ -521,6 +525,7 @@ def _summary(row: Row[Any]) -> TaskSummary:
         started_at=row.started_at,
         completed_at=row.completed_at,
         error_code=row.error_code,
+        owner_id=row.owner_id,
     )
 
 

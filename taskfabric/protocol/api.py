@@ -117,6 +117,10 @@ class EndpointInfo:
     status_reason: str = ""
     """why the endpoint is degraded (empty otherwise)"""
     created_at: float
+    owner: str | None = None
+    """the owner's username (endpoint sharing)"""
+    role: str | None = None
+    """the caller's role on it: owner, manage or submit (endpoint sharing)"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -71,3 +71,17 @@ def test_an_endpoint_is_found_by_id_or_by_a_unique_name() -> None:
     client.entries.append({"id": str(uuid.uuid4()), "name": "local"})  # e.g. one shared with you
     with pytest.raises(InvalidRequest, match=r"ambiguous.*give an endpoint id"):
         executor_module.resolve_endpoint(client, "local")
+
+
+def test_your_own_endpoint_s_name_wins_over_shared_ones() -> None:
+    mine, alices, bobs = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    client: Any = _Endpoints(
+        {"id": mine, "name": "lab", "role": "owner"},
+        {"id": alices, "name": "lab", "role": "submit", "owner": "alice"},
+        {"id": bobs, "name": "gpu", "role": "manage", "owner": "bob"},
+    )
+    assert executor_module.resolve_endpoint(client, "lab") == uuid.UUID(mine)
+    assert executor_module.resolve_endpoint(client, "gpu") == uuid.UUID(bobs)  # only a shared one has it
+    client.entries.append({"id": str(uuid.uuid4()), "name": "gpu", "role": "submit", "owner": "carol"})
+    with pytest.raises(InvalidRequest, match=r"ambiguous"):
+        executor_module.resolve_endpoint(client, "gpu")

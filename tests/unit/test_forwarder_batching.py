@@ -61,6 +61,12 @@ def test_walltime_travels_with_the_task() -> None:
     assert batch.tasks[0].walltime_s == 12.5
 
 
+def test_every_task_names_its_submitter_on_the_wire() -> None:
+    batches = plan_task_batches(_tasks(5), BODIES, max_tasks=2, max_bytes=10**6, user="bob")
+    assert {task.user for batch in batches for task in batch.tasks} == {"bob"}
+    assert unpack_as(pack(batches[0]), TaskBatch).tasks[0].user == "bob"
+
+
 def test_no_tasks_no_messages() -> None:
     assert plan_task_batches([], BODIES, max_tasks=10, max_bytes=10) == []
 

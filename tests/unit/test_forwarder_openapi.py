@@ -167,6 +167,18 @@ async def _exercise(api: Conformance, memory: MemoryBroker) -> None:
     assert activity.json()["recent_failures"][0]["task_id"] == task_ids[1]
     await api.call("GET", "/v1/activity", params={"window_s": "0"}, expect=400)
 
+    # endpoint sharing (issue 13)
+    await api.call("GET", "/v1/endpoints/{endpoint_id}/access", ids=ep, expect=200)
+    public = {"public": True, "grants": []}
+    await api.call("PUT", "/v1/endpoints/{endpoint_id}/access", ids=ep, json=public, expect=200)
+    nobody = {"grants": [{"user": "nobody-" + uuid.uuid4().hex, "role": "submit"}]}
+    await api.call("PUT", "/v1/endpoints/{endpoint_id}/access", ids=ep, json=nobody, expect=404)
+    await api.call("PUT", "/v1/endpoints/{endpoint_id}/access", ids=ep, json={"grants": [{}]}, expect=400)
+    await api.call("GET", "/v1/endpoints/{endpoint_id}/audit", ids=ep, params={"limit": "10"}, expect=200)
+    await api.call("GET", "/v1/endpoints/{endpoint_id}/audit", ids=ep, params={"limit": "0"}, expect=400)
+    everyone = {"endpoint_id": ep["endpoint_id"], "all_users": "true"}
+    await api.call("GET", "/v1/tasks", params=everyone, expect=200)
+
     # function sharing and endpoint allow-lists (issue 13)
     await api.call("GET", "/v1/functions", params={"shared": "true"}, expect=200)
     await api.call("GET", "/v1/functions/{function_id}/access", ids=fn, expect=200)

@@ -4,6 +4,7 @@ after each task. Also how a worker reports task starts (worker.ResultWriter)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -161,6 +162,25 @@ def test_environment_is_set_for_the_task_and_restored_after(tmp_path: Path, monk
         assert "OMP_NUM_THREADS" not in os.environ and "TASKFABRIC_NUM_CORES" not in os.environ
         assert os.environ["KEPT_VALUE"] == "original"
         assert sys.path == path_before
+    finally:
+        surroundings.close()
+
+
+def test_the_submitting_user_is_in_the_task_environment_only_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TASKFABRIC_TASK_USER", raising=False)
+    surroundings = TaskSurroundings(max_output_bytes=100, workdir_root=tmp_path)
+    try:
+        with surroundings.active():
+            with surroundings.around(dataclasses.replace(_task(), user="bob")):
+                assert os.environ["TASKFABRIC_TASK_USER"] == "bob"
+            assert "TASKFABRIC_TASK_USER" not in os.environ
+            with surroundings.around(_task()):  # a task naming nobody sees no one's name
+                assert "TASKFABRIC_TASK_USER" not in os.environ
+            with surroundings.around(dataclasses.replace(_task(), user="carol")):
+                del os.environ["TASKFABRIC_TASK_USER"]  # a task may drop it: still gone after
+            assert "TASKFABRIC_TASK_USER" not in os.environ
     finally:
         surroundings.close()
 

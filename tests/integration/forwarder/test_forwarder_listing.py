@@ -29,6 +29,7 @@ SUMMARY_FIELDS = {
     "started_at",
     "completed_at",
     "error_code",
+    "submitted_by",  # endpoint sharing: who submitted it (here always the caller)
 }
 
 
