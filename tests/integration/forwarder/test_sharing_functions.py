@@ -414,3 +414,38 @@ def test_the_client_shares_with_a_group_by_name(forwarder: Any, users: Users) ->
         access = client.share_function(function_id, group=client.resolve_group(group["name"]))
         assert [grant.get("group") for grant in access["grants"]] == [group["group_id"]]
     assert bob.http.get(f"/v1/functions/{function_id}").status_code == 200
+
+
+def test_a_shared_endpoints_allow_list_binds_its_users_and_its_managers_may_change_it(
+    forwarder: Any, users: Users, fake_endpoints: FakeEndpoints
+) -> None:
+    alice, bob, carol = users(forwarder), users(forwarder), users(forwarder)
+    listed = _register(alice, b"listed " + uuid.uuid4().bytes, public=True)["function_id"]
+    unlisted = _register(alice, b"unlisted " + uuid.uuid4().bytes, public=True)["function_id"]
+    registration = alice.register_endpoint("shared-lab", allowed_functions=[listed])
+    endpoint_id = registration["endpoint_id"]
+    grants = {"grants": [{"user": bob.username, "role": "submit"}, {"user": carol.username, "role": "manage"}]}
+    assert alice.http.put(f"/v1/endpoints/{endpoint_id}/access", json=grants).status_code == 200
+    endpoint = fake_endpoints(registration)
+    endpoint.consume_tasks()
+
+    # bob submits alice's (public) functions to alice's endpoint: the allow-list applies to him too
+    assert _submit(bob, endpoint_id, listed).status_code == 201
+    refused = _submit(bob, endpoint_id, unlisted)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "FUNCTION_NOT_ALLOWED"
+    # a submitter reads the list but may not change it; a manager may
+    path = f"/v1/endpoints/{endpoint_id}/allowed_functions"
+    assert bob.http.get(path).json()["allowed_functions"] == [listed]
+    assert bob.http.put(path, json={"allowed_functions": None}).status_code == 403
+    changed = carol.http.put(path, json={"allowed_functions": [listed, unlisted]})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["allowed_functions"] == sorted([listed, unlisted])
+    assert _submit(bob, endpoint_id, unlisted).status_code == 201
+    wait_until(lambda: len(endpoint.task_ids) == 2, what="bob's two accepted tasks")
+    (event,) = [
+        json.loads(event.detail)
+        for event in _audit(forwarder, action="endpoint.allowed_functions", endpoint_id=endpoint_id)
+        if json.loads(event.detail)["via"] == "api"
+    ]
+    assert event["after"] == sorted([listed, unlisted])
