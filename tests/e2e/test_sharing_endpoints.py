@@ -71,3 +71,93 @@ def test_bob_runs_a_task_on_alice_s_shared_endpoint_until_she_unshares_it(fabric
         public_task = bob.run(endpoint_id=endpoint_id, function_id=function_id)
         wait_until(lambda: bob.get_task(public_task)["status"] == "success", timeout_s=60, what="bob's public task")
         assert bob.get_result(public_task)[0] == bob_name
+
+
+def slow_square(x: int, pause_s: float = 0.0) -> int:
+    import time
+
+    time.sleep(pause_s)
+    return x * x
+
+
+def carols_own(x: int) -> int:
+    return x + 1
+
+
+def test_three_users_share_through_a_group_with_limits_functions_and_an_allow_list(fabric: Fabric) -> None:
+    """Issue 13's acceptance in one story on a real agent: alice owns an endpoint and a function,
+    bob is in alice's group, carol is outside. Group grants reach bob (and stop at once when he
+    leaves the group, while his accepted tasks still finish), a grant limit answers 429, each user
+    sees only their own tasks while alice sees everyone's, bob runs alice's shared function by id
+    but cannot read its body, carol gets 403 until the endpoint is public, and the allow-list
+    then refuses carol's own function."""
+    endpoint_id = fabric.start_endpoint(unique_name("lab-ep"))
+    bob_name, bob_token = fabric.new_user()
+    _carol_name, carol_token = fabric.new_user()
+    with (
+        fabric.client() as alice,
+        Client(url=fabric.url, token=bob_token, submit_retry_s=0) as bob,
+        Client(url=fabric.url, token=carol_token, submit_retry_s=0) as carol,
+    ):
+        group_id = alice.create_group(unique_name("lab"))["group_id"]
+        alice.add_group_member(group_id, bob_name)
+        alice.share_endpoint(endpoint_id, group=group_id, role="submit", max_waiting_tasks=3)
+        square = alice.register_function(slow_square, description="squares, slowly")
+        alice.share_function(square, group=group_id)
+
+        # bob, through the group: alice's function by id on alice's endpoint; carol: refused
+        accepted = [bob.run(x, 3.0, endpoint_id=endpoint_id, function_id=square) for x in (2, 3, 4)]
+        with pytest.raises(ServiceError) as limited:  # the grant's max_waiting_tasks
+            bob.run(5, endpoint_id=endpoint_id, function_id=square)
+        assert limited.value.status == 429 and "max_waiting_tasks" in str(limited.value)
+        with pytest.raises(ServiceError) as body:
+            bob.get_function(square, include_body=True)
+        assert body.value.status == 403
+        assert bob.get_function(square)["description"] == "squares, slowly"
+        carols = carol.register_function(carols_own)
+        with pytest.raises(ServiceError) as stranger:
+            carol.run(1, endpoint_id=endpoint_id, function_id=carols)
+        assert stranger.value.status == 403
+        with pytest.raises(ServiceError) as hidden:
+            carol.get_function(square)
+        assert hidden.value.status == 404
+
+        # bob leaves the group: his next submit is refused at once, his accepted tasks still run
+        alice.remove_group_member(group_id, bob_name)
+        with pytest.raises(ServiceError) as revoked:
+            bob.run(6, endpoint_id=endpoint_id, function_id=square)
+        assert revoked.value.status == 403
+        own = alice.run(7, endpoint_id=endpoint_id, function_id=square)
+        for task_id in [*accepted, own]:
+            wait_until(lambda t=task_id: alice_or_bob(alice, bob, t) == "success", timeout_s=90, what="shared tasks")
+        assert [bob.get_result(task_id) for task_id in accepted] == [4, 9, 16]
+
+        # who sees what: bob his own tasks only; alice everyone's, with who submitted each
+        assert {task["task_id"] for task in bob.list_tasks(endpoint_id=endpoint_id)} == {str(t) for t in accepted}
+        everyone = {
+            task["task_id"]: task["submitted_by"] for task in alice.list_tasks(endpoint_id=endpoint_id, all_users=True)
+        }
+        assert everyone == {**{str(t): bob_name for t in accepted}, str(own): fabric.username}
+        with pytest.raises(ServiceError) as not_a_manager:
+            list(bob.list_tasks(endpoint_id=endpoint_id, all_users=True))
+        assert not_a_manager.value.status == 403
+
+        # public: carol may submit her own function; then the allow-list refuses it (for everyone)
+        alice.set_endpoint_public(endpoint_id, True)
+        carols_task = carol.run(1, endpoint_id=endpoint_id, function_id=carols)
+        wait_until(lambda: carol.get_task(carols_task)["status"] == "success", timeout_s=60, what="carol's task")
+        assert carol.get_result(carols_task) == 2
+        alice.set_allowed_functions(endpoint_id, [square])
+        with pytest.raises(ServiceError) as unlisted:
+            carol.run(1, endpoint_id=endpoint_id, function_id=carols)
+        assert unlisted.value.status == 403 and "FUNCTION_NOT_ALLOWED" in (unlisted.value.code or "")
+        actions = [event["action"] for event in alice.get_endpoint_audit(endpoint_id)]
+        assert {"endpoint.access", "endpoint.submit", "endpoint.allowed_functions"} <= set(actions)
+
+
+def alice_or_bob(alice: Client, bob: Client, task_id: Any) -> str:
+    """A task's status as its submitter sees it (alice's own, or bob's)."""
+    try:
+        return str(alice.get_task(task_id)["status"])
+    except ServiceError:
+        return str(bob.get_task(task_id)["status"])
