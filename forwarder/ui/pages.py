@@ -56,17 +56,24 @@ async def endpoints_page(request: Request, who: Viewer = Who) -> Response:
             for record in records
         ]
 
-    context = {"viewer": who, "mine": rows(visible.mine), "shared": rows(visible.shared), "page": "endpoints"}
+    context = {
+        "viewer": who,
+        "mine": rows(visible.mine),
+        "shared": rows(visible.shared),
+        "roles": visible.roles,
+        "page": "endpoints",
+    }
     return dashboard_of(request).page(request, "endpoints.html", context)
 
 
-async def _visible_endpoint(forwarder: Forwarder, who: Viewer, value: str) -> EndpointRecord:
-    """One endpoint the viewer may see; another user's is as unknown as a missing one (404)."""
+async def _visible_endpoint(forwarder: Forwarder, who: Viewer, value: str) -> tuple[EndpointRecord, bool]:
+    """One endpoint the viewer may see, and whether they own or manage it; one they have no role
+    on is as unknown as a missing one (404)."""
     endpoint_id = parse_uuid(value, "endpoint_id")
     visible = await visible_endpoints(forwarder, who.identity)
     for record in visible.mine + visible.shared:
         if record.endpoint_id == endpoint_id:
-            return record
+            return record, visible.may_manage(endpoint_id)
     raise NotFoundError(f"no endpoint {endpoint_id}", code="NOT_FOUND")
 
 
@@ -74,7 +81,10 @@ async def _visible_endpoint(forwarder: Forwarder, who: Viewer, value: str) -> En
 async def endpoint_page(request: Request, endpoint_id: str, who: Viewer = Who) -> Response:
     forwarder = forwarder_of(request)
     dashboard = dashboard_of(request)
-    record = await _visible_endpoint(forwarder, who, endpoint_id)
+    record, manages = await _visible_endpoint(forwarder, who, endpoint_id)
+    if not manages:  # a submitter: the endpoint's status, not its blocks nor other users' traffic
+        context = {"viewer": who, "page": "endpoints", "info": _info(forwarder, record), "limited": True}
+        return dashboard.page(request, "endpoint.html", context)
     now = time.time()
     since = now - WINDOW_S
     per_minute = await forwarder.runner.read(

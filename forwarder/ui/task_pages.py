@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import time
 import urllib.parse
+import uuid
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
@@ -27,7 +28,7 @@ __all__ = ["task_pages_router"]
 task_pages_router = APIRouter()
 Who = Depends(viewer)
 _PAGE_TASKS = 50
-_FILTERS = ("status", "endpoint_id", "function_id", "group_id", "since")
+_FILTERS = ("status", "endpoint_id", "function_id", "group_id", "since", "all_users")
 _MAX_OUTPUT_CHARS = 64 * 1024
 
 
@@ -60,8 +61,16 @@ async def tasks_page(request: Request, who: Viewer = Who) -> Response:
         since=parse_since(filters["since"]),
         limit=str(_PAGE_TASKS),
         cursor=params.get("cursor") or None,
+        all_users=filters["all_users"] or None,
     )
+    submitters: dict[uuid.UUID, str] = {}
+    if query.all_users:  # every user's tasks on an endpoint the viewer owns or manages (else 403)
+        assert query.endpoint_id is not None  # parse_task_query requires it
+        await forwarder.endpoints.sharing.require_manager(who.identity, query.endpoint_id)
     page = await forwarder.tasks.list(query)
+    if query.all_users:
+        owners = {summary.owner_id for summary in page.tasks if summary.owner_id}
+        submitters = await forwarder.endpoints.sharing.usernames(owners)
     next_url = None
     if page.next_after is not None:
         kept = {name: value for name, value in filters.items() if value}
@@ -78,6 +87,9 @@ async def tasks_page(request: Request, who: Viewer = Who) -> Response:
         "functions": {record.function_id: record.name for record in functions.mine + functions.shared},
         "states": ["waiting", "running", "success", "failed", "cancelled"],
         "paged": bool(params.get("cursor")),
+        "all_users": query.all_users,
+        "submitters": submitters,
+        "me": who.identity.user_id,
     }
     return dashboard_of(request).page(request, "tasks.html", context)
 

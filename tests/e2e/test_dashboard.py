@@ -441,3 +441,53 @@ def test_sessions_cookie_is_http_only_and_strict(dashboard: Dashboard, browsers:
     assert re.fullmatch(r"v1\.[0-9a-f]{32}\.[0-9a-f]{64}\.\d+\.[\w-]+\.[\w-]+", cookie["value"])
     assert dashboard.token not in cookie["value"]
     assert uuid.UUID(cookie["value"].split(".")[1])
+
+
+def test_a_collaborator_sees_the_shared_endpoint_and_its_owner_sees_every_user_s_tasks(
+    dashboard: Dashboard, browsers: Callable[[], WebDriver]
+) -> None:
+    """Sharing on the dashboard: bob, granted `submit`, finds alice's endpoint under "Shared with
+    me" with his role and opens its status (not its blocks nor its traffic: those are for its
+    owner and managers); alice lists every user's tasks on it, with who submitted each."""
+    endpoint_online(dashboard)
+    bob = unique_name("bob")
+    create_user(dashboard.settings, bob)
+    bob_token = create_token(dashboard.settings, bob)
+    with dashboard.client() as alice:
+        alice.share_endpoint(dashboard.endpoint_id, user=bob, role="submit")
+        try:
+            with (
+                Client(url=dashboard.url, token=bob_token) as client,
+                Executor(dashboard.endpoint_id, client=client) as executor,
+            ):
+                bob_future = executor.submit(shout, "bob's")
+                assert bob_future.result(timeout=WAIT_S) == "BOB'S"
+            driver = browsers()
+            sign_in(driver, dashboard, bob_token)
+            shared = wait_for(
+                driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#endpoints-shared tr.endpoint"), "shared"
+            )
+            assert [row.get_attribute("data-endpoint-id") for row in shared] == [dashboard.endpoint_id]
+            assert "your role: submit" in shared[0].text
+            assert not driver.find_elements(By.CSS_SELECTOR, "#endpoints-mine tr.endpoint")
+            driver.get(f"{dashboard.url}/ui/endpoints/{dashboard.endpoint_id}")
+            wait_for(driver, lambda d: d.find_elements(By.ID, "shared-with-me"), "the submitter's view")
+            assert not driver.find_elements(By.ID, "blocks") and not driver.find_elements(By.ID, "throughput")
+            screenshot(driver, dashboard, "endpoint-shared-with-me")
+            driver.get(f"{dashboard.url}/ui/tasks?endpoint_id={dashboard.endpoint_id}&all_users=true")
+            assert "FORBIDDEN" in text_of(driver, "error-message")  # bob does not manage it
+
+            owner = browsers()
+            sign_in(owner, dashboard, dashboard.token, page=f"/ui/endpoints/{dashboard.endpoint_id}")
+            wait_for(owner, lambda d: d.find_elements(By.ID, "blocks"), "the owner's view")
+            owner.find_element(By.ID, "everyones-tasks").click()
+            rows = wait_for(
+                owner,
+                lambda d: [row for row in d.find_elements(By.CSS_SELECTOR, "tr.task") if bob in row.text],
+                "bob's task in every user's tasks",
+            )
+            assert rows[0].get_attribute("data-task-id") == str(bob_future.task_id)
+            assert rows[0].find_element(By.CSS_SELECTOR, "td.submitted-by").text == bob
+            screenshot(owner, dashboard, "tasks-every-user")
+        finally:
+            alice.unshare_endpoint(dashboard.endpoint_id, user=bob)
