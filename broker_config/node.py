@@ -18,6 +18,7 @@ that CA; the broker does not ask clients for certificates (they log in with a pa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -38,7 +39,7 @@ from taskfabric.broker_config.certs import CertificateFiles, make_ca, make_serve
 from taskfabric.broker_config.management import ManagementClient
 from taskfabric.broker_config.topology import EndpointPermissions
 from taskfabric.errors import BrokerError, BrokerUnavailable
-from taskfabric.processes import free_ports, port_open
+from taskfabric.processes import free_ports, pid_alive, port_open, wait_for_exit
 
 __all__ = ["DEFAULT_VHOST", "NodeInfo", "RabbitNode", "check_vhost", "find_rabbitmq_bin", "install_hint"]
 
@@ -186,6 +187,7 @@ class RabbitNode:
         if self._ports_busy(info):
             info = self._configure(keep_credentials=info)
         log.info("starting RabbitMQ node %s in %s", info.node_name, self.directory)
+        (self.directory / "rabbitmq.pid").unlink(missing_ok=True)  # stale: the node is not running
         (self.directory / "log").mkdir(exist_ok=True)
         startup_log = self.directory / "log" / "startup.log"
         # a shell starts the server in the background and exits at once: the node outlives us
@@ -207,13 +209,18 @@ class RabbitNode:
         if info is None or not self.is_running():
             return
         pid = self._pid()
-        self._ctl(info, "stop", str(self.directory / "rabbitmq.pid"), timeout_s=timeout_s, check=False)
-        deadline = time.monotonic() + timeout_s
-        while self.is_running() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid is not None and self.is_running():
+        if pid is None:
+            return
+        # RabbitMQ stops gracefully on SIGTERM (`init:stop()`: listeners closed, queues and message
+        # stores flushed, like `rabbitmqctl stop`) without booting a second Erlang VM for
+        # rabbitmqctl. It removes its pid file early in the shutdown: wait for the process itself.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not wait_for_exit(pid, timeout_s):
             log.warning("node %s did not stop; killing it", info.node_name)
-            self.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_for_exit(pid, 10)
 
     def kill(self) -> None:
         """`kill -9` the node (a crash, for fault tests)."""
@@ -386,22 +393,27 @@ class RabbitNode:
         return done.stdout
 
     def _wait_ready(self, info: NodeInfo, timeout_s: float) -> None:
-        """Wait for the pid file, the Erlang distribution and the broker's apps (rabbitmqctl wait)."""
+        """Wait until the node's listeners accept connections: the AMQP listener opens once the
+        broker has booted, the management listener once its plugin has (both after the pid file).
+        Polled from here rather than with `rabbitmqctl wait`, which boots an Erlang VM of its own
+        (1-4 s on a loaded machine); fails at once when the node's process dies during its start."""
         deadline = time.monotonic() + timeout_s
-        pid_file = str(self.directory / "rabbitmq.pid")
-        try:
-            self._ctl(info, "wait", pid_file, "--timeout", str(int(timeout_s)), timeout_s=timeout_s)
-        except BrokerError as exc:
-            raise BrokerUnavailable(
-                f"RabbitMQ node {info.node_name} did not start within {timeout_s:g} s: {exc}. "
-                f"See the logs in {self.directory / 'log'}"
-            ) from None
-        while time.monotonic() < deadline:  # the AMQP listener comes up last
-            ports = (info.amqp_port, info.management_port, *([info.amqps_port] if info.amqps_port else []))
-            if all(port_open(port) for port in ports):
+        ports = (info.amqp_port, info.management_port, *([info.amqps_port] if info.amqps_port else []))
+        while True:
+            pid = self._pid()
+            if pid is not None and not pid_alive(pid):
+                raise BrokerUnavailable(
+                    f"RabbitMQ node {info.node_name} exited during its start. See the logs in {self.directory / 'log'}"
+                )
+            if pid is not None and all(port_open(port) for port in ports):
                 return
-            time.sleep(0.1)
-        raise BrokerUnavailable(f"RabbitMQ node {info.node_name} started but its listeners did not open")
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(
+                    f"RabbitMQ node {info.node_name} did not start within {timeout_s:g} s "
+                    f"(pid file {'written' if pid else 'missing'}, listeners not all open). "
+                    f"See the logs in {self.directory / 'log'}"
+                )
+            time.sleep(0.05)
 
     @staticmethod
     def _ports_busy(info: NodeInfo) -> bool:

@@ -25,25 +25,30 @@ stand-ins of `taskfabric.endpoint_agent.testing`.
 
 from __future__ import annotations
 
-from taskfabric.endpoint_agent.agent import Agent, AgentPaths
-from taskfabric.endpoint_agent.broker_link import EndpointBrokerLink
-from taskfabric.endpoint_agent.cli_agent import run_agent
-from taskfabric.endpoint_agent.config import EndpointConfig
-from taskfabric.endpoint_agent.connection import EndpointConnection
-from taskfabric.endpoint_agent.interchange import Interchange
-from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
-from taskfabric.endpoint_agent.local import (
-    ForwarderEndpoints,
-    LocalEndpoint,
-    configure_endpoint,
-    delete_endpoint,
-    list_local_endpoints,
-    register_endpoint,
-    start_endpoint,
-    stop_endpoint,
-)
-from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
-from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket
+import importlib
+import typing
+
+if typing.TYPE_CHECKING:
+    from taskfabric.endpoint_agent.agent import Agent
+    from taskfabric.endpoint_agent.broker_link import EndpointBrokerLink
+    from taskfabric.endpoint_agent.cli_agent import run_agent
+    from taskfabric.endpoint_agent.config import EndpointConfig
+    from taskfabric.endpoint_agent.connection import EndpointConnection
+    from taskfabric.endpoint_agent.interchange import Interchange
+    from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
+    from taskfabric.endpoint_agent.local import (
+        ForwarderEndpoints,
+        LocalEndpoint,
+        configure_endpoint,
+        delete_endpoint,
+        list_local_endpoints,
+        register_endpoint,
+        start_endpoint,
+        stop_endpoint,
+    )
+    from taskfabric.endpoint_agent.paths import AgentPaths
+    from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
+    from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket
 
 __all__ = [
     "Agent",
@@ -68,3 +73,39 @@ __all__ = [
     "start_endpoint",
     "stop_endpoint",
 ]
+
+#: where each public name lives. They are imported on first use (PEP 562), so that a process that
+#: needs one part does not import them all: the supervisor and `taskfabric endpoint` commands need
+#: no agent loop, and Parsl alone costs about a second of CPU to import.
+_SOURCES: dict[str, str] = {
+    "Agent": "taskfabric.endpoint_agent.agent",
+    "AgentPaths": "taskfabric.endpoint_agent.paths",
+    "BlockScaler": "taskfabric.endpoint_agent.scaler",
+    "configure_endpoint": "taskfabric.endpoint_agent.local",
+    "delete_endpoint": "taskfabric.endpoint_agent.local",
+    "EndpointBrokerLink": "taskfabric.endpoint_agent.broker_link",
+    "EndpointConfig": "taskfabric.endpoint_agent.config",
+    "EndpointConnection": "taskfabric.endpoint_agent.connection",
+    "ForwarderEndpoints": "taskfabric.endpoint_agent.local",
+    "HeldTask": "taskfabric.endpoint_agent.ledger",
+    "Interchange": "taskfabric.endpoint_agent.interchange",
+    "Ledger": "taskfabric.endpoint_agent.ledger",
+    "list_local_endpoints": "taskfabric.endpoint_agent.local",
+    "LocalEndpoint": "taskfabric.endpoint_agent.local",
+    "ManagerSockets": "taskfabric.endpoint_agent.zmq_router",
+    "register_endpoint": "taskfabric.endpoint_agent.local",
+    "RouterSocket": "taskfabric.endpoint_agent.zmq_router",
+    "run_agent": "taskfabric.endpoint_agent.cli_agent",
+    "Scaler": "taskfabric.endpoint_agent.scaler",
+    "start_endpoint": "taskfabric.endpoint_agent.local",
+    "stop_endpoint": "taskfabric.endpoint_agent.local",
+}
+
+
+def __getattr__(name: str) -> object:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(source), name)
+    globals()[name] = value  # the next lookup finds it without coming here
+    return value

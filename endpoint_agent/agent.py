@@ -55,6 +55,7 @@ from taskfabric.endpoint_agent.interchange import Interchange, LostTask
 from taskfabric.endpoint_agent.launch import ManagerLaunch, new_registration_token, write_private_file
 from taskfabric.endpoint_agent.ledger import HeldTask, Ledger
 from taskfabric.endpoint_agent.outbox import ResultOutbox
+from taskfabric.endpoint_agent.paths import AgentPaths
 from taskfabric.endpoint_agent.scaler import BlockScaler, Scaler
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, RouterSocket, curve_keypair
 from taskfabric.errors import AccessRefused, BrokerError, ErrorCode, LedgerError
@@ -100,46 +101,6 @@ _HAND_BACK_PER_MESSAGE = 256
 #: back-off between tries to write an unwritable ledger (doubling up to the max)
 _LEDGER_RETRY_INITIAL_S = 0.5
 _LEDGER_RETRY_MAX_S = 5.0
-
-
-@dataclasses.dataclass(frozen=True)
-class AgentPaths:
-    """Where an endpoint keeps its files (all under one folder)."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def connection(self) -> Path:
-        return self.root / "connection.json"
-
-    @property
-    def ledger(self) -> Path:
-        return self.root / "ledger.sqlite"
-
-    @property
-    def blocks(self) -> Path:
-        return self.root / "blocks"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "agent.log"
-
-    @property
-    def pid(self) -> Path:
-        return self.root / "agent.pid"
-
-    @property
-    def problem(self) -> Path:
-        """While it exists: what keeps the running agent from working (e.g. refused credentials)."""
-        return self.root / "agent.problem"
-
-    @property
-    def supervisor_pid(self) -> Path:
-        return self.root / "supervisor.pid"
 
 
 class _Functions:

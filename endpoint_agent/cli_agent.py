@@ -9,9 +9,8 @@ from pathlib import Path
 
 import click
 
-from taskfabric.endpoint_agent.agent import Agent, AgentPaths
-from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
+from taskfabric.endpoint_agent.paths import AgentPaths
 from taskfabric.endpoint_agent.supervisor import supervise as supervise_agent
 from taskfabric.exit_codes import RET_CRASHED
 from taskfabric.gc_tuning import tune_for_service
@@ -25,6 +24,10 @@ log = logging.getLogger(__name__)
 
 def run_agent(endpoint_dir: Path, *, log_to_stderr: bool = True) -> int:
     """Run the agent of the endpoint in `endpoint_dir` (config.yaml + connection.json) until stopped."""
+    # imported here: `agent supervise` (this module too) needs neither the agent nor Parsl
+    from taskfabric.endpoint_agent.agent import Agent
+    from taskfabric.endpoint_agent.config import EndpointConfig
+
     paths = AgentPaths(endpoint_dir)
     config = EndpointConfig.from_file(paths.config) if paths.config.exists() else EndpointConfig()
     connection = EndpointConnection.load(paths.connection)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.endpoint_agent.local import (
     LocalEndpoint,
@@ -239,6 +238,8 @@ def delete(name: str, yes: bool, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: a list of {key, type, default, help}.")
 def config_keys(as_json: bool) -> None:
     """Every config.yaml key with its type, default and meaning."""
+    from taskfabric.endpoint_agent.config import EndpointConfig  # brings Parsl: only for this command
+
     docs = describe_settings(EndpointConfig)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(doc) for doc in docs]))

@@ -25,21 +25,23 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 import yaml
 
 from taskfabric import __version__
 from taskfabric.daemon import spawn_detached
-from taskfabric.endpoint_agent.agent import AgentPaths
-from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
+from taskfabric.endpoint_agent.paths import AgentPaths
 from taskfabric.endpoint_agent.supervisor import read_state as read_supervisor_state
 from taskfabric.errors import ConfigError, NotFoundError, ServiceError, TaskfabricError
 from taskfabric.paths import taskfabric_home
 from taskfabric.processes import pid_alive
 from taskfabric.secret_env import without_secrets
+
+if TYPE_CHECKING:  # imported where used: it brings Parsl (~1 s of CPU) that status commands do not need
+    from taskfabric.endpoint_agent.config import EndpointConfig
 
 __all__ = [
     "ForwarderEndpoints",
@@ -135,6 +137,8 @@ class LocalEndpoint:
             return None
 
     def config(self) -> EndpointConfig:
+        from taskfabric.endpoint_agent.config import EndpointConfig
+
         return EndpointConfig.from_file(self.paths.config)
 
     def problem(self) -> str | None:
@@ -196,6 +200,8 @@ def config_template(name: str, settings: dict[str, Any]) -> str:
         "",
         "# Other keys (defaults shown):",
     ]
+    from taskfabric.endpoint_agent.config import EndpointConfig
+
     for field in dataclasses.fields(EndpointConfig):
         if field.name in settings:
             continue
@@ -212,6 +218,8 @@ def configure_endpoint(name: str, *, settings: dict[str, Any] | None = None, ove
         raise ConfigError(
             f"endpoint {name!r} already exists ({endpoint.paths.config}); edit that file, or delete the endpoint first"
         )
+    from taskfabric.endpoint_agent.config import EndpointConfig
+
     chosen = {"display_name": name, **(settings or {})}
     EndpointConfig.from_mapping(chosen, source="the given settings")
     endpoint.paths.root.mkdir(parents=True, exist_ok=True)

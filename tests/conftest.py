@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from taskfabric.broker_config import Topology
+from taskfabric.broker_config import RabbitNode, Topology
 from taskfabric.logs import setup_logging
+from taskfabric.processes import port_open
 from taskfabric.testing import BrokerUnderTest, broker_for_tests, unique_name
 from taskfabric.testing.apt import MissingSystemPackages, ensure_packages
 from taskfabric.testing.slurm import SlurmCluster, SlurmUnavailable
@@ -34,6 +35,36 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerUnderTest
     """The session's real RabbitMQ broker."""
     with broker_for_tests(tmp_path_factory.mktemp("broker")) as found:
         yield found
+
+
+@pytest.fixture(scope="session")
+def _session_private_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    node = RabbitNode(tmp_path_factory.mktemp("private-broker") / "node")
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="module")
+def private_node(_session_private_node: RabbitNode) -> Iterator[RabbitNode]:
+    """A private RabbitMQ node for the modules whose tests stop, kill or restart their broker
+    (never the session broker: it may be an external one shared with others).
+
+    One node for the whole session, handed to one module at a time: starting a node costs 8-13 s
+    on a loaded 2-core machine, and these modules need a node they may break, not a new one. Each
+    module gets it running; after the module it is brought back up (a test may have killed it or
+    stopped its application) for the next one. Modules keep their names unique (topology
+    prefixes, endpoint ids), as on the session broker."""
+    _bring_up(_session_private_node)
+    yield _session_private_node
+    _bring_up(_session_private_node)
+
+
+def _bring_up(node: RabbitNode) -> None:
+    info = node.info()
+    if info is not None and node.is_running() and not port_open(info.amqp_port):
+        node.start_app()  # the application was stopped (`stop_app`), the Erlang VM kept
+    node.start()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The fault campaign's fixture: one fabric per module (see taskfabric/testing/campaign.py)."""
+"""The fault campaign's fixture: one fabric per module (see taskfabric/testing/campaign.py), on the
+session's private node (`private_node`, tests/conftest.py): the cases kill and stop it."""
 
 from __future__ import annotations
 
@@ -11,17 +12,15 @@ from taskfabric.testing.campaign import Campaign
 
 
 @pytest.fixture(scope="module")
-def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
+def campaign(private_node: RabbitNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
     folder = tmp_path_factory.mktemp("faults")
-    node = RabbitNode(folder / "node")
     patch = pytest.MonkeyPatch()
     patch.setenv("TASKFABRIC_HOME", str(folder / "home"))
     running: Campaign | None = None
     try:
-        running = Campaign(node, folder / "fabric")
+        running = Campaign(private_node, folder / "fabric")
         yield running
     finally:
         if running is not None:
             running.close()
-        node.stop()
         patch.undo()

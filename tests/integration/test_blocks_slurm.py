@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,12 +48,47 @@ def blocks(slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.Monk
     yield from _slurm_blocks(slurm_cluster, tmp_path / "scripts", monkeypatch, walltime="00:05:00")
 
 
-@pytest.fixture
-def short_blocks(
-    slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[BlockManager]:
-    """The same with Slurm's shortest walltime, one minute."""
-    yield from _slurm_blocks(slurm_cluster, tmp_path / "scripts", monkeypatch, walltime="00:01:00")
+@dataclasses.dataclass
+class OutlivingBlock:
+    """A block whose command outlives Slurm's shortest walltime, and the changes seen by its poller."""
+
+    manager: BlockManager
+    block_id: str
+    changes: list[BlockChange]
+    #: set once the poller has seen the block end (and recorded that change)
+    ended: threading.Event
+
+
+@pytest.fixture(scope="module", autouse=True)
+def outliving_block(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutlivingBlock]:
+    """A `sleep 600` block with Slurm's shortest walltime (one minute), submitted when the module
+    starts and polled by a thread, as the agent's scaler polls: its minute runs while the module's
+    other tests do (the walltime test, last, waits only for what is left of it)."""
+    patch = pytest.MonkeyPatch()
+    blocks = _slurm_blocks(slurm_cluster, tmp_path_factory.mktemp("slurm-short") / "scripts", patch, "00:01:00")
+    manager = next(blocks)
+    (block_id,) = manager.submit_blocks(1, lambda _: "sleep 600")
+    changes: list[BlockChange] = []
+    stop, ended = threading.Event(), threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            changes.extend(manager.poll())
+            record = manager.snapshot().get(block_id)
+            if record is not None and record.state == BlockState.ENDED:
+                ended.set()
+                return
+            stop.wait(0.25)
+
+    poller = threading.Thread(target=poll, name="walltime-block-poller", daemon=True)
+    poller.start()
+    try:
+        yield OutlivingBlock(manager, block_id, changes, ended)
+    finally:
+        stop.set()
+        poller.join(30)
+        next(blocks, None)  # cancels the block if it still runs
+        patch.undo()
 
 
 def poll_until(
@@ -118,15 +155,19 @@ def test_the_job_script_runs_worker_init_once_before_the_command(blocks: BlockMa
 
 
 def test_a_block_that_outlives_its_walltime_ends_as_walltime(
-    short_blocks: BlockManager, slurm_cluster: SlurmCluster
+    outliving_block: OutlivingBlock, slurm_cluster: SlurmCluster
 ) -> None:
     """Slurm stops the job at its one-minute limit (checked every half minute or so, KillWait 2 s);
     the block ends with the reason `walltime`, which the agent treats as its managers lost."""
-    (block_id,) = short_blocks.submit_blocks(1, lambda _: "sleep 600")
-    changes: list[BlockChange] = []
-    running = poll_until(short_blocks, block_id, BlockState.RUNNING, changes)
-    ended = poll_until(short_blocks, block_id, BlockState.ENDED, changes, timeout_s=150)
-    assert ended.end_reason == EndReason.WALLTIME
-    assert slurm_cluster.job_state(running.job_id) == "TIMEOUT"
-    assert ended.started_at is not None and ended.ended_at is not None
-    assert ended.ended_at - ended.started_at >= 55  # stopped by the limit, not by anything earlier
+    block_id, changes = outliving_block.block_id, outliving_block.changes
+    wait_until(outliving_block.ended.is_set, timeout_s=150, interval_s=0.25, what=f"block {block_id} to end")
+    record = outliving_block.manager.snapshot().get(block_id)
+    assert record is not None
+    assert changes == [
+        BlockChange(block_id, BlockState.PENDING, BlockState.RUNNING),
+        BlockChange(block_id, BlockState.RUNNING, BlockState.ENDED, EndReason.WALLTIME),
+    ]
+    assert record.end_reason == EndReason.WALLTIME
+    assert slurm_cluster.job_state(record.job_id) == "TIMEOUT"
+    assert record.started_at is not None and record.ended_at is not None
+    assert record.ended_at - record.started_at >= 55  # stopped by the limit, not by anything earlier

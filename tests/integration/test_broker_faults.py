@@ -21,12 +21,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    """A private node of this module's own: these tests stop and kill it."""
-    private = RabbitNode(tmp_path_factory.mktemp("faultnode") / "node")
-    private.start()
-    yield private
-    private.stop()
+def node(private_node: RabbitNode) -> RabbitNode:
+    """The session's private node (tests/conftest.py), running: these tests stop and kill it."""
+    return private_node
 
 
 @pytest.fixture

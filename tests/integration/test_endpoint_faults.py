@@ -40,11 +40,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    private = RabbitNode(tmp_path_factory.mktemp("endpoint-faults") / "node")
-    private.start()
-    yield private
-    private.stop()
+def node(private_node: RabbitNode) -> RabbitNode:
+    """The session's private node (tests/conftest.py), running: these tests stop and kill it."""
+    return private_node
 
 
 @pytest.fixture

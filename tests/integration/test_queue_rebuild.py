@@ -52,11 +52,9 @@ def echo(x: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
-    private = RabbitNode(tmp_path_factory.mktemp("queue-rebuild") / "node")
-    private.start()
-    yield private
-    private.stop()
+def node(private_node: RabbitNode) -> RabbitNode:
+    """The session's private node (tests/conftest.py), running: these tests stop and kill it."""
+    return private_node
 
 
 @pytest.fixture
