@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, func, select
+from sqlalchemy import Connection, Engine, Row, and_, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from taskfabric.forwarder.access import (
@@ -36,7 +36,7 @@ from taskfabric.forwarder.store.schema import (
     tasks,
 )
 
-__all__ = ["AccessTable", "AuditEvent", "parse_allowed_functions"]
+__all__ = ["AccessTable", "AuditEvent", "audit_row", "parse_allowed_functions", "record_in"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,19 +185,7 @@ class AccessTable:
         """Append audit events."""
         if not events:
             return
-        rows = [
-            {
-                "event_id": event.event_id,
-                "at": event.at,
-                "actor_id": event.actor_id,
-                "action": event.action,
-                "endpoint_id": event.endpoint_id,
-                "function_id": event.function_id,
-                "group_id": event.group_id,
-                "detail": json.dumps(dict(event.detail), sort_keys=True, default=str),
-            }
-            for event in events
-        ]
+        rows = [audit_row(event) for event in events]
         with translate_errors("recording sharing audit events"), self._engine.begin() as connection:
             connection.execute(sharing_audit.insert(), rows)
 
@@ -220,6 +208,25 @@ class AccessTable:
         )
         with translate_errors("reading a function's audit"), self._engine.connect() as connection:
             return [_audit_event(row) for row in connection.execute(query).all()]
+
+
+def audit_row(event: AuditEvent) -> dict[str, Any]:
+    """The `sharing_audit` row of an event (for writers that record it in their own transaction)."""
+    return {
+        "event_id": event.event_id,
+        "at": event.at,
+        "actor_id": event.actor_id,
+        "action": event.action,
+        "endpoint_id": event.endpoint_id,
+        "function_id": event.function_id,
+        "group_id": event.group_id,
+        "detail": json.dumps(dict(event.detail), sort_keys=True, default=str),
+    }
+
+
+def record_in(connection: Connection, event: AuditEvent) -> None:
+    """Append one audit event inside the caller's transaction."""
+    connection.execute(sharing_audit.insert().values(**audit_row(event)))
 
 
 def _principal_clause(table: Any, user_id: uuid.UUID, group_ids: Sequence[uuid.UUID]) -> Any:

@@ -8,16 +8,15 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Collection, Sequence
-from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select
+from sqlalchemy import Engine, and_, select
 
 from taskfabric.forwarder.access import Principal, PrincipalKind
 from taskfabric.forwarder.records import FunctionRecord
-from taskfabric.forwarder.store.access import AuditEvent
+from taskfabric.forwarder.store.access import AuditEvent, record_in
 from taskfabric.forwarder.store.engine import translate_errors
 from taskfabric.forwarder.store.functions import FUNCTION_INFO_COLUMNS, function_record
-from taskfabric.forwarder.store.schema import endpoints, function_grants, functions, groups, sharing_audit, users
+from taskfabric.forwarder.store.schema import endpoints, function_grants, functions, groups, users
 
 __all__ = ["FunctionAccessTable", "render_allowed_functions"]
 
@@ -60,7 +59,7 @@ class FunctionAccessTable:
             connection.execute(function_grants.delete().where(function_grants.c.function_id == function_id))
             if rows:
                 connection.execute(function_grants.insert(), rows)
-            _record(connection, event)
+            record_in(connection, event)
 
     def set_allowed_functions(
         self, endpoint_id: uuid.UUID, allowed: Collection[uuid.UUID] | None, *, event: AuditEvent | None = None
@@ -73,7 +72,7 @@ class FunctionAccessTable:
                 .values(allowed_functions=render_allowed_functions(allowed))
             )
             if event is not None:
-                _record(connection, event)
+                record_in(connection, event)
 
     def existing_groups(self, group_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
         """The ids among `group_ids` that name a group."""
@@ -102,17 +101,3 @@ class FunctionAccessTable:
         )
         with translate_errors("listing functions shared with a user"), self._engine.connect() as connection:
             return [(function_record(row), row.owner_username) for row in connection.execute(query)]
-
-
-def _record(connection: Connection, event: AuditEvent) -> None:
-    row: dict[str, Any] = {
-        "event_id": event.event_id,
-        "at": event.at,
-        "actor_id": event.actor_id,
-        "action": event.action,
-        "endpoint_id": event.endpoint_id,
-        "function_id": event.function_id,
-        "group_id": event.group_id,
-        "detail": json.dumps(dict(event.detail), sort_keys=True, default=str),
-    }
-    connection.execute(sharing_audit.insert().values(**row))

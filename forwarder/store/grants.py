@@ -4,16 +4,15 @@ access document shows (usernames, group names). Reads behind decisions are `acce
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Collection, Sequence
 
 from sqlalchemy import Engine, select
 
 from taskfabric.forwarder.access import EndpointGrant
-from taskfabric.forwarder.store.access import AuditEvent
+from taskfabric.forwarder.store.access import AuditEvent, record_in
 from taskfabric.forwarder.store.engine import translate_errors
-from taskfabric.forwarder.store.schema import endpoint_grants, endpoints, groups, sharing_audit, users
+from taskfabric.forwarder.store.schema import endpoint_grants, endpoints, groups, users
 
 __all__ = ["GrantTable"]
 
@@ -49,7 +48,7 @@ class GrantTable:
             connection.execute(endpoint_grants.delete().where(endpoint_grants.c.endpoint_id == endpoint_id))
             if rows:
                 connection.execute(endpoint_grants.insert(), rows)
-            connection.execute(sharing_audit.insert().values(**_audit_row(event)))
+            record_in(connection, event)
         return True
 
     def usernames(self, user_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
@@ -67,16 +66,3 @@ class GrantTable:
         query = select(groups.c.group_id, groups.c.name).where(groups.c.group_id.in_(list(group_ids)))
         with translate_errors("naming groups"), self._engine.connect() as connection:
             return {row.group_id: row.name for row in connection.execute(query)}
-
-
-def _audit_row(event: AuditEvent) -> dict[str, object]:
-    return {
-        "event_id": event.event_id,
-        "at": event.at,
-        "actor_id": event.actor_id,
-        "action": event.action,
-        "endpoint_id": event.endpoint_id,
-        "function_id": event.function_id,
-        "group_id": event.group_id,
-        "detail": json.dumps(dict(event.detail), sort_keys=True, default=str),
-    }
