@@ -282,8 +282,10 @@ def test_a_retry_after_a_503_names_the_same_tasks(forwarder: Any, users: Users, 
     # retried while 503, as the client does: the forwarder's queue check may have seen the queue
     # missing and holds submits (503) until its next check finds it rebuilt
     accepted = wait_until(
-        lambda: (answer := _submit_once(alice, registration["endpoint_id"], function_id, 4, key)).status_code != 503
-        and answer,
+        lambda: (
+            (answer := _submit_once(alice, registration["endpoint_id"], function_id, 4, key)).status_code != 503
+            and answer
+        ),
         timeout_s=60,
         what="a submit the repaired queue takes",
     )
