@@ -60,6 +60,9 @@ class TerminalSession:
         pid, fd = pty.fork()
         if pid == 0:  # the child: size the terminal, become the command
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
+            # as a shell starts a foreground command: Ctrl-C interrupts it even when this test
+            # runs in a background job (which inherits SIGINT ignored)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execve(argv[0], argv, env)
         self.pid, self.fd = pid, fd
         self._output = bytearray()
