@@ -29,6 +29,7 @@ from taskfabric.forwarder.auth import (
 )
 from taskfabric.forwarder.batching import FunctionBodyCache
 from taskfabric.forwarder.broker import AdminBrokerLink
+from taskfabric.forwarder.globus_compute.results import ComputeResultRelay
 from taskfabric.forwarder.consumer_pool import ConsumerConnections
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.endpoint_sharing import EndpointSharing
@@ -91,6 +92,8 @@ class Forwarder:
         self.endpoints: EndpointRegistry
         self.tasks: TaskService
         self.groups: GroupService  # sharing: groups and their members
+        #: the Globus-Compute-compatible API's result queues (None unless `globus_compute.enabled`)
+        self.compute_results: ComputeResultRelay | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -144,12 +147,18 @@ class Forwarder:
         self.broker = self._broker or AdminBrokerLink(self.settings)
         self._cleanups.append(self.broker.close)
         await asyncio.to_thread(self.broker.start)
+        if self.settings.globus_compute.enabled:
+            self.compute_results = ComputeResultRelay(self.settings, store=self.store, broker=self.broker)
 
     def _start_ingest(self, loop: asyncio.AbstractEventLoop) -> None:
         """The ingest thread, and the result consumers feeding it."""
 
+        relay = self.compute_results
+
         def on_finished(records: Sequence[TaskRecord]) -> None:  # called on the ingest thread
             self.metrics.tasks_finished(records)
+            if relay is not None:
+                relay.relay(records)
             loop.call_soon_threadsafe(self.hub.publish, records)
 
         self.consumer_connections = ConsumerConnections(
