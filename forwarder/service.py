@@ -29,12 +29,12 @@ from taskfabric.forwarder.auth import (
 )
 from taskfabric.forwarder.batching import FunctionBodyCache
 from taskfabric.forwarder.broker import AdminBrokerLink
-from taskfabric.forwarder.globus_compute.results import ComputeResultRelay
 from taskfabric.forwarder.consumer_pool import ConsumerConnections
 from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.endpoint_sharing import EndpointSharing
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FunctionRegistry
+from taskfabric.forwarder.globus_compute.results import ComputeResultRelay
 from taskfabric.forwarder.groups import GroupService
 from taskfabric.forwarder.ingest import Ingestor
 from taskfabric.forwarder.metrics import ForwarderMetrics

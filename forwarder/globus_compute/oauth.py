@@ -31,8 +31,16 @@ oauth_router = APIRouter(prefix="/v2/oauth2", tags=["globus-compute"])
 _MAX_FORM_BYTES = 16 * 1024
 
 
-def _error(status: int, error: str, description: str) -> JSONResponse:
-    return JSONResponse({"error": error, "error_description": description}, status_code=status)
+class _OAuthError(Exception):
+    """An RFC 6749 §5.2 error answer."""
+
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.error, "error_description": str(self)}, status_code=self.status)
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -52,33 +60,40 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
 @oauth_router.post("/token")
 async def token(request: Request) -> JSONResponse:
     """Client credentials -> one token for `funcx_service` (see the module docstring)."""
-    raw = await request.body()
+    forwarder: Forwarder = request.app.state.forwarder
+    try:
+        client_id, secret = _client_credentials(await request.body(), request.headers.get("authorization"))
+        try:
+            identity = await forwarder.authenticate(secret, peer=peer_of(request.scope))
+        except ServiceError as exc:
+            raise _OAuthError(401, "invalid_client", f"the client secret was refused: {exc}") from None
+        if identity.user_id != client_id:
+            raise _OAuthError(401, "invalid_client", "the client secret is not a token of that client_id's user")
+    except _OAuthError as refused:
+        return refused.response()
+    lifetime_s = forwarder.settings.globus_compute.token_lifetime_s
+    return JSONResponse(token_body(secret, lifetime_s=lifetime_s), headers={"Cache-Control": "no-store"})
+
+
+def _client_credentials(raw: bytes, authorization: str | None) -> tuple[uuid.UUID, str]:
+    """(client id, secret) of a client-credentials grant (HTTP Basic, or form fields)."""
     if len(raw) > _MAX_FORM_BYTES:
-        return _error(400, "invalid_request", f"the form is larger than {_MAX_FORM_BYTES} bytes")
+        raise _OAuthError(400, "invalid_request", f"the form is larger than {_MAX_FORM_BYTES} bytes")
     try:
         form = urllib.parse.parse_qs(raw.decode(), strict_parsing=False)
     except (UnicodeDecodeError, ValueError):
-        return _error(400, "invalid_request", "the body is not a form")
-    grant = (form.get("grant_type") or [""])[0]
-    if grant != "client_credentials":
-        return _error(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
-    credentials = _basic_credentials(request.headers.get("authorization"))
+        raise _OAuthError(400, "invalid_request", "the body is not a form") from None
+    if (form.get("grant_type") or [""])[0] != "client_credentials":
+        raise _OAuthError(400, "unsupported_grant_type", "only grant_type=client_credentials is supported")
+    credentials = _basic_credentials(authorization)
     if credentials is None:
-        client_id, secret = (form.get("client_id") or [""])[0], (form.get("client_secret") or [""])[0]
-    else:
-        client_id, secret = credentials
+        credentials = (form.get("client_id") or [""])[0], (form.get("client_secret") or [""])[0]
+    client_id, secret = credentials
     if not client_id or not secret:
-        return _error(401, "invalid_client", "client_id and client_secret (HTTP Basic) are required")
+        raise _OAuthError(401, "invalid_client", "client_id and client_secret (HTTP Basic) are required")
     try:
-        expected = uuid.UUID(client_id)
+        return uuid.UUID(client_id), secret
     except ValueError:
-        return _error(401, "invalid_client", "client_id must be a taskfabric user id (see `taskfabric whoami`)")
-    forwarder: Forwarder = request.app.state.forwarder
-    try:
-        identity = await forwarder.authenticate(secret, peer=peer_of(request.scope))
-    except ServiceError as exc:
-        return _error(401, "invalid_client", f"the client secret was refused: {exc}")
-    if identity.user_id != expected:
-        return _error(401, "invalid_client", "the client secret is not a token of that client_id's user")
-    lifetime_s = forwarder.settings.globus_compute.token_lifetime_s
-    return JSONResponse(token_body(secret, lifetime_s=lifetime_s), headers={"Cache-Control": "no-store"})
+        raise _OAuthError(
+            401, "invalid_client", "client_id must be a taskfabric user id (see `taskfabric whoami`)"
+        ) from None

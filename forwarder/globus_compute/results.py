@@ -90,7 +90,9 @@ class ComputeResultRelay:
         prefix = queue_prefix_of(self._settings.topology_prefix, user_id)
         management = self._broker.management
         management.create_user(username, password)
-        management.set_permissions(username, EndpointPermissions(configure="^$", write="^$", read=f"^{re.escape(prefix)}"))
+        management.set_permissions(
+            username, EndpointPermissions(configure="^$", write="^$", read=f"^{re.escape(prefix)}")
+        )
         return self._settings.endpoint_broker_url(username, password), prefix
 
     # --- called on the ingest thread ------------------------------------------------------

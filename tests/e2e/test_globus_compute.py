@@ -48,8 +48,12 @@ def sdk_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     probe = subprocess.run(
-        [str(python), "-c", "import globus_compute_sdk, importlib.util as u; print(globus_compute_sdk.__version__,"
-         " u.find_spec('taskfabric') is None)"],
+        [
+            str(python),
+            "-c",
+            "import globus_compute_sdk, importlib.util as u; print(globus_compute_sdk.__version__,"
+            " u.find_spec('taskfabric') is None)",
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -119,9 +123,7 @@ def test_dev_up_globus_compute_names_the_taken_port(compute_fabric: dict[str, An
     assert not (tmp_path / "home" / "dev" / "broker").exists()  # refused before starting a broker
 
 
-def test_unmodified_sdk_script_against_dev_up(
-    compute_fabric: dict[str, Any], sdk_python: Path, tmp_path: Path
-) -> None:
+def test_unmodified_sdk_script_against_dev_up(compute_fabric: dict[str, Any], sdk_python: Path, tmp_path: Path) -> None:
     env = _sdk_env(compute_fabric, tmp_path / "sdk")
     output = _run_script(sdk_python, env, "full", compute_fabric["endpoint_id"])
     for step in ("status", "executor 500", "exception", "run", "batch", "offline", "reload"):
