@@ -18,7 +18,6 @@ import logging
 import shlex
 import ssl
 import urllib.parse
-from typing import Any
 
 import click
 
@@ -36,7 +35,7 @@ _CHUNK_BYTES = 64 * 1024
 
 def compute_env(config: ClientConfig) -> dict[str, str]:
     """The SDK's environment variables for the user of `config` (asks the service who that is)."""
-    with Client(url=config.url, token=config.token) as client:
+    with Client(url=config.url, token=config.token, ca_file=config.ca_file) as client:
         user_id = client.whoami()["user_id"]
     return {
         "GLOBUS_SDK_ENVIRONMENT": "local",
@@ -119,6 +118,5 @@ def proxy(port: int) -> None:
     """Relay localhost:PORT to the configured service (what the SDK's `local` environment calls)."""
     config = ClientConfig.resolve()
     click.echo(f"relaying 127.0.0.1:{port} to {config.url} (Ctrl-C stops)")
-    ca_file: Any = getattr(config, "ca_file", None)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_proxy(config.url, port=port, ca_file=str(ca_file) if ca_file else None))
+        asyncio.run(serve_proxy(config.url, port=port, ca_file=config.ca_file))
