@@ -299,6 +299,8 @@ class Forwarder:
         await self.runner.write(self.store.quotas.prune_result_bytes, utc_day(time.time()) - 1)
         # the daily counts of cross-user submissions (per-grant max_tasks_per_day): today's only
         await self.runner.write(self.store.access.prune_submissions, utc_day(time.time()) - 1)
+        # Globus Compute task groups older than any task they could hold (forwarder/globus_compute/)
+        await self.runner.write(self.store.compute_groups.delete_older_than, before)
 
     @staticmethod
     async def _every(period_s: float, job: Callable[[], Awaitable[None]]) -> None:
