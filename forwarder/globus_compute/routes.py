@@ -29,7 +29,7 @@ from taskfabric.forwarder.globus_compute.bodies import (
 from taskfabric.forwarder.globus_compute.results import ComputeResultRelay
 from taskfabric.forwarder.records import Identity, TaskQuery, TaskRecord
 from taskfabric.forwarder.requests import SubmitLimits, invalid, parse_task_ids
-from taskfabric.forwarder.routes import Caller, Service
+from taskfabric.forwarder.routes import SUBMITTER_FIELDS, Caller, Service
 from taskfabric.forwarder.service import Forwarder
 from taskfabric.forwarder.views import endpoint_info
 from taskfabric.protocol import render
@@ -235,6 +235,8 @@ async def _endpoint(service: Forwarder, identity: Identity, endpoint_id: uuid.UU
     record, permission = await service.endpoints.visible(identity, endpoint_id)
     info = endpoint_info(record, now=time.time(), offline_after_s=service.settings.endpoint_offline_after_s)
     body = render(info)
+    if not permission.role.may_manage:  # what /v1 shows a submitter of another user's endpoint
+        body = {key: value for key, value in body.items() if key in SUBMITTER_FIELDS}
     body.update({"uuid": str(endpoint_id), "role": permission.role.value, "status": str(info.status)})
     return body
 

@@ -277,6 +277,15 @@ async def _compute_routes_follow_the_access_model(app: dict[str, Any]) -> None:
     into_group = {"tasks": {bob_function: ["p"]}, "task_group_id": group, "create_queue": True}
     assert (await http.post(f"/v3/endpoints/{own}/submit", json=into_group, headers=bob)).status_code == 403
 
+    # shared with bob (submit role, a grant limit): he may submit there, sees what /v1 shows a submitter
+    grant = {"public": False, "grants": [{"user": "bob", "role": "submit", "max_waiting_tasks": 1}]}
+    assert (await http.put(f"/v1/endpoints/{endpoint_id}/access", json=grant, headers=alice)).status_code == 200
+    status = (await http.get(f"/v2/endpoints/{endpoint_id}/status", headers=bob)).json()
+    assert status["details"]["role"] == "submit" and "hostname" not in status["details"]
+    assert (await http.post(f"/v3/endpoints/{endpoint_id}/submit", json=to_alice, headers=bob)).status_code == 200
+    over = await http.post(f"/v3/endpoints/{endpoint_id}/submit", json=to_alice, headers=bob)
+    assert over.status_code == 429, over.text  # the grant's max_waiting_tasks, as on /v1
+
     # hostile input is a typed 4xx, never a 500
     for path, body in (("/v3/functions", "not json"), (f"/v3/endpoints/{endpoint_id}/submit", "[1]")):
         refused = await http.post(path, content=body, headers={**alice, "Content-Type": "application/json"})
