@@ -9,6 +9,7 @@ import base64
 import contextlib
 import importlib
 import json
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -317,3 +318,52 @@ async def _result_credentials_read_only_the_users_own_queues(app: dict[str, Any]
     assert (await http.post(f"/v3/endpoints/{endpoint_id}/submit", json=submit, headers=headers)).status_code == 200
     assert answer["queue_prefix"] + group in app["memory"].queues
     assert json.loads(json.dumps(answer))  # plain JSON
+
+
+# --- taskfabric globus-compute proxy ------------------------------------------------------
+
+
+def test_the_proxy_relays_to_an_https_service_and_verifies_it(tmp_path: Path) -> None:
+    from taskfabric.broker_config.certs import make_ca, make_server_certificate
+    from taskfabric.client.cli_globus_compute import serve_proxy
+    from taskfabric.errors import ConfigError
+    from taskfabric.processes import free_port
+
+    ca = make_ca(tmp_path)
+    server_cert = make_server_certificate(ca, tmp_path, hostnames=["localhost", "127.0.0.1"])
+    other_ca = make_ca(tmp_path / "other")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server_cert.cert_file, server_cert.key_file)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"echo:" + await reader.readexactly(5))
+        await writer.drain()
+        writer.close()
+
+    async def through(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hello")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return answer
+
+    async def scenario() -> None:
+        service = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=context)
+        url = f"https://localhost:{service.sockets[0].getsockname()[1]}"
+        trusted, untrusted = free_port(), free_port()
+        ready = [asyncio.Event(), asyncio.Event()]
+        proxies = [
+            asyncio.create_task(serve_proxy(url, port=trusted, ca_file=str(ca.cert_file), ready=ready[0])),
+            asyncio.create_task(serve_proxy(url, port=untrusted, ca_file=str(other_ca.cert_file), ready=ready[1])),
+        ]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in ready)), 10)
+        assert await through(trusted) == b"echo:hello"
+        assert await through(untrusted) == b""  # the service's certificate was refused: nothing relayed
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{trusted}"):
+            await serve_proxy(url, port=trusted)  # the port is taken
+        for proxy in proxies:
+            proxy.cancel()
+        service.close()
+
+    asyncio.run(scenario())
