@@ -71,6 +71,8 @@ class TaskRunner:
             else:
                 function = self._function(task.function_id)
                 args, kwargs = self._arguments(task)
+        except GlobusComputeUnavailable as exc:
+            return self._failure(task, ErrorCode.PAYLOAD_FORMAT_UNSUPPORTED, str(exc), "", received_at, received_at)
         except _DeserializationError as exc:
             return self._failure(task, ErrorCode.DESERIALIZATION_FAILED, str(exc), "", received_at, received_at)
         started_at = time.time()
@@ -113,11 +115,12 @@ class TaskRunner:
     def _compute_call(
         self, body: FunctionBody, task: Task
     ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-        """A Globus-Compute-format task, decoded with the SDK's serializer."""
+        """A Globus-Compute-format task, decoded with the SDK's serializer (`GlobusComputeUnavailable`
+        when this worker lacks it)."""
         try:
             return self._compute.load_call(body.body, task.payload)
-        except GlobusComputeUnavailable as exc:
-            raise _DeserializationError(str(exc)) from None
+        except GlobusComputeUnavailable:
+            raise
         except Exception as exc:
             raise _DeserializationError(_explain_unpickling("Globus Compute task", exc, body.python_version)) from None
 

@@ -164,7 +164,7 @@ def test_a_worker_without_the_sdk_names_the_package(monkeypatch: pytest.MonkeyPa
     runner.add_functions([body])
     result = runner.run(task)
     assert not result.ok and result.error is not None
-    assert result.error.code == ErrorCode.DESERIALIZATION_FAILED
+    assert result.error.code == ErrorCode.PAYLOAD_FORMAT_UNSUPPORTED
     assert "taskfabric[globus-compute]" in result.error.message and "globus-compute-sdk" in result.error.message
 
 
