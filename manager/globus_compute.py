@@ -15,7 +15,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from taskfabric.protocol.globus_compute import GLOBUS_COMPUTE_BODY_PREFIX
+from taskfabric.protocol.globus_compute import GLOBUS_COMPUTE_BODY_PREFIX, is_compute_body
 
 __all__ = ["EXTRA", "ComputeCodec", "GlobusComputeUnavailable", "is_compute_body"]
 
@@ -25,10 +25,6 @@ EXTRA = "taskfabric[globus-compute] (the globus-compute-sdk package)"
 
 class GlobusComputeUnavailable(Exception):
     """The worker's Python lacks globus-compute-sdk."""
-
-
-def is_compute_body(body: bytes) -> bool:
-    return body.startswith(GLOBUS_COMPUTE_BODY_PREFIX)
 
 
 class ComputeCodec:
