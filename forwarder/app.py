@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from taskfabric import __version__
 from taskfabric.errors import BrokerError
 from taskfabric.forwarder.broker import AdminBrokerLink
+from taskfabric.forwarder.globus_compute import install_globus_compute
 from taskfabric.forwarder.health import health_router
 from taskfabric.forwarder.http_errors import install_error_handlers
 from taskfabric.forwarder.limits import BodyLimits, RequestGuard
@@ -57,6 +58,7 @@ def create_app(settings: ForwarderSettings, *, broker: AdminBrokerLink | None = 
             app.state.startup_error = exc  # `serve` re-raises it for a named exit code
             raise
         app.state.forwarder = forwarder
+        app.state.compute_results = forwarder.compute_results
         log_access(token=settings.metrics_token, host=settings.host)
         sampler = asyncio.create_task(sample_queue_depths(dashboard, forwarder)) if dashboard else None
         try:
@@ -85,6 +87,8 @@ def create_app(settings: ForwarderSettings, *, broker: AdminBrokerLink | None = 
     app.exception_handlers[BrokerError] = count_broker_errors(app.exception_handlers[BrokerError], metrics)
     app.include_router(router)
     app.include_router(websocket_router)
+    if settings.globus_compute.enabled:
+        install_globus_compute(app)  # the Globus-Compute-compatible API (docs/globus-compute.md)
     app.include_router(health_router)
     app.include_router(metrics_router)
     if settings.ui.enabled:

@@ -43,6 +43,10 @@ _ROUTE_LIMIT_KEYS: Mapping[tuple[str, str], str] = {
     ("POST", "/v1/functions"): "function_body_bytes",
     ("POST", "/v1/endpoints/{endpoint_id}/tasks"): "submit_body_bytes",
     ("POST", "/v1/tasks/batch"): "lookup_body_bytes",
+    # the Globus-Compute-compatible API (forwarder/globus_compute/)
+    ("POST", "/v3/functions"): "function_body_bytes",
+    ("POST", "/v3/endpoints/{endpoint_id}/submit"): "submit_body_bytes",
+    ("POST", "/v2/batch_status"): "lookup_body_bytes",
 }
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "AUTH_SCHEME",
     "MAX_CANCEL_TASK_IDS",
     "MIN_CLIENT_VERSION",
+    "SUBMITTER_FIELDS",
     "peer_address",
     "router",
     "websocket_router",
@@ -370,7 +371,7 @@ def _endpoint_info(service: Forwarder, record: EndpointRecord) -> EndpointInfo:
 # --- endpoint sharing (issue 13) ----------------------------------------------------------
 
 #: what a user with the submit role sees of another user's endpoint
-_SUBMITTER_FIELDS = (
+SUBMITTER_FIELDS = (
     "endpoint_id",
     "name",
     "display_name",
@@ -396,7 +397,7 @@ def _shared_endpoint_body(
     body = render(info)
     if permission.role.may_manage:
         return body
-    return {key: body[key] for key in _SUBMITTER_FIELDS}
+    return {key: body[key] for key in SUBMITTER_FIELDS}
 
 
 async def _visible_endpoint_body(service: Forwarder, identity: Identity, endpoint_id: uuid.UUID) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from taskfabric.forwarder.consumers import ResultConsumers
 from taskfabric.forwarder.endpoint_sharing import EndpointSharing
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FunctionRegistry
+from taskfabric.forwarder.globus_compute.results import ComputeResultRelay
 from taskfabric.forwarder.groups import GroupService
 from taskfabric.forwarder.ingest import Ingestor
 from taskfabric.forwarder.metrics import ForwarderMetrics
@@ -91,6 +92,8 @@ class Forwarder:
         self.endpoints: EndpointRegistry
         self.tasks: TaskService
         self.groups: GroupService  # sharing: groups and their members
+        #: the Globus-Compute-compatible API's result queues (None unless `globus_compute.enabled`)
+        self.compute_results: ComputeResultRelay | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -144,12 +147,18 @@ class Forwarder:
         self.broker = self._broker or AdminBrokerLink(self.settings)
         self._cleanups.append(self.broker.close)
         await asyncio.to_thread(self.broker.start)
+        if self.settings.globus_compute.enabled:
+            self.compute_results = ComputeResultRelay(self.settings, store=self.store, broker=self.broker)
 
     def _start_ingest(self, loop: asyncio.AbstractEventLoop) -> None:
         """The ingest thread, and the result consumers feeding it."""
 
+        relay = self.compute_results
+
         def on_finished(records: Sequence[TaskRecord]) -> None:  # called on the ingest thread
             self.metrics.tasks_finished(records)
+            if relay is not None:
+                relay.relay(records)
             loop.call_soon_threadsafe(self.hub.publish, records)
 
         self.consumer_connections = ConsumerConnections(
@@ -231,6 +240,8 @@ class Forwarder:
         """Tasks the forwarder finished itself (on the event loop): count them, stream them."""
         self.metrics.tasks_finished(records)
         self.hub.publish(records)
+        if self.compute_results is not None:  # rare (an endpoint deleted): a short store read
+            self.compute_results.relay(records)
 
     async def authenticate(self, token: str | None, *, peer: str = "") -> Identity:
         """The identity of a bearer token (`AuthenticationError` if missing or not accepted,
@@ -288,6 +299,8 @@ class Forwarder:
         await self.runner.write(self.store.quotas.prune_result_bytes, utc_day(time.time()) - 1)
         # the daily counts of cross-user submissions (per-grant max_tasks_per_day): today's only
         await self.runner.write(self.store.access.prune_submissions, utc_day(time.time()) - 1)
+        # Globus Compute task groups older than any task they could hold (forwarder/globus_compute/)
+        await self.runner.write(self.store.compute_groups.delete_older_than, before)
 
     @staticmethod
     async def _every(period_s: float, job: Callable[[], Awaitable[None]]) -> None:

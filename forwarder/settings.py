@@ -2,8 +2,9 @@
 
 Precedence, lowest first: defaults, the YAML file (`--config`), environment variables
 (`TASKFABRIC_FORWARDER_<KEY>`, and `TASKFABRIC_FORWARDER_AUTH_<KEY>` / `TASKFABRIC_FORWARDER_TLS_<KEY>` /
-`TASKFABRIC_FORWARDER_LIMITS_<KEY>` / `TASKFABRIC_FORWARDER_QUOTAS_<KEY>` / `TASKFABRIC_FORWARDER_UI_<KEY>` for
-the `auth`, `tls`, `limits`, `quotas` and `ui` sections), then
+`TASKFABRIC_FORWARDER_LIMITS_<KEY>` / `TASKFABRIC_FORWARDER_QUOTAS_<KEY>` / `TASKFABRIC_FORWARDER_UI_<KEY>` /
+`TASKFABRIC_FORWARDER_GLOBUS_COMPUTE_<KEY>` for the `auth`, `tls`, `limits`, `quotas`, `ui` and
+`globus_compute` sections), then
 command-line flags. Every key is validated eagerly; a bad key or value raises `ConfigError` naming
 it. `describe_settings(ForwarderSettings)` lists every key with its help text.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "ENV_PREFIX",
     "AuthSettings",
     "ForwarderSettings",
+    "GlobusComputeSettings",
     "LimitsSettings",
     "QuotaSettings",
     "TlsSettings",
@@ -40,6 +42,7 @@ _TLS_ENV_PREFIX = "TASKFABRIC_FORWARDER_TLS_"
 _LIMITS_ENV_PREFIX = "TASKFABRIC_FORWARDER_LIMITS_"
 _QUOTAS_ENV_PREFIX = "TASKFABRIC_FORWARDER_QUOTAS_"
 _UI_ENV_PREFIX = "TASKFABRIC_FORWARDER_UI_"
+_GLOBUS_COMPUTE_ENV_PREFIX = "TASKFABRIC_FORWARDER_GLOBUS_COMPUTE_"
 _MIB = 1024 * 1024
 #: JSON carries binary values as base64: 4 bytes for every 3, plus the rest of the request
 _BASE64_GROWTH = 4 / 3
@@ -250,6 +253,19 @@ class UiSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class GlobusComputeSettings:
+    """The Globus-Compute-compatible API (docs/globus-compute.md)."""
+
+    enabled: bool = setting(False, help="serve the API the unmodified Globus Compute SDK calls (/v2, /v3)")
+    token_lifetime_s: int = setting(
+        48 * 3600, help="lifetime the OAuth2 token route announces (the SDK asks again after it)", min=60
+    )
+    result_queue_expires_s: float = setting(
+        7 * 86400.0, help="a task group's result queue is deleted after this long without a consumer", min=60
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ForwarderSettings:
     """Everything `taskfabric forwarder serve` can be told."""
 
@@ -365,6 +381,9 @@ class ForwarderSettings:
     )
     # the web dashboard (forwarder/ui/)
     ui: UiSettings = setting(default_factory=UiSettings, help="the web dashboard: admin_users, sessions")
+    globus_compute: GlobusComputeSettings = setting(
+        default_factory=GlobusComputeSettings, help="the Globus-Compute-compatible API: enabled"
+    )
 
     def __post_init__(self) -> None:
         if self.database_url is None:
@@ -422,6 +441,7 @@ class ForwarderSettings:
             ("limits", LimitsSettings, _LIMITS_ENV_PREFIX),
             ("quotas", QuotaSettings, _QUOTAS_ENV_PREFIX),
             ("ui", UiSettings, _UI_ENV_PREFIX),
+            ("globus_compute", GlobusComputeSettings, _GLOBUS_COMPUTE_ENV_PREFIX),
         ):
             section_env = settings_from_env(section_cls, prefix, environ)
             if section_env:

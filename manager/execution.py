@@ -24,6 +24,7 @@ from typing import Any
 import cloudpickle
 
 from taskfabric.errors import ErrorCode
+from taskfabric.manager.globus_compute import ComputeCodec, GlobusComputeUnavailable, is_compute_body
 from taskfabric.protocol import FunctionBody, Result, Task, TaskError
 
 __all__ = ["WORKER_PYTHON", "TaskRunner", "WalltimeExceededError"]
@@ -50,6 +51,7 @@ class TaskRunner:
         self.client_python = client_python
         self._bodies: dict[uuid.UUID, FunctionBody] = {}
         self._functions: dict[uuid.UUID, Callable[..., Any]] = {}
+        self._compute = ComputeCodec()  # Globus-Compute-format tasks (manager/globus_compute.py)
 
     def add_functions(self, bodies: list[FunctionBody]) -> None:
         """Remember function bodies (deserialized lazily, on first use)."""
@@ -60,9 +62,17 @@ class TaskRunner:
     def run(self, task: Task) -> Result:
         """Run one task; always returns a Result."""
         received_at = time.time()
+        body = self._bodies.get(task.function_id)
+        compute = body is not None and is_compute_body(body.body)
         try:
-            function = self._function(task.function_id)
-            args, kwargs = self._arguments(task)
+            if compute:
+                assert body is not None
+                function, args, kwargs = self._compute_call(body, task)
+            else:
+                function = self._function(task.function_id)
+                args, kwargs = self._arguments(task)
+        except GlobusComputeUnavailable as exc:
+            return self._failure(task, ErrorCode.PAYLOAD_FORMAT_UNSUPPORTED, str(exc), "", received_at, received_at)
         except _DeserializationError as exc:
             return self._failure(task, ErrorCode.DESERIALIZATION_FAILED, str(exc), "", received_at, received_at)
         started_at = time.time()
@@ -80,7 +90,7 @@ class TaskRunner:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             return self._raised(task, exc, received_at, started_at)
-        return self._success(task, value, received_at, started_at)
+        return self._success(task, value, received_at, started_at, compute=compute)
 
     # --- deserialization ----------------------------------------------------------------
 
@@ -102,6 +112,18 @@ class TaskRunner:
         self._functions[function_id] = loaded
         return loaded
 
+    def _compute_call(
+        self, body: FunctionBody, task: Task
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """A Globus-Compute-format task, decoded with the SDK's serializer (`GlobusComputeUnavailable`
+        when this worker lacks it)."""
+        try:
+            return self._compute.load_call(body.body, task.payload)
+        except GlobusComputeUnavailable:
+            raise
+        except Exception as exc:
+            raise _DeserializationError(_explain_unpickling("Globus Compute task", exc, body.python_version)) from None
+
     def _arguments(self, task: Task) -> tuple[tuple[Any, ...], dict[str, Any]]:
         try:
             loaded = cloudpickle.loads(task.payload)
@@ -114,10 +136,10 @@ class TaskRunner:
 
     # --- outcomes -----------------------------------------------------------------------
 
-    def _success(self, task: Task, value: Any, received_at: float, started_at: float) -> Result:
+    def _success(self, task: Task, value: Any, received_at: float, started_at: float, *, compute: bool) -> Result:
         finished_at = time.time()
         try:
-            data = dump_value(value)
+            data = self._compute.dump_value(value) if compute else dump_value(value)
         except Exception as exc:
             return self._failure(
                 task,

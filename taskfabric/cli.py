@@ -33,6 +33,7 @@ SUBCOMMANDS: dict[str, str] = {
     "function": "taskfabric.client.cli_functions:function",
     "top": "taskfabric.client.cli:top",
     "group": "taskfabric.client.cli_groups:group",
+    "globus-compute": "taskfabric.client.cli_globus_compute:globus_compute",
     "forwarder": "taskfabric.forwarder.cli:forwarder",
     "admin": "taskfabric.forwarder.cli:admin",
     "dev": "taskfabric.tools.devfabric:dev",

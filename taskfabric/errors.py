@@ -270,6 +270,9 @@ class ErrorCode(enum.StrEnum):
     USER_DISABLED = "USER_DISABLED"
     #: the endpoint's agent refused a function its allow-list does not name (it never ran)
     FUNCTION_NOT_ALLOWED = "FUNCTION_NOT_ALLOWED"
+    #: the worker lacks the package that decodes the task's payload format (a task submitted with
+    #: the Globus Compute SDK needs taskfabric[globus-compute] where the workers run); it never ran
+    PAYLOAD_FORMAT_UNSUPPORTED = "PAYLOAD_FORMAT_UNSUPPORTED"
 
     @property
     def is_system_failure(self) -> bool:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import ArgumentError
 
 from taskfabric.forwarder.store import versions as _versions
 from taskfabric.forwarder.store.access import AccessTable
+from taskfabric.forwarder.store.compute_groups import ComputeGroupTable
 from taskfabric.forwarder.store.dashboard import DashboardQueries
 from taskfabric.forwarder.store.dead_letters import DeadLetterTable
 from taskfabric.forwarder.store.endpoints import EndpointTable
@@ -67,6 +68,7 @@ class Store:
         self.dashboard = DashboardQueries(engine)  # read-only aggregates of the web dashboard
         self.grants = GrantTable(engine)  # endpoint sharing's writes (forwarder/endpoint_sharing.py)
         self.groups = GroupTable(engine)  # sharing: groups and their members
+        self.compute_groups = ComputeGroupTable(engine)  # Globus Compute task groups with a result queue
 
     @classmethod
     def open(cls, url: str, *, pool_size: int = 8, create: bool = True, upgrade: bool = False) -> Store:

@@ -112,6 +112,7 @@ def finished(
     function_id: uuid.UUID,
     created_at: float,
     client_python: str,
+    task_group_id: uuid.UUID | None = None,
 ) -> TaskRecord:
     """The finished task: its identity columns plus the outcome."""
     return TaskRecord(
@@ -121,6 +122,7 @@ def finished(
         function_id=function_id,
         created_at=created_at,
         client_python=client_python or "",
+        task_group_id=task_group_id,
         status=outcome.status,
         completed_at=outcome.completed_at,
         result=outcome.result,

@@ -54,7 +54,7 @@ FROM unnest(
        error_exception_type, error_exception, worker_python, received_at, started_at, finished_at, attempts,
        stdout, stderr)
 WHERE tasks.task_id = v.task_id AND tasks.endpoint_id = v.endpoint_id AND tasks.status IN ({_PENDING})
-RETURNING tasks.task_id, tasks.owner_id, tasks.function_id, tasks.created_at, tasks.client_python
+RETURNING tasks.task_id, tasks.owner_id, tasks.function_id, tasks.created_at, tasks.client_python, tasks.task_group_id
 """
 )
 
@@ -92,7 +92,9 @@ def finish_waiting(connection: Connection, outcomes: dict[uuid.UUID, Outcome]) -
         for name in OUTCOME_FIELDS:
             arrays[name] = [getattr(outcome, name) for _, outcome in chunk]
         arrays["status"] = [status.value for status in arrays["status"]]
-        for task_id, owner_id, function_id, created_at, client_python in connection.execute(_FINISH, arrays):
+        for task_id, owner_id, function_id, created_at, client_python, task_group_id in connection.execute(
+            _FINISH, arrays
+        ):
             done.append(
                 finished(
                     task_id,
@@ -101,6 +103,7 @@ def finish_waiting(connection: Connection, outcomes: dict[uuid.UUID, Outcome]) -
                     function_id=function_id,
                     created_at=created_at,
                     client_python=client_python,
+                    task_group_id=task_group_id,
                 )
             )
     return done

@@ -43,6 +43,7 @@ __all__ = [
     "endpoints",
     "function_grants",
     "functions",
+    "globus_compute_task_groups",
     "group_members",
     "groups",
     "metadata",
@@ -362,6 +363,17 @@ submissions_daily = Table(
     Column("tasks", BigInteger, nullable=False, default=0),
 )
 
+#: Globus Compute task groups with a result queue (`forwarder/globus_compute/`): the task groups whose
+#: results are also published, in globus-compute-common's format, to their owner's AMQP queue
+globus_compute_task_groups = Table(
+    "globus_compute_task_groups",
+    metadata,
+    Column("task_group_id", Uuid, primary_key=True),
+    Column("owner_id", Uuid, ForeignKey("users.user_id", ondelete="CASCADE"), nullable=False),
+    Column("queue", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
 #: a user's unfinished tasks on one endpoint, counted for a grant's `max_waiting_tasks`
 _IX_OWNER_ENDPOINT_COMPLETED = Index(
     "ix_tasks_owner_endpoint_completed", tasks.c.owner_id, tasks.c.endpoint_id, tasks.c.completed_at
@@ -380,6 +392,11 @@ def _v6_sharing(connection: Connection) -> None:
         _IX_OWNER_ENDPOINT_COMPLETED.create(connection)
 
 
+def _v7_globus_compute(connection: Connection) -> None:
+    """Globus Compute task groups with a result queue (issue 17). Idempotent."""
+    globus_compute_task_groups.create(connection, checkfirst=True)
+
+
 #: schema version n is reached by running MIGRATIONS[n - 1]
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
@@ -388,6 +405,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v4_quotas,
     _v5_dashboard,
     _v6_sharing,
+    _v7_globus_compute,
 ]
 
 

@@ -48,7 +48,8 @@ _FINISH_RETURNING = (
     + ", ".join(f"{name} = v.column{index + 3}" for index, name in enumerate(_FINISH_COLUMNS))
     + " FROM (VALUES {values}) AS v"
     f" WHERE tasks.task_id = v.column1 AND tasks.endpoint_id = v.column2 AND tasks.status IN ({_PENDING})"
-    " RETURNING tasks.task_id, tasks.owner_id, tasks.function_id, tasks.created_at, tasks.client_python"
+    " RETURNING tasks.task_id, tasks.owner_id, tasks.function_id, tasks.created_at, tasks.client_python,"
+    " tasks.task_group_id"
 )
 _ROW_MARKS = "(" + ", ".join("?" * (2 + len(_FINISH_COLUMNS))) + ")"
 #: the most rows per statement: 17 parameters each, well under SQLite's 32,766 limit
@@ -95,7 +96,7 @@ def finish_waiting(connection: Connection, outcomes: dict[uuid.UUID, Outcome]) -
         for task_hex in chunk:
             params.extend(_finish_row(task_hex, by_hex[task_hex][1]))
         query = _FINISH_RETURNING.format(values=", ".join([_ROW_MARKS] * len(chunk)))
-        for task_hex, owner_hex, function_hex, created_at, client_python in connection.exec_driver_sql(
+        for task_hex, owner_hex, function_hex, created_at, client_python, group_hex in connection.exec_driver_sql(
             query, tuple(params)
         ):
             task_id, outcome = by_hex[task_hex]
@@ -107,6 +108,7 @@ def finish_waiting(connection: Connection, outcomes: dict[uuid.UUID, Outcome]) -
                     function_id=as_uuid(function_hex),
                     created_at=created_at,
                     client_python=client_python,
+                    task_group_id=as_uuid(group_hex) if group_hex else None,
                 )
             )
     return done

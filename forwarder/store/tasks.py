@@ -74,6 +74,7 @@ _HEAD = [
     tasks.c.function_id,
     tasks.c.created_at,
     tasks.c.client_python,
+    tasks.c.task_group_id,
 ]
 
 _FINISH = (
@@ -577,6 +578,7 @@ def _finish_known(
             function_id=head.function_id,
             created_at=head.created_at,
             client_python=head.client_python,
+            task_group_id=head.task_group_id,
         )
         for task_id, head in heads.items()
     ]
@@ -599,6 +601,7 @@ def _head(row: Row[Any]) -> TaskRecord:
         status=TaskStatus.WAITING,
         created_at=row.created_at,
         client_python=row.client_python or "",
+        task_group_id=row.task_group_id,
     )
 
 

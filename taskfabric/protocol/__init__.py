@@ -48,6 +48,10 @@ HTTP and results-stream records (`api.py`): `EndpointRegistered` (with its `Brok
 `parse` turn them into JSON or msgpack bodies and back. The forwarder's OpenAPI document is built
 from them.
 
+The Globus-Compute-compatible API's shapes (`globus_compute.py`): the payload-format marker of a
+function body (`GLOBUS_COMPUTE_BODY_PREFIX`), globus-compute-common's `Result` message as the SDK's
+Executor reads it from AMQP, task status bodies and the OAuth2 token answer.
+
 State vocabularies (`states.py`): `TaskStatus` (waiting, running, success, failed, cancelled) and
 `EndpointState` (online, draining, offline), used by every component and by the HTTP API.
 

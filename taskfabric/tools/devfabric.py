@@ -36,6 +36,8 @@ __all__ = ["DevState", "dev", "dev_down", "dev_status", "dev_up"]
 DEV_USER = "dev"
 DEV_ENDPOINT = "local"
 DEFAULT_PORT = 8470
+#: where the Globus Compute SDK's `local` environment looks for its web service
+GLOBUS_COMPUTE_PORT = 5000
 
 
 def _root() -> Path:
@@ -50,6 +52,7 @@ class DevState:
     forwarder_pid: int | None = None
     endpoint_id: str | None = None
     token: str = ""
+    globus_compute: bool = False
 
     @classmethod
     def load(cls) -> DevState:
@@ -66,21 +69,30 @@ class DevState:
             json.dump(dataclasses.asdict(self), handle, indent=2)
 
 
-def dev_up(*, workers: int | None = None, announce: Any = print) -> DevState:
-    """Start (or find running) the broker, the forwarder and the `local` endpoint."""
+def dev_up(*, workers: int | None = None, globus_compute: bool = False, announce: Any = print) -> DevState:
+    """Start (or find running) the broker, the forwarder and the `local` endpoint. With
+    `globus_compute`, the forwarder serves the Globus-Compute-compatible API too, on
+    127.0.0.1:5000 (where the SDK's `local` environment looks); `TaskfabricError` names the port
+    when it is taken."""
     from taskfabric.broker_config import RabbitNode
 
     root = _root()
     root.mkdir(parents=True, exist_ok=True)
     state = DevState.load()
+    alive = _forwarder_alive(state)
+    if globus_compute:
+        _check_compute_port(state, alive)
     announce("starting the broker (a private RabbitMQ node)...")
     info = RabbitNode(root / "broker").start()
-    if not _forwarder_alive(state):
-        port = _port_of(state.forwarder_url) or DEFAULT_PORT
-        if not port_free(port, reuse_address=True):  # kept across restarts (TIME_WAIT)
+    if not alive:
+        port = GLOBUS_COMPUTE_PORT if globus_compute else (_port_of(state.forwarder_url) or DEFAULT_PORT)
+        if not globus_compute and not port_free(port, reuse_address=True):  # kept across restarts (TIME_WAIT)
             port = free_port()
         state.forwarder_url = f"http://127.0.0.1:{port}"
-        settings_file = _write_forwarder_settings(root, info.amqp_url, info.management_url, port)
+        state.globus_compute = globus_compute
+        settings_file = _write_forwarder_settings(
+            root, info.amqp_url, info.management_url, port, globus_compute=globus_compute
+        )
         state.token = _dev_token(settings_file, saved=state.token)
         announce("starting the forwarder (SQLite store)...")
         state.forwarder_pid = _start_forwarder(root, settings_file, state.forwarder_url)
@@ -131,8 +143,27 @@ def dev_status() -> dict[str, Any]:
 # --- steps ----------------------------------------------------------------------------------
 
 
-def _write_forwarder_settings(root: Path, amqp_url: str, management_url: str, port: int) -> Path:
-    settings = {
+def _check_compute_port(state: DevState, alive: bool) -> None:
+    """The Globus Compute API needs port 5000: refuse early, naming it, when it cannot have it."""
+    port = GLOBUS_COMPUTE_PORT
+    if alive:
+        if state.globus_compute and _port_of(state.forwarder_url) == port:
+            return
+        raise TaskfabricError(
+            f"the dev forwarder runs at {state.forwarder_url} without the Globus Compute API: run "
+            "`taskfabric dev down` first, then `taskfabric dev up --globus-compute`"
+        )
+    if not port_free(port, reuse_address=True):
+        raise TaskfabricError(
+            f"port {port} on 127.0.0.1 is taken: the Globus Compute SDK's local environment "
+            f"(GLOBUS_SDK_ENVIRONMENT=local) calls http://localhost:{port}; stop what listens there"
+        )
+
+
+def _write_forwarder_settings(
+    root: Path, amqp_url: str, management_url: str, port: int, *, globus_compute: bool = False
+) -> Path:
+    settings: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": port,
         "database_url": f"sqlite:///{root / 'forwarder.db'}",
@@ -140,6 +171,7 @@ def _write_forwarder_settings(root: Path, amqp_url: str, management_url: str, po
         "management_url": management_url,
         "endpoint_offline_after_s": 15.0,
         "status_period_s": 2.0,
+        "globus_compute": {"enabled": globus_compute},
     }
     path = root / "forwarder.yaml"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -297,9 +329,14 @@ def dev() -> None:
 @click.option(
     "--workers", type=click.IntRange(min=1), default=None, help="Workers of the `local` endpoint (default: CPUs)."
 )
-def up(detach: bool, workers: int | None) -> None:
+@click.option(
+    "--globus-compute",
+    is_flag=True,
+    help="Also serve the Globus-Compute-compatible API, on 127.0.0.1:5000 (see `taskfabric globus-compute env`).",
+)
+def up(detach: bool, workers: int | None, globus_compute: bool) -> None:
     """Start the local fabric and point `Client()` at it."""
-    state = dev_up(workers=workers, announce=click.echo)
+    state = dev_up(workers=workers, globus_compute=globus_compute, announce=click.echo)
     click.echo(f"\nforwarder: {state.forwarder_url}\nendpoint {DEV_ENDPOINT!r}: {state.endpoint_id}")
     click.echo("Client() and Executor(endpoint_id) now work without arguments for the URL and token.")
     if detach:
