@@ -38,6 +38,7 @@ from taskfabric.endpoint_agent.supervisor import read_state as read_supervisor_s
 from taskfabric.errors import ConfigError, NotFoundError, ServiceError, TaskfabricError
 from taskfabric.paths import taskfabric_home
 from taskfabric.processes import pid_alive
+from taskfabric.settings import load_yaml
 from taskfabric.secret_env import without_secrets
 
 if TYPE_CHECKING:  # imported where used: it brings Parsl (~1 s of CPU) that status commands do not need
@@ -234,12 +235,14 @@ def register_endpoint(name: str, client: ForwarderEndpoints) -> EndpointConnecti
     endpoint = LocalEndpoint(name)
     endpoint.require()
     config = endpoint.config()
-    metadata = {
+    metadata: dict[str, Any] = {
         "hostname": socket.gethostname(),
         "python_version": platform.python_version(),
         "taskfabric_version": __version__,
         "display_name": config.display_name or name,
     }
+    if config.multi_user:
+        metadata["multi_user"] = True
     answer = client.register_endpoint(
         name, endpoint_id=endpoint.endpoint_id(), metadata=metadata, allowed_functions=config.allowed_functions
     )
@@ -428,6 +431,10 @@ def endpoint_status(
     endpoint = LocalEndpoint(name)
     endpoint.require()
     info = endpoint.describe()
+    if _is_multi_user(endpoint):
+        from taskfabric.endpoint_agent.multi_user.children import read_user_endpoints
+
+        info["user_endpoints"] = read_user_endpoints(endpoint.paths.root)
     if info["endpoint_id"]:
         try:
             with client_factory() as client:
@@ -436,6 +443,13 @@ def endpoint_status(
         except TaskfabricError as exc:  # the service may be down; local state still helps
             info["service"] = {"error": str(exc)}
     return info
+
+
+def _is_multi_user(endpoint: LocalEndpoint) -> bool:
+    try:
+        return bool(load_yaml(endpoint.paths.config).get("multi_user"))
+    except ConfigError:
+        return False
 
 
 def list_local_endpoints() -> list[dict[str, Any]]:

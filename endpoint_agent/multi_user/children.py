@@ -1,0 +1,164 @@
+"""The user endpoint processes of one multi-user parent: start, watch, stop, and the state file
+`endpoint status` reads (`user_endpoints.json` in the parent's folder, root-only like the rest).
+
+One process per user endpoint id (the forwarder derives it from parent, user and config). A start
+command for a running one changes nothing; for one that exited (idle, crashed or killed) it starts
+it again, so a crashed user endpoint comes back with the user's next task, and the tasks it held
+(unacked, back in its queue; or in its ledger) run then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from taskfabric.endpoint_agent.multi_user.privilege import LocalAccount, start_as
+from taskfabric.private_files import write_private
+
+__all__ = ["STATE_FILE", "UserEndpointProcess", "UserEndpoints", "read_user_endpoints"]
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "user_endpoints.json"
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class UserEndpointProcess:
+    endpoint_id: uuid.UUID
+    user: str
+    account: LocalAccount
+    folder: Path
+    config_digest: str
+    state: str = "starting"
+    started_at: float = 0.0
+    #: start commands received (each follows a submit of the user's tasks)
+    submits: int = 0
+    restarts: int = 0
+    last_exit: int | None = None
+    error: str = ""
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "endpoint_id": str(self.endpoint_id),
+            "user": self.user,
+            "account": self.account.name,
+            "uid": self.account.uid,
+            "state": self.state,
+            "pid": self.process.pid if self.alive and self.process is not None else None,
+            "started_at": self.started_at,
+            "tasks": self.submits,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "folder": str(self.folder),
+            "config_digest": self.config_digest,
+        }
+
+
+class UserEndpoints:
+    """The parent's table of user endpoint processes."""
+
+    def __init__(self, state_file: Path, command: list[str]) -> None:
+        self._state_file = state_file
+        self._command = command
+        self.processes: dict[uuid.UUID, UserEndpointProcess] = {}
+        self.refused: dict[uuid.UUID, dict[str, Any]] = {}
+
+    def running(self, endpoint_id: uuid.UUID) -> bool:
+        known = self.processes.get(endpoint_id)
+        return known is not None and known.alive
+
+    def start(self, entry: UserEndpointProcess) -> None:
+        """Start (or start again) the process of `entry` as its account."""
+        previous = self.processes.get(entry.endpoint_id)
+        if previous is not None:
+            entry.submits, entry.restarts = previous.submits, previous.restarts + 1
+        command = [*self._command, "agent", "run", "--endpoint-dir", str(entry.folder), "--quiet"]
+        entry.process = start_as(entry.account, command, cwd=entry.account.home, log_file=entry.folder / "process.log")
+        entry.state, entry.started_at = "running", time.time()
+        self.processes[entry.endpoint_id] = entry
+        self.refused.pop(entry.endpoint_id, None)
+        log.info(
+            "started user endpoint %s for %s as %s (pid %d)",
+            entry.endpoint_id,
+            entry.user,
+            entry.account.name,
+            entry.process.pid,
+        )
+        self.save()
+
+    def reap(self) -> None:
+        """Note the processes that exited (idle stops exit 0; anything else counts as a crash)."""
+        changed = False
+        for entry in self.processes.values():
+            if entry.state == "running" and entry.process is not None and entry.process.poll() is not None:
+                entry.last_exit = entry.process.returncode
+                entry.state = "stopped" if entry.last_exit == 0 else "crashed"
+                log.info("user endpoint %s (%s) exited: %s", entry.endpoint_id, entry.account.name, entry.last_exit)
+                changed = True
+        if changed:
+            self.save()
+
+    def stop_all(self, *, timeout_s: float) -> None:
+        """SIGTERM every running process (each drains like any agent), SIGKILL what is left."""
+        running = [entry for entry in self.processes.values() if entry.alive and entry.process is not None]
+        for entry in running:
+            assert entry.process is not None
+            entry.process.send_signal(signal.SIGTERM)  # the agent: it stops its own blocks
+        deadline = time.monotonic() + timeout_s
+        for entry in running:
+            assert entry.process is not None
+            try:
+                entry.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("user endpoint %s did not stop in time: killing it", entry.endpoint_id)
+                _kill_session(entry.process)
+                entry.process.wait()
+        self.reap()
+        for entry in running:
+            entry.state = "stopped"
+        self.save()
+
+    def note_refused(self, endpoint_id: uuid.UUID, user: str, code: str, message: str) -> None:
+        self.refused[endpoint_id] = {
+            "endpoint_id": str(endpoint_id),
+            "user": user,
+            "account": None,
+            "state": "refused",
+            "error": f"{code}: {message}",
+            "at": time.time(),
+        }
+        self.save()
+
+    def save(self) -> None:
+        rows = [entry.describe() for entry in self.processes.values()] + list(self.refused.values())
+        write_private(self._state_file, json.dumps({"user_endpoints": rows, "saved_at": time.time()}, indent=2))
+
+
+def read_user_endpoints(folder: Path) -> list[dict[str, Any]]:
+    """The rows of a parent's state file (none when it has not started one)."""
+    try:
+        data = json.loads((folder / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    rows = data.get("user_endpoints") if isinstance(data, dict) else None
+    return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+
+
+def _kill_session(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the agent and what it started in its session
+    except ProcessLookupError:
+        pass
