@@ -207,6 +207,8 @@ def config_template(name: str, settings: dict[str, Any]) -> str:
         if field.name in settings:
             continue
         default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            default = dataclasses.asdict(default)  # e.g. scaling
         rendered = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
         lines.append(f"# {field.name}: {rendered}")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,354 @@
+"""Multi-user endpoints end to end, as root (CI runs as root): real forwarder, broker, a parent
+agent started the way `taskfabric endpoint start` does, user endpoint processes running as two
+local accounts this module creates with `useradd` (and removes at the end, even on failure).
+
+One fabric and one parent endpoint for the whole module (SQLite: the store is not the point).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from click.testing import CliRunner
+
+from taskfabric.cli import main
+from taskfabric.client.config import ClientConfig
+from taskfabric.client import AccountNotAllowed, Client, Executor, IdentityNotMapped, UserConfigInvalid
+from taskfabric.endpoint_agent.local import (
+    LocalEndpoint,
+    configure_endpoint,
+    endpoint_status,
+    register_endpoint,
+    start_endpoint,
+    stop_endpoint,
+)
+from taskfabric.forwarder import ForwarderSettings, create_token, create_user
+from taskfabric.forwarder.testing import ForwarderProcess
+from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
+from taskfabric.testing.accounts import LocalAccounts, readable_python
+
+pytestmark = pytest.mark.slow
+
+# the tasks run as accounts that cannot import this test module: its functions travel by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+FORWARDER_SETTINGS: dict[str, Any] = {
+    "status_period_s": 0.5,
+    "endpoint_offline_after_s": 3.0,
+    "status_flush_s": 0.2,
+    "confirm_timeout_s": 10.0,
+}
+
+#: the user config template: the user's label reaches the tasks through worker_init
+TEMPLATE = """\
+heartbeat_period_s: 0.5
+heartbeat_threshold_s: 3.0
+status_period_s: 0.5
+drain_timeout_s: 5
+idle_shutdown_s: {{ idle_s | default(4) }}
+scaling:
+  workers_per_node: 1
+  strategy_period_s: 0.5
+provider:
+  type: LocalProvider
+  init_blocks: 1
+  min_blocks: 0
+  max_blocks: 1
+  worker_init: export TF_LABEL={{ label | default("none") }}
+"""
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "pattern": "^[a-z0-9 ]{1,20}$"},
+        "idle_s": {"type": "number", "minimum": 1, "maximum": 600},
+    },
+    "additionalProperties": False,
+}
+
+
+class MultiUser:
+    """The module's fabric: a forwarder, a parent endpoint, accounts and taskfabric users."""
+
+    def __init__(self, forwarder: ForwarderProcess, settings: ForwarderSettings, home: Path) -> None:
+        self.forwarder = forwarder
+        self.settings = settings
+        self.home = home
+        self.owner = unique_name("admin")
+        create_user(settings, self.owner)
+        self.owner_token = create_token(settings, self.owner)
+        self.tokens: dict[str, str] = {}
+        self.name = unique_name("mu")
+        self.endpoint_id = ""
+        self.alice, self.bob = self.user("alice"), self.user("bob")
+        self.carol = self.user("carol")  # no mapping rule
+        self.rooty = self.user("rooty")  # mapped to root
+
+    def user(self, stem: str) -> str:
+        name = unique_name(stem)
+        create_user(self.settings, name)
+        self.tokens[name] = create_token(self.settings, name)
+        return name
+
+    def client(self, user: str | None = None) -> Client:
+        return Client(url=self.forwarder.url, token=self.tokens[user] if user else self.owner_token)
+
+    def status(self) -> dict[str, Any]:
+        return endpoint_status(self.name, self.client)
+
+    def user_endpoints(self, account: str | None = None) -> list[dict[str, Any]]:
+        rows = self.status().get("user_endpoints") or []
+        return [row for row in rows if account is None or row.get("account") == account]
+
+
+@pytest.fixture(scope="module")
+def accounts() -> Iterator[LocalAccounts]:
+    with LocalAccounts(prefix="tfmu", count=2) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def multi_user(
+    broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory, accounts: LocalAccounts
+) -> Iterator[MultiUser]:
+    assert os.geteuid() == 0, "multi-user endpoints are tested as root (CI runs as root)"
+    assert broker.management_url
+    folder = tmp_path_factory.mktemp("fabric-multi-user")
+    values = {
+        **FORWARDER_SETTINGS,
+        "database_url": f"sqlite:///{folder / 'fw.db'}",
+        "amqp_url": broker.amqp_url,
+        "management_url": broker.management_url,
+        "topology_prefix": unique_name("e2e-mu"),
+    }
+    home = folder / "home"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TASKFABRIC_HOME", str(home))
+    settings = ForwarderSettings.from_mapping(values)
+    with ForwarderProcess(folder / "forwarder", values) as forwarder:
+        fabric = MultiUser(forwarder, settings, home)
+        ClientConfig(url=forwarder.url, token=fabric.owner_token).save()  # the CLI is the administrator
+        account_a, account_b = accounts.names
+        rules = [
+            {"match": re.escape(fabric.alice), "output": account_a},
+            {"match": re.escape(fabric.bob), "output": account_b},
+            {"source": "username", "match": "(rooty)-[0-9a-f]+", "output": "root"},
+        ]
+        python = readable_python(accounts)
+        configure_endpoint(
+            fabric.name,
+            settings={
+                "multi_user": True,
+                "identity_mapping": {"rules": rules},
+                "idle_shutdown_s": 4,
+                "status_period_s": 0.5,
+                "drain_timeout_s": 5,
+                **({"user_endpoint_python": python} if python else {}),
+            },
+        )
+        root = LocalEndpoint(fabric.name).paths.root
+        (root / "user_config_template.yaml.j2").write_text(TEMPLATE)
+        (root / "user_config_schema.json").write_text(json.dumps(SCHEMA))
+        try:
+            with fabric.client() as owner:
+                connection = register_endpoint(fabric.name, owner)
+                fabric.endpoint_id = str(connection.endpoint_id)
+                owner.set_endpoint_public(fabric.endpoint_id, True)  # sharing: who may submit
+                start_endpoint(fabric.name, detach=True)
+                wait_until(
+                    lambda: owner.get_endpoint_status(fabric.endpoint_id)["status"] == "online",
+                    timeout_s=30,
+                    what="the parent online",
+                )
+            yield fabric
+        finally:
+            if LocalEndpoint(fabric.name).pid() is not None:
+                stop_endpoint(fabric.name, timeout_s=30)
+            patch.undo()
+
+
+def who_am_i() -> tuple[int, str, str, str]:
+    import os
+    import pwd
+
+    return os.getuid(), pwd.getpwuid(os.getuid()).pw_name, os.getcwd(), os.environ.get("TF_LABEL", "")
+
+
+def try_to_read(paths: list[str]) -> list[str]:
+    """What happened opening each path: "PermissionError" (refused) or what was read."""
+    outcomes = []
+    for path in paths:
+        try:
+            if os.path.isdir(path):
+                outcomes.append(repr(os.listdir(path)))
+            else:
+                with open(path) as handle:
+                    outcomes.append(handle.read(20))
+        except PermissionError:
+            outcomes.append("PermissionError")
+    return outcomes
+
+
+def leave_a_mark(path: str) -> str:
+    with open(path, "w") as handle:
+        handle.write("ran")
+    return path
+
+
+def test_multi_user_tasks_run_as_the_mapped_accounts(multi_user: MultiUser, accounts: LocalAccounts) -> None:
+    seen = {}
+    for user, account in zip((multi_user.alice, multi_user.bob), accounts.names, strict=True):
+        with multi_user.client(user) as client, Executor(multi_user.endpoint_id, client=client) as executor:
+            seen[account] = executor.submit(who_am_i).result(timeout=90)
+    for account, (uid, name, cwd, _label) in seen.items():
+        entry = pwd.getpwnam(account)
+        assert (uid, name) == (entry.pw_uid, account) and uid != 0
+        assert cwd.startswith(entry.pw_dir + "/"), cwd
+    rows = {row["account"]: row for row in multi_user.user_endpoints()}
+    assert set(rows) >= set(accounts.names)
+    for account in accounts.names:
+        assert rows[account]["state"] == "running" and rows[account]["tasks"] >= 1 and rows[account]["started_at"]
+        process = subprocess.run(["ps", "-o", "user=", "-p", str(rows[account]["pid"])], capture_output=True, text=True)
+        assert process.stdout.strip() in (account, str(pwd.getpwnam(account).pw_uid))
+
+
+def test_multi_user_status_lists_user_endpoints_as_json(multi_user: MultiUser) -> None:
+    result = CliRunner().invoke(main, ["endpoint", "status", multi_user.name, "--json"], catch_exceptions=False)
+    info = json.loads(result.stdout)
+    assert info["service"]["status"] == "online"
+    assert {"user", "account", "state", "tasks", "started_at"} <= set(info["user_endpoints"][0])
+    table = CliRunner().invoke(main, ["endpoint", "status", multi_user.name], catch_exceptions=False)
+    assert "account" in table.stdout and multi_user.alice in table.stdout
+
+
+def test_multi_user_unmapped_user_gets_identity_not_mapped_and_nothing_runs(
+    multi_user: MultiUser, tmp_path: Path
+) -> None:
+    mark = tmp_path / "ran"
+    with multi_user.client(multi_user.carol) as client, Executor(multi_user.endpoint_id, client=client) as executor:
+        future = executor.submit(leave_a_mark, str(mark))
+        with pytest.raises(IdentityNotMapped, match=multi_user.endpoint_id):
+            future.result(timeout=60)
+    assert not mark.exists()
+    refused = [row for row in multi_user.user_endpoints() if row["user"] == multi_user.carol]
+    assert [row["state"] for row in refused] == ["refused"]
+
+
+def test_multi_user_mapping_to_root_is_refused(multi_user: MultiUser, tmp_path: Path) -> None:
+    mark = tmp_path / "ran"
+    with multi_user.client(multi_user.rooty) as client, Executor(multi_user.endpoint_id, client=client) as executor:
+        with pytest.raises(AccountNotAllowed, match="root"):
+            executor.submit(leave_a_mark, str(mark)).result(timeout=60)
+    assert not mark.exists()
+
+
+def test_multi_user_two_configs_start_two_processes_and_the_value_reaches_the_task(
+    multi_user: MultiUser, accounts: LocalAccounts
+) -> None:
+    labels = {}
+    for label in ("one", "two"):
+        with (
+            multi_user.client(multi_user.alice) as client,
+            Executor(multi_user.endpoint_id, client=client, user_endpoint_config={"label": label}) as executor,
+        ):
+            labels[label] = executor.submit(who_am_i).result(timeout=90)
+    assert {label: outcome[3] for label, outcome in labels.items()} == {"one": "one", "two": "two"}
+    mine = multi_user.user_endpoints(accounts.names[0])
+    assert len({row["endpoint_id"] for row in mine}) >= 3  # no config, "one", "two"
+
+
+def test_multi_user_schema_violation_is_refused_naming_the_field(multi_user: MultiUser) -> None:
+    with (
+        multi_user.client(multi_user.bob) as client,
+        Executor(multi_user.endpoint_id, client=client, user_endpoint_config={"label": "x; rm -rf ~"}) as executor,
+    ):
+        with pytest.raises(UserConfigInvalid, match=r"user_endpoint_config\.label"):
+            executor.submit(who_am_i).result(timeout=60)
+
+
+def test_multi_user_task_cannot_read_parent_credentials_or_another_users_folder(
+    multi_user: MultiUser, accounts: LocalAccounts
+) -> None:
+    parent = LocalEndpoint(multi_user.name).paths.connection
+    bob_rows = multi_user.user_endpoints(accounts.names[1])
+    assert bob_rows, "bob's user endpoint ran in an earlier test"
+    bob_folder = bob_rows[0]["folder"]
+    with multi_user.client(multi_user.alice) as client, Executor(multi_user.endpoint_id, client=client) as executor:
+        outcomes = executor.submit(try_to_read, [str(parent), bob_folder, f"{bob_folder}/connection.json"]).result(
+            timeout=90
+        )
+    assert outcomes == ["PermissionError"] * 3
+
+
+def test_multi_user_kill_9_of_a_user_endpoint_loses_no_task(multi_user: MultiUser, accounts: LocalAccounts) -> None:
+    with (
+        multi_user.client(multi_user.bob) as client,
+        Executor(multi_user.endpoint_id, client=client, user_endpoint_config={"label": "crash"}) as executor,
+    ):
+        first = executor.submit(who_am_i)
+        assert first.result(timeout=90)[3] == "crash"
+        row = next(row for row in multi_user.user_endpoints(accounts.names[1]) if row["state"] == "running")
+        pending = executor.submit(_sleep_then_who, 3.0)
+        wait_until(lambda: client.get_task(str(pending.task_id))["status"] == "running", timeout_s=60, what="running")
+        os.kill(row["pid"], signal.SIGKILL)
+        wait_until(
+            lambda: any(r["state"] == "crashed" for r in multi_user.user_endpoints(accounts.names[1])),
+            timeout_s=30,
+            what="the parent to see the crash",
+        )
+        after = executor.submit(who_am_i)  # the next task starts it again
+        assert after.result(timeout=90)[3] == "crash"
+        assert pending.result(timeout=90)[1] == accounts.names[1]
+
+
+def _sleep_then_who(seconds: float) -> tuple[int, str, str, str]:
+    import time
+
+    time.sleep(seconds)
+    return who_am_i()
+
+
+def test_multi_user_idle_user_endpoints_stop(multi_user: MultiUser, accounts: LocalAccounts) -> None:
+    with (
+        multi_user.client(multi_user.alice) as client,
+        Executor(multi_user.endpoint_id, client=client, user_endpoint_config={"label": "idle", "idle_s": 2}) as ex,
+    ):
+        ex.submit(who_am_i).result(timeout=90)
+    rows = wait_until(
+        lambda: [
+            row
+            for row in multi_user.user_endpoints(accounts.names[0])
+            if row["state"] == "stopped" and row["last_exit"] == 0
+        ],
+        timeout_s=60,
+        what="an idle user endpoint to stop",
+    )
+    assert rows and rows[0]["pid"] is None
+
+
+def test_multi_user_stop_stops_every_user_endpoint_and_delete_deletes_them(multi_user: MultiUser) -> None:
+    running = [row for row in multi_user.user_endpoints() if row["state"] == "running"]
+    assert running
+    result = CliRunner().invoke(main, ["endpoint", "stop", multi_user.name], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = multi_user.user_endpoints()
+    assert all(row["state"] in ("stopped", "refused", "crashed") for row in rows), rows
+    for row in running:
+        assert subprocess.run(["kill", "-0", str(row["pid"])], capture_output=True).returncode != 0
+    children = [row["endpoint_id"] for row in rows if row["state"] != "refused"]
+    with multi_user.client() as owner:
+        owner.delete_endpoint(multi_user.endpoint_id)
+        for child in children:
+            with pytest.raises(Exception, match="404|no endpoint"):
+                owner.get_endpoint(child)
