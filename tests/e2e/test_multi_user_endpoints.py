@@ -56,7 +56,7 @@ heartbeat_period_s: 0.5
 heartbeat_threshold_s: 3.0
 status_period_s: 0.5
 drain_timeout_s: 5
-idle_shutdown_s: {{ idle_s | default(4) }}
+idle_shutdown_s: {{ idle_s | default(30) }}
 scaling:
   workers_per_node: 1
   strategy_period_s: 0.5
@@ -151,7 +151,7 @@ def multi_user(
             settings={
                 "multi_user": True,
                 "identity_mapping": {"rules": rules},
-                "idle_shutdown_s": 4,
+                "idle_shutdown_s": 30,
                 "status_period_s": 0.5,
                 "drain_timeout_s": 5,
                 **({"user_endpoint_python": python} if python else {}),
@@ -300,7 +300,11 @@ def test_multi_user_kill_9_of_a_user_endpoint_loses_no_task(multi_user: MultiUse
         assert first.result(timeout=90)[3] == "crash"
         row = next(row for row in multi_user.user_endpoints(accounts.names[1]) if row["state"] == "running")
         pending = executor.submit(_sleep_then_who, 3.0)
-        wait_until(lambda: client.get_task(str(pending.task_id))["status"] == "running", timeout_s=60, what="running")
+        wait_until(
+            lambda: pending.task_id is not None and client.get_task(str(pending.task_id))["status"] == "running",
+            timeout_s=60,
+            what="the task running",
+        )
         os.kill(row["pid"], signal.SIGKILL)
         wait_until(
             lambda: any(r["state"] == "crashed" for r in multi_user.user_endpoints(accounts.names[1])),
