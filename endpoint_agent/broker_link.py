@@ -38,11 +38,11 @@ from taskfabric.inbox import Inbox
 from taskfabric.logs import wrap_with_logs
 from taskfabric.protocol import (
     CancelTasks,
-    StartUserEndpoint,
     EndpointStatus,
     FunctionBody,
     Result,
     ResultBatch,
+    StartUserEndpoint,
     Task,
     TaskBatch,
     TaskEvents,

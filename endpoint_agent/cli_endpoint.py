@@ -175,8 +175,12 @@ def _print_user_endpoints(rows: list[dict[str, Any]]) -> None:
         return
     click.echo(f"{'user':24} {'account':16} {'state':9} {'tasks':>5}  {'started':19}  pid")
     for row in rows:
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["started_at"])) if row.get("started_at") else "-"
-        line = f"{row['user']:24} {row.get('account') or '-':16} {row['state']:9} {row.get('tasks', 0):>5}  {started:19}"
+        started = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["started_at"])) if row.get("started_at") else "-"
+        )
+        line = (
+            f"{row['user']:24} {row.get('account') or '-':16} {row['state']:9} {row.get('tasks', 0):>5}  {started:19}"
+        )
         click.echo(f"{line}  {row.get('pid') or '-'}" + (f"  {row['error']}" if row.get("error") else ""))
 
 

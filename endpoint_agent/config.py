@@ -202,7 +202,8 @@ class EndpointConfig:
         help=(
             "multi_user only: how a submitter becomes a local account. `rules`: an ordered list of {source "
             "(username, identity_username or identity_sub; default username), match (a regular expression the "
-            "whole value must match), output (the account; {0}: the first group, or the whole match without groups; {name}: a named group)}; or "
+            "whole value must match), output (the account; {0}: the first group, or the whole match without "
+            "groups; {name}: a named group)}; or "
             "`program`: a command that reads the identity as JSON on stdin and prints the account."
         ),
     )

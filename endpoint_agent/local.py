@@ -38,8 +38,8 @@ from taskfabric.endpoint_agent.supervisor import read_state as read_supervisor_s
 from taskfabric.errors import ConfigError, NotFoundError, ServiceError, TaskfabricError
 from taskfabric.paths import taskfabric_home
 from taskfabric.processes import pid_alive
-from taskfabric.settings import load_yaml
 from taskfabric.secret_env import without_secrets
+from taskfabric.settings import load_yaml
 
 if TYPE_CHECKING:  # imported where used: it brings Parsl (~1 s of CPU) that status commands do not need
     from taskfabric.endpoint_agent.config import EndpointConfig

@@ -161,7 +161,9 @@ def _user_endpoint_config(value: Any) -> dict[str, Any] | None:
     try:
         size = len(json.dumps(value, separators=(",", ":"), allow_nan=False))
     except (TypeError, ValueError, RecursionError):
-        raise invalid("user_endpoint_config: expected JSON values only (strings, numbers, booleans, lists, maps)") from None
+        raise invalid(
+            "user_endpoint_config: expected JSON values only (strings, numbers, booleans, lists, maps)"
+        ) from None
     if size > MAX_USER_ENDPOINT_CONFIG_BYTES:
         raise too_large("user_endpoint_config", size, MAX_USER_ENDPOINT_CONFIG_BYTES, "MAX_USER_ENDPOINT_CONFIG_BYTES")
     return value

@@ -55,6 +55,7 @@ import enum
 
 __all__ = [
     "AccessRefused",
+    "AccountNotAllowed",
     "AuthenticationError",
     "BrokerError",
     "BrokerUnavailable",
@@ -65,8 +66,6 @@ __all__ = [
     "ErrorCode",
     "FunctionNotAllowed",
     "IdentityNotMapped",
-    "AccountNotAllowed",
-    "UserConfigInvalid",
     "InvalidRequest",
     "LedgerError",
     "ManagerLost",
@@ -92,6 +91,7 @@ __all__ = [
     "TaskQueueLost",
     "TaskfabricError",
     "Unroutable",
+    "UserConfigInvalid",
     "UserDeleted",
     "UserDisabled",
     "WalltimeExceeded",

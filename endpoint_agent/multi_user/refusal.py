@@ -41,7 +41,9 @@ def refuse_waiting_tasks(connection: EndpointConnection, code: ErrorCode, messag
                 break
             now = time.time()
             results = [
-                Result(task_id=task.task_id, ok=False, error=TaskError(code=code.value, message=message), finished_at=now)
+                Result(
+                    task_id=task.task_id, ok=False, error=TaskError(code=code.value, message=message), finished_at=now
+                )
                 for task in batch.tasks
             ]
             errors = [link.outcomes.get(timeout=_CONFIRM_S).error for _ in link.publish_results(results)]

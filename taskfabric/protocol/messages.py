@@ -355,6 +355,7 @@ Message = (
     | ResultBatch
     | TaskEvents
     | CancelTasks
+    | StartUserEndpoint
     | EndpointStatus
     | ManagerRegister
     | ManagerAccepted

@@ -37,7 +37,9 @@ class LocalAccounts:
     def __enter__(self) -> LocalAccounts:
         try:
             for name in self.names:
-                subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True, capture_output=True)
+                subprocess.run(
+                    ["useradd", "--create-home", "--shell", "/bin/sh", name], check=True, capture_output=True
+                )
                 self._created.append(name)
                 os.chmod(pwd.getpwnam(name).pw_dir, 0o700)
         except BaseException:

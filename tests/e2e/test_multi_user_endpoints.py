@@ -23,8 +23,8 @@ import pytest
 from click.testing import CliRunner
 
 from taskfabric.cli import main
-from taskfabric.client.config import ClientConfig
 from taskfabric.client import AccountNotAllowed, Client, Executor, IdentityNotMapped, UserConfigInvalid
+from taskfabric.client.config import ClientConfig
 from taskfabric.endpoint_agent.local import (
     LocalEndpoint,
     configure_endpoint,
@@ -219,7 +219,9 @@ def test_multi_user_tasks_run_as_the_mapped_accounts(multi_user: MultiUser, acco
     assert set(rows) >= set(accounts.names)
     for account in accounts.names:
         assert rows[account]["state"] == "running" and rows[account]["tasks"] >= 1 and rows[account]["started_at"]
-        process = subprocess.run(["ps", "-o", "user=", "-p", str(rows[account]["pid"])], capture_output=True, text=True)
+        process = subprocess.run(
+            ["ps", "-o", "user=", "-p", str(rows[account]["pid"])], capture_output=True, text=True, check=False
+        )
         assert process.stdout.strip() in (account, str(pwd.getpwnam(account).pw_uid))
 
 
@@ -247,9 +249,12 @@ def test_multi_user_unmapped_user_gets_identity_not_mapped_and_nothing_runs(
 
 def test_multi_user_mapping_to_root_is_refused(multi_user: MultiUser, tmp_path: Path) -> None:
     mark = tmp_path / "ran"
-    with multi_user.client(multi_user.rooty) as client, Executor(multi_user.endpoint_id, client=client) as executor:
-        with pytest.raises(AccountNotAllowed, match="root"):
-            executor.submit(leave_a_mark, str(mark)).result(timeout=60)
+    with (
+        multi_user.client(multi_user.rooty) as client,
+        Executor(multi_user.endpoint_id, client=client) as executor,
+        pytest.raises(AccountNotAllowed, match="root"),
+    ):
+        executor.submit(leave_a_mark, str(mark)).result(timeout=60)
     assert not mark.exists()
 
 
@@ -272,9 +277,9 @@ def test_multi_user_schema_violation_is_refused_naming_the_field(multi_user: Mul
     with (
         multi_user.client(multi_user.bob) as client,
         Executor(multi_user.endpoint_id, client=client, user_endpoint_config={"label": "x; rm -rf ~"}) as executor,
+        pytest.raises(UserConfigInvalid, match=r"user_endpoint_config\.label"),
     ):
-        with pytest.raises(UserConfigInvalid, match=r"user_endpoint_config\.label"):
-            executor.submit(who_am_i).result(timeout=60)
+        executor.submit(who_am_i).result(timeout=60)
 
 
 def test_multi_user_task_cannot_read_parent_credentials_or_another_users_folder(
@@ -349,10 +354,10 @@ def test_multi_user_stop_stops_every_user_endpoint_and_delete_deletes_them(multi
     rows = multi_user.user_endpoints()
     assert all(row["state"] in ("stopped", "refused", "crashed") for row in rows), rows
     for row in running:
-        assert subprocess.run(["kill", "-0", str(row["pid"])], capture_output=True).returncode != 0
+        assert subprocess.run(["kill", "-0", str(row["pid"])], capture_output=True, check=False).returncode != 0
     children = [row["endpoint_id"] for row in rows if row["state"] != "refused"]
     with multi_user.client() as owner:
         owner.delete_endpoint(multi_user.endpoint_id)
         for child in children:
-            with pytest.raises(Exception, match="404|no endpoint"):
+            with pytest.raises(Exception, match=r"404|no endpoint"):
                 owner.get_endpoint(child)
