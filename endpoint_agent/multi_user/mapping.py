@@ -82,7 +82,9 @@ class IdentityMapping:
         if ("rules" in data) == ("program" in data):
             raise ValueError("identity_mapping: give exactly one of `rules` or `program`")
         program = _program(data["program"]) if "program" in data else None
-        rules = tuple(_rule(item, index) for index, item in enumerate(_rule_list(data.get("rules", []))))
+        rules = (
+            tuple(_rule(item, index) for index, item in enumerate(_rule_list(data["rules"]))) if program is None else ()
+        )
         return cls(rules=rules, program=program, deny_accounts=frozenset(deny_accounts) | {"root"})
 
     def account_for(self, identity: UserIdentity) -> pwd.struct_passwd:
