@@ -226,6 +226,14 @@ class EndpointConfig:
         ),
     )
 
+    user_endpoint_environment: dict[str, str] = setting(
+        default_factory=dict,
+        help=(
+            "multi_user only: environment variables user endpoint processes get on top of the minimal one (HOME, "
+            "USER, LOGNAME, SHELL, PATH, LANG), e.g. SLURM_CONF. Never put credentials here: tasks can read them."
+        ),
+    )
+
     def __post_init__(self) -> None:
         _function_ids(self.allowed_functions)  # every item is a function id, now
         if self.heartbeat_threshold_s < 2 * self.heartbeat_period_s:

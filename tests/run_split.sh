@@ -19,7 +19,7 @@ mkdir -p build
 temporary=$(mktemp -d /tmp/taskfabric-tests-XXXXXX)
 
 slurm_files=(tests/integration/test_blocks_slurm.py tests/integration/test_slurm_cluster.py
-  tests/integration/test_elastic_endpoints.py)
+  tests/integration/test_elastic_endpoints.py tests/integration/test_multi_user_slurm.py)
 group_a=(tests/e2e "${slurm_files[@]}")
 group_b=(tests/faults tests/integration tests/unit)
 for file in "${slurm_files[@]}"; do group_b+=(--ignore="$file"); done

@@ -70,9 +70,10 @@ class UserEndpointProcess:
 class UserEndpoints:
     """The parent's table of user endpoint processes."""
 
-    def __init__(self, state_file: Path, command: list[str]) -> None:
+    def __init__(self, state_file: Path, command: list[str], *, environment: dict[str, str] | None = None) -> None:
         self._state_file = state_file
         self._command = command
+        self._environment = dict(environment or {})
         self.processes: dict[uuid.UUID, UserEndpointProcess] = {}
         self.refused: dict[uuid.UUID, dict[str, Any]] = {}
 
@@ -86,7 +87,9 @@ class UserEndpoints:
         if previous is not None:
             entry.submits, entry.restarts = previous.submits, previous.restarts + 1
         command = [*self._command, "agent", "run", "--endpoint-dir", str(entry.folder), "--quiet"]
-        entry.process = start_as(entry.account, command, cwd=entry.account.home, log_file=entry.folder / "process.log")
+        entry.process = start_as(
+            entry.account, command, cwd=entry.account.home, log_file=entry.folder / "process.log", env=self._environment
+        )
         entry.state, entry.started_at = "running", time.time()
         self.processes[entry.endpoint_id] = entry
         self.refused.pop(entry.endpoint_id, None)

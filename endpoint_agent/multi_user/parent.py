@@ -75,7 +75,9 @@ class MultiUserAgent:
             ssl_context=connection.broker_ssl_context(config.broker_ca_file),
         )
         python = config.user_endpoint_python or sys.executable
-        self.children = UserEndpoints(paths.root / STATE_FILE, [python, "-m", "taskfabric"])
+        self.children = UserEndpoints(
+            paths.root / STATE_FILE, [python, "-m", "taskfabric"], environment=config.user_endpoint_environment
+        )
         self.stopping = False
         self._last_status = 0.0
         self._status_period_s = min(config.status_period_s, connection.status_period_s or config.status_period_s)

@@ -10,45 +10,30 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import cloudpickle
 import pytest
 from click.testing import CliRunner
 
 from taskfabric.cli import main
-from taskfabric.client import AccountNotAllowed, Client, Executor, IdentityNotMapped, UserConfigInvalid
-from taskfabric.client.config import ClientConfig
+from taskfabric.client import AccountNotAllowed, Executor, IdentityNotMapped, UserConfigInvalid
 from taskfabric.endpoint_agent.local import (
     LocalEndpoint,
-    configure_endpoint,
-    endpoint_status,
-    register_endpoint,
-    start_endpoint,
-    stop_endpoint,
 )
-from taskfabric.forwarder import ForwarderSettings, create_token, create_user
-from taskfabric.forwarder.testing import ForwarderProcess
-from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
-from taskfabric.testing.accounts import LocalAccounts, readable_python
+from taskfabric.testing import BrokerUnderTest, wait_until
+from taskfabric.testing.accounts import LocalAccounts
+from taskfabric.testing.multi_user import MultiUserFabric as MultiUser
+from taskfabric.testing.multi_user import multi_user_fabric
 
 pytestmark = pytest.mark.slow
 
 # the tasks run as accounts that cannot import this test module: its functions travel by value
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-FORWARDER_SETTINGS: dict[str, Any] = {
-    "status_period_s": 0.5,
-    "endpoint_offline_after_s": 3.0,
-    "status_flush_s": 0.2,
-    "confirm_timeout_s": 10.0,
-}
 
 #: the user config template: the user's label reaches the tasks through worker_init
 TEMPLATE = """\
@@ -78,40 +63,6 @@ SCHEMA = {
 }
 
 
-class MultiUser:
-    """The module's fabric: a forwarder, a parent endpoint, accounts and taskfabric users."""
-
-    def __init__(self, forwarder: ForwarderProcess, settings: ForwarderSettings, home: Path) -> None:
-        self.forwarder = forwarder
-        self.settings = settings
-        self.home = home
-        self.owner = unique_name("admin")
-        create_user(settings, self.owner)
-        self.owner_token = create_token(settings, self.owner)
-        self.tokens: dict[str, str] = {}
-        self.name = unique_name("mu")
-        self.endpoint_id = ""
-        self.alice, self.bob = self.user("alice"), self.user("bob")
-        self.carol = self.user("carol")  # no mapping rule
-        self.rooty = self.user("rooty")  # mapped to root
-
-    def user(self, stem: str) -> str:
-        name = unique_name(stem)
-        create_user(self.settings, name)
-        self.tokens[name] = create_token(self.settings, name)
-        return name
-
-    def client(self, user: str | None = None) -> Client:
-        return Client(url=self.forwarder.url, token=self.tokens[user] if user else self.owner_token)
-
-    def status(self) -> dict[str, Any]:
-        return endpoint_status(self.name, self.client)
-
-    def user_endpoints(self, account: str | None = None) -> list[dict[str, Any]]:
-        rows = self.status().get("user_endpoints") or []
-        return [row for row in rows if account is None or row.get("account") == account]
-
-
 @pytest.fixture(scope="module")
 def accounts() -> Iterator[LocalAccounts]:
     with LocalAccounts(prefix="tfmu", count=2) as made:
@@ -122,60 +73,9 @@ def accounts() -> Iterator[LocalAccounts]:
 def multi_user(
     broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory, accounts: LocalAccounts
 ) -> Iterator[MultiUser]:
-    assert os.geteuid() == 0, "multi-user endpoints are tested as root (CI runs as root)"
-    assert broker.management_url
     folder = tmp_path_factory.mktemp("fabric-multi-user")
-    values = {
-        **FORWARDER_SETTINGS,
-        "database_url": f"sqlite:///{folder / 'fw.db'}",
-        "amqp_url": broker.amqp_url,
-        "management_url": broker.management_url,
-        "topology_prefix": unique_name("e2e-mu"),
-    }
-    home = folder / "home"
-    patch = pytest.MonkeyPatch()
-    patch.setenv("TASKFABRIC_HOME", str(home))
-    settings = ForwarderSettings.from_mapping(values)
-    with ForwarderProcess(folder / "forwarder", values) as forwarder:
-        fabric = MultiUser(forwarder, settings, home)
-        ClientConfig(url=forwarder.url, token=fabric.owner_token).save()  # the CLI is the administrator
-        account_a, account_b = accounts.names
-        rules = [
-            {"match": re.escape(fabric.alice), "output": account_a},
-            {"match": re.escape(fabric.bob), "output": account_b},
-            {"source": "username", "match": "(rooty)-[0-9a-f]+", "output": "root"},
-        ]
-        python = readable_python(accounts)
-        configure_endpoint(
-            fabric.name,
-            settings={
-                "multi_user": True,
-                "identity_mapping": {"rules": rules},
-                "idle_shutdown_s": 30,
-                "status_period_s": 0.5,
-                "drain_timeout_s": 5,
-                **({"user_endpoint_python": python} if python else {}),
-            },
-        )
-        root = LocalEndpoint(fabric.name).paths.root
-        (root / "user_config_template.yaml.j2").write_text(TEMPLATE)
-        (root / "user_config_schema.json").write_text(json.dumps(SCHEMA))
-        try:
-            with fabric.client() as owner:
-                connection = register_endpoint(fabric.name, owner)
-                fabric.endpoint_id = str(connection.endpoint_id)
-                owner.set_endpoint_public(fabric.endpoint_id, True)  # sharing: who may submit
-                start_endpoint(fabric.name, detach=True)
-                wait_until(
-                    lambda: owner.get_endpoint_status(fabric.endpoint_id)["status"] == "online",
-                    timeout_s=30,
-                    what="the parent online",
-                )
-            yield fabric
-        finally:
-            if LocalEndpoint(fabric.name).pid() is not None:
-                stop_endpoint(fabric.name, timeout_s=30)
-            patch.undo()
+    with multi_user_fabric(broker, folder, accounts, template=TEMPLATE, schema=SCHEMA) as fabric:
+        yield fabric
 
 
 def who_am_i() -> tuple[int, str, str, str]:
