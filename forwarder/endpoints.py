@@ -253,12 +253,14 @@ class EndpointRegistry:
 
     async def announce_user_endpoint(self, parent: EndpointRecord, child: EndpointRecord, key: UserEndpointKey) -> None:
         """Send the parent a `StartUserEndpoint` with freshly keyed access to the child's queues
-        only (rate-limited per child; the parent ignores it while the child runs)."""
-        if self._announced.get(child.endpoint_id):
+        only, unless the child reports online (it takes its tasks; re-keying it would make its
+        in-memory password stale). Rate-limited per child."""
+        if self._announced.get(child.endpoint_id) or self._online(child.endpoint_id):
             return
         self._announced.put(child.endpoint_id, True)
         queues = self._broker.queues_of(child.endpoint_id, child.queue_secret)
-        # revoke_old=False: a running child keeps its connection; a restarted one uses the new key
+        # revoke_old=False: a process still starting keeps its connection (the parent gives it
+        # the new key for its next start)
         password = await self._blocking(self._broker.issue_credentials, child.endpoint_id, queues, revoke_old=False)
         command = StartUserEndpoint(
             endpoint_id=child.endpoint_id,
@@ -278,6 +280,13 @@ class EndpointRegistry:
             # the tasks are safe in the child's queue; the next submit announces it again
             self._announced.discard(child.endpoint_id)
             log.warning("could not send the start command of user endpoint %s: %s", child.endpoint_id, exc)
+
+    def _online(self, endpoint_id: uuid.UUID) -> bool:
+        """Whether the endpoint's latest report (seen by this replica) says online, and is fresh."""
+        report = self._statuses.latest(endpoint_id)
+        if report is None or report.state != "online" or report.last_heartbeat_at is None:
+            return False
+        return time.time() - report.last_heartbeat_at < self._settings.endpoint_offline_after_s
 
     async def _delete_user_endpoints(self, identity: Identity, parent_id: uuid.UUID) -> int:
         """Delete the user endpoints of a deleted parent; returns how many tasks were failed."""

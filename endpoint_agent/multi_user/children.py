@@ -3,8 +3,9 @@
 
 One process per user endpoint id (the forwarder derives it from parent, user and config). A start
 command for a running one changes nothing; for one that exited (idle, crashed or killed) it starts
-it again, so a crashed user endpoint comes back with the user's next task, and the tasks it held
-(unacked, back in its queue; or in its ledger) run then.
+it again. A crashed one (non-zero exit, or killed) is also started again at once, at most
+`CRASH_RESTARTS` times in `CRASH_WINDOW_S` (then with the user's next task): the tasks it held
+(unacked, back in its queue; or in its ledger) run again either way.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ __all__ = ["STATE_FILE", "UserEndpointProcess", "UserEndpoints", "read_user_endp
 log = logging.getLogger(__name__)
 
 STATE_FILE = "user_endpoints.json"
+#: immediate restarts of a crashed user endpoint allowed per window
+CRASH_RESTARTS = 3
+CRASH_WINDOW_S = 300.0
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -45,6 +49,14 @@ class UserEndpointProcess:
     last_exit: int | None = None
     error: str = ""
     process: subprocess.Popen[bytes] | None = None
+    crash_restarts: list[float] = dataclasses.field(default_factory=list)
+
+    def may_restart_after_crash(self, now: float) -> bool:
+        self.crash_restarts = [at for at in self.crash_restarts if now - at < CRASH_WINDOW_S]
+        if len(self.crash_restarts) >= CRASH_RESTARTS:
+            return False
+        self.crash_restarts.append(now)
+        return True
 
     @property
     def alive(self) -> bool:
@@ -84,8 +96,11 @@ class UserEndpoints:
     def start(self, entry: UserEndpointProcess) -> None:
         """Start (or start again) the process of `entry` as its account."""
         previous = self.processes.get(entry.endpoint_id)
-        if previous is not None:
+        if previous is not None and previous is not entry:
             entry.submits, entry.restarts = previous.submits, previous.restarts + 1
+            entry.crash_restarts = previous.crash_restarts
+        elif previous is entry:
+            entry.restarts += 1
         command = [*self._command, "agent", "run", "--endpoint-dir", str(entry.folder), "--quiet"]
         entry.process = start_as(
             entry.account, command, cwd=entry.account.home, log_file=entry.folder / "process.log", env=self._environment
@@ -102,17 +117,26 @@ class UserEndpoints:
         )
         self.save()
 
-    def reap(self) -> None:
-        """Note the processes that exited (idle stops exit 0; anything else counts as a crash)."""
-        changed = False
+    def reap(self) -> list[UserEndpointProcess]:
+        """Note the processes that exited (idle stops exit 0; anything else counts as a crash);
+        returns those that crashed now."""
+        crashed = []
         for entry in self.processes.values():
             if entry.state == "running" and entry.process is not None and entry.process.poll() is not None:
                 entry.last_exit = entry.process.returncode
                 entry.state = "stopped" if entry.last_exit == 0 else "crashed"
                 log.info("user endpoint %s (%s) exited: %s", entry.endpoint_id, entry.account.name, entry.last_exit)
-                changed = True
-        if changed:
-            self.save()
+                if entry.state == "crashed":
+                    crashed.append(entry)
+                self.save()
+        return crashed
+
+    def restart_crashed(self, now: float) -> None:
+        """Start the user endpoints that crashed just now again (within their restart budget)."""
+        for entry in self.reap():
+            if entry.may_restart_after_crash(now):
+                log.warning("user endpoint %s crashed (exit %s): starting it again", entry.endpoint_id, entry.last_exit)
+                self.start(entry)
 
     def stop_all(self, *, timeout_s: float) -> None:
         """SIGTERM every running process (each drains like any agent), SIGKILL what is left."""

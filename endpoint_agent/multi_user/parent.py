@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from taskfabric import __version__
+from taskfabric.broker_config import endpoint_id_of_username
 from taskfabric.endpoint_agent.broker_link import EndpointBrokerLink
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.connection import EndpointConnection
@@ -103,7 +104,8 @@ class MultiUserAgent:
             except BrokerError as exc:
                 log.warning("cannot consume the control queue yet: %s", exc)
         self.handle_commands()
-        self.children.reap()
+        if not self.stopping:
+            self.children.restart_crashed(time.time())
         self.report_status(time.monotonic())
 
     def _wait(self, timeout_s: float) -> None:
@@ -141,10 +143,14 @@ class MultiUserAgent:
             if command.parent_endpoint_id != self.connection.endpoint_id:
                 log.warning("ignoring a start command for another parent (%s)", command.parent_endpoint_id)
                 return
+            if not _from_the_service(delivery):
+                log.warning("ignoring a start command published by %r, not by the service", delivery.user_id)
+                return
             known = self.children.processes.get(command.endpoint_id)
             if known is not None:
                 known.submits += 1
-                if known.alive:
+                if known.alive:  # it takes its tasks; keep the fresh key for its next start
+                    self._save_connection(known.folder, known.account, command)
                     return
             self._start(command)
         except MappingRefused as refused:
@@ -169,8 +175,7 @@ class MultiUserAgent:
         rendered = self._child_config(variables)
         folder = self._folder(account, command)
         write_account_file(folder, "config.yaml", json.dumps(rendered, indent=2), account)
-        connection = EndpointConnection.of(command.endpoint_id, command.broker)
-        write_account_file(folder, "connection.json", _connection_json(connection), account)
+        self._save_connection(folder, account, command)
         entry = UserEndpointProcess(
             endpoint_id=command.endpoint_id,
             user=command.user,
@@ -180,6 +185,10 @@ class MultiUserAgent:
             submits=1,
         )
         self.children.start(entry)
+
+    def _save_connection(self, folder: Path, account: LocalAccount, command: StartUserEndpoint) -> None:
+        connection = EndpointConnection.of(command.endpoint_id, command.broker)
+        write_account_file(folder, "connection.json", _connection_json(connection), account)
 
     def _child_config(self, variables: dict[str, Any]) -> dict[str, Any]:
         rendered = self.template.render(variables)
@@ -228,6 +237,13 @@ class MultiUserAgent:
             agent_version=__version__,
             scaling=f"multi-user: {running} user endpoint processes running",
         )
+
+
+def _from_the_service(delivery: Delivery) -> bool:
+    """Published by the service's own broker user (the broker checks `user_id`), never by an
+    endpoint's: a user endpoint's credentials may publish to the tasks exchange (to hand tasks
+    back), so a command from one must not make the parent start processes."""
+    return bool(delivery.user_id) and endpoint_id_of_username(delivery.user_id) is None
 
 
 def _variables(text: str) -> dict[str, Any]:

@@ -211,14 +211,18 @@ def test_multi_user_kill_9_of_a_user_endpoint_loses_no_task(multi_user: MultiUse
             what="the task running",
         )
         os.kill(row["pid"], signal.SIGKILL)
-        wait_until(
-            lambda: any(r["state"] == "crashed" for r in multi_user.user_endpoints(accounts.names[1])),
+        restarted = wait_until(
+            lambda: [
+                r
+                for r in multi_user.user_endpoints(accounts.names[1])
+                if r["endpoint_id"] == row["endpoint_id"] and r["state"] == "running" and r["pid"] != row["pid"]
+            ],
             timeout_s=30,
-            what="the parent to see the crash",
+            what="the parent to start the crashed user endpoint again",
         )
-        after = executor.submit(who_am_i)  # the next task starts it again
-        assert after.result(timeout=90)[3] == "crash"
-        assert pending.result(timeout=90)[1] == accounts.names[1]
+        assert restarted[0]["restarts"] >= 1 and restarted[0]["last_exit"] == -signal.SIGKILL
+        assert pending.result(timeout=90)[1] == accounts.names[1]  # the task it held ran again
+        assert executor.submit(who_am_i).result(timeout=90)[3] == "crash"
 
 
 def _sleep_then_who(seconds: float) -> tuple[int, str, str, str]:
@@ -228,22 +232,28 @@ def _sleep_then_who(seconds: float) -> tuple[int, str, str, str]:
     return who_am_i()
 
 
-def test_multi_user_idle_user_endpoints_stop(multi_user: MultiUser, accounts: LocalAccounts) -> None:
+def test_multi_user_idle_user_endpoints_stop_and_start_again_with_the_next_task(
+    multi_user: MultiUser, accounts: LocalAccounts
+) -> None:
+    config = {"label": "idle", "idle_s": 2}
     with (
         multi_user.client(multi_user.alice) as client,
-        Executor(multi_user.endpoint_id, client=client, user_endpoint_config={"label": "idle", "idle_s": 2}) as ex,
+        Executor(multi_user.endpoint_id, client=client, user_endpoint_config=config) as executor,
     ):
-        ex.submit(who_am_i).result(timeout=90)
-    rows = wait_until(
-        lambda: [
-            row
-            for row in multi_user.user_endpoints(accounts.names[0])
-            if row["state"] == "stopped" and row["last_exit"] == 0
-        ],
-        timeout_s=60,
-        what="an idle user endpoint to stop",
-    )
-    assert rows and rows[0]["pid"] is None
+        executor.submit(who_am_i).result(timeout=90)
+        stopped = wait_until(
+            lambda: [
+                row
+                for row in multi_user.user_endpoints(accounts.names[0])
+                if row["state"] == "stopped" and row["last_exit"] == 0
+            ],
+            timeout_s=60,
+            what="an idle user endpoint to stop",
+        )
+        assert stopped[0]["pid"] is None
+        assert executor.submit(who_am_i).result(timeout=90)[3] == "idle"  # started again for it
+    again = [row for row in multi_user.user_endpoints() if row["endpoint_id"] == stopped[0]["endpoint_id"]]
+    assert again[0]["restarts"] >= 1
 
 
 def test_multi_user_stop_stops_every_user_endpoint_and_delete_deletes_them(multi_user: MultiUser) -> None:
