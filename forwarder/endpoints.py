@@ -268,6 +268,7 @@ class EndpointRegistry:
             user=key.username,
             user_id=key.user_id,
             identity_username=key.username,
+            identity_sub=key.identity_sub,
             user_endpoint_config_json=json.dumps(key.config, sort_keys=True),
             broker=self._credentials(child, queues, password),
             sent_at=time.time(),

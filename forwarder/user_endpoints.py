@@ -72,12 +72,14 @@ def config_digest(user_endpoint_config: dict[str, Any] | None) -> str:
 class UserEndpointKey:
     """What names one user endpoint: the parent, the submitter and their config."""
 
-    __slots__ = ("config", "digest", "parent_id", "user_id", "username")
+    __slots__ = ("config", "digest", "identity_sub", "parent_id", "user_id", "username")
 
     def __init__(self, parent_id: uuid.UUID, identity: Identity, config: dict[str, Any] | None) -> None:
         self.parent_id = parent_id
         self.user_id = identity.user_id
         self.username = identity.username
+        #: a Globus user's id is their identity's `sub` (forwarder/auth/globus.py)
+        self.identity_sub = str(identity.user_id) if identity.auth == "globus" else ""
         self.config = config or {}
         self.digest = config_digest(config)
 

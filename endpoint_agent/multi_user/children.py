@@ -14,12 +14,15 @@ import dataclasses
 import json
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from taskfabric.endpoint_agent.multi_user.privilege import LocalAccount, start_as
 from taskfabric.private_files import write_private
@@ -50,6 +53,8 @@ class UserEndpointProcess:
     error: str = ""
     process: subprocess.Popen[bytes] | None = None
     crash_restarts: list[float] = dataclasses.field(default_factory=list)
+    #: a process an earlier run of the parent started (found by its pid file): watched, not waited for
+    adopted_pid: int | None = None
 
     def may_restart_after_crash(self, now: float) -> bool:
         self.crash_restarts = [at for at in self.crash_restarts if now - at < CRASH_WINDOW_S]
@@ -60,7 +65,15 @@ class UserEndpointProcess:
 
     @property
     def alive(self) -> bool:
+        if self.adopted_pid is not None:
+            return _running_as(self.adopted_pid, self.account.uid)
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        if self.adopted_pid is not None:
+            return self.adopted_pid if self.alive else None
+        return self.process.pid if self.process is not None and self.alive else None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -69,7 +82,7 @@ class UserEndpointProcess:
             "account": self.account.name,
             "uid": self.account.uid,
             "state": self.state,
-            "pid": self.process.pid if self.alive and self.process is not None else None,
+            "pid": self.pid,
             "started_at": self.started_at,
             "tasks": self.submits,
             "restarts": self.restarts,
@@ -93,8 +106,47 @@ class UserEndpoints:
         known = self.processes.get(endpoint_id)
         return known is not None and known.alive
 
+    def recover(self) -> int:
+        """After a restart of the parent (a crash, or its supervisor): take over the processes
+        its state file lists as running and that still run as their account; returns how many."""
+        adopted = 0
+        for row in read_user_endpoints(self._state_file.parent):
+            if row.get("state") != "running" or not row.get("account") or not row.get("folder"):
+                continue
+            try:
+                account = LocalAccount.of(pwd.getpwnam(str(row["account"])))
+                entry = UserEndpointProcess(
+                    endpoint_id=uuid.UUID(str(row["endpoint_id"])),
+                    user=str(row.get("user", "")),
+                    account=account,
+                    folder=Path(str(row["folder"])),
+                    config_digest=str(row.get("config_digest", "")),
+                    submits=int(row.get("tasks") or 0),
+                )
+            except (KeyError, ValueError, TypeError):
+                continue
+            adopted += self.adopt(entry)
+        return adopted
+
+    def adopt(self, entry: UserEndpointProcess) -> bool:
+        """Take over the process an earlier run of this parent left running for `entry` (its
+        agent.pid, alive as the account): True when there is one, so none is started beside it
+        (two agents would share one ledger)."""
+        try:
+            pid = int((entry.folder / "agent.pid").read_text().strip())
+        except (OSError, ValueError):
+            return False
+        if not _running_as(pid, entry.account.uid):
+            return False
+        entry.adopted_pid, entry.state, entry.started_at = pid, "running", time.time()
+        self.processes[entry.endpoint_id] = entry
+        log.info("adopted user endpoint %s (pid %d) left by an earlier run", entry.endpoint_id, pid)
+        self.save()
+        return True
+
     def start(self, entry: UserEndpointProcess) -> None:
         """Start (or start again) the process of `entry` as its account."""
+        entry.adopted_pid = None
         previous = self.processes.get(entry.endpoint_id)
         if previous is not None and previous is not entry:
             entry.submits, entry.restarts = previous.submits, previous.restarts + 1
@@ -122,7 +174,10 @@ class UserEndpoints:
         returns those that crashed now."""
         crashed = []
         for entry in self.processes.values():
-            if entry.state == "running" and entry.process is not None and entry.process.poll() is not None:
+            if entry.state == "running" and entry.adopted_pid is not None and not entry.alive:
+                entry.state, entry.adopted_pid = "stopped", None  # not our child: no exit status
+                self.save()
+            elif entry.state == "running" and entry.process is not None and entry.process.poll() is not None:
                 entry.last_exit = entry.process.returncode
                 entry.state = "stopped" if entry.last_exit == 0 else "crashed"
                 log.info("user endpoint %s (%s) exited: %s", entry.endpoint_id, entry.account.name, entry.last_exit)
@@ -140,18 +195,20 @@ class UserEndpoints:
 
     def stop_all(self, *, timeout_s: float) -> None:
         """SIGTERM every running process (each drains like any agent), SIGKILL what is left."""
-        running = [entry for entry in self.processes.values() if entry.alive and entry.process is not None]
+        running = [entry for entry in self.processes.values() if entry.alive]
         for entry in running:
-            assert entry.process is not None
-            entry.process.send_signal(signal.SIGTERM)  # the agent: it stops its own blocks
+            pid = entry.pid
+            if pid is not None:
+                _signal(pid, signal.SIGTERM)  # the agent: it stops its own blocks
         deadline = time.monotonic() + timeout_s
         for entry in running:
-            assert entry.process is not None
-            try:
-                entry.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            while entry.alive and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pid = entry.pid
+            if pid is not None:
                 log.warning("user endpoint %s did not stop in time: killing it", entry.endpoint_id)
-                _kill_session(entry.process)
+                _signal(pid, signal.SIGKILL, session=True)
+            if entry.process is not None:
                 entry.process.wait()
         self.reap()
         for entry in running:
@@ -184,8 +241,20 @@ def read_user_endpoints(folder: Path) -> list[dict[str, Any]]:
     return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
 
 
-def _kill_session(process: subprocess.Popen[bytes]) -> None:
+def _signal(pid: int, signum: int, *, session: bool = False) -> None:
     try:
-        os.killpg(process.pid, signal.SIGKILL)  # the agent and what it started in its session
+        if session:
+            os.killpg(pid, signum)  # the agent and what it started in its session
+        else:
+            os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+def _running_as(pid: int, uid: int) -> bool:
+    """Whether `pid` is a live (not zombie) process of `uid`."""
+    try:
+        process = psutil.Process(pid)
+        return process.uids().real == uid and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

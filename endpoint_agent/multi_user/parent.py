@@ -13,6 +13,7 @@ the user endpoint's own access from the command, so they end at once and nothing
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -88,6 +89,9 @@ class MultiUserAgent:
         signal.signal(signal.SIGINT, self._on_signal)
         log.info("multi-user endpoint %s starting (taskfabric %s)", self.connection.endpoint_id, __version__)
         self.broker.start()
+        adopted = self.children.recover()
+        if adopted:
+            log.info("took over %d user endpoint processes an earlier run left running", adopted)
         self.children.save()
         try:
             while not self.stopping:
@@ -184,7 +188,8 @@ class MultiUserAgent:
             config_digest=hashlib.sha256(command.user_endpoint_config_json.encode()).hexdigest()[:16],
             submits=1,
         )
-        self.children.start(entry)
+        if not self.children.adopt(entry):
+            self.children.start(entry)
 
     def _save_connection(self, folder: Path, account: LocalAccount, command: StartUserEndpoint) -> None:
         connection = EndpointConnection.of(command.endpoint_id, command.broker)
@@ -257,8 +262,6 @@ def _variables(text: str) -> dict[str, Any]:
 
 
 def _connection_json(connection: EndpointConnection) -> str:
-    import dataclasses
-
     data = dataclasses.asdict(connection)
     data["endpoint_id"] = str(connection.endpoint_id)
     return json.dumps(data, indent=2)

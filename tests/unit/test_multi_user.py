@@ -8,6 +8,8 @@ import dataclasses
 import json
 import os
 import pwd
+import signal
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 
 from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.multi_user import privilege
+from taskfabric.endpoint_agent.multi_user.children import UserEndpointProcess, UserEndpoints, read_user_endpoints
 from taskfabric.endpoint_agent.multi_user.mapping import IdentityMapping, MappingRefused, UserIdentity
 from taskfabric.endpoint_agent.multi_user.privilege import LocalAccount, create_account_folder, require_privilege
 from taskfabric.endpoint_agent.multi_user.user_config import UserConfigRefused, UserConfigTemplate
@@ -290,3 +293,39 @@ def test_multi_user_one_user_endpoint_per_parent_user_and_config() -> None:
     )
     assert parent_of(record) == parent and not is_multi_user(record)
     assert is_multi_user(dataclasses.replace(record, metadata='{"multi_user": true}'))
+
+
+# --- the parent's table of user endpoint processes ----------------------------------------
+
+
+def test_multi_user_a_restarted_parent_takes_over_the_processes_still_running(tmp_path: Path) -> None:
+    account = LocalAccount.of(pwd.getpwuid(os.getuid()))
+    folder = tmp_path / "child"
+    folder.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        (folder / "agent.pid").write_text(str(sleeper.pid))
+        first = UserEndpoints(tmp_path / "user_endpoints.json", [sys.executable])
+        entry = UserEndpointProcess(
+            endpoint_id=uuid.uuid4(), user="alice", account=account, folder=folder, config_digest="d"
+        )
+        assert first.adopt(entry) and entry.alive
+        again = UserEndpoints(tmp_path / "user_endpoints.json", [sys.executable])  # the parent restarted
+        assert again.recover() == 1
+        [row] = read_user_endpoints(tmp_path)
+        assert (row["state"], row["pid"], row["account"]) == ("running", sleeper.pid, account.name)
+        again.stop_all(timeout_s=5)
+        assert sleeper.wait(timeout=5) == -signal.SIGTERM
+        assert read_user_endpoints(tmp_path)[0]["state"] == "stopped"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_multi_user_a_crashed_process_is_restarted_within_its_budget() -> None:
+    account = LocalAccount.of(pwd.getpwuid(os.getuid()))
+    entry = UserEndpointProcess(
+        endpoint_id=uuid.uuid4(), user="a", account=account, folder=Path("/nonexistent"), config_digest=""
+    )
+    assert [entry.may_restart_after_crash(100.0 + i) for i in range(4)] == [True, True, True, False]
+    assert entry.may_restart_after_crash(100.0 + 400)  # the window moved on
