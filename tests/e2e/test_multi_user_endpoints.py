@@ -119,6 +119,8 @@ def test_multi_user_tasks_run_as_the_mapped_accounts(multi_user: MultiUser, acco
     assert set(rows) >= set(accounts.names)
     for account in accounts.names:
         assert rows[account]["state"] == "running" and rows[account]["tasks"] >= 1 and rows[account]["started_at"]
+        log = Path(rows[account]["folder"]) / "agent.log"  # each user endpoint logs in the account's folder
+        assert log.stat().st_uid == pwd.getpwnam(account).pw_uid and "agent for endpoint" in log.read_text()
         process = subprocess.run(
             ["ps", "-o", "user=", "-p", str(rows[account]["pid"])], capture_output=True, text=True, check=False
         )
@@ -203,7 +205,9 @@ def test_multi_user_kill_9_of_a_user_endpoint_loses_no_task(multi_user: MultiUse
     ):
         first = executor.submit(who_am_i)
         assert first.result(timeout=90)[3] == "crash"
-        row = next(row for row in multi_user.user_endpoints(accounts.names[1]) if row["state"] == "running")
+        user_endpoint = client.get_task(str(first.task_id))["endpoint_id"]  # the tasks are listed under it
+        [row] = [row for row in multi_user.user_endpoints(accounts.names[1]) if row["endpoint_id"] == user_endpoint]
+        assert row["state"] == "running"
         pending = executor.submit(_sleep_then_who, 3.0)
         wait_until(
             lambda: pending.task_id is not None and client.get_task(str(pending.task_id))["status"] == "running",
