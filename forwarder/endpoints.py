@@ -252,16 +252,20 @@ class EndpointRegistry:
         return record
 
     async def announce_user_endpoint(self, parent: EndpointRecord, child: EndpointRecord, key: UserEndpointKey) -> None:
-        """Send the parent a `StartUserEndpoint` with freshly keyed access to the child's queues
-        only, unless the child reports online (it takes its tasks; re-keying it would make its
-        in-memory password stale). Rate-limited per child."""
-        if self._announced.get(child.endpoint_id) or self._online(child.endpoint_id):
+        """Send the parent a `StartUserEndpoint` (at most once per `START_COMMAND_PERIOD_S` per
+        child). While the child reports online it carries no credentials (re-keying would leave
+        the running process with a stale password); otherwise the child's broker user is keyed
+        afresh and the command carries that access to its queues only."""
+        if self._announced.get(child.endpoint_id):
             return
         self._announced.put(child.endpoint_id, True)
-        queues = self._broker.queues_of(child.endpoint_id, child.queue_secret)
-        # revoke_old=False: a process still starting keeps its connection (the parent gives it
-        # the new key for its next start)
-        password = await self._blocking(self._broker.issue_credentials, child.endpoint_id, queues, revoke_old=False)
+        broker = None
+        if not self._online(child.endpoint_id):
+            queues = self._broker.queues_of(child.endpoint_id, child.queue_secret)
+            # revoke_old=False: a process still starting keeps its connection (the parent keeps
+            # the new key for its next start)
+            password = await self._blocking(self._broker.issue_credentials, child.endpoint_id, queues, revoke_old=False)
+            broker = self._credentials(child, queues, password)
         command = StartUserEndpoint(
             endpoint_id=child.endpoint_id,
             parent_endpoint_id=parent.endpoint_id,
@@ -270,7 +274,7 @@ class EndpointRegistry:
             identity_username=key.username,
             identity_sub=key.identity_sub,
             user_endpoint_config_json=json.dumps(key.config, sort_keys=True),
-            broker=self._credentials(child, queues, password),
+            broker=broker,
             sent_at=time.time(),
         )
         parent_queues = self._broker.queues_of(parent.endpoint_id, parent.queue_secret)

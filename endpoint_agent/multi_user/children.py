@@ -55,6 +55,15 @@ class UserEndpointProcess:
     crash_restarts: list[float] = dataclasses.field(default_factory=list)
     #: a process an earlier run of the parent started (found by its pid file): watched, not waited for
     adopted_pid: int | None = None
+    #: when the last start command for it arrived, and its idle_shutdown_s (see `restart_exited`)
+    last_command_at: float = 0.0
+    idle_shutdown_s: float | None = None
+
+    def missed_a_command(self, exited_at: float) -> bool:
+        """An idle stop that may have raced a new task: a start command came after the user
+        endpoint's last busy moment (it was idle for idle_shutdown_s before it exited)."""
+        idle_s = self.idle_shutdown_s or 0.0
+        return self.last_command_at >= exited_at - idle_s - 1.0 and self.last_command_at > self.started_at
 
     def may_restart_after_crash(self, now: float) -> bool:
         self.crash_restarts = [at for at in self.crash_restarts if now - at < CRASH_WINDOW_S]
@@ -171,8 +180,8 @@ class UserEndpoints:
 
     def reap(self) -> list[UserEndpointProcess]:
         """Note the processes that exited (idle stops exit 0; anything else counts as a crash);
-        returns those that crashed now."""
-        crashed = []
+        returns those that exited now."""
+        exited = []
         for entry in self.processes.values():
             if entry.state == "running" and entry.adopted_pid is not None and not entry.alive:
                 entry.state, entry.adopted_pid = "stopped", None  # not our child: no exit status
@@ -181,16 +190,19 @@ class UserEndpoints:
                 entry.last_exit = entry.process.returncode
                 entry.state = "stopped" if entry.last_exit == 0 else "crashed"
                 log.info("user endpoint %s (%s) exited: %s", entry.endpoint_id, entry.account.name, entry.last_exit)
-                if entry.state == "crashed":
-                    crashed.append(entry)
+                exited.append(entry)
                 self.save()
-        return crashed
+        return exited
 
-    def restart_crashed(self, now: float) -> None:
-        """Start the user endpoints that crashed just now again (within their restart budget)."""
+    def restart_exited(self, now: float) -> None:
+        """Start again the user endpoints that just crashed (within their restart budget), and
+        those that stopped idle while a start command for them arrived (its task would wait)."""
         for entry in self.reap():
-            if entry.may_restart_after_crash(now):
+            if entry.state == "crashed" and entry.may_restart_after_crash(now):
                 log.warning("user endpoint %s crashed (exit %s): starting it again", entry.endpoint_id, entry.last_exit)
+                self.start(entry)
+            elif entry.state == "stopped" and entry.missed_a_command(now):
+                log.info("user endpoint %s stopped idle as a task came: starting it again", entry.endpoint_id)
                 self.start(entry)
 
     def stop_all(self, *, timeout_s: float) -> None:

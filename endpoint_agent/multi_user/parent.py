@@ -109,7 +109,7 @@ class MultiUserAgent:
                 log.warning("cannot consume the control queue yet: %s", exc)
         self.handle_commands()
         if not self.stopping:
-            self.children.restart_crashed(time.time())
+            self.children.restart_exited(time.time())
         self.report_status(time.monotonic())
 
     def _wait(self, timeout_s: float) -> None:
@@ -153,7 +153,8 @@ class MultiUserAgent:
             known = self.children.processes.get(command.endpoint_id)
             if known is not None:
                 known.submits += 1
-                if known.alive:  # it takes its tasks; keep the fresh key for its next start
+                known.last_command_at = time.time()
+                if known.alive:  # it takes its tasks; keep a fresh key for its next start
                     self._save_connection(known.folder, known.account, command)
                     return
             self._start(command)
@@ -179,7 +180,8 @@ class MultiUserAgent:
         rendered = self._child_config(variables)
         folder = self._folder(account, command)
         write_account_file(folder, "config.yaml", json.dumps(rendered, indent=2), account)
-        self._save_connection(folder, account, command)
+        if not self._save_connection(folder, account, command) and not (folder / "connection.json").exists():
+            raise RuntimeError("no broker access for it yet: it starts with the next start command that brings one")
         entry = UserEndpointProcess(
             endpoint_id=command.endpoint_id,
             user=command.user,
@@ -187,13 +189,20 @@ class MultiUserAgent:
             folder=folder,
             config_digest=hashlib.sha256(command.user_endpoint_config_json.encode()).hexdigest()[:16],
             submits=1,
+            last_command_at=time.time(),
+            idle_shutdown_s=rendered.get("idle_shutdown_s"),
         )
         if not self.children.adopt(entry):
             self.children.start(entry)
 
-    def _save_connection(self, folder: Path, account: LocalAccount, command: StartUserEndpoint) -> None:
+    def _save_connection(self, folder: Path, account: LocalAccount, command: StartUserEndpoint) -> bool:
+        """Write the command's broker access for the user endpoint's next start; False when the
+        command has none (the user endpoint reported online when it was sent)."""
+        if command.broker is None:
+            return False
         connection = EndpointConnection.of(command.endpoint_id, command.broker)
         write_account_file(folder, "connection.json", _connection_json(connection), account)
+        return True
 
     def _child_config(self, variables: dict[str, Any]) -> dict[str, Any]:
         rendered = self.template.render(variables)
@@ -217,6 +226,8 @@ class MultiUserAgent:
         text = f"multi-user endpoint {self.connection.endpoint_id}: {message}"
         log.warning("refused user endpoint %s of %s: %s", command.endpoint_id, command.user, text)
         self.children.note_refused(command.endpoint_id, command.user, code.value, message)
+        if command.broker is None:  # never online, so never without access: nothing to answer with
+            return
         connection = EndpointConnection.of(command.endpoint_id, command.broker)
         threading.Thread(
             target=refuse_waiting_tasks, args=(connection, code, text), name="refuse-tasks", daemon=True

@@ -213,8 +213,8 @@ class CancelTasks:
 class StartUserEndpoint:
     """Forwarder -> a multi-user endpoint's parent agent, on the parent's control queue: tasks of
     `user` with this `user_endpoint_config` wait in the queues of user endpoint `endpoint_id`;
-    start (or keep) its process. `broker` is the user endpoint's own, freshly keyed access: its
-    queues only (see endpoint_agent/multi_user/__init__.py for the design)."""
+    start (or keep) its process. `broker` is the user endpoint's own access: its queues only (see
+    endpoint_agent/multi_user/__init__.py for the design)."""
 
     endpoint_id: uuid.UUID
     parent_endpoint_id: uuid.UUID
@@ -226,7 +226,9 @@ class StartUserEndpoint:
     identity_sub: str = ""
     #: the submitter's `user_endpoint_config` as a JSON object ("{}" when none)
     user_endpoint_config_json: str = "{}"
-    broker: BrokerAccess
+    #: freshly keyed access to the user endpoint's queues; None while it reported online (its key
+    #: is not changed under it: the parent uses the last one it was given)
+    broker: BrokerAccess | None = None
     sent_at: float = 0.0
 
 

@@ -244,15 +244,17 @@ def test_multi_user_idle_user_endpoints_stop_and_start_again_with_the_next_task(
         multi_user.client(multi_user.alice) as client,
         Executor(multi_user.endpoint_id, client=client, user_endpoint_config=config) as executor,
     ):
-        executor.submit(who_am_i).result(timeout=90)
+        first = executor.submit(who_am_i)
+        first.result(timeout=90)
+        user_endpoint = client.get_task(str(first.task_id))["endpoint_id"]
         stopped = wait_until(
             lambda: [
                 row
                 for row in multi_user.user_endpoints(accounts.names[0])
-                if row["state"] == "stopped" and row["last_exit"] == 0
+                if row["endpoint_id"] == user_endpoint and row["state"] == "stopped" and row["last_exit"] == 0
             ],
             timeout_s=60,
-            what="an idle user endpoint to stop",
+            what="the idle user endpoint to stop",
         )
         assert stopped[0]["pid"] is None
         assert executor.submit(who_am_i).result(timeout=90)[3] == "idle"  # started again for it

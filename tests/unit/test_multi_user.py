@@ -329,3 +329,17 @@ def test_multi_user_a_crashed_process_is_restarted_within_its_budget() -> None:
     )
     assert [entry.may_restart_after_crash(100.0 + i) for i in range(4)] == [True, True, True, False]
     assert entry.may_restart_after_crash(100.0 + 400)  # the window moved on
+
+
+def test_multi_user_an_idle_stop_that_raced_a_new_task_is_started_again() -> None:
+    account = LocalAccount.of(pwd.getpwuid(os.getuid()))
+    entry = UserEndpointProcess(
+        endpoint_id=uuid.uuid4(), user="a", account=account, folder=Path("/nonexistent"), config_digest=""
+    )
+    entry.started_at, entry.idle_shutdown_s = 100.0, 30.0
+    entry.last_command_at = 99.0  # the command that started it
+    assert not entry.missed_a_command(exited_at=200.0)
+    entry.last_command_at = 120.0  # a task came, was served, then 30 s idle
+    assert not entry.missed_a_command(exited_at=200.0)
+    entry.last_command_at = 185.0  # a task came while it was deciding to stop
+    assert entry.missed_a_command(exited_at=200.0)
