@@ -13,12 +13,15 @@ process started for one user (running as that user's local account, with credent
 can read) can never receive, nor answer, another user's tasks: results are stored only for tasks
 of the endpoint whose broker user published them (`TaskTable.store_results`).
 
-After publishing, the forwarder re-keys the user endpoint's broker user (without closing a live
-connection) and sends the parent a `StartUserEndpoint` carrying that fresh access (at most once per
-`START_COMMAND_PERIOD_S` per user endpoint): the parent starts the process when it is not
-running (first task, idle-stopped, or crashed) and ignores it otherwise. Refusals (no mapping,
-root, denied account, invalid config) are the parent's: it answers the waiting tasks itself with
-the user endpoint's access (typed errors naming the endpoint) and starts nothing.
+After publishing, the forwarder sends the parent a `StartUserEndpoint` (at most once per
+`START_COMMAND_PERIOD_S` per user endpoint). While the user endpoint reports online the command
+carries no credentials: re-keying its broker user would leave the running process with a stale
+password for its next reconnect. Otherwise its broker user is keyed afresh (without closing a live
+connection) and the command carries that access. The parent starts the process when it is not
+running (first task, idle-stopped, or crashed; with the last access it was given when the command
+has none) and otherwise only keeps the access for the next start. Refusals (no mapping, root, a
+denied account, an invalid config) are the parent's: it answers the waiting tasks itself with the
+user endpoint's access (typed errors naming the endpoint) and starts nothing.
 
 Deleting the parent deletes its user endpoints (their queues, broker users and unfinished tasks).
 """
