@@ -45,6 +45,7 @@ from taskfabric.broker_config import EndpointQueues
 from taskfabric.errors import (
     BrokerError,
     NotFoundError,
+    PermissionDenied,
     PublishTimeout,
     QuotaExceeded,
     ServiceError,
@@ -62,7 +63,7 @@ from taskfabric.forwarder.requests import SubmitRequest
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreConflict, StoreRunner
 from taskfabric.forwarder.ttl_cache import TTLCache
-from taskfabric.forwarder.user_endpoints import is_multi_user
+from taskfabric.forwarder.user_endpoints import is_multi_user, parent_of
 from taskfabric.ids import new_uuid4s
 from taskfabric.protocol import CancelTasks, FunctionBody, TaskStatus, pack
 
@@ -71,6 +72,7 @@ __all__ = [
     "ACTIVITY_UNFINISHED_COST_RATIO",
     "BROKER_UNAVAILABLE",
     "SUBMISSION_CONFLICT",
+    "USER_ENDPOINT",
     "TaskService",
     "submission_task_ids",
 ]
@@ -79,6 +81,8 @@ log = logging.getLogger(__name__)
 
 BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
 SUBMISSION_CONFLICT = "SUBMISSION_CONFLICT"
+#: a submit straight to a multi-user endpoint's user endpoint (403)
+USER_ENDPOINT = "USER_ENDPOINT"
 #: extra time, beyond the transport's own confirm deadline, before we stop waiting
 _CONFIRM_GRACE_S = 5.0
 
@@ -154,6 +158,13 @@ class TaskService:
                 code=BROKER_UNAVAILABLE,
             )
         check_allowed_functions(endpoint, request.function_ids)
+        if parent_of(endpoint) is not None:
+            # a user endpoint runs as its user's account: only its parent's routing may fill it
+            raise PermissionDenied(
+                f"endpoint {endpoint_id} is a user endpoint of multi-user endpoint {parent_of(endpoint)}: "
+                "submit to that endpoint",
+                code=USER_ENDPOINT,
+            )
         parent, user_key, shared_id = None, None, endpoint_id
         if is_multi_user(endpoint):
             # the user's own queues, never the parent's (design: forwarder/user_endpoints.py)

@@ -75,6 +75,10 @@ def test_multi_user_tasks_go_to_per_user_queues_and_the_parent_gets_start_comman
         with pytest.raises(BrokerError):
             rabbit_factory(mine.broker.amqp_url).consume(foreign, lambda delivery: None, prefetch=1)
 
+    # nobody submits straight to a user endpoint, not even the parent's owner
+    direct = submit(admin, str(mine.endpoint_id), admin.register_function(b"f"))
+    assert direct.status_code == 403 and "USER_ENDPOINT" in direct.text
+
     # deleting the parent deletes its user endpoints and fails their waiting tasks
     submit(bob, parent_id, functions[bob])
     assert admin.http.delete(f"/v1/endpoints/{parent_id}").status_code in (200, 204)
