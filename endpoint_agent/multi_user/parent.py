@@ -208,6 +208,8 @@ class MultiUserAgent:
         rendered = self.template.render(variables)
         rendered.setdefault("idle_shutdown_s", self.config.idle_shutdown_s)
         rendered.setdefault("status_period_s", self.config.status_period_s)
+        if self.config.allowed_functions is not None:  # the parent's allow-list binds every user endpoint
+            rendered["allowed_functions"] = list(self.config.allowed_functions)
         try:
             EndpointConfig.from_mapping(rendered, source="the rendered user config")
         except ConfigError as exc:
@@ -230,7 +232,11 @@ class MultiUserAgent:
             return
         connection = EndpointConnection.of(command.endpoint_id, command.broker)
         threading.Thread(
-            target=refuse_waiting_tasks, args=(connection, code, text), name="refuse-tasks", daemon=True
+            target=refuse_waiting_tasks,
+            args=(connection, code, text),
+            kwargs={"ssl_context": connection.broker_ssl_context(self.config.broker_ca_file)},
+            name="refuse-tasks",
+            daemon=True,
         ).start()
 
     # --- status ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import time
 
 from taskfabric.endpoint_agent.broker_link import EndpointBrokerLink
@@ -25,9 +26,11 @@ _CONFIRM_S = 30.0
 
 
 @wrap_with_logs
-def refuse_waiting_tasks(connection: EndpointConnection, code: ErrorCode, message: str) -> int:
+def refuse_waiting_tasks(
+    connection: EndpointConnection, code: ErrorCode, message: str, *, ssl_context: ssl.SSLContext | None = None
+) -> int:
     """Fail every task waiting in the user endpoint's queue with `code`; returns how many."""
-    link = EndpointBrokerLink(connection, wake=lambda: None, consumer_check_period_s=0)
+    link = EndpointBrokerLink(connection, wake=lambda: None, consumer_check_period_s=0, ssl_context=ssl_context)
     refused = 0
     try:
         link.start()
