@@ -300,7 +300,13 @@ def start_endpoint(name: str, *, detach: bool, wait_s: float = 15.0) -> int:
     endpoint must be registered (`register_endpoint`)."""
     endpoint = LocalEndpoint(name)
     endpoint.require()
-    endpoint.config()  # validate before starting anything
+    if endpoint.config().multi_user:  # validated; and said here, not only in agent.log
+        from taskfabric.endpoint_agent.multi_user.privilege import require_privilege
+
+        try:
+            require_privilege()
+        except PermissionError as exc:
+            raise TaskfabricError(str(exc)) from None
     running = endpoint.pid() or endpoint.supervisor_pid()
     if running is not None:
         raise TaskfabricError(f"endpoint {name!r} is already running (pid {running})")

@@ -343,3 +343,19 @@ def test_multi_user_an_idle_stop_that_raced_a_new_task_is_started_again() -> Non
     assert not entry.missed_a_command(exited_at=200.0)
     entry.last_command_at = 185.0  # a task came while it was deciding to stop
     assert entry.missed_a_command(exited_at=200.0)
+
+
+def test_multi_user_endpoint_start_refuses_an_unprivileged_parent_with_a_clear_message(
+    tmp_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskfabric.endpoint_agent.local import configure_endpoint, start_endpoint
+    from taskfabric.errors import TaskfabricError
+
+    configure_endpoint(
+        "shared",
+        settings={"multi_user": True, "identity_mapping": {"rules": [{"match": "a", "output": "b"}]}},
+    )
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(privilege, "_has_setuid_capabilities", lambda: False)
+    with pytest.raises(TaskfabricError, match="must be started by root"):
+        start_endpoint("shared", detach=True)
