@@ -178,9 +178,8 @@ def _print_user_endpoints(rows: list[dict[str, Any]]) -> None:
         started = (
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["started_at"])) if row.get("started_at") else "-"
         )
-        line = (
-            f"{row['user']:24} {row.get('account') or '-':16} {row['state']:9} {row.get('tasks', 0):>5}  {started:19}"
-        )
+        tasks = "-" if row.get("tasks") is None else str(row["tasks"])
+        line = f"{row['user']:24} {row.get('account') or '-':16} {row['state']:9} {tasks:>5}  {started:19}"
         click.echo(f"{line}  {row.get('pid') or '-'}" + (f"  {row['error']}" if row.get("error") else ""))
 
 

@@ -447,10 +447,24 @@ def endpoint_status(
         try:
             with client_factory() as client:
                 remote = client.get_endpoint_status(info["endpoint_id"])
+                for row in info.get("user_endpoints", []):
+                    _add_service_counts(client, row)
             info["service"] = {key: remote.get(key) for key in SERVICE_STATUS_KEYS}
         except TaskfabricError as exc:  # the service may be down; local state still helps
             info["service"] = {"error": str(exc)}
     return info
+
+
+def _add_service_counts(client: ForwarderEndpoints, row: dict[str, Any]) -> None:
+    """A user endpoint's tasks (held by its agent now, as it last reported) and its service status."""
+    row["tasks"], row["service_status"] = None, None
+    if row.get("state") == "refused":
+        return
+    try:
+        remote = client.get_endpoint_status(row["endpoint_id"])
+    except TaskfabricError:
+        return
+    row["tasks"], row["service_status"] = remote.get("outstanding_tasks"), remote.get("status")
 
 
 def _is_multi_user(endpoint: LocalEndpoint) -> bool:

@@ -93,7 +93,7 @@ class UserEndpointProcess:
             "state": self.state,
             "pid": self.pid,
             "started_at": self.started_at,
-            "tasks": self.submits,
+            "submits": self.submits,
             "restarts": self.restarts,
             "last_exit": self.last_exit,
             "folder": str(self.folder),
@@ -130,7 +130,7 @@ class UserEndpoints:
                     account=account,
                     folder=Path(str(row["folder"])),
                     config_digest=str(row.get("config_digest", "")),
-                    submits=int(row.get("tasks") or 0),
+                    submits=int(row.get("submits") or 0),
                 )
             except (KeyError, ValueError, TypeError):
                 continue

@@ -45,7 +45,7 @@ from taskfabric.endpoint_agent.multi_user.privilege import (
 from taskfabric.endpoint_agent.multi_user.refusal import refuse_waiting_tasks
 from taskfabric.endpoint_agent.multi_user.user_config import UserConfigRefused, UserConfigTemplate
 from taskfabric.endpoint_agent.paths import AgentPaths
-from taskfabric.errors import BrokerError, ConfigError, ErrorCode
+from taskfabric.errors import AccessRefused, BrokerError, ConfigError, ErrorCode
 from taskfabric.exit_codes import RET_OK
 from taskfabric.protocol import EndpointStatus, StartUserEndpoint
 from taskfabric.protocol.states import EndpointState
@@ -73,7 +73,8 @@ class MultiUserAgent:
         self.broker = EndpointBrokerLink(
             connection,
             wake=self._wake_pipe.wake,
-            consumer_check_period_s=0,
+            # its watchdog drops a control consumer the broker forgot; the next pass subscribes again
+            consumer_check_period_s=config.consumer_check_period_s,
             ssl_context=connection.broker_ssl_context(config.broker_ca_file),
         )
         python = config.user_endpoint_python or sys.executable
@@ -88,7 +89,12 @@ class MultiUserAgent:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         log.info("multi-user endpoint %s starting (taskfabric %s)", self.connection.endpoint_id, __version__)
-        self.broker.start()
+        try:
+            self.broker.start()
+        except AccessRefused:
+            raise
+        except BrokerError as exc:  # the transport keeps trying; so does `step`
+            log.warning("broker not reachable yet (%s); retrying in the background", exc)
         adopted = self.children.recover()
         if adopted:
             log.info("took over %d user endpoint processes an earlier run left running", adopted)

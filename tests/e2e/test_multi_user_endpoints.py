@@ -118,7 +118,7 @@ def test_multi_user_tasks_run_as_the_mapped_accounts(multi_user: MultiUser, acco
     rows = {row["account"]: row for row in multi_user.user_endpoints()}
     assert set(rows) >= set(accounts.names)
     for account in accounts.names:
-        assert rows[account]["state"] == "running" and rows[account]["tasks"] >= 1 and rows[account]["started_at"]
+        assert rows[account]["state"] == "running" and rows[account]["submits"] >= 1 and rows[account]["started_at"]
         log = Path(rows[account]["folder"]) / "agent.log"  # each user endpoint logs in the account's folder
         assert log.stat().st_uid == pwd.getpwnam(account).pw_uid and "agent for endpoint" in log.read_text()
         process = subprocess.run(
@@ -131,7 +131,9 @@ def test_multi_user_status_lists_user_endpoints_as_json(multi_user: MultiUser) -
     result = CliRunner().invoke(main, ["endpoint", "status", multi_user.name, "--json"], catch_exceptions=False)
     info = json.loads(result.stdout)
     assert info["service"]["status"] == "online"
-    assert {"user", "account", "state", "tasks", "started_at"} <= set(info["user_endpoints"][0])
+    row = next(row for row in info["user_endpoints"] if row["state"] == "running")
+    assert {"user", "account", "state", "tasks", "started_at", "pid"} <= set(row)
+    assert row["tasks"] == 0 and row["service_status"] == "online"  # what its agent holds now, as it reports
     table = CliRunner().invoke(main, ["endpoint", "status", multi_user.name], catch_exceptions=False)
     assert "account" in table.stdout and multi_user.alice in table.stdout
 
