@@ -65,6 +65,13 @@ class LocalAccounts:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _runs_as(account: str, python: str) -> bool:
+    done = subprocess.run(
+        ["runuser", "-u", account, "--", python, "-c", "import ssl"], capture_output=True, cwd="/", check=False
+    )
+    return done.returncode == 0
+
+
 def _importable_as(account: str, python: str) -> bool:
     done = subprocess.run(
         ["runuser", "-u", account, "--", python, "-c", "import taskfabric.endpoint_agent.agent"],
@@ -90,7 +97,9 @@ def readable_python(accounts: LocalAccounts) -> str | None:
     for finder in venv_copy.glob("lib/python*/site-packages/__editable__*finder.py"):
         _rewrite(finder, str(checkout), str(copy))
     base = Path(sys.base_prefix)
-    if base != venv:  # the interpreter itself may be unreadable (e.g. pyenv under /root)
+    base_python = base / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    copy_base = base != venv and not _runs_as(accounts.names[0], str(base_python))
+    if copy_base:  # the interpreter itself is unreadable (e.g. pyenv under /root)
         base_copy = target / "interpreter"
         for part in ("bin", "lib", "include"):
             if (base / part).is_dir():
@@ -102,7 +111,7 @@ def readable_python(accounts: LocalAccounts) -> str | None:
                 entry.unlink()
                 entry.symlink_to(pointed)
     python = str(venv_copy / "bin" / Path(sys.executable).name)
-    if base != venv:  # its libpython too (the binary's rpath points at the unreadable original)
+    if copy_base:  # its libpython too (the binary's rpath points at the unreadable original)
         wrapper = target / "python"
         wrapper.write_text(f'#!/bin/sh\nLD_LIBRARY_PATH={base_copy / "lib"} exec {python} "$@"\n')
         wrapper.chmod(0o755)
