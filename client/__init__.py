@@ -15,10 +15,12 @@ from taskfabric.client.config import ClientConfig
 from taskfabric.client.executor import Executor, ExecutorOptions, TaskFuture
 from taskfabric.client.serialization import RemoteTraceback
 from taskfabric.errors import (
+    AccountNotAllowed,
     AuthenticationError,
     DeserializationFailed,
     EndpointDeleted,
     FunctionNotAllowed,
+    IdentityNotMapped,
     InvalidRequest,
     ManagerLost,
     NotFoundError,
@@ -32,6 +34,7 @@ from taskfabric.errors import (
     TaskFailed,
     TaskPending,
     TaskQueueLost,
+    UserConfigInvalid,
     UserDeleted,
     UserDisabled,
     WalltimeExceeded,
@@ -39,6 +42,7 @@ from taskfabric.errors import (
 )
 
 __all__ = [
+    "AccountNotAllowed",
     "AuthenticationError",
     "Batch",
     "Client",
@@ -48,6 +52,7 @@ __all__ = [
     "Executor",
     "ExecutorOptions",
     "FunctionNotAllowed",
+    "IdentityNotMapped",
     "InvalidRequest",
     "ManagerLost",
     "NotFoundError",
@@ -64,6 +69,7 @@ __all__ = [
     "TaskListPage",
     "TaskPending",
     "TaskQueueLost",
+    "UserConfigInvalid",
     "UserDeleted",
     "UserDisabled",
     "WalltimeExceeded",

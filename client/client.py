@@ -69,9 +69,13 @@ class Batch:
     """Many calls for one endpoint, sent in as few requests as possible (`Client.batch_run`),
     all in task group `task_group_id` when given."""
 
-    def __init__(self, task_group_id: uuid.UUID | str | None = None) -> None:
+    def __init__(
+        self, task_group_id: uuid.UUID | str | None = None, *, user_endpoint_config: dict[str, Any] | None = None
+    ) -> None:
         self.calls: list[_Call] = []
         self.task_group_id = uuid.UUID(str(task_group_id)) if task_group_id is not None else None
+        #: for a multi-user endpoint: its user config template's variables (see `Client.run`)
+        self.user_endpoint_config = user_endpoint_config
 
     def add(self, function_id: uuid.UUID | str, *args: Any, walltime_s: float | None = None, **kwargs: Any) -> None:
         self.calls.append(_Call(uuid.UUID(str(function_id)), serialize_arguments(args, kwargs), walltime_s))
@@ -362,10 +366,13 @@ class Client:
         endpoint_id: uuid.UUID | str,
         function_id: uuid.UUID | str,
         walltime_s: float | None = None,
+        user_endpoint_config: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> uuid.UUID:
-        """Submit one call; returns its task id."""
-        batch = Batch()
+        """Submit one call; returns its task id. `user_endpoint_config`: for a multi-user
+        endpoint, the variables its user config template is rendered with (e.g.
+        `{"account": "proj42"}`); each different value gets its own user endpoint process."""
+        batch = Batch(user_endpoint_config=user_endpoint_config)
         batch.add(function_id, *args, walltime_s=walltime_s, **kwargs)
         return self.batch_run(endpoint_id, batch)[0]
 
@@ -379,11 +386,23 @@ class Client:
         task_ids: list[uuid.UUID] = []
         for start in range(0, len(batch.calls), SUBMIT_CHUNK):
             chunk = batch.calls[start : start + SUBMIT_CHUNK]
-            task_ids.extend(self.submit_calls(endpoint_id, chunk, task_group_id=batch.task_group_id))
+            task_ids.extend(
+                self.submit_calls(
+                    endpoint_id,
+                    chunk,
+                    task_group_id=batch.task_group_id,
+                    user_endpoint_config=batch.user_endpoint_config,
+                )
+            )
         return task_ids
 
     def submit_calls(
-        self, endpoint_id: uuid.UUID | str, calls: Iterable[_Call], *, task_group_id: uuid.UUID | None = None
+        self,
+        endpoint_id: uuid.UUID | str,
+        calls: Iterable[_Call],
+        *,
+        task_group_id: uuid.UUID | None = None,
+        user_endpoint_config: dict[str, Any] | None = None,
     ) -> list[uuid.UUID]:
         """One submit request (the Executor's fast path: msgpack, raw bytes), every task joining
         task group `task_group_id` when given; retried with the same `submission_id` through short
@@ -399,6 +418,8 @@ class Client:
         body: dict[str, Any] = {"tasks": tasks, "client_python": CLIENT_PYTHON, "submission_id": str(uuid.uuid4())}
         if task_group_id is not None:
             body["task_group_id"] = str(task_group_id)
+        if user_endpoint_config is not None:
+            body["user_endpoint_config"] = user_endpoint_config
         path = f"/v1/endpoints/{endpoint_id}/tasks"
         answer = retry_transient(
             lambda: self._http.post_msgpack(path, body),

@@ -120,7 +120,11 @@ class Executor(concurrent.futures.Executor):
         walltime_s: float | None = None,
         task_group_id: uuid.UUID | str | None = None,
         resource_specification: dict[str, int] | None = None,
+        user_endpoint_config: dict[str, Any] | None = None,
     ) -> None:
+        #: for a multi-user endpoint: the variables of its user config template (each different
+        #: value runs in its own user endpoint process; see docs/endpoint-owner.md)
+        self.user_endpoint_config = dict(user_endpoint_config) if user_endpoint_config is not None else None
         self.task_group_id = uuid.UUID(str(task_group_id)) if task_group_id is not None else uuid.uuid4()
         self.resource_specification = checked_resource_specification(resource_specification)
         self._owns_client = client is None
@@ -408,7 +412,12 @@ class Executor(concurrent.futures.Executor):
         naming a function id the service no longer knows is registered again and resent once."""
         try:
             calls = [item.call for item in live]
-            task_ids = self.client.submit_calls(self.endpoint_id, calls, task_group_id=self.task_group_id)
+            task_ids = self.client.submit_calls(
+                self.endpoint_id,
+                calls,
+                task_group_id=self.task_group_id,
+                user_endpoint_config=self.user_endpoint_config,
+            )
         except PayloadTooLarge as exc:
             if len(live) > 1 and any(limit in str(exc) for limit in _BATCH_LIMITS):
                 half = len(live) // 2

@@ -17,6 +17,10 @@ results not yet confirmed by the broker), in the endpoint's folder (`AgentPaths`
 `connection.json` (`EndpointConnection`). Everything else (tasks waiting for a manager, the
 managers' outstanding tasks, results in flight) is in memory and rebuilt from the ledger at start.
 
+A multi-user endpoint (`multi_user: true`) runs `multi_user.parent.MultiUserAgent` instead: a
+privileged parent that takes no tasks and starts one ordinary agent per (user, user config) as
+the user's mapped local account (design: `multi_user/__init__.py`).
+
 Layers, outside in: `cli_endpoint` / `cli_agent` -> `local` (endpoint folders) -> `Agent` (the
 loop) -> `EndpointBrokerLink`, `Interchange`, `Scaler`, `Ledger`. The agent takes its transport,
 sockets and scaler as optional arguments: unit tests run its loop on a `MemoryTransport` with the

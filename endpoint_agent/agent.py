@@ -195,6 +195,8 @@ class Agent:
         self.degraded_reason: str | None = None
         self._ledger_retry_at = 0.0
         self._ledger_retry_s = _LEDGER_RETRY_INITIAL_S
+        #: when the agent last held a task (for `idle_shutdown_s`)
+        self._last_busy = time.monotonic()
 
     def _scaler(self) -> Scaler:
         block_config = self.config.block_config(source=str(self.paths.config))
@@ -335,6 +337,7 @@ class Agent:
         self.regulate_intake()
         self.note_broker_refusal()
         self.flush_ledger(now, force=self.stopping)
+        self.stop_when_idle(now)
         self.advance_shutdown(now)
 
     def _poll_timeout_s(self) -> float:
@@ -769,6 +772,19 @@ class Agent:
                 functions = self.functions.get({task.function_id for task in chunk})
                 batches.append(TaskBatch(tasks=chunk, functions=functions, client_python=client_python))
         return batches
+
+    def stop_when_idle(self, now: float) -> None:
+        """Stop gracefully after `idle_shutdown_s` without a task (a multi-user endpoint's user
+        endpoints use it; their parent starts them again on the next task)."""
+        limit = self.config.idle_shutdown_s
+        if limit is None or self.stopping:
+            return
+        busy = self.waiting or self.interchange.summary().outstanding or not self.outbox.empty or self.ledger.staged
+        if busy or self._has_stored_results:
+            self._last_busy = now
+        elif now - self._last_busy >= limit:
+            log.info("no task for %g s (idle_shutdown_s): stopping", limit)
+            self.stop()
 
     def advance_shutdown(self, now: float) -> None:
         if not self.stopping:

@@ -42,6 +42,7 @@ from taskfabric.protocol import (
     FunctionBody,
     Result,
     ResultBatch,
+    StartUserEndpoint,
     Task,
     TaskBatch,
     TaskEvents,
@@ -94,8 +95,10 @@ class EndpointBrokerLink:
         self.inbound: queue.SimpleQueue[tuple[TaskBatch, Delivery]] = queue.SimpleQueue()
         self.outcomes: queue.SimpleQueue[PublishOutcome] = queue.SimpleQueue()
         self.cancels: queue.SimpleQueue[tuple[CancelTasks, Delivery]] = queue.SimpleQueue()
+        #: a multi-user parent's start commands (its control queue carries these, not cancellations)
+        self.commands: queue.SimpleQueue[tuple[StartUserEndpoint, Delivery]] = queue.SimpleQueue()
         self._inbox: Inbox[TaskBatch] | None = None
-        self._control: Inbox[CancelTasks] | None = None
+        self._control: Inbox[CancelTasks | StartUserEndpoint] | None = None
         self._tickets = itertools.count(1)
         self.paused = False
         self._lock = threading.Lock()
@@ -119,14 +122,27 @@ class EndpointBrokerLink:
         """Consuming tasks, and cancellations when the endpoint has a control queue."""
         return self._inbox is not None and (self.connection.control_queue is None or self._control is not None)
 
-    def subscribe(self) -> bool:
+    @property
+    def subscribed_control(self) -> bool:
+        """Consuming the control queue (a multi-user parent consumes nothing else)."""
+        return self._control is not None
+
+    def subscribe(self, *, tasks: bool = True) -> bool:
         """Consume the control queue, then (once its backlog is delivered) task batches; returns
-        whether tasks are consumed now (raises `BrokerError` if a queue cannot be consumed)."""
+        whether tasks are consumed now (raises `BrokerError` if a queue cannot be consumed).
+        `tasks=False` (a multi-user parent): the control queue only."""
         control_queue = self.connection.control_queue
         if control_queue is not None and self._control is None:
             self._control = Inbox(
-                self.transport, control_queue, self._on_cancel, accepts=(CancelTasks,), prefetch=self._prefetch
+                self.transport,
+                control_queue,
+                self._on_control,
+                # an ordinary agent takes cancellations only; a parent, start commands only
+                accepts=(CancelTasks,) if tasks else (StartUserEndpoint,),
+                prefetch=self._prefetch,
             )
+        if not tasks:
+            return self._control is not None
         with self._lock:
             if self._inbox is not None:
                 return True
@@ -219,8 +235,11 @@ class EndpointBrokerLink:
         self.inbound.put((batch, delivery))
         self._wake()
 
-    def _on_cancel(self, cancel: CancelTasks, delivery: Delivery) -> None:
-        self.cancels.put((cancel, delivery))
+    def _on_control(self, message: CancelTasks | StartUserEndpoint, delivery: Delivery) -> None:
+        if isinstance(message, StartUserEndpoint):
+            self.commands.put((message, delivery))
+        else:
+            self.cancels.put((message, delivery))
         self._wake()
 
     def ack(self, delivery: Delivery) -> None:

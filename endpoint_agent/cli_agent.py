@@ -39,6 +39,10 @@ def run_agent(endpoint_dir: Path, *, log_to_stderr: bool = True) -> int:
         log.info("removed %s from the environment managers and workers inherit", ", ".join(removed))
 
     def main() -> int:
+        if config.multi_user:
+            from taskfabric.endpoint_agent.multi_user.parent import MultiUserAgent
+
+            return MultiUserAgent(config, connection, paths).run()
         agent = Agent(config, connection, paths)
         tune_for_service()
         return agent.run()

@@ -160,10 +160,27 @@ def _print_status(info: dict[str, Any]) -> None:
     for label, value in _status_rows(info):
         table.add_row(label, value)
     Console(highlight=False, width=max(100, Console().width)).print(table)
+    if info.get("user_endpoints") is not None:
+        _print_user_endpoints(info["user_endpoints"])
     if info["problem"]:
         click.secho(
             f"problem: {info['problem']}; run `taskfabric endpoint restart {info['name']}`", fg="red", err=False
         )
+
+
+def _print_user_endpoints(rows: list[dict[str, Any]]) -> None:
+    """A multi-user endpoint's user endpoint processes, one line each."""
+    if not rows:
+        click.echo("user endpoints: none started yet")
+        return
+    click.echo(f"{'user':24} {'account':16} {'state':9} {'tasks':>5}  {'started':19}  pid")
+    for row in rows:
+        started = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["started_at"])) if row.get("started_at") else "-"
+        )
+        tasks = "-" if row.get("tasks") is None else str(row["tasks"])
+        line = f"{row['user']:24} {row.get('account') or '-':16} {row['state']:9} {tasks:>5}  {started:19}"
+        click.echo(f"{line}  {row.get('pid') or '-'}" + (f"  {row['error']}" if row.get("error") else ""))
 
 
 def _status_rows(info: dict[str, Any]) -> list[tuple[str, str]]:

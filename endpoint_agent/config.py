@@ -179,6 +179,61 @@ class EndpointConfig:
         ),
     )
 
+    idle_shutdown_s: float | None = setting(
+        None,
+        min=0.1,
+        help=(
+            "Stop the agent after this many seconds without a task (null: never). In a multi-user endpoint's "
+            "config.yaml: the default for its user endpoint processes (their template may set its own); the "
+            "parent starts a stopped one again on the user's next task."
+        ),
+    )
+    multi_user: bool = setting(
+        False,
+        help=(
+            "A multi-user endpoint: this agent (root, or an account allowed to switch users) takes no tasks; it "
+            "starts one user endpoint process per (user, user_endpoint_config) as the local account "
+            "identity_mapping gives, configured by user_config_template.yaml.j2 in the endpoint folder. See "
+            "docs/endpoint-owner.md, Multi-user endpoints."
+        ),
+    )
+    identity_mapping: dict[str, Any] | None = setting(
+        None,
+        help=(
+            "multi_user only: how a submitter becomes a local account. `rules`: an ordered list of {source "
+            "(username, identity_username or identity_sub; default username), match (a regular expression the "
+            "whole value must match), output (the account; {0}: the first group, or the whole match without "
+            "groups; {name}: a named group)}; or "
+            "`program`: a command that reads the identity as JSON on stdin and prints the account."
+        ),
+    )
+    deny_accounts: list[str] = setting(
+        default_factory=lambda: ["root"],
+        help="multi_user only: local accounts tasks never run as (uid 0 is always refused).",
+    )
+    user_endpoints_root: str | None = setting(
+        None,
+        help=(
+            "multi_user only: where user endpoint folders go, as <root>/<account>/<id> (created for the "
+            "account, mode 0700). Default (null): ~<account>/.taskfabric/user_endpoints/<id>."
+        ),
+    )
+    user_endpoint_python: str | None = setting(
+        None,
+        help=(
+            "multi_user only: the Python (with taskfabric installed, readable by every mapped account) that "
+            "runs user endpoint processes. Default: this agent's own."
+        ),
+    )
+
+    user_endpoint_environment: dict[str, str] = setting(
+        default_factory=dict,
+        help=(
+            "multi_user only: environment variables user endpoint processes get on top of the minimal one (HOME, "
+            "USER, LOGNAME, SHELL, PATH, LANG), e.g. SLURM_CONF. Never put credentials here: tasks can read them."
+        ),
+    )
+
     def __post_init__(self) -> None:
         _function_ids(self.allowed_functions)  # every item is a function id, now
         if self.heartbeat_threshold_s < 2 * self.heartbeat_period_s:
@@ -190,6 +245,10 @@ class EndpointConfig:
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         if self.broker_ca_file is not None:
             client_ssl_context(self.broker_ca_file, key="broker_ca_file")  # exists and loads, now
+        if self.multi_user:
+            from taskfabric.endpoint_agent.multi_user.mapping import IdentityMapping
+
+            IdentityMapping.from_config(self.identity_mapping, deny_accounts=self.deny_accounts)  # valid, now
 
     @classmethod
     def from_file(cls, path: Path) -> EndpointConfig:

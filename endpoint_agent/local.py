@@ -39,6 +39,7 @@ from taskfabric.errors import ConfigError, NotFoundError, ServiceError, Taskfabr
 from taskfabric.paths import taskfabric_home
 from taskfabric.processes import pid_alive
 from taskfabric.secret_env import without_secrets
+from taskfabric.settings import load_yaml
 
 if TYPE_CHECKING:  # imported where used: it brings Parsl (~1 s of CPU) that status commands do not need
     from taskfabric.endpoint_agent.config import EndpointConfig
@@ -206,6 +207,8 @@ def config_template(name: str, settings: dict[str, Any]) -> str:
         if field.name in settings:
             continue
         default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            default = dataclasses.asdict(default)  # e.g. scaling
         rendered = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
         lines.append(f"# {field.name}: {rendered}")
     return "\n".join(lines) + "\n"
@@ -234,12 +237,14 @@ def register_endpoint(name: str, client: ForwarderEndpoints) -> EndpointConnecti
     endpoint = LocalEndpoint(name)
     endpoint.require()
     config = endpoint.config()
-    metadata = {
+    metadata: dict[str, Any] = {
         "hostname": socket.gethostname(),
         "python_version": platform.python_version(),
         "taskfabric_version": __version__,
         "display_name": config.display_name or name,
     }
+    if config.multi_user:
+        metadata["multi_user"] = True
     answer = client.register_endpoint(
         name, endpoint_id=endpoint.endpoint_id(), metadata=metadata, allowed_functions=config.allowed_functions
     )
@@ -295,7 +300,13 @@ def start_endpoint(name: str, *, detach: bool, wait_s: float = 15.0) -> int:
     endpoint must be registered (`register_endpoint`)."""
     endpoint = LocalEndpoint(name)
     endpoint.require()
-    endpoint.config()  # validate before starting anything
+    if endpoint.config().multi_user:  # validated; and said here, not only in agent.log
+        from taskfabric.endpoint_agent.multi_user.privilege import require_privilege
+
+        try:
+            require_privilege()
+        except PermissionError as exc:
+            raise TaskfabricError(str(exc)) from None
     running = endpoint.pid() or endpoint.supervisor_pid()
     if running is not None:
         raise TaskfabricError(f"endpoint {name!r} is already running (pid {running})")
@@ -428,14 +439,39 @@ def endpoint_status(
     endpoint = LocalEndpoint(name)
     endpoint.require()
     info = endpoint.describe()
+    if _is_multi_user(endpoint):
+        from taskfabric.endpoint_agent.multi_user.children import read_user_endpoints
+
+        info["user_endpoints"] = read_user_endpoints(endpoint.paths.root)
     if info["endpoint_id"]:
         try:
             with client_factory() as client:
                 remote = client.get_endpoint_status(info["endpoint_id"])
+                for row in info.get("user_endpoints", []):
+                    _add_service_counts(client, row)
             info["service"] = {key: remote.get(key) for key in SERVICE_STATUS_KEYS}
         except TaskfabricError as exc:  # the service may be down; local state still helps
             info["service"] = {"error": str(exc)}
     return info
+
+
+def _add_service_counts(client: ForwarderEndpoints, row: dict[str, Any]) -> None:
+    """A user endpoint's tasks (held by its agent now, as it last reported) and its service status."""
+    row["tasks"], row["service_status"] = None, None
+    if row.get("state") == "refused":
+        return
+    try:
+        remote = client.get_endpoint_status(row["endpoint_id"])
+    except TaskfabricError:
+        return
+    row["tasks"], row["service_status"] = remote.get("outstanding_tasks"), remote.get("status")
+
+
+def _is_multi_user(endpoint: LocalEndpoint) -> bool:
+    try:
+        return bool(load_yaml(endpoint.paths.config).get("multi_user"))
+    except ConfigError:
+        return False
 
 
 def list_local_endpoints() -> list[dict[str, Any]]:

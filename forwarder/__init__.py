@@ -25,6 +25,8 @@ screens what endpoints send (`result_limits`) and takes endpoints in turns (`fai
 consumers are spread over broker connections (`consumer_pool`).
 Sharing: `access` holds the rules; `endpoint_sharing` reads and changes endpoints' access
 documents (grants, `public`), checks per-grant limits at submit and audits cross-user batches.
+Multi-user endpoints: `user_endpoints` (design) names each user's own user endpoint; `tasks`
+routes a multi-user endpoint's submits there and `endpoints` sends its parent the start command.
 """
 
 from __future__ import annotations

@@ -34,6 +34,15 @@ from taskfabric.forwarder.records import EndpointRecord, Identity, TaskRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Failure, Store, StoreConflict, StoreRunner
 from taskfabric.forwarder.ttl_cache import TTLCache
+from taskfabric.forwarder.user_endpoints import (
+    START_COMMAND_PERIOD_S,
+    UserEndpointKey,
+    parent_of,
+    user_endpoint_id,
+    user_endpoint_metadata,
+    user_endpoint_name,
+)
+from taskfabric.protocol import StartUserEndpoint, pack
 from taskfabric.protocol.api import BrokerAccess
 
 __all__ = ["CONFLICT", "EndpointRegistry", "Registration"]
@@ -81,6 +90,8 @@ class EndpointRegistry:
         self._doctor = QueueDoctor(broker, consumers, confirmations=settings.queue_check_confirmations)
         # submits look an endpoint up every time; a deletion elsewhere is noticed within the sync period
         self._targets: TTLCache[uuid.UUID, EndpointRecord] = TTLCache(settings.endpoint_sync_period_s)
+        #: user endpoints whose parent was sent a start command lately (see forwarder/user_endpoints.py)
+        self._announced: TTLCache[uuid.UUID, bool] = TTLCache(START_COMMAND_PERIOD_S)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -202,6 +213,95 @@ class EndpointRegistry:
             ca_certificate=self._settings.endpoint_broker_ca_pem(),
         )
 
+    # --- multi-user endpoints (design: forwarder/user_endpoints.py) -----------------------
+
+    async def user_endpoint(
+        self, identity: Identity, parent: EndpointRecord, config: dict[str, Any] | None
+    ) -> tuple[EndpointRecord, UserEndpointKey]:
+        """The user endpoint for the caller's tasks on multi-user endpoint `parent` (created, with
+        its queues, on first use)."""
+        key = UserEndpointKey(parent.endpoint_id, identity, config)
+        child_id = user_endpoint_id(key)
+        record = self._targets.get(child_id) or await self._runner.read(self._store.endpoints.get, child_id)
+        if record is None:
+            async with self._lock:
+                record = await self._runner.read(self._store.endpoints.get, child_id)
+                if record is None:
+                    record = await self._create_user_endpoint(parent, key, child_id)
+        self._targets.put(child_id, record)
+        return record, key
+
+    async def _create_user_endpoint(
+        self, parent: EndpointRecord, key: UserEndpointKey, child_id: uuid.UUID
+    ) -> EndpointRecord:
+        record = EndpointRecord(
+            endpoint_id=child_id,
+            owner_id=parent.owner_id,
+            name=user_endpoint_name(parent, key),
+            queue_secret=new_queue_secret(),
+            broker_username=broker_username(child_id),
+            created_at=time.time(),
+            metadata=user_endpoint_metadata(key),
+            allowed_functions=parent.allowed_functions,
+        )
+        queues = self._broker.queues_of(child_id, record.queue_secret)
+        await self._blocking(self._declare_proven_queues, queues)
+        await self._runner.write(self._store.endpoints.add, record)
+        await self._blocking(self._consumers.ensure, record)
+        log.info("created user endpoint %s of %s for %s", child_id, parent.endpoint_id, key.username)
+        return record
+
+    async def announce_user_endpoint(self, parent: EndpointRecord, child: EndpointRecord, key: UserEndpointKey) -> None:
+        """Send the parent a `StartUserEndpoint` (at most once per `START_COMMAND_PERIOD_S` per
+        child). While the child reports online it carries no credentials (re-keying would leave
+        the running process with a stale password); otherwise the child's broker user is keyed
+        afresh and the command carries that access to its queues only."""
+        if self._announced.get(child.endpoint_id):
+            return
+        self._announced.put(child.endpoint_id, True)
+        broker = None
+        if not self._online(child.endpoint_id):
+            queues = self._broker.queues_of(child.endpoint_id, child.queue_secret)
+            # revoke_old=False: a process still starting keeps its connection (the parent keeps
+            # the new key for its next start)
+            password = await self._blocking(self._broker.issue_credentials, child.endpoint_id, queues, revoke_old=False)
+            broker = self._credentials(child, queues, password)
+        command = StartUserEndpoint(
+            endpoint_id=child.endpoint_id,
+            parent_endpoint_id=parent.endpoint_id,
+            user=key.username,
+            user_id=key.user_id,
+            identity_username=key.username,
+            identity_sub=key.identity_sub,
+            user_endpoint_config_json=json.dumps(key.config, sort_keys=True),
+            broker=broker,
+            sent_at=time.time(),
+        )
+        parent_queues = self._broker.queues_of(parent.endpoint_id, parent.queue_secret)
+        future = self._broker.publish_control_message(parent_queues, pack(command))
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), self._settings.confirm_timeout_s + 5.0)
+        except (BrokerError, TimeoutError) as exc:
+            # the tasks are safe in the child's queue; the next submit announces it again
+            self._announced.discard(child.endpoint_id)
+            log.warning("could not send the start command of user endpoint %s: %s", child.endpoint_id, exc)
+
+    def _online(self, endpoint_id: uuid.UUID) -> bool:
+        """Whether the endpoint's latest report (seen by this replica) says online, and is fresh."""
+        report = self._statuses.latest(endpoint_id)
+        if report is None or report.state != "online" or report.last_heartbeat_at is None:
+            return False
+        return time.time() - report.last_heartbeat_at < self._settings.endpoint_offline_after_s
+
+    async def _delete_user_endpoints(self, identity: Identity, parent_id: uuid.UUID) -> int:
+        """Delete the user endpoints of a deleted parent; returns how many tasks were failed."""
+        owned = await self._runner.read(self._store.endpoints.list, identity.user_id)
+        failed = 0
+        for record in owned:
+            if parent_of(record) == parent_id:
+                failed += await self.delete(identity, record.endpoint_id)
+        return failed
+
     # --- reads --------------------------------------------------------------------------
 
     async def owned(self, identity: Identity, endpoint_id: uuid.UUID) -> EndpointRecord:
@@ -290,7 +390,7 @@ class EndpointRegistry:
         if failed:
             self._on_failed(failed)
         log.info("deleted endpoint %s; failed %d unfinished tasks", endpoint_id, len(failed))
-        return len(failed)
+        return len(failed) + await self._delete_user_endpoints(identity, endpoint_id)
 
     # --- replicas -----------------------------------------------------------------------
 

@@ -70,6 +70,9 @@ class SubmitRequest:
     submission_id: uuid.UUID | None = None
     #: the task group every task of the request joins (an Executor's), if any
     task_group_id: uuid.UUID | None = None
+    #: for a multi-user endpoint: the variables its user config template is rendered with (a
+    #: JSON object; validated by the endpoint against its schema, see endpoint_agent/multi_user)
+    user_endpoint_config: dict[str, Any] | None = None
 
     @property
     def function_ids(self) -> set[uuid.UUID]:
@@ -141,7 +144,29 @@ def _parse_submit(data: Any, limits: SubmitLimits, *, binary: bool) -> SubmitReq
         binary_ids=id_format == "binary",
         submission_id=_optional_uuid(data.get("submission_id"), binary, "submission_id"),
         task_group_id=task_group_id,
+        user_endpoint_config=_user_endpoint_config(data.get("user_endpoint_config")),
     )
+
+
+#: the largest `user_endpoint_config`, as compact JSON
+MAX_USER_ENDPOINT_CONFIG_BYTES = 16 * 1024
+
+
+def _user_endpoint_config(value: Any) -> dict[str, Any] | None:
+    """An optional JSON object of template variables (string keys, JSON values, bounded size)."""
+    if value is None:
+        return None
+    if type(value) is not dict:
+        raise invalid("user_endpoint_config: expected a map of variable names to JSON values")
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        raise invalid(
+            "user_endpoint_config: expected JSON values only (strings, numbers, booleans, lists, maps)"
+        ) from None
+    if size > MAX_USER_ENDPOINT_CONFIG_BYTES:
+        raise too_large("user_endpoint_config", size, MAX_USER_ENDPOINT_CONFIG_BYTES, "MAX_USER_ENDPOINT_CONFIG_BYTES")
+    return value
 
 
 def _optional_uuid(value: Any, binary: bool, field: str) -> uuid.UUID | None:

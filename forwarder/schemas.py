@@ -206,6 +206,10 @@ SUBMIT_BODY_SCHEMA: dict[str, Any] = {
         },
         "client_python": {"type": "string", "maxLength": 64},
         "task_group_id": {"type": ["string", "null"], "format": "uuid", "description": "every task joins this group"},
+        "user_endpoint_config": {
+            "type": ["object", "null"],
+            "description": "a multi-user endpoint's user config template variables (at most 16 KiB as JSON)",
+        },
     },
 }
 

@@ -45,6 +45,7 @@ from taskfabric.broker_config import EndpointQueues
 from taskfabric.errors import (
     BrokerError,
     NotFoundError,
+    PermissionDenied,
     PublishTimeout,
     QuotaExceeded,
     ServiceError,
@@ -62,6 +63,7 @@ from taskfabric.forwarder.requests import SubmitRequest
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreConflict, StoreRunner
 from taskfabric.forwarder.ttl_cache import TTLCache
+from taskfabric.forwarder.user_endpoints import is_multi_user, parent_of
 from taskfabric.ids import new_uuid4s
 from taskfabric.protocol import CancelTasks, FunctionBody, TaskStatus, pack
 
@@ -70,6 +72,7 @@ __all__ = [
     "ACTIVITY_UNFINISHED_COST_RATIO",
     "BROKER_UNAVAILABLE",
     "SUBMISSION_CONFLICT",
+    "USER_ENDPOINT",
     "TaskService",
     "submission_task_ids",
 ]
@@ -78,6 +81,8 @@ log = logging.getLogger(__name__)
 
 BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
 SUBMISSION_CONFLICT = "SUBMISSION_CONFLICT"
+#: a submit straight to a multi-user endpoint's user endpoint (403)
+USER_ENDPOINT = "USER_ENDPOINT"
 #: extra time, beyond the transport's own confirm deadline, before we stop waiting
 _CONFIRM_GRACE_S = 5.0
 
@@ -153,6 +158,19 @@ class TaskService:
                 code=BROKER_UNAVAILABLE,
             )
         check_allowed_functions(endpoint, request.function_ids)
+        if parent_of(endpoint) is not None:
+            # a user endpoint runs as its user's account: only its parent's routing may fill it
+            raise PermissionDenied(
+                f"endpoint {endpoint_id} is a user endpoint of multi-user endpoint {parent_of(endpoint)}: "
+                "submit to that endpoint",
+                code=USER_ENDPOINT,
+            )
+        parent, user_key, shared_id = None, None, endpoint_id
+        if is_multi_user(endpoint):
+            # the user's own queues, never the parent's (design: forwarder/user_endpoints.py)
+            parent = endpoint
+            endpoint, user_key = await self._endpoints.user_endpoint(identity, parent, request.user_endpoint_config)
+            endpoint_id = endpoint.endpoint_id
         bodies = await self._function_bodies(identity, request.function_ids)
         task_ids = (
             new_task_ids(len(request.tasks))
@@ -163,7 +181,7 @@ class TaskService:
             identity,
             len(request.tasks),
             retry_of=task_ids[0] if request.submission_id else None,
-            grant=None if permission.is_owner else (endpoint_id, permission),
+            grant=None if permission.is_owner else (shared_id, permission),
         )
         new_tasks = [
             NewTask(
@@ -197,12 +215,16 @@ class TaskService:
                 await self._publish_or_withdraw(
                     identity, endpoint_id, endpoint.queue_secret, again, bodies, request, now
                 )
+                if parent is not None and user_key is not None:
+                    await self._endpoints.announce_user_endpoint(parent, endpoint, user_key)
             return task_ids
         await self._publish_or_withdraw(identity, endpoint_id, endpoint.queue_secret, new_tasks, bodies, request, now)
+        if parent is not None and user_key is not None:
+            await self._endpoints.announce_user_endpoint(parent, endpoint, user_key)
         self.submitted += len(new_tasks)
         self._metrics.tasks_submitted(endpoint_id, len(new_tasks))
         if not permission.is_owner:
-            await self._endpoints.sharing.submitted(identity, endpoint_id, task_ids, now=now)
+            await self._endpoints.sharing.submitted(identity, shared_id, task_ids, now=now)
         return task_ids
 
     async def _check_quotas(

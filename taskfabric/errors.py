@@ -40,7 +40,10 @@ Every error that leaves a public API is one of these; errors of the libraries un
         ├── TaskCancelled           the task was cancelled (`Client.cancel`) before it finished
         ├── UserDeleted             an administrator deleted the task's owner before the task ran
         ├── UserDisabled            an administrator disabled the task's owner before the task ran
-        └── FunctionNotAllowed      the endpoint's allow-list does not list the task's function (its agent refused it)
+        ├── FunctionNotAllowed      the endpoint's allow-list does not list the task's function (its agent refused it)
+        ├── IdentityNotMapped       a multi-user endpoint maps the submitter to no local account (nothing ran)
+        ├── AccountNotAllowed       the mapped local account is root, denied or does not exist (nothing ran)
+        └── UserConfigInvalid       the user_endpoint_config failed the endpoint's schema or template (names the field)
 
 Remote failures travel as an error *code* in the wire protocol (see `ErrorCode`); `TaskFailed.for_code`
 maps a code back to its class on the client.
@@ -52,6 +55,7 @@ import enum
 
 __all__ = [
     "AccessRefused",
+    "AccountNotAllowed",
     "AuthenticationError",
     "BrokerError",
     "BrokerUnavailable",
@@ -61,6 +65,7 @@ __all__ = [
     "EndpointDeleted",
     "ErrorCode",
     "FunctionNotAllowed",
+    "IdentityNotMapped",
     "InvalidRequest",
     "LedgerError",
     "ManagerLost",
@@ -86,6 +91,7 @@ __all__ = [
     "TaskQueueLost",
     "TaskfabricError",
     "Unroutable",
+    "UserConfigInvalid",
     "UserDeleted",
     "UserDisabled",
     "WalltimeExceeded",
@@ -273,6 +279,10 @@ class ErrorCode(enum.StrEnum):
     #: the worker lacks the package that decodes the task's payload format (a task submitted with
     #: the Globus Compute SDK needs taskfabric[globus-compute] where the workers run); it never ran
     PAYLOAD_FORMAT_UNSUPPORTED = "PAYLOAD_FORMAT_UNSUPPORTED"
+    #: a multi-user endpoint refused the submitter before anything ran (see endpoint_agent/multi_user)
+    IDENTITY_NOT_MAPPED = "IDENTITY_NOT_MAPPED"
+    ACCOUNT_NOT_ALLOWED = "ACCOUNT_NOT_ALLOWED"
+    USER_CONFIG_INVALID = "USER_CONFIG_INVALID"
 
     @property
     def is_system_failure(self) -> bool:
@@ -358,6 +368,24 @@ class FunctionNotAllowed(TaskFailed):
     code = ErrorCode.FUNCTION_NOT_ALLOWED
 
 
+class IdentityNotMapped(TaskFailed):
+    """A multi-user endpoint's identity mapping gives no local account for the submitter."""
+
+    code = ErrorCode.IDENTITY_NOT_MAPPED
+
+
+class AccountNotAllowed(TaskFailed):
+    """A multi-user endpoint mapped the submitter to root, a denied or a nonexistent account."""
+
+    code = ErrorCode.ACCOUNT_NOT_ALLOWED
+
+
+class UserConfigInvalid(TaskFailed):
+    """The `user_endpoint_config` failed the endpoint's schema or template (the message names the field)."""
+
+    code = ErrorCode.USER_CONFIG_INVALID
+
+
 _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
     cls.code.value: cls
     for cls in (
@@ -374,5 +402,8 @@ _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
         UserDeleted,
         UserDisabled,
         FunctionNotAllowed,
+        IdentityNotMapped,
+        AccountNotAllowed,
+        UserConfigInvalid,
     )
 }

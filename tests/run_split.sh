@@ -19,10 +19,10 @@ mkdir -p build
 temporary=$(mktemp -d /tmp/taskfabric-tests-XXXXXX)
 
 slurm_files=(tests/integration/test_blocks_slurm.py tests/integration/test_slurm_cluster.py
-  tests/integration/test_elastic_endpoints.py)
+  tests/integration/test_elastic_endpoints.py tests/integration/test_multi_user_slurm.py)
 # end-to-end tests that run in group B, to balance the two groups' wall times (the slowest tests
 # of each group are printed at the end of its log: move files here when one group grows)
-e2e_in_b=(tests/e2e/test_cli.py tests/e2e/forwarder)
+e2e_in_b=(tests/e2e/forwarder)
 group_a=(tests/e2e "${slurm_files[@]}")
 group_b=(tests/faults tests/integration tests/unit "${e2e_in_b[@]}")
 for file in "${slurm_files[@]}"; do group_b+=(--ignore="$file"); done

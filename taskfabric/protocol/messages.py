@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from taskfabric.errors import ErrorCode
+from taskfabric.protocol.api import BrokerAccess
 from taskfabric.protocol.states import EndpointState
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Message",
     "Result",
     "ResultBatch",
+    "StartUserEndpoint",
     "Task",
     "TaskBatch",
     "TaskError",
@@ -206,6 +208,30 @@ class CancelTasks:
             raise ValueError("grace_period_s must not be negative")
 
 
+@message("start_user_endpoint")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StartUserEndpoint:
+    """Forwarder -> a multi-user endpoint's parent agent, on the parent's control queue: tasks of
+    `user` with this `user_endpoint_config` wait in the queues of user endpoint `endpoint_id`;
+    start (or keep) its process. `broker` is the user endpoint's own access: its queues only (see
+    endpoint_agent/multi_user/__init__.py for the design)."""
+
+    endpoint_id: uuid.UUID
+    parent_endpoint_id: uuid.UUID
+    #: the submitter: taskfabric username and user id, and (Globus sign-in) their identity's
+    #: username and `sub`; what identity_mapping rules match against
+    user: str
+    user_id: uuid.UUID
+    identity_username: str = ""
+    identity_sub: str = ""
+    #: the submitter's `user_endpoint_config` as a JSON object ("{}" when none)
+    user_endpoint_config_json: str = "{}"
+    #: freshly keyed access to the user endpoint's queues; None while it reported online (its key
+    #: is not changed under it: the parent uses the last one it was given)
+    broker: BrokerAccess | None = None
+    sent_at: float = 0.0
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class BlockReport:
     """One live block of an endpoint, as its agent reports it: the scheduler's job id and state."""
@@ -331,6 +357,7 @@ Message = (
     | ResultBatch
     | TaskEvents
     | CancelTasks
+    | StartUserEndpoint
     | EndpointStatus
     | ManagerRegister
     | ManagerAccepted

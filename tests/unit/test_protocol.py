@@ -26,6 +26,7 @@ from taskfabric.protocol import (
     ManagerRegister,
     Result,
     ResultBatch,
+    StartUserEndpoint,
     Task,
     TaskBatch,
     TaskError,
@@ -35,6 +36,7 @@ from taskfabric.protocol import (
     unpack,
     unpack_as,
 )
+from taskfabric.protocol.api import BrokerAccess
 
 FN = uuid.uuid4()
 
@@ -105,6 +107,21 @@ EXAMPLES = [
     CancelTasks(task_ids=[]),
     Drain(reason="walltime", deadline_s=30.0),
     Drain(),
+    StartUserEndpoint(
+        endpoint_id=uuid.uuid4(),
+        parent_endpoint_id=uuid.uuid4(),
+        user="alice",
+        user_id=uuid.uuid4(),
+        user_endpoint_config_json='{"account": "proj42"}',
+        broker=BrokerAccess(
+            amqp_url="amqp://ep-1:secret@localhost/",
+            username="ep-1",
+            task_queue="tasks.1",
+            result_queue="results.1",
+            results_exchange="results",
+            dead_letter_exchange="dlx",
+        ),
+    ),
 ]
 
 
