@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +74,24 @@ def dev_up(*, workers: int | None = None, announce: Any = print) -> DevState:
     root = _root()
     root.mkdir(parents=True, exist_ok=True)
     state = DevState.load()
+    node = RabbitNode(root / "broker")
+    prepared = node.prepare()  # before the boot thread: only one of us may configure the node
+    forwarder_needed = not _forwarder_alive(state)
     announce("starting the broker (a private RabbitMQ node)...")
-    info = RabbitNode(root / "broker").start()
-    if not _forwarder_alive(state):
-        port = _port_of(state.forwarder_url) or DEFAULT_PORT
-        if not port_free(port, reuse_address=True):  # kept across restarts (TIME_WAIT)
-            port = free_port()
-        state.forwarder_url = f"http://127.0.0.1:{port}"
-        settings_file = _write_forwarder_settings(root, info.amqp_url, info.management_url, port)
-        state.token = _dev_token(settings_file, saved=state.token)
+    # the node boots for seconds without us: prepare the store and the token meanwhile
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-start") as pool:
+        booting = pool.submit(node.start)
+        if forwarder_needed:
+            port = _port_of(state.forwarder_url) or DEFAULT_PORT
+            if not port_free(port, reuse_address=True):  # kept across restarts (TIME_WAIT)
+                port = free_port()
+            state.forwarder_url = f"http://127.0.0.1:{port}"
+            settings_file = _write_forwarder_settings(root, prepared.amqp_url, prepared.management_url, port)
+            state.token = _dev_token(settings_file, saved=state.token)
+        info = booting.result()
+    if forwarder_needed:
+        if info != prepared:  # the node moved to free ports
+            settings_file = _write_forwarder_settings(root, info.amqp_url, info.management_url, port)
         announce("starting the forwarder (SQLite store)...")
         state.forwarder_pid = _start_forwarder(root, settings_file, state.forwarder_url)
     state.save()
@@ -261,7 +271,7 @@ def _wait_online(state: DevState, timeout_s: float = 60.0) -> None:
             status = client.get_endpoint_status(str(state.endpoint_id))
             if status.get("status") == EndpointState.ONLINE and status.get("workers"):
                 return
-            time.sleep(0.2)
+            time.sleep(0.05)
     raise TaskfabricError(f"endpoint {DEV_ENDPOINT!r} did not come online within {timeout_s:g} s")
 
 
