@@ -33,6 +33,7 @@ __all__ = [
     "CompareConfig",
     "Metric",
     "format_comparison",
+    "hop_medians",
     "parse_peer",
     "ratio",
     "run_compare",
@@ -108,6 +109,12 @@ def summarise(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, 
         ours, theirs = systems
         medians["ratio"] = {m.key: ratio(medians[ours][m.key], medians[theirs][m.key]) for m in METRICS}
     return medians
+
+
+def hop_medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each `hop_*` figure over the runs that have it, in the order first seen."""
+    names = list(dict.fromkeys(key for run in runs for key in run if key.startswith("hop_")))
+    return {name: statistics.median(run[name] for run in runs if name in run) for name in names}
 
 
 def format_comparison(summary: dict[str, dict[str, float | None]], peer: str) -> list[str]:
@@ -222,6 +229,7 @@ def _round_taskfabric(fabric: Any, config: CompareConfig) -> dict[str, float]:
         "latency_p50_ms": trip["p50_ms"],
         "latency_p99_ms": trip["p99_ms"],
         "throughput_tasks_per_s": rate["tasks_per_s"],
+        **{key: value for key, value in trip.items() if key.startswith("hop_")},
     }
 
 
@@ -270,6 +278,9 @@ def run_compare(config: CompareConfig, *, echo: Callable[[str], None] = click.ec
     summary = summarise(rounds)
     for line in format_comparison(summary, config.peer):
         echo(line)
+    hops = hop_medians([r["taskfabric"] for r in rounds])
+    if hops:
+        echo("taskfabric hops (median over rounds, ms): " + ", ".join(f"{k}={v:.2f}" for k, v in hops.items()))
     record = {
         "comparison": config.peer,
         "parameters": {
@@ -282,6 +293,7 @@ def run_compare(config: CompareConfig, *, echo: Callable[[str], None] = click.ec
         },
         "rounds": rounds,
         "median": summary,
+        "taskfabric_hops_median_ms": hops,
         **_environment(),
     }
     echo(json.dumps(record))

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from taskfabric.tools.bench import bench
-from taskfabric.tools.bench_compare import format_comparison, parse_peer, ratio, summarise
+from taskfabric.tools.bench_compare import format_comparison, hop_medians, parse_peer, ratio, summarise
 
 
 def test_parse_peer_accepts_known_names_in_any_case() -> None:
@@ -59,3 +59,8 @@ def test_bench_rejects_compare_with_a_given_fabric() -> None:
     result = CliRunner().invoke(bench, ["--compare", "celery", "--url", "http://127.0.0.1:1"])
     assert result.exit_code == 2
     assert "local fabric only" in result.output
+
+
+def test_hop_medians_cover_the_runs_that_have_each_hop() -> None:
+    runs = [{"hop_a_p50_ms": 1.0, "latency_p50_ms": 9.0}, {"hop_a_p50_ms": 3.0, "hop_b_p50_ms": 2.0}, {}]
+    assert hop_medians(runs) == {"hop_a_p50_ms": 2.0, "hop_b_p50_ms": 2.0}
