@@ -150,6 +150,10 @@ def _write_forwarder_settings(root: Path, amqp_url: str, management_url: str, po
         "management_url": management_url,
         "endpoint_offline_after_s": 15.0,
         "status_period_s": 2.0,
+        # one user on their own machine: the per-user submit rate (50/s by default) guards a
+        # shared service, and here it only throttled interactive use (sequential
+        # `submit().result()` runs at 100-200 calls/s; each refusal cost a 1 s Retry-After)
+        "quotas": {"submit_requests_per_s": 0},
     }
     path = root / "forwarder.yaml"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
