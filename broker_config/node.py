@@ -151,6 +151,13 @@ class RabbitNode:
         except FileNotFoundError:
             return None
 
+    def prepare(self) -> NodeInfo:
+        """The node's connection details, configuring it first if it never was; starts nothing.
+        Lets a caller write the broker's URL into other settings while `start()` boots the node
+        (in another thread, called after this). `start()` may still move a node whose ports were
+        taken meanwhile: what it returns is what holds."""
+        return self.info() or self._configure()
+
     def is_running(self) -> bool:
         pid = self._pid()
         if pid is None:

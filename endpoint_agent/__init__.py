@@ -32,6 +32,8 @@ from __future__ import annotations
 import importlib
 import typing
 
+from taskfabric.endpoint_agent.parsl_light import defer_parsl_init as _defer_parsl_init
+
 if typing.TYPE_CHECKING:
     from taskfabric.endpoint_agent.agent import Agent
     from taskfabric.endpoint_agent.broker_link import EndpointBrokerLink
@@ -104,6 +106,10 @@ _SOURCES: dict[str, str] = {
     "start_endpoint": "taskfabric.endpoint_agent.local",
     "stop_endpoint": "taskfabric.endpoint_agent.local",
 }
+
+
+# Before any module of this package imports Parsl: see parsl_light's docstring (agent start time).
+_defer_parsl_init()
 
 
 def __getattr__(name: str) -> object:

@@ -14,8 +14,31 @@ State: the tasks queued on this node and the pool's per-worker assignments, in m
 
 from __future__ import annotations
 
-from taskfabric.manager.execution import TaskRunner, WalltimeExceededError
-from taskfabric.manager.manager import Manager, ManagerSettings
-from taskfabric.manager.pool import WorkerPool
+import importlib
+import typing
+
+if typing.TYPE_CHECKING:
+    from taskfabric.manager.execution import TaskRunner, WalltimeExceededError
+    from taskfabric.manager.manager import Manager, ManagerSettings
+    from taskfabric.manager.pool import WorkerPool
 
 __all__ = ["Manager", "ManagerSettings", "TaskRunner", "WalltimeExceededError", "WorkerPool"]
+
+# Loaded on first use: every worker process starts as `python -m taskfabric.manager.worker`,
+# which imports this package first; it needs neither ZeroMQ nor the manager's loop (cold start).
+_SOURCES = {
+    "Manager": "taskfabric.manager.manager",
+    "ManagerSettings": "taskfabric.manager.manager",
+    "TaskRunner": "taskfabric.manager.execution",
+    "WalltimeExceededError": "taskfabric.manager.execution",
+    "WorkerPool": "taskfabric.manager.pool",
+}
+
+
+def __getattr__(name: str) -> object:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(source), name)
+    globals()[name] = value  # the next lookup finds it without coming here
+    return value

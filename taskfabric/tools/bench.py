@@ -362,6 +362,25 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def _compare(peer: str, options: dict[str, Any]) -> None:
+    from taskfabric.tools.bench_compare import CompareConfig, parse_peer, run_compare
+
+    if options.get("url"):
+        raise click.BadParameter("runs on a local fabric only", param_hint="--compare with --url")
+    name = parse_peer(peer)
+    assert name is not None
+    tasks = options["throughput_tasks"] if options["throughput_tasks"] != 20_000 else 5_000
+    run_compare(
+        CompareConfig(
+            peer=name,
+            rounds=options["runs"],
+            latency_calls=options["latency_calls"],
+            throughput_tasks=tasks,
+            workers=options["workers"],
+        )
+    )
+
+
 def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = click.echo) -> list[dict[str, Any]]:
     """Run the scenarios; returns one record per scenario (parameters, runs, medians, machine)."""
     from rich.console import Console
@@ -437,7 +456,7 @@ def _fmt(value: Any) -> str:
     type=click.IntRange(min=1),
     default=20_000,
     show_default=True,
-    help="Throughput scenario size.",
+    help="Throughput scenario size (5,000 with --compare unless given).",
 )
 @click.option(
     "--calls",
@@ -468,8 +487,18 @@ def _fmt(value: Any) -> str:
 @click.option(
     "--endpoint-name", default=None, help="With --url: that endpoint's name on this machine (for cold-start, backlog)."
 )
+@click.option(
+    "--compare",
+    default=None,
+    metavar="PEER",
+    help="Run taskfabric and PEER (celery) alternately on the local fabric's broker; print medians and ratios.",
+)
 def bench(**options: Any) -> None:
     """Measure throughput, latency, cold start and a large backlog, end to end."""
+    peer = options.pop("compare")
+    if peer is not None:
+        _compare(peer, options)
+        return
     scenarios = tuple(name.strip() for name in options.pop("scenarios").split(",") if name.strip())
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,21 +80,31 @@ def dev_up(*, workers: int | None = None, globus_compute: bool = False, announce
     root = _root()
     root.mkdir(parents=True, exist_ok=True)
     state = DevState.load()
+    node = RabbitNode(root / "broker")
+    prepared = node.prepare()  # before the boot thread: only one of us may configure the node
     alive = _forwarder_alive(state)
     if globus_compute:
         _check_compute_port(state, alive)
     announce("starting the broker (a private RabbitMQ node)...")
-    info = RabbitNode(root / "broker").start()
+    # the node boots for seconds without us: prepare the store and the token meanwhile
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-start") as pool:
+        booting = pool.submit(node.start)
+        if not alive:
+            port = GLOBUS_COMPUTE_PORT if globus_compute else (_port_of(state.forwarder_url) or DEFAULT_PORT)
+            if not globus_compute and not port_free(port, reuse_address=True):  # kept across restarts (TIME_WAIT)
+                port = free_port()
+            state.forwarder_url = f"http://127.0.0.1:{port}"
+            state.globus_compute = globus_compute
+            settings_file = _write_forwarder_settings(
+                root, prepared.amqp_url, prepared.management_url, port, globus_compute=globus_compute
+            )
+            state.token = _dev_token(settings_file, saved=state.token)
+        info = booting.result()
     if not alive:
-        port = GLOBUS_COMPUTE_PORT if globus_compute else (_port_of(state.forwarder_url) or DEFAULT_PORT)
-        if not globus_compute and not port_free(port, reuse_address=True):  # kept across restarts (TIME_WAIT)
-            port = free_port()
-        state.forwarder_url = f"http://127.0.0.1:{port}"
-        state.globus_compute = globus_compute
-        settings_file = _write_forwarder_settings(
-            root, info.amqp_url, info.management_url, port, globus_compute=globus_compute
-        )
-        state.token = _dev_token(settings_file, saved=state.token)
+        if info != prepared:  # the node moved to free ports
+            settings_file = _write_forwarder_settings(
+                root, info.amqp_url, info.management_url, port, globus_compute=globus_compute
+            )
         announce("starting the forwarder (SQLite store)...")
         state.forwarder_pid = _start_forwarder(root, settings_file, state.forwarder_url)
     state.save()
@@ -172,6 +183,10 @@ def _write_forwarder_settings(
         "endpoint_offline_after_s": 15.0,
         "status_period_s": 2.0,
         "globus_compute": {"enabled": globus_compute},
+        # one user on their own machine: the per-user submit rate (50/s by default) guards a
+        # shared service, and here it only throttled interactive use (sequential
+        # `submit().result()` runs at 100-200 calls/s; each refusal cost a 1 s Retry-After)
+        "quotas": {"submit_requests_per_s": 0},
     }
     path = root / "forwarder.yaml"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -293,7 +308,7 @@ def _wait_online(state: DevState, timeout_s: float = 60.0) -> None:
             status = client.get_endpoint_status(str(state.endpoint_id))
             if status.get("status") == EndpointState.ONLINE and status.get("workers"):
                 return
-            time.sleep(0.2)
+            time.sleep(0.05)
     raise TaskfabricError(f"endpoint {DEV_ENDPOINT!r} did not come online within {timeout_s:g} s")
 
 

@@ -1,0 +1,26 @@
+"""The Celery peer for `taskfabric bench --compare celery`: one no-op task on the same RabbitMQ.
+
+Configured from the environment (set by taskfabric/tools/bench_compare.py):
+TASKFABRIC_PEER_AMQP_URL (the broker) and TASKFABRIC_PEER_QUEUE (a queue of this run's own).
+The result backend is `rpc://` (results come back over AMQP), Celery's usual choice with RabbitMQ
+when no database is wanted. Durable classic queue, persistent messages: Celery's defaults.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+app = Celery("taskfabric_bench_peer", broker=os.environ["TASKFABRIC_PEER_AMQP_URL"], backend="rpc://")
+app.conf.update(
+    task_default_queue=os.environ.get("TASKFABRIC_PEER_QUEUE", "taskfabric-bench-peer"),
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+
+@app.task(name="noop")
+def noop() -> None:
+    """Nothing, so the figures measure the system."""
+    return
