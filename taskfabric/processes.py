@@ -63,6 +63,18 @@ def free_ports(count: int, port_range: tuple[int, int], *, picker: random.Random
     return chosen
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` itself has a listening TCP socket on `port` (any address): tells our
+    own server from another process that answers on the same port."""
+    import psutil
+
+    try:
+        sockets = psutil.Process(pid).net_connections(kind="inet")
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return any(s.status == psutil.CONN_LISTEN and s.laddr and s.laddr.port == port for s in sockets)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` exists and we may signal it."""
     try:

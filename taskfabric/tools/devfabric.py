@@ -29,7 +29,7 @@ from taskfabric.daemon import spawn_detached
 from taskfabric.errors import TaskfabricError
 from taskfabric.exit_codes import RET_OK, RET_STOPPED
 from taskfabric.paths import taskfabric_home
-from taskfabric.processes import free_port, pid_alive, port_free, terminate_then_kill
+from taskfabric.processes import free_port, listens_on, pid_alive, port_free, terminate_then_kill
 from taskfabric.protocol import EndpointState
 
 __all__ = ["DevState", "dev", "dev_down", "dev_status", "dev_up"]
@@ -80,11 +80,11 @@ def dev_up(*, workers: int | None = None, globus_compute: bool = False, announce
     root = _root()
     root.mkdir(parents=True, exist_ok=True)
     state = DevState.load()
-    node = RabbitNode(root / "broker")
-    prepared = node.prepare()  # before the boot thread: only one of us may configure the node
     alive = _forwarder_alive(state)
     if globus_compute:
-        _check_compute_port(state, alive)
+        _check_compute_port(state, alive)  # before anything is made
+    node = RabbitNode(root / "broker")
+    prepared = node.prepare()  # before the boot thread: only one of us may configure the node
     announce("starting the broker (a private RabbitMQ node)...")
     # the node boots for seconds without us: prepare the store and the token meanwhile
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-start") as pool:
@@ -106,7 +106,17 @@ def dev_up(*, workers: int | None = None, globus_compute: bool = False, announce
                 root, info.amqp_url, info.management_url, port, globus_compute=globus_compute
             )
         announce("starting the forwarder (SQLite store)...")
-        state.forwarder_pid = _start_forwarder(root, settings_file, state.forwarder_url)
+        try:
+            state.forwarder_pid = _start_forwarder(root, settings_file, state.forwarder_url)
+        except _PortTaken:
+            if globus_compute:
+                raise TaskfabricError(f"port {port} was taken while the forwarder started") from None
+            port = free_port()  # another process took it since we looked: once more, elsewhere
+            state.forwarder_url = f"http://127.0.0.1:{port}"
+            settings_file = _write_forwarder_settings(
+                root, info.amqp_url, info.management_url, port, globus_compute=globus_compute
+            )
+            state.forwarder_pid = _start_forwarder(root, settings_file, state.forwarder_url)
     state.save()
     _save_client_config(state)
     announce(f"starting endpoint {DEV_ENDPOINT!r}...")
@@ -212,7 +222,13 @@ def _dev_token(settings_file: Path, *, saved: str) -> str:
     return create_token(settings, DEV_USER, description="taskfabric dev up")
 
 
+class _PortTaken(TaskfabricError):
+    """The forwarder could not listen: another process holds its port."""
+
+
 def _start_forwarder(root: Path, settings_file: Path, url: str) -> int:
+    port = _port_of(url)
+    assert port is not None, url
     pid = spawn_detached(
         [
             sys.executable,
@@ -232,14 +248,21 @@ def _start_forwarder(root: Path, settings_file: Path, url: str) -> int:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
+            if not port_free(port, reuse_address=True):
+                raise _PortTaken(port) from None
             raise TaskfabricError(f"the forwarder exited at once; see {root / 'forwarder.log'}") from None
-        try:
-            if httpx.get(f"{url}/v1/version", timeout=2).status_code == 200:
-                return pid
-        except httpx.HTTPError:
-            pass
+        # our forwarder, not another process on that port (another fabric on this machine)
+        if listens_on(pid, port) and _answers(url):
+            return pid
         time.sleep(0.1)
     raise TaskfabricError(f"the forwarder did not answer within 60 s; see {root / 'forwarder.log'}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/v1/version", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _save_client_config(state: DevState) -> None:
@@ -318,10 +341,8 @@ def _wait_online(state: DevState, timeout_s: float = 60.0) -> None:
 def _forwarder_alive(state: DevState) -> bool:
     if not state.forwarder_pid or not state.forwarder_url or not pid_alive(state.forwarder_pid):
         return False
-    try:
-        return httpx.get(f"{state.forwarder_url}/v1/version", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    port = _port_of(state.forwarder_url)
+    return port is not None and listens_on(state.forwarder_pid, port) and _answers(state.forwarder_url)
 
 
 def _port_of(url: str) -> int | None:

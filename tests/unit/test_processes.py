@@ -16,6 +16,7 @@ import pytest
 from taskfabric.processes import (
     free_port,
     free_ports,
+    listens_on,
     pid_alive,
     port_free,
     port_open,
@@ -91,3 +92,20 @@ def test_a_wake_pipe_wakes_once_per_drain_and_never_blocks() -> None:
     finally:
         pipe.close()
     pipe.wake()  # after close: ignored, not an error
+
+
+def test_listens_on_tells_a_process_s_own_listener_from_another_s() -> None:
+    """`dev up` waits for *its* forwarder: another process answering on the port is not it."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            assert listens_on(os.getpid(), port)
+            assert not listens_on(other.pid, port)
+            assert not listens_on(os.getpid(), free_port())
+        finally:
+            other.kill()
+            other.wait()
+    assert not listens_on(other.pid, port)  # gone
