@@ -29,10 +29,10 @@ stand-ins of `taskfabric.endpoint_agent.testing`.
 
 from __future__ import annotations
 
-import importlib
 import typing
 
 from taskfabric.endpoint_agent.parsl_light import defer_parsl_init as _defer_parsl_init
+from taskfabric.lazy import lazy_attributes as _lazy_attributes
 
 if typing.TYPE_CHECKING:
     from taskfabric.endpoint_agent.agent import Agent
@@ -112,10 +112,4 @@ _SOURCES: dict[str, str] = {
 _defer_parsl_init()
 
 
-def __getattr__(name: str) -> object:
-    source = _SOURCES.get(name)
-    if source is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(source), name)
-    globals()[name] = value  # the next lookup finds it without coming here
-    return value
+__getattr__ = _lazy_attributes(__name__, _SOURCES)

@@ -14,8 +14,9 @@ State: the tasks queued on this node and the pool's per-worker assignments, in m
 
 from __future__ import annotations
 
-import importlib
 import typing
+
+from taskfabric.lazy import lazy_attributes as _lazy_attributes
 
 if typing.TYPE_CHECKING:
     from taskfabric.manager.execution import TaskRunner, WalltimeExceededError
@@ -35,10 +36,4 @@ _SOURCES = {
 }
 
 
-def __getattr__(name: str) -> object:
-    source = _SOURCES.get(name)
-    if source is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(source), name)
-    globals()[name] = value  # the next lookup finds it without coming here
-    return value
+__getattr__ = _lazy_attributes(__name__, _SOURCES)
