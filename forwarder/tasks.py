@@ -244,7 +244,7 @@ class TaskService:
             if grant is not None and grant[1].limits.any:
                 await self._endpoints.sharing.check_limits(identity, grant[0], grant[1].limits, adding, now=time.time())
         except QuotaExceeded:
-            if retry_of is None or not await self._runner.read(self._store.tasks.get_many, [retry_of]):
+            if retry_of is None or not await self._runner.read(self._store.tasks.get_many, [retry_of], results=False):
                 raise
 
     async def _check_store_quotas(self, identity: Identity, adding: int) -> None:
@@ -299,7 +299,7 @@ class TaskService:
         """A retried submission whose tasks are stored already (409 if they are not the same
         tasks); returns the ids of those still waiting."""
         task_ids = [task.task_id for task in new_tasks]
-        found = await self._runner.read(self._store.tasks.get_many, task_ids)
+        found = await self._runner.read(self._store.tasks.get_many, task_ids, results=False)
         same = len(found) == len(task_ids) and all(
             (record := found.get(task.task_id)) is not None
             and record.owner_id == identity.user_id
