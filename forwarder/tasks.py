@@ -417,8 +417,9 @@ class TaskService:
 
     # --- reads --------------------------------------------------------------------------
 
-    async def get(self, identity: Identity, task_id: uuid.UUID) -> TaskRecord:
-        found = await self._runner.read(self._store.tasks.get_many, [task_id])
+    async def get(self, identity: Identity, task_id: uuid.UUID, *, results: bool = True) -> TaskRecord:
+        """The caller's task (`results=False`: without reading a result kept in the blob store)."""
+        found = await self._runner.read(self._store.tasks.get_many, [task_id], results=results)
         record = found.get(task_id)
         if record is None or record.owner_id != identity.user_id:
             raise NotFoundError(f"no task {task_id}", code=NOT_FOUND)

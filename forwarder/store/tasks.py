@@ -768,4 +768,5 @@ def _task(row: Row[Any]) -> TaskRecord:
         task_group_id=row.task_group_id,
         stdout=row.stdout,
         stderr=row.stderr,
+        result_size=row.result_size if row.result_blob is not None else None,
     )
