@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -48,7 +48,15 @@ from sqlalchemy import (
 )
 
 from taskfabric.errors import ErrorCode
-from taskfabric.forwarder.blobs import BlobIntegrityError, BlobMissing, BlobRef, BlobStore, blob_name, read_verified
+from taskfabric.forwarder.blobs import (
+    BlobError,
+    BlobIntegrityError,
+    BlobMissing,
+    BlobRef,
+    BlobStore,
+    blob_name,
+    read_verified,
+)
 from taskfabric.forwarder.records import NewTask, TaskActivity, TaskPage, TaskQuery, TaskRecord, TaskStatus, TaskSummary
 from taskfabric.forwarder.store import postgres_batches, sqlite_batches
 from taskfabric.forwarder.store._sql import statement_chunks
@@ -414,6 +422,27 @@ class TaskTable:
         for record, ref in in_blobs:  # outside the connection: reading a blob may take a while
             self._load_blob(record, ref)
         return found
+
+    def result_blob(self, task_id: uuid.UUID) -> BlobRef | None:
+        """The blob holding the task's result (None: the row holds it, or there is none)."""
+        query = select(tasks.c.result_blob, tasks.c.result_size, tasks.c.result_sha256).where(
+            tasks.c.task_id == task_id, tasks.c.result_blob.is_not(None)
+        )
+        with translate_errors("reading a result's blob reference"), self._engine.connect() as connection:
+            row = connection.execute(query).first()
+        return BlobRef(row.result_blob, row.result_size or 0, row.result_sha256 or "") if row is not None else None
+
+    def check_blob(self, ref: BlobRef) -> None:
+        """Read the blob through once, chunk by chunk (no whole copy), checking its size and
+        digest: raises `BlobIntegrityError`, `BlobMissing` (or `BlobError` without a blob store)."""
+        for _ in self.blob_chunks(ref):
+            pass
+
+    def blob_chunks(self, ref: BlobRef) -> Iterator[bytes]:
+        """The blob's chunks, checked at the end (see `BlobStore.stream_verified`)."""
+        if self.blobs is None:
+            raise BlobError("the forwarder has no blob store configured")
+        return self.blobs.stream_verified(ref)
 
     def _load_blob(self, record: TaskRecord, ref: BlobRef) -> None:
         """Put the blob's bytes in `record`, or turn it into a `RESULT_INTEGRITY` failure."""

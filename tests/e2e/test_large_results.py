@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from taskfabric.client import Client, Executor, ResultIntegrityError
+from taskfabric.client import Client, Executor, InvalidRequest, NotFoundError, ResultIntegrityError
 from taskfabric.endpoint_agent.local import (
     LocalEndpoint,
     configure_endpoint,
@@ -53,6 +53,7 @@ class BlobFabric:
     blobs: Path
     token: str
     endpoint_id: str
+    settings: ForwarderSettings
 
     def client(self) -> Client:
         return Client(url=self.forwarder.url, token=self.token)
@@ -90,7 +91,7 @@ def blob_fabric(broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactor
         with Client(url=forwarder.url, token=token) as client:
             endpoint_id = str(register_endpoint(endpoint_name, client).endpoint_id)
             start_endpoint(endpoint_name, detach=True)
-        yield BlobFabric(forwarder, folder / "fw.db", folder / "blobs", token, endpoint_id)
+        yield BlobFabric(forwarder, folder / "fw.db", folder / "blobs", token, endpoint_id, settings)
     finally:
         if LocalEndpoint(endpoint_name).pid() is not None:
             stop_endpoint(endpoint_name, timeout_s=30)
@@ -125,8 +126,11 @@ def test_a_large_result_survives_a_restart_and_tampering_is_typed(blob_fabric: B
     blob_fabric.forwarder.stop()
     blob_fabric.forwarder.start()
     with blob_fabric.client() as client:
-        value = client.get_result(task_id)
-        assert hashlib.sha256(value).hexdigest() == expected  # through the /v1 result route
+        streamed = client.download_result(task_id)  # GET /v1/tasks/{id}/result: streamed from the blob
+        assert hashlib.sha256(streamed).hexdigest() == expected
+        del streamed
+        value = client.get_result(task_id)  # GET /v1/tasks/{id}: the JSON route, as before
+        assert hashlib.sha256(value).hexdigest() == expected
         del value
 
         tampered = bytearray(blob.read_bytes())
@@ -134,3 +138,13 @@ def test_a_large_result_survives_a_restart_and_tampering_is_typed(blob_fabric: B
         blob.write_bytes(bytes(tampered))
         with pytest.raises(ResultIntegrityError, match=task_id):
             client.get_result(task_id)
+        with pytest.raises(ResultIntegrityError, match=task_id):
+            client.download_result(task_id)
+
+    other = unique_name("other")
+    create_user(blob_fabric.settings, other)
+    with Client(url=blob_fabric.forwarder.url, token=create_token(blob_fabric.settings, other)) as stranger:
+        with pytest.raises(NotFoundError):
+            stranger.download_result(task_id)  # another user's result does not exist for them
+        with pytest.raises(InvalidRequest):
+            stranger.download_result("not-a-task-id")
