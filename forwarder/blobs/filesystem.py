@@ -53,6 +53,7 @@ class FilesystemBlobStore(BlobStore):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, path)
+            _sync_folder(path.parent)  # the rename itself survives a crash
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise BlobError(f"cannot write blob {name}: {exc}") from None
@@ -102,6 +103,14 @@ class FilesystemBlobStore(BlobStore):
         for folder in self.root.iterdir():
             if folder.is_dir() and len(folder.name) == 2:
                 yield from (path for path in folder.iterdir() if path.is_file())
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _chunks(file: BinaryIO, name: str) -> Iterator[bytes]:

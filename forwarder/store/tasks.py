@@ -283,8 +283,14 @@ class TaskTable:
         return spilled
 
     def _delete_blobs(self, names: list[str]) -> None:
-        if names and self.blobs is not None:
+        """Best effort, after the rows changed: a blob left behind is swept once it is older than
+        `result_ttl_s` (`sweep_blobs`), so a failure here must not undo a committed change."""
+        if not names or self.blobs is None:
+            return
+        try:
             self.blobs.delete(names)
+        except BlobError as exc:
+            log.warning("could not delete %d blobs (the expiry sweep will): %s", len(names), exc)
 
     def _finish_pending(self, connection: Connection, outcomes: dict[uuid.UUID, Outcome]) -> list[TaskRecord]:
         """Store the outcomes of tasks still pending on the endpoint that claims each."""
