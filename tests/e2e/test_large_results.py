@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
+import re
 import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from taskfabric.client import Client, Executor, InvalidRequest, NotFoundError, ResultIntegrityError
@@ -140,6 +142,8 @@ def test_a_large_result_survives_a_restart_and_tampering_is_typed(blob_fabric: B
             client.get_result(task_id)
         with pytest.raises(ResultIntegrityError, match=task_id):
             client.download_result(task_id)
+    # the dashboard's task page shows the size from the row: it neither reads nor checks the blob
+    assert f"Result: {size} bytes" in _dashboard_task_page(blob_fabric, task_id)
 
     other = unique_name("other")
     create_user(blob_fabric.settings, other)
@@ -148,3 +152,15 @@ def test_a_large_result_survives_a_restart_and_tampering_is_typed(blob_fabric: B
             stranger.download_result(task_id)  # another user's result does not exist for them
         with pytest.raises(InvalidRequest):
             stranger.download_result("not-a-task-id")
+
+
+def _dashboard_task_page(fabric: BlobFabric, task_id: str) -> str:
+    with httpx.Client(base_url=fabric.forwarder.url) as browser:
+        form = browser.get("/ui/signin").text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form)
+        assert csrf is not None
+        signed_in = browser.post("/ui/signin", data={"token": fabric.token, "csrf_token": csrf.group(1), "next": ""})
+        assert signed_in.status_code == 303
+        page = browser.get(f"/ui/tasks/{task_id}")
+        assert page.status_code == 200
+        return page.text
