@@ -4,15 +4,10 @@ package registries here, see docs/operator.md)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import stat
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,56 +22,14 @@ from taskfabric.forwarder.blobs import (
     open_blob_store,
     read_verified,
 )
-from taskfabric.testing import wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An S3-compatible server (moto_server) on a free port, with AWS test credentials set."""
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("s3") / "moto.log").open("wb")
-    server = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    patch = pytest.MonkeyPatch()
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}.items():
-        patch.setenv(key, value)
-    try:
-        wait_until(lambda: _answers(port), timeout_s=30, interval_s=0.1, what="moto_server listening")
-        yield url
-    finally:
-        patch.undo()
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
-
-
-def _answers(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-    return False
-
-
-def _new_bucket(endpoint: str) -> str:
-    import boto3
-
-    bucket = f"blobs-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    return bucket
 
 
 @pytest.fixture(params=["filesystem", "s3"])
 def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     if request.param == "filesystem":
         return open_blob_store(f"file://{tmp_path / 'blobs'}")
-    endpoint = request.getfixturevalue("s3_endpoint")
-    return open_blob_store(f"s3://{_new_bucket(endpoint)}/results", s3_endpoint_url=endpoint)
+    s3: BlobStore = request.getfixturevalue("s3_blobs")
+    return s3
 
 
 def test_put_then_read_the_same_bytes_streamed_in_chunks(blobs: BlobStore) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import inspect, select, text
 
 from taskfabric.errors import ErrorCode
-from taskfabric.forwarder.blobs import FilesystemBlobStore
+from taskfabric.forwarder.blobs import BlobStore, FilesystemBlobStore
 from taskfabric.forwarder.records import NewTask, TaskStatus
 from taskfabric.forwarder.store import Store
 from taskfabric.forwarder.store.schema import MIGRATIONS, tasks
@@ -126,3 +126,23 @@ def test_the_blob_migration_is_idempotent(store: Store) -> None:
             transaction.rollback()
     finally:
         connection.close()
+
+
+def test_results_in_an_s3_bucket(tmp_path: Path, s3_blobs: BlobStore) -> None:
+    """The same life on the S3-compatible server (SQLite: the bucket is the point here)."""
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}", blobs=s3_blobs, blob_threshold_bytes=THRESHOLD) as store:
+        endpoint, (kept_id, expired_id, tampered_id) = _submit(store, 3)
+        kept, expired = os.urandom(2 * 1024 * 1024), os.urandom(5000)
+        now = time.time()
+        store.tasks.store_results([(endpoint, [_ok(expired_id, expired)])], now=now - 100)
+        store.tasks.store_results([(endpoint, [_ok(kept_id, kept), _ok(tampered_id, b"t" * 5000)])], now=now)
+        assert s3_blobs.usage_bytes() == len(kept) + len(expired) + 5000
+        assert store.tasks.get_many([kept_id])[kept_id].result == kept
+        ref = store.tasks.result_blob(tampered_id)
+        assert ref is not None
+        s3_blobs.put(ref.name, b"T" * 5000)  # the bucket's copy changed behind the forwarder
+        assert store.tasks.get_many([tampered_id])[tampered_id].error_code == ErrorCode.RESULT_INTEGRITY
+        while store.tasks.delete_expired(now - 50):
+            pass
+        store.tasks.delete([kept_id, tampered_id])
+        assert s3_blobs.usage_bytes() == 0
