@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -28,8 +29,16 @@ from taskfabric.client.serialization import (
     serialize_function,
     value_from_result,
 )
-from taskfabric.errors import InvalidRequest, NotFoundError, TaskPending
+from taskfabric.errors import (
+    ErrorCode,
+    InvalidRequest,
+    NotFoundError,
+    ResultIntegrityError,
+    ServiceError,
+    TaskPending,
+)
 from taskfabric.protocol import TaskStatus, check_resource_specification
+from taskfabric.protocol.api import RESULT_NOT_AVAILABLE, RESULT_SHA256_HEADER, RESULT_WORKER_PYTHON_HEADER
 
 __all__ = ["Batch", "Client", "TaskListPage", "resolve_group_name"]
 
@@ -438,6 +447,25 @@ class Client:
         """The task's return value; raises `TaskPending` while it runs and the remote failure
         (the original exception type when it can be rebuilt here) when it failed."""
         return outcome_of(self.get_task(task_id))
+
+    def download_result(self, task_id: uuid.UUID | str) -> Any:
+        """`get_result` for large results: the raw result bytes (`GET /v1/tasks/{id}/result`,
+        streamed from the forwarder's blob store, not base64 in JSON), checked against the sha256
+        the forwarder recorded. Raises `ResultIntegrityError` when they do not match, and what
+        `get_result` raises for a task without a result (`TaskPending`, the remote failure)."""
+        try:
+            data, headers = self._http.get_bytes(f"/v1/tasks/{task_id}/result")
+        except ServiceError as exc:
+            if exc.code == ErrorCode.RESULT_INTEGRITY:
+                raise ResultIntegrityError(str(exc), task_id=task_id) from None
+            if exc.code == RESULT_NOT_AVAILABLE:
+                return outcome_of(self.get_task(task_id))
+            raise
+        if hashlib.sha256(data).hexdigest() != headers.get(RESULT_SHA256_HEADER, ""):
+            raise ResultIntegrityError(
+                f"the result of task {task_id} does not match the sha256 the forwarder sent", task_id=task_id
+            )
+        return value_from_result(data, worker_python=headers.get(RESULT_WORKER_PYTHON_HEADER, ""), task_id=task_id)
 
     def get_batch_result(self, task_ids: Iterable[uuid.UUID | str]) -> dict[uuid.UUID, dict[str, Any]]:
         """For each task: `{"status", "pending": bool, "result"}` or `{"status", "pending",

@@ -43,6 +43,7 @@ _BY_STATUS: dict[int, type[ServiceError]] = {
 #: when a 429 names no wait (or an unreadable one): retry after this long
 _DEFAULT_RETRY_AFTER_S = 1.0
 MSGPACK = "application/msgpack"
+_CHUNK_BYTES = 1024 * 1024
 
 
 class ServiceHTTP:
@@ -72,6 +73,20 @@ class ServiceHTTP:
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self._json(self._send("GET", path, retries=self._read_retries, **kwargs))
+
+    def get_bytes(self, path: str) -> tuple[bytes, httpx.Headers]:
+        """A binary body, read in chunks into one buffer (no intermediate copies), and its headers."""
+        try:
+            with self._http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                buffer = bytearray()
+                for chunk in response.iter_bytes(_CHUNK_BYTES):
+                    buffer += chunk
+                return bytes(buffer), response.headers
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"cannot read {path} from {self.url}: {exc}", status=0, code="UNREACHABLE") from None
 
     def post(self, path: str, body: Any, *, idempotent: bool = False) -> Any:
         return self._json(self._send("POST", path, json=body, retries=self._read_retries if idempotent else 0))

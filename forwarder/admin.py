@@ -259,7 +259,7 @@ def show_dead_letter(settings: ForwarderSettings, dead_letter_id: str) -> DeadLe
     """One kept dead letter with its task's status and a summary of its message."""
     with Store.open(settings.store_url) as store:
         record = _dead_letter(store, dead_letter_id)
-        task = store.tasks.get_many([record.task_id]).get(record.task_id) if record.task_id else None
+        task = store.tasks.get_many([record.task_id], results=False).get(record.task_id) if record.task_id else None
     return DeadLetterDetails(record, task.status if task else None, _summary(record.body or b""))
 
 
@@ -273,7 +273,7 @@ def requeue_dead_letter(settings: ForwarderSettings, dead_letter_id: str) -> uui
         record = _dead_letter(store, dead_letter_id)
         if record.task_id is None or record.body is None:
             raise TaskfabricError(f"dead letter {dead_letter_id} names no task of ours: nothing to re-queue")
-        task = store.tasks.get_many([record.task_id]).get(record.task_id)
+        task = store.tasks.get_many([record.task_id], results=False).get(record.task_id)
         if task is None:
             raise TaskfabricError(f"task {record.task_id} is no longer stored: not re-queued")
         if task.status.terminal:

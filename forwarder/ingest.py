@@ -390,7 +390,7 @@ class Ingestor:
         now = time.time()
         reason = _dead_letter_reason(delivery)
         ids = [task.task_id for task in batch.tasks]
-        heads = self._store.tasks.get_many(ids)
+        heads = self._store.tasks.get_many(ids, results=False)
         records = []
         mine: list[uuid.UUID] = []
         for task in batch.tasks:

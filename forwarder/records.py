@@ -170,6 +170,15 @@ class TaskRecord:
     #: the task's captured output (the end of it), once finished
     stdout: str | None = None
     stderr: str | None = None
+    #: the size of a result kept in the blob store, known without reading it (see `result_bytes`)
+    result_size: int | None = None
+
+    @property
+    def result_bytes(self) -> int | None:
+        """The result's size in bytes (None: no result), whether or not its bytes were read."""
+        if self.result is not None:
+            return len(self.result)
+        return self.result_size
 
     @property
     def finished(self) -> bool:

@@ -16,7 +16,7 @@ import msgpack
 import pydantic
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from taskfabric import __version__
@@ -45,7 +45,15 @@ from taskfabric.forwarder.requests import (
 from taskfabric.forwarder.service import Forwarder
 from taskfabric.forwarder.stream import serve_stream
 from taskfabric.forwarder.views import endpoint_info, function_info, group_info, group_member, task_info
-from taskfabric.protocol.api import EndpointInfo, EndpointRegistered, GroupMember, TaskInfo, render
+from taskfabric.protocol.api import (
+    RESULT_SHA256_HEADER,
+    RESULT_WORKER_PYTHON_HEADER,
+    EndpointInfo,
+    EndpointRegistered,
+    GroupMember,
+    TaskInfo,
+    render,
+)
 
 __all__ = [
     "API_VERSION",
@@ -551,6 +559,27 @@ async def list_tasks(
 @router.get("/tasks/{task_id}", responses={200: {"model": TaskInfo}})
 async def get_task(task_id: uuid.UUID, identity: Caller, service: Service) -> JSONResponse:
     return JSONResponse(render(task_info(await service.tasks.get(identity, task_id))))
+
+
+_OCTETS = "application/octet-stream"
+
+
+@router.get("/tasks/{task_id}/result", response_class=Response, responses={200: {"content": {_OCTETS: {}}}})
+async def get_task_result(task_id: uuid.UUID, identity: Caller, service: Service) -> Response:
+    """The raw bytes of a successful task's result (serialized as the client sent it back),
+    streamed from the blob store for a large one, with their sha256 in `X-Taskfabric-Result-Sha256`.
+    409 `RESULT_NOT_AVAILABLE`: the task has no result (pending, failed, cancelled); 500
+    `RESULT_INTEGRITY` naming the task: its stored result does not match the recorded digest."""
+    body = await service.tasks.result_body(identity, task_id)
+    headers = {
+        "Content-Length": str(body.size),
+        RESULT_SHA256_HEADER: body.sha256,
+        # from the endpoint: only printable ASCII goes into a header
+        RESULT_WORKER_PYTHON_HEADER: "".join(c for c in body.worker_python[:64] if " " <= c <= "~"),
+    }
+    if body.chunks is None:
+        return Response(body.data or b"", media_type=_OCTETS, headers=headers)
+    return StreamingResponse(body.chunks, media_type=_OCTETS, headers=headers)
 
 
 @router.post("/tasks/batch", responses={200: {"model": schemas.BatchStatus}})

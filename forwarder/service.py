@@ -28,6 +28,7 @@ from taskfabric.forwarder.auth import (
     make_provider,
 )
 from taskfabric.forwarder.batching import FunctionBodyCache
+from taskfabric.forwarder.blobs import open_blob_store
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.consumer_pool import ConsumerConnections
 from taskfabric.forwarder.consumers import ResultConsumers
@@ -133,7 +134,19 @@ class Forwarder:
 
     async def _open_store_and_auth(self) -> None:
         settings = self.settings
-        self.store = await asyncio.to_thread(Store.open, settings.store_url, pool_size=settings.db_read_threads + 2)
+        blobs = await asyncio.to_thread(
+            open_blob_store,
+            str(settings.blob_store_url),
+            s3_endpoint_url=settings.blob_s3_endpoint_url,
+            s3_region=settings.blob_s3_region,
+        )
+        self.store = await asyncio.to_thread(
+            Store.open,
+            settings.store_url,
+            pool_size=settings.db_read_threads + 2,
+            blobs=blobs,
+            blob_threshold_bytes=settings.blob_threshold_bytes,
+        )
         self._cleanups.append(self.store.close)
         self.runner = StoreRunner(read_threads=settings.db_read_threads, on_error=self.metrics.store_error)
         self._cleanups.append(self.runner.close)
@@ -295,6 +308,9 @@ class Forwarder:
                 break
         if total:
             log.info("deleted %d expired tasks", total)
+        swept = await self.runner.write(self.store.tasks.sweep_blobs, before)
+        if swept:
+            log.info("deleted %d expired blobs (their tasks were deleted, or a crash left them)", swept)
         # the daily result-bytes counts: today's and yesterday's are all the quota reads
         await self.runner.write(self.store.quotas.prune_result_bytes, utc_day(time.time()) - 1)
         # the daily counts of cross-user submissions (per-grant max_tasks_per_day): today's only

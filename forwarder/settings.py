@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from taskfabric.broker_config import Topology
 from taskfabric.errors import ConfigError
+from taskfabric.forwarder.blobs.open import check_blob_url
 from taskfabric.paths import taskfabric_home
 from taskfabric.settings import load_settings, load_yaml, setting, settings_from_env
 from taskfabric.tls import client_ssl_context, server_ssl_context
@@ -323,6 +324,19 @@ class ForwarderSettings:
         4 * _MIB, help="AMQP messages stop growing past this many payload bytes (one big task may exceed it)", min=1
     )
     result_ttl_s: float = setting(14 * 86400.0, help="how long finished tasks are kept", min=1)
+    # --- large results out of the SQL store (issue 15) ---
+    blob_threshold_bytes: int = setting(
+        64 * 1024, help="results larger than this are kept in the blob store, not in the SQL store", min=0
+    )
+    blob_store_url: str | None = setting(
+        None,
+        help="where large results are kept: file:///PATH (default: blobs/ in the forwarder's data folder) or "
+        "s3://BUCKET[/PREFIX] (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or boto3's usual chain)",
+    )
+    blob_s3_endpoint_url: str | None = setting(
+        None, help="an S3-compatible server for an s3:// blob_store_url (default: AWS)"
+    )
+    blob_s3_region: str | None = setting(None, help="the S3 region for an s3:// blob_store_url (default: us-east-1)")
     cleanup_period_s: float = setting(3600.0, help="how often expired tasks are deleted", min=1)
     endpoint_offline_after_s: float = setting(
         30.0, help="an endpoint without a status report for this long is offline", min=0.1
@@ -388,6 +402,14 @@ class ForwarderSettings:
     def __post_init__(self) -> None:
         if self.database_url is None:
             object.__setattr__(self, "database_url", default_database_url())
+        if self.blob_store_url is None:
+            object.__setattr__(self, "blob_store_url", f"file://{(self.data_dir / 'blobs').absolute()}")
+        try:
+            check_blob_url(str(self.blob_store_url))
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="blob_store_url") from None
+        if self.blob_s3_endpoint_url is not None:
+            _check_url(self.blob_s3_endpoint_url, ("http", "https"), "blob_s3_endpoint_url")
         if self.endpoint_offline_after_s <= self.status_period_s:
             raise ValueError("endpoint_offline_after_s must be longer than status_period_s")
         needed = int(max(self.max_payload_bytes, self.max_function_bytes) * _BASE64_GROWTH) + _REQUEST_SLACK_BYTES
@@ -459,14 +481,19 @@ class ForwarderSettings:
         return str(self.database_url)
 
     @property
+    def data_dir(self) -> Path:
+        """The forwarder's data folder: a SQLite store's folder, else `$TASKFABRIC_HOME/forwarder`."""
+        url = self.store_url
+        if url.startswith("sqlite:///"):
+            return Path(url.removeprefix("sqlite:///")).expanduser().parent
+        return taskfabric_home() / "forwarder"
+
+    @property
     def audit_log_path(self) -> Path:
         """`audit_log_file`, or its default: the forwarder's data folder (a SQLite store's folder)."""
         if self.audit_log_file is not None:
             return self.audit_log_file
-        url = self.store_url
-        if url.startswith("sqlite:///"):
-            return Path(url.removeprefix("sqlite:///")).expanduser().parent / "audit.jsonl"
-        return taskfabric_home() / "forwarder" / "audit.jsonl"
+        return self.data_dir / "audit.jsonl"
 
     @property
     def vhost(self) -> str:

@@ -36,14 +36,17 @@ finished ones: a caller learns nothing about tasks that are not theirs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from taskfabric.broker_config import EndpointQueues
 from taskfabric.errors import (
     BrokerError,
+    ErrorCode,
     NotFoundError,
     PermissionDenied,
     PublishTimeout,
@@ -53,6 +56,7 @@ from taskfabric.errors import (
 from taskfabric.forwarder.access import EndpointPermission
 from taskfabric.forwarder.allow_lists import check_allowed_functions
 from taskfabric.forwarder.batching import FunctionBodyCache, plan_task_batches
+from taskfabric.forwarder.blobs import BlobIntegrityError, BlobMissing
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import NOT_FOUND, FunctionSharing
@@ -66,6 +70,7 @@ from taskfabric.forwarder.ttl_cache import TTLCache
 from taskfabric.forwarder.user_endpoints import is_multi_user, parent_of
 from taskfabric.ids import new_uuid4s
 from taskfabric.protocol import CancelTasks, FunctionBody, TaskStatus, pack
+from taskfabric.protocol.api import RESULT_NOT_AVAILABLE
 
 __all__ = [
     "ACTIVITY_UNFINISHED_CACHE_S",
@@ -108,6 +113,19 @@ def submission_task_ids(owner_id: uuid.UUID, submission_id: uuid.UUID, count: in
         raise ValueError("a submission holds at most 2**32 tasks")
     base = uuid.uuid5(submission_id, f"{owner_id}:{count}").int
     return [uuid.UUID(int=base ^ index) for index in range(count)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResultBody:
+    """A successful task's result bytes for `GET /v1/tasks/{id}/result`: `data` (a result kept
+    in its row) or `chunks` (streamed from the blob store, checked again as they are read)."""
+
+    task_id: uuid.UUID
+    size: int
+    sha256: str
+    worker_python: str
+    data: bytes | None = None
+    chunks: Iterator[bytes] | None = None
 
 
 class TaskService:
@@ -244,7 +262,7 @@ class TaskService:
             if grant is not None and grant[1].limits.any:
                 await self._endpoints.sharing.check_limits(identity, grant[0], grant[1].limits, adding, now=time.time())
         except QuotaExceeded:
-            if retry_of is None or not await self._runner.read(self._store.tasks.get_many, [retry_of]):
+            if retry_of is None or not await self._runner.read(self._store.tasks.get_many, [retry_of], results=False):
                 raise
 
     async def _check_store_quotas(self, identity: Identity, adding: int) -> None:
@@ -299,7 +317,7 @@ class TaskService:
         """A retried submission whose tasks are stored already (409 if they are not the same
         tasks); returns the ids of those still waiting."""
         task_ids = [task.task_id for task in new_tasks]
-        found = await self._runner.read(self._store.tasks.get_many, task_ids)
+        found = await self._runner.read(self._store.tasks.get_many, task_ids, results=False)
         same = len(found) == len(task_ids) and all(
             (record := found.get(task.task_id)) is not None
             and record.owner_id == identity.user_id
@@ -417,12 +435,41 @@ class TaskService:
 
     # --- reads --------------------------------------------------------------------------
 
-    async def get(self, identity: Identity, task_id: uuid.UUID) -> TaskRecord:
-        found = await self._runner.read(self._store.tasks.get_many, [task_id])
+    async def get(self, identity: Identity, task_id: uuid.UUID, *, results: bool = True) -> TaskRecord:
+        """The caller's task (`results=False`: without reading a result kept in the blob store)."""
+        found = await self._runner.read(self._store.tasks.get_many, [task_id], results=results)
         record = found.get(task_id)
         if record is None or record.owner_id != identity.user_id:
             raise NotFoundError(f"no task {task_id}", code=NOT_FOUND)
         return record
+
+    async def result_body(self, identity: Identity, task_id: uuid.UUID) -> ResultBody:
+        """The caller's task's result bytes, a blob checked whole (chunk by chunk, no copy) before
+        it is streamed. 404: not the caller's task; 409 `RESULT_NOT_AVAILABLE`: no result (yet);
+        500 `RESULT_INTEGRITY` naming the task: its blob is missing or does not match its digest."""
+        record = await self.get(identity, task_id, results=False)
+        if record.status is not TaskStatus.SUCCESS:
+            raise ServiceError(
+                f"task {task_id} has no result: it is {record.status.value}", status=409, code=RESULT_NOT_AVAILABLE
+            )
+        worker = record.worker_python
+        if record.result is not None:
+            data = record.result
+            return ResultBody(task_id, len(data), hashlib.sha256(data).hexdigest(), worker, data=data)
+        ref = await self._runner.read(self._store.tasks.result_blob, task_id)
+        if ref is None:
+            raise ServiceError(f"task {task_id} has no result", status=409, code=RESULT_NOT_AVAILABLE)
+        try:
+            await self._runner.read(self._store.tasks.check_blob, ref)
+        except (BlobIntegrityError, BlobMissing) as exc:
+            log.error("result of task %s is unusable: %s", task_id, exc)
+            raise ServiceError(
+                f"the result of task {task_id} failed its integrity check: {exc}",
+                status=500,
+                code=ErrorCode.RESULT_INTEGRITY.value,
+            ) from None
+        chunks = self._store.tasks.blob_chunks(ref)
+        return ResultBody(task_id, ref.size, ref.sha256, worker, chunks=chunks)
 
     async def get_many(
         self, identity: Identity, task_ids: Sequence[uuid.UUID]

@@ -43,7 +43,8 @@ Every error that leaves a public API is one of these; errors of the libraries un
         ├── FunctionNotAllowed      the endpoint's allow-list does not list the task's function (its agent refused it)
         ├── IdentityNotMapped       a multi-user endpoint maps the submitter to no local account (nothing ran)
         ├── AccountNotAllowed       the mapped local account is root, denied or does not exist (nothing ran)
-        └── UserConfigInvalid       the user_endpoint_config failed the endpoint's schema or template (names the field)
+        ├── UserConfigInvalid       the user_endpoint_config failed the endpoint's schema or template (names the field)
+        └── ResultIntegrityError    the stored result (a blob) is missing or does not match its sha256 (names the task)
 
 Remote failures travel as an error *code* in the wire protocol (see `ErrorCode`); `TaskFailed.for_code`
 maps a code back to its class on the client.
@@ -79,6 +80,7 @@ __all__ = [
     "PublishRejected",
     "PublishTimeout",
     "QuotaExceeded",
+    "ResultIntegrityError",
     "ResultTooLarge",
     "ServiceError",
     "StoreError",
@@ -283,6 +285,8 @@ class ErrorCode(enum.StrEnum):
     IDENTITY_NOT_MAPPED = "IDENTITY_NOT_MAPPED"
     ACCOUNT_NOT_ALLOWED = "ACCOUNT_NOT_ALLOWED"
     USER_CONFIG_INVALID = "USER_CONFIG_INVALID"
+    #: the forwarder found the stored result missing from its blob store or not matching its sha256
+    RESULT_INTEGRITY = "RESULT_INTEGRITY"
 
     @property
     def is_system_failure(self) -> bool:
@@ -386,6 +390,13 @@ class UserConfigInvalid(TaskFailed):
     code = ErrorCode.USER_CONFIG_INVALID
 
 
+class ResultIntegrityError(TaskFailed):
+    """The task ran, but its stored result is missing from the forwarder's blob store or does not
+    match the sha256 digest recorded with it (the message names the task)."""
+
+    code = ErrorCode.RESULT_INTEGRITY
+
+
 _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
     cls.code.value: cls
     for cls in (
@@ -405,5 +416,6 @@ _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
         IdentityNotMapped,
         AccountNotAllowed,
         UserConfigInvalid,
+        ResultIntegrityError,
     )
 }

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from taskfabric.forwarder.blobs import BlobStore
 from taskfabric.forwarder.store import versions as _versions
 from taskfabric.forwarder.store.access import AccessTable
 from taskfabric.forwarder.store.compute_groups import ComputeGroupTable
@@ -32,7 +33,7 @@ from taskfabric.forwarder.store.outcomes import Failure
 from taskfabric.forwarder.store.quotas import QuotaTable
 from taskfabric.forwarder.store.runner import StoreRunner
 from taskfabric.forwarder.store.schema import migrate
-from taskfabric.forwarder.store.tasks import TaskTable
+from taskfabric.forwarder.store.tasks import DEFAULT_BLOB_THRESHOLD_BYTES, TaskTable
 from taskfabric.forwarder.store.users import UserTable
 from taskfabric.forwarder.store.versions import SchemaStatus, StoreMissing, StoreNeedsMigration, StoreTooNew
 
@@ -53,14 +54,21 @@ log = logging.getLogger(__name__)
 class Store:
     """One database: its tables as `users`, `functions`, `endpoints`, `tasks`, `dead_letters`,
     the counts behind per-user quotas as `quotas`, and what sharing reads (groups, grants, the
-    sharing audit) as `access`."""
+    sharing audit) as `access`. With `blobs`, results larger than `blob_threshold_bytes` are kept
+    there, the rows keeping their reference, size and digest."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        blobs: BlobStore | None = None,
+        blob_threshold_bytes: int = DEFAULT_BLOB_THRESHOLD_BYTES,
+    ) -> None:
         self.engine = engine
         self.users = UserTable(engine)
         self.functions = FunctionTable(engine)
         self.endpoints = EndpointTable(engine)
-        self.tasks = TaskTable(engine)
+        self.tasks = TaskTable(engine, blobs=blobs, blob_threshold_bytes=blob_threshold_bytes)
         self.dead_letters = DeadLetterTable(engine)
         self.quotas = QuotaTable(engine)
         self.access = AccessTable(engine)  # what sharing decisions read, and the sharing audit
@@ -71,10 +79,20 @@ class Store:
         self.compute_groups = ComputeGroupTable(engine)  # Globus Compute task groups with a result queue
 
     @classmethod
-    def open(cls, url: str, *, pool_size: int = 8, create: bool = True, upgrade: bool = False) -> Store:
+    def open(
+        cls,
+        url: str,
+        *,
+        pool_size: int = 8,
+        create: bool = True,
+        upgrade: bool = False,
+        blobs: BlobStore | None = None,
+        blob_threshold_bytes: int = DEFAULT_BLOB_THRESHOLD_BYTES,
+    ) -> Store:
         """Open the database at `url`. An empty one gets the schema when `create` (else
         `StoreMissing`, and a SQLite file is not even created); an older schema is migrated when
-        `upgrade` (else `StoreNeedsMigration`); a newer one is `StoreTooNew`."""
+        `upgrade` (else `StoreNeedsMigration`); a newer one is `StoreTooNew`. `blobs`: where large
+        results go (see `Store`)."""
         where = redact_db_url(url)
         if not create and _sqlite_file_missing(url):
             raise _versions.missing(where)
@@ -86,7 +104,7 @@ class Store:
             engine.dispose()
             raise
         log.info("store %s open (schema version %d)", where, version)
-        return cls(engine)
+        return cls(engine, blobs=blobs, blob_threshold_bytes=blob_threshold_bytes)
 
     @staticmethod
     def status(url: str) -> SchemaStatus:

@@ -171,6 +171,11 @@ tasks = Table(
     Column("stdout", Text),
     Column("stderr", Text),
     Column("cancel_requested_at", Float),
+    # schema v8 (issue 15, blob store): a result above `blob_threshold_bytes` is kept in the blob
+    # store; `result` is then NULL and these name the blob, its size and its sha256 (hex)
+    Column("result_blob", Text),
+    Column("result_size", BigInteger),
+    Column("result_sha256", String(64)),
     Index("ix_tasks_completed_at", "completed_at"),
     # not (endpoint_id, status): finishing a task then leaves this index alone
     Index("ix_tasks_endpoint", "endpoint_id"),
@@ -397,6 +402,14 @@ def _v7_globus_compute(connection: Connection) -> None:
     globus_compute_task_groups.create(connection, checkfirst=True)
 
 
+_V8_TASK_COLUMNS = ("result_blob", "result_size", "result_sha256")
+
+
+def _v8_result_blobs(connection: Connection) -> None:
+    """Large results in the blob store: the task row's reference, size and digest. Idempotent."""
+    _add_missing_columns(connection, inspect(connection), "tasks", tasks, _V8_TASK_COLUMNS)
+
+
 #: schema version n is reached by running MIGRATIONS[n - 1]
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
@@ -406,6 +419,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v5_dashboard,
     _v6_sharing,
     _v7_globus_compute,
+    _v8_result_blobs,
 ]
 
 

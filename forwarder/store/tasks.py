@@ -16,15 +16,22 @@
   win (the first outcome wins; `cancelled` is terminal, later results are ignored like duplicates).
 - `fail` / `fail_endpoint`: the same rules for failures the forwarder decides (dead letters,
   deleted endpoints), on the portable SQLAlchemy Core path.
+- large results (above `blob_threshold_bytes`) go to the blob store (`forwarder/blobs/`) before
+  the transaction; the row keeps the blob's name, size and sha256 (`result` is NULL). A blob whose
+  row update lost (a duplicate, another replica first) or whose transaction failed is deleted; a
+  blob is deleted after the transaction that deletes its task. Reads load and check the blob: one
+  that is missing or does not match its digest turns that record (not the row) into a failure
+  `RESULT_INTEGRITY` naming the task, so every reader reports it the same typed way.
 - reads fetch many tasks by id in chunks; `list_page` lists an owner's tasks newest first,
   keyset-paginated on (created_at, task_id) along the index `ix_tasks_owner_created`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -41,6 +48,15 @@ from sqlalchemy import (
 )
 
 from taskfabric.errors import ErrorCode
+from taskfabric.forwarder.blobs import (
+    BlobError,
+    BlobIntegrityError,
+    BlobMissing,
+    BlobRef,
+    BlobStore,
+    blob_name,
+    read_verified,
+)
 from taskfabric.forwarder.records import NewTask, TaskActivity, TaskPage, TaskQuery, TaskRecord, TaskStatus, TaskSummary
 from taskfabric.forwarder.store import postgres_batches, sqlite_batches
 from taskfabric.forwarder.store._sql import statement_chunks
@@ -65,6 +81,29 @@ _RUNNING = TaskStatus.RUNNING.value
 #: the states in which a task may still start, finish, fail or be cancelled
 _PENDING = [status.value for status in TaskStatus if status.pending]
 _ATTEMPTS_MAX = 2**31 - 1
+#: results larger than this go to the blob store (when the table has one)
+DEFAULT_BLOB_THRESHOLD_BYTES = 64 * 1024
+
+_KEEP_BLOB = (
+    tasks.update()
+    .where(tasks.c.task_id == bindparam("b_task_id"))
+    .values(
+        result=None,
+        result_blob=bindparam("b_blob"),
+        result_size=bindparam("b_size"),
+        result_sha256=bindparam("b_sha256"),
+    )
+)
+
+
+@dataclasses.dataclass(slots=True)
+class _Spilled:
+    """A result written to the blob store before its row is updated."""
+
+    ref: BlobRef
+    data: bytes
+    kept: bool = False
+
 
 #: the columns needed to describe a task without its outcome
 _HEAD = [
@@ -104,9 +143,17 @@ _START = (
 class TaskTable:
     """Batch reads and writes of `tasks`."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        blobs: BlobStore | None = None,
+        blob_threshold_bytes: int = DEFAULT_BLOB_THRESHOLD_BYTES,
+    ) -> None:
         self._engine = engine
         self._sqlite = engine.dialect.name == "sqlite"
+        self.blobs = blobs
+        self._blob_threshold_bytes = blob_threshold_bytes
 
     # --- submission ---------------------------------------------------------------------
 
@@ -152,10 +199,13 @@ class TaskTable:
             connection.execute(tasks.insert(), rows)
 
     def delete(self, task_ids: Sequence[uuid.UUID]) -> None:
-        """Remove tasks (a submission whose publish failed: it was never accepted)."""
+        """Remove tasks (a submission whose publish failed: it was never accepted), and their blobs."""
+        names: list[str] = []
         with translate_errors("withdrawing tasks"), self._engine.begin() as connection:
             for chunk in statement_chunks(task_ids):
+                names.extend(_blob_names(connection, tasks.c.task_id.in_(chunk)))
                 connection.execute(tasks.delete().where(tasks.c.task_id.in_(chunk)))
+        self._delete_blobs(names)
 
     # --- progress -----------------------------------------------------------------------
 
@@ -194,15 +244,53 @@ class TaskTable:
         rounds = _outcome_rounds(batches, now)
         if not rounds:
             return []
+        spilled = self._spill(rounds)
         done: list[TaskRecord] = []
-        with translate_errors("storing results"), self._engine.begin() as connection:
-            for outcomes in rounds:
-                done.extend(self._finish_pending(connection, outcomes))
+        try:
+            with translate_errors("storing results"), self._engine.begin() as connection:
+                for outcomes in rounds:
+                    stored = self._finish_pending(connection, outcomes)
+                    if spilled:
+                        _keep_blobs(connection, stored, outcomes, spilled)
+                    done.extend(stored)
+        except BaseException:
+            self._delete_blobs([blob.ref.name for blob in spilled.values()])
+            raise
+        self._delete_blobs([blob.ref.name for blob in spilled.values() if not blob.kept])
         claimed = sum(len(outcomes) for outcomes in rounds)
         ignored = claimed - len(done)
         if ignored:
             log.debug("ignored %d results (duplicate, unknown or another endpoint's task)", ignored)
         return done
+
+    def _spill(self, rounds: list[dict[uuid.UUID, Outcome]]) -> dict[int, _Spilled]:
+        """Write the large results to the blob store; their outcomes then carry no bytes.
+        Keyed by the outcome's identity (one task may have outcomes from several endpoints)."""
+        spilled: dict[int, _Spilled] = {}
+        if self.blobs is None:
+            return spilled
+        try:
+            for outcomes in rounds:
+                for task_id, outcome in outcomes.items():
+                    data = outcome.result
+                    if data is not None and len(data) > self._blob_threshold_bytes:
+                        ref = self.blobs.put(blob_name(task_id), data)
+                        spilled[id(outcome)] = _Spilled(ref=ref, data=data)
+                        outcome.result = None
+        except BaseException:
+            self._delete_blobs([blob.ref.name for blob in spilled.values()])
+            raise
+        return spilled
+
+    def _delete_blobs(self, names: list[str]) -> None:
+        """Best effort, after the rows changed: a blob left behind is swept once it is older than
+        `result_ttl_s` (`sweep_blobs`), so a failure here must not undo a committed change."""
+        if not names or self.blobs is None:
+            return
+        try:
+            self.blobs.delete(names)
+        except BlobError as exc:
+            log.warning("could not delete %d blobs (the expiry sweep will): %s", len(names), exc)
 
     def _finish_pending(self, connection: Connection, outcomes: dict[uuid.UUID, Outcome]) -> list[TaskRecord]:
         """Store the outcomes of tasks still pending on the endpoint that claims each."""
@@ -323,14 +411,65 @@ class TaskTable:
 
     # --- reads --------------------------------------------------------------------------
 
-    def get_many(self, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TaskRecord]:
-        """The stored tasks among `task_ids` (chunked `IN` lists, one connection)."""
+    def get_many(self, task_ids: Sequence[uuid.UUID], *, results: bool = True) -> dict[uuid.UUID, TaskRecord]:
+        """The stored tasks among `task_ids` (chunked `IN` lists, one connection). A result kept
+        in the blob store is loaded and checked (`results=False`: left out, for callers that
+        only need the task's identity and state)."""
         found: dict[uuid.UUID, TaskRecord] = {}
+        in_blobs: list[tuple[TaskRecord, BlobRef]] = []
         with translate_errors("reading tasks"), self._engine.connect() as connection:
             for chunk in statement_chunks(task_ids):
                 for row in connection.execute(select(tasks).where(tasks.c.task_id.in_(chunk))):
-                    found[row.task_id] = _task(row)
+                    record = found[row.task_id] = _task(row)
+                    if row.result_blob is not None and results:
+                        in_blobs.append(
+                            (record, BlobRef(row.result_blob, row.result_size or 0, row.result_sha256 or ""))
+                        )
+        for record, ref in in_blobs:  # outside the connection: reading a blob may take a while
+            self._load_blob(record, ref)
         return found
+
+    def result_blob(self, task_id: uuid.UUID) -> BlobRef | None:
+        """The blob holding the task's result (None: the row holds it, or there is none)."""
+        query = select(tasks.c.result_blob, tasks.c.result_size, tasks.c.result_sha256).where(
+            tasks.c.task_id == task_id, tasks.c.result_blob.is_not(None)
+        )
+        with translate_errors("reading a result's blob reference"), self._engine.connect() as connection:
+            row = connection.execute(query).first()
+        return BlobRef(row.result_blob, row.result_size or 0, row.result_sha256 or "") if row is not None else None
+
+    def check_blob(self, ref: BlobRef) -> None:
+        """Read the blob through once, chunk by chunk (no whole copy), checking its size and
+        digest: raises `BlobIntegrityError`, `BlobMissing` (or `BlobError` without a blob store)."""
+        for _ in self.blob_chunks(ref):
+            pass
+
+    def blob_chunks(self, ref: BlobRef) -> Iterator[bytes]:
+        """The blob's chunks, checked at the end (see `BlobStore.stream_verified`)."""
+        if self.blobs is None:
+            raise BlobError("the forwarder has no blob store configured")
+        return self.blobs.stream_verified(ref)
+
+    def _load_blob(self, record: TaskRecord, ref: BlobRef) -> None:
+        """Put the blob's bytes in `record`, or turn it into a `RESULT_INTEGRITY` failure."""
+        if self.blobs is None:
+            problem = "the forwarder has no blob store configured"
+        else:
+            try:
+                record.result = read_verified(self.blobs, ref)
+                return
+            except BlobIntegrityError:
+                problem = "its bytes do not match the sha256 digest recorded with the task"
+            except BlobMissing:
+                problem = "it is missing from the blob store"
+        log.error("result of task %s (blob %s) is unusable: %s", record.task_id, ref.name, problem)
+        record.status = TaskStatus.FAILED
+        record.result = None
+        record.error_code = ErrorCode.RESULT_INTEGRITY.value
+        record.error_message = f"the result of task {record.task_id} failed its integrity check: {problem}"
+        record.error_traceback = ""
+        record.error_exception_type = ""
+        record.error_exception = None
 
     def list_page(self, query: TaskQuery) -> TaskPage:
         """One page of the owner's tasks matching `query`, newest first (no result bytes)."""
@@ -369,12 +508,19 @@ class TaskTable:
 
     def delete_expired(self, before: float, *, limit: int = 5000) -> int:
         """Delete up to `limit` tasks finished before `before`; returns how many."""
-        query = select(tasks.c.task_id).where(tasks.c.completed_at < before).limit(limit)
+        query = select(tasks.c.task_id, tasks.c.result_blob).where(tasks.c.completed_at < before).limit(limit)
         with translate_errors("deleting expired tasks"), self._engine.begin() as connection:
-            ids = [row.task_id for row in connection.execute(query)]
+            rows = connection.execute(query).all()
+            ids = [row.task_id for row in rows]
             for chunk in statement_chunks(ids):
                 connection.execute(tasks.delete().where(tasks.c.task_id.in_(chunk)))
+        self._delete_blobs([row.result_blob for row in rows if row.result_blob is not None])
         return len(ids)
+
+    def sweep_blobs(self, before: float) -> int:
+        """Delete blobs written before `before` that no deletion reached (a crash between the
+        blob write and its row): run after `delete_expired` with the same time. Returns how many."""
+        return self.blobs.sweep(before) if self.blobs is not None else 0
 
     def count(self, *, status: TaskStatus | None = None, owner_id: uuid.UUID | None = None) -> int:
         """How many tasks there are (of this owner, with this status): for operators and tests."""
@@ -563,6 +709,33 @@ def _outcome_rounds(
     return rounds
 
 
+def _keep_blobs(
+    connection: Connection,
+    stored: list[TaskRecord],
+    outcomes: dict[uuid.UUID, Outcome],
+    spilled: dict[int, _Spilled],
+) -> None:
+    """Record the blob of each stored result that was spilled; the returned records keep the
+    bytes (the results stream sends them without reading the blob back)."""
+    params = []
+    for record in stored:
+        blob = spilled.get(id(outcomes[record.task_id]))
+        if blob is None:
+            continue
+        blob.kept = True
+        record.result = blob.data
+        params.append(
+            {"b_task_id": record.task_id, "b_blob": blob.ref.name, "b_size": blob.ref.size, "b_sha256": blob.ref.sha256}
+        )
+    if params:
+        connection.execute(_KEEP_BLOB, params)
+
+
+def _blob_names(connection: Connection, where: ColumnElement[bool]) -> list[str]:
+    query = select(tasks.c.result_blob).where(where, tasks.c.result_blob.is_not(None))
+    return [row.result_blob for row in connection.execute(query)]
+
+
 def _finish_known(
     connection: Connection, heads: dict[uuid.UUID, TaskRecord], outcomes: dict[uuid.UUID, Outcome]
 ) -> list[TaskRecord]:
@@ -630,4 +803,5 @@ def _task(row: Row[Any]) -> TaskRecord:
         task_group_id=row.task_group_id,
         stdout=row.stdout,
         stderr=row.stderr,
+        result_size=row.result_size if row.result_blob is not None else None,
     )

@@ -97,7 +97,8 @@ async def tasks_page(request: Request, who: Viewer = Who) -> Response:
 @task_pages_router.get("/tasks/{task_id}")
 async def task_page(request: Request, task_id: str, who: Viewer = Who) -> Response:
     forwarder = forwarder_of(request)
-    record = await forwarder.tasks.get(who.identity, parse_uuid(task_id, "task_id"))
+    # the page shows the result's size, never its bytes: a result in the blob store is not read
+    record = await forwarder.tasks.get(who.identity, parse_uuid(task_id, "task_id"), results=False)
     moments, segments = timeline(record)
     context = {
         "viewer": who,
@@ -106,7 +107,7 @@ async def task_page(request: Request, task_id: str, who: Viewer = Who) -> Respon
         "moments": moments,
         "segments": segments,
         "error": task_error(record),
-        "result_bytes": len(record.result) if record.result is not None else None,
+        "result_bytes": record.result_bytes,
         "stdout": (record.stdout or "")[-_MAX_OUTPUT_CHARS:],
         "stderr": (record.stderr or "")[-_MAX_OUTPUT_CHARS:],
         "cancellable": record.status.pending,

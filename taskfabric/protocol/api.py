@@ -33,6 +33,9 @@ from taskfabric.errors import ProtocolError
 from taskfabric.protocol.states import EndpointState, TaskStatus
 
 __all__ = [
+    "RESULT_NOT_AVAILABLE",
+    "RESULT_SHA256_HEADER",
+    "RESULT_WORKER_PYTHON_HEADER",
     "BrokerAccess",
     "EndpointActivity",
     "EndpointInfo",
@@ -53,6 +56,14 @@ __all__ = [
 _OPENAPI = {"use_attribute_docstrings": True, "ser_json_bytes": "base64"}
 
 _R = TypeVar("_R")
+
+#: `GET /v1/tasks/{id}/result` answers the raw result bytes (`application/octet-stream`, streamed
+#: from the forwarder's blob store for a large result) with their sha256 (hex) and the Python
+#: version of the worker that produced them in these headers: the client checks the digest.
+RESULT_SHA256_HEADER = "X-Taskfabric-Result-Sha256"
+RESULT_WORKER_PYTHON_HEADER = "X-Taskfabric-Worker-Python"
+#: its error code (409) for a task without a result: pending, failed or cancelled
+RESULT_NOT_AVAILABLE = "RESULT_NOT_AVAILABLE"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

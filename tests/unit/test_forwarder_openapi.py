@@ -159,6 +159,10 @@ async def _exercise(api: Conformance, memory: MemoryBroker) -> None:
     for task_id in task_ids:
         await api.call("GET", "/v1/tasks/{task_id}", ids={"task_id": task_id}, expect=200)
     await api.call("GET", "/v1/tasks/{task_id}", ids={"task_id": str(uuid.uuid4())}, expect=404)
+    raw = await api.call("GET", "/v1/tasks/{task_id}/result", ids={"task_id": task_ids[0]}, expect=200)
+    assert raw.content == b"value"
+    await api.call("GET", "/v1/tasks/{task_id}/result", ids={"task_id": task_ids[1]}, expect=409)  # failed
+    await api.call("GET", "/v1/tasks/{task_id}/result", ids={"task_id": str(uuid.uuid4())}, expect=404)
     await api.call("POST", "/v1/tasks/batch", json={"task_ids": [*task_ids, "not-an-id"]}, expect=200)
     await api.call("POST", "/v1/tasks/cancel", json={"task_ids": task_ids}, expect=200)
     await api.call("GET", "/v1/tasks", params={"limit": "2"}, expect=200)

@@ -95,6 +95,8 @@ TRANSPORT_MODULES: dict[str, tuple[str, ...]] = {
     "zmq": ("taskfabric.zmq_poll", "taskfabric.endpoint_agent.zmq_router", "taskfabric.manager.zmq_link"),
     "sqlalchemy": ("taskfabric.forwarder.store.*",),
     "globus_sdk": ("taskfabric.forwarder.auth.globus",),
+    "boto3": ("taskfabric.forwarder.blobs.s3",),
+    "botocore": ("taskfabric.forwarder.blobs.s3",),
     "parsl": ("taskfabric.endpoint_agent.blocks", "taskfabric.endpoint_agent.providers.*"),
 }
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import socket
+import subprocess
+import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,10 @@ import pytest
 
 from taskfabric.broker_config import ManagementClient, vhost_of
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
+from taskfabric.forwarder.blobs import BlobStore, open_blob_store
 from taskfabric.forwarder.store import Store
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi, ForwarderProcess
-from taskfabric.testing import BrokerUnderTest, unique_name
+from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
 
 #: small limits and quick periods, so the tests that exercise them stay fast
 TEST_SETTINGS: dict[str, Any] = {
@@ -159,3 +164,45 @@ def fake_endpoints() -> Iterator[Callable[..., FakeEndpoint]]:
     yield make
     for endpoint in made:
         endpoint.close()
+
+
+# --- an S3-compatible server for the blob store (issue 15) -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An S3-compatible server on a free port (moto's server mode, from PyPI: no real S3 server
+    installs from the package registries here), with AWS test credentials in the environment."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log = (tmp_path_factory.mktemp("s3") / "moto.log").open("wb")
+    server = Path(sys.executable).with_name("moto_server")
+    process = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AWS_ACCESS_KEY_ID", "test")
+    patch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    try:
+        wait_until(lambda: _listening(port), timeout_s=30, interval_s=0.1, what="moto_server listening")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        patch.undo()
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+@pytest.fixture
+def s3_blobs(s3_endpoint: str) -> BlobStore:
+    """A blob store in a fresh bucket of the S3-compatible server."""
+    import boto3
+
+    bucket = f"blobs-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return open_blob_store(f"s3://{bucket}/results", s3_endpoint_url=s3_endpoint)

@@ -1,0 +1,123 @@
+"""Blobs as files under one folder (the default store).
+
+Layout: `<root>/<2 hex>/<task id>-<random>`; folders 0700, files 0600 (results are the users'
+data). A write goes to a temporary file in the same folder, is flushed to disk, then renamed over
+its name, so a reader (or a crash) never sees half a blob; leftover temporary files are swept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from taskfabric.forwarder.blobs.base import CHUNK_BYTES, BlobError, BlobMissing, BlobStore
+
+__all__ = ["FilesystemBlobStore"]
+
+log = logging.getLogger(__name__)
+
+#: names the store makes (`blob_name`); anything else is refused, so no name leaves the root
+_NAME = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{32}-[0-9a-f]{16}$")
+_TMP_SUFFIX = ".tmp"
+
+
+class FilesystemBlobStore(BlobStore):
+    """Blobs in `root` (created 0700 when missing)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(root, 0o700)
+        except OSError as exc:
+            raise BlobError(f"cannot create the blob folder {root}: {exc}") from None
+
+    def _path(self, name: str) -> Path:
+        if not _NAME.match(name):
+            raise BlobMissing(f"not a blob name: {name!r}")
+        return self.root / name
+
+    def _write(self, name: str, data: bytes | memoryview) -> None:
+        path = self._path(name)
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+            _sync_folder(path.parent)  # the rename itself survives a crash
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise BlobError(f"cannot write blob {name}: {exc}") from None
+
+    def open_chunks(self, name: str) -> Iterator[bytes]:
+        path = self._path(name)
+        try:
+            file = path.open("rb")
+        except FileNotFoundError:
+            raise BlobMissing(f"blob {name} is missing") from None
+        except OSError as exc:
+            raise BlobError(f"cannot read blob {name}: {exc}") from None
+        return _chunks(file, name)
+
+    def delete(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                self._path(name).unlink(missing_ok=True)
+            except BlobMissing:
+                log.warning("not deleting %r: not a blob name", name)
+            except OSError as exc:
+                raise BlobError(f"cannot delete blob {name}: {exc}") from None
+
+    def sweep(self, before: float) -> int:
+        removed = 0
+        for path in self._files():
+            try:
+                if path.stat().st_mtime < before:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # deleted meanwhile (its task was deleted)
+            except OSError as exc:
+                raise BlobError(f"cannot sweep blob {path}: {exc}") from None
+        return removed
+
+    def usage_bytes(self) -> int:
+        total = 0
+        for path in self._files():
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
+
+    def _files(self) -> Iterator[Path]:
+        for folder in self.root.iterdir():
+            if folder.is_dir() and len(folder.name) == 2:
+                yield from (path for path in folder.iterdir() if path.is_file())
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _chunks(file: BinaryIO, name: str) -> Iterator[bytes]:
+    try:
+        while chunk := file.read(CHUNK_BYTES):
+            yield chunk
+    except OSError as exc:
+        raise BlobError(f"cannot read blob {name}: {exc}") from None
+    finally:
+        file.close()
