@@ -42,7 +42,7 @@ __all__ = ["ComputeResultRelay", "queue_prefix_of", "result_broker_username"]
 
 log = logging.getLogger(__name__)
 
-_MISSING = ""  # cached: this task group has no result queue
+_MISSING: tuple[uuid.UUID | None, str] = (None, "")  # cached: this task group has no result queue
 
 
 def queue_prefix_of(topology_prefix: str, user_id: uuid.UUID) -> str:
@@ -60,8 +60,8 @@ class ComputeResultRelay:
         self._settings = settings
         self._store = store
         self._broker = broker
-        #: task group -> its queue ("" when it has none); groups never change queue
-        self._queues: TTLCache[uuid.UUID, str] = TTLCache(300.0, max_entries=100_000)
+        #: task group -> (its owner, its queue) (`_MISSING` when it has none); groups never change
+        self._queues: TTLCache[uuid.UUID, tuple[uuid.UUID | None, str]] = TTLCache(300.0, max_entries=100_000)
         self.published = 0
 
     def queue_of(self, user_id: uuid.UUID, task_group_id: uuid.UUID) -> str:
@@ -73,14 +73,14 @@ class ComputeResultRelay:
         """Declare the group's queue and record the group; returns the group's owner (another
         user's id when that user created the group first: the caller refuses then)."""
         queue = self.queue_of(user_id, task_group_id)
-        if self._queues.get(task_group_id) == queue:
+        if self._queues.get(task_group_id) == (user_id, queue):
             return user_id  # declared by this replica a moment ago (each batch of an Executor asks)
         owner = self._store.compute_groups.add(task_group_id, owner_id=user_id, queue=queue, now=time.time())
         if owner != user_id:
             return owner
         expires_ms = int(self._settings.globus_compute.result_queue_expires_s * 1000)
         self._broker.transport.declare_queue(queue, arguments={"x-expires": expires_ms})
-        self._queues.put(task_group_id, queue)
+        self._queues.put(task_group_id, (owner, queue))
         return owner
 
     def issue_reader(self, user_id: uuid.UUID) -> tuple[str, str]:
@@ -98,7 +98,10 @@ class ComputeResultRelay:
     # --- called on the ingest thread ------------------------------------------------------
 
     def relay(self, records: Sequence[TaskRecord]) -> None:
-        """Publish the finished tasks of groups with a result queue (never raises)."""
+        """Publish the finished tasks of groups with a result queue (never raises): only the
+        tasks of the group's owner. A group id is the client's choice, so another user may have
+        submitted tasks under it (without a queue, before the owner claimed it): their results
+        must never reach the owner's queue."""
         grouped = [record for record in records if record.task_group_id is not None]
         if not grouped:
             return
@@ -108,9 +111,11 @@ class ComputeResultRelay:
             log.warning("could not look up %d task groups' result queues: %s", len(grouped), exc)
             return
         for record in grouped:
-            queue = queues.get(record.task_group_id) if record.task_group_id else None
+            owner, queue = queues.get(record.task_group_id, _MISSING) if record.task_group_id else _MISSING
+            if not queue or owner != record.owner_id:
+                continue
             outcome = compute_outcome(record)
-            if not queue or outcome is None:
+            if outcome is None:
                 continue
             message = OutgoingMessage(
                 exchange="",
@@ -125,8 +130,8 @@ class ComputeResultRelay:
             except Exception as exc:  # the result is stored: REST still serves it
                 log.warning("could not publish the result of task %s to %s: %s", record.task_id, queue, exc)
 
-    def _queues_of(self, group_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
-        known: dict[uuid.UUID, str] = {}
+    def _queues_of(self, group_ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[uuid.UUID | None, str]]:
+        known: dict[uuid.UUID, tuple[uuid.UUID | None, str]] = {}
         unknown: list[uuid.UUID] = []
         for group_id in group_ids:
             cached = self._queues.get(group_id)
@@ -137,9 +142,9 @@ class ComputeResultRelay:
         if unknown:
             stored = self._store.compute_groups.queues(unknown)
             for group_id in unknown:
-                queue = stored[group_id][1] if group_id in stored else _MISSING
-                self._queues.put(group_id, queue)
-                known[group_id] = queue
+                found = stored.get(group_id, _MISSING)
+                self._queues.put(group_id, found)
+                known[group_id] = found
         return known
 
 
