@@ -31,7 +31,9 @@ __all__ = ["SCHEMA_FILE", "TEMPLATE_FILE", "UserConfigRefused", "UserConfigTempl
 TEMPLATE_FILE = "user_config_template.yaml.j2"
 SCHEMA_FILE = "user_config_schema.json"
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_.:/@%+=,-]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: control characters, and what YAML also reads as a line break (NEL, LINE and PARAGRAPH SEPARATOR):
+#: in a block scalar of the template, any of them ends the line and lets a value add keys
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 #: what a parent uses when its folder has no template: a local provider, one worker
 DEFAULT_TEMPLATE = """\
 provider:

@@ -359,3 +359,13 @@ def test_multi_user_endpoint_start_refuses_an_unprivileged_parent_with_a_clear_m
     monkeypatch.setattr(privilege, "_has_setuid_capabilities", lambda: False)
     with pytest.raises(TaskfabricError, match="must be started by root"):
         start_endpoint("shared", detach=True)
+
+
+@pytest.mark.parametrize("line_break", ["\x85", "\u2028", "\u2029"])
+def test_multi_user_unicode_line_breaks_cannot_add_keys_through_a_block_scalar(tmp_path: Path, line_break: str) -> None:
+    block = template(
+        tmp_path, "provider:\n  type: LocalProvider\n  worker_init: |\n    module load {{ m }}\n", schema=None
+    )
+    with pytest.raises(UserConfigRefused) as refused:
+        block.render({"m": f"x{line_break}idle_shutdown_s: 99999 #"})
+    assert refused.value.field == "user_endpoint_config.m"
