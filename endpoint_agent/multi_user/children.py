@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from taskfabric.endpoint_agent.multi_user.privilege import LocalAccount, start_as
+from taskfabric.endpoint_agent.multi_user.privilege import LocalAccount, read_account_file, start_as
 from taskfabric.private_files import write_private
 
 __all__ = ["STATE_FILE", "UserEndpointProcess", "UserEndpoints", "read_user_endpoints"]
@@ -142,7 +142,7 @@ class UserEndpoints:
         agent.pid, alive as the account): True when there is one, so none is started beside it
         (two agents would share one ledger)."""
         try:
-            pid = int((entry.folder / "agent.pid").read_text().strip())
+            pid = int(read_account_file(entry.folder / "agent.pid", max_bytes=32).strip())
         except (OSError, ValueError):
             return False
         if not _running_as(pid, entry.account.uid):
@@ -200,10 +200,15 @@ class UserEndpoints:
         for entry in self.reap():
             if entry.state == "crashed" and entry.may_restart_after_crash(now):
                 log.warning("user endpoint %s crashed (exit %s): starting it again", entry.endpoint_id, entry.last_exit)
-                self.start(entry)
             elif entry.state == "stopped" and entry.missed_a_command(now):
                 log.info("user endpoint %s stopped idle as a task came: starting it again", entry.endpoint_id)
+            else:
+                continue
+            try:
                 self.start(entry)
+            except OSError as exc:  # its folder is the account's: what it planted there stops only it
+                log.warning("could not start user endpoint %s again: %s", entry.endpoint_id, exc)
+                entry.error = str(exc)
 
     def stop_all(self, *, timeout_s: float) -> None:
         """SIGTERM every running process (each drains like any agent), SIGKILL what is left."""

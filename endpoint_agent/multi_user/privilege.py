@@ -18,7 +18,14 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["LocalAccount", "create_account_folder", "require_privilege", "start_as", "write_account_file"]
+__all__ = [
+    "LocalAccount",
+    "create_account_folder",
+    "read_account_file",
+    "require_privilege",
+    "start_as",
+    "write_account_file",
+]
 
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -77,9 +84,24 @@ def start_as(
     """Start `command` as `account` (see the module docstring), in its own session, its output
     appended to `log_file` (opened as the account would: the file is the account's)."""
     groups = os.getgrouplist(account.name, account.gid)
-    # never through a link the account planted; the file is the account's
-    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-    os.fchown(fd, account.uid, account.gid)
+    # never through a link the account planted, nor into a FIFO (root would block) or a hard link
+    # to another file (root would chown it to the account); the file is the account's
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+    owner = 0  # a file it creates is root's until the fchown below
+    try:
+        try:
+            fd = os.open(log_file, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            fd, owner = os.open(log_file, flags), account.uid
+    except OSError as exc:  # ENXIO: a FIFO without a reader; ELOOP: a symbolic link
+        raise PermissionError(f"{log_file}: not a file the parent writes to ({exc.strerror})") from None
+    try:
+        _require_plain_file(fd, log_file, owner)
+        os.fchown(fd, account.uid, account.gid)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, "ab") as output:
         return subprocess.Popen(
             list(command),
@@ -125,6 +147,25 @@ def create_account_folder(base: Path, parts: Sequence[str], account: LocalAccoun
     finally:
         os.close(fd)
     return base.joinpath(*parts)
+
+
+def read_account_file(path: Path, *, max_bytes: int = 4096) -> str:
+    """At most `max_bytes` of a small file in a folder the account owns, read as root: never
+    through a link, never blocking on a FIFO or reading a device (`OSError` for anything but a
+    regular file)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        return os.read(fd, max_bytes).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _require_plain_file(fd: int, path: Path, owner: int) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != owner:
+        raise PermissionError(f"{path}: not a plain file of uid {owner} (a FIFO, a device, a hard link?)")
 
 
 def write_account_file(folder: Path, name: str, text: str, account: LocalAccount) -> Path:

@@ -11,6 +11,7 @@ import pwd
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -369,3 +370,37 @@ def test_multi_user_unicode_line_breaks_cannot_add_keys_through_a_block_scalar(t
     with pytest.raises(UserConfigRefused) as refused:
         block.render({"m": f"x{line_break}idle_shutdown_s: 99999 #"})
     assert refused.value.field == "user_endpoint_config.m"
+
+
+def test_multi_user_a_planted_fifo_as_agent_pid_does_not_block_the_parent(tmp_path: Path) -> None:
+    account = LocalAccount.of(pwd.getpwuid(os.getuid()))
+    folder = tmp_path / "child"
+    folder.mkdir()
+    os.mkfifo(folder / "agent.pid")  # the account owns its folder: it can put anything there
+    table = UserEndpoints(tmp_path / "user_endpoints.json", [sys.executable])
+    entry = UserEndpointProcess(
+        endpoint_id=uuid.uuid4(), user="mallory", account=account, folder=folder, config_digest="d"
+    )
+    answer: list[bool] = []
+    reader = threading.Thread(target=lambda: answer.append(table.adopt(entry)), daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    blocked = reader.is_alive()
+    if blocked:  # unblock the reader before failing
+        os.close(os.open(folder / "agent.pid", os.O_WRONLY))
+        reader.join(timeout=5)
+    assert not blocked and answer == [False]
+
+
+def test_multi_user_a_planted_hard_link_or_fifo_as_process_log_is_refused(tmp_path: Path) -> None:
+    nobody = LocalAccount.of(pwd.getpwnam(NOBODY))
+    precious = tmp_path / "precious"
+    precious.write_text("root's")
+    os.link(precious, tmp_path / "process.log")  # what an account could plant in its folder
+    with pytest.raises(PermissionError, match="not a plain file"):
+        privilege.start_as(nobody, ["true"], cwd=tmp_path, log_file=tmp_path / "process.log")
+    assert precious.stat().st_uid == os.getuid() and precious.read_text() == "root's"
+    os.unlink(tmp_path / "process.log")
+    os.mkfifo(tmp_path / "process.log")
+    with pytest.raises(PermissionError, match="not a file the parent writes to"):
+        privilege.start_as(nobody, ["true"], cwd=tmp_path, log_file=tmp_path / "process.log")
