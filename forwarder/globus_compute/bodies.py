@@ -51,6 +51,8 @@ def parse_json_object(raw: bytes, what: str) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid(f"{what}: the body is not JSON ({exc})") from None
+    except RecursionError:
+        raise invalid(f"{what}: the body is nested too deeply") from None
     if not isinstance(body, dict):
         raise invalid(f"{what}: the body must be a JSON object")
     return body

@@ -288,7 +288,14 @@ async def _compute_routes_follow_the_access_model(app: dict[str, Any]) -> None:
     assert over.status_code == 429, over.text  # the grant's max_waiting_tasks, as on /v1
 
     # hostile input is a typed 4xx, never a 500
-    for path, body in (("/v3/functions", "not json"), (f"/v3/endpoints/{endpoint_id}/submit", "[1]")):
+    deep = "[" * 100_000  # json.loads: RecursionError
+    for path, body in (
+        ("/v3/functions", "not json"),
+        (f"/v3/endpoints/{endpoint_id}/submit", "[1]"),
+        ("/v3/functions", deep),
+        (f"/v3/endpoints/{endpoint_id}/submit", deep),
+        ("/v2/batch_status", deep),
+    ):
         refused = await http.post(path, content=body, headers={**alice, "Content-Type": "application/json"})
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "INVALID_REQUEST", refused.text
     assert (await http.get("/v2/tasks/not-a-uuid", headers=alice)).status_code in (400, 422)
