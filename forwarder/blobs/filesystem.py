@@ -22,7 +22,7 @@ __all__ = ["FilesystemBlobStore"]
 log = logging.getLogger(__name__)
 
 #: names the store makes (`blob_name`); anything else is refused, so no name leaves the root
-_NAME = re.compile(r"^[0-9a-f]{2}/[0-9a-f]{32}-[0-9a-f]{16}$")
+_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{32}-[0-9a-f]{16}")
 _TMP_SUFFIX = ".tmp"
 
 
@@ -38,7 +38,7 @@ class FilesystemBlobStore(BlobStore):
             raise BlobError(f"cannot create the blob folder {root}: {exc}") from None
 
     def _path(self, name: str) -> Path:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):  # (`$` would let a trailing newline through)
             raise BlobMissing(f"not a blob name: {name!r}")
         return self.root / name
 

@@ -75,6 +75,8 @@ def test_files_are_private_and_names_cannot_leave_the_folder(tmp_path: Path) -> 
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "blobs").stat().st_mode) == 0o700
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
-    for hostile in ("../../etc/passwd", "ab/../../x", "/etc/passwd", ""):
+    with pytest.raises(BlobMissing):  # a name the store would not make is never written
+        blobs.put(f"{blob_name(uuid.uuid4())}\n", b"x")
+    for hostile in ("../../etc/passwd", "ab/../../x", "/etc/passwd", "", f"{ref.name}\n"):
         with pytest.raises(BlobMissing):
             read_verified(blobs, BlobRef(name=hostile, size=1, sha256="0" * 64))
