@@ -88,13 +88,16 @@ def start_as(
     # to another file (root would chown it to the account); the file is the account's
     flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
     owner = 0  # a file it creates is root's until the fchown below
+    fd_dir = _open_account_dir(log_file.parent, account)
     try:
         try:
-            fd = os.open(log_file, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(log_file.name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=fd_dir)
         except FileExistsError:
-            fd, owner = os.open(log_file, flags), account.uid
+            fd, owner = os.open(log_file.name, flags, dir_fd=fd_dir), account.uid
     except OSError as exc:  # ENXIO: a FIFO without a reader; ELOOP: a symbolic link
         raise PermissionError(f"{log_file}: not a file the parent writes to ({exc.strerror})") from None
+    finally:
+        os.close(fd_dir)
     try:
         _require_plain_file(fd, log_file, owner)
         os.fchown(fd, account.uid, account.gid)
@@ -162,6 +165,18 @@ def read_account_file(path: Path, *, max_bytes: int = 4096) -> str:
         os.close(fd)
 
 
+def _open_account_dir(folder: Path, account: LocalAccount) -> int:
+    """A descriptor of `folder`, which must be a folder of `account`. Its path runs through
+    folders the account owns, so the account may have swapped one for a link to someone else's
+    folder (another user's user endpoint, a system folder) after `create_account_folder` checked
+    it: root then never writes there, as the folder it reaches is not the account's."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    if os.fstat(fd).st_uid != account.uid:
+        os.close(fd)
+        raise PermissionError(f"{folder}: not a folder of {account.name} (a link planted in its path?)")
+    return fd
+
+
 def _require_plain_file(fd: int, path: Path, owner: int) -> None:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != owner:
@@ -170,7 +185,7 @@ def _require_plain_file(fd: int, path: Path, owner: int) -> None:
 
 def write_account_file(folder: Path, name: str, text: str, account: LocalAccount) -> Path:
     """Write `folder/name` afresh (mode 0600, owned by `account`), never through a link."""
-    fd_dir = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    fd_dir = _open_account_dir(folder, account)
     try:
         try:
             os.unlink(name, dir_fd=fd_dir)

@@ -394,13 +394,34 @@ def test_multi_user_a_planted_fifo_as_agent_pid_does_not_block_the_parent(tmp_pa
 
 def test_multi_user_a_planted_hard_link_or_fifo_as_process_log_is_refused(tmp_path: Path) -> None:
     nobody = LocalAccount.of(pwd.getpwnam(NOBODY))
+    folder = tmp_path / "child"
+    folder.mkdir()
+    os.chown(folder, nobody.uid, nobody.gid)  # the account's folder
+    log_file = folder / "process.log"
     precious = tmp_path / "precious"
     precious.write_text("root's")
-    os.link(precious, tmp_path / "process.log")  # what an account could plant in its folder
+    os.link(precious, log_file)  # what an account could plant in its folder
     with pytest.raises(PermissionError, match="not a plain file"):
-        privilege.start_as(nobody, ["true"], cwd=tmp_path, log_file=tmp_path / "process.log")
+        privilege.start_as(nobody, ["true"], cwd=tmp_path, log_file=log_file)
     assert precious.stat().st_uid == os.getuid() and precious.read_text() == "root's"
-    os.unlink(tmp_path / "process.log")
-    os.mkfifo(tmp_path / "process.log")
+    os.unlink(log_file)
+    os.mkfifo(log_file)
     with pytest.raises(PermissionError, match="not a file the parent writes to"):
-        privilege.start_as(nobody, ["true"], cwd=tmp_path, log_file=tmp_path / "process.log")
+        privilege.start_as(nobody, ["true"], cwd=tmp_path, log_file=log_file)
+
+
+def test_multi_user_root_never_writes_through_a_link_swapped_into_the_folders_path(tmp_path: Path) -> None:
+    nobody = LocalAccount.of(pwd.getpwnam(NOBODY))
+    victim = tmp_path / "victim" / "child"  # someone else's (root's) folder
+    victim.mkdir(parents=True)
+    (tmp_path / "mine").symlink_to(tmp_path / "victim")  # an account swaps its folder for a link
+    with pytest.raises(PermissionError, match="not a folder of nobody"):
+        privilege.write_account_file(tmp_path / "mine" / "child", "config.yaml", "planted", nobody)
+    with pytest.raises(PermissionError, match="not a folder of nobody"):
+        privilege.start_as(nobody, ["true"], cwd=tmp_path, log_file=tmp_path / "mine" / "child" / "process.log")
+    assert list(victim.iterdir()) == []
+    own = tmp_path / "own"
+    own.mkdir()
+    os.chown(own, nobody.uid, nobody.gid)
+    written = privilege.write_account_file(own, "config.yaml", "mine", nobody)
+    assert written.read_text() == "mine" and written.stat().st_uid == nobody.uid
