@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from taskfabric.broker_config import EndpointQueues, broker_username, new_queue_secret
-from taskfabric.errors import BrokerError, ErrorCode, NotFoundError, PermissionDenied, ServiceError
+from taskfabric.errors import BrokerError, ErrorCode, NotFoundError, PermissionDenied, QuotaExceeded, ServiceError
 from taskfabric.forwarder.access import EndpointPermission, EndpointRole
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.consumers import ResultConsumers
@@ -35,12 +35,14 @@ from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Failure, Store, StoreConflict, StoreRunner
 from taskfabric.forwarder.ttl_cache import TTLCache
 from taskfabric.forwarder.user_endpoints import (
+    MAX_USER_ENDPOINTS_PER_USER,
     START_COMMAND_PERIOD_S,
     UserEndpointKey,
     parent_of,
     user_endpoint_id,
     user_endpoint_metadata,
     user_endpoint_name,
+    user_of,
 )
 from taskfabric.protocol import StartUserEndpoint, pack
 from taskfabric.protocol.api import BrokerAccess
@@ -227,9 +229,24 @@ class EndpointRegistry:
             async with self._lock:
                 record = await self._runner.read(self._store.endpoints.get, child_id)
                 if record is None:
+                    await self._check_user_endpoint_count(parent, key)
                     record = await self._create_user_endpoint(parent, key, child_id)
         self._targets.put(child_id, record)
         return record, key
+
+    async def _check_user_endpoint_count(self, parent: EndpointRecord, key: UserEndpointKey) -> None:
+        """`QuotaExceeded` when the user has `MAX_USER_ENDPOINTS_PER_USER` user endpoints on this
+        parent already (a new user_endpoint_config would start one more process)."""
+        owned = await self._runner.read(self._store.endpoints.list, parent.owner_id)
+        mine = [r for r in owned if parent_of(r) == parent.endpoint_id and user_of(r) == key.user_id]
+        if len(mine) >= MAX_USER_ENDPOINTS_PER_USER:
+            raise QuotaExceeded(
+                f"you have {len(mine)} user endpoints on multi-user endpoint {parent.endpoint_id} (one per distinct "
+                f"user_endpoint_config), the most allowed: reuse one of your configs",
+                quota="max_user_endpoints_per_user",
+                limit=MAX_USER_ENDPOINTS_PER_USER,
+                retry_after_s=60.0,
+            )
 
     async def _create_user_endpoint(
         self, parent: EndpointRecord, key: UserEndpointKey, child_id: uuid.UUID

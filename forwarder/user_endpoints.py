@@ -37,6 +37,7 @@ from typing import Any
 from taskfabric.forwarder.records import EndpointRecord, Identity
 
 __all__ = [
+    "MAX_USER_ENDPOINTS_PER_USER",
     "START_COMMAND_PERIOD_S",
     "UserEndpointKey",
     "config_digest",
@@ -45,11 +46,15 @@ __all__ = [
     "user_endpoint_id",
     "user_endpoint_metadata",
     "user_endpoint_name",
+    "user_of",
 ]
 
 #: a parent hears about one user endpoint at most this often (each command re-keys its broker user)
 START_COMMAND_PERIOD_S = 1.0
 _METADATA_PARENT = "multi_user_parent"
+#: user endpoints (distinct user_endpoint_configs) one user may have on one parent: each is an
+#: endpoint record, queues, a broker user and a process on the resource
+MAX_USER_ENDPOINTS_PER_USER = 8
 
 
 def is_multi_user(record: EndpointRecord) -> bool:
@@ -62,6 +67,15 @@ def parent_of(record: EndpointRecord) -> uuid.UUID | None:
     value = _metadata(record).get(_METADATA_PARENT)
     try:
         return uuid.UUID(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def user_of(record: EndpointRecord) -> uuid.UUID | None:
+    """The submitting user a user endpoint serves; None for any other endpoint."""
+    value = _metadata(record).get("user_id")
+    try:
+        return uuid.UUID(value) if isinstance(value, str) and parent_of(record) is not None else None
     except ValueError:
         return None
 

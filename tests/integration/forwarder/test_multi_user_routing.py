@@ -14,6 +14,7 @@ import pytest
 
 from taskfabric.errors import BrokerError
 from taskfabric.forwarder.testing import ForwarderApi
+from taskfabric.forwarder.user_endpoints import MAX_USER_ENDPOINTS_PER_USER
 from taskfabric.protocol import StartUserEndpoint, TaskBatch, unpack
 from taskfabric.transport import RabbitTransport
 
@@ -85,3 +86,19 @@ def test_multi_user_tasks_go_to_per_user_queues_and_the_parent_gets_start_comman
     for child in (mine.endpoint_id, his.endpoint_id):
         assert admin.http.get(f"/v1/endpoints/{child}").status_code == 404
     assert {task["status"] for task in bob.list_tasks()["tasks"]} == {"failed"}
+
+
+def test_multi_user_one_user_has_a_bounded_number_of_user_endpoints(sqlite_forwarder: Any, users: Users) -> None:
+    admin, mallory = users(sqlite_forwarder), users(sqlite_forwarder)
+    parent_id = admin.register_endpoint("bounded", metadata={"multi_user": True})["endpoint_id"]
+    assert admin.http.put(f"/v1/endpoints/{parent_id}/access", json={"public": True, "grants": []}).status_code == 200
+    function_id = mallory.register_function(b"f")
+    try:
+        for index in range(MAX_USER_ENDPOINTS_PER_USER):  # each new config: an endpoint, queues, a process
+            assert submit(mallory, parent_id, function_id, {"n": index}).status_code == 201
+        refused = submit(mallory, parent_id, function_id, {"n": "one more"})
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "QUOTA_EXCEEDED", refused.text
+        assert "user_endpoint_config" in refused.json()["error"]["message"]
+        assert submit(mallory, parent_id, function_id, {"n": 0}).status_code == 201  # a config in use still works
+    finally:
+        assert admin.http.delete(f"/v1/endpoints/{parent_id}").status_code in (200, 204)
