@@ -211,6 +211,14 @@ class EndpointConfig:
         default_factory=lambda: ["root"],
         help="multi_user only: local accounts tasks never run as (uid 0 is always refused).",
     )
+    min_uid: int = setting(
+        1000,
+        min=1,
+        help=(
+            "multi_user only: the lowest uid tasks may run as; system accounts below it (daemon, slurm, "
+            "munge, a database's) are refused even when a mapping rule gives them."
+        ),
+    )
     user_endpoints_root: str | None = setting(
         None,
         help=(
@@ -248,7 +256,9 @@ class EndpointConfig:
         if self.multi_user:
             from taskfabric.endpoint_agent.multi_user.mapping import IdentityMapping
 
-            IdentityMapping.from_config(self.identity_mapping, deny_accounts=self.deny_accounts)  # valid, now
+            IdentityMapping.from_config(  # valid, now
+                self.identity_mapping, deny_accounts=self.deny_accounts, min_uid=self.min_uid
+            )
 
     @classmethod
     def from_file(cls, path: Path) -> EndpointConfig:

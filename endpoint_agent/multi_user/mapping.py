@@ -4,8 +4,9 @@ Either ordered `rules` (the first whose `match` regular expression matches the w
 `source` gives the account through its `output` template: `{0}` is the first group, or the whole
 match when there is none; `{name}` a named group) or a `program` (run without a shell;
 the identity as JSON on stdin; the account on its first stdout line; a non-zero exit or no output
-means unmapped). Then the account is checked: it must exist, must not be uid 0 and must not be in
-`deny_accounts`. Mapping decides *as whom*; sharing (forwarder/access.py) decided *who may submit*.
+means unmapped). Then the account is checked: it must exist, must not be uid 0 nor below `min_uid`
+(system accounts) and must not be in `deny_accounts`. Mapping decides *as whom*; sharing
+(forwarder/access.py) decided *who may submit*.
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ class IdentityMapping:
     rules: tuple[MappingRule, ...]
     program: tuple[str, ...] | None
     deny_accounts: frozenset[str]
+    #: accounts with a lower uid (system accounts) are refused
+    min_uid: int = 1
 
     @classmethod
-    def from_config(cls, data: dict[str, Any] | None, *, deny_accounts: list[str]) -> IdentityMapping:
+    def from_config(cls, data: dict[str, Any] | None, *, deny_accounts: list[str], min_uid: int = 1) -> IdentityMapping:
         """Validate `identity_mapping` (a `ValueError` names the bad key)."""
         if not isinstance(data, dict) or not data:
             raise ValueError("identity_mapping: a multi_user endpoint needs `rules` or `program`")
@@ -85,7 +88,9 @@ class IdentityMapping:
         rules = (
             tuple(_rule(item, index) for index, item in enumerate(_rule_list(data["rules"]))) if program is None else ()
         )
-        return cls(rules=rules, program=program, deny_accounts=frozenset(deny_accounts) | {"root"})
+        return cls(
+            rules=rules, program=program, deny_accounts=frozenset(deny_accounts) | {"root"}, min_uid=max(min_uid, 1)
+        )
 
     def account_for(self, identity: UserIdentity) -> pwd.struct_passwd:
         """The checked local account of `identity`; `MappingRefused` otherwise."""
@@ -104,6 +109,12 @@ class IdentityMapping:
             raise MappingRefused(
                 ErrorCode.ACCOUNT_NOT_ALLOWED,
                 f"user {identity.username!r} maps to {name!r}, which tasks may never run as (uid 0 or deny_accounts)",
+            )
+        if account.pw_uid < self.min_uid:
+            raise MappingRefused(
+                ErrorCode.ACCOUNT_NOT_ALLOWED,
+                f"user {identity.username!r} maps to {name!r}, a system account (uid {account.pw_uid} is below "
+                f"min_uid {self.min_uid})",
             )
         return account
 

@@ -67,7 +67,9 @@ class MultiUserAgent:
         self.config = config
         self.connection = connection
         self.paths = paths
-        self.mapping = IdentityMapping.from_config(config.identity_mapping, deny_accounts=config.deny_accounts)
+        self.mapping = IdentityMapping.from_config(
+            config.identity_mapping, deny_accounts=config.deny_accounts, min_uid=config.min_uid
+        )
         self.template = UserConfigTemplate.from_folder(paths.root)
         self._wake_pipe = WakePipe()
         self.broker = EndpointBrokerLink(

@@ -425,3 +425,14 @@ def test_multi_user_root_never_writes_through_a_link_swapped_into_the_folders_pa
     os.chown(own, nobody.uid, nobody.gid)
     written = privilege.write_account_file(own, "config.yaml", "mine", nobody)
     assert written.read_text() == "mine" and written.stat().st_uid == nobody.uid
+
+
+def test_multi_user_system_accounts_below_min_uid_are_refused() -> None:
+    system = pwd.getpwnam("daemon")  # uid 1 on Debian
+    rules = [{"match": "(.*)", "output": "{0}"}]  # a pass-through rule: any username is an account name
+    with pytest.raises(MappingRefused) as refused:
+        IdentityMapping.from_config({"rules": rules}, deny_accounts=[], min_uid=1000).account_for(identity("daemon"))
+    assert refused.value.code == ErrorCode.ACCOUNT_NOT_ALLOWED and "min_uid" in refused.value.message
+    assert EndpointConfig.from_mapping({}).min_uid == 1000  # the default keeps system accounts out
+    allowed = IdentityMapping.from_config({"rules": rules}, deny_accounts=[], min_uid=1)
+    assert allowed.account_for(identity("daemon")).pw_uid == system.pw_uid
