@@ -7,7 +7,8 @@
 that user's taskfabric tokens. The answer carries exactly one token, for the resource server
 `funcx_service`: the same taskfabric token, so that revoking it (`taskfabric admin revoke-token`)
 revokes the SDK's access too, and the Compute routes authenticate it like any other bearer token.
-Errors follow RFC 6749 §5.2 (`{"error": "invalid_client", "error_description": ...}`).
+Errors follow RFC 6749 §5.2 (`{"error": "invalid_client", "error_description": ...}`); a store or
+identity provider outage is 503 `temporarily_unavailable`, never `invalid_client`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ async def token(request: Request) -> JSONResponse:
         try:
             identity = await forwarder.authenticate(secret, peer=peer_of(request.scope))
         except ServiceError as exc:
-            raise _OAuthError(401, "invalid_client", f"the client secret was refused: {exc}") from None
+            if exc.status in (401, 403):
+                raise _OAuthError(401, "invalid_client", f"the client secret was refused: {exc}") from None
+            # the store or the identity provider failed: not the client's fault, so not invalid_client
+            # (the SDK would take its secret for a wrong one)
+            raise _OAuthError(503, "temporarily_unavailable", f"the secret could not be checked: {exc}") from None
         if identity.user_id != client_id:
             raise _OAuthError(401, "invalid_client", "the client secret is not a token of that client_id's user")
     except _OAuthError as refused:

@@ -21,7 +21,7 @@ from globus_compute_common import messagepack
 from globus_compute_sdk.serialize import ComputeSerializer
 from globus_compute_sdk.serialize.utils import pack_buffers
 
-from taskfabric.errors import ErrorCode, InvalidRequest, PayloadTooLarge
+from taskfabric.errors import ErrorCode, InvalidRequest, PayloadTooLarge, ServiceError
 from taskfabric.forwarder.admin import create_token, create_user
 from taskfabric.forwarder.app import create_app
 from taskfabric.forwarder.broker import AdminBrokerLink
@@ -190,7 +190,14 @@ async def _app(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost:5000") as http:
-            yield {"http": http, "users": users, "tokens": tokens, "memory": memory, "management": management}
+            yield {
+                "http": http,
+                "users": users,
+                "tokens": tokens,
+                "memory": memory,
+                "management": management,
+                "forwarder": application.state.forwarder,
+            }
 
 
 def _in_app(tmp_path: Path, scenario: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
@@ -227,6 +234,13 @@ async def _the_token_route_trades_client_credentials_for_one_compute_token(app: 
     ):
         refused = await http.post("/v2/oauth2/token", data=data, headers=headers)
         assert refused.status_code == status and refused.json()["error"] == error, refused.text
+
+    async def unavailable(token: str, *, peer: str = "") -> None:
+        raise ServiceError("the identity provider did not answer", status=503)
+
+    app["forwarder"].authenticate = unavailable  # an outage is not a wrong secret
+    down = await http.post("/v2/oauth2/token", data=form, headers=_basic(str(alice.user_id), "not-cached"))
+    assert down.status_code == 503 and down.json()["error"] == "temporarily_unavailable", down.text
 
 
 async def _register_endpoint(http: httpx.AsyncClient, token: str) -> str:
