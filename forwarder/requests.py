@@ -150,6 +150,8 @@ def _parse_submit(data: Any, limits: SubmitLimits, *, binary: bool) -> SubmitReq
 
 #: the largest `user_endpoint_config`, as compact JSON
 MAX_USER_ENDPOINT_CONFIG_BYTES = 16 * 1024
+#: its deepest nesting of maps and lists (the endpoint walks it recursively: schema, control characters)
+MAX_USER_ENDPOINT_CONFIG_DEPTH = 16
 
 
 def _user_endpoint_config(value: Any) -> dict[str, Any] | None:
@@ -166,7 +168,22 @@ def _user_endpoint_config(value: Any) -> dict[str, Any] | None:
         ) from None
     if size > MAX_USER_ENDPOINT_CONFIG_BYTES:
         raise too_large("user_endpoint_config", size, MAX_USER_ENDPOINT_CONFIG_BYTES, "MAX_USER_ENDPOINT_CONFIG_BYTES")
+    if _depth(value) > MAX_USER_ENDPOINT_CONFIG_DEPTH:
+        raise invalid(f"user_endpoint_config: nested more than {MAX_USER_ENDPOINT_CONFIG_DEPTH} maps or lists deep")
     return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply maps and lists nest in `value` (without recursion: it may be deep)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        pending.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _optional_uuid(value: Any, binary: bool, field: str) -> uuid.UUID | None:

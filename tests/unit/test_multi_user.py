@@ -269,6 +269,14 @@ def test_multi_user_submit_requests_carry_a_bounded_json_object() -> None:
         parse_submit_json(submit_body(user_endpoint_config=["not", "a", "map"]), LIMITS)
     with pytest.raises(Exception, match="user_endpoint_config"):
         parse_submit_json(submit_body(user_endpoint_config={"x": "y" * 20_000}), LIMITS)
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(500):  # small (a few KiB) but deep enough to exhaust the endpoint's recursion
+        inner["x"] = inner = {}
+    with pytest.raises(InvalidRequest, match="user_endpoint_config: nested more than"):
+        parse_submit_json(submit_body(user_endpoint_config=deep), LIMITS)
+    nested_ok = {"a": {"b": [{"c": [1, 2]}]}}
+    assert parse_submit_json(submit_body(user_endpoint_config=nested_ok), LIMITS).user_endpoint_config == nested_ok
 
 
 def test_multi_user_one_user_endpoint_per_parent_user_and_config() -> None:
