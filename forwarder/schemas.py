@@ -208,7 +208,9 @@ SUBMIT_BODY_SCHEMA: dict[str, Any] = {
         "task_group_id": {"type": ["string", "null"], "format": "uuid", "description": "every task joins this group"},
         "user_endpoint_config": {
             "type": ["object", "null"],
-            "description": "a multi-user endpoint's user config template variables (at most 16 KiB as JSON)",
+            "description": (
+                "a multi-user endpoint's user config template variables (at most 16 KiB as JSON, 16 levels deep)"
+            ),
         },
     },
 }
