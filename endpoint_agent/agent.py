@@ -186,6 +186,8 @@ class Agent:
         self._refused = False
         self._handed_back = False
         self.stopping = False
+        #: a SIGTERM/SIGINT arrived: the loop begins the graceful stop at its next pass
+        self._stop_requested = False
         #: what `run` returns: RET_CRASHED after a part of the agent failed for good
         self.exit_code = RET_OK
         self._stop_deadline = 0.0
@@ -307,7 +309,10 @@ class Agent:
         self._wake_pipe.wake()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.stop()
+        # Only note it: the handler runs on the main thread between any two bytecodes, perhaps
+        # while that thread holds a lock `stop()` takes (the broker link's), which would hang the
+        # agent for good. The loop, woken by the signal's wakeup fd, stops at its next pass.
+        self._stop_requested = True
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -316,6 +321,8 @@ class Agent:
         _ready, fds = self.sockets.poll(self._poll_timeout_s())
         if self._wake_pipe.read_fd in fds:
             self._wake_pipe.drain()
+        if self._stop_requested:
+            self.stop()
         now = time.monotonic()
         self.ensure_subscribed(now)
         self.report_inventory(now)

@@ -5,6 +5,7 @@ step) and watches the memory broker: what is acked, what reaches the result and 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -344,6 +345,25 @@ def test_a_dead_scaling_thread_stops_the_agent_gracefully_with_a_named_code(
     assert "the scaling thread failed (the provider exploded)" in caplog.text
     assert fabric.ready_task_messages() >= 1  # handed back, not lost
     assert not fabric.results
+
+
+def test_a_stop_signal_while_the_loop_holds_the_broker_link_s_lock_does_not_hang(agent: Agent) -> None:
+    """The signal handler runs between any two bytecodes of the main thread: it only notes the
+    stop, which the next pass begins (it used to pause the broker link from the handler, taking a
+    lock the interrupted code could hold: the agent then hung for good, seen in CI)."""
+    done = threading.Event()
+
+    def signal_arrives_inside_the_lock() -> None:
+        with agent.broker._lock:  # as in subscribe() or the consumer check
+            agent._on_signal(signal.SIGTERM, None)
+        done.set()
+
+    worker = threading.Thread(target=signal_arrives_inside_the_lock, daemon=True)
+    worker.start()
+    assert done.wait(5), "the handler blocked on the lock its thread holds"
+    assert not agent.stopping
+    agent.step()
+    assert agent.stopping and agent.broker.paused
 
 
 # --- allow-lists (issue 13) ---------------------------------------------------------------------
