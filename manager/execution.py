@@ -26,6 +26,7 @@ import cloudpickle
 from taskfabric.errors import ErrorCode
 from taskfabric.manager.globus_compute import ComputeCodec, GlobusComputeUnavailable, is_compute_body
 from taskfabric.protocol import FunctionBody, Result, Task, TaskError
+from taskfabric.protocol.payloads import DEFAULT_COMPRESSION, Compression, decode_payload, encode_payload
 
 __all__ = ["WORKER_PYTHON", "TaskRunner", "WalltimeExceededError"]
 
@@ -126,7 +127,7 @@ class TaskRunner:
 
     def _arguments(self, task: Task) -> tuple[tuple[Any, ...], dict[str, Any]]:
         try:
-            loaded = cloudpickle.loads(task.payload)
+            loaded = cloudpickle.loads(decode_payload(task.payload))
         except Exception as exc:
             raise _DeserializationError(_explain_unpickling("arguments", exc, self.client_python)) from None
         if not (isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[1], dict)):
@@ -271,11 +272,13 @@ if sys.platform == "win32":  # pragma: no cover - workers run on POSIX
     raise ImportError("taskfabric workers need a POSIX system (SIGALRM walltimes)")
 
 
-def dump_value(value: Any) -> bytes:
+def dump_value(value: Any, compression: Compression = DEFAULT_COMPRESSION) -> bytes:
     """Pickle a return value: plain pickle first (ten times cheaper for the common small values),
     cloudpickle for what plain pickle cannot reach (lambdas, classes the task itself defined).
-    Both produce ordinary pickles that the client loads the same way."""
+    Both produce ordinary pickles that the client loads the same way; a large one is compressed
+    when that pays (`taskfabric.protocol.payloads`)."""
     try:
-        return pickle.dumps(value, protocol=5)
+        pickled = pickle.dumps(value, protocol=5)
     except Exception:
-        return cloudpickle.dumps(value, protocol=5)
+        pickled = cloudpickle.dumps(value, protocol=5)
+    return encode_payload(pickled, compression)
