@@ -14,9 +14,12 @@ from taskfabric.client.client import Batch, Client, TaskListPage
 from taskfabric.client.config import ClientConfig
 from taskfabric.client.executor import Executor, ExecutorOptions, TaskFuture
 from taskfabric.client.serialization import RemoteTraceback
+from taskfabric.protocol.data_refs import DataRef
 from taskfabric.errors import (
     AccountNotAllowed,
     AuthenticationError,
+    DataIntegrityError,
+    DataUnavailable,
     DeserializationFailed,
     EndpointDeleted,
     FunctionNotAllowed,
@@ -48,6 +51,9 @@ __all__ = [
     "Batch",
     "Client",
     "ClientConfig",
+    "DataIntegrityError",
+    "DataRef",
+    "DataUnavailable",
     "DeserializationFailed",
     "EndpointDeleted",
     "Executor",

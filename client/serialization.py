@@ -35,6 +35,7 @@ __all__ = [
     "content_hash",
     "exception_from_error",
     "serialize_arguments",
+    "serialize_data",
     "serialize_function",
     "value_from_result",
 ]
@@ -79,6 +80,11 @@ def serialize_arguments(
 ) -> bytes:
     """The cloudpickled `(args, kwargs)` pair, compressed when that pays under `compression`."""
     return encode_payload(cloudpickle.dumps((args, kwargs), protocol=5), compression)
+
+
+def serialize_data(value: Any, *, compression: Compression = DEFAULT_COMPRESSION) -> bytes:
+    """An argument to upload by reference: cloudpickled, compressed when that pays."""
+    return encode_payload(cloudpickle.dumps(value, protocol=5), compression)
 
 
 def content_hash(body: bytes) -> str:
