@@ -67,8 +67,8 @@ class DataUploads:
         # streamed as stored, not checked here: the worker checks size and digest after the
         # download and fails the task with DATA_INTEGRITY (a check here would cut the body short,
         # which the worker could not tell from a network failure)
-        chunks = blobs.open_chunks(data_blob_name(claims.user_id, sha256))
         try:
+            chunks = blobs.open_chunks(data_blob_name(claims.user_id, sha256))
             first = next(chunks, b"")  # a missing blob is a 404 before any byte is sent
         except BlobMissing:
             raise NotFoundError(f"data {sha256} is no longer stored (expired or deleted)") from None

@@ -3,16 +3,19 @@ cannot use (manager/execution.py + manager/data_refs.py), without a network."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import stat
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import cloudpickle
 import pytest
 
-from taskfabric.errors import ConfigError, ErrorCode, PermissionDenied
+from taskfabric.errors import ConfigError, ErrorCode, InvalidRequest, NotFoundError, PayloadTooLarge, PermissionDenied
+from taskfabric.forwarder.blobs import MemoryBlobStore
 from taskfabric.forwarder.data_refs import (
     DataClaims,
     DataRefSigner,
@@ -20,6 +23,8 @@ from taskfabric.forwarder.data_refs import (
     data_blob_name,
     load_or_create_key,
 )
+from taskfabric.forwarder.data_uploads import DataUploads
+from taskfabric.forwarder.records import Identity
 from taskfabric.manager.execution import TaskRunner
 from taskfabric.protocol import FunctionBody, Task
 from taskfabric.protocol.data_refs import DataRef
@@ -105,3 +110,55 @@ def test_a_reference_the_worker_cannot_fetch_fails_the_task_as_data_unavailable(
 def test_keys_must_be_long_enough() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         DataRefSigner(os.urandom(8))
+
+
+# --- the upload and read logic of the routes (forwarder/data_uploads.py), on the memory store --
+
+
+def _uploads(max_bytes: int = 1 << 20) -> tuple[DataUploads, MemoryBlobStore]:
+    blobs = MemoryBlobStore()
+    return DataUploads(blobs, signer(), max_bytes=max_bytes, ttl_s=60), blobs
+
+
+async def _body(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def test_an_upload_is_stored_per_user_and_read_back_with_its_token() -> None:
+    uploads, blobs = _uploads()
+    alice = Identity(user_id=USER, username="alice", auth="local")
+    answer = asyncio.run(uploads.put(alice, DIGEST, _body(b"pay", b"load")))
+    assert answer["size"] == 7 and set(blobs.blobs) == {data_blob_name(USER, DIGEST)}
+    read = uploads.open(DIGEST, str(answer["token"]))
+    assert b"".join(read.chunks) == b"payload"
+    bob = Identity(user_id=uuid.uuid4(), username="bob", auth="local")
+    bobs = asyncio.run(uploads.put(bob, DIGEST, _body(b"payload")))
+    assert len(blobs.blobs) == 2  # the same bytes from another user: a blob of their own
+    blobs.delete([data_blob_name(USER, DIGEST)])
+    with pytest.raises(NotFoundError, match="no longer stored"):
+        uploads.open(DIGEST, str(answer["token"]))
+    assert b"".join(uploads.open(DIGEST, str(bobs["token"])).chunks) == b"payload"
+
+
+@pytest.mark.parametrize(
+    ("digest", "chunks", "error", "match"),
+    [
+        (DIGEST, [b"other bytes"], InvalidRequest, "not the"),
+        (DIGEST, [b"x" * 600, b"x" * 600], PayloadTooLarge, "max_data_bytes"),
+        (DIGEST, [], InvalidRequest, "empty"),
+        ("../etc/passwd", [b"payload"], InvalidRequest, "sha256"),
+    ],
+)
+def test_bad_uploads_are_typed_4xx(digest: str, chunks: list[bytes], error: type[Exception], match: str) -> None:
+    uploads, blobs = _uploads(max_bytes=1000)
+    identity = Identity(user_id=USER, username="alice", auth="local")
+    with pytest.raises(error, match=match):
+        asyncio.run(uploads.put(identity, digest, _body(*chunks)))
+    assert not blobs.blobs
+
+
+def test_a_read_without_a_token_is_refused() -> None:
+    uploads, _ = _uploads()
+    with pytest.raises(InvalidRequest, match="X-Taskfabric-Data-Ref"):
+        uploads.open(DIGEST, None)
