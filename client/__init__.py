@@ -14,7 +14,6 @@ from taskfabric.client.client import Batch, Client, TaskListPage
 from taskfabric.client.config import ClientConfig
 from taskfabric.client.executor import Executor, ExecutorOptions, TaskFuture
 from taskfabric.client.serialization import RemoteTraceback
-from taskfabric.protocol.data_refs import DataRef
 from taskfabric.errors import (
     AccountNotAllowed,
     AuthenticationError,
@@ -44,6 +43,7 @@ from taskfabric.errors import (
     WalltimeExceeded,
     WorkerLost,
 )
+from taskfabric.protocol.data_refs import DataRef
 
 __all__ = [
     "AccountNotAllowed",
