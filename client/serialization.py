@@ -32,6 +32,7 @@ from taskfabric.protocol.payloads import DEFAULT_COMPRESSION, Compression, decod
 __all__ = [
     "CLIENT_PYTHON",
     "RemoteTraceback",
+    "buffer_bytes",
     "content_hash",
     "exception_from_error",
     "serialize_arguments",
@@ -85,6 +86,20 @@ def serialize_arguments(
 def serialize_data(value: Any, *, compression: Compression = DEFAULT_COMPRESSION) -> bytes:
     """An argument to upload by reference: cloudpickled, compressed when that pays."""
     return encode_payload(cloudpickle.dumps(value, protocol=5), compression)
+
+
+def buffer_bytes(value: Any) -> int:
+    """The size of a buffer-like argument without pickling it: bytes-likes, and objects whose type
+    has `nbytes` (numpy arrays); 0 for anything else. Looks `nbytes` up on the type first, so a lazy
+    proxy (e.g. ProxyStore's) is not resolved by asking."""
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, memoryview):
+        return value.nbytes
+    if getattr(type(value), "nbytes", None) is None:
+        return 0
+    size = getattr(value, "nbytes", 0)
+    return size if isinstance(size, int) else 0
 
 
 def content_hash(body: bytes) -> str:

@@ -604,8 +604,9 @@ async def get_data(sha256: str, request: Request, service: Service) -> Response:
     bearer token). 403 `DATA_REF_INVALID` / `DATA_REF_EXPIRED`; 404 when it is no longer stored.
     Streamed as stored: the worker checks the size and sha256."""
     read = await asyncio.to_thread(service.data.open, sha256, request.headers.get(DATA_REF_HEADER))
-    headers = {"Content-Length": str(read.size), RESULT_SHA256_HEADER: read.sha256}
-    return StreamingResponse(read.chunks, media_type=_OCTETS, headers=headers)
+    # no Content-Length from the signed size: a blob changed on disk must still arrive whole, for
+    # the worker's digest check to name it (a short body would look like a network failure)
+    return StreamingResponse(read.chunks, media_type=_OCTETS, headers={RESULT_SHA256_HEADER: read.sha256})
 
 
 @router.post("/tasks/batch", responses={200: {"model": schemas.BatchStatus}})

@@ -34,6 +34,7 @@ from taskfabric.client import (
     NotFoundError,
     ResultIntegrityError,
 )
+from taskfabric.client.serialization import serialize_data
 from taskfabric.endpoint_agent.local import (
     LocalEndpoint,
     configure_endpoint,
@@ -202,6 +203,16 @@ def test_a_large_argument_by_reference_is_uploaded_once_and_bound_to_its_user(bl
     del big
     stored = list((blob_fabric.blobs / ref.sha256[:2]).glob(f"*-{ref.sha256}"))
     assert len(stored) == 1 and stored[0].stat().st_size == ref.size
+
+    # Executor(by_reference_bytes=...): large top-level arguments go by reference on their own
+    medium = make_bytes(13, 4 * _MIB)
+    with (
+        blob_fabric.client() as client,
+        Executor(blob_fabric.endpoint_id, client=client, by_reference_bytes=_MIB) as executor,
+    ):
+        assert executor.submit(sha256_of, medium).result(timeout=60) == sha256_of(medium)
+    uploaded = sha256_of(serialize_data(medium))
+    assert list((blob_fabric.blobs / uploaded[:2]).glob(f"*-{uploaded}"))
 
     other = unique_name("other")
     create_user(blob_fabric.settings, other)

@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import cloudpickle
+import numpy
 import pytest
 
+from taskfabric.client.serialization import buffer_bytes
 from taskfabric.errors import ConfigError, ErrorCode, InvalidRequest, NotFoundError, PayloadTooLarge, PermissionDenied
 from taskfabric.forwarder.blobs import MemoryBlobStore
 from taskfabric.forwarder.data_refs import (
@@ -162,3 +164,14 @@ def test_a_read_without_a_token_is_refused() -> None:
     uploads, _ = _uploads()
     with pytest.raises(InvalidRequest, match="X-Taskfabric-Data-Ref"):
         uploads.open(DIGEST, None)
+
+
+def test_buffer_sizes_are_read_without_pickling_or_resolving_proxies() -> None:
+    class Lazy:  # a proxy that would resolve on any attribute lookup
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"resolved by asking for {name}")
+
+    assert buffer_bytes(b"abc") == 3 and buffer_bytes(bytearray(5)) == 5
+    assert buffer_bytes(memoryview(bytes(8)).cast("d")) == 8
+    assert buffer_bytes(numpy.zeros(4, dtype=numpy.float64)) == 32
+    assert buffer_bytes(Lazy()) == 0 and buffer_bytes([b"x" * 100]) == 0
