@@ -1,8 +1,8 @@
 """Fetching arguments passed by reference (`taskfabric.protocol.data_refs.DataRef`) on the worker.
 
 The worker downloads the bytes from the forwarder with the reference's signed token (no user token
-reaches the endpoint), checks size and sha256 as they arrive, and keeps the last download so a
-batch of tasks sharing one large argument fetches it once per worker.
+reaches the endpoint), checks size and sha256 as they arrive, and keeps the last download (by
+token) so a batch of tasks sharing one reference fetches it once per worker.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ class DataFetcher:
 
     def __init__(self, *, timeout_s: float = 300.0) -> None:
         self.timeout_s = timeout_s
-        self._last: tuple[str, bytes] | None = None
+        self._last: tuple[str, bytes] | None = None  # (token, checked bytes)
 
     def fetch(self, ref: DataRef) -> bytes:
         """The referenced bytes, checked. Raises `DataFetchError`."""
-        if self._last is not None and self._last[0] == ref.sha256:
+        # keyed by the token too: a worker may run tasks of several users (a shared endpoint), and
+        # a digest alone must not stand in for a reference the forwarder has not accepted
+        if self._last is not None and self._last[0] == ref.token:
             return self._last[1]
         data = self._download(ref)
         if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
@@ -45,7 +47,7 @@ class DataFetcher:
                 f"the argument passed by reference ({ref.sha256}) does not match its recorded size ({ref.size}) "
                 f"and sha256: {len(data)} bytes downloaded",
             )
-        self._last = (ref.sha256, data)
+        self._last = (ref.token, data)
         return data
 
     def _download(self, ref: DataRef) -> bytes:

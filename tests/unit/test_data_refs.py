@@ -27,6 +27,7 @@ from taskfabric.forwarder.data_refs import (
 )
 from taskfabric.forwarder.data_uploads import DataUploads
 from taskfabric.forwarder.records import Identity
+from taskfabric.manager.data_refs import DataFetcher, DataFetchError
 from taskfabric.manager.execution import TaskRunner
 from taskfabric.protocol import FunctionBody, Task
 from taskfabric.protocol.data_refs import DataRef
@@ -175,3 +176,15 @@ def test_buffer_sizes_are_read_without_pickling_or_resolving_proxies() -> None:
     assert buffer_bytes(memoryview(bytes(8)).cast("d")) == 8
     assert buffer_bytes(numpy.zeros(4, dtype=numpy.float64)) == 32
     assert buffer_bytes(Lazy()) == 0 and buffer_bytes([b"x" * 100]) == 0
+
+
+def test_a_worker_reuses_a_download_only_for_the_same_reference() -> None:
+    fetcher = DataFetcher(timeout_s=5)
+    fetcher._last = (token(), b"payload")  # what a download of this reference left behind
+    same = DataRef(url="http://127.0.0.1:9", sha256=DIGEST, size=7, token=token(), expires_at=NOW)
+    assert fetcher.fetch(same) == b"payload"
+    # the same digest under another user's (or a forged) token is fetched, and refused, anew
+    other = DataRef(url="http://127.0.0.1:9", sha256=DIGEST, size=7, token="forged.token", expires_at=NOW)
+    with pytest.raises(DataFetchError) as caught:
+        fetcher.fetch(other)
+    assert caught.value.code == ErrorCode.DATA_UNAVAILABLE
