@@ -17,6 +17,8 @@ from taskfabric.client.serialization import RemoteTraceback
 from taskfabric.errors import (
     AccountNotAllowed,
     AuthenticationError,
+    DataIntegrityError,
+    DataUnavailable,
     DeserializationFailed,
     EndpointDeleted,
     FunctionNotAllowed,
@@ -41,6 +43,7 @@ from taskfabric.errors import (
     WalltimeExceeded,
     WorkerLost,
 )
+from taskfabric.protocol.data_refs import DataRef
 
 __all__ = [
     "AccountNotAllowed",
@@ -48,6 +51,9 @@ __all__ = [
     "Batch",
     "Client",
     "ClientConfig",
+    "DataIntegrityError",
+    "DataRef",
+    "DataUnavailable",
     "DeserializationFailed",
     "EndpointDeleted",
     "Executor",

@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import datetime
 import hashlib
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from taskfabric.client.serialization import (
     CLIENT_PYTHON,
     exception_from_error,
     serialize_arguments,
+    serialize_data,
     serialize_function,
     value_from_result,
 )
@@ -39,6 +41,7 @@ from taskfabric.errors import (
 )
 from taskfabric.protocol import TaskStatus, check_resource_specification
 from taskfabric.protocol.api import RESULT_NOT_AVAILABLE, RESULT_SHA256_HEADER, RESULT_WORKER_PYTHON_HEADER
+from taskfabric.protocol.data_refs import DataRef
 
 __all__ = ["Batch", "Client", "TaskListPage", "resolve_group_name"]
 
@@ -123,6 +126,7 @@ class Client:
         #: verifies the forwarder, for HTTP and the results stream
         self.ssl_context = self.config.ssl_context()
         self._http = ServiceHTTP(self.config.url, self.config.token, timeout_s=timeout_s, verify=self.ssl_context)
+        self._data_refs: dict[str, DataRef] = {}  # sha256 -> the reference of an upload (put_data)
 
     def close(self) -> None:
         self._http.close()
@@ -447,6 +451,31 @@ class Client:
         """The task's return value; raises `TaskPending` while it runs and the remote failure
         (the original exception type when it can be rebuilt here) when it failed."""
         return outcome_of(self.get_task(task_id))
+
+    def put_data(self, value: Any, *, min_ttl_s: float = 600.0) -> DataRef:
+        """Upload `value` once to pass it by reference: `executor.submit(f, client.put_data(big))`.
+
+        The worker downloads it (checking its sha256) and calls `f` with the object itself; only
+        the small `DataRef` travels with each task. The same object (same pickled bytes) is uploaded
+        once while its reference has more than `min_ttl_s` to live. Raises `PayloadTooLarge` above
+        the forwarder's `max_data_bytes`. See docs/researcher.md "Large data"."""
+        data = serialize_data(value)
+        digest = hashlib.sha256(data).hexdigest()
+        now = time.time()
+        cached = self._data_refs.get(digest)
+        if cached is not None and cached.expires_at - now > min_ttl_s:
+            return cached
+        answer = self._http.put_bytes(f"/v1/data/{digest}", data)
+        ref = DataRef(
+            url=self.config.url,
+            sha256=digest,
+            size=int(answer["size"]),
+            token=str(answer["token"]),
+            expires_at=float(answer["expires_at"]),
+        )
+        self._data_refs = {key: old for key, old in self._data_refs.items() if old.expires_at > now}
+        self._data_refs[digest] = ref
+        return ref
 
     def download_result(self, task_id: uuid.UUID | str) -> Any:
         """`get_result` for large results: the raw result bytes (`GET /v1/tasks/{id}/result`,

@@ -35,6 +35,7 @@ from typing import Any
 
 from taskfabric.client.client import Client, _Call, checked_resource_specification, function_name
 from taskfabric.client.serialization import (
+    buffer_bytes,
     content_hash,
     exception_from_error,
     serialize_arguments,
@@ -108,7 +109,11 @@ class Executor(concurrent.futures.Executor):
     Calls are sent in batches of up to `batch_size` tasks and `batch_bytes` of payload: whatever
     accumulated while the previous request was in flight (so a lone call goes out at once).
     Every task joins the task group `task_group_id`: a new random id unless given; give an earlier
-    Executor's id to add to its group and `reload_tasks()` to collect its tasks."""
+    Executor's id to add to its group and `reload_tasks()` to collect its tasks.
+
+    With `by_reference_bytes`, each top-level argument of at least that many bytes (`bytes`,
+    `bytearray`, `memoryview`, or an object whose type has `nbytes`, such as a numpy array) is
+    uploaded once in `submit` (`Client.put_data`) and passed by reference."""
 
     def __init__(
         self,
@@ -121,7 +126,11 @@ class Executor(concurrent.futures.Executor):
         task_group_id: uuid.UUID | str | None = None,
         resource_specification: dict[str, int] | None = None,
         user_endpoint_config: dict[str, Any] | None = None,
+        by_reference_bytes: int | None = None,
     ) -> None:
+        if by_reference_bytes is not None and by_reference_bytes < 1:
+            raise ValueError(f"by_reference_bytes must be a positive number of bytes, got {by_reference_bytes!r}")
+        self.by_reference_bytes = by_reference_bytes
         #: for a multi-user endpoint: the variables of its user config template (each different
         #: value runs in its own user endpoint process; see docs/endpoint-owner.md)
         self.user_endpoint_config = dict(user_endpoint_config) if user_endpoint_config is not None else None
@@ -216,10 +225,20 @@ class Executor(concurrent.futures.Executor):
                 raise RuntimeError("cannot submit after shutdown")
             if self._fatal is not None:
                 raise self._fatal
+        if self.by_reference_bytes is not None:
+            args, kwargs = self._by_reference(args, kwargs, self.by_reference_bytes)
         future = TaskFuture(self)
         call = _Call(function_id, serialize_arguments(args, kwargs), walltime_s, resource_specification)
         self._queue.put(_Queued(future, call, function))
         return future
+
+    def _by_reference(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], min_bytes: int
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        def swap(value: Any) -> Any:
+            return self.client.put_data(value) if buffer_bytes(value) >= min_bytes else value
+
+        return tuple(swap(value) for value in args), {key: swap(value) for key, value in kwargs.items()}
 
     def register_function(
         self, fn: Callable[..., Any], *, name: str | None = None, by_value: bool | None = None

@@ -105,6 +105,11 @@ class ServiceHTTP:
         """PUT replaces a whole document: safe to retry."""
         return self._json(self._send("PUT", path, json=body, retries=self._read_retries))
 
+    def put_bytes(self, path: str, data: bytes) -> Any:
+        """PUT a binary body (an upload named by its digest: safe to retry)."""
+        headers = {"Content-Type": "application/octet-stream"}
+        return self._json(self._send("PUT", path, content=data, headers=headers, retries=self._read_retries))
+
     # --- internals ----------------------------------------------------------------------
 
     def _send(self, method: str, path: str, *, retries: int = 0, **kwargs: Any) -> httpx.Response:

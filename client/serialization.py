@@ -5,6 +5,9 @@ importable module, they travel by reference and that module must be importable o
 (`by_value=True` ships the module's functions by value instead). Arguments travel as a cloudpickled
 `(args, kwargs)` pair. Only the client unpickles its own results.
 
+Large arguments and results are compressed (zstd) when that pays, in the frame of
+`taskfabric.protocol.payloads`; unframed payloads decode as before.
+
 A failed task is re-raised as the original exception type when it can be rebuilt here, with the
 remote traceback attached as its `__cause__` (as `concurrent.futures.ProcessPoolExecutor` does);
 otherwise as the `TaskFailed` subclass for its error code, carrying the remote traceback text.
@@ -24,13 +27,16 @@ from typing import Any
 import cloudpickle
 
 from taskfabric.errors import DeserializationFailed, ErrorCode, TaskExecutionFailed, TaskFailed
+from taskfabric.protocol.payloads import DEFAULT_COMPRESSION, Compression, decode_payload, encode_payload
 
 __all__ = [
     "CLIENT_PYTHON",
     "RemoteTraceback",
+    "buffer_bytes",
     "content_hash",
     "exception_from_error",
     "serialize_arguments",
+    "serialize_data",
     "serialize_function",
     "value_from_result",
 ]
@@ -70,8 +76,30 @@ def _pickled_by_value(module: types.ModuleType | None) -> Iterator[None]:
         cloudpickle.unregister_pickle_by_value(module)
 
 
-def serialize_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    return cloudpickle.dumps((args, kwargs), protocol=5)
+def serialize_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, compression: Compression = DEFAULT_COMPRESSION
+) -> bytes:
+    """The cloudpickled `(args, kwargs)` pair, compressed when that pays under `compression`."""
+    return encode_payload(cloudpickle.dumps((args, kwargs), protocol=5), compression)
+
+
+def serialize_data(value: Any, *, compression: Compression = DEFAULT_COMPRESSION) -> bytes:
+    """An argument to upload by reference: cloudpickled, compressed when that pays."""
+    return encode_payload(cloudpickle.dumps(value, protocol=5), compression)
+
+
+def buffer_bytes(value: Any) -> int:
+    """The size of a buffer-like argument without pickling it: bytes-likes, and objects whose type
+    has `nbytes` (numpy arrays); 0 for anything else. Looks `nbytes` up on the type first, so a lazy
+    proxy (e.g. ProxyStore's) is not resolved by asking."""
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, memoryview):
+        return value.nbytes
+    if getattr(type(value), "nbytes", None) is None:
+        return 0
+    size = getattr(value, "nbytes", 0)
+    return size if isinstance(size, int) else 0
 
 
 def content_hash(body: bytes) -> str:
@@ -81,7 +109,7 @@ def content_hash(body: bytes) -> str:
 def value_from_result(value: bytes, *, worker_python: str = "", task_id: object = None) -> Any:
     """Unpickle a task's return value (naming a Python version mismatch if that is the cause)."""
     try:
-        return cloudpickle.loads(value)
+        return cloudpickle.loads(decode_payload(value))
     except Exception as exc:
         raise DeserializationFailed(
             f"the result could not be unpickled here: {type(exc).__name__}: {exc}{_version_note(worker_python)}",

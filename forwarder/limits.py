@@ -73,7 +73,9 @@ class BodyLimits:
             unauthenticated=BodyLimit(limits.unauthenticated_body_bytes, "limits.unauthenticated_body_bytes"),
             authenticated=BodyLimit(settings.max_request_bytes, "max_request_bytes"),
             by_route={
-                route: BodyLimit(getattr(limits, key), f"limits.{key}") for route, key in _ROUTE_LIMIT_KEYS.items()
+                **{route: BodyLimit(getattr(limits, key), f"limits.{key}") for route, key in _ROUTE_LIMIT_KEYS.items()},
+                # uploads by reference: large on purpose, bounded by their own setting
+                ("PUT", "/v1/data/{sha256}"): BodyLimit(settings.max_data_bytes, "max_data_bytes"),
             },
         )
 

@@ -54,6 +54,7 @@ from taskfabric.protocol.api import (
     TaskInfo,
     render,
 )
+from taskfabric.protocol.data_refs import DATA_REF_HEADER
 
 __all__ = [
     "API_VERSION",
@@ -580,6 +581,32 @@ async def get_task_result(task_id: uuid.UUID, identity: Caller, service: Service
     if body.chunks is None:
         return Response(body.data or b"", media_type=_OCTETS, headers=headers)
     return StreamingResponse(body.chunks, media_type=_OCTETS, headers=headers)
+
+
+# --- arguments by reference (issue 15) -----------------------------------------------------
+
+
+@router.put(
+    "/data/{sha256}",
+    responses={200: {"model": schemas.DataUploaded}, 400: {"model": schemas.ErrorBody}, 413: {}},
+    openapi_extra={"requestBody": {"content": {_OCTETS: {}}, "required": True}},
+)
+async def put_data(sha256: str, request: Request, identity: Caller, service: Service) -> JSONResponse:
+    """Upload an argument to pass by reference (the raw bytes; their sha256 names it). Answers a
+    signed, expiring read reference bound to you. 400 `DATA_DIGEST_MISMATCH` when the body does
+    not hash to `sha256`; 413 above `max_data_bytes`. Uploading the same bytes again renews it."""
+    return JSONResponse(await service.data.put(identity, sha256, request.stream()))
+
+
+@router.get("/data/{sha256}", response_class=Response, responses={200: {"content": {_OCTETS: {}}}, 403: {}})
+async def get_data(sha256: str, request: Request, service: Service) -> Response:
+    """An uploaded argument, for the worker holding its reference (`X-Taskfabric-Data-Ref`; no
+    bearer token). 403 `DATA_REF_INVALID` / `DATA_REF_EXPIRED`; 404 when it is no longer stored.
+    Streamed as stored: the worker checks the size and sha256."""
+    read = await asyncio.to_thread(service.data.open, sha256, request.headers.get(DATA_REF_HEADER))
+    # no Content-Length from the signed size: a blob changed on disk must still arrive whole, for
+    # the worker's digest check to name it (a short body would look like a network failure)
+    return StreamingResponse(read.chunks, media_type=_OCTETS, headers={RESULT_SHA256_HEADER: read.sha256})
 
 
 @router.post("/tasks/batch", responses={200: {"model": schemas.BatchStatus}})

@@ -21,6 +21,7 @@ __all__ = [
     "AllowedFunctionsInfo",
     "AuditList",
     "BatchStatus",
+    "DataUploaded",
     "EndpointAccessBody",
     "EndpointAccessDocument",
     "EndpointList",
@@ -226,6 +227,13 @@ class TaskIds(_Request):
 
 class CancelRequest(_Request):
     task_ids: list[str] = Field(description="at most 1,000 task ids to cancel")
+
+
+class DataUploaded(BaseModel):
+    sha256: str = Field(description="the upload's sha256 (hex), as named in the path")
+    size: int = Field(description="bytes stored")
+    token: str = Field(description="the signed read reference a worker presents in X-Taskfabric-Data-Ref")
+    expires_at: float = Field(description="when the reference stops working (epoch seconds)")
 
 
 class BatchStatus(BaseModel):

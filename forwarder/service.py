@@ -32,6 +32,8 @@ from taskfabric.forwarder.blobs import open_blob_store
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.consumer_pool import ConsumerConnections
 from taskfabric.forwarder.consumers import ResultConsumers
+from taskfabric.forwarder.data_refs import DataRefSigner, load_or_create_key
+from taskfabric.forwarder.data_uploads import DataUploads
 from taskfabric.forwarder.endpoint_sharing import EndpointSharing
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import FunctionRegistry
@@ -81,6 +83,7 @@ class Forwarder:
         self._cleanups: list[Callable[[], None]] = []
         # set by start()
         self.store: Store
+        self.data: DataUploads
         self.runner: StoreRunner
         self.auth: AuthProvider
         self.audit: AuditLog
@@ -148,6 +151,13 @@ class Forwarder:
             blob_threshold_bytes=settings.blob_threshold_bytes,
         )
         self._cleanups.append(self.store.close)
+        key = await asyncio.to_thread(_data_ref_key, settings)
+        self.data = DataUploads(
+            blobs,
+            DataRefSigner(key),
+            max_bytes=settings.max_data_bytes,
+            ttl_s=min(settings.data_ref_ttl_s, settings.result_ttl_s),
+        )
         self.runner = StoreRunner(read_threads=settings.db_read_threads, on_error=self.metrics.store_error)
         self._cleanups.append(self.runner.close)
         self.auth = make_provider(settings.auth, self.store.users)
@@ -328,3 +338,9 @@ class Forwarder:
                 log.warning("%s failed: %s", getattr(job, "__name__", job), exc)
             except Exception:
                 log.exception("%s failed", getattr(job, "__name__", job))
+
+
+def _data_ref_key(settings: ForwarderSettings) -> bytes:
+    path = settings.data_ref_key_path
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return load_or_create_key(path)

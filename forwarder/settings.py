@@ -337,6 +337,18 @@ class ForwarderSettings:
         None, help="an S3-compatible server for an s3:// blob_store_url (default: AWS)"
     )
     blob_s3_region: str | None = setting(None, help="the S3 region for an s3:// blob_store_url (default: us-east-1)")
+    # --- large arguments by reference (issue 15, PUT/GET /v1/data/{sha256}) ---
+    max_data_bytes: int = setting(
+        1024 * _MIB, help="largest argument a client may upload by reference (PUT /v1/data)", min=1
+    )
+    data_ref_ttl_s: float = setting(
+        86400.0,
+        help="how long a data reference may be read by workers (capped by result_ttl_s: the blob is swept then)",
+        min=1,
+    )
+    data_ref_key_file: Path | None = setting(
+        None, help="the HMAC key signing data references (default: data-ref.key in the forwarder's data folder)"
+    )
     cleanup_period_s: float = setting(3600.0, help="how often expired tasks are deleted", min=1)
     endpoint_offline_after_s: float = setting(
         30.0, help="an endpoint without a status report for this long is offline", min=0.1
@@ -487,6 +499,11 @@ class ForwarderSettings:
         if url.startswith("sqlite:///"):
             return Path(url.removeprefix("sqlite:///")).expanduser().parent
         return taskfabric_home() / "forwarder"
+
+    @property
+    def data_ref_key_path(self) -> Path:
+        """`data_ref_key_file`, or its default in the forwarder's data folder."""
+        return self.data_ref_key_file if self.data_ref_key_file is not None else self.data_dir / "data-ref.key"
 
     @property
     def audit_log_path(self) -> Path:

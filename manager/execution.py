@@ -24,8 +24,11 @@ from typing import Any
 import cloudpickle
 
 from taskfabric.errors import ErrorCode
+from taskfabric.manager.data_refs import DataFetcher, DataFetchError
 from taskfabric.manager.globus_compute import ComputeCodec, GlobusComputeUnavailable, is_compute_body
 from taskfabric.protocol import FunctionBody, Result, Task, TaskError
+from taskfabric.protocol.data_refs import DataRef
+from taskfabric.protocol.payloads import DEFAULT_COMPRESSION, Compression, decode_payload, encode_payload
 
 __all__ = ["WORKER_PYTHON", "TaskRunner", "WalltimeExceededError"]
 
@@ -52,6 +55,7 @@ class TaskRunner:
         self._bodies: dict[uuid.UUID, FunctionBody] = {}
         self._functions: dict[uuid.UUID, Callable[..., Any]] = {}
         self._compute = ComputeCodec()  # Globus-Compute-format tasks (manager/globus_compute.py)
+        self._data = DataFetcher()  # arguments passed by reference (manager/data_refs.py)
 
     def add_functions(self, bodies: list[FunctionBody]) -> None:
         """Remember function bodies (deserialized lazily, on first use)."""
@@ -75,6 +79,8 @@ class TaskRunner:
             return self._failure(task, ErrorCode.PAYLOAD_FORMAT_UNSUPPORTED, str(exc), "", received_at, received_at)
         except _DeserializationError as exc:
             return self._failure(task, ErrorCode.DESERIALIZATION_FAILED, str(exc), "", received_at, received_at)
+        except DataFetchError as exc:
+            return self._failure(task, exc.code, str(exc), "", received_at, received_at)
         started_at = time.time()
         try:
             if task.walltime_s:
@@ -126,13 +132,27 @@ class TaskRunner:
 
     def _arguments(self, task: Task) -> tuple[tuple[Any, ...], dict[str, Any]]:
         try:
-            loaded = cloudpickle.loads(task.payload)
+            loaded = cloudpickle.loads(decode_payload(task.payload))
         except Exception as exc:
             raise _DeserializationError(_explain_unpickling("arguments", exc, self.client_python)) from None
         if not (isinstance(loaded, tuple) and len(loaded) == 2 and isinstance(loaded[1], dict)):
             raise _DeserializationError("the task payload is not an (args, kwargs) pair")
         args, kwargs = loaded
-        return tuple(args), kwargs
+        return tuple(self._resolved(value) for value in args), {
+            key: self._resolved(value) for key, value in kwargs.items()
+        }
+
+    def _resolved(self, value: Any) -> Any:
+        """A top-level argument, or the object its `DataRef` names (downloaded and checked)."""
+        if not isinstance(value, DataRef):
+            return value
+        data = self._data.fetch(value)
+        try:
+            return cloudpickle.loads(decode_payload(data))
+        except Exception as exc:
+            raise _DeserializationError(
+                _explain_unpickling("argument passed by reference", exc, self.client_python)
+            ) from None
 
     # --- outcomes -----------------------------------------------------------------------
 
@@ -271,11 +291,13 @@ if sys.platform == "win32":  # pragma: no cover - workers run on POSIX
     raise ImportError("taskfabric workers need a POSIX system (SIGALRM walltimes)")
 
 
-def dump_value(value: Any) -> bytes:
+def dump_value(value: Any, compression: Compression = DEFAULT_COMPRESSION) -> bytes:
     """Pickle a return value: plain pickle first (ten times cheaper for the common small values),
     cloudpickle for what plain pickle cannot reach (lambdas, classes the task itself defined).
-    Both produce ordinary pickles that the client loads the same way."""
+    Both produce ordinary pickles that the client loads the same way; a large one is compressed
+    when that pays (`taskfabric.protocol.payloads`)."""
     try:
-        return pickle.dumps(value, protocol=5)
+        pickled = pickle.dumps(value, protocol=5)
     except Exception:
-        return cloudpickle.dumps(value, protocol=5)
+        pickled = cloudpickle.dumps(value, protocol=5)
+    return encode_payload(pickled, compression)

@@ -44,7 +44,9 @@ Every error that leaves a public API is one of these; errors of the libraries un
         ├── IdentityNotMapped       a multi-user endpoint maps the submitter to no local account (nothing ran)
         ├── AccountNotAllowed       the mapped local account is root, denied or does not exist (nothing ran)
         ├── UserConfigInvalid       the user_endpoint_config failed the endpoint's schema or template (names the field)
-        └── ResultIntegrityError    the stored result (a blob) is missing or does not match its sha256 (names the task)
+        ├── ResultIntegrityError    the stored result (a blob) is missing or does not match its sha256 (names the task)
+        ├── DataIntegrityError      an argument passed by reference did not match its sha256 on the worker
+        └── DataUnavailable         the worker could not fetch an argument passed by reference (expired, refused)
 
 Remote failures travel as an error *code* in the wire protocol (see `ErrorCode`); `TaskFailed.for_code`
 maps a code back to its class on the client.
@@ -62,6 +64,8 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigError",
     "ConnectionLost",
+    "DataIntegrityError",
+    "DataUnavailable",
     "DeserializationFailed",
     "EndpointDeleted",
     "ErrorCode",
@@ -287,6 +291,10 @@ class ErrorCode(enum.StrEnum):
     USER_CONFIG_INVALID = "USER_CONFIG_INVALID"
     #: the forwarder found the stored result missing from its blob store or not matching its sha256
     RESULT_INTEGRITY = "RESULT_INTEGRITY"
+    #: an argument passed by reference (`DataRef`) did not match its size and sha256 on the worker
+    DATA_INTEGRITY = "DATA_INTEGRITY"
+    #: the worker could not fetch an argument passed by reference (expired, refused, deleted, unreachable)
+    DATA_UNAVAILABLE = "DATA_UNAVAILABLE"
 
     @property
     def is_system_failure(self) -> bool:
@@ -397,6 +405,20 @@ class ResultIntegrityError(TaskFailed):
     code = ErrorCode.RESULT_INTEGRITY
 
 
+class DataIntegrityError(TaskFailed):
+    """An argument passed by reference did not match its recorded size and sha256 when the worker
+    downloaded it (a tampered or corrupted blob); the function never ran."""
+
+    code = ErrorCode.DATA_INTEGRITY
+
+
+class DataUnavailable(TaskFailed):
+    """The worker could not fetch an argument passed by reference: its reference expired, was
+    refused, or the blob is gone; the function never ran."""
+
+    code = ErrorCode.DATA_UNAVAILABLE
+
+
 _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
     cls.code.value: cls
     for cls in (
@@ -417,5 +439,7 @@ _CLASS_BY_CODE: dict[str, type[TaskFailed]] = {
         AccountNotAllowed,
         UserConfigInvalid,
         ResultIntegrityError,
+        DataIntegrityError,
+        DataUnavailable,
     )
 }

@@ -40,6 +40,11 @@ Messages (type tag -> fields, `?` = optional)
 ``heartbeat``         sent_at
 ``drain``             reason?, deadline_s?
 
+User payloads (`payloads.py`): task arguments and results above a size are zstd-compressed when
+that pays, in a frame (`\x00tfz` magic, codec byte, declared size) that no pickle starts with;
+`decode_payload` passes unframed payloads through, so old payloads still decode. Workers and the
+client decode; the forwarder and the agent keep treating payloads as opaque bytes.
+
 Resource specifications (`resources.py`): the keys a task's `resource_specification` may hold
 (`RESOURCE_KEYS`: num_cores, num_gpus, memory_mb) and their check, shared by client and forwarder.
 

@@ -2,6 +2,11 @@
 as a blob (not in the SQL store), the same bytes at the client (digest checked end to end), still
 there after a forwarder restart, and a tampered blob is a typed `ResultIntegrityError`.
 
+Arguments by reference through the same fabric: a 64 MB argument uploaded once
+(`Client.put_data`), used by two tasks, digest checked on the worker and at the client; another
+user's reference does not open it; an expired reference and a tampered blob fail the task with
+`DataUnavailable` and `DataIntegrityError`.
+
 One fabric for the module (SQLite: the store is not the point here, the blob store is)."""
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import random
 import re
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +25,16 @@ from typing import Any
 import httpx
 import pytest
 
-from taskfabric.client import Client, Executor, InvalidRequest, NotFoundError, ResultIntegrityError
+from taskfabric.client import (
+    Client,
+    DataIntegrityError,
+    DataUnavailable,
+    Executor,
+    InvalidRequest,
+    NotFoundError,
+    ResultIntegrityError,
+)
+from taskfabric.client.serialization import serialize_data
 from taskfabric.endpoint_agent.local import (
     LocalEndpoint,
     configure_endpoint,
@@ -28,6 +43,7 @@ from taskfabric.endpoint_agent.local import (
     stop_endpoint,
 )
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
+from taskfabric.forwarder.data_refs import DataRefSigner
 from taskfabric.forwarder.testing import ForwarderProcess
 from taskfabric.testing import BrokerUnderTest, unique_name
 
@@ -164,3 +180,74 @@ def _dashboard_task_page(fabric: BlobFabric, task_id: str) -> str:
         page = browser.get(f"/ui/tasks/{task_id}")
         assert page.status_code == 200
         return page.text
+
+
+# --- arguments by reference (PUT/GET /v1/data/{sha256}) ------------------------------------
+
+ARGUMENT_SIZE = 64 * _MIB
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_large_argument_by_reference_is_uploaded_once_and_bound_to_its_user(blob_fabric: BlobFabric) -> None:
+    big = make_bytes(11, ARGUMENT_SIZE)
+    expected = sha256_of(big)
+    with blob_fabric.client() as client, Executor(blob_fabric.endpoint_id, client=client) as executor:
+        ref = client.put_data(big)
+        assert client.put_data(big) is ref  # the same object again: not uploaded twice
+        assert ref.size > ARGUMENT_SIZE  # random bytes: pickled, not compressed
+        futures = [executor.submit(sha256_of, ref) for _ in range(2)]
+        assert [future.result(timeout=120) for future in futures] == [expected, expected]
+    del big
+    stored = list((blob_fabric.blobs / ref.sha256[:2]).glob(f"*-{ref.sha256}"))
+    assert len(stored) == 1 and stored[0].stat().st_size == ref.size
+
+    # Executor(by_reference_bytes=...): large top-level arguments go by reference on their own
+    medium = make_bytes(13, 4 * _MIB)
+    with (
+        blob_fabric.client() as client,
+        Executor(blob_fabric.endpoint_id, client=client, by_reference_bytes=_MIB) as executor,
+    ):
+        assert executor.submit(sha256_of, medium).result(timeout=60) == sha256_of(medium)
+    uploaded = sha256_of(serialize_data(medium))
+    assert list((blob_fabric.blobs / uploaded[:2]).glob(f"*-{uploaded}"))
+
+    other = unique_name("other")
+    create_user(blob_fabric.settings, other)
+    with httpx.Client(base_url=blob_fabric.forwarder.url) as raw:
+        assert raw.get(f"/v1/data/{ref.sha256}", headers={"X-Taskfabric-Data-Ref": ref.token}).status_code == 200
+        with Client(url=blob_fabric.forwarder.url, token=create_token(blob_fabric.settings, other)) as stranger:
+            own = stranger.put_data(b"the stranger's own bytes")
+            # the stranger's valid reference does not open the first user's blob
+            refused = raw.get(f"/v1/data/{ref.sha256}", headers={"X-Taskfabric-Data-Ref": own.token})
+            assert (refused.status_code, refused.json()["error"]["code"]) == (403, "DATA_REF_INVALID")
+            assert raw.get(f"/v1/data/{ref.sha256}").status_code == 400  # no reference at all
+            mismatch = httpx.put(
+                f"{blob_fabric.forwarder.url}/v1/data/{'0' * 64}",
+                content=b"not those bytes",
+                headers={"Authorization": f"Bearer {create_token(blob_fabric.settings, other)}"},
+            )
+            assert (mismatch.status_code, mismatch.json()["error"]["code"]) == (400, "DATA_DIGEST_MISMATCH")
+            anonymous = httpx.put(f"{blob_fabric.forwarder.url}/v1/data/{ref.sha256}", content=b"x")
+            assert anonymous.status_code == 401
+
+
+def test_an_expired_or_tampered_reference_fails_the_task_with_a_typed_error(blob_fabric: BlobFabric) -> None:
+    small = make_bytes(12, 2 * _MIB)
+    with blob_fabric.client() as client, Executor(blob_fabric.endpoint_id, client=client) as executor:
+        ref = client.put_data(small)
+        key = (blob_fabric.database.parent / "data-ref.key").read_bytes()
+        claims = DataRefSigner(key).verify(ref.token, sha256=ref.sha256, now=time.time())
+        expired_token = DataRefSigner(key).sign(dataclasses.replace(claims, expires_at=time.time() - 1))
+        expired = dataclasses.replace(ref, token=expired_token, expires_at=time.time() - 1)
+        with pytest.raises(DataUnavailable, match="DATA_REF_EXPIRED"):
+            executor.submit(sha256_of, expired).result(timeout=60)
+
+        (blob,) = (blob_fabric.blobs / ref.sha256[:2]).glob(f"*-{ref.sha256}")
+        tampered = bytearray(blob.read_bytes())
+        tampered[len(tampered) // 2] ^= 0xFF
+        blob.write_bytes(bytes(tampered))
+        with pytest.raises(DataIntegrityError, match=ref.sha256):
+            executor.submit(sha256_of, ref).result(timeout=60)

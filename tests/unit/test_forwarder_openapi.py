@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -163,6 +164,7 @@ async def _exercise(api: Conformance, memory: MemoryBroker) -> None:
     assert raw.content == b"value"
     await api.call("GET", "/v1/tasks/{task_id}/result", ids={"task_id": task_ids[1]}, expect=409)  # failed
     await api.call("GET", "/v1/tasks/{task_id}/result", ids={"task_id": str(uuid.uuid4())}, expect=404)
+    await _exercise_data(api)
     await api.call("POST", "/v1/tasks/batch", json={"task_ids": [*task_ids, "not-an-id"]}, expect=200)
     await api.call("POST", "/v1/tasks/cancel", json={"task_ids": task_ids}, expect=200)
     await api.call("GET", "/v1/tasks", params={"limit": "2"}, expect=200)
@@ -198,6 +200,19 @@ async def _exercise(api: Conformance, memory: MemoryBroker) -> None:
     await api.call("DELETE", "/v1/endpoints/{endpoint_id}", ids=ep, expect=204)
     await api.call("GET", "/v1/endpoints/{endpoint_id}", ids=ep, expect=404)
     await _exercise_groups(api)
+
+
+async def _exercise_data(api: Conformance) -> None:
+    """Arguments by reference (issue 15): upload, read with the reference, typed refusals."""
+    data = b"argument bytes"
+    digest = {"sha256": hashlib.sha256(data).hexdigest()}
+    uploaded = await api.call("PUT", "/v1/data/{sha256}", ids=digest, content=data, expect=200)
+    reference = {"X-Taskfabric-Data-Ref": uploaded.json()["token"]}
+    fetched = await api.call("GET", "/v1/data/{sha256}", ids=digest, headers=reference, expect=200)
+    assert fetched.content == data
+    await api.call("PUT", "/v1/data/{sha256}", ids={"sha256": "0" * 64}, content=data, expect=400)
+    forged = {"X-Taskfabric-Data-Ref": "e30.AAAA"}
+    await api.call("GET", "/v1/data/{sha256}", ids=digest, headers=forged, expect=403)
 
 
 async def _exercise_groups(api: Conformance) -> None:

@@ -57,6 +57,14 @@ def test_every_operation_needs_a_valid_token(
             if path == "/v1/version":
                 assert anonymous.request(method, path).status_code == 200
                 continue
+            if (method, path) == ("GET", "/v1/data/{sha256}"):
+                # a worker's read: the signed data reference is its credential, not a user token
+                for digest, status in (("{sha256}", 400), ("0" * 64, 400)):
+                    refused = anonymous.request(method, path.replace("{sha256}", digest))
+                    assert refused.status_code == status, refused.text
+                forged = anonymous.get(f"/v1/data/{'0' * 64}", headers={"X-Taskfabric-Data-Ref": "e30.AAAA"})
+                assert (forged.status_code, forged.json()["error"]["code"]) == (403, "DATA_REF_INVALID")
+                continue
             # endpoint operations aim at alice's real endpoint
             target = path.replace(path.split("/")[3], endpoint_id) if path.startswith("/v1/endpoints/") else path
             body = {"name": "x", "body": "eA==", "tasks": [], "task_ids": []}
