@@ -40,7 +40,7 @@ __all__ = [
     "load_or_create_key",
 ]
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _KEY_BYTES = 32
 
 
@@ -56,7 +56,7 @@ class DataClaims:
 
 def check_sha256(value: str) -> bool:
     """Whether `value` is a sha256 digest in lower-case hex."""
-    return bool(_SHA256.match(value))
+    return bool(_SHA256.fullmatch(value))  # (`$` would let a trailing newline through)
 
 
 def data_blob_name(user_id: uuid.UUID, sha256: str) -> str:

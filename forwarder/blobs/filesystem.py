@@ -21,8 +21,8 @@ __all__ = ["FilesystemBlobStore"]
 
 log = logging.getLogger(__name__)
 
-#: names the store makes (`blob_name`); anything else is refused, so no name leaves the root
-#: a task's result (`blob_name`), or a user's upload by digest (`data_refs.data_blob_name`)
+#: the names blobs get: a task's result (`blob_name`) or a user's upload by digest
+#: (`data_refs.data_blob_name`); anything else is refused, so no name leaves the root
 _NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{32}-(?:[0-9a-f]{16}|[0-9a-f]{64})")
 _TMP_SUFFIX = ".tmp"
 

@@ -83,6 +83,7 @@ def test_malformed_tokens_are_refused(bad: str) -> None:
 
 def test_blob_names_are_per_user_and_digest() -> None:
     assert check_sha256(DIGEST) and not check_sha256(DIGEST.upper()) and not check_sha256("../" + DIGEST[3:])
+    assert not check_sha256(DIGEST + "\n")
     assert data_blob_name(USER, DIGEST) == f"{DIGEST[:2]}/{USER.hex}-{DIGEST}"
     assert data_blob_name(uuid.uuid4(), DIGEST) != data_blob_name(USER, DIGEST)
 
