@@ -187,8 +187,6 @@ def test_the_allow_list_refuses_unlisted_functions_at_submit(
     registration = alice.register_endpoint("locked-lab", allowed_functions=[listed])
     assert registration["allowed_functions"] == [listed]
     endpoint_id = registration["endpoint_id"]
-    endpoint = fake_endpoints(registration)
-    endpoint.consume_tasks()
 
     assert _submit(alice, endpoint_id, listed).status_code == 201
     refused = _submit(alice, endpoint_id, unlisted)  # the owner too: the list protects the resource
@@ -217,6 +215,10 @@ def test_the_allow_list_refuses_unlisted_functions_at_submit(
     cleared = alice.http.put(f"/v1/endpoints/{endpoint_id}/allowed_functions", json={"allowed_functions": None})
     assert cleared.json()["allowed_functions"] is None
     assert _submit(alice, endpoint_id, unlisted).status_code == 201
+    # each re-registration re-keys the endpoint's broker user and closes its connections, so the
+    # agent logs in with the last registration's credentials; the accepted tasks wait in its queue
+    endpoint = fake_endpoints(again)
+    endpoint.consume_tasks()
     wait_until(lambda: len(endpoint.task_ids) == 3, what="the three accepted tasks")
 
     # strangers: the endpoint's other routes answer 403 for another user's endpoint, so do these
