@@ -4,6 +4,8 @@
   at-least-once dead-lettering) and idempotent declarations; per-endpoint permissions, and the
   naming rule of endpoint broker users (`broker_username`, `endpoint_id_of_username`).
 - `ManagementClient`: creates and deletes per-endpoint broker users (HTTP management API).
+- `RabbitCluster`: a private cluster of N such nodes on this machine (`broker up --nodes 3`):
+  one Erlang cookie, classic-config peer discovery, members and quorum-queue leaders in `status()`.
 - `RabbitNode`: starts and stops a private, loopback-only node in a directory
   (`taskfabric broker up|down|status`), configured from `rabbitmq.conf` and `enabled_plugins`
   in this folder; taskfabric lives on its own virtual host there (`DEFAULT_VHOST`, "taskfabric";
@@ -19,6 +21,7 @@ State: none here; the broker's queues hold messages in flight.
 
 from __future__ import annotations
 
+from taskfabric.broker_config.cluster import ClusterInfo, ClusterStatus, RabbitCluster
 from taskfabric.broker_config.management import ManagementClient, vhost_of
 from taskfabric.broker_config.node import (
     DEFAULT_VHOST,
@@ -41,10 +44,13 @@ from taskfabric.broker_config.topology import (
 __all__ = [
     "DEFAULT_DELIVERY_LIMIT",
     "DEFAULT_VHOST",
+    "ClusterInfo",
+    "ClusterStatus",
     "EndpointPermissions",
     "EndpointQueues",
     "ManagementClient",
     "NodeInfo",
+    "RabbitCluster",
     "RabbitNode",
     "Topology",
     "broker_username",

@@ -2,6 +2,9 @@
 
 The forwarder uses it to give each endpoint its own broker user, allowed only its own queues
 (see `Topology.endpoint_permissions`), and to revoke it (deleting a user closes its connections).
+Given the management URLs of several cluster members, it sends each request to the member that
+last answered and moves on to the next one when a member cannot be reached (any member serves
+the whole cluster's users, permissions and queues).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import ssl
 import urllib.parse
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -30,21 +34,26 @@ def vhost_of(amqp_url: str) -> str:
 
 
 class ManagementClient:
-    """Talks to ``http://user:pass@host:port`` (the management URL) for virtual host `vhost`."""
+    """Talks to ``http://user:pass@host:port`` (the management URL; or a list of them, one per
+    cluster member) for virtual host `vhost`."""
 
     def __init__(
-        self, url: str, *, vhost: str = "/", timeout_s: float = 10.0, ssl_context: ssl.SSLContext | None = None
+        self,
+        url: str | Sequence[str],
+        *,
+        vhost: str = "/",
+        timeout_s: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """`ssl_context` verifies an https management API (default: the system's trust store)."""
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"management URL must be http(s)://user:pass@host:port, got {redact_url(url)!r}")
-        auth = (urllib.parse.unquote(parts.username or "guest"), urllib.parse.unquote(parts.password or "guest"))
-        port = f":{parts.port}" if parts.port else ""
-        base = f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}/api"
-        self._url = url
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("no management URL given")
+        self._bases = [_base_of(one) for one in urls]
+        self._urls = urls
+        self._current = 0
         self._vhost = vhost
-        self._http = httpx.Client(base_url=base, auth=auth, timeout=timeout_s, verify=ssl_context or True)
+        self._http = httpx.Client(timeout=timeout_s, verify=ssl_context or True)
 
     def close(self) -> None:
         self._http.close()
@@ -107,11 +116,13 @@ class ManagementClient:
         ).json()
         return {row["name"]: row for row in rows if isinstance(row, dict) and "name" in row}
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes as the answering member sees them (`name`, `running`)."""
+        rows = self._request("GET", "/nodes", params={"columns": "name,running"}).json()
+        return [row for row in rows if isinstance(row, dict) and "name" in row]
+
     def _request(self, method: str, path: str, *, missing_ok: bool = False, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise BrokerUnavailable(f"management API at {redact_url(self._url)} unreachable: {exc}") from None
+        response = self._send(method, path, **kwargs)
         if response.status_code == 404 and missing_ok:
             return response
         if response.status_code in (401, 403):
@@ -121,6 +132,45 @@ class ManagementClient:
         if response.status_code >= 400:
             raise BrokerError(f"management API {method} {path} failed: {response.status_code} {response.text[:200]}")
         return response
+
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The answer of the first member that can be reached, starting with the last one that
+        answered. A request that reached a member is never sent to another (it may have acted)."""
+        failures: list[str] = []
+        for step in range(len(self._bases)):
+            index = (self._current + step) % len(self._bases)
+            base, auth = self._bases[index]
+            try:
+                response = self._http.request(method, base + path, auth=auth, **kwargs)
+            except httpx.TransportError as exc:
+                if not _not_sent(exc):
+                    raise BrokerUnavailable(
+                        f"management API at {redact_url(self._urls[index])} failed: {exc}"
+                    ) from None
+                failures.append(f"{redact_url(self._urls[index])}: {exc}")
+                continue
+            except httpx.HTTPError as exc:
+                raise BrokerUnavailable(f"management API at {redact_url(self._urls[index])} failed: {exc}") from None
+            if step:
+                log.info("management API: now using %s", redact_url(self._urls[index]))
+            self._current = index
+            return response
+        raise BrokerUnavailable(f"management API unreachable: {'; '.join(failures)}")
+
+
+def _not_sent(exc: httpx.TransportError) -> bool:
+    """Whether the request surely never reached the member (safe to send to another)."""
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+
+
+def _base_of(url: str) -> tuple[str, tuple[str, str]]:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"management URL must be http(s)://user:pass@host:port, got {redact_url(url)!r}")
+    auth = (urllib.parse.unquote(parts.username or "guest"), urllib.parse.unquote(parts.password or "guest"))
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path.rstrip('/')}/api", auth
 
 
 def _q(segment: str) -> str:

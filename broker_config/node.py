@@ -41,7 +41,15 @@ from taskfabric.broker_config.topology import EndpointPermissions
 from taskfabric.errors import BrokerError, BrokerUnavailable
 from taskfabric.processes import free_ports, pid_alive, port_open, wait_for_exit
 
-__all__ = ["DEFAULT_VHOST", "NodeInfo", "RabbitNode", "check_vhost", "find_rabbitmq_bin", "install_hint"]
+__all__ = [
+    "DEFAULT_VHOST",
+    "ClusterMember",
+    "NodeInfo",
+    "RabbitNode",
+    "check_vhost",
+    "find_rabbitmq_bin",
+    "install_hint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +131,33 @@ class NodeInfo:
         return f"http://{self.username}:{self.password}@127.0.0.1:{self.management_port}"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterMember:
+    """What makes a node one member of a private cluster (see cluster.py): its fixed name, the
+    administrator every member shares, the cluster's one Erlang cookie, and every member's name
+    (classic-config peer discovery: a blank node joins the first reachable one)."""
+
+    node_name: str
+    username: str
+    password: str
+    cookie: str
+    peers: tuple[str, ...]
+
+
 class RabbitNode:
     """Start, stop, restart and inspect one private node living in `directory`."""
 
-    def __init__(self, directory: Path, *, tls: bool = False, vhost: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, tls: bool = False, vhost: str | None = None, member: ClusterMember | None = None
+    ) -> None:
         """`tls`: give the node a TLS listener too (a node configured without one is reconfigured
         at its next start; one configured with one keeps it). `vhost`: the virtual host its URLs
-        name, created at start (default: the one it used before, else `DEFAULT_VHOST`)."""
+        name, created at start (default: the one it used before, else `DEFAULT_VHOST`). `member`:
+        the node belongs to a cluster (its name, credentials and cookie come from there)."""
         self.directory = Path(directory).absolute()
         self.tls = tls
         self.vhost = None if vhost is None else check_vhost(vhost)
+        self.member = member
 
     @property
     def tls_dir(self) -> Path:
@@ -172,10 +197,18 @@ class RabbitNode:
         """Start the node (configuring it on first use), wait until it accepts connections, and
         make sure its virtual host exists, with all permissions for the administrator."""
         info = self._started(timeout_s)
-        self._ensure_vhost(info)
+        self.ensure_vhost(info)
         return info
 
     def _started(self, timeout_s: float) -> NodeInfo:
+        info = self.launch()
+        self._wait_ready(info, timeout_s)
+        return info
+
+    def launch(self) -> NodeInfo:
+        """Start the node's process (configuring it on first use) without waiting for it to accept
+        connections (`wait_ready()` does); nothing if it runs. A cluster launches its stopped
+        members together: each waits at boot for the others it last ran with."""
         info = self.info() or self._configure()
         if self.vhost is not None and self.vhost != info.vhost:
             info = dataclasses.replace(info, vhost=self.vhost)
@@ -188,7 +221,6 @@ class RabbitNode:
                 )
             info = self._configure(keep_credentials=info)
         if self.is_running():
-            self._wait_ready(info, timeout_s)
             return info
         bin_dir = find_rabbitmq_bin()
         if self._ports_busy(info):
@@ -207,6 +239,11 @@ class RabbitNode:
         )
         if launcher.returncode != 0:
             raise BrokerUnavailable(f"could not launch rabbitmq-server (exit {launcher.returncode}); see {startup_log}")
+        return info
+
+    def wait_ready(self, *, timeout_s: float = 90.0) -> NodeInfo:
+        """Wait until a launched node accepts AMQP and management connections."""
+        info = self._require_info()
         self._wait_ready(info, timeout_s)
         return info
 
@@ -262,16 +299,21 @@ class RabbitNode:
         tls = self.tls or (keep_credentials is not None and keep_credentials.amqps_port is not None)
         amqp, management, dist, *rest = free_ports(4 if tls else 3, _PORT_RANGE, picker=_port_picker)
         ca = self._make_certificates() if tls else None
+        member = self.member
+        if keep_credentials:
+            node_name, password = keep_credentials.node_name, keep_credentials.password
+        elif member:
+            node_name, password = member.node_name, member.password
+        else:
+            node_name, password = f"taskfabric-{secrets.token_hex(4)}@localhost", secrets.token_urlsafe(18)
         info = NodeInfo(
-            node_name=keep_credentials.node_name
-            if keep_credentials
-            else f"taskfabric-{secrets.token_hex(4)}@localhost",
+            node_name=node_name,
             directory=str(self.directory),
             amqp_port=amqp,
             management_port=management,
             dist_port=dist,
-            username="taskfabric-admin",
-            password=keep_credentials.password if keep_credentials else secrets.token_urlsafe(18),
+            username=member.username if member else "taskfabric-admin",
+            password=password,
             amqps_port=rest[0] if rest else None,
             ca_file=str(ca.cert_file) if ca else None,
             vhost=keep_credentials.vhost if keep_credentials else (self.vhost or DEFAULT_VHOST),
@@ -285,7 +327,7 @@ class RabbitNode:
         with os.fdopen(fd, "w") as handle:
             json.dump(dataclasses.asdict(info), handle, indent=2)
 
-    def _ensure_vhost(self, info: NodeInfo) -> None:
+    def ensure_vhost(self, info: NodeInfo) -> None:
         """Create the node's virtual host (idempotent) and give the administrator every permission
         on it; the forwarder then gives each endpoint user its narrow permissions there only."""
         everything = EndpointPermissions(configure=".*", write=".*", read=".*")
@@ -341,14 +383,42 @@ class RabbitNode:
                 "default_permissions.read = .*",
                 "default_permissions.write = .*",
                 *self._tls_config(info),
+                *self._cluster_config(),
                 "",
             ]
         )
         config = self.directory / "rabbitmq.conf"
         config.write_text(base + generated)
         os.chmod(config, 0o600)
+        self._write_cookie()
         (self.directory / "enabled_plugins").write_text(package.joinpath("enabled_plugins").read_text())
         (self.directory / "rabbitmq-env.conf").write_text("")
+
+    def _cluster_config(self) -> list[str]:
+        if self.member is None:
+            return []
+        peers = [f"cluster_formation.classic_config.nodes.{i} = {name}" for i, name in enumerate(self.member.peers, 1)]
+        return [
+            "cluster_formation.peer_discovery_backend = classic_config",
+            *peers,
+            # a member cut off from the majority pauses instead of serving stale data
+            "cluster_partition_handling = pause_minority",
+        ]
+
+    def _write_cookie(self) -> None:
+        """The cluster's one Erlang cookie, in the node's HOME (where the server and rabbitmqctl
+        look); a lone node makes its own on first start."""
+        if self.member is None:
+            return
+        cookie = self.directory / ".erlang.cookie"
+        if cookie.exists() and cookie.read_text() == self.member.cookie:
+            return
+        if cookie.exists():
+            os.chmod(cookie, 0o600)
+        fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.member.cookie)
+        os.chmod(cookie, 0o400)  # Erlang refuses a cookie others may read
 
     def _env(self, info: NodeInfo) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("RABBITMQ_")}
