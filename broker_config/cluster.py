@@ -203,7 +203,9 @@ class RabbitCluster:
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _queue_leaders(self, info: ClusterInfo | None, members: tuple[MemberStatus, ...]) -> tuple[QueueLeader, ...] | None:
+    def _queue_leaders(
+        self, info: ClusterInfo | None, members: tuple[MemberStatus, ...]
+    ) -> tuple[QueueLeader, ...] | None:
         if info is None or not any(member.running for member in members):
             return None
         urls = [node.management_url for node, member in zip(info.nodes, members, strict=True) if member.running]

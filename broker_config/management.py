@@ -133,7 +133,6 @@ class ManagementClient:
             raise BrokerError(f"management API {method} {path} failed: {response.status_code} {response.text[:200]}")
         return response
 
-
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """The answer of the first member that can be reached, starting with the last one that
         answered. A request that reached a member is never sent to another (it may have acted)."""

@@ -27,6 +27,7 @@ import dataclasses
 import re
 import secrets
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from taskfabric.protocol.api import BrokerAccess
@@ -38,6 +39,7 @@ __all__ = [
     "EndpointQueues",
     "Topology",
     "broker_username",
+    "default_quorum_group_size",
     "endpoint_id_of_username",
     "new_queue_secret",
 ]
@@ -61,6 +63,13 @@ def endpoint_id_of_username(username: str | None) -> uuid.UUID | None:
         return uuid.UUID(username[len(_ENDPOINT_USER_PREFIX) :])
     except ValueError:
         return None
+
+
+def default_quorum_group_size(cluster_nodes: int) -> int | None:
+    """The replication factor taskfabric asks for by default: 3 on a cluster of 3 or more nodes
+    (a majority survives the loss of one member; more replicas cost every publish a wider quorum),
+    else none (the broker's default: one replica per node)."""
+    return 3 if cluster_nodes >= 3 else None
 
 
 def new_queue_secret() -> str:
@@ -93,12 +102,17 @@ class Topology:
 
     prefix: str = "taskfabric"
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    #: replicas of each quorum queue (`x-quorum-initial-group-size`); None: the broker's default,
+    #: every cluster member (see `default_quorum_group_size`)
+    quorum_initial_group_size: int | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.prefix):
             raise ValueError(f"invalid topology prefix {self.prefix!r}")
         if self.delivery_limit < 1:
             raise ValueError("delivery_limit must be at least 1")
+        if self.quorum_initial_group_size is not None and self.quorum_initial_group_size < 1:
+            raise ValueError("quorum_initial_group_size must be at least 1")
 
     # --- names --------------------------------------------------------------------------
 
@@ -129,11 +143,19 @@ class Topology:
         )
 
     def broker_access(
-        self, queues: EndpointQueues, *, amqp_url: str, username: str, ca_certificate: str | None = None
+        self,
+        queues: EndpointQueues,
+        *,
+        amqp_url: str,
+        username: str,
+        ca_certificate: str | None = None,
+        amqp_urls: Sequence[str] | None = None,
     ) -> BrokerAccess:
-        """What an endpoint's agent needs to reach `queues` (the `broker` of its registration answer)."""
+        """What an endpoint's agent needs to reach `queues` (the `broker` of its registration answer).
+        `amqp_urls`: every cluster member's URL (`amqp_url` first), when there are several."""
         return BrokerAccess(
             amqp_url=amqp_url,
+            amqp_urls=list(amqp_urls) if amqp_urls and len(amqp_urls) > 1 else None,
             username=username,
             task_queue=queues.task_queue,
             result_queue=queues.result_queue,
@@ -161,12 +183,18 @@ class Topology:
     def queue_arguments(self) -> dict[str, Any]:
         """Arguments of every per-endpoint queue."""
         return {
-            "x-queue-type": "quorum",
+            **self._quorum_arguments(),
             "x-delivery-limit": self.delivery_limit,
             "x-dead-letter-exchange": self.dead_letter_exchange,
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
+
+    def _quorum_arguments(self) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+        if self.quorum_initial_group_size is not None:
+            arguments["x-quorum-initial-group-size"] = self.quorum_initial_group_size
+        return arguments
 
     # --- declarations -------------------------------------------------------------------
 
@@ -175,7 +203,7 @@ class Topology:
         transport.declare_exchange(self.tasks_exchange, "direct")
         transport.declare_exchange(self.results_exchange, "direct")
         transport.declare_exchange(self.dead_letter_exchange, "fanout")
-        transport.declare_queue(self.dead_letter_queue, arguments={"x-queue-type": "quorum"})
+        transport.declare_queue(self.dead_letter_queue, arguments=self._quorum_arguments())
         transport.bind_queue(self.dead_letter_queue, self.dead_letter_exchange, "")
 
     def declare_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:

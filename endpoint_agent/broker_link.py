@@ -88,7 +88,7 @@ class EndpointBrokerLink:
         self._wake = wake
         self._prefetch = prefetch_messages
         self.transport = transport or RabbitTransport(
-            connection.amqp_url,
+            connection.broker_urls,
             ssl_context=ssl_context,
             connection_name=f"taskfabric-agent-{connection.endpoint_id}",
         )

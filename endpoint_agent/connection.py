@@ -5,7 +5,9 @@ the forwarder (the `broker` part of the registration answer, see docs/api.md), r
 A file written before the control queue existed has no `control_queue`: it still loads (the agent
 then takes no cancellations, and says so, until the endpoint registers again). For an amqps broker
 the forwarder may send the CA certificate to trust (`ca_certificate`, PEM); the endpoint owner's
-`broker_ca_file` in config.yaml overrides it (`broker_ssl_context`).
+`broker_ca_file` in config.yaml overrides it (`broker_ssl_context`). With a broker cluster the
+answer lists every member (`amqp_urls`): the agent's transport moves to the next one when its
+connection fails (`broker_urls`; a file without the list uses `amqp_url` alone).
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ def _shut_down(settings: ForwarderSettings, store: Store, user: UserRecord, code
     endpoints = store.endpoints.list(user.user_id)
     if endpoints:
         management = ManagementClient(
-            settings.management_url, vhost=settings.vhost, ssl_context=settings.management_ssl_context
+            settings.broker_management_urls, vhost=settings.vhost, ssl_context=settings.management_ssl_context
         )
         try:
             for endpoint in endpoints:

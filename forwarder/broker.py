@@ -13,6 +13,7 @@ Every call here blocks (pika's IO thread or HTTP to the management API): call it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import uuid
@@ -27,6 +28,7 @@ from taskfabric.broker_config import (
     Topology,
     broker_username,
 )
+from taskfabric.broker_config.topology import default_quorum_group_size
 from taskfabric.errors import BrokerError, PublishTimeout
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.transport import OutgoingMessage, RabbitTransport, Transport
@@ -74,13 +76,13 @@ class AdminBrokerLink:
         self._settings = settings
         self._own_transport = transport is None
         self.transport = transport or RabbitTransport(
-            settings.amqp_url,
+            settings.broker_urls,
             ssl_context=settings.broker_ssl_context,
             connection_name="taskfabric-forwarder",
             confirm_timeout_s=settings.confirm_timeout_s,
         )
         self.management = management or ManagementClient(
-            settings.management_url, vhost=settings.vhost, ssl_context=settings.management_ssl_context
+            settings.broker_management_urls, vhost=settings.vhost, ssl_context=settings.management_ssl_context
         )
         self._connect_timeout_s = settings.broker_connect_timeout_s
 
@@ -90,9 +92,27 @@ class AdminBrokerLink:
         return self.transport.username
 
     def start(self) -> None:
-        """Connect and declare the shared exchanges and dead-letter queue."""
+        """Connect, settle the quorum queues' replication factor, and declare the shared exchanges
+        and dead-letter queue."""
         self.transport.start(wait_s=self._connect_timeout_s)
+        group_size = self._settings.quorum_initial_group_size
+        if group_size is None:
+            group_size = default_quorum_group_size(self._cluster_nodes())
+        if group_size is not None:
+            log.info("quorum queues get %d replicas", group_size)
+            self.topology = dataclasses.replace(self.topology, quorum_initial_group_size=group_size)
         self.topology.declare_shared(self.transport)
+
+    def _cluster_nodes(self) -> int:
+        """How many nodes the broker cluster has, as its management API says (without one, or if it
+        cannot answer: as many as the forwarder has broker URLs)."""
+        nodes = getattr(self.management, "nodes", None)
+        if nodes is not None:
+            try:
+                return len(nodes())
+            except BrokerError as exc:
+                log.warning("cannot count the broker's nodes (%s): assuming one per broker URL", exc)
+        return len(self._settings.broker_urls)
 
     def close(self) -> None:
         self.transport.close()
@@ -108,7 +128,7 @@ class AdminBrokerLink:
 
         def open_transport(index: int) -> Transport:
             return RabbitTransport(
-                settings.amqp_url,
+                settings.broker_urls,
                 ssl_context=settings.broker_ssl_context,
                 connection_name=f"taskfabric-forwarder-results-{index}",
                 confirm_timeout_s=settings.confirm_timeout_s,

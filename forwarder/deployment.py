@@ -58,7 +58,7 @@ def load_serve_settings(
     settings = ForwarderSettings.load(config_file, overrides=overrides, environ=environ)
     given = _explicit_keys(config_file, overrides or {}, os.environ if environ is None else environ)
     for key in REQUIRED_SERVE_KEYS:
-        if key not in given:
+        if key not in given and f"{key}s" not in given:  # amqp_urls names the broker as well
             where = str(config_file) if config_file is not None else "the settings"
             raise ConfigError(
                 f"not set in {where}: the forwarder has no default {key} for serving; name it in the settings "
@@ -71,7 +71,8 @@ def load_serve_settings(
 def _explicit_keys(config_file: Path | None, overrides: Mapping[str, Any], environ: Mapping[str, str]) -> set[str]:
     from_file = load_yaml(config_file) if config_file is not None else {}
     keys = {key for key, value in from_file.items() if value is not None}
-    keys |= {key for key in REQUIRED_SERVE_KEYS if f"{ENV_PREFIX}{key.upper()}" in environ}
+    named = (*REQUIRED_SERVE_KEYS, "amqp_urls", "management_urls")
+    keys |= {key for key in named if f"{ENV_PREFIX}{key.upper()}" in environ}
     keys |= {key for key, value in overrides.items() if value is not None}
     return keys
 

@@ -208,9 +208,11 @@ class EndpointRegistry:
         return record
 
     def _credentials(self, record: EndpointRecord, queues: EndpointQueues, password: str) -> BrokerAccess:
+        urls = self._settings.endpoint_broker_urls(record.broker_username, password)
         return self._broker.topology.broker_access(
             queues,
-            amqp_url=self._settings.endpoint_broker_url(record.broker_username, password),
+            amqp_url=urls[0],
+            amqp_urls=urls,
             username=record.broker_username,
             ca_certificate=self._settings.endpoint_broker_ca_pem(),
         )

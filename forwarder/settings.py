@@ -49,6 +49,8 @@ _MIB = 1024 * 1024
 _BASE64_GROWTH = 4 / 3
 _REQUEST_SLACK_BYTES = 64 * 1024
 _METRICS_TOKEN_MIN_CHARS = 16
+_AMQP_DEFAULT = "amqp://guest:guest@127.0.0.1:5672/%2F"
+_MANAGEMENT_DEFAULT = "http://guest:guest@127.0.0.1:15672"
 
 
 def default_database_url() -> str:
@@ -283,17 +285,39 @@ class ForwarderSettings:
         "or postgresql+psycopg://user:pass@host/db",
     )
     amqp_url: str = setting(
-        "amqp://guest:guest@127.0.0.1:5672/%2F",
+        _AMQP_DEFAULT,
         help="the broker, with administrator credentials (declares queues, publishes tasks, reads results)",
     )
+    amqp_urls: list[str] = setting(
+        default_factory=list,
+        help="every member of a RabbitMQ cluster, with administrator credentials, tried in turn on connection "
+        "loss (same vhost and scheme); amqp_url, when also set, must be one of them; default: [amqp_url]",
+    )
     management_url: str = setting(
-        "http://guest:guest@127.0.0.1:15672",
+        _MANAGEMENT_DEFAULT,
         help="the broker's management API, with administrator credentials (creates endpoint users)",
+    )
+    management_urls: list[str] = setting(
+        default_factory=list,
+        help="the management API of every cluster member, tried in turn when one cannot be reached; "
+        "default: [management_url]",
     )
     endpoint_amqp_url: str | None = setting(
         None,
         help="the broker as endpoints reach it (amqp[s]://host:port/vhost, no credentials: each endpoint gets "
         "its own); default: amqp_url's host, port and vhost",
+    )
+    endpoint_amqp_urls: list[str] = setting(
+        default_factory=list,
+        help="every cluster member as endpoints reach it (as endpoint_amqp_url); default: [endpoint_amqp_url] "
+        "when that is set, else the host, port and vhost of each of amqp_urls",
+    )
+    quorum_initial_group_size: int | None = setting(
+        None,
+        help="replicas of each quorum queue (x-quorum-initial-group-size; capped by the cluster's size); "
+        "default: 3 when the broker cluster has 3 or more nodes, else the broker's default (all nodes)",
+        min=1,
+        max=99,
     )
     broker_ca_file: Path | None = setting(
         None,
@@ -440,6 +464,12 @@ class ForwarderSettings:
         _check_url(self.management_url, ("http", "https"), "management_url")
         if self.endpoint_amqp_url is not None:
             _check_url(self.endpoint_amqp_url, ("amqp", "amqps"), "endpoint_amqp_url")
+        _settle_url_list(self, "amqp_url", "amqp_urls", ("amqp", "amqps"), _AMQP_DEFAULT)
+        _settle_url_list(self, "management_url", "management_urls", ("http", "https"), _MANAGEMENT_DEFAULT)
+        for index, url in enumerate(self.endpoint_amqp_urls):
+            _check_url(url, ("amqp", "amqps"), f"endpoint_amqp_urls[{index}]")
+        _check_same_broker(self.broker_urls, "amqp_urls")
+        _check_same_broker(self.endpoint_urls, "endpoint_amqp_urls")
         if self.broker_ca_file is not None:
             client_ssl_context(self.broker_ca_file, key="broker_ca_file")
         if self.endpoint_broker_ca_file is not None:
@@ -486,6 +516,25 @@ class ForwarderSettings:
         return cls.from_mapping(data, source=source)
 
     # --- derived values -----------------------------------------------------------------
+
+    @property
+    def broker_urls(self) -> list[str]:
+        """Every broker URL the forwarder may connect to (`amqp_urls`, else `[amqp_url]`)."""
+        return list(self.amqp_urls) or [self.amqp_url]
+
+    @property
+    def broker_management_urls(self) -> list[str]:
+        """Every management API URL (`management_urls`, else `[management_url]`)."""
+        return list(self.management_urls) or [self.management_url]
+
+    @property
+    def endpoint_urls(self) -> list[str]:
+        """The broker URLs as endpoints reach them, without credentials."""
+        if self.endpoint_amqp_urls:
+            return list(self.endpoint_amqp_urls)
+        if self.endpoint_amqp_url is not None:
+            return [self.endpoint_amqp_url]
+        return self.broker_urls
 
     @property
     def store_url(self) -> str:
@@ -541,15 +590,48 @@ class ForwarderSettings:
         return ca_file.read_text() if ca_file is not None else None
 
     def endpoint_broker_url(self, username: str, password: str) -> str:
-        """The AMQP URL an endpoint uses, with its own credentials."""
-        base = urllib.parse.urlsplit(self.endpoint_amqp_url or self.amqp_url)
-        port = f":{base.port}" if base.port else ""
-        host = base.hostname or "127.0.0.1"
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{urllib.parse.quote(username, safe='')}:{urllib.parse.quote(password, safe='')}@{host}{port}"
-        path = base.path if len(base.path) > 1 else "/%2F"
-        return urllib.parse.urlunsplit((base.scheme, netloc, path, base.query, ""))
+        """The AMQP URL an endpoint uses, with its own credentials (the first of
+        `endpoint_broker_urls`)."""
+        return self.endpoint_broker_urls(username, password)[0]
+
+    def endpoint_broker_urls(self, username: str, password: str) -> list[str]:
+        """Every AMQP URL an endpoint may use (one per cluster member), with its own credentials."""
+        return [_with_credentials(url, username, password) for url in self.endpoint_urls]
+
+
+def _settle_url_list(
+    settings: ForwarderSettings, single_key: str, list_key: str, schemes: tuple[str, ...], default: str
+) -> None:
+    """Check a list of URLs; the single URL key becomes its first entry unless it was set to one of
+    them (a single URL set to something else is a contradiction, not a preference)."""
+    urls: list[str] = getattr(settings, list_key)
+    for index, url in enumerate(urls):
+        _check_url(url, schemes, f"{list_key}[{index}]")
+    if not urls:
+        return
+    single: str = getattr(settings, single_key)
+    if single == default:
+        object.__setattr__(settings, single_key, urls[0])
+    elif single not in urls:
+        raise ConfigError(f"{single_key} is not one of {list_key}: set only {list_key}", key=single_key)
+
+
+def _check_same_broker(urls: list[str], key: str) -> None:
+    """All cluster members are reached alike: one scheme, one virtual host."""
+    shapes = {(urllib.parse.urlsplit(url).scheme, urllib.parse.urlsplit(url).path or "/") for url in urls}
+    if len(shapes) > 1:
+        raise ConfigError("every URL must have the same scheme and virtual host", key=key)
+
+
+def _with_credentials(url: str, username: str, password: str) -> str:
+    base = urllib.parse.urlsplit(url)
+    port = f":{base.port}" if base.port else ""
+    host = base.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{urllib.parse.quote(username, safe='')}:{urllib.parse.quote(password, safe='')}@{host}{port}"
+    path = base.path if len(base.path) > 1 else "/%2F"
+    return urllib.parse.urlunsplit((base.scheme, netloc, path, base.query, ""))
 
 
 def _check_url(url: str, schemes: tuple[str, ...], key: str) -> None:

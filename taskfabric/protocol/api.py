@@ -86,6 +86,15 @@ class BrokerAccess:
     ca_certificate: str | None = None
     """PEM CA certificate the agent should trust for an amqps broker (the forwarder's
     endpoint_broker_ca_file); null: the system's trust store"""
+    amqp_urls: list[str] | None = None
+    """every member of the broker cluster, with the endpoint's user and password (amqp_url is the
+    first); the agent connects to one and moves to the next when it fails. Null from an older
+    forwarder (and an older agent reads amqp_url only)"""
+
+    @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """Every URL the agent may connect to: `amqp_urls`, else `amqp_url` alone."""
+        return tuple(self.amqp_urls or (self.amqp_url,))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -485,6 +494,8 @@ def _field_parser(annotation: Any) -> _Field:
         return _SCALARS[annotation]
     if typing.get_origin(annotation) is tuple and typing.get_args(annotation)[:1] == (uuid.UUID,):
         return _parse_uuids
+    if typing.get_origin(annotation) is list and typing.get_args(annotation) == (str,):
+        return _parse_strings
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return functools.partial(_parse_enum, annotation)
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
@@ -533,6 +544,12 @@ def _parse_uuids(value: Any, binary: bool) -> tuple[uuid.UUID, ...]:
     if not isinstance(value, (list, tuple)):
         raise _Mismatch("a list of UUIDs", value)
     return tuple(_parse_uuid(item, binary) for item in value)
+
+
+def _parse_strings(value: Any, binary: bool) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise _Mismatch("a list of strings", value)
+    return list(value)
 
 
 def _parse_enum(kind: type[enum.Enum], value: Any, binary: bool) -> enum.Enum:

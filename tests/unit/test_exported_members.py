@@ -136,10 +136,13 @@ EXPECTED: dict[str, list[str]] = {
     "taskfabric.broker_config": [
         "DEFAULT_DELIVERY_LIMIT",
         "DEFAULT_VHOST",
+        "ClusterInfo",
+        "ClusterStatus",
         "EndpointPermissions",
         "EndpointQueues",
         "ManagementClient",
         "NodeInfo",
+        "RabbitCluster",
         "RabbitNode",
         "Topology",
         "broker_username",

@@ -1,5 +1,11 @@
 """`RabbitTransport`: the IO thread and the connection's life (connect, reconnect with back-off,
-close), assembled from the publishing, consuming and admin parts."""
+close), assembled from the publishing, consuming and admin parts.
+
+Given the URLs of several members of a RabbitMQ cluster, it connects to one at a time: after a
+failed attempt or a lost connection the next attempt goes to the next URL (round robin), after the
+same bounded, jittered back-off. Quorum queues live on the whole cluster, so any member serves
+every queue; consumers are re-subscribed on the new member.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import logging
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -43,8 +49,32 @@ def _ssl_options(params: pika.URLParameters, url: str, context: ssl.SSLContext |
     return pika.SSLOptions(context, server_hostname=params.host)
 
 
+def _parameters(
+    url: str,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    connection_name: str,
+    heartbeat_s: int,
+    connect_timeout_s: float,
+    channel_max: int | None,
+) -> pika.URLParameters:
+    params = pika.URLParameters(url)
+    params.heartbeat = heartbeat_s
+    params.blocked_connection_timeout = max(60.0, 2.0 * heartbeat_s)
+    params.connection_attempts = 1
+    params.socket_timeout = min(5.0, connect_timeout_s)
+    # bounds TCP + TLS + AMQP handshake: a peer that never answers fails the attempt in time
+    params.stack_timeout = connect_timeout_s
+    params.client_properties = {"connection_name": connection_name}
+    if channel_max is not None:
+        params.channel_max = channel_max
+    params.ssl_options = _ssl_options(params, url, ssl_context)
+    return params
+
+
 class RabbitTransport(Publishing, Consuming, Admin, Transport):
-    """A `Transport` to RabbitMQ at `url` (``amqp://user:pass@host:port/vhost``).
+    """A `Transport` to RabbitMQ at `url` (``amqp://user:pass@host:port/vhost``), or at any of
+    several such URLs (members of one cluster, tried in turn).
 
     An ``amqps://`` URL connects over TLS and verifies the broker's certificate and host name with
     `ssl_context` (e.g. `taskfabric.tls.client_ssl_context(ca_file)` for a private CA), or with
@@ -53,7 +83,7 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         ssl_context: ssl.SSLContext | None = None,
         connection_name: str = "taskfabric",
@@ -66,19 +96,22 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
     ) -> None:
         """`channel_max`: ask for at most this many channels on the connection (the broker's own
         limit applies when lower); None: the broker's."""
-        self._url = url
-        self._params = pika.URLParameters(url)
-        self._params.heartbeat = heartbeat_s
-        self._params.blocked_connection_timeout = max(60.0, 2.0 * heartbeat_s)
-        self._params.connection_attempts = 1
-        self._params.socket_timeout = min(5.0, connect_timeout_s)
-        # bounds TCP + TLS + AMQP handshake: a peer that never answers fails the attempt in time
-        self._params.stack_timeout = connect_timeout_s
+        self._urls = [url] if isinstance(url, str) else list(url)
+        if not self._urls:
+            raise ValueError("no broker URL given")
+        self._url_index = 0
+        self._params_list = [
+            _parameters(
+                one,
+                ssl_context=ssl_context,
+                connection_name=connection_name,
+                heartbeat_s=heartbeat_s,
+                connect_timeout_s=connect_timeout_s,
+                channel_max=channel_max,
+            )
+            for one in self._urls
+        ]
         self._connect_timeout_s = connect_timeout_s
-        self._params.client_properties = {"connection_name": connection_name}
-        if channel_max is not None:
-            self._params.channel_max = channel_max
-        self._params.ssl_options = _ssl_options(self._params, url, ssl_context)
         self._confirm_timeout_s = confirm_timeout_s
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
@@ -109,6 +142,19 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
     # --- properties ---------------------------------------------------------------------
 
     @property
+    def _url(self) -> str:
+        """The URL of the current (or next) connection attempt."""
+        return self._urls[self._url_index]
+
+    @property
+    def _params(self) -> pika.URLParameters:
+        return self._params_list[self._url_index]
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self._urls)
+
+    @property
     def username(self) -> str:
         return str(self._params.credentials.username)
 
@@ -121,7 +167,7 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
         return self._last_error
 
     def __repr__(self) -> str:
-        return f"RabbitTransport({redact_url(self._url)!r})"
+        return f"RabbitTransport({', '.join(repr(redact_url(one)) for one in self._urls)})"
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -136,7 +182,7 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
             if isinstance(reason, AccessRefused):
                 raise reason
             raise BrokerUnavailable(
-                f"could not connect to the broker at {redact_url(self._url)} within {wait_s:g} s: {reason}"
+                f"could not connect to the broker at {self._described_urls()} within {wait_s:g} s: {reason}"
             )
 
     def close(self) -> None:
@@ -207,10 +253,15 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
             consumer.consumer_tag = None
         self._after_disconnect()
 
+    def _described_urls(self) -> str:
+        return " or ".join(redact_url(one) for one in self._urls)
+
     def _after_disconnect(self) -> None:
         if self._closing:
             self._ioloop.stop()
             return
+        # the next attempt goes to the next cluster member: this one may be down
+        self._url_index = (self._url_index + 1) % len(self._urls)
         delay = min(self._backoff_max_s, self._backoff_initial_s * (2**self._attempt))
         delay = delay / 2 + _jitter.uniform(0, delay / 2)  # "equal jitter": never a tight loop
         self._attempt += 1
