@@ -116,6 +116,12 @@ class ManagementClient:
         ).json()
         return {row["name"]: row for row in rows if isinstance(row, dict) and "name" in row}
 
+    def queue(self, name: str) -> dict[str, Any]:
+        """One queue of this virtual host as the management API describes it (`arguments`,
+        `leader`, `members`, ...); `NotFound` when it does not exist."""
+        result: dict[str, Any] = self._request("GET", f"/queues/{_q(self._vhost)}/{_q(name)}").json()
+        return result
+
     def nodes(self) -> list[dict[str, Any]]:
         """The cluster's nodes as the answering member sees them (`name`, `running`)."""
         rows = self._request("GET", "/nodes", params={"columns": "name,running"}).json()

@@ -24,12 +24,14 @@ Every declare here is idempotent.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import secrets
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from taskfabric.errors import PreconditionFailed
 from taskfabric.protocol.api import BrokerAccess
 from taskfabric.transport import Transport
 
@@ -45,6 +47,8 @@ __all__ = [
 ]
 
 DEFAULT_DELIVERY_LIMIT = 5
+_GROUP_SIZE = "x-quorum-initial-group-size"
+log = logging.getLogger(__name__)
 _SECRET_RE = re.compile(r"^[0-9a-f]{16,64}$")
 #: every endpoint's own broker user is named `ep-<endpoint id>`
 _ENDPOINT_USER_PREFIX = "ep-"
@@ -193,7 +197,7 @@ class Topology:
     def _quorum_arguments(self) -> dict[str, Any]:
         arguments: dict[str, Any] = {"x-queue-type": "quorum"}
         if self.quorum_initial_group_size is not None:
-            arguments["x-quorum-initial-group-size"] = self.quorum_initial_group_size
+            arguments[_GROUP_SIZE] = self.quorum_initial_group_size
         return arguments
 
     # --- declarations -------------------------------------------------------------------
@@ -203,18 +207,38 @@ class Topology:
         transport.declare_exchange(self.tasks_exchange, "direct")
         transport.declare_exchange(self.results_exchange, "direct")
         transport.declare_exchange(self.dead_letter_exchange, "fanout")
-        transport.declare_queue(self.dead_letter_queue, arguments=self._quorum_arguments())
+        self._declare_quorum_queue(transport, self.dead_letter_queue, self._quorum_arguments())
         transport.bind_queue(self.dead_letter_queue, self.dead_letter_exchange, "")
 
     def declare_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
         """Declare and bind one endpoint's task, result and control queues (idempotent)."""
         arguments = self.queue_arguments()
-        transport.declare_queue(queues.task_queue, arguments=arguments)
+        self._declare_quorum_queue(transport, queues.task_queue, arguments)
         transport.bind_queue(queues.task_queue, self.tasks_exchange, queues.task_queue)
-        transport.declare_queue(queues.control_queue, arguments=arguments)
+        self._declare_quorum_queue(transport, queues.control_queue, arguments)
         transport.bind_queue(queues.control_queue, self.tasks_exchange, queues.control_queue)
-        transport.declare_queue(queues.result_queue, arguments=arguments)
+        self._declare_quorum_queue(transport, queues.result_queue, arguments)
         transport.bind_queue(queues.result_queue, self.results_exchange, queues.result_queue)
+
+    @staticmethod
+    def _declare_quorum_queue(transport: Transport, name: str, arguments: dict[str, Any]) -> None:
+        """Declare a quorum queue; one that exists with another replication factor keeps it.
+
+        RabbitMQ compares `x-quorum-initial-group-size` when a queue is declared again (406 when it
+        differs), but the argument only shapes a new queue: a deployment that grew from one node to
+        three, or changed `quorum_initial_group_size`, must still start and re-declare its queues.
+        Their replicas are changed on the broker (`rabbitmq-queues grow` / `shrink`)."""
+        try:
+            transport.declare_queue(name, arguments=arguments)
+        except PreconditionFailed as exc:
+            if _GROUP_SIZE not in str(exc):
+                raise
+            transport.queue_depth(name)  # it exists (NotFound otherwise)
+            log.warning(
+                "queue %s exists with another replica count than %s; it keeps its own (see rabbitmq-queues grow)",
+                name,
+                arguments.get(_GROUP_SIZE, "the broker's default"),
+            )
 
     def delete_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
         """Delete one endpoint's queues and the messages in them."""

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from taskfabric.broker_config import RabbitNode, Topology
+from taskfabric.broker_config import RabbitCluster, RabbitNode, Topology
 from taskfabric.logs import setup_logging
 from taskfabric.processes import port_open
 from taskfabric.testing import BrokerUnderTest, broker_for_tests, unique_name
 from taskfabric.testing.apt import MissingSystemPackages, ensure_packages
+from taskfabric.testing.cluster import cluster_for_tests
 from taskfabric.testing.slurm import SlurmCluster, SlurmUnavailable
 from taskfabric.transport import MemoryBroker, MemoryTransport, RabbitTransport, Transport
 
@@ -65,6 +66,15 @@ def _bring_up(node: RabbitNode) -> None:
     if info is not None and node.is_running() and not port_open(info.amqp_port):
         node.start_app()  # the application was stopped (`stop_app`), the Erlang VM kept
     node.start()
+
+
+@pytest.fixture(scope="module")
+def broker_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """A private 3-node RabbitMQ cluster for one module (its tests may kill and restart members:
+    `kill(i)`, `start_member(i)`, `leader_of(queue)`); stopped after the module. Costs 10-25 s to
+    start on a loaded 2-core machine: use it in one module per subject."""
+    with cluster_for_tests(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture

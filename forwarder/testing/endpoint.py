@@ -67,7 +67,7 @@ class FakeEndpoint:
         self.broker: BrokerAccess = registered.broker
         self.endpoint_id = registered.endpoint_id
         self.auto_ack = auto_ack
-        self.transport = RabbitTransport(self.broker.amqp_url, connection_name="fake-endpoint")
+        self.transport = RabbitTransport(self.broker.broker_urls, connection_name="fake-endpoint")
         self.batches: list[TaskBatch] = []
         self.deliveries: list[Delivery] = []
         self.cancels: list[CancelTasks] = []

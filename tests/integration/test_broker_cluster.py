@@ -1,0 +1,239 @@
+"""A private 3-node RabbitMQ cluster (one for the module): it forms; `broker status` shows its
+members and each quorum queue's leader; a forwarder given every member's URL hands all of them to
+an endpoint and declares 3-replica queues; and confirmed messages survive a `kill -9` of the node
+leading the task queue, and its restart, while a publisher and a consumer keep going on the other
+members."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+
+from taskfabric.broker_config import ManagementClient, RabbitCluster, Topology, new_queue_secret
+from taskfabric.broker_config.cli import broker
+from taskfabric.broker_config.topology import EndpointQueues
+from taskfabric.errors import BrokerError
+from taskfabric.forwarder import create_token, create_user
+from taskfabric.forwarder.settings import ForwarderSettings
+from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi, ForwarderProcess
+from taskfabric.testing import unique_name, wait_until
+from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
+
+pytestmark = pytest.mark.slow
+
+#: messages confirmed in each phase of the fault test (before the kill, while a member is down,
+#: after its restart): enough to cross every phase, few enough to keep the module short
+_PER_PHASE = 150
+
+
+@pytest.fixture(scope="module")
+def queues(broker_cluster: RabbitCluster) -> Iterator[tuple[Topology, EndpointQueues]]:
+    """One endpoint's queues on the cluster, declared with 3 replicas, well before any fault (a
+    quorum queue crashed within about a second of its declaration may come back leaderless)."""
+    info = broker_cluster.info()
+    assert info is not None
+    admin = RabbitTransport(info.amqp_urls, connection_name="cluster-admin")
+    admin.start(wait_s=30)
+    topology = Topology(prefix=unique_name("cl"), quorum_initial_group_size=3)
+    topology.declare_shared(admin)
+    endpoint_queues = topology.endpoint_queues(uuid.uuid4(), new_queue_secret())
+    topology.declare_endpoint(admin, endpoint_queues)
+    yield topology, endpoint_queues
+    admin.close()
+
+
+def _status(cluster: RabbitCluster) -> dict[str, object]:
+    result = CliRunner().invoke(broker, ["status", "--dir", str(cluster.directory), "--json"])
+    assert result.exit_code == 0, result.output
+    document: dict[str, object] = json.loads(result.output)
+    return document
+
+
+def test_cluster_forms_and_status_shows_members_and_queue_leaders(
+    broker_cluster: RabbitCluster, queues: tuple[Topology, EndpointQueues]
+) -> None:
+    topology, endpoint_queues = queues
+    up = CliRunner().invoke(broker, ["up", "--dir", str(broker_cluster.directory), "--json"])  # finds it running
+    assert up.exit_code == 0, up.output
+    urls = json.loads(up.output)["amqp_urls"]
+    assert len(set(urls)) == 3 and all(url.startswith("amqp://") and "127.0.0.1" in url for url in urls)
+
+    status = _status(broker_cluster)
+    members = status["members"]
+    assert isinstance(members, list)
+    names = [member["node"] for member in members]
+    assert len(set(names)) == 3 and all(member["running"] for member in members)
+    with ManagementClient(broker_cluster.info().management_urls[1]) as management:  # type: ignore[union-attr]
+        assert sorted(node["name"] for node in management.nodes() if node["running"]) == sorted(names)
+    rows = {row["queue"]: row for row in status["queues"]}  # type: ignore[union-attr]
+    for queue in (endpoint_queues.task_queue, endpoint_queues.result_queue, topology.dead_letter_queue):
+        assert rows[queue]["leader"] in names
+        assert sorted(rows[queue]["members"]) == sorted(names)
+
+
+def test_cluster_urls_reach_endpoints_through_the_forwarder(
+    broker_cluster: RabbitCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A forwarder told every member (amqp_urls, management_urls) hands every member's URL to a
+    registering endpoint and, on a 3-node cluster, declares its queues with 3 replicas by default."""
+    info = broker_cluster.info()
+    assert info is not None
+    folder = tmp_path_factory.mktemp("cluster-forwarder")
+    values = {
+        "database_url": f"sqlite:///{folder / 'forwarder.db'}",
+        "amqp_urls": info.amqp_urls,
+        "management_urls": info.management_urls,
+        "topology_prefix": unique_name("clf"),
+        "confirm_timeout_s": 5.0,
+    }
+    settings = ForwarderSettings.from_mapping(values)
+    with ForwarderProcess(folder, values) as forwarder:
+        name = unique_name("ada")
+        create_user(settings, name)
+        with ForwarderApi(forwarder.url, create_token(settings, name)) as api:
+            registration = api.register_endpoint("cluster-endpoint")
+            access = registration["broker"]
+            assert len(access["amqp_urls"]) == 3 and access["amqp_url"] == access["amqp_urls"][0]
+            assert all(f":{node.amqp_port}/" in url for node, url in zip(info.nodes, access["amqp_urls"], strict=True))
+            with ManagementClient(info.management_urls, vhost=info.vhost) as management:
+                assert management.queue(access["task_queue"])["arguments"]["x-quorum-initial-group-size"] == 3
+            endpoint = FakeEndpoint(registration).start()
+            try:
+                endpoint.consume_tasks()
+                function_id = api.register_function(b"f")
+                task_ids = api.submit(registration["endpoint_id"], function_id, [b"a", b"b", b"c"])
+                wait_until(lambda: len(endpoint.task_ids) == 3, timeout_s=30, what="3 tasks at the endpoint")
+                assert sorted(map(str, endpoint.task_ids)) == sorted(task_ids)
+            finally:
+                endpoint.close()
+
+
+class _Publisher:
+    """Publishes numbered messages with confirms until stopped; a publish whose outcome is unknown
+    (connection lost, confirm timed out) is sent again: at least once, as the fabric does."""
+
+    def __init__(self, transport: RabbitTransport, topology: Topology, queue: str) -> None:
+        self._transport = transport
+        self._exchange = topology.tasks_exchange
+        self._queue = queue
+        self.confirmed: list[bytes] = []
+        self.retries = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cluster-publisher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        assert not self._thread.is_alive()
+
+    def _run(self) -> None:
+        number = 0
+        while not self._stop.is_set():
+            bodies = [b"m-%06d" % (number + i) for i in range(10)]
+            number += len(bodies)
+            while bodies and not self._stop.is_set():
+                bodies = self._publish(bodies)
+
+    def _publish(self, bodies: list[bytes]) -> list[bytes]:
+        """Publish `bodies`; the ones left unconfirmed."""
+        messages = [OutgoingMessage(exchange=self._exchange, routing_key=self._queue, body=body) for body in bodies]
+        futures = self._transport.publish_many(messages)
+        unconfirmed = []
+        for body, future in zip(bodies, futures, strict=True):
+            try:
+                future.result(timeout=30)
+            except BrokerError:
+                unconfirmed.append(body)
+            else:
+                self.confirmed.append(body)
+        if unconfirmed:
+            self.retries += 1
+            self._stop.wait(0.2)  # the transport is reconnecting meanwhile
+        return unconfirmed
+
+
+def test_cluster_keeps_confirmed_messages_when_the_task_queue_leader_is_killed(
+    broker_cluster: RabbitCluster, queues: tuple[Topology, EndpointQueues]
+) -> None:
+    topology, endpoint_queues = queues
+    info = broker_cluster.info()
+    assert info is not None
+    leader = broker_cluster.leader_of(endpoint_queues.task_queue)
+    assert leader is not None
+    # both clients first connect to the leader's node, so its death forces each to fail over
+    order = [leader, *(i for i in range(3) if i != leader)]
+    urls = [info.amqp_urls[i] for i in order]
+    publisher_link = RabbitTransport(urls, confirm_timeout_s=5.0, backoff_max_s=1.0, connection_name="cl-publisher")
+    consumer_link = RabbitTransport(urls, backoff_max_s=1.0, connection_name="cl-consumer")
+    publisher_link.start(wait_s=30)
+    consumer_link.start(wait_s=30)
+    received: list[bytes] = []
+    lock = threading.Lock()
+
+    def on_delivery(delivery: Delivery) -> None:
+        with lock:
+            received.append(delivery.body)
+        consumer_link.ack(delivery)
+
+    publisher = _Publisher(publisher_link, topology, endpoint_queues.task_queue)
+    try:
+        consumer_link.consume(endpoint_queues.task_queue, on_delivery, prefetch=50)
+        publisher.start()
+        wait_until(lambda: len(publisher.confirmed) >= _PER_PHASE, timeout_s=30, what="traffic before the fault")
+
+        broker_cluster.kill(leader)
+        at_kill = len(publisher.confirmed)
+        wait_until(
+            lambda: len(publisher.confirmed) >= at_kill + _PER_PHASE,
+            timeout_s=60,
+            what="confirmed publishes while the leader's node is down",
+        )
+        assert not broker_cluster.members[leader].is_running()
+        new_leader = broker_cluster.leader_of(endpoint_queues.task_queue)  # the management client fails over too
+        assert new_leader is not None and new_leader != leader
+        with lock:
+            assert len(received) > at_kill  # consumed from the surviving members
+
+        broker_cluster.start_member(leader)
+        wait_until(
+            lambda: _online_replicas(broker_cluster, endpoint_queues.task_queue) == 3,
+            timeout_s=60,
+            what="the restarted member back among the queue's online replicas",
+        )
+        at_restart = len(publisher.confirmed)
+        wait_until(
+            lambda: len(publisher.confirmed) >= at_restart + _PER_PHASE,
+            timeout_s=60,
+            what="confirmed publishes after the restart",
+        )
+    finally:
+        publisher.stop()
+    confirmed = set(publisher.confirmed)
+    try:
+        wait_until(lambda: confirmed <= set(received), timeout_s=60, what="every confirmed message consumed")
+    finally:
+        lost = confirmed - set(received)
+        publisher_link.close()
+        consumer_link.close()
+    assert not lost, f"{len(lost)} confirmed messages lost, e.g. {sorted(lost)[:5]}"
+    assert len(confirmed) >= 3 * _PER_PHASE
+    assert _status(broker_cluster)["running"] is True
+
+
+def _online_replicas(cluster: RabbitCluster, queue: str) -> int:
+    rows = _status(cluster)["queues"]
+    assert isinstance(rows, list)
+    return next((len(row["online"]) for row in rows if row["queue"] == queue), 0)
+
+
+def test_cluster_directory_refuses_another_size(broker_cluster: RabbitCluster) -> None:
+    result = CliRunner().invoke(broker, ["up", "--dir", str(broker_cluster.directory), "--nodes", "2"])
+    assert result.exit_code != 0 and "has 3 nodes, not 2" in result.output
