@@ -177,7 +177,7 @@ def _up_cluster(
 ) -> None:
     if tls:
         raise click.UsageError("--tls is for a single node; a cluster listens on plain AMQP (loopback only)")
-    if RabbitNode(directory).info() is not None:
+    if RabbitNode(directory).info_file.exists():
         raise click.UsageError(f"{directory} holds a single node: stop it and use another directory for a cluster")
     cluster = RabbitCluster(directory, size=size, vhost=vhost)
     _print_cluster(cluster.start(timeout_s=max(timeout_s, 120.0)), as_json)

@@ -132,6 +132,11 @@ class RabbitCluster:
         return (Path(directory) / CLUSTER_FILE).exists()
 
     @property
+    def member_names(self) -> list[str]:
+        """Every member's node name, in member order."""
+        return [str(name) for name in self._spec["nodes"]]
+
+    @property
     def size(self) -> int:
         return len(self.members)
 
@@ -198,7 +203,7 @@ class RabbitCluster:
             return None
         with ManagementClient(info.management_urls, vhost=info.vhost) as management:
             leader = management.queue_states().get(queue, {}).get("leader")
-        names = list(self._spec["nodes"])
+        names = self.member_names
         return names.index(leader) if leader in names else None
 
     # --- helpers ------------------------------------------------------------------------

@@ -174,6 +174,8 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
     def start(self, *, wait_s: float | None = 10.0) -> None:
         if self._thread is not None:
             raise RuntimeError("transport already started")
+        if self._closing:
+            raise BrokerUnavailable("the transport is closed")
         self._thread = threading.Thread(target=self._run, name="broker-io", daemon=True)
         self._thread.start()
         if wait_s is not None and not self._connected.wait(wait_s):
@@ -186,6 +188,11 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
             )
 
     def close(self) -> None:
+        if self._thread is None and not self._closing:  # never started: release the loop's wake-up sockets
+            self._closing = True
+            self._closed.set()
+            self._ioloop.close()
+            return
         if self._thread is None or self._closing:
             return
         self._closing = True
