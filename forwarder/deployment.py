@@ -161,10 +161,12 @@ def _summary(settings: ForwarderSettings) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "listen": f"{'https' if settings.tls.enabled else 'http'}://{settings.host}:{settings.port}",
         "database": redact_db_url(settings.store_url),
-        "broker": redact_url(settings.amqp_url),
+        "broker": ", ".join(redact_url(url) for url in settings.broker_urls),
         "vhost": settings.vhost,
-        "management": redact_url(settings.management_url),
-        "endpoint_broker": settings.endpoint_amqp_url or "as amqp_url (each endpoint with its own user)",
+        "management": ", ".join(redact_url(url) for url in settings.broker_management_urls),
+        "endpoint_broker": ", ".join(settings.endpoint_amqp_urls)
+        or settings.endpoint_amqp_url
+        or "as amqp_url (each endpoint with its own user)",
         "topology_prefix": settings.topology_prefix,
         "auth": auth.provider,
         "metrics": "token" if settings.metrics_token else "loopback only",

@@ -112,7 +112,9 @@ class Forwarder:
     async def _start(self) -> None:
         settings = self.settings
         log.info(
-            "forwarder starting: store %s, broker %s", redact_db_url(settings.store_url), redact_url(settings.amqp_url)
+            "forwarder starting: store %s, broker %s",
+            redact_db_url(settings.store_url),
+            ", ".join(redact_url(url) for url in settings.broker_urls),
         )
         await self._open_store_and_auth()
         await self._connect_broker()
