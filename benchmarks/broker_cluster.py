@@ -19,6 +19,7 @@ Prints readable lines and one JSON line. Figures are measured, never asserted.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import platform
 import sys
@@ -85,6 +86,7 @@ class _Traffic:
         self.consumer = RabbitTransport(urls, backoff_max_s=1.0)
         self.confirmed: list[tuple[float, bytes]] = []
         self.received: list[tuple[float, bytes]] = []
+        self.failures: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._publish_loop, daemon=True)
@@ -105,7 +107,13 @@ class _Traffic:
 
     def first_after(self, moment: float) -> tuple[float, float]:
         """Seconds from `moment` to the first confirm and to the first delivery after it."""
-        wait_until(lambda: self.confirmed[-1][0] > moment, timeout_s=60, what="a confirm after the kill")
+        try:
+            wait_until(lambda: self.confirmed[-1][0] > moment, timeout_s=60, what="a confirm after the kill")
+        except TimeoutError:
+            raise TimeoutError(
+                f"no confirm within 60 s of the kill; publishes failed: {dict(self.failures)}; "
+                f"{len(self.received)} received, the last {time.monotonic() - self.received[-1][0]:.1f} s ago"
+            ) from None
         wait_until(lambda: self.received[-1][0] > moment, timeout_s=60, what="a delivery after the kill")
         with self._lock:
             delivery = next(at for at, _ in self.received if at > moment)
@@ -132,7 +140,8 @@ class _Traffic:
                     try:
                         future.result(timeout=30)
                         self.confirmed.append((time.monotonic(), body))
-                    except BrokerError:
+                    except BrokerError as exc:
+                        self.failures[type(exc).__name__] += 1
                         left.append(body)
                 bodies = left
                 if left:
@@ -192,9 +201,10 @@ def failover(cluster: RabbitCluster) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20000, help="messages per throughput run")
+    parser.add_argument("--dir", type=Path, default=None, help="the cluster's folder, kept (default: a temporary one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tf-bench-cluster-") as folder:
-        cluster = RabbitCluster(Path(folder) / "cluster", size=3)
+        cluster = RabbitCluster(args.dir or Path(folder) / "cluster", size=3)
         started = time.perf_counter()
         cluster.start()
         form_s = time.perf_counter() - started

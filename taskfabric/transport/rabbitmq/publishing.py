@@ -26,6 +26,8 @@ __all__ = ["Publishing"]
 log = logging.getLogger(__name__)
 
 _PERSISTENT = pika.spec.PERSISTENT_DELIVERY_MODE
+#: a nack replaces the publish channel at most this often (see `_recycle_after_nack`)
+_NACK_RECYCLE_S = 1.0
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -58,6 +60,7 @@ class Publishing(TransportCore):
     _unconfirmed: collections.OrderedDict[int, _Pending]
     _by_message_id: dict[str, _Pending]
     _outbox: collections.deque[_Pending]
+    _last_nack_recycle: float = 0.0
 
     def publish_many(self, messages: Iterable[OutgoingMessage]) -> list[Future[None]]:
         deadline = time.monotonic() + self._confirm_timeout_s
@@ -158,6 +161,23 @@ class Publishing(TransportCore):
             pending.fail(
                 PublishRejected(f"the broker rejected a message to {message.exchange!r}/{message.routing_key!r}")
             )
+            self._recycle_after_nack()
+
+    def _recycle_after_nack(self) -> None:
+        """A nack can also come from a stale channel: on RabbitMQ 3.10 a channel opened while a
+        quorum queue was electing a new leader (its old leader's node had died) kept nacking every
+        publish to that queue for minutes, while a new channel's publishes were confirmed at once.
+        So a nack replaces the publish channel, at most once per `_NACK_RECYCLE_S` (a queue that
+        refuses publishes for a good reason, e.g. full with `reject-publish`, keeps refusing on
+        the new channel and costs one channel open per period)."""
+        now = time.monotonic()
+        if now - self._last_nack_recycle < _NACK_RECYCLE_S:
+            return
+        self._last_nack_recycle = now
+        channel = self._pub_channel
+        if channel is not None and channel.is_open:
+            log.warning("the broker rejected a publish: opening a new publish channel")
+            channel.close()
 
     def _fail_unconfirmed(self, error: BaseException) -> None:
         for pending in self._unconfirmed.values():
