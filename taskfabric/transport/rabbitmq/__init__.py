@@ -13,7 +13,10 @@ channel. Other threads only schedule work onto it (`add_callback_threadsafe`). C
 When the connection drops, unconfirmed publishes fail with `ConnectionLost` (their outcome is
 unknown: callers retry, and duplicates are removed downstream by task id), consumers are
 re-subscribed after reconnecting, and acks for deliveries of the old connection are dropped (the
-broker already requeued them). Reconnects back off exponentially with jitter.
+broker already requeued them). Reconnects back off exponentially with jitter. Given several URLs
+(the members of a RabbitMQ cluster), each reconnect goes to the next one. A confirm timeout or a
+nack replaces the publish channel: on RabbitMQ 3.10 a channel can stay wedged on a quorum queue
+whose leader moved (see `publishing`).
 
 Modules, one role each (`RabbitTransport` is assembled from the parts):
 
