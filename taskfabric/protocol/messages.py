@@ -39,6 +39,7 @@ __all__ = [
     "TaskError",
     "TaskEvents",
     "TaskStarted",
+    "TasksFinished",
 ]
 
 _M = TypeVar("_M")
@@ -206,6 +207,18 @@ class CancelTasks:
     def check(self) -> None:
         if self.grace_period_s is not None and not self.grace_period_s >= 0:
             raise ValueError("grace_period_s must not be negative")
+
+
+@message("tasks_finished")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TasksFinished:
+    """Forwarder replica -> every replica (the replicas fan-out exchange): these tasks' outcomes are
+    stored. A peer reads the ones its results streams wait for from the store (the source of
+    truth); the notice carries ids only, so it stays small whatever the results weigh."""
+
+    #: the announcing replica (it ignores its own notices: its streams were served already)
+    replica_id: uuid.UUID
+    task_ids: list[uuid.UUID]
 
 
 @message("start_user_endpoint")
