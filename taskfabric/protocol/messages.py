@@ -370,6 +370,7 @@ Message = (
     | ResultBatch
     | TaskEvents
     | CancelTasks
+    | TasksFinished
     | StartUserEndpoint
     | EndpointStatus
     | ManagerRegister
