@@ -117,6 +117,13 @@ class ForwarderProcess:
             process.stdout.close()
         return process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL (a crash: no clean stop, leases and queues left for their TTLs); waits for it."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(10)
+
     def __enter__(self) -> ForwarderProcess:
         return self.start()
 
