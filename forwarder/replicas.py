@@ -11,7 +11,9 @@ for notices lost while a replica reconnects.
 
 DESIGN (why the broker and not PostgreSQL LISTEN/NOTIFY; measured by
 benchmarks/replica_fanout.py, figures in benchmarks/README.md):
-- both deliver in about a millisecond on this machine; neither is the bottleneck of a map;
+- both deliver in about a millisecond on this machine (500 notices of 200 ids, load average 12:
+  broker median 0.89 ms, p99 9.7 ms; NOTIFY median 1.03 ms, p99 12.6 ms, its commit included);
+  neither is the bottleneck of a map;
 - NOTIFY serializes every notifying commit in the database on one global lock and keeps a
   listening connection per replica out of the pool, on the database every replica already
   saturates first; the broker is built for fan-out and its cost is one publish per stored batch;

@@ -1,7 +1,7 @@
 """HAProxy (Debian's `haproxy`) in front of forwarder replicas, as a child process on a free port.
 
 The configuration is the one docs/operator.md "Two forwarders behind a load balancer" gives,
-written for loopback ports: round robin, a health check on `GET /v1/version` every 500 ms, a
+written for loopback ports: round robin, a health check on `GET /readyz` (store and broker) every 500 ms, a
 connection refused by a dead replica redispatched to another, WebSocket upgrades passed through
 (`timeout tunnel` keeps a results stream open while it is idle).
 """
@@ -46,7 +46,7 @@ def haproxy_config(port: int, backends: Sequence[str], *, bind: str = "127.0.0.1
             "    default_backend forwarders",
             "backend forwarders",
             "    balance roundrobin",
-            "    option httpchk GET /v1/version",
+            "    option httpchk GET /readyz",
             "    http-check expect status 200",
             *servers,
             "",
