@@ -470,7 +470,7 @@ class Client:
             return cached
         answer = self._http.put_bytes(f"/v1/data/{digest}", data)
         ref = DataRef(
-            url=self.config.url,
+            url=self._http.url,  # the replica that took the upload (the first URL unless it failed)
             sha256=digest,
             size=int(answer["size"]),
             token=str(answer["token"]),
