@@ -205,6 +205,7 @@ def test_a_replica_killed_behind_haproxy_the_client_finishes_and_its_leases_move
         futures = [executor.submit(slow_square, x) for x in range(300)]
         wait_until(lambda: sum(f.done() for f in futures) >= 50, timeout_s=60, what="50 results")
         killed = replicas.kill_lease_holder()
+        assert not all(f.done() for f in futures)  # killed during the map
         futures += [executor.submit(slow_square, x) for x in range(300, 600)]
         assert [future.result(timeout=60) for future in futures] == [x * x for x in range(600)]
     (survivor,) = [replica for replica in replicas.both if replica is not killed]
@@ -216,3 +217,22 @@ def test_a_replica_killed_behind_haproxy_the_client_finishes_and_its_leases_move
         timeout_s=3 * LEASE_TTL_S,
         what="the survivor to take over the leases",
     )
+
+
+def test_a_client_whose_replica_is_killed_fails_over_to_its_next_url(replicas: Replicas) -> None:
+    """The first URL's replica holds the client's HTTP calls and its results stream; killed -9
+    during a map, both move to the next URL and the map finishes."""
+    killed = replicas.kill_lease_holder()
+    (survivor,) = [replica for replica in replicas.both if replica is not killed]
+    killed.start()  # again, on a new port: the client's first URL
+    with (
+        replicas.client([killed.url, survivor.url]) as client,
+        Executor(replicas.endpoint_id, client=client) as executor,
+    ):
+        futures = [executor.submit(slow_square, x) for x in range(300)]
+        wait_until(lambda: sum(f.done() for f in futures) >= 50, timeout_s=60, what="50 results")
+        killed.kill()
+        assert not all(f.done() for f in futures)  # killed during the map
+        futures += [executor.submit(slow_square, x) for x in range(300, 400)]
+        assert [future.result(timeout=60) for future in futures] == [x * x for x in range(400)]
+        assert client.whoami()["username"] == replicas.username
