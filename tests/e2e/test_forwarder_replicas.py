@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from taskfabric.client import Client, Executor
+from taskfabric.client.cli import login_to
 from taskfabric.endpoint_agent.local import configure_endpoint, register_endpoint, start_endpoint, stop_endpoint
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
 from taskfabric.forwarder.store import Store
@@ -192,6 +193,11 @@ def test_client_fails_over_to_the_next_replica_url(replicas: Replicas) -> None:
     with replicas.client(urls) as client, Executor(replicas.endpoint_id, client=client) as executor:
         assert list(executor.map(square, range(50), timeout=60)) == [x * x for x in range(50)]
         assert client.whoami()["username"] == replicas.username
+    # `taskfabric login --url a,b` saves both; a Client without arguments uses them
+    assert login_to(",".join(urls), replicas.token)["username"] == replicas.username
+    with Client() as saved:
+        assert saved.config.urls == tuple(urls)
+        assert saved.whoami()["username"] == replicas.username
 
 
 def test_a_replica_killed_behind_haproxy_the_client_finishes_and_its_leases_move(
