@@ -164,13 +164,17 @@ class Forwarder:
         def on_notice(task_ids: list[uuid.UUID]) -> None:  # on the broker's IO thread
             loop.call_soon_threadsafe(self._finished_elsewhere, task_ids)
 
+        def announce(task_ids: list[uuid.UUID]) -> None:  # on the event loop
+            fanout.announce(task_ids)
+            self.metrics.replica_notice("sent")
+
         fanout = ReplicaFanout(
             self.broker.transport, self.broker.topology, on_notice=on_notice, replica_id=self.replica_id
         )
         await asyncio.to_thread(fanout.start)
         self._cleanups.append(fanout.close)
         self.fanout = fanout
-        self.hub.announce = fanout.announce
+        self.hub.announce = announce
 
     async def _ensure_fanout(self) -> None:
         if self.fanout is not None:
@@ -178,6 +182,7 @@ class Forwarder:
 
     def _finished_elsewhere(self, task_ids: list[uuid.UUID]) -> None:
         """A peer stored these tasks' outcomes: read the ones our streams wait for, serve them."""
+        self.metrics.replica_notice("received")
         watched = self.hub.finished_elsewhere(task_ids)
         if not watched:
             return

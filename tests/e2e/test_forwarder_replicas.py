@@ -28,7 +28,7 @@ from taskfabric.forwarder.testing import ForwarderProcess, postgres_for_tests
 from taskfabric.forwarder.testing.haproxy import HAProxy
 from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 POLL_S = 30.0  # the safety-net store poll: far above every wait in this module
 LEASE_TTL_S = 3.0
@@ -146,12 +146,16 @@ def replicas(broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactory) 
     patch.undo()
 
 
-def _results_ingested(forwarder: ForwarderProcess, endpoint_id: str) -> float:
-    """The replica's count of results it consumed and stored for the endpoint (its /metrics)."""
+def _metric(forwarder: ForwarderProcess, name: str, label: str, value: str) -> float:
+    """One counter of the replica's /metrics (0 when absent)."""
     text = httpx.get(f"{forwarder.url}/metrics", timeout=10).text
-    pattern = rf'^taskfabric_results_total\{{endpoint="{re.escape(endpoint_id)}"\}} (\S+)$'
-    found = re.search(pattern, text, re.MULTILINE)
+    found = re.search(rf'^{name}\{{{label}="{re.escape(value)}"\}} (\S+)$', text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+def _results_ingested(forwarder: ForwarderProcess, endpoint_id: str) -> float:
+    """The replica's count of results it consumed and stored for the endpoint."""
+    return _metric(forwarder, "taskfabric_results_total", "endpoint", endpoint_id)
 
 
 def test_a_result_ingested_by_one_replica_reaches_a_stream_on_the_other_fast(replicas: Replicas) -> None:
@@ -167,6 +171,8 @@ def test_a_result_ingested_by_one_replica_reaches_a_stream_on_the_other_fast(rep
                 break
     via_first = _results_ingested(first, replicas.endpoint_id)
     assert via_first >= 1, "the first replica ingested none: the fan-out was not exercised"
+    assert _metric(first, "taskfabric_replica_notices_total", "direction", "sent") >= 1
+    assert _metric(second, "taskfabric_replica_notices_total", "direction", "received") >= 1
     assert max(latencies) < 2.0, f"a result took {max(latencies):.2f} s (store poll: {POLL_S:g} s): {latencies}"
 
 
