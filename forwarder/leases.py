@@ -4,10 +4,12 @@ Every replica runs `LeaseKeeper.keep()`: every `ttl_s / 3` it takes or renews ea
 (store/leases.py: one atomic upsert per job). A job runs on a replica only while that replica
 holds its lease, so exactly one replica expires old results or rebuilds broken queues at a time.
 A replica killed -9 stops renewing: its leases expire after `ttl_s` and another replica takes them
-at its next renewal; a replica stopping cleanly releases them at once. With SQLite (one forwarder
-process) the same code runs and the lease is simply always ours.
+at its next renewal; a replica stopping cleanly releases them at once. With SQLite there is one
+forwarder process: its leases are held without asking the store (`exclusive`), so a forwarder
+restarted after a crash does not wait out its predecessor's leases.
 
-Jobs every replica must run itself (its own result consumers: `sync-consumers`) take no lease.
+Jobs every replica must run itself take no lease: syncing its own result consumers, examining the
+queues (each replica stops consuming a broken one; only the `rebuild-queues` holder rebuilds it).
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ class LeaseKeeper:
         holder: str,
         names: Sequence[str],
         ttl_s: float,
+        exclusive: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`exclusive`: no other replica can exist (SQLite): every lease is held, nothing is written."""
         self.holder = holder
+        self._exclusive = exclusive
         self._store = store
         self._runner = runner
         self._names = tuple(names)
@@ -60,10 +65,12 @@ class LeaseKeeper:
         return self._ttl_s / 3
 
     def held(self, name: str) -> bool:
-        return self._held_until.get(name, 0.0) > self._clock()
+        return self._exclusive or self._held_until.get(name, 0.0) > self._clock()
 
     async def renew(self) -> None:
         """Take or renew every lease once."""
+        if self._exclusive:
+            return
         for name in self._names:
             now = self._clock()
             try:

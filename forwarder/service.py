@@ -54,7 +54,10 @@ from taskfabric.forwarder.stream import ResultHub, StreamLimits
 from taskfabric.forwarder.tasks import TaskService
 from taskfabric.transport import redact_url
 
-__all__ = ["Forwarder"]
+__all__ = ["ONCE_ONLY_JOBS", "Forwarder"]
+
+#: the leases of work only one replica does at a time (forwarder/leases.py)
+ONCE_ONLY_JOBS = ("expire-results", "rebuild-queues")
 
 log = logging.getLogger(__name__)
 
@@ -137,23 +140,33 @@ class Forwarder:
         log.info("forwarder started (%d endpoints), replica %s", len(self.consumers.endpoint_ids), self.replica_name)
 
     def _start_background(self) -> None:
-        """The housekeeping loops. Once-only jobs run where their lease is held (forwarder/leases.py);
-        every replica syncs its own consumers and keeps its fan-out queue declared."""
+        """The housekeeping loops. Once-only work runs where its lease is held (forwarder/leases.py):
+        expiring results, and rebuilding broken queues (every replica examines them, to protect its
+        own consumers; only the lease holder rebuilds). Every replica syncs its own consumers and
+        keeps its fan-out queue declared."""
         settings = self.settings
-        once_only = {"expire-results": (settings.cleanup_period_s, self.delete_expired)}
-        if settings.queue_check_period_s > 0:
-            once_only["check-queues"] = (settings.queue_check_period_s, self.endpoints.check_queues)
         leases = self.leases = LeaseKeeper(
-            self.store, self.runner, holder=self.replica_name, names=list(once_only), ttl_s=settings.lease_ttl_s
+            self.store,
+            self.runner,
+            holder=self.replica_name,
+            names=ONCE_ONLY_JOBS,
+            ttl_s=settings.lease_ttl_s,
+            exclusive=self.store.backend != "postgresql",  # SQLite: one forwarder process
         )
-        self._background = [asyncio.create_task(leases.keep(), name="leases")]
-        for name, (period_s, job) in once_only.items():
-            guarded = leases.guarded(name, job)
-            self._background.append(asyncio.create_task(self._every(period_s, guarded), name=name))
-        per_replica = [(settings.endpoint_sync_period_s, self.endpoints.sync_consumers, "sync-consumers")]
+        jobs: list[tuple[str, float, Callable[[], Awaitable[None]]]] = [
+            ("expire-results", settings.cleanup_period_s, leases.guarded("expire-results", self.delete_expired)),
+            ("sync-consumers", settings.endpoint_sync_period_s, self.endpoints.sync_consumers),
+        ]
+
+        async def check_queues() -> None:
+            await self.endpoints.check_queues(may_rebuild=leases.held("rebuild-queues"))
+
+        if settings.queue_check_period_s > 0:
+            jobs.append(("check-queues", settings.queue_check_period_s, check_queues))
         if self.fanout is not None:
-            per_replica.append((settings.endpoint_sync_period_s, self._ensure_fanout, "ensure-fanout"))
-        for period_s, job, name in per_replica:
+            jobs.append(("ensure-fanout", settings.endpoint_sync_period_s, self._ensure_fanout))
+        self._background = [asyncio.create_task(leases.keep(), name="leases")]
+        for name, period_s, job in jobs:
             self._background.append(asyncio.create_task(self._every(period_s, job), name=name))
 
     async def _start_fanout(self, loop: asyncio.AbstractEventLoop) -> None:

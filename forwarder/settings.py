@@ -384,8 +384,8 @@ class ForwarderSettings:
     )
     lease_ttl_s: float = setting(
         30.0,
-        help="once-only jobs (expiring results, checking queues) run on the replica holding their lease in the "
-        "store; a replica that dies loses its leases after this long",
+        help="once-only jobs (expiring results, rebuilding broken queues) run on the replica holding their lease "
+        "in the store; a replica that dies loses its leases after this long",
         min=1,
     )
     stream_buffer_bytes: int = setting(

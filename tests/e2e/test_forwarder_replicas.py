@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 POLL_S = 30.0  # the safety-net store poll: far above every wait in this module
 LEASE_TTL_S = 3.0
-ONCE_ONLY_JOBS = {"expire-results", "check-queues"}
+ONCE_ONLY_JOBS = {"expire-results", "rebuild-queues"}
 FORWARDER_SETTINGS = {
     "status_period_s": 0.5,
     "endpoint_offline_after_s": 3.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from taskfabric.forwarder.leases import LeaseKeeper
@@ -23,13 +24,13 @@ def test_replica_lease_is_held_by_one_holder_until_it_expires(store: Store) -> N
 
 def test_replica_lease_released_is_free_at_once_and_leases_are_per_job(store: Store) -> None:
     leases = store.leases
-    assert leases.acquire("check-queues", "replica-a", now=1000.0, ttl_s=30.0)
+    assert leases.acquire("rebuild-queues", "replica-a", now=1000.0, ttl_s=30.0)
     assert leases.acquire("expire-results", "replica-b", now=1000.0, ttl_s=30.0)
-    leases.release("check-queues", "replica-b")  # not b's: nothing happens
-    assert not leases.acquire("check-queues", "replica-b", now=1001.0, ttl_s=30.0)
-    leases.release("check-queues", "replica-a")
-    assert leases.acquire("check-queues", "replica-b", now=1002.0, ttl_s=30.0)
-    assert leases.holders(now=1002.0) == {"check-queues": "replica-b", "expire-results": "replica-b"}
+    leases.release("rebuild-queues", "replica-b")  # not b's: nothing happens
+    assert not leases.acquire("rebuild-queues", "replica-b", now=1001.0, ttl_s=30.0)
+    leases.release("rebuild-queues", "replica-a")
+    assert leases.acquire("rebuild-queues", "replica-b", now=1002.0, ttl_s=30.0)
+    assert leases.holders(now=1002.0) == {"rebuild-queues": "replica-b", "expire-results": "replica-b"}
 
 
 def test_replica_lease_keepers_run_a_job_on_one_replica(store: Store) -> None:
@@ -69,3 +70,14 @@ def _record(ran: list[str], name: str) -> Callable[[], Awaitable[None]]:
         ran.append(name)
 
     return job
+
+
+def test_a_sole_forwarder_on_sqlite_holds_every_lease_without_the_store(store: Store) -> None:
+    runner = StoreRunner(read_threads=1)
+    keeper = LeaseKeeper(store, runner, holder="only", names=["job"], ttl_s=30.0, exclusive=True)
+    store.leases.acquire("job", "crashed-predecessor", now=time.time(), ttl_s=30.0)
+    try:
+        asyncio.run(keeper.renew())
+        assert keeper.held("job")  # not waiting out the predecessor's lease
+    finally:
+        runner.close()
