@@ -31,7 +31,7 @@ from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 POLL_S = 30.0  # the safety-net store poll: far above every wait in this module
-LEASE_TTL_S = 3.0
+LEASE_TTL_S = 4.0  # short for the takeover test; a stall longer than 2/3 of it would move a lease
 ONCE_ONLY_JOBS = {"expire-results", "rebuild-queues"}
 FORWARDER_SETTINGS = {
     "status_period_s": 0.5,
