@@ -260,6 +260,11 @@ class Forwarder:
                 relay.relay(records)
             loop.call_soon_threadsafe(self.hub.publish, records)
 
+        def on_replayed(records: Sequence[TaskRecord]) -> None:  # on the ingest thread
+            # finished before (a replica died before acking them): stream and announce them
+            # again; a stream sends each result once, and they are not counted twice
+            loop.call_soon_threadsafe(self.hub.publish, records)
+
         self.consumer_connections = ConsumerConnections(
             self.broker.transport,
             per_connection=self.settings.quotas.consumers_per_connection,
@@ -273,6 +278,7 @@ class Forwarder:
             self.consumer_connections,
             forwarder_username=self.broker.username,
             on_finished=on_finished,
+            on_replayed=on_replayed,
             batch_messages=self.settings.ingest_batch_messages,
             status_flush_s=self.settings.status_flush_s,
             metrics=self.metrics,
