@@ -5,8 +5,8 @@ One fabric for the module: two forwarder processes, one endpoint agent (register
 first), the session's broker. The results streams' store poll is set to 15 s, far above the 2 s
 a result may take in the fan-out test: a result reaching a stream on the replica that did not
 ingest it within 2 s went through the fan-out, not the poll. (The poll still delivers, after up
-to 15 s, results a replica stored just before it was killed -9 and never announced: the HAProxy
-test may wait for that when the client's stream was on the survivor.)
+to 15 s, results a replica acknowledged just before it was killed -9 and never announced: the
+HAProxy test may wait for that, rarely, when the client's stream was on the survivor.)
 """
 
 from __future__ import annotations
