@@ -6,6 +6,8 @@
                                             --rk = queue name-->  <prefix>.control.<endpoint>.<secret>
     exchange <prefix>.results     (direct)  --rk = queue name-->  <prefix>.results.<endpoint>.<secret>
     exchange <prefix>.dead-letter (fanout)  ------------------->  <prefix>.dead-letters
+    exchange <prefix>.replicas    (fanout)  ------------------->  <prefix>.replica.<replica id>  (one per
+                                                                  forwarder replica, classic, expires)
 
 DESIGN (cancellation): control messages (`CancelTasks`) travel on a third per-endpoint queue,
 `control`, not on the task queue: a cancel must never wait behind a backlog of task messages (nor
@@ -136,6 +138,15 @@ class Topology:
     def dead_letter_queue(self) -> str:
         return f"{self.prefix}.dead-letters"
 
+    @property
+    def replicas_exchange(self) -> str:
+        """Forwarder replicas tell each other which tasks finished (forwarder/replicas.py)."""
+        return f"{self.prefix}.replicas"
+
+    def replica_queue(self, replica_id: uuid.UUID) -> str:
+        """One forwarder replica's own queue of its peers' notices."""
+        return f"{self.prefix}.replica.{replica_id}"
+
     def endpoint_queues(self, endpoint_id: uuid.UUID, secret: str) -> EndpointQueues:
         """The queue names of an endpoint; `secret` comes from `new_queue_secret()`."""
         if not _SECRET_RE.match(secret):
@@ -200,6 +211,18 @@ class Topology:
             arguments[_GROUP_SIZE] = self.quorum_initial_group_size
         return arguments
 
+    def replica_queue_arguments(self, *, expires_s: float, message_ttl_s: float, max_length: int) -> dict[str, Any]:
+        """A replica's notice queue: classic (notices are hints, not worth a quorum's replication;
+        the store is the source of truth), deleted by the broker `expires_s` after its replica
+        stopped consuming (a replica killed -9 leaves nothing behind), notices older than
+        `message_ttl_s` dropped, at most `max_length` kept (the oldest go first)."""
+        return {
+            "x-queue-type": "classic",
+            "x-expires": int(expires_s * 1000),
+            "x-message-ttl": int(message_ttl_s * 1000),
+            "x-max-length": max_length,
+        }
+
     # --- declarations -------------------------------------------------------------------
 
     def declare_shared(self, transport: Transport) -> None:
@@ -240,6 +263,15 @@ class Topology:
                 arguments.get(_GROUP_SIZE, "the broker's default"),
             )
 
+    def declare_replica_queue(self, transport: Transport, replica_id: uuid.UUID, arguments: dict[str, Any]) -> str:
+        """Declare the replicas' fanout exchange and one replica's queue bound to it (idempotent);
+        returns the queue's name."""
+        queue = self.replica_queue(replica_id)
+        transport.declare_exchange(self.replicas_exchange, "fanout")
+        transport.declare_queue(queue, arguments=arguments)
+        transport.bind_queue(queue, self.replicas_exchange, "")
+        return queue
+
     def delete_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
         """Delete one endpoint's queues and the messages in them."""
         transport.delete_queue(queues.task_queue)
@@ -249,5 +281,5 @@ class Topology:
     def delete_shared(self, transport: Transport) -> None:
         """Delete the shared exchanges and the dead-letter queue (tests clean up with this)."""
         transport.delete_queue(self.dead_letter_queue)
-        for name in (self.tasks_exchange, self.results_exchange, self.dead_letter_exchange):
+        for name in (self.tasks_exchange, self.results_exchange, self.dead_letter_exchange, self.replicas_exchange):
             transport.delete_exchange(name)

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from taskfabric.client.client import Client
-from taskfabric.client.config import ClientConfig
+from taskfabric.client.config import ClientConfig, parse_urls
 from taskfabric.errors import InvalidRequest, TaskfabricError, TaskFailed, TaskPending
 from taskfabric.exit_codes import RET_ERROR, RET_OK, RET_STOPPED
 from taskfabric.protocol.states import TaskStatus
@@ -44,15 +44,20 @@ def login_to(url: str, token: str, *, ca_file: str | None = None) -> dict[str, A
     """Check the token against the service, then save URL, token and `ca_file` (the CA that signed
     the forwarder's certificate, stored as an absolute path) for `Client()`."""
     saved_ca = str(Path(ca_file).expanduser().absolute()) if ca_file else None
-    with Client(url=url, token=token, ca_file=saved_ca) as client:
+    urls = parse_urls(url, source="--url")
+    with Client(url=urls, token=token, ca_file=saved_ca) as client:
         identity = client.whoami()
-    ClientConfig(url=url.rstrip("/"), token=token, ca_file=saved_ca).save()
+    ClientConfig(url=urls[0], token=token, ca_file=saved_ca, urls=urls).save()
     return identity
 
 
 @click.command()
 @click.option(
-    "--url", prompt="Forwarder URL", default="http://127.0.0.1:8470", show_default=True, help="The service's URL."
+    "--url",
+    prompt="Forwarder URL",
+    default="http://127.0.0.1:8470",
+    show_default=True,
+    help="The service's URL; several replicas: comma-separated, the client fails over between them.",
 )
 @click.option(
     "--token",

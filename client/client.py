@@ -15,7 +15,7 @@ import datetime
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -101,7 +101,7 @@ class Client:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         token: str | None = None,
         *,
         timeout_s: float = 60.0,
@@ -112,6 +112,9 @@ class Client:
         """`submit_retry_s`: how long a submission is retried through a forwarder restart or a
         broker outage (503, timeouts, refused connections) before it fails; 0 disables retries.
         Retries never make second tasks (each request carries a `submission_id`).
+
+        `url`: the forwarder, or several replicas of it (a list, or a comma-separated string): the
+        client fails over to the next on connection errors, and so does an Executor's results stream.
 
         `ca_file`: a PEM CA certificate that signed the forwarder's certificate (a private CA;
         default `TASKFABRIC_CA_FILE`, then the one saved by `taskfabric login`, else the system's
@@ -125,7 +128,7 @@ class Client:
         self.config.check_secure(allow_insecure=allow_insecure)
         #: verifies the forwarder, for HTTP and the results stream
         self.ssl_context = self.config.ssl_context()
-        self._http = ServiceHTTP(self.config.url, self.config.token, timeout_s=timeout_s, verify=self.ssl_context)
+        self._http = ServiceHTTP(self.config.urls, self.config.token, timeout_s=timeout_s, verify=self.ssl_context)
         self._data_refs: dict[str, DataRef] = {}  # sha256 -> the reference of an upload (put_data)
 
     def close(self) -> None:
@@ -467,7 +470,7 @@ class Client:
             return cached
         answer = self._http.put_bytes(f"/v1/data/{digest}", data)
         ref = DataRef(
-            url=self.config.url,
+            url=self._http.url,  # the replica that took the upload (the first URL unless it failed)
             sha256=digest,
             size=int(answer["size"]),
             token=str(answer["token"]),

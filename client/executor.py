@@ -160,7 +160,7 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._fatal: BaseException | None = None
         self._stream = ResultStream(
-            self.client.config.url,
+            self.client.config.urls,
             self.client.config.token,
             self._on_results,
             on_unknown=self._on_unknown,

@@ -5,13 +5,22 @@ message (401 `AuthenticationError`, 403 `PermissionDenied`, 404 `NotFoundError`,
 `PayloadTooLarge`, 400/422 `InvalidRequest`, 429 `QuotaExceeded` with the quota's name, value and
 the `Retry-After` wait); a connection failure becomes `ServiceError` with
 status 0 and says which URL could not be reached. Idempotent reads are retried on connection errors.
+
+With several forwarder URLs (replicas), calls go to the current one; a connection that cannot be
+made (refused, connect timeout: the request was never sent) moves to the next URL at once, for
+any method. Any other transport failure (reset, read timeout: the request may have arrived) also
+moves on, but the call fails with status 0 unless its own retry policy allows a retry: reads are
+retried, a submission is retried by client/retry.py with the same `submission_id` (so a request
+that did arrive makes no second tasks).
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -47,11 +56,12 @@ _CHUNK_BYTES = 1024 * 1024
 
 
 class ServiceHTTP:
-    """Calls to the forwarder at `url` with bearer `token`."""
+    """Calls to the forwarder at `url` (one URL, or several replicas: see the module's docstring)
+    with bearer `token`."""
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str,
         *,
         timeout_s: float = 60.0,
@@ -59,25 +69,57 @@ class ServiceHTTP:
         verify: ssl.SSLContext | None = None,
     ) -> None:
         """`verify`: the context that checks the forwarder's certificate (default: the system's)."""
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("at least one forwarder URL is needed")
         self._read_retries = read_retries
-        self._http = httpx.Client(
-            base_url=url,
-            headers={"Authorization": f"Bearer {token}", "User-Agent": f"taskfabric-client/{__version__}"},
-            timeout=timeout_s,
-            verify=verify if verify is not None else True,
-        )
+        self._clients = [
+            httpx.Client(
+                base_url=one,
+                headers={"Authorization": f"Bearer {token}", "User-Agent": f"taskfabric-client/{__version__}"},
+                timeout=timeout_s,
+                verify=verify if verify is not None else True,
+            )
+            for one in self.urls
+        ]
+        self._current = 0
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        """The URL calls go to now."""
+        return self.urls[self._current]
+
+    @property
+    def _http(self) -> httpx.Client:
+        return self._clients[self._current]
 
     def close(self) -> None:
-        self._http.close()
+        for client in self._clients:
+            client.close()
+
+    def _url_of(self, http: httpx.Client) -> str:
+        return self.urls[self._clients.index(http)]
+
+    def _fail_over(self, failed: httpx.Client, exc: BaseException) -> bool:
+        """Move on from `failed` to the next URL (unless another thread did already); False when
+        there is only one URL."""
+        if len(self._clients) == 1:
+            return False
+        with self._lock:
+            if self._clients[self._current] is failed:
+                self._current = (self._current + 1) % len(self._clients)
+                log.warning("forwarder %s failed (%s); now using %s", self._url_of(failed), exc, self.url)
+        return True
 
     def get(self, path: str, **kwargs: Any) -> Any:
         return self._json(self._send("GET", path, retries=self._read_retries, **kwargs))
 
     def get_bytes(self, path: str) -> tuple[bytes, httpx.Headers]:
         """A binary body, read in chunks into one buffer (no intermediate copies), and its headers."""
+        http = self._http
         try:
-            with self._http.stream("GET", path) as response:
+            with http.stream("GET", path) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _error_from(response)
@@ -86,7 +128,9 @@ class ServiceHTTP:
                     buffer += chunk
                 return bytes(buffer), response.headers
         except httpx.HTTPError as exc:
-            raise ServiceError(f"cannot read {path} from {self.url}: {exc}", status=0, code="UNREACHABLE") from None
+            self._fail_over(http, exc)
+            where = self._url_of(http)
+            raise ServiceError(f"cannot read {path} from {where}: {exc}", status=0, code="UNREACHABLE") from None
 
     def post(self, path: str, body: Any, *, idempotent: bool = False) -> Any:
         return self._json(self._send("POST", path, json=body, retries=self._read_retries if idempotent else 0))
@@ -114,17 +158,27 @@ class ServiceHTTP:
 
     def _send(self, method: str, path: str, *, retries: int = 0, **kwargs: Any) -> httpx.Response:
         attempt = 0
+        unsent = 0  # connections refused in a row: each URL is tried once before giving up
         while True:
+            http = self._http
             try:
-                response = self._http.request(method, path, **kwargs)
+                response = http.request(method, path, **kwargs)
                 break
-            except httpx.HTTPError as exc:
-                if attempt >= retries:
-                    raise ServiceError(
-                        f"cannot reach the forwarder at {self.url}: {exc}", status=0, code="UNREACHABLE"
-                    ) from None
-                attempt += 1
-                time.sleep(min(2.0, 0.1 * 2**attempt))
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never sent: any method may go on
+                if unsent < len(self._clients) - 1 and self._fail_over(http, exc):
+                    unsent += 1
+                    continue
+                failure: httpx.HTTPError = exc
+            except httpx.HTTPError as exc:  # may have arrived: only the caller's retry policy may resend
+                self._fail_over(http, exc)
+                failure = exc
+            if attempt >= retries:
+                raise ServiceError(
+                    f"cannot reach the forwarder at {self._url_of(http)}: {failure}", status=0, code="UNREACHABLE"
+                ) from None
+            attempt += 1
+            unsent = 0
+            time.sleep(min(2.0, 0.1 * 2**attempt))
         if response.status_code >= 400:
             raise _error_from(response)
         return response

@@ -13,7 +13,7 @@ import random
 import ssl
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
@@ -45,7 +45,7 @@ class ResultStream:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str,
         on_results: ResultsCallback,
         *,
@@ -57,9 +57,12 @@ class ResultStream:
         """`on_results` gets each batch of results, `on_unknown` the ids the service does not know
         (or are not yours), `on_fatal` the error that stopped the stream (a refused token, a frame
         that is not the protocol's). `ssl_context` verifies a wss:// forwarder (default: the
-        system's trust store)."""
-        self._url = url.replace("https://", "wss://", 1).replace("http://", "ws://", 1).rstrip("/") + "/v1/results/ws"
-        self._ssl_context = ssl_context if self._url.startswith("wss://") else None
+        system's trust store). Several `url`s (forwarder replicas): each reconnect after a lost or
+        refused connection tries the next one."""
+        urls = [url] if isinstance(url, str) else list(url)
+        self._urls = [_stream_url(one) for one in urls]
+        self._current = 0
+        self._ssl_context = ssl_context
         self._token = token
         self._on_results = on_results
         self._on_unknown = on_unknown
@@ -72,6 +75,10 @@ class ResultStream:
         self._connected = threading.Event()
         self._thread = threading.Thread(target=self._run, name="result-stream", daemon=True)
         self.unknown: set[uuid.UUID] = set()
+
+    @property
+    def _url(self) -> str:
+        return self._urls[self._current]
 
     def start(self) -> None:
         self._thread.start()
@@ -105,19 +112,22 @@ class ResultStream:
     def _run(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
+            url = self._url
+            was_connected = False
             try:
                 with connect(
-                    self._url,
+                    url,
                     additional_headers={"Authorization": f"Bearer {self._token}"},
                     max_size=None,
                     compression=None,  # results are pickles: compressing them costs CPU for little
                     open_timeout=10,
                     ping_interval=20,
                     ping_timeout=20,
-                    ssl=self._ssl_context,
+                    ssl=self._ssl_context if url.startswith("wss://") else None,
                     logger=_websocket_log,
                 ) as connection:
                     attempt = 0
+                    was_connected = True
                     self._attach(connection)
                     self._receive(connection)
             except InvalidStatus as exc:
@@ -138,6 +148,11 @@ class ResultStream:
             finally:
                 self._connection = None
                 self._connected.clear()
+            if len(self._urls) > 1:
+                self._current = (self._current + 1) % len(self._urls)
+                log.info("results stream: trying %s next", self._url)
+                if was_connected:  # a lost connection: another replica may take over at once
+                    continue
             attempt += 1
             delay = min(self._max_backoff_s, 0.2 * 2**attempt)
             self._stopping.wait(delay / 2 + _jitter.uniform(0, delay / 2))
@@ -192,3 +207,7 @@ class ResultStream:
         log.error("results stream stopped: %s", error)
         if self._on_fatal is not None:
             self._on_fatal(error)
+
+
+def _stream_url(url: str) -> str:
+    return url.replace("https://", "wss://", 1).replace("http://", "ws://", 1).rstrip("/") + "/v1/results/ws"

@@ -435,11 +435,12 @@ class EndpointRegistry:
         """Whether the endpoint has a queue seen broken and not rebuilt yet (forwarder/queue_health.py)."""
         return endpoint_id in self._doctor.under_repair
 
-    async def check_queues(self) -> None:
-        """Rebuild endpoint queues a broker crash broke (see forwarder/queue_health.py)."""
+    async def check_queues(self, *, may_rebuild: bool = True) -> None:
+        """Find endpoint queues a broker crash broke and rebuild them (only `may_rebuild`: the
+        replica holding the lease; see forwarder/queue_health.py)."""
         async with self._lock:
             endpoints = await self._runner.read(self._store.endpoints.list)
-            rebuilds = await self._blocking(self._doctor.examine, endpoints)
+            rebuilds = await self._blocking(self._doctor.examine, endpoints, may_rebuild=may_rebuild)
         for rebuild in rebuilds:
             if rebuild.task_queue:
                 await self._runner.write(self._store.endpoints.mark_queue_rebuilt, rebuild.endpoint_id, at=time.time())

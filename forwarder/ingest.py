@@ -10,10 +10,15 @@ so a transaction stays short on a slow or busy machine too), and for each group:
    becomes a `RESULT_TOO_LARGE` outcome) and stores them in one transaction
    (`TaskTable.store_results`, on the store's writer thread), retrying with backoff while the store
    fails: deliveries stay unacked meanwhile;
-2. acks the deliveries: only after the commit, so a crash re-delivers instead of losing;
-3. adds the stored result bytes to each owner's daily count (`quotas.max_result_bytes_per_day`;
+2. hands the newly finished tasks to `on_finished` (the results streams, and through them the
+   other forwarder replicas' fan-out, forwarder/replicas.py): before the acks, so that a
+   replica killed after acking has at least handed them on;
+3. acks the deliveries: only after the commit, so a crash re-delivers instead of losing;
+4. adds the stored result bytes to each owner's daily count (`quotas.max_result_bytes_per_day`;
    best effort: a failure is logged, the results are not stored twice);
-4. hands the newly finished tasks to `on_finished` (the results stream).
+5. for re-delivered messages (a replica died between its commit and its acks), reads the tasks
+   they report that were finished already and hands them to `on_replayed`: the dead replica may
+   never have announced them, and streams on the other replicas would wait for their store poll.
 
 Task starts (`TaskEvents`) in a group are stored first, in one transaction (`mark_started`:
 `waiting` -> `running`, never from a finished state), then acked the same way. A start and its
@@ -155,6 +160,7 @@ class Ingestor:
         *,
         forwarder_username: str,
         on_finished: Callable[[list[TaskRecord]], None],
+        on_replayed: Callable[[list[TaskRecord]], None] | None = None,
         batch_messages: int = 64,
         status_flush_s: float = 1.0,
         metrics: ForwarderMetrics | None = None,
@@ -173,6 +179,7 @@ class Ingestor:
         self._transport = transport
         self._forwarder_username = forwarder_username
         self._on_finished = on_finished
+        self._on_replayed = on_replayed
         self._batch_messages = batch_messages
         self._status_flush_s = status_flush_s
         self._limits = limits or ResultLimits(max_result_bytes=1 << 62, max_results_per_message=1 << 62)
@@ -250,6 +257,8 @@ class Ingestor:
         if finished is None:
             return  # stopping: the deliveries stay unacked and come back
         self._sizer.observe(sum(len(results) for _, results in batches), time.monotonic() - started)
+        if finished:
+            self._on_finished(finished)
         for item in items:
             self._transport.ack(item.delivery)
         self._count_result_bytes(finished)
@@ -257,8 +266,30 @@ class Ingestor:
         if self._metrics is not None:
             for endpoint_id, results in batches:
                 self._metrics.results_ingested(endpoint_id, messages=1, results=len(results))
-        if finished:
-            self._on_finished(finished)
+        self._replay_redelivered(items, finished)
+
+    def _replay_redelivered(self, items: Sequence[Incoming], finished: Sequence[TaskRecord]) -> None:
+        """Hand on the tasks re-delivered messages report that were finished before (see step 5)."""
+        if self._on_replayed is None:
+            return
+        fresh = {record.task_id for record in finished}
+        task_ids = [
+            result.task_id
+            for item in items
+            if item.delivery.redelivered and isinstance(item.message, ResultBatch)
+            for result in item.message.results
+            if result.task_id not in fresh
+        ]
+        if not task_ids:
+            return
+        try:
+            records = self._store.tasks.get_many(task_ids)
+        except StoreError as exc:  # the streams' store poll finds them
+            log.warning("could not read %d re-delivered results: %s", len(task_ids), exc)
+            return
+        replayed = [record for record in records.values() if record.finished]
+        if replayed:
+            self._on_replayed(replayed)
 
     def _count_result_bytes(self, finished: Sequence[TaskRecord]) -> None:
         """Add stored result bytes to their owners' daily counts. Apart from the results'

@@ -125,6 +125,12 @@ class ForwarderMetrics:
             ["route", "method", "status"],
             registry=registry,
         )
+        self.replica_notices = Counter(
+            "taskfabric_replica_notices",
+            "Finished-task notices between forwarder replicas (sent: by this replica; received: from its peers)",
+            ["direction"],
+            registry=registry,
+        )
         self.store_errors = Counter("taskfabric_store_errors", "Store calls that failed", registry=registry)
         self.broker_errors = Counter(
             "taskfabric_broker_errors", "Broker operations that failed", ["operation"], registry=registry
@@ -211,6 +217,10 @@ class ForwarderMetrics:
         endpoint = str(endpoint_id)
         self.result_messages.labels(endpoint).inc(messages)
         self.results.labels(endpoint).inc(results)
+
+    def replica_notice(self, direction: str) -> None:
+        """A fan-out notice `sent` to the other replicas or `received` from one (forwarder/replicas.py)."""
+        self.replica_notices.labels(direction).inc()
 
     def store_error(self, _error: Exception | None = None) -> None:
         self.store_errors.inc()

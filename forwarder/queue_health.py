@@ -21,6 +21,11 @@ What a rebuild loses, and how nothing is left waiting forever:
 One endpoint's broken queue must not disturb the others: the doctor stops consuming a broken
 result queue as soon as it is confirmed broken (before that, each failing subscription backs off
 exponentially, see the transport's consumer re-subscription).
+
+With several forwarder replicas, every replica examines the queues (each protects its own
+consumers and refuses submits into a broken queue), but only the replica holding the
+`rebuild-queues` lease rebuilds (forwarder/leases.py): the others keep the endpoint under repair
+until they see its queues healthy again, then consume them again.
 """
 
 from __future__ import annotations
@@ -82,8 +87,9 @@ class QueueDoctor:
         #: close the forwarder's connection, and their results are not consumed meanwhile
         self.under_repair: set[uuid.UUID] = set()
 
-    def examine(self, endpoints: Iterable[EndpointRecord]) -> list[Rebuild]:
-        """One pass over the endpoints' queues; returns what was rebuilt."""
+    def examine(self, endpoints: Iterable[EndpointRecord], *, may_rebuild: bool = True) -> list[Rebuild]:
+        """One pass over the endpoints' queues; returns what was rebuilt. Without `may_rebuild`
+        (another replica rebuilds), a queue confirmed broken stays under repair here."""
         states = self._broker.management.queue_states()
         seen: dict[str, int] = {}
         rebuilds: list[Rebuild] = []
@@ -91,7 +97,7 @@ class QueueDoctor:
         for endpoint in endpoints:
             queues = self._broker.queues_of(endpoint.endpoint_id, endpoint.queue_secret)
             confirmed = self._confirmed_broken(queues, states, seen)
-            if confirmed:
+            if confirmed and may_rebuild:
                 rebuilds.append(self.rebuild(endpoint, queues, confirmed))
             elif any(name in seen for name in (queues.task_queue, queues.result_queue, queues.control_queue)):
                 suspects.add(endpoint.endpoint_id)

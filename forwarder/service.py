@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 from taskfabric.errors import AuthenticationError, ServiceError, TaskfabricError
@@ -40,9 +41,11 @@ from taskfabric.forwarder.functions import FunctionRegistry
 from taskfabric.forwarder.globus_compute.results import ComputeResultRelay
 from taskfabric.forwarder.groups import GroupService
 from taskfabric.forwarder.ingest import Ingestor
+from taskfabric.forwarder.leases import LeaseKeeper, replica_name
 from taskfabric.forwarder.metrics import ForwarderMetrics
 from taskfabric.forwarder.quotas import utc_day
 from taskfabric.forwarder.records import Identity, TaskRecord
+from taskfabric.forwarder.replicas import ReplicaFanout
 from taskfabric.forwarder.result_limits import ResultLimits
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreRunner
@@ -51,7 +54,10 @@ from taskfabric.forwarder.stream import ResultHub, StreamLimits
 from taskfabric.forwarder.tasks import TaskService
 from taskfabric.transport import redact_url
 
-__all__ = ["Forwarder"]
+__all__ = ["ONCE_ONLY_JOBS", "Forwarder"]
+
+#: the leases of work only one replica does at a time (forwarder/leases.py)
+ONCE_ONLY_JOBS = ("expire-results", "rebuild-queues")
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,14 @@ class Forwarder:
             poll_s=settings.stream_poll_s,
         )
         self._background: list[asyncio.Task[None]] = []
+        #: this process among the forwarder replicas sharing the store (leases, fan-out)
+        self.replica_id = uuid.uuid4()
+        self.replica_name = replica_name(self.replica_id)
+        #: the fan-out to other replicas (None on SQLite, or with `replica_fanout: false`)
+        self.fanout: ReplicaFanout | None = None
+        self._peer_reads: set[asyncio.Task[None]] = set()
+        #: the leases of once-only jobs (set once the housekeeping loops start)
+        self.leases: LeaseKeeper | None = None
         # token checks may wait on an identity provider: not on the store's reader threads
         self._auth_executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="auth")
         self._cleanups: list[Callable[[], None]] = []
@@ -123,19 +137,81 @@ class Forwarder:
         await asyncio.to_thread(self.consumers.start_dead_letters)
         await self.endpoints.declare_existing_queues()
         await self.endpoints.sync_consumers()
-        self._background = [
-            asyncio.create_task(self._every(settings.cleanup_period_s, self.delete_expired), name="expire-results"),
-            asyncio.create_task(
-                self._every(settings.endpoint_sync_period_s, self.endpoints.sync_consumers), name="sync-consumers"
-            ),
+        await self._start_fanout(asyncio.get_running_loop())
+        self._start_background()
+        log.info("forwarder started (%d endpoints), replica %s", len(self.consumers.endpoint_ids), self.replica_name)
+
+    def _start_background(self) -> None:
+        """The housekeeping loops. Once-only work runs where its lease is held (forwarder/leases.py):
+        expiring results, and rebuilding broken queues (every replica examines them, to protect its
+        own consumers; only the lease holder rebuilds). Every replica syncs its own consumers and
+        keeps its fan-out queue declared."""
+        settings = self.settings
+        leases = self.leases = LeaseKeeper(
+            self.store,
+            self.runner,
+            holder=self.replica_name,
+            names=ONCE_ONLY_JOBS,
+            ttl_s=settings.lease_ttl_s,
+            exclusive=self.store.backend != "postgresql",  # SQLite: one forwarder process
+        )
+        jobs: list[tuple[str, float, Callable[[], Awaitable[None]]]] = [
+            ("expire-results", settings.cleanup_period_s, leases.guarded("expire-results", self.delete_expired)),
+            ("sync-consumers", settings.endpoint_sync_period_s, self.endpoints.sync_consumers),
         ]
+
+        async def check_queues() -> None:
+            await self.endpoints.check_queues(may_rebuild=leases.held("rebuild-queues"))
+
         if settings.queue_check_period_s > 0:
-            self._background.append(
-                asyncio.create_task(
-                    self._every(settings.queue_check_period_s, self.endpoints.check_queues), name="check-queues"
-                )
-            )
-        log.info("forwarder started (%d endpoints)", len(self.consumers.endpoint_ids))
+            jobs.append(("check-queues", settings.queue_check_period_s, check_queues))
+        if self.fanout is not None:
+            jobs.append(("ensure-fanout", settings.endpoint_sync_period_s, self._ensure_fanout))
+        self._background = [asyncio.create_task(leases.keep(), name="leases")]
+        for name, period_s, job in jobs:
+            self._background.append(asyncio.create_task(self._every(period_s, job), name=name))
+
+    async def _start_fanout(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fan-out between replicas: only where there can be replicas (a PostgreSQL store)."""
+        if self.store.backend != "postgresql" or not self.settings.replica_fanout:
+            return
+
+        def on_notice(task_ids: list[uuid.UUID]) -> None:  # on the broker's IO thread
+            loop.call_soon_threadsafe(self._finished_elsewhere, task_ids)
+
+        def announce(task_ids: list[uuid.UUID]) -> None:  # on the event loop
+            fanout.announce(task_ids)
+            self.metrics.replica_notice("sent")
+
+        fanout = ReplicaFanout(
+            self.broker.transport, self.broker.topology, on_notice=on_notice, replica_id=self.replica_id
+        )
+        await asyncio.to_thread(fanout.start)
+        self._cleanups.append(fanout.close)
+        self.fanout = fanout
+        self.hub.announce = announce
+
+    async def _ensure_fanout(self) -> None:
+        if self.fanout is not None:
+            await asyncio.to_thread(self.fanout.ensure)
+
+    def _finished_elsewhere(self, task_ids: list[uuid.UUID]) -> None:
+        """A peer stored these tasks' outcomes: read the ones our streams wait for, serve them."""
+        self.metrics.replica_notice("received")
+        watched = self.hub.finished_elsewhere(task_ids)
+        if not watched:
+            return
+        read = asyncio.create_task(self._serve_from_store(watched), name="peer-results")
+        self._peer_reads.add(read)
+        read.add_done_callback(self._peer_reads.discard)
+
+    async def _serve_from_store(self, task_ids: list[uuid.UUID]) -> None:
+        try:
+            records = await self.runner.read(self.store.tasks.get_many, task_ids)
+        except TaskfabricError as exc:  # the store poll delivers them later
+            log.warning("could not read %d tasks finished by another replica: %s", len(task_ids), exc)
+            return
+        self.hub.publish_from_peer(record for record in records.values() if record.finished)
 
     async def _open_store_and_auth(self) -> None:
         settings = self.settings
@@ -186,6 +262,11 @@ class Forwarder:
                 relay.relay(records)
             loop.call_soon_threadsafe(self.hub.publish, records)
 
+        def on_replayed(records: Sequence[TaskRecord]) -> None:  # on the ingest thread
+            # finished before (a replica died before acking them): stream and announce them
+            # again; a stream sends each result once, and they are not counted twice
+            loop.call_soon_threadsafe(self.hub.publish, records)
+
         self.consumer_connections = ConsumerConnections(
             self.broker.transport,
             per_connection=self.settings.quotas.consumers_per_connection,
@@ -199,6 +280,7 @@ class Forwarder:
             self.consumer_connections,
             forwarder_username=self.broker.username,
             on_finished=on_finished,
+            on_replayed=on_replayed,
             batch_messages=self.settings.ingest_batch_messages,
             status_flush_s=self.settings.status_flush_s,
             metrics=self.metrics,
@@ -245,12 +327,16 @@ class Forwarder:
         self.groups = GroupService(self.store, self.runner)
 
     async def stop(self) -> None:
-        """Stop the housekeeping loops, then every part in reverse order of starting."""
-        for task in self._background:
+        """Stop the housekeeping loops (releasing their leases), then every part in reverse order
+        of starting."""
+        for task in [*self._background, *self._peer_reads]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._background = []
+        if self.leases is not None:
+            with contextlib.suppress(Exception):
+                await self.leases.release_all()
         while self._cleanups:
             cleanup = self._cleanups.pop()
             try:

@@ -401,6 +401,17 @@ class ForwarderSettings:
     stream_poll_s: float = setting(
         5.0, help="results streams also poll the store this often (results ingested by other replicas); 0: never"
     )
+    replica_fanout: bool = setting(
+        True,
+        help="on PostgreSQL, tell the other forwarder replicas through the broker which tasks this one finished "
+        "(their results streams get them in milliseconds, not at their next store poll)",
+    )
+    lease_ttl_s: float = setting(
+        30.0,
+        help="once-only jobs (expiring results, rebuilding broken queues) run on the replica holding their lease "
+        "in the store; a replica that dies loses its leases after this long",
+        min=1,
+    )
     stream_buffer_bytes: int = setting(
         64 * _MIB, help="a results stream whose unsent results exceed this is closed (the client re-subscribes)"
     )

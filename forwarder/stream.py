@@ -173,12 +173,17 @@ def _result_size(frame: dict[str, Any]) -> int:
 
 
 class ResultHub:
-    """Task id -> the subscribers waiting for it (event loop only)."""
+    """Task id -> the subscribers waiting for it (event loop only).
+
+    `publish` serves tasks this replica finished and passes their ids to `announce` (the fan-out
+    to other replicas, forwarder/replicas.py, when there are any); `publish_from_peer` serves
+    tasks another replica finished and announces nothing."""
 
     def __init__(self) -> None:
         self._watchers: dict[int, StreamSubscriber | list[StreamSubscriber]] = {}  # keyed by id.int
         self.recently_accepted: RecentIds[uuid.UUID] = RecentIds()
         self.recently_finished: RecentIds[bool] = RecentIds()
+        self.announce: Callable[[list[uuid.UUID]], None] | None = None
 
     @property
     def watched(self) -> int:
@@ -219,7 +224,21 @@ class ResultHub:
         self.recently_accepted.add_many(task_ids, owner_id)
 
     def publish(self, records: Sequence[TaskRecord]) -> None:
-        """Hand newly finished tasks to their watchers."""
+        """Hand tasks this replica finished to their watchers, and announce them to its peers."""
+        self.publish_from_peer(records)
+        if self.announce is not None and records:
+            self.announce([record.task_id for record in records])
+
+    def finished_elsewhere(self, task_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+        """Another replica finished these tasks: remember that (a subscription that comes later
+        looks them up in the store); returns those some subscriber here waits for."""
+        self.recently_finished.add_many(task_ids, True)
+        watchers = self._watchers
+        return [task_id for task_id in task_ids if task_id.int in watchers]
+
+    def publish_from_peer(self, records: Iterable[TaskRecord]) -> None:
+        """Hand finished tasks (read from the store) to their watchers; announces nothing."""
+        records = list(records)
         self.recently_finished.add_many((record.task_id for record in records), True)
         for record in records:
             watchers = self._watchers.pop(record.task_id.int, None)

@@ -29,6 +29,7 @@ from taskfabric.forwarder.store.function_access import FunctionAccessTable
 from taskfabric.forwarder.store.functions import FunctionTable
 from taskfabric.forwarder.store.grants import GrantTable
 from taskfabric.forwarder.store.groups import GroupTable
+from taskfabric.forwarder.store.leases import LeaseTable
 from taskfabric.forwarder.store.outcomes import Failure
 from taskfabric.forwarder.store.quotas import QuotaTable
 from taskfabric.forwarder.store.runner import StoreRunner
@@ -77,6 +78,7 @@ class Store:
         self.grants = GrantTable(engine)  # endpoint sharing's writes (forwarder/endpoint_sharing.py)
         self.groups = GroupTable(engine)  # sharing: groups and their members
         self.compute_groups = ComputeGroupTable(engine)  # Globus Compute task groups with a result queue
+        self.leases = LeaseTable(engine)  # once-only background jobs of forwarder replicas
 
     @classmethod
     def open(

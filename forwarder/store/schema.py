@@ -46,6 +46,7 @@ __all__ = [
     "globus_compute_task_groups",
     "group_members",
     "groups",
+    "leases",
     "metadata",
     "migrate",
     "result_bytes_daily",
@@ -268,6 +269,16 @@ result_bytes_daily = Table(
     Column("result_bytes", BigInteger, nullable=False, default=0),
 )
 
+#: once-only background jobs of forwarder replicas: who holds each job's lease, until when
+#: (forwarder/leases.py)
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(256), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
 #: a user's unfinished tasks (`completed_at` IS NULL), counted at every submit for
 #: `quotas.max_pending_tasks_per_user` without reading their finished ones
 _IX_OWNER_COMPLETED = Index("ix_tasks_owner_completed", tasks.c.owner_id, tasks.c.completed_at)
@@ -410,6 +421,11 @@ def _v8_result_blobs(connection: Connection) -> None:
     _add_missing_columns(connection, inspect(connection), "tasks", tasks, _V8_TASK_COLUMNS)
 
 
+def _v9_leases(connection: Connection) -> None:
+    """Leases of once-only background jobs shared by forwarder replicas (issue 18). Idempotent."""
+    leases.create(connection, checkfirst=True)
+
+
 #: schema version n is reached by running MIGRATIONS[n - 1]
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
@@ -420,6 +436,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v6_sharing,
     _v7_globus_compute,
     _v8_result_blobs,
+    _v9_leases,
 ]
 
 

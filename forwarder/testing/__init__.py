@@ -1,7 +1,8 @@
 """Test helpers for the forwarder, usable by every component's tests: real parts, no mocks.
 
 - `ForwarderProcess`: `taskfabric forwarder serve` as a subprocess on a free port, with a config
-  file written for it; waits until it answers; stops it with SIGTERM.
+  file written for it; waits until it answers; stops it with SIGTERM (or `kill()`s it).
+- `haproxy.HAProxy` (imported by module): HAProxy in front of forwarder replicas, on a free port.
 - `postgres_for_tests()`: a throwaway PostgreSQL database: `TASKFABRIC_TEST_POSTGRES_URL` when set;
   else a fresh database on the server at 127.0.0.1:5432; else a private cluster started with
   Debian's `initdb`/`pg_ctl` in a temporary directory. If none works it raises `StoreError` naming
@@ -18,7 +19,7 @@
   watch for an early answer, chunked bodies, slow headers, a WebSocket that pings and never reads)
   for the limit tests and `benchmarks/abuse.py`.
 
-One module each: `process`, `postgres`, `globus`, `endpoint`, `api`, `abuse`.
+One module each: `process`, `postgres`, `globus`, `endpoint`, `api`, `abuse`, `haproxy`.
 """
 
 from __future__ import annotations

@@ -117,6 +117,17 @@ class ForwarderProcess:
             process.stdout.close()
         return process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL (a crash: no clean stop, leases and queues left for their TTLs); waits for it."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
     def __enter__(self) -> ForwarderProcess:
         return self.start()
 

@@ -109,6 +109,7 @@ from taskfabric.protocol.messages import (
     TaskBatch,
     TaskError,
     TaskEvents,
+    TasksFinished,
     TaskStarted,
 )
 from taskfabric.protocol.packer import PROTOCOL_VERSION, pack, unpack, unpack_as
@@ -157,6 +158,7 @@ __all__ = [
     "TaskInfo",
     "TaskStarted",
     "TaskStatus",
+    "TasksFinished",
     "check_resource_specification",
     "pack",
     "parse",

@@ -39,6 +39,7 @@ __all__ = [
     "TaskError",
     "TaskEvents",
     "TaskStarted",
+    "TasksFinished",
 ]
 
 _M = TypeVar("_M")
@@ -208,6 +209,18 @@ class CancelTasks:
             raise ValueError("grace_period_s must not be negative")
 
 
+@message("tasks_finished")
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TasksFinished:
+    """Forwarder replica -> every replica (the replicas fan-out exchange): these tasks' outcomes are
+    stored. A peer reads the ones its results streams wait for from the store (the source of
+    truth); the notice carries ids only, so it stays small whatever the results weigh."""
+
+    #: the announcing replica (it ignores its own notices: its streams were served already)
+    replica_id: uuid.UUID
+    task_ids: list[uuid.UUID]
+
+
 @message("start_user_endpoint")
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class StartUserEndpoint:
@@ -357,6 +370,7 @@ Message = (
     | ResultBatch
     | TaskEvents
     | CancelTasks
+    | TasksFinished
     | StartUserEndpoint
     | EndpointStatus
     | ManagerRegister

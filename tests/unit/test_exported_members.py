@@ -51,6 +51,7 @@ EXPECTED: dict[str, list[str]] = {
         "TaskInfo",
         "TaskStarted",
         "TaskStatus",
+        "TasksFinished",
         "check_resource_specification",
         "pack",
         "parse",

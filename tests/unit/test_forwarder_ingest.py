@@ -46,11 +46,14 @@ class GatedTasks:
             raise StoreError("the database is unreachable")
         return self._table.store_results(batches, now=now)
 
+    def get_many(self, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TaskRecord]:
+        return self._table.get_many(task_ids)
+
 
 class Forwarder:
     """A store with tasks waiting on one endpoint, its result queue, and an ingestor fed by it."""
 
-    def __init__(self, tmp_path: Path, *, failures: int = 0) -> None:
+    def __init__(self, tmp_path: Path, *, failures: int = 0, consume: bool = True) -> None:
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.store = Store.open(f"sqlite:///{tmp_path / 'store.db'}")
         self.endpoint_id = uuid.uuid4()
@@ -71,24 +74,32 @@ class Forwarder:
         self.transport.start()
         self.transport.declare_queue(QUEUE)
         self.finished: list[TaskRecord] = []
+        self.replayed: list[TaskRecord] = []
         self.ingestor = Ingestor(
             self.store,
             self.runner,
             self.transport,
             forwarder_username="forwarder",
             on_finished=self.finished.extend,
+            on_replayed=self.replayed.extend,
         )
-        self.transport.consume(QUEUE, self._on_delivery, prefetch=10)
+        if consume:
+            self.consume()
         self.ingestor.start()
+
+    def consume(self) -> None:
+        self.transport.consume(QUEUE, self._on_delivery, prefetch=10)
 
     def _on_delivery(self, delivery: Delivery) -> None:
         self.ingestor.put(Incoming(self.endpoint_id, unpack_as(delivery.body, ResultBatch), delivery))
 
+    def results(self) -> list[Result]:
+        return [Result(task_id=task_id, ok=True, value=b"v") for task_id in self.task_ids]
+
     def endpoint_publishes_results(self) -> None:
         endpoint = MemoryTransport(self.broker, username=broker_username(self.endpoint_id))
         endpoint.start()
-        results = [Result(task_id=task_id, ok=True, value=b"v") for task_id in self.task_ids]
-        body = pack(ResultBatch(results=results))
+        body = pack(ResultBatch(results=self.results()))
         endpoint.publish(OutgoingMessage(exchange="", routing_key=QUEUE, body=body)).result(timeout=5)
         endpoint.close()
 
@@ -160,3 +171,25 @@ def test_a_forwarder_stopping_while_the_store_fails_leaves_the_results_in_the_qu
     forwarder.transport.close()  # the forwarder is gone; its unacked delivery is requeued
     assert forwarder.broker.queues[QUEUE].ready, "the result message was lost"
     assert forwarder.statuses() == [TaskStatus.WAITING] * 3
+
+
+def test_results_a_dead_replica_stored_but_did_not_ack_are_replayed_not_counted_again(tmp_path: Path) -> None:
+    forwarder = Forwarder(tmp_path, consume=False)
+    try:
+        forwarder.tasks.gate.set()
+        dead = MemoryTransport(forwarder.broker, username="forwarder")  # another replica
+        dead.start()
+        dead.consume(QUEUE, lambda delivery: None, prefetch=10)  # takes the message, never acks
+        forwarder.endpoint_publishes_results()
+        wait_until(lambda: forwarder.unacked() == 1, what="the other replica holding the message")
+        forwarder.store.tasks._table.store_results(  # type: ignore[attr-defined]
+            [(forwarder.endpoint_id, forwarder.results())], now=time.time()
+        )  # it committed them, then was killed: the message is delivered again, to us
+        dead.close()
+        forwarder.consume()
+        wait_until(lambda: len(forwarder.replayed) == 3, what="the re-delivered results replayed")
+        assert sorted(record.task_id for record in forwarder.replayed) == sorted(forwarder.task_ids)
+        assert forwarder.finished == []  # not newly finished: not counted or streamed as new
+        wait_until(lambda: forwarder.unacked() == 0 and forwarder.transport.queue_depth(QUEUE) == 0, what="the ack")
+    finally:
+        forwarder.close()

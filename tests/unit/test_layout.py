@@ -85,6 +85,7 @@ ALLOWED_LAYERS: dict[str, frozenset[str]] = {
 LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {
     # the components' test harnesses build on the shared one (bounded waits, a broker for tests)
     ("taskfabric.forwarder.testing.process", "top"): "test harness: uses taskfabric.testing (wait_until)",
+    ("taskfabric.forwarder.testing.haproxy", "top"): "test harness: uses taskfabric.testing (wait_until)",
     ("taskfabric.endpoint_agent.testing", "top"): "test harness: uses taskfabric.testing (broker_for_tests)",
 }
 

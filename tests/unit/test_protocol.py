@@ -31,6 +31,7 @@ from taskfabric.protocol import (
     TaskBatch,
     TaskError,
     TaskEvents,
+    TasksFinished,
     TaskStarted,
     pack,
     unpack,
@@ -105,6 +106,7 @@ EXAMPLES = [
     TaskEvents(),
     CancelTasks(task_ids=[uuid.uuid4(), uuid.uuid4()], grace_period_s=10.0),
     CancelTasks(task_ids=[]),
+    TasksFinished(replica_id=uuid.uuid4(), task_ids=[uuid.uuid4(), uuid.uuid4()]),
     Drain(reason="walltime", deadline_s=30.0),
     Drain(),
     StartUserEndpoint(

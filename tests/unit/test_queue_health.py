@@ -100,6 +100,23 @@ def test_a_broken_queue_is_quarantined_at_once_and_rebuilt_when_confirmed() -> N
     assert consumers.released == [victim.endpoint_id]
 
 
+def test_a_replica_without_the_rebuild_lease_quarantines_and_waits_for_the_holders_rebuild() -> None:
+    broker, consumers = _Broker(), _Consumers()
+    doctor = QueueDoctor(broker, consumers, confirmations=1)  # type: ignore[arg-type]
+    endpoint = _endpoint()
+    _healthy(broker, endpoint)
+    queues = broker.queues_of(endpoint.endpoint_id, endpoint.queue_secret)
+    broken = {"type": "quorum", "leader": None, "online": []}
+    broker.states[queues.result_queue] = broken
+    for _ in range(2):  # confirmed broken, again and again: still not rebuilt here
+        assert doctor.examine([endpoint], may_rebuild=False) == []
+        assert doctor.under_repair == {endpoint.endpoint_id} and consumers.quarantined == {endpoint.endpoint_id}
+    assert broker.deleted == []
+    broker.states[queues.result_queue] = {"type": "quorum", "leader": "n", "online": ["n"]}  # the holder rebuilt it
+    assert doctor.examine([endpoint], may_rebuild=False) == []
+    assert doctor.under_repair == set() and consumers.released == [endpoint.endpoint_id]
+
+
 def test_a_queue_that_heals_by_itself_is_released_without_a_rebuild() -> None:
     broker, consumers = _Broker(), _Consumers()
     doctor = QueueDoctor(broker, consumers, confirmations=3)  # type: ignore[arg-type]
