@@ -178,15 +178,19 @@ class Topology:
         transport.declare_queue(self.dead_letter_queue, arguments={"x-queue-type": "quorum"})
         transport.bind_queue(self.dead_letter_queue, self.dead_letter_exchange, "")
 
-    def declare_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
-        """Declare and bind one endpoint's task, result and control queues (idempotent)."""
+    def declare_endpoint(self, transport: Transport, queues: EndpointQueues, *, timeout_s: float = 10.0) -> None:
+        """Declare and bind one endpoint's task, result and control queues (idempotent); each
+        step waits at most `timeout_s` for the broker (a quorum queue's declare waits for its
+        Raft group to start: seconds on a busy node holding tens of thousands of them)."""
         arguments = self.queue_arguments()
-        transport.declare_queue(queues.task_queue, arguments=arguments)
-        transport.bind_queue(queues.task_queue, self.tasks_exchange, queues.task_queue)
-        transport.declare_queue(queues.control_queue, arguments=arguments)
-        transport.bind_queue(queues.control_queue, self.tasks_exchange, queues.control_queue)
-        transport.declare_queue(queues.result_queue, arguments=arguments)
-        transport.bind_queue(queues.result_queue, self.results_exchange, queues.result_queue)
+        routes = (
+            (queues.task_queue, self.tasks_exchange),
+            (queues.control_queue, self.tasks_exchange),
+            (queues.result_queue, self.results_exchange),
+        )
+        for queue, exchange in routes:
+            transport.declare_queue(queue, arguments=arguments, timeout_s=timeout_s)
+            transport.bind_queue(queue, exchange, queue, timeout_s=timeout_s)
 
     def delete_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
         """Delete one endpoint's queues and the messages in them."""

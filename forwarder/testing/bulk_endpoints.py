@@ -37,6 +37,8 @@ __all__ = ["register_in_bulk"]
 
 #: endpoints per definitions import (one HTTP request each)
 _USERS_PER_IMPORT = 2000
+#: a quorum queue's declare on a node busy with tens of thousands of them took over 10 s
+_DECLARE_TIMEOUT_S = 120.0
 
 
 def register_in_bulk(
@@ -130,7 +132,8 @@ def _declare_queues(
         transport.start(wait_s=settings.broker_connect_timeout_s)
         try:
             for record in share:
-                topology.declare_endpoint(transport, topology.endpoint_queues(record.endpoint_id, record.queue_secret))
+                queues = topology.endpoint_queues(record.endpoint_id, record.queue_secret)
+                topology.declare_endpoint(transport, queues, timeout_s=_DECLARE_TIMEOUT_S)
                 progress(1)
         finally:
             transport.close()

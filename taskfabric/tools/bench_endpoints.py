@@ -73,6 +73,10 @@ class EndpointsConfig:
     consumers_timeout_s: float = 900.0
 
 
+#: listing 30,000 queues with their statistics takes the management API tens of seconds
+_MANAGEMENT_TIMEOUT_S = 180.0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Endpoint:
     endpoint_id: uuid.UUID
@@ -172,7 +176,7 @@ def _wait_consumed(management: ManagementClient, endpoints: Sequence[_Endpoint],
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"the forwarder consumes {len(wanted) - missing} of {len(wanted)} result queues")
-        time.sleep(2.0)
+        time.sleep(5.0)
 
 
 def _snapshot(
