@@ -96,7 +96,10 @@ def endpoints_scenario(
     figures: dict[str, Any] = {"endpoints": config.endpoints}
     with (
         ManagementClient(
-            settings.management_url, vhost=settings.vhost, ssl_context=settings.management_ssl_context
+            settings.management_url,
+            vhost=settings.vhost,
+            ssl_context=settings.management_ssl_context,
+            timeout_s=_MANAGEMENT_TIMEOUT_S,
         ) as management,
         Client(url=target.forwarder_url, token=target.token) as client,
     ):
