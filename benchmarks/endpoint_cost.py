@@ -110,7 +110,7 @@ def main() -> int:
     topology = Topology(prefix=f"cost-{uuid.uuid4().hex[:8]}")
     admin = RabbitTransport(args.amqp_url, connection_name="endpoint-cost")
     admin.start(wait_s=15)
-    management = ManagementClient(args.management_url, vhost=vhost_of(args.amqp_url))
+    management = ManagementClient(args.management_url, vhost=vhost_of(args.amqp_url), timeout_s=120)
     topology.declare_shared(admin)
     if args.classic:
         topology = _ClassicTopology(prefix=topology.prefix)

@@ -22,12 +22,14 @@ import base64
 import concurrent.futures
 import hashlib
 import json
+import logging
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from taskfabric.broker_config import ManagementClient, Topology, broker_username, new_queue_secret
+from taskfabric.broker_config import EndpointQueues, ManagementClient, Topology, broker_username, new_queue_secret
+from taskfabric.errors import BrokerError
 from taskfabric.forwarder.records import EndpointRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store
@@ -35,10 +37,13 @@ from taskfabric.transport import RabbitTransport
 
 __all__ = ["register_in_bulk"]
 
+log = logging.getLogger(__name__)
+
 #: endpoints per definitions import (one HTTP request each)
 _USERS_PER_IMPORT = 2000
 #: a quorum queue's declare on a node busy with tens of thousands of them took over 10 s
 _DECLARE_TIMEOUT_S = 120.0
+_DECLARE_ATTEMPTS = 5
 
 
 def register_in_bulk(
@@ -47,7 +52,7 @@ def register_in_bulk(
     owner_id: uuid.UUID,
     names: Sequence[str],
     *,
-    connections: int = 4,
+    connections: int = 2,
     progress: Callable[[int], None] = lambda _n: None,
 ) -> list[EndpointRecord]:
     """Register endpoints `names` of `owner_id` (see the module docstring); returns their records.
@@ -132,8 +137,9 @@ def _declare_queues(
         transport.start(wait_s=settings.broker_connect_timeout_s)
         try:
             for record in share:
-                queues = topology.endpoint_queues(record.endpoint_id, record.queue_secret)
-                topology.declare_endpoint(transport, queues, timeout_s=_DECLARE_TIMEOUT_S)
+                _declare_with_retries(
+                    topology, transport, topology.endpoint_queues(record.endpoint_id, record.queue_secret)
+                )
                 progress(1)
         finally:
             transport.close()
@@ -141,3 +147,18 @@ def _declare_queues(
     with concurrent.futures.ThreadPoolExecutor(connections, thread_name_prefix="bulk-declare") as pool:
         for future in [pool.submit(declare, share, index) for index, share in enumerate(shares) if share]:
             future.result()
+
+
+def _declare_with_retries(topology: Topology, transport: RabbitTransport, queues: EndpointQueues) -> None:
+    """Declare one endpoint's queues; a refusal is retried (a busy node answered a quorum
+    queue's declare with 541 INTERNAL_ERROR, its Raft group not started in time, at ~6,500 queues
+    on a 2-core machine at load 11). Declares are idempotent."""
+    for attempt in range(1, _DECLARE_ATTEMPTS + 1):
+        try:
+            topology.declare_endpoint(transport, queues, timeout_s=_DECLARE_TIMEOUT_S)
+            return
+        except BrokerError as exc:
+            if attempt == _DECLARE_ATTEMPTS:
+                raise
+            log.warning("declaring %s failed (attempt %d): %s; retrying", queues.task_queue, attempt, exc)
+            time.sleep(2.0 * attempt)
