@@ -52,7 +52,7 @@ def register_in_bulk(
     owner_id: uuid.UUID,
     names: Sequence[str],
     *,
-    connections: int = 2,
+    connections: int = 1,
     progress: Callable[[int], None] = lambda _n: None,
 ) -> list[EndpointRecord]:
     """Register endpoints `names` of `owner_id` (see the module docstring); returns their records.
