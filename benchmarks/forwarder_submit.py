@@ -149,12 +149,30 @@ def run(process: ForwarderProcess, settings: ForwarderSettings, token: str, args
         )
         elapsed = time.perf_counter() - started
         cpu = _cpu_since(forwarder, cpu_before)
+        stored = _store_bytes(store)
     print(
         f"  ingest: {len(task_ids) / elapsed:,.0f} results/s stored ({elapsed:.2f} s; "
         f"publishing took {published:.2f} s; "
         f"forwarder CPU {cpu:.2f} s = {cpu / len(task_ids) * 1e6:.1f} us/result)"
     )
     print(f"  forwarder RSS after: {forwarder.memory_info().rss / 2**20:.0f} MiB")
+    print(
+        f"  store size: {stored / 2**20:,.0f} MiB = {stored / len(task_ids):,.0f} bytes per finished task "
+        f"({args.payload_bytes} B payload, 64 B result; indexes included)"
+    )
+
+
+def _store_bytes(store: Store) -> int:
+    """The database's size on disk: SQLite's file and its write-ahead log, or PostgreSQL's
+    `pg_database_size` (the whole throwaway database)."""
+    from sqlalchemy import text
+
+    url = store.engine.url
+    if store.backend == "sqlite":
+        database = Path(str(url.database))
+        return sum(path.stat().st_size for path in (database, Path(f"{database}-wal")) if path.exists())
+    with store.engine.connect() as connection:
+        return int(connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
 
 
 def _cpu_since(process: psutil.Process, before: psutil._common.pcputimes) -> float:  # type: ignore[name-defined]

@@ -233,18 +233,24 @@ class Topology:
         self._declare_quorum_queue(transport, self.dead_letter_queue, self._quorum_arguments())
         transport.bind_queue(self.dead_letter_queue, self.dead_letter_exchange, "")
 
-    def declare_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
-        """Declare and bind one endpoint's task, result and control queues (idempotent)."""
+    def declare_endpoint(self, transport: Transport, queues: EndpointQueues, *, timeout_s: float = 10.0) -> None:
+        """Declare and bind one endpoint's task, result and control queues (idempotent); each
+        step waits at most `timeout_s` for the broker (a quorum queue's declare waits for its
+        Raft group to start: seconds on a busy node holding tens of thousands of them)."""
         arguments = self.queue_arguments()
-        self._declare_quorum_queue(transport, queues.task_queue, arguments)
-        transport.bind_queue(queues.task_queue, self.tasks_exchange, queues.task_queue)
-        self._declare_quorum_queue(transport, queues.control_queue, arguments)
-        transport.bind_queue(queues.control_queue, self.tasks_exchange, queues.control_queue)
-        self._declare_quorum_queue(transport, queues.result_queue, arguments)
-        transport.bind_queue(queues.result_queue, self.results_exchange, queues.result_queue)
+        routes = (
+            (queues.task_queue, self.tasks_exchange),
+            (queues.control_queue, self.tasks_exchange),
+            (queues.result_queue, self.results_exchange),
+        )
+        for queue, exchange in routes:
+            self._declare_quorum_queue(transport, queue, arguments, timeout_s=timeout_s)
+            transport.bind_queue(queue, exchange, queue, timeout_s=timeout_s)
 
     @staticmethod
-    def _declare_quorum_queue(transport: Transport, name: str, arguments: dict[str, Any]) -> None:
+    def _declare_quorum_queue(
+        transport: Transport, name: str, arguments: dict[str, Any], *, timeout_s: float = 10.0
+    ) -> None:
         """Declare a quorum queue; one that exists with another replication factor keeps it.
 
         RabbitMQ compares `x-quorum-initial-group-size` when a queue is declared again (406 when it
@@ -252,7 +258,7 @@ class Topology:
         three, or changed `quorum_initial_group_size`, must still start and re-declare its queues.
         Their replicas are changed on the broker (`rabbitmq-queues grow` / `shrink`)."""
         try:
-            transport.declare_queue(name, arguments=arguments)
+            transport.declare_queue(name, arguments=arguments, timeout_s=timeout_s)
         except PreconditionFailed as exc:
             if _GROUP_SIZE not in str(exc):
                 raise

@@ -414,12 +414,21 @@ class EndpointRegistry:
     # --- replicas -----------------------------------------------------------------------
 
     async def declare_existing_queues(self) -> None:
-        """Re-declare every stored endpoint's queues (idempotent). Run at startup: endpoints
-        registered before a queue kind existed (the control queue) get it here, so cancellations
-        for them wait in the broker until their agent re-registers and consumes them."""
+        """Declare the queues of stored endpoints that lack one (idempotent). Run at startup:
+        endpoints registered before a queue kind existed (the control queue) get it here, so
+        cancellations for them wait in the broker until their agent re-registers and consumes
+        them. The broker's queue list (one management API request) spares the endpoints whose
+        queues all exist their six declare round trips: with 10,000 endpoints, a minute of start."""
         endpoints = await self._runner.read(self._store.endpoints.list)
+        try:
+            existing: set[str] | None = set(await self._blocking(self._broker.management.queue_states))
+        except BrokerError as exc:
+            log.warning("cannot list the broker's queues (%s); declaring every endpoint's", exc)
+            existing = None
         for record in endpoints:
             queues = self._broker.queues_of(record.endpoint_id, record.queue_secret)
+            if existing is not None and {queues.task_queue, queues.result_queue, queues.control_queue} <= existing:
+                continue
             try:
                 await self._blocking(self._broker.declare_endpoint_queues, queues)
             except BrokerError as exc:

@@ -54,6 +54,28 @@ class EndpointTable:
                 )
             )
 
+    def add_many(self, records: Sequence[EndpointRecord]) -> None:
+        """Insert many new endpoints in one transaction (bulk registration for benchmarks,
+        forwarder/testing/bulk_endpoints.py; `StoreConflict` if any clashes, none is then added)."""
+        now = time.time()
+        rows = [
+            {
+                "endpoint_id": record.endpoint_id,
+                "owner_id": record.owner_id,
+                "name": record.name,
+                "queue_secret": record.queue_secret,
+                "broker_username": record.broker_username,
+                "metadata": record.metadata,
+                "created_at": record.created_at,
+                "registered_at": now,
+            }
+            for record in records
+        ]
+        if not rows:
+            return
+        with translate_errors("registering endpoints in bulk"), self._engine.begin() as connection:
+            connection.execute(endpoints.insert(), rows)
+
     def update_registration(self, endpoint_id: uuid.UUID, *, name: str, metadata: str) -> None:
         """A re-registration: new name and metadata (`StoreConflict` if the name is taken)."""
         with translate_errors("re-registering an endpoint"), self._engine.begin() as connection:

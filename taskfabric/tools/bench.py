@@ -8,6 +8,9 @@ Scenarios (each run `--runs` times; the median is reported):
 - **cold-start**: `taskfabric endpoint start` (broker and forwarder already up) to the first result.
 - **backlog**: N tasks sent to a stopped endpoint, which is then started; all must complete; the
   forwarder's and the agent's peak memory (RSS) are sampled throughout.
+- **endpoints** (only when named, once): `--endpoints` N registered endpoints heartbeating through
+  simulated agents, tasks submitted to a random subset and drained; registration rate, broker
+  memory and queue count, forwarder RSS and heartbeat ingest cost (taskfabric/tools/bench_endpoints.py).
 
 By default it brings up a private local fabric (`taskfabric dev up` in a temporary
 `TASKFABRIC_HOME`) and tears it down afterwards; `--url/--token/--endpoint` point it at a running
@@ -39,6 +42,8 @@ from taskfabric.protocol import TaskStatus
 __all__ = ["BenchConfig", "bench", "run_bench"]
 
 SCENARIOS = ("throughput", "latency", "cold-start", "backlog")
+#: scenarios run only when named (`--scenarios endpoints`); each runs once, whatever `--runs`
+EXTRA_SCENARIOS = ("endpoints",)
 
 
 def noop() -> None:
@@ -58,6 +63,8 @@ class BenchConfig:
     token: str | None = None
     endpoint_id: str | None = None
     endpoint_name: str | None = None
+    endpoints: int = 1000
+    heartbeat_period_s: float = 5.0
 
 
 @dataclasses.dataclass
@@ -241,6 +248,25 @@ def _wait_all_done(
     return len(remaining), failed
 
 
+def endpoints(fabric: Fabric, config: BenchConfig, progress: Callable[[int], None]) -> dict[str, Any]:
+    from taskfabric.forwarder.settings import ForwarderSettings
+    from taskfabric.tools.bench_endpoints import EndpointsConfig, EndpointsTarget, endpoints_scenario
+    from taskfabric.tools.devfabric import DEV_USER, dev_root
+
+    if fabric.forwarder_pid is None:
+        raise click.ClickException("the endpoints scenario runs on a local fabric only (it needs the broker's admin)")
+    target = EndpointsTarget(
+        settings=ForwarderSettings.from_file(dev_root() / "forwarder.yaml"),
+        forwarder_url=fabric.url,
+        forwarder_pid=fabric.forwarder_pid,
+        token=fabric.token,
+        username=DEV_USER,
+    )
+    return endpoints_scenario(
+        target, EndpointsConfig(endpoints=config.endpoints, heartbeat_period_s=config.heartbeat_period_s), progress
+    )
+
+
 def _require_local_endpoint(fabric: Fabric) -> str:
     if not fabric.endpoint_name:
         raise click.ClickException(
@@ -326,6 +352,7 @@ _HEADLINE: dict[str, tuple[str, str, str]] = {
     "latency": ("p50_ms", "ms p50", "p50 ≤ 2 ms, p99 ≤ 10 ms"),
     "cold-start": ("start_to_first_result_s", "s", "≤ 3 s"),
     "backlog": ("drain_tasks_per_s", "tasks/s draining", "none lost; RSS ≤ 300 / 150 MB"),
+    "endpoints": ("broker_kb_per_endpoint_heartbeating", "KB broker memory per endpoint", "10,000 on one node"),
 }
 
 
@@ -395,6 +422,7 @@ def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = click.echo) 
             "latency": (config.latency_calls, lambda p: latency(fabric, config.latency_calls, p)),
             "cold-start": (1, lambda p: cold_start(fabric, p)),
             "backlog": (config.backlog_tasks, lambda p: backlog(fabric, config.backlog_tasks, p)),
+            "endpoints": (config.endpoints, lambda p: endpoints(fabric, config, p)),
         }
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -402,10 +430,11 @@ def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = click.echo) 
             for name in config.scenarios:
                 total, scenario = work[name]
                 runs = []
-                bar = bars.add_task(f"{name} ({config.runs} runs)", total=total * config.runs)
-                for _ in range(config.runs):
+                repeat = 1 if name in EXTRA_SCENARIOS else config.runs
+                bar = bars.add_task(f"{name} ({repeat} runs)", total=total * repeat)
+                for _ in range(repeat):
                     runs.append(scenario(lambda n, bar=bar: bars.advance(bar, n)))
-                bars.update(bar, completed=total * config.runs)
+                bars.update(bar, completed=total * repeat)
                 records.append(
                     {
                         "scenario": name,
@@ -432,10 +461,15 @@ def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = click.echo) 
 
 
 def _parameters(config: BenchConfig, name: str) -> dict[str, Any]:
-    sizes = {"throughput": config.throughput_tasks, "latency": config.latency_calls, "backlog": config.backlog_tasks}
+    sizes = {
+        "throughput": config.throughput_tasks,
+        "latency": config.latency_calls,
+        "backlog": config.backlog_tasks,
+        "endpoints": config.endpoints,
+    }
     return {
         "workers": config.workers,
-        "runs": config.runs,
+        "runs": 1 if name in EXTRA_SCENARIOS else config.runs,
         "size": sizes.get(name, 1),
         "fabric": "given" if config.url else "local (taskfabric dev up)",
     }
@@ -475,6 +509,21 @@ def _fmt(value: Any) -> str:
     help="Backlog scenario size.",
 )
 @click.option(
+    "--endpoints",
+    type=click.IntRange(min=1, max=1_000_000),
+    default=1000,
+    show_default=True,
+    help="Endpoints scenario size (registered endpoints).",
+)
+@click.option(
+    "--heartbeat-s",
+    "heartbeat_period_s",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=5.0,
+    show_default=True,
+    help="Endpoints scenario: how often each simulated agent reports its status.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=2,
@@ -500,7 +549,8 @@ def bench(**options: Any) -> None:
         _compare(peer, options)
         return
     scenarios = tuple(name.strip() for name in options.pop("scenarios").split(",") if name.strip())
-    unknown = set(scenarios) - set(SCENARIOS)
+    unknown = set(scenarios) - set(SCENARIOS) - set(EXTRA_SCENARIOS)
     if unknown:
-        raise click.BadParameter(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
+        known = ", ".join(SCENARIOS + EXTRA_SCENARIOS)
+        raise click.BadParameter(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {known}")
     run_bench(BenchConfig(scenarios=scenarios, **options))

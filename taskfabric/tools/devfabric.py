@@ -32,7 +32,7 @@ from taskfabric.paths import taskfabric_home
 from taskfabric.processes import free_port, listens_on, pid_alive, port_free, terminate_then_kill
 from taskfabric.protocol import EndpointState
 
-__all__ = ["DevState", "dev", "dev_down", "dev_status", "dev_up"]
+__all__ = ["DevState", "dev", "dev_down", "dev_root", "dev_status", "dev_up"]
 
 DEV_USER = "dev"
 DEV_ENDPOINT = "local"
@@ -41,8 +41,13 @@ DEFAULT_PORT = 8470
 GLOBUS_COMPUTE_PORT = 5000
 
 
-def _root() -> Path:
+def dev_root() -> Path:
+    """The dev fabric's folder: its state, the forwarder's settings (`forwarder.yaml`) and store,
+    the broker node (`broker/`)."""
     return taskfabric_home() / "dev"
+
+
+_root = dev_root
 
 
 @dataclasses.dataclass
