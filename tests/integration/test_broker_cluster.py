@@ -1,11 +1,13 @@
 """A private 3-node RabbitMQ cluster (one for the module): it forms; `broker status` shows its
 members and each quorum queue's leader; a forwarder given every member's URL hands all of them to
-an endpoint and declares 3-replica queues; and confirmed messages survive a `kill -9` of the node
-leading the task queue, and its restart, while a publisher and a consumer keep going on the other
-members."""
+a real endpoint agent and declares 3-replica queues; and confirmed messages survive a `kill -9` of
+the node leading the task queue, and its restart, while a publisher and a consumer keep going on
+the other members, and the forwarder and the agent (both first connected to that node) keep
+running tasks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import uuid
@@ -17,10 +19,19 @@ from click.testing import CliRunner
 from taskfabric.broker_config import ManagementClient, RabbitCluster, Topology, new_queue_secret
 from taskfabric.broker_config.cli import broker
 from taskfabric.broker_config.topology import EndpointQueues
+from taskfabric.client import Client, Executor
+from taskfabric.endpoint_agent.connection import EndpointConnection
+from taskfabric.endpoint_agent.local import (
+    LocalEndpoint,
+    configure_endpoint,
+    register_endpoint,
+    start_endpoint,
+    stop_endpoint,
+)
 from taskfabric.errors import BrokerError
 from taskfabric.forwarder import create_token, create_user
 from taskfabric.forwarder.settings import ForwarderSettings
-from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi, ForwarderProcess
+from taskfabric.forwarder.testing import ForwarderProcess
 from taskfabric.testing import unique_name, wait_until
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
 
@@ -76,41 +87,88 @@ def test_cluster_forms_and_status_shows_members_and_queue_leaders(
         assert sorted(rows[queue]["members"]) == sorted(names)
 
 
-def test_cluster_urls_reach_endpoints_through_the_forwarder(
-    broker_cluster: RabbitCluster, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """A forwarder told every member (amqp_urls, management_urls) hands every member's URL to a
-    registering endpoint and, on a 3-node cluster, declares its queues with 3 replicas by default."""
+def square(x: int) -> int:
+    return x * x
+
+
+@dataclasses.dataclass
+class _Fabric:
+    client: Client
+    endpoint_id: str
+    connection: EndpointConnection
+
+    def run(self, numbers: range) -> list[int]:
+        with Executor(self.endpoint_id, client=self.client) as executor:
+            return [future.result(timeout=120) for future in [executor.submit(square, n) for n in numbers]]
+
+
+@pytest.fixture(scope="module")
+def fabric(broker_cluster: RabbitCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Fabric]:
+    """A forwarder told every member (amqp_urls, management_urls) and a real endpoint agent
+    registered through it; both first connect to member 0."""
     info = broker_cluster.info()
     assert info is not None
-    folder = tmp_path_factory.mktemp("cluster-forwarder")
+    folder = tmp_path_factory.mktemp("cluster-fabric")
     values = {
         "database_url": f"sqlite:///{folder / 'forwarder.db'}",
         "amqp_urls": info.amqp_urls,
         "management_urls": info.management_urls,
         "topology_prefix": unique_name("clf"),
         "confirm_timeout_s": 5.0,
+        "status_period_s": 0.5,
+        "endpoint_offline_after_s": 3.0,
     }
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TASKFABRIC_HOME", str(folder / "home"))  # the endpoint's folder, private to the module
     settings = ForwarderSettings.from_mapping(values)
-    with ForwarderProcess(folder, values) as forwarder:
-        name = unique_name("ada")
-        create_user(settings, name)
-        with ForwarderApi(forwarder.url, create_token(settings, name)) as api:
-            registration = api.register_endpoint("cluster-endpoint")
-            access = registration["broker"]
-            assert len(access["amqp_urls"]) == 3 and access["amqp_url"] == access["amqp_urls"][0]
-            assert all(f":{node.amqp_port}/" in url for node, url in zip(info.nodes, access["amqp_urls"], strict=True))
-            with ManagementClient(info.management_urls, vhost=info.vhost) as management:
-                assert management.queue(access["task_queue"])["arguments"]["x-quorum-initial-group-size"] == 3
-            endpoint = FakeEndpoint(registration).start()
+    name = unique_name("cluster-ep")
+    try:
+        with ForwarderProcess(folder / "forwarder", values) as forwarder:
+            create_user(settings, "ada")
+            client = Client(url=forwarder.url, token=create_token(settings, "ada"))
+            configure_endpoint(name, settings=_ENDPOINT_SETTINGS)
+            connection = register_endpoint(name, client)
+            start_endpoint(name, detach=True)
             try:
-                endpoint.consume_tasks()
-                function_id = api.register_function(b"f")
-                task_ids = api.submit(registration["endpoint_id"], function_id, [b"a", b"b", b"c"])
-                wait_until(lambda: len(endpoint.task_ids) == 3, timeout_s=30, what="3 tasks at the endpoint")
-                assert sorted(map(str, endpoint.task_ids)) == sorted(task_ids)
+                endpoint_id = str(connection.endpoint_id)
+                wait_until(
+                    lambda: (s := client.get_endpoint_status(endpoint_id))["status"] == "online" and s.get("workers"),
+                    timeout_s=60,
+                    interval_s=0.1,
+                    what="the endpoint online with workers",
+                )
+                yield _Fabric(client, endpoint_id, connection)
             finally:
-                endpoint.close()
+                if LocalEndpoint(name).pid() is not None:
+                    stop_endpoint(name, timeout_s=30)
+                client.close()
+    finally:
+        patch.undo()
+
+
+_ENDPOINT_SETTINGS = {
+    "heartbeat_period_s": 0.5,
+    "heartbeat_threshold_s": 3.0,
+    "status_period_s": 0.5,
+    "scaling": {"workers_per_node": 2, "strategy_period_s": 0.5},
+    "provider": {"type": "LocalProvider", "init_blocks": 1, "min_blocks": 1, "max_blocks": 1},
+}
+
+
+def test_cluster_urls_reach_the_endpoint_agent_through_the_forwarder(
+    broker_cluster: RabbitCluster, fabric: _Fabric
+) -> None:
+    """The registration answer lists every member (with the endpoint's own credentials, in the
+    agent's connection file), and on a 3-node cluster the queues get 3 replicas by default."""
+    info = broker_cluster.info()
+    assert info is not None
+    urls = fabric.connection.broker_urls
+    assert len(urls) == 3 and fabric.connection.amqp_url == urls[0]
+    assert all(f":{node.amqp_port}/" in url for node, url in zip(info.nodes, urls, strict=True))
+    assert all(url.startswith(f"amqp://{fabric.connection.username}:") for url in urls)
+    with ManagementClient(info.management_urls, vhost=info.vhost) as management:
+        assert management.queue(fabric.connection.task_queue)["arguments"]["x-quorum-initial-group-size"] == 3
+    assert fabric.run(range(50)) == [n * n for n in range(50)]
 
 
 class _Publisher:
@@ -161,13 +219,15 @@ class _Publisher:
 
 
 def test_cluster_keeps_confirmed_messages_when_the_task_queue_leader_is_killed(
-    broker_cluster: RabbitCluster, queues: tuple[Topology, EndpointQueues]
+    broker_cluster: RabbitCluster, queues: tuple[Topology, EndpointQueues], fabric: _Fabric
 ) -> None:
     topology, endpoint_queues = queues
     info = broker_cluster.info()
     assert info is not None
     leader = broker_cluster.leader_of(endpoint_queues.task_queue)
-    assert leader is not None
+    # a quorum queue's first leader is the declaring connection's node (3.10's `client-local`):
+    # member 0, where the forwarder and the agent are connected too
+    assert leader == 0
     # both clients first connect to the leader's node, so its death forces each to fail over
     order = [leader, *(i for i in range(3) if i != leader)]
     urls = [info.amqp_urls[i] for i in order]
@@ -203,6 +263,7 @@ def test_cluster_keeps_confirmed_messages_when_the_task_queue_leader_is_killed(
         assert new_leader in broker_cluster.member_names and new_leader != broker_cluster.member_names[leader]
         with lock:
             assert len(received) > at_kill  # consumed from the surviving members
+        assert fabric.run(range(100, 200)) == [n * n for n in range(100, 200)]  # forwarder and agent moved on
 
         broker_cluster.start_member(leader)
         wait_until(
@@ -228,6 +289,7 @@ def test_cluster_keeps_confirmed_messages_when_the_task_queue_leader_is_killed(
     assert not lost, f"{len(lost)} confirmed messages lost, e.g. {sorted(lost)[:5]}"
     assert len(confirmed) >= 3 * _PER_PHASE
     assert _status(broker_cluster)["running"] is True
+    assert fabric.run(range(200, 250)) == [n * n for n in range(200, 250)]
 
 
 def _online_replicas(cluster: RabbitCluster, queue: str) -> int:
