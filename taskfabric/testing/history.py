@@ -43,8 +43,11 @@ __all__ = [
 ]
 
 
-def attributable_task(key: str, runs_file: str, delay_s: float = 0.0) -> tuple[str, str]:
-    """Runs on a worker: record this run, then return `(key, a token unique to this run)`."""
+def attributable_task(key: str, runs_file: str, delay_s: float = 0.0, gate: str | None = None) -> tuple[str, str]:
+    """Runs on a worker: wait until the file `gate` exists (if given), record this run, then return
+    `(key, a token unique to this run)`. A closed gate keeps a whole workload in flight."""
+    while gate is not None and not os.path.exists(gate):
+        time.sleep(0.01)
     fd = os.open(runs_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{key}\n".encode())
@@ -132,10 +135,14 @@ class History:
     def _key(self) -> str:
         return f"{self.case}-{len(self.submitted)}"
 
-    def submit(self, executor: concurrent.futures.Executor, count: int, *, delay_s: float = 0.0) -> None:
+    def submit(
+        self, executor: concurrent.futures.Executor, count: int, *, delay_s: float = 0.0, gate: Path | None = None
+    ) -> None:
+        """Submit `count` attributable tasks; with `gate`, they run once that file exists."""
         for _ in range(count):
             key = self._key()
-            future = executor.submit(attributable_task, key, str(self.runs_file), delay_s)
+            extra = (str(gate),) if gate is not None else ()
+            future = executor.submit(attributable_task, key, str(self.runs_file), delay_s, *extra)
             self.submitted.append(_Submitted(key, future, "value"))
 
     def submit_poison(self, executor: concurrent.futures.Executor) -> None:

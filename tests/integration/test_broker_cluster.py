@@ -12,6 +12,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -31,8 +32,10 @@ from taskfabric.endpoint_agent.local import (
 from taskfabric.errors import BrokerError
 from taskfabric.forwarder import create_token, create_user
 from taskfabric.forwarder.settings import ForwarderSettings
-from taskfabric.forwarder.testing import ForwarderProcess
+from taskfabric.forwarder.testing import ForwarderProcess, postgres_for_tests
 from taskfabric.testing import unique_name, wait_until
+from taskfabric.testing.campaign import DRAIN_BOUND_S
+from taskfabric.testing.history import History
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
 
 pytestmark = pytest.mark.slow
@@ -301,3 +304,141 @@ def _online_replicas(cluster: RabbitCluster, queue: str) -> int:
 def test_cluster_directory_refuses_another_size(broker_cluster: RabbitCluster) -> None:
     result = CliRunner().invoke(broker, ["up", "--dir", str(broker_cluster.directory), "--nodes", "2"])
     assert result.exit_code != 0 and "has 3 nodes, not 2" in result.output
+
+
+# --- issue 18's fault test: the whole fabric on the cluster under load ----------------------------
+
+#: tasks in flight when the broker node is killed (all accepted, none run: a closed gate holds them)
+_IN_FLIGHT = 20_000
+_REPLICA_SETTINGS = {
+    "status_period_s": 0.5,
+    "endpoint_offline_after_s": 3.0,
+    "status_flush_s": 0.2,
+    "confirm_timeout_s": 10.0,
+    "stream_poll_s": 5.0,
+    "lease_ttl_s": 6.0,
+    "endpoint_sync_period_s": 0.5,
+    "max_batch_tasks": 5000,
+}
+
+
+@dataclasses.dataclass
+class _Replicated:
+    first: ForwarderProcess
+    second: ForwarderProcess
+    token: str
+    endpoints: dict[str, str]  # id -> name
+
+
+@pytest.fixture(scope="module")
+def replicated(broker_cluster: RabbitCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Replicated]:
+    """Two forwarder replicas on one PostgreSQL, both given every member, and two endpoint agents
+    registered through the first (each agent first connects to member 0)."""
+    info = broker_cluster.info()
+    assert info is not None
+    folder = tmp_path_factory.mktemp("cluster-replicas")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TASKFABRIC_HOME", str(folder / "home"))
+    names: list[str] = []
+    try:
+        with postgres_for_tests(folder / "postgres") as database_url:
+            values = {
+                **_REPLICA_SETTINGS,
+                "database_url": database_url,
+                "amqp_urls": info.amqp_urls,
+                "management_urls": info.management_urls,
+                "topology_prefix": unique_name("clr"),
+            }
+            settings = ForwarderSettings.from_mapping(values)
+            with (
+                ForwarderProcess(folder / "first", values) as first,
+                ForwarderProcess(folder / "second", values) as second,
+            ):
+                create_user(settings, "grace")
+                token = create_token(settings, "grace")
+                endpoints: dict[str, str] = {}
+                with Client(url=first.url, token=token) as client:
+                    for _ in range(2):
+                        name = unique_name("cluster-load")
+                        configure_endpoint(name, settings=_ENDPOINT_SETTINGS)
+                        endpoint_id = str(register_endpoint(name, client).endpoint_id)
+                        names.append(name)
+                        start_endpoint(name, detach=True)
+                        endpoints[endpoint_id] = name
+                    for endpoint_id in endpoints:
+                        wait_until(
+                            lambda endpoint_id=endpoint_id: (
+                                (s := client.get_endpoint_status(endpoint_id))["status"] == "online"
+                                and s.get("workers")
+                            ),
+                            timeout_s=60,
+                            interval_s=0.1,
+                            what=f"endpoint {endpoint_id} online with workers",
+                        )
+                yield _Replicated(first, second, token, endpoints)
+                for name in names:
+                    if LocalEndpoint(name).pid() is not None:
+                        stop_endpoint(name, timeout_s=30)
+    finally:
+        patch.undo()
+
+
+def test_cluster_under_load_loses_no_task_when_a_node_and_a_replica_are_killed(
+    broker_cluster: RabbitCluster, replicated: _Replicated, tmp_path: Path
+) -> None:
+    """20,000 tasks in flight across 2 endpoints and 2 forwarder replicas on the 3-node cluster:
+    kill -9 the node leading the endpoints' task queues (restarted later), kill -9 the replica the
+    client is on; every accepted task ends with exactly one reported result, the client carries on."""
+    gate = tmp_path / "gate"
+    histories = {
+        endpoint_id: History(f"cluster-{i}", tmp_path / "histories")
+        for i, endpoint_id in enumerate(replicated.endpoints)
+    }
+    client = Client(url=[replicated.first.url, replicated.second.url], token=replicated.token)
+    executors = {endpoint_id: Executor(endpoint_id, client=client) for endpoint_id in replicated.endpoints}
+    try:
+        for endpoint_id, history in histories.items():
+            history.submit(executors[endpoint_id], _IN_FLIGHT // len(histories), gate=gate)
+        submitted = [item for history in histories.values() for item in history.submitted]
+        wait_until(
+            lambda: all(getattr(item.future, "task_id", None) for item in submitted),
+            timeout_s=180,
+            interval_s=0.2,
+            what=f"all {_IN_FLIGHT} tasks accepted",
+        )
+        assert not any(item.future.done() for item in submitted)  # all in flight: the gate is closed
+
+        task_queues = [
+            EndpointConnection.load(LocalEndpoint(name).paths.connection).task_queue
+            for name in replicated.endpoints.values()
+        ]
+        leaders = {broker_cluster.leader_of(queue) for queue in task_queues}
+        victim = next(index for index in leaders if index is not None)
+        broker_cluster.kill(victim)
+        gate.touch()  # the workload runs while the node is down ...
+        wait_until(
+            lambda: sum(item.future.done() for item in submitted) >= 2_000,
+            timeout_s=120,
+            interval_s=0.2,
+            what="results flowing with a broker node down",
+        )
+        replicated.first.kill()  # ... and the replica the client first talks to dies
+        done_at_kill = sum(item.future.done() for item in submitted)
+        wait_until(
+            lambda: sum(item.future.done() for item in submitted) >= done_at_kill + 2_000,
+            timeout_s=120,
+            interval_s=0.2,
+            what="results flowing through the surviving replica",
+        )
+        broker_cluster.start_member(victim)
+
+        counts = [history.check(client, bound_s=DRAIN_BOUND_S) for history in histories.values()]
+    finally:
+        for executor in executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        client.close()
+    for case in counts:
+        print(case.line(), f"killed_node={victim} task_queue_leaders={sorted(leaders, key=str)}")
+    assert sum(case.accepted for case in counts) == _IN_FLIGHT
+    assert [case.violations for case in counts] == [0, 0], [case.line() for case in counts]
+    assert sum(case.errors for case in counts) == 0
