@@ -30,8 +30,10 @@ from taskfabric.broker_config.node import (
 )
 from taskfabric.broker_config.topology import (
     DEFAULT_DELIVERY_LIMIT,
+    QUEUE_TYPES,
     EndpointPermissions,
     EndpointQueues,
+    QueueType,
     Topology,
     broker_username,
     endpoint_id_of_username,
@@ -41,10 +43,12 @@ from taskfabric.broker_config.topology import (
 __all__ = [
     "DEFAULT_DELIVERY_LIMIT",
     "DEFAULT_VHOST",
+    "QUEUE_TYPES",
     "EndpointPermissions",
     "EndpointQueues",
     "ManagementClient",
     "NodeInfo",
+    "QueueType",
     "RabbitNode",
     "Topology",
     "broker_username",

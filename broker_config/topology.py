@@ -12,8 +12,14 @@ DESIGN (cancellation): control messages (`CancelTasks`) travel on a third per-en
 behind the agent's paused intake), so the agent consumes it with its own consumer. It is bound to
 the tasks exchange (only the forwarder publishes there) and readable by the endpoint's user.
 
-Per-endpoint queues are quorum queues with an explicit delivery limit and at-least-once
-dead-lettering (which requires `x-overflow: reject-publish`). Their names end in a random secret
+Per-endpoint queues are of the deployment's `queue_type`. `quorum` (the only choice on a cluster):
+replicated, with an explicit delivery limit and at-least-once dead-lettering (which requires
+`x-overflow: reject-publish`). `classic` (a single node): durable, and every publish is persistent
+and confirmed, so a confirmed message survives a crash or restart of the node as on a quorum queue,
+at about a third of the cost per hop (benchmarks/broker_hop.py); a classic queue keeps no delivery
+count, so its consumers count returns themselves (`taskfabric.transport.redelivery`) with the same
+limit and the same dead-letter exchange. The dead-letter queue is always a quorum queue (it is off
+the hot path). Their names end in a random secret
 handed out only to the forwarder and the endpoint itself: a passive `queue.declare` needs no
 permission and would reveal a guessable queue's depth.
 
@@ -27,15 +33,18 @@ import dataclasses
 import re
 import secrets
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from taskfabric.protocol.api import BrokerAccess
 from taskfabric.transport import Transport
+from taskfabric.transport.redelivery import RedeliveryLimit
 
 __all__ = [
     "DEFAULT_DELIVERY_LIMIT",
+    "QUEUE_TYPES",
     "EndpointPermissions",
     "EndpointQueues",
+    "QueueType",
     "Topology",
     "broker_username",
     "endpoint_id_of_username",
@@ -43,6 +52,8 @@ __all__ = [
 ]
 
 DEFAULT_DELIVERY_LIMIT = 5
+QueueType = Literal["quorum", "classic"]
+QUEUE_TYPES: tuple[QueueType, ...] = ("quorum", "classic")
 _SECRET_RE = re.compile(r"^[0-9a-f]{16,64}$")
 #: every endpoint's own broker user is named `ep-<endpoint id>`
 _ENDPOINT_USER_PREFIX = "ep-"
@@ -93,8 +104,11 @@ class Topology:
 
     prefix: str = "taskfabric"
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    queue_type: QueueType = "quorum"
 
     def __post_init__(self) -> None:
+        if self.queue_type not in QUEUE_TYPES:
+            raise ValueError(f"queue_type must be one of {', '.join(QUEUE_TYPES)}, not {self.queue_type!r}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.prefix):
             raise ValueError(f"invalid topology prefix {self.prefix!r}")
         if self.delivery_limit < 1:
@@ -142,6 +156,8 @@ class Topology:
             dead_letter_exchange=self.dead_letter_exchange,
             tasks_exchange=self.tasks_exchange,
             ca_certificate=ca_certificate,
+            queue_type=self.queue_type,
+            delivery_limit=self.delivery_limit,
         )
 
     def endpoint_permissions(self, queues: EndpointQueues) -> EndpointPermissions:
@@ -160,6 +176,8 @@ class Topology:
 
     def queue_arguments(self) -> dict[str, Any]:
         """Arguments of every per-endpoint queue."""
+        if self.queue_type == "classic":
+            return {"x-queue-type": "classic", "x-dead-letter-exchange": self.dead_letter_exchange}
         return {
             "x-queue-type": "quorum",
             "x-delivery-limit": self.delivery_limit,
@@ -167,6 +185,15 @@ class Topology:
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
+
+    def redelivery_limit(self, exchange: str) -> RedeliveryLimit | None:
+        """How a consumer of a per-endpoint queue bound to `exchange` counts returns: None on
+        quorum queues (the broker counts them and applies `x-delivery-limit`)."""
+        if self.queue_type != "classic":
+            return None
+        return RedeliveryLimit(
+            limit=self.delivery_limit, exchange=exchange, dead_letter_exchange=self.dead_letter_exchange
+        )
 
     # --- declarations -------------------------------------------------------------------
 

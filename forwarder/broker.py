@@ -24,10 +24,9 @@ from taskfabric.broker_config import (
     EndpointPermissions,
     EndpointQueues,
     ManagementClient,
-    Topology,
     broker_username,
 )
-from taskfabric.errors import BrokerError, PublishTimeout
+from taskfabric.errors import BrokerError, ConfigError, PublishTimeout
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.transport import OutgoingMessage, RabbitTransport, Transport
 
@@ -70,7 +69,7 @@ class AdminBrokerLink:
     ) -> None:
         """`transport` and `management` default to the real ones (RabbitMQ as the administrator
         user, the management HTTP API); unit tests pass in-memory ones."""
-        self.topology = Topology(prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit)
+        self.topology = settings.topology
         self._settings = settings
         self._own_transport = transport is None
         self.transport = transport or RabbitTransport(
@@ -91,8 +90,22 @@ class AdminBrokerLink:
 
     def start(self) -> None:
         """Connect and declare the shared exchanges and dead-letter queue."""
+        self._refuse_classic_on_a_cluster()
         self.transport.start(wait_s=self._connect_timeout_s)
         self.topology.declare_shared(self.transport)
+
+    def _refuse_classic_on_a_cluster(self) -> None:
+        """Classic queues live on one node: a crash of that node would stop its endpoints, and
+        its disk holds their only copy. On a cluster, only quorum queues keep the guarantees."""
+        if self.topology.queue_type != "classic" or not isinstance(self.management, ManagementClient):
+            return
+        nodes = self.management.cluster_nodes()
+        if len(nodes) > 1:
+            raise ConfigError(
+                f"the broker is a cluster of {len(nodes)} nodes: classic queues live on one node; "
+                "use queue_type quorum",
+                key="queue_type",
+            )
 
     def close(self) -> None:
         self.transport.close()

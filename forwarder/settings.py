@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from taskfabric.broker_config import Topology
+from taskfabric.broker_config import QueueType, Topology
 from taskfabric.errors import ConfigError
 from taskfabric.forwarder.blobs.open import check_blob_url
 from taskfabric.paths import taskfabric_home
@@ -308,6 +308,12 @@ class ForwarderSettings:
     )
     topology_prefix: str = setting("taskfabric", help="prefix of every exchange and queue name")
     delivery_limit: int = setting(5, help="deliveries of one message before the broker dead-letters it", min=1)
+    queue_type: QueueType = setting(
+        "quorum",
+        help="type of the per-endpoint queues: quorum (replicated; required on a cluster) or classic (durable, "
+        "persistent and confirmed: crash-safe on a single node, a faster hop; returns counted by the consumers). "
+        "Existing queues keep their type until rebuilt (docs/operations.md)",
+    )
     auth: AuthSettings = setting(default_factory=AuthSettings, help="authentication")
     max_payload_bytes: int = setting(10 * _MIB, help="largest task payload accepted", min=1)
     max_function_bytes: int = setting(10 * _MIB, help="largest function body accepted", min=1)
@@ -434,6 +440,7 @@ class ForwarderSettings:
             Topology(prefix=self.topology_prefix, delivery_limit=self.delivery_limit)
         except ValueError as exc:
             raise ConfigError(str(exc), key="topology_prefix") from None
+        _check_queue_type(self)
         if self.metrics_token is not None and len(self.metrics_token) < _METRICS_TOKEN_MIN_CHARS:
             raise ConfigError(f"must be at least {_METRICS_TOKEN_MIN_CHARS} characters long", key="metrics_token")
         _check_url(self.amqp_url, ("amqp", "amqps"), "amqp_url")
@@ -519,6 +526,11 @@ class ForwarderSettings:
         return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
 
     @property
+    def topology(self) -> Topology:
+        """The deployment's broker topology."""
+        return Topology(prefix=self.topology_prefix, delivery_limit=self.delivery_limit, queue_type=self.queue_type)
+
+    @property
     def broker_ssl_context(self) -> ssl.SSLContext | None:
         """The context verifying the broker for an amqps `amqp_url` (None for amqp)."""
         if urllib.parse.urlsplit(self.amqp_url).scheme != "amqps":
@@ -568,3 +580,15 @@ def _check_body_limits(settings: ForwarderSettings) -> None:
         needed = int(largest * _BASE64_GROWTH) + _REQUEST_SLACK_BYTES
         if limit < needed:
             raise ConfigError(f"must be at least {needed} to fit one base64-encoded body of the maximum size", key=key)
+
+
+def _check_queue_type(settings: ForwarderSettings) -> None:
+    """Classic queues live on one node: refuse them for a broker of several nodes. (Hook: when the
+    settings name several AMQP URLs, `amqp_urls`, the broker is a cluster; the forwarder also refuses
+    classic queues at start when the management API lists more than one node.)"""
+    urls = getattr(settings, "amqp_urls", None) or ()
+    if settings.queue_type == "classic" and len(urls) > 1:
+        raise ConfigError(
+            "classic queues live on one node: a broker of several nodes (amqp_urls) needs queue_type quorum",
+            key="queue_type",
+        )

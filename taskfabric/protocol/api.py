@@ -86,6 +86,11 @@ class BrokerAccess:
     ca_certificate: str | None = None
     """PEM CA certificate the agent should trust for an amqps broker (the forwarder's
     endpoint_broker_ca_file); null: the system's trust store"""
+    queue_type: str = "quorum"
+    """the type of the endpoint's queues: "quorum" or "classic" (the agent then counts the task
+    and control queues' redeliveries itself, up to delivery_limit)"""
+    delivery_limit: int | None = None
+    """returns of one message before it is dead-lettered (null from an old forwarder)"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -136,10 +136,12 @@ EXPECTED: dict[str, list[str]] = {
     "taskfabric.broker_config": [
         "DEFAULT_DELIVERY_LIMIT",
         "DEFAULT_VHOST",
+        "QUEUE_TYPES",
         "EndpointPermissions",
         "EndpointQueues",
         "ManagementClient",
         "NodeInfo",
+        "QueueType",
         "RabbitNode",
         "Topology",
         "broker_username",
