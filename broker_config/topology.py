@@ -30,11 +30,13 @@ Every declare here is idempotent.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import secrets
 import uuid
 from typing import Any, Literal
 
+from taskfabric.errors import PreconditionFailed
 from taskfabric.protocol.api import BrokerAccess
 from taskfabric.transport import Transport
 from taskfabric.transport.redelivery import RedeliveryLimit
@@ -50,6 +52,8 @@ __all__ = [
     "endpoint_id_of_username",
     "new_queue_secret",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DELIVERY_LIMIT = 5
 QueueType = Literal["quorum", "classic"]
@@ -207,13 +211,29 @@ class Topology:
 
     def declare_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
         """Declare and bind one endpoint's task, result and control queues (idempotent)."""
-        arguments = self.queue_arguments()
-        transport.declare_queue(queues.task_queue, arguments=arguments)
+        self._declare_endpoint_queue(transport, queues.task_queue)
         transport.bind_queue(queues.task_queue, self.tasks_exchange, queues.task_queue)
-        transport.declare_queue(queues.control_queue, arguments=arguments)
+        self._declare_endpoint_queue(transport, queues.control_queue)
         transport.bind_queue(queues.control_queue, self.tasks_exchange, queues.control_queue)
-        transport.declare_queue(queues.result_queue, arguments=arguments)
+        self._declare_endpoint_queue(transport, queues.result_queue)
         transport.bind_queue(queues.result_queue, self.results_exchange, queues.result_queue)
+
+    def _declare_endpoint_queue(self, transport: Transport, name: str) -> None:
+        """Declare a queue of this `queue_type`; one declared before a change of `queue_type` keeps
+        its type (a queue's type cannot change) until it is deleted and declared again."""
+        try:
+            transport.declare_queue(name, arguments=self.queue_arguments())
+        except PreconditionFailed:
+            other = dataclasses.replace(self, queue_type="quorum" if self.queue_type == "classic" else "classic")
+            transport.declare_queue(name, arguments=other.queue_arguments())  # neither: raises
+            log.log(
+                logging.WARNING if other.queue_type == "quorum" else logging.ERROR,
+                "queue %s is a %s queue from before queue_type %s: it keeps its type until it is rebuilt%s",
+                name,
+                other.queue_type,
+                self.queue_type,
+                "" if other.queue_type == "quorum" else " (its consumers count no returns meanwhile)",
+            )
 
     def delete_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
         """Delete one endpoint's queues and the messages in them."""

@@ -3,6 +3,7 @@ each queue type (on classic queues the consumer counts returns: taskfabric/trans
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -191,6 +192,19 @@ def test_declares_are_idempotent_and_conflicts_are_typed(
         transport.declare_queue(queue, arguments={**topo.queue_arguments(), "x-queue-type": other})
     # the transport recovers from the closed channel
     assert transport.queue_depth(queue) == 0
+
+
+def test_endpoint_queues_declared_before_a_change_of_queue_type_keep_their_type(
+    env: tuple[Transport, Callable[[], Transport], Topology, str],
+) -> None:
+    transport, _make, topo, queue = env
+    other = dataclasses.replace(topo, queue_type="classic" if topo.queue_type == "quorum" else "quorum")
+    queues = topo.endpoint_queues(uuid.UUID(queue.split(".")[2]), queue.split(".")[3])
+    other.declare_endpoint(transport, queues)  # a forwarder restarted with the other queue_type
+    transport.publish(_msg(topo, queue, b"still here")).result(timeout=10)
+    collector = Collector(transport)
+    transport.consume(queue, collector, prefetch=1)
+    wait_until(lambda: collector.bodies == [b"still here"], what="the queue working as before")
 
 
 def test_queue_depth_of_missing_queue_is_not_found(
