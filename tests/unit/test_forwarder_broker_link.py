@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from taskfabric.broker_config import broker_username, endpoint_id_of_username, new_queue_secret
+from taskfabric.errors import ConfigError
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.testing import MemoryEndpointUsers
@@ -70,3 +71,33 @@ def test_task_messages_reach_the_endpoints_queue_signed_by_the_forwarder(link: A
     wait_until(lambda: len(received) == 2, what="both task messages")
     assert [delivery.body for delivery in received] == [b"first", b"second"]
     assert {delivery.user_id for delivery in received} == {"forwarder"}
+
+
+class _Cluster(MemoryEndpointUsers):
+    def __init__(self, nodes: list[str]) -> None:
+        super().__init__()
+        self.nodes = nodes
+
+    def cluster_nodes(self) -> list[str]:
+        return self.nodes
+
+
+@pytest.mark.parametrize(
+    ("queue_type", "nodes", "refused"),
+    [
+        ("classic", ["rabbit@a", "rabbit@b", "rabbit@c"], True),
+        ("classic", ["rabbit@a"], False),
+        ("quorum", ["a", "b"], False),
+    ],
+)
+def test_classic_queues_are_refused_on_a_cluster(queue_type: str, nodes: list[str], refused: bool) -> None:
+    settings = ForwarderSettings.from_mapping({"topology_prefix": "unit", "queue_type": queue_type})
+    link = AdminBrokerLink(settings, transport=MemoryTransport(MemoryBroker()), management=_Cluster(nodes))
+    try:
+        if refused:
+            with pytest.raises(ConfigError, match=r"cluster of 3 nodes.*queue_type quorum"):
+                link.start()
+        else:
+            link.start()
+    finally:
+        link.close()
