@@ -13,6 +13,7 @@ Every call here blocks (pika's IO thread or HTTP to the management API): call it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import uuid
@@ -24,6 +25,7 @@ from taskfabric.broker_config import (
     EndpointPermissions,
     EndpointQueues,
     ManagementClient,
+    QueueType,
     broker_username,
 )
 from taskfabric.errors import BrokerError, ConfigError, PublishTimeout
@@ -89,28 +91,49 @@ class AdminBrokerLink:
         return self.transport.username
 
     def start(self) -> None:
-        """Connect and declare the shared exchanges and dead-letter queue."""
-        self._refuse_classic_on_a_cluster()
+        """Choose the queue type (`queue_type: auto`), connect, and declare the shared exchanges
+        and dead-letter queue."""
+        self.topology = dataclasses.replace(self.topology, queue_type=self._queue_type())
         self.transport.start(wait_s=self._connect_timeout_s)
         self.topology.declare_shared(self.transport)
 
-    def _refuse_classic_on_a_cluster(self) -> None:
-        """Classic queues live on one node: a crash of that node would stop its endpoints, and
-        its disk holds their only copy. On a cluster, only quorum queues keep the guarantees."""
-        cluster_nodes = getattr(self.management, "cluster_nodes", None)  # stand-ins may have none
-        if self.topology.queue_type != "classic" or cluster_nodes is None:
-            return
+    def _queue_type(self) -> QueueType:
+        """The type of the endpoint queues. Classic queues live on one node: on a cluster only
+        quorum queues keep the guarantees (a crashed node would hold the only copy), so classic is
+        refused there, and `auto` means classic on a single node (a third of a quorum queue's cost
+        per hop, crash-safe there; see docs/operator.md) and quorum on a cluster."""
+        wanted = self._settings.queue_type
+        if wanted == "quorum":
+            return "quorum"
+        if len(getattr(self._settings, "amqp_urls", None) or ()) > 1:  # hook: several URLs name a cluster
+            return "quorum"  # (classic with several URLs is refused by the settings)
+        nodes = self._cluster_nodes()
+        if wanted == "classic":
+            if nodes is not None and len(nodes) > 1:
+                raise ConfigError(
+                    f"the broker is a cluster of {len(nodes)} nodes: classic queues live on one node; "
+                    "use queue_type quorum (or auto)",
+                    key="queue_type",
+                )
+            return "classic"
+        chosen: QueueType = "classic" if nodes is not None and len(nodes) == 1 else "quorum"
+        log.info(
+            "queue_type auto: %s queues (broker nodes: %s)", chosen, len(nodes) if nodes is not None else "unknown"
+        )
+        return chosen
+
+    def _cluster_nodes(self) -> list[str] | None:
+        """The broker's nodes by the management API; None when it cannot tell (a stand-in without
+        the call, or the API unreachable: `auto` then keeps quorum queues, safe everywhere)."""
+        cluster_nodes = getattr(self.management, "cluster_nodes", None)
+        if cluster_nodes is None:
+            return None
         try:
             nodes: list[str] = cluster_nodes()
-        except BrokerError as exc:  # the management API is not needed to start: check next time
-            log.warning("cannot list the broker's nodes to check queue_type classic: %s", exc)
-            return
-        if len(nodes) > 1:
-            raise ConfigError(
-                f"the broker is a cluster of {len(nodes)} nodes: classic queues live on one node; "
-                "use queue_type quorum",
-                key="queue_type",
-            )
+        except BrokerError as exc:
+            log.warning("cannot list the broker's nodes (for queue_type): %s", exc)
+            return None
+        return nodes
 
     def close(self) -> None:
         self.transport.close()

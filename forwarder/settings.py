@@ -308,11 +308,12 @@ class ForwarderSettings:
     )
     topology_prefix: str = setting("taskfabric", help="prefix of every exchange and queue name")
     delivery_limit: int = setting(5, help="deliveries of one message before the broker dead-letters it", min=1)
-    queue_type: QueueType = setting(
-        "quorum",
-        help="type of the per-endpoint queues: quorum (replicated; required on a cluster) or classic (durable, "
-        "persistent and confirmed: crash-safe on a single node, a faster hop; returns counted by the consumers). "
-        "Existing queues keep their type until rebuilt (docs/operations.md)",
+    queue_type: Literal["auto", "quorum", "classic"] = setting(
+        "auto",
+        help="type of the per-endpoint queues: quorum (replicated; required on a cluster), classic (durable, "
+        "persistent and confirmed: crash-safe on a single node, a faster hop; returns counted by the consumers), "
+        "or auto: classic when the management API lists one broker node, else quorum. Existing queues keep "
+        "their type until rebuilt (docs/operator.md)",
     )
     auth: AuthSettings = setting(default_factory=AuthSettings, help="authentication")
     max_payload_bytes: int = setting(10 * _MIB, help="largest task payload accepted", min=1)
@@ -527,8 +528,10 @@ class ForwarderSettings:
 
     @property
     def topology(self) -> Topology:
-        """The deployment's broker topology."""
-        return Topology(prefix=self.topology_prefix, delivery_limit=self.delivery_limit, queue_type=self.queue_type)
+        """The deployment's broker topology (with `queue_type: auto`, quorum until the forwarder's
+        broker link chooses at start: `AdminBrokerLink.topology`)."""
+        queue_type: QueueType = "classic" if self.queue_type == "classic" else "quorum"
+        return Topology(prefix=self.topology_prefix, delivery_limit=self.delivery_limit, queue_type=queue_type)
 
     @property
     def broker_ssl_context(self) -> ssl.SSLContext | None:
@@ -584,8 +587,9 @@ def _check_body_limits(settings: ForwarderSettings) -> None:
 
 def _check_queue_type(settings: ForwarderSettings) -> None:
     """Classic queues live on one node: refuse them for a broker of several nodes. (Hook: when the
-    settings name several AMQP URLs, `amqp_urls`, the broker is a cluster; the forwarder also refuses
-    classic queues at start when the management API lists more than one node.)"""
+    settings name several AMQP URLs, `amqp_urls`, the broker is a cluster, and `auto` must mean
+    quorum there: see `AdminBrokerLink._queue_type`, which also refuses classic queues at start when
+    the management API lists more than one node.)"""
     urls = getattr(settings, "amqp_urls", None) or ()
     if settings.queue_type == "classic" and len(urls) > 1:
         raise ConfigError(

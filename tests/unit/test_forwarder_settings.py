@@ -112,6 +112,8 @@ def test_quota_settings_load_from_their_section_and_environment_and_name_a_bad_k
 
 
 def test_the_queue_type_is_a_deployment_setting_checked_eagerly(tmp_home: Path) -> None:
+    assert ForwarderSettings().queue_type == "auto"  # chosen at start: AdminBrokerLink
+    assert ForwarderSettings().topology.queue_type == "quorum"  # until then, the safe one
     settings = ForwarderSettings.load(environ={"TASKFABRIC_FORWARDER_QUEUE_TYPE": "classic"})
     assert settings.queue_type == "classic"
     assert settings.topology.queue_type == "classic"
@@ -130,5 +132,6 @@ def test_classic_queues_are_refused_for_a_broker_of_several_urls(tmp_home: Path)
 
     with pytest.raises(ConfigError, match="queue_type quorum"):
         settings_module._check_queue_type(Clustered())  # type: ignore[arg-type]
-    Clustered.queue_type = "quorum"
-    settings_module._check_queue_type(Clustered())  # type: ignore[arg-type]
+    for fine in ("quorum", "auto"):
+        Clustered.queue_type = fine
+        settings_module._check_queue_type(Clustered())  # type: ignore[arg-type]
