@@ -13,9 +13,9 @@ not redelivered pass straight through: the hot path pays nothing.
 
 Nothing is lost on the way: the original is acked only after the copy (or the dead letter) is
 confirmed; a crash in between delivers both, which the ledger (tasks) and the store (results)
-already deduplicate by task id. A copy that cannot be published sends the original back unacked;
-its header is unchanged, so a broker that refuses publishes for a while (a disk alarm) does not
-use up the limit.
+already deduplicate by task id. A copy that cannot be published sends the original back unacked, a
+second later; its header is unchanged, so a broker that refuses publishes for a while (a disk
+alarm) does not use up the limit.
 
 A copy is published by the consumer's own broker user (the broker checks `user_id`), so it names
 the original publisher in `x-taskfabric-original-user`; that header is believed only on a message
@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 RETURNS_HEADER = "x-taskfabric-returns"
 #: the broker-verified publisher of the message a copy was made from ("" for none)
 ORIGINAL_USER_HEADER = "x-taskfabric-original-user"
+#: how long a message whose copy could not be published is held before it goes back to its queue
+_RETRY_DELAY_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,9 +169,24 @@ class RedeliveryCounter:
                 if future.exception() is None:
                     self._transport.ack(delivery)
                 else:
-                    log.warning("could not re-publish a message of %s: %s", delivery.queue, future.exception())
-                    self._transport.nack(delivery, requeue=True)
+                    log.warning(
+                        "could not re-publish a message of %s (%s); returning it in %g s",
+                        delivery.queue,
+                        future.exception(),
+                        _RETRY_DELAY_S,
+                    )
+                    timer = threading.Timer(_RETRY_DELAY_S, self._give_back, (delivery,))
+                    timer.daemon = True
+                    timer.start()
             except Exception:  # the transport closed: the broker requeues the original itself
                 log.debug("could not settle a counted delivery", exc_info=True)
 
         confirmed.add_done_callback(done)
+
+    def _give_back(self, delivery: Delivery) -> None:
+        """Return the original unacked, its count unchanged (paced: a publish that fails at once,
+        e.g. unroutable, must not spin the message between broker and consumer)."""
+        try:
+            self._transport.nack(delivery, requeue=True)
+        except Exception:  # the transport closed: the broker requeues the original itself
+            log.debug("could not return a counted delivery", exc_info=True)

@@ -190,3 +190,29 @@ def test_the_agent_counts_returns_only_on_classic_queues_as_its_registration_say
     odd = dataclasses.replace(connection, queue_type="lazy")
     with pytest.raises(ConfigError, match="queue_type"):
         redelivery_limit_of(odd)
+
+
+def test_a_copy_the_broker_refuses_uses_up_no_returns(classic: _Classic, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy's exchange routes nowhere (unroutable): the original goes back unacked, paced,
+    its count unchanged, so it is never dead-lettered for the broker's refusals."""
+    monkeypatch.setattr("taskfabric.transport.redelivery._RETRY_DELAY_S", 0.01)
+    seen: list[Delivery] = []
+    classic.publisher.declare_exchange("nowhere", "direct")
+    limit = RedeliveryLimit(limit=1, exchange="nowhere", dead_letter_exchange=classic.topology.dead_letter_exchange)
+
+    def return_it(delivery: Delivery) -> None:
+        seen.append(delivery)
+        classic.consumer.nack(delivery, requeue=True)
+
+    counter = RedeliveryCounter(classic.consumer, limit, return_it)
+    attempts: list[Delivery] = []
+
+    def counted(delivery: Delivery) -> None:
+        attempts.append(delivery)
+        counter(delivery)
+
+    classic.consumer.consume(classic.queue, counted, prefetch=1)
+    _publish(classic, b"m")
+    wait_until(lambda: len(attempts) >= 5, what="several tries of the copy")
+    assert len(seen) == 1  # the handler saw the first delivery only
+    assert classic.publisher.queue_depth(classic.topology.dead_letter_queue) == 0
