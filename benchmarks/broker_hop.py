@@ -1,8 +1,8 @@
 """One RabbitMQ hop through taskfabric's transport: publish to delivery, and to the confirm.
 
 A task crosses two such hops (its endpoint's task queue, then the result queue), so this is the
-floor of the fabric's latency. Compares a quorum queue (what the topology declares) with a
-classic one, on a private node (or the broker that TASKFABRIC_TEST_AMQP_URL names). Prints one
+floor of the fabric's latency. Compares the topology's two queue types (`queue_type`), a quorum
+queue and a classic one, on a private node (or the broker that TASKFABRIC_TEST_AMQP_URL names). Prints one
 readable line and one JSON line per queue type. Figures are measured, never asserted.
 `--rate N` also pushes N messages through one quorum queue, 1,000 confirms in flight, while a
 consumer acks them: the broker's message rate (docs/scaling.md).

@@ -33,8 +33,10 @@ from taskfabric.broker_config.node import (
 )
 from taskfabric.broker_config.topology import (
     DEFAULT_DELIVERY_LIMIT,
+    QUEUE_TYPES,
     EndpointPermissions,
     EndpointQueues,
+    QueueType,
     Topology,
     broker_username,
     endpoint_id_of_username,
@@ -44,12 +46,14 @@ from taskfabric.broker_config.topology import (
 __all__ = [
     "DEFAULT_DELIVERY_LIMIT",
     "DEFAULT_VHOST",
+    "QUEUE_TYPES",
     "ClusterInfo",
     "ClusterStatus",
     "EndpointPermissions",
     "EndpointQueues",
     "ManagementClient",
     "NodeInfo",
+    "QueueType",
     "RabbitCluster",
     "RabbitNode",
     "Topology",

@@ -71,6 +71,11 @@ class ManagementClient:
         result: dict[str, Any] = self._request("GET", "/overview").json()
         return result
 
+    def cluster_nodes(self) -> list[str]:
+        """The names of the broker's nodes (one for a single node, several for a cluster)."""
+        rows = self._request("GET", "/nodes", params={"columns": "name"}).json()
+        return [str(row["name"]) for row in rows if isinstance(row, dict) and "name" in row]
+
     def create_user(self, name: str, password: str, *, tags: str = "") -> None:
         """Create (or update the password of) a broker user."""
         self._request("PUT", f"/users/{_q(name)}", json={"password": password, "tags": tags})

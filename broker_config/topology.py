@@ -14,8 +14,14 @@ DESIGN (cancellation): control messages (`CancelTasks`) travel on a third per-en
 behind the agent's paused intake), so the agent consumes it with its own consumer. It is bound to
 the tasks exchange (only the forwarder publishes there) and readable by the endpoint's user.
 
-Per-endpoint queues are quorum queues with an explicit delivery limit and at-least-once
-dead-lettering (which requires `x-overflow: reject-publish`). Their names end in a random secret
+Per-endpoint queues are of the deployment's `queue_type`. `quorum` (the only choice on a cluster):
+replicated, with an explicit delivery limit and at-least-once dead-lettering (which requires
+`x-overflow: reject-publish`). `classic` (a single node): durable, and every publish is persistent
+and confirmed, so a confirmed message survives a crash or restart of the node as on a quorum queue,
+at about a third of the cost per hop (benchmarks/broker_hop.py); a classic queue keeps no delivery
+count, so its consumers count returns themselves (`taskfabric.transport.redelivery`) with the same
+limit and the same dead-letter exchange. The dead-letter queue is always a quorum queue (it is off
+the hot path). Their names end in a random secret
 handed out only to the forwarder and the endpoint itself: a passive `queue.declare` needs no
 permission and would reveal a guessable queue's depth.
 
@@ -31,16 +37,19 @@ import re
 import secrets
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from taskfabric.errors import PreconditionFailed
 from taskfabric.protocol.api import BrokerAccess
 from taskfabric.transport import Transport
+from taskfabric.transport.redelivery import RedeliveryLimit
 
 __all__ = [
     "DEFAULT_DELIVERY_LIMIT",
+    "QUEUE_TYPES",
     "EndpointPermissions",
     "EndpointQueues",
+    "QueueType",
     "Topology",
     "broker_username",
     "default_quorum_group_size",
@@ -48,9 +57,12 @@ __all__ = [
     "new_queue_secret",
 ]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_DELIVERY_LIMIT = 5
 _GROUP_SIZE = "x-quorum-initial-group-size"
-log = logging.getLogger(__name__)
+QueueType = Literal["quorum", "classic"]
+QUEUE_TYPES: tuple[QueueType, ...] = ("quorum", "classic")
 _SECRET_RE = re.compile(r"^[0-9a-f]{16,64}$")
 #: every endpoint's own broker user is named `ep-<endpoint id>`
 _ENDPOINT_USER_PREFIX = "ep-"
@@ -111,8 +123,11 @@ class Topology:
     #: replicas of each quorum queue (`x-quorum-initial-group-size`); None: the broker's default,
     #: every cluster member (see `default_quorum_group_size`)
     quorum_initial_group_size: int | None = None
+    queue_type: QueueType = "quorum"
 
     def __post_init__(self) -> None:
+        if self.queue_type not in QUEUE_TYPES:
+            raise ValueError(f"queue_type must be one of {', '.join(QUEUE_TYPES)}, not {self.queue_type!r}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.prefix):
             raise ValueError(f"invalid topology prefix {self.prefix!r}")
         if self.delivery_limit < 1:
@@ -179,6 +194,8 @@ class Topology:
             dead_letter_exchange=self.dead_letter_exchange,
             tasks_exchange=self.tasks_exchange,
             ca_certificate=ca_certificate,
+            queue_type=self.queue_type,
+            delivery_limit=self.delivery_limit,
         )
 
     def endpoint_permissions(self, queues: EndpointQueues) -> EndpointPermissions:
@@ -197,6 +214,8 @@ class Topology:
 
     def queue_arguments(self) -> dict[str, Any]:
         """Arguments of every per-endpoint queue."""
+        if self.queue_type == "classic":
+            return {"x-queue-type": "classic", "x-dead-letter-exchange": self.dead_letter_exchange}
         return {
             **self._quorum_arguments(),
             "x-delivery-limit": self.delivery_limit,
@@ -223,6 +242,15 @@ class Topology:
             "x-max-length": max_length,
         }
 
+    def redelivery_limit(self, exchange: str) -> RedeliveryLimit | None:
+        """How a consumer of a per-endpoint queue bound to `exchange` counts returns: None on
+        quorum queues (the broker counts them and applies `x-delivery-limit`)."""
+        if self.queue_type != "classic":
+            return None
+        return RedeliveryLimit(
+            limit=self.delivery_limit, exchange=exchange, dead_letter_exchange=self.dead_letter_exchange
+        )
+
     # --- declarations -------------------------------------------------------------------
 
     def declare_shared(self, transport: Transport) -> None:
@@ -237,21 +265,20 @@ class Topology:
         """Declare and bind one endpoint's task, result and control queues (idempotent); each
         step waits at most `timeout_s` for the broker (a quorum queue's declare waits for its
         Raft group to start: seconds on a busy node holding tens of thousands of them)."""
-        arguments = self.queue_arguments()
         routes = (
             (queues.task_queue, self.tasks_exchange),
             (queues.control_queue, self.tasks_exchange),
             (queues.result_queue, self.results_exchange),
         )
         for queue, exchange in routes:
-            self._declare_quorum_queue(transport, queue, arguments, timeout_s=timeout_s)
+            self._declare_endpoint_queue(transport, queue, timeout_s=timeout_s)
             transport.bind_queue(queue, exchange, queue, timeout_s=timeout_s)
 
     @staticmethod
     def _declare_quorum_queue(
         transport: Transport, name: str, arguments: dict[str, Any], *, timeout_s: float = 10.0
     ) -> None:
-        """Declare a quorum queue; one that exists with another replication factor keeps it.
+        """Declare a queue; a quorum queue that exists with another replication factor keeps it.
 
         RabbitMQ compares `x-quorum-initial-group-size` when a queue is declared again (406 when it
         differs), but the argument only shapes a new queue: a deployment that grew from one node to
@@ -277,6 +304,24 @@ class Topology:
         transport.declare_queue(queue, arguments=arguments)
         transport.bind_queue(queue, self.replicas_exchange, "")
         return queue
+
+    def _declare_endpoint_queue(self, transport: Transport, name: str, *, timeout_s: float = 10.0) -> None:
+        """Declare a queue of this `queue_type`; one declared before a change of `queue_type` keeps
+        its type (a queue's type cannot change) until it is deleted and declared again."""
+        try:
+            self._declare_quorum_queue(transport, name, self.queue_arguments(), timeout_s=timeout_s)
+        except PreconditionFailed:
+            other = dataclasses.replace(self, queue_type="quorum" if self.queue_type == "classic" else "classic")
+            # neither type: raises
+            self._declare_quorum_queue(transport, name, other.queue_arguments(), timeout_s=timeout_s)
+            log.log(
+                logging.WARNING if other.queue_type == "quorum" else logging.ERROR,
+                "queue %s is a %s queue from before queue_type %s: it keeps its type until it is rebuilt%s",
+                name,
+                other.queue_type,
+                self.queue_type,
+                "" if other.queue_type == "quorum" else " (its consumers count no returns meanwhile)",
+            )
 
     def delete_endpoint(self, transport: Transport, queues: EndpointQueues) -> None:
         """Delete one endpoint's queues and the messages in them."""

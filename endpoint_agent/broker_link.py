@@ -17,6 +17,9 @@
   loop through `cancels`. It is subscribed before the task queue, and the task queue only once the
   control queue's backlog has been delivered: after an outage, cancels sent meanwhile are known
   before any task they name can arrive.
+- On classic queues (`queue_type` of the registration answer) the broker counts no deliveries: the
+  task and control queues' returns are counted here (`taskfabric.transport.redelivery`), so a
+  poison task message still ends in the dead-letter queue after `delivery_limit` returns.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 
+from taskfabric.broker_config import DEFAULT_DELIVERY_LIMIT
 from taskfabric.endpoint_agent.connection import EndpointConnection
-from taskfabric.errors import AccessRefused, BrokerError, NotFound
+from taskfabric.errors import AccessRefused, BrokerError, ConfigError, NotFound
 from taskfabric.inbox import Inbox
 from taskfabric.logs import wrap_with_logs
 from taskfabric.protocol import (
@@ -50,6 +54,7 @@ from taskfabric.protocol import (
     pack,
 )
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport, Transport
+from taskfabric.transport.redelivery import RedeliveryLimit
 
 __all__ = ["EndpointBrokerLink", "PublishOutcome"]
 
@@ -108,6 +113,7 @@ class EndpointBrokerLink:
         #: set when the watchdog dropped a consumer the broker had forgotten; the loop clears it
         #: once it has reported the tasks it holds
         self.consumer_lost = False
+        self._redelivery = redelivery_limit_of(connection)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -140,6 +146,7 @@ class EndpointBrokerLink:
                 # an ordinary agent takes cancellations only; a parent, start commands only
                 accepts=(CancelTasks,) if tasks else (StartUserEndpoint,),
                 prefetch=self._prefetch,
+                redelivery=self._redelivery,
             )
         if not tasks:
             return self._control is not None
@@ -154,6 +161,7 @@ class EndpointBrokerLink:
             self._on_batch,
             accepts=(TaskBatch,),
             prefetch=self._prefetch,
+            redelivery=self._redelivery,
         )
         with self._lock:
             self._inbox = inbox
@@ -372,3 +380,17 @@ def _log_dead_letter_failure(future: Future[None]) -> None:
     error = future.exception()
     if error is not None:
         log.warning("could not dead-letter a task: %s", error)
+
+
+def redelivery_limit_of(connection: EndpointConnection) -> RedeliveryLimit | None:
+    """How this agent counts returns of its task and control queues: None on quorum queues (the
+    broker counts) and when the forwarder named no tasks exchange to re-publish to (an old one)."""
+    if connection.queue_type == "quorum" or connection.tasks_exchange is None:
+        return None
+    if connection.queue_type != "classic":
+        raise ConfigError(f"unknown queue type {connection.queue_type!r}", key="queue_type")
+    return RedeliveryLimit(
+        limit=connection.delivery_limit or DEFAULT_DELIVERY_LIMIT,
+        exchange=connection.tasks_exchange,
+        dead_letter_exchange=connection.dead_letter_exchange,
+    )

@@ -25,11 +25,11 @@ from taskfabric.broker_config import (
     EndpointPermissions,
     EndpointQueues,
     ManagementClient,
-    Topology,
+    QueueType,
     broker_username,
 )
 from taskfabric.broker_config.topology import default_quorum_group_size
-from taskfabric.errors import BrokerError, PublishTimeout
+from taskfabric.errors import BrokerError, ConfigError, PublishTimeout
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.transport import OutgoingMessage, RabbitTransport, Transport
 
@@ -72,7 +72,7 @@ class AdminBrokerLink:
     ) -> None:
         """`transport` and `management` default to the real ones (RabbitMQ as the administrator
         user, the management HTTP API); unit tests pass in-memory ones."""
-        self.topology = Topology(prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit)
+        self.topology = settings.topology
         self._settings = settings
         self._own_transport = transport is None
         self.transport = transport or RabbitTransport(
@@ -92,27 +92,56 @@ class AdminBrokerLink:
         return self.transport.username
 
     def start(self) -> None:
-        """Connect, settle the quorum queues' replication factor, and declare the shared exchanges
-        and dead-letter queue."""
+        """Choose the queue type (`queue_type: auto`), connect, settle the quorum queues'
+        replication factor, and declare the shared exchanges and dead-letter queue."""
+        nodes = self._cluster_nodes()
+        self.topology = dataclasses.replace(self.topology, queue_type=self._queue_type(nodes))
         self.transport.start(wait_s=self._connect_timeout_s)
         group_size = self._settings.quorum_initial_group_size
         if group_size is None:
-            group_size = default_quorum_group_size(self._cluster_nodes())
+            # without the management API's answer: as many nodes as the forwarder has broker URLs
+            group_size = default_quorum_group_size(len(nodes) if nodes is not None else len(self._settings.broker_urls))
         if group_size is not None:
             log.info("quorum queues get %d replicas", group_size)
             self.topology = dataclasses.replace(self.topology, quorum_initial_group_size=group_size)
         self.topology.declare_shared(self.transport)
 
-    def _cluster_nodes(self) -> int:
-        """How many nodes the broker cluster has, as its management API says (without one, or if it
-        cannot answer: as many as the forwarder has broker URLs)."""
-        nodes = getattr(self.management, "nodes", None)
-        if nodes is not None:
-            try:
-                return len(nodes())
-            except BrokerError as exc:
-                log.warning("cannot count the broker's nodes (%s): assuming one per broker URL", exc)
-        return len(self._settings.broker_urls)
+    def _queue_type(self, nodes: list[str] | None) -> QueueType:
+        """The type of the endpoint queues. Classic queues live on one node: on a cluster only
+        quorum queues keep the guarantees (a crashed node would hold the only copy), so classic is
+        refused there, and `auto` means classic on a single node (a third of a quorum queue's cost
+        per hop, crash-safe there; see docs/operator.md) and quorum on a cluster."""
+        wanted = self._settings.queue_type
+        if wanted == "quorum":
+            return "quorum"
+        if len(self._settings.broker_urls) > 1:  # several URLs name a cluster
+            return "quorum"  # (classic with several URLs is refused by the settings)
+        if wanted == "classic":
+            if nodes is not None and len(nodes) > 1:
+                raise ConfigError(
+                    f"the broker is a cluster of {len(nodes)} nodes: classic queues live on one node; "
+                    "use queue_type quorum (or auto)",
+                    key="queue_type",
+                )
+            return "classic"
+        chosen: QueueType = "classic" if nodes is not None and len(nodes) == 1 else "quorum"
+        log.info(
+            "queue_type auto: %s queues (broker nodes: %s)", chosen, len(nodes) if nodes is not None else "unknown"
+        )
+        return chosen
+
+    def _cluster_nodes(self) -> list[str] | None:
+        """The broker's nodes by the management API; None when it cannot tell (a stand-in without
+        the call, or the API unreachable: `auto` then keeps quorum queues, safe everywhere)."""
+        cluster_nodes = getattr(self.management, "cluster_nodes", None)
+        if cluster_nodes is None:
+            return None
+        try:
+            nodes: list[str] = cluster_nodes()
+        except BrokerError as exc:
+            log.warning("cannot list the broker's nodes (for queue_type): %s", exc)
+            return None
+        return nodes
 
     def close(self) -> None:
         self.transport.close()

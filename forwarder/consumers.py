@@ -100,6 +100,7 @@ class ResultConsumers:
                 handler,
                 accepts=(ResultBatch, EndpointStatus, TaskEvents),
                 prefetch=self._prefetch,
+                redelivery=self._topology.redelivery_limit(self._topology.results_exchange),
             )
             self._inboxes[endpoint.endpoint_id] = inbox
         log.info("consuming results of endpoint %s", endpoint.endpoint_id)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from taskfabric.broker_config import Topology
+from taskfabric.broker_config import QueueType, Topology
 from taskfabric.errors import ConfigError
 from taskfabric.forwarder.blobs.open import check_blob_url
 from taskfabric.paths import taskfabric_home
@@ -332,6 +332,13 @@ class ForwarderSettings:
     )
     topology_prefix: str = setting("taskfabric", help="prefix of every exchange and queue name")
     delivery_limit: int = setting(5, help="deliveries of one message before the broker dead-letters it", min=1)
+    queue_type: Literal["auto", "quorum", "classic"] = setting(
+        "auto",
+        help="type of the per-endpoint queues: quorum (replicated; required on a cluster), classic (durable, "
+        "persistent and confirmed: crash-safe on a single node, a faster hop; returns counted by the consumers), "
+        "or auto: classic when the management API lists one broker node, else quorum. Existing queues keep "
+        "their type until rebuilt (docs/operator.md)",
+    )
     auth: AuthSettings = setting(default_factory=AuthSettings, help="authentication")
     max_payload_bytes: int = setting(10 * _MIB, help="largest task payload accepted", min=1)
     max_function_bytes: int = setting(10 * _MIB, help="largest function body accepted", min=1)
@@ -481,6 +488,7 @@ class ForwarderSettings:
             _check_url(url, ("amqp", "amqps"), f"endpoint_amqp_urls[{index}]")
         _check_same_broker(self.broker_urls, "amqp_urls")
         _check_same_broker(self.endpoint_urls, "endpoint_amqp_urls")
+        _check_queue_type(self)
         if self.broker_ca_file is not None:
             client_ssl_context(self.broker_ca_file, key="broker_ca_file")
         if self.endpoint_broker_ca_file is not None:
@@ -579,6 +587,13 @@ class ForwarderSettings:
         return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
 
     @property
+    def topology(self) -> Topology:
+        """The deployment's broker topology (with `queue_type: auto`, quorum until the forwarder's
+        broker link chooses at start: `AdminBrokerLink.topology`)."""
+        queue_type: QueueType = "classic" if self.queue_type == "classic" else "quorum"
+        return Topology(prefix=self.topology_prefix, delivery_limit=self.delivery_limit, queue_type=queue_type)
+
+    @property
     def broker_ssl_context(self) -> ssl.SSLContext | None:
         """The context verifying the broker for an amqps `amqp_url` (None for amqp)."""
         if urllib.parse.urlsplit(self.amqp_url).scheme != "amqps":
@@ -661,3 +676,14 @@ def _check_body_limits(settings: ForwarderSettings) -> None:
         needed = int(largest * _BASE64_GROWTH) + _REQUEST_SLACK_BYTES
         if limit < needed:
             raise ConfigError(f"must be at least {needed} to fit one base64-encoded body of the maximum size", key=key)
+
+
+def _check_queue_type(settings: ForwarderSettings) -> None:
+    """Classic queues live on one node: refuse them for a broker of several nodes (several AMQP
+    URLs name a cluster, where `auto` means quorum too: see `AdminBrokerLink._queue_type`, which
+    also refuses classic queues at start when the management API lists more than one node)."""
+    if settings.queue_type == "classic" and len(settings.broker_urls) > 1:
+        raise ConfigError(
+            "classic queues live on one node: a broker of several nodes (amqp_urls) needs queue_type quorum",
+            key="queue_type",
+        )

@@ -53,6 +53,11 @@ _REPLAY_CHUNK = 900
 _POLL_MARGIN_S = 2.0
 #: how many sent ids a connection remembers (to send each result once)
 _SENT_MEMORY = 200_000
+#: finished records the hub keeps for subscriptions that come just after (see `ResultHub`): at most
+#: this many, holding at most this many outcome bytes, each outcome at most this large
+_REMEMBERED_RECORDS = 4096
+_REMEMBERED_BYTES = 8 * 1024 * 1024
+_REMEMBERED_OUTCOME_BYTES = 64 * 1024
 #: close code: "try again later" (the client re-subscribes on a new connection)
 _CLOSE_OVERFLOW = 1013
 #: close code: "policy violation" (the token is no longer accepted)
@@ -184,6 +189,12 @@ class ResultHub:
         self.recently_accepted: RecentIds[uuid.UUID] = RecentIds()
         self.recently_finished: RecentIds[bool] = RecentIds()
         self.announce: Callable[[list[uuid.UUID]], None] | None = None
+        #: the last finished records with small outcomes, by id.int (oldest first): a subscription
+        #: that arrives just after its task finished (an interactive client subscribes once its
+        #: submit is answered; a fast task can finish before that) is answered from here, without
+        #: a store read on a reader thread
+        self._finished: collections.OrderedDict[int, TaskRecord] = collections.OrderedDict()
+        self._finished_bytes = 0
 
     @property
     def watched(self) -> int:
@@ -240,12 +251,56 @@ class ResultHub:
         """Hand finished tasks (read from the store) to their watchers; announces nothing."""
         records = list(records)
         self.recently_finished.add_many((record.task_id for record in records), True)
+        self._remember(records)
         for record in records:
             watchers = self._watchers.pop(record.task_id.int, None)
             if watchers is None:
                 continue
             for subscriber in watchers if isinstance(watchers, list) else (watchers,):
                 subscriber.deliver(record)
+
+    def _remember(self, records: Sequence[TaskRecord]) -> None:
+        finished = self._finished
+        for record in records:
+            size = _outcome_bytes(record)
+            if size > _REMEMBERED_OUTCOME_BYTES or record.task_id.int in finished:
+                continue
+            finished[record.task_id.int] = record
+            self._finished_bytes += size
+        while finished and (len(finished) > _REMEMBERED_RECORDS or self._finished_bytes > _REMEMBERED_BYTES):
+            _key, oldest = finished.popitem(last=False)
+            self._finished_bytes -= _outcome_bytes(oldest)
+
+    def deliver_remembered(self, subscriber: StreamSubscriber, task_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+        """Deliver the subscriber's tasks that finished moments ago from memory; returns the ids
+        still to look up in the store."""
+        finished = self._finished
+        if not finished:
+            return list(task_ids)
+        rest: list[uuid.UUID] = []
+        settled: list[uuid.UUID] = []
+        for task_id in task_ids:
+            record = finished.get(task_id.int)
+            if record is not None and record.owner_id == subscriber.owner_id:
+                subscriber.deliver(record)
+                settled.append(task_id)
+            else:
+                rest.append(task_id)
+        if settled:
+            self.unwatch(subscriber, settled)
+        return rest
+
+
+def _outcome_bytes(record: TaskRecord) -> int:
+    """What a remembered record holds beyond its fixed fields."""
+    return (
+        len(record.result or b"")
+        + len(record.error_exception or b"")
+        + len(record.error_message or "")
+        + len(record.error_traceback or "")
+        + len(record.stdout or "")
+        + len(record.stderr or "")
+    )
 
 
 # --- one connection -----------------------------------------------------------------------
@@ -346,7 +401,7 @@ class _Connection:
             ids = ids[: max(0, room)]
         new = self.subscriber.want(ids)
         self.hub.watch(self.subscriber, new)
-        new = self._needing_a_lookup(new)
+        new = self.hub.deliver_remembered(self.subscriber, self._needing_a_lookup(new))
         for start in range(0, len(new), _REPLAY_CHUNK):
             chunk = new[start : start + _REPLAY_CHUNK]
             records = await self.runner.read(self.store.tasks.get_many, chunk)

@@ -4,6 +4,7 @@ A malformed message (garbage, wrong schema, a type this consumer does not take) 
 without requeue, so the broker moves it to the dead-letter queue; the consumer keeps consuming.
 Decoding happens on the transport's IO thread (it is cheap and pure); the handler receives the
 decoded message and the delivery, and must ack or nack it (directly or later, from any thread).
+On a classic queue (`redelivery` given) returns are counted first, see `taskfabric.transport.redelivery`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any, Generic, TypeVar, cast
 
 from taskfabric.errors import ProtocolError
 from taskfabric.protocol import unpack
-from taskfabric.transport import ConsumerHandle, Delivery, Transport
+from taskfabric.transport import ConsumerHandle, Delivery, DeliveryCallback, Transport
+from taskfabric.transport.redelivery import RedeliveryCounter, RedeliveryLimit
 
 __all__ = ["Inbox"]
 
@@ -34,13 +36,17 @@ class Inbox(Generic[_M]):
         *,
         accepts: tuple[type, ...],
         prefetch: int,
+        redelivery: RedeliveryLimit | None = None,
     ) -> None:
         self._transport = transport
         self._handler = handler
         self._accepts = accepts
         self.queue = queue
         self.rejected = 0
-        self._consumer: ConsumerHandle = transport.consume(queue, self._on_delivery, prefetch=prefetch)
+        on_delivery: DeliveryCallback = self._on_delivery
+        if redelivery is not None:  # a classic queue: the broker counts nothing
+            on_delivery = RedeliveryCounter(transport, redelivery, self._on_delivery)
+        self._consumer: ConsumerHandle = transport.consume(queue, on_delivery, prefetch=prefetch)
 
     @property
     def consumer(self) -> ConsumerHandle:

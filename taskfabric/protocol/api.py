@@ -90,6 +90,11 @@ class BrokerAccess:
     """every member of the broker cluster, with the endpoint's user and password (amqp_url is the
     first); the agent connects to one and moves to the next when it fails. Null from an older
     forwarder (and an older agent reads amqp_url only)"""
+    queue_type: str = "quorum"
+    """the type of the endpoint's queues: "quorum" or "classic" (the agent then counts the task
+    and control queues' redeliveries itself, up to delivery_limit)"""
+    delivery_limit: int | None = None
+    """returns of one message before it is dead-lettered (null from an old forwarder)"""
 
     @property
     def broker_urls(self) -> tuple[str, ...]:

@@ -86,8 +86,9 @@ class Fault:
 
 
 class Campaign:
-    def __init__(self, node: RabbitNode, folder: Path) -> None:
+    def __init__(self, node: RabbitNode, folder: Path, *, queue_type: str = "quorum") -> None:
         self.node = node
+        self.queue_type = queue_type
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         info = node.start()
@@ -109,6 +110,7 @@ class Campaign:
             "max_batch_tasks": 3000,
             "auth": {"cache_max_age_s": 1.0},
             "queue_check_period_s": 2.0,
+            "queue_type": queue_type,
         }
         self.settings = ForwarderSettings.from_mapping(self.values)
         self.forwarder = ForwarderProcess(folder / "forwarder", self.values).start()

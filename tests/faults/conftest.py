@@ -1,5 +1,7 @@
-"""The fault campaign's fixture: one fabric per module (see taskfabric/testing/campaign.py), on the
-session's private node (`private_node`, tests/conftest.py): the cases kill and stop it."""
+"""The fault campaign's fixture: one fabric per module and queue type (see
+taskfabric/testing/campaign.py), on the session's private node (`private_node`, tests/conftest.py):
+the cases kill and stop it. Every case runs on quorum queues; the cases marked `every_queue_type`
+(faults of the broker, its links and the agent's unacked deliveries) run on classic queues too."""
 
 from __future__ import annotations
 
@@ -7,20 +9,34 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskfabric.broker_config import RabbitNode
+from taskfabric.broker_config import QUEUE_TYPES, RabbitNode
 from taskfabric.testing.campaign import Campaign
 
 
-@pytest.fixture(scope="module")
-def campaign(private_node: RabbitNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
-    folder = tmp_path_factory.mktemp("faults")
+@pytest.fixture(scope="module", params=QUEUE_TYPES)
+def campaign(
+    private_node: RabbitNode, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Campaign]:
+    folder = tmp_path_factory.mktemp(f"faults-{request.param}")
     patch = pytest.MonkeyPatch()
     patch.setenv("TASKFABRIC_HOME", str(folder / "home"))
     running: Campaign | None = None
     try:
-        running = Campaign(private_node, folder / "fabric")
+        running = Campaign(private_node, folder / "fabric", queue_type=request.param)
         yield running
     finally:
         if running is not None:
             running.close()
         patch.undo()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Collect a case on classic queues only when it is marked `every_queue_type`."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        classic = callspec is not None and callspec.params.get("campaign") == "classic"
+        (dropped if classic and item.get_closest_marker("every_queue_type") is None else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

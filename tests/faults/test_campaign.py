@@ -42,6 +42,7 @@ def test_a_worker_killed_mid_task(campaign: Campaign) -> None:
     assert_no_violation(counts)
 
 
+@pytest.mark.every_queue_type
 def test_the_agent_killed_and_restarted_by_its_supervisor(campaign: Campaign) -> None:
     killed: list[int] = []
 
@@ -70,6 +71,7 @@ def test_the_forwarder_killed_and_restarted(campaign: Campaign) -> None:
     assert_no_violation(counts)
 
 
+@pytest.mark.every_queue_type
 def test_the_broker_node_killed_and_restarted(campaign: Campaign) -> None:
     counts = campaign.run_case("broker-kill-9", Fault(campaign.node.kill, campaign.node.start, hold_s=2.0))
     assert_no_violation(counts)
@@ -99,6 +101,7 @@ def test_the_endpoints_queues_left_leaderless_by_a_broker_crash(campaign: Campai
     assert_no_violation(counts)
 
 
+@pytest.mark.every_queue_type
 def test_the_broker_stopped_for_ten_seconds(campaign: Campaign) -> None:
     counts = campaign.run_case(
         "broker-stopped-10s", Fault(campaign.node.stop_app, campaign.node.start_app, hold_s=10.0)
@@ -106,6 +109,7 @@ def test_the_broker_stopped_for_ten_seconds(campaign: Campaign) -> None:
     assert_no_violation(counts)
 
 
+@pytest.mark.every_queue_type
 def test_an_agent_broker_partition(campaign: Campaign) -> None:
     proxy = campaign.agent_proxy
     counts = campaign.run_case(
@@ -116,6 +120,7 @@ def test_an_agent_broker_partition(campaign: Campaign) -> None:
     assert_no_violation(counts)
 
 
+@pytest.mark.every_queue_type
 def test_a_forwarder_broker_partition(campaign: Campaign) -> None:
     proxy = campaign.forwarder_proxy
     counts = campaign.run_case(
@@ -191,6 +196,7 @@ def _refused(client: Client) -> bool:
     return False
 
 
+@pytest.mark.every_queue_type
 def test_the_brokers_disk_alarm(campaign: Campaign) -> None:
     """The node's disk limit is set above the free space: RabbitMQ raises its disk alarm and blocks
     every publishing connection until the limit is set back."""

@@ -1,5 +1,5 @@
 """Broker restarts and crashes on a private node: confirmed messages survive, clients reconnect,
-and confirm waits are bounded."""
+and confirm waits are bounded; on each queue type (`queue_type`: quorum, classic)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from taskfabric.broker_config import RabbitNode, Topology, new_queue_secret
+from taskfabric.broker_config import QUEUE_TYPES, RabbitNode, Topology, new_queue_secret
 from taskfabric.broker_config.topology import EndpointQueues
 from taskfabric.errors import ConnectionLost, PublishTimeout
 from taskfabric.testing import unique_name, wait_until
@@ -26,12 +26,14 @@ def node(private_node: RabbitNode) -> RabbitNode:
     return private_node
 
 
-@pytest.fixture
-def link(node: RabbitNode) -> Iterator[tuple[RabbitTransport, Topology, EndpointQueues]]:
+@pytest.fixture(params=QUEUE_TYPES)
+def link(
+    node: RabbitNode, request: pytest.FixtureRequest
+) -> Iterator[tuple[RabbitTransport, Topology, EndpointQueues]]:
     info = node.start()  # idempotent: brings the node back if a test left it down
     transport = RabbitTransport(info.amqp_url, confirm_timeout_s=3.0, backoff_max_s=1.0)
     transport.start(wait_s=30)
-    topo = Topology(prefix=unique_name("f"))
+    topo = Topology(prefix=unique_name("f"), queue_type=request.param)
     topo.declare_shared(transport)
     queues = topo.endpoint_queues(uuid.uuid4(), new_queue_secret())
     topo.declare_endpoint(transport, queues)

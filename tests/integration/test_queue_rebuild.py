@@ -67,6 +67,7 @@ def service(
         "amqp_url": info.amqp_url,
         "management_url": info.management_url,
         "topology_prefix": unique_name("rebuild"),
+        "queue_type": "quorum",  # a leaderless queue is a quorum queue's fault
         "status_period_s": 0.5,
         "endpoint_offline_after_s": 3.0,
         "confirm_timeout_s": 3.0,
@@ -176,6 +177,7 @@ def test_the_registration_probe_proves_queues_and_refuses_a_leaderless_one(node:
             "amqp_url": info.amqp_url,
             "management_url": info.management_url,
             "topology_prefix": unique_name("probe"),
+            "queue_type": "quorum",
             "database_url": f"sqlite:///{tmp_path / 'unused.db'}",
             "confirm_timeout_s": 2.0,
         }

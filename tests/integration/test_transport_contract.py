@@ -1,17 +1,20 @@
-"""The transport contract: the same cases on the in-memory broker and on a real RabbitMQ."""
+"""The transport contract: the same cases on the in-memory broker and on a real RabbitMQ, with
+each queue type (on classic queues the consumer counts returns: taskfabric/transport/redelivery.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from taskfabric.broker_config import Topology, new_queue_secret
+from taskfabric.broker_config import QUEUE_TYPES, Topology, new_queue_secret
 from taskfabric.errors import NotFound, PreconditionFailed, Unroutable
 from taskfabric.testing import unique_name, wait_until
-from taskfabric.transport import Delivery, OutgoingMessage, Transport
+from taskfabric.transport import Delivery, DeliveryCallback, OutgoingMessage, Transport
+from taskfabric.transport.redelivery import RedeliveryCounter
 
 Env = tuple[Transport, Callable[[], Transport]]
 
@@ -37,17 +40,25 @@ class Collector:
             return [d.body for d in self.deliveries]
 
 
-@pytest.fixture
-def env(any_transport: Env) -> Iterator[tuple[Transport, Callable[[], Transport], Topology, str]]:
-    """A declared topology with one endpoint's queues on either transport; cleaned up after."""
+@pytest.fixture(params=QUEUE_TYPES)
+def env(
+    any_transport: Env, request: pytest.FixtureRequest
+) -> Iterator[tuple[Transport, Callable[[], Transport], Topology, str]]:
+    """A declared topology with one endpoint's queues of either type on either transport; cleaned up after."""
     transport, make = any_transport
-    topo = Topology(prefix=unique_name("c"), delivery_limit=2)
+    topo = Topology(prefix=unique_name("c"), delivery_limit=2, queue_type=request.param)
     topo.declare_shared(transport)
     queues = topo.endpoint_queues(uuid.uuid4(), new_queue_secret())
     topo.declare_endpoint(transport, queues)
     yield transport, make, topo, queues.task_queue
     topo.delete_endpoint(transport, queues)
     topo.delete_shared(transport)
+
+
+def _counted(transport: Transport, topo: Topology, callback: DeliveryCallback) -> DeliveryCallback:
+    """`callback` as the agent and the forwarder consume: returns counted on a classic queue."""
+    limit = topo.redelivery_limit(topo.tasks_exchange)
+    return callback if limit is None else RedeliveryCounter(transport, limit, callback)
 
 
 def _msg(topo: Topology, queue: str, body: bytes, **kwargs: object) -> OutgoingMessage:
@@ -114,7 +125,7 @@ def test_nack_requeue_redelivers_with_a_count_then_dead_letters(
         seen.append(delivery)
         transport.nack(delivery, requeue=True)
 
-    handle = transport.consume(queue, always_fail, prefetch=1)
+    handle = transport.consume(queue, _counted(transport, topo, always_fail), prefetch=1)
     # delivery_limit=2: delivered three times, then dead-lettered
     wait_until(lambda: transport.queue_depth(topo.dead_letter_queue) == 1, what="poison message dead-lettered")
     handle.cancel()
@@ -177,9 +188,23 @@ def test_declares_are_idempotent_and_conflicts_are_typed(
     topo.declare_shared(transport)
     transport.declare_queue(queue, arguments=topo.queue_arguments())
     with pytest.raises(PreconditionFailed):
-        transport.declare_queue(queue, arguments={**topo.queue_arguments(), "x-delivery-limit": 99})
+        other = "classic" if topo.queue_type == "quorum" else "quorum"
+        transport.declare_queue(queue, arguments={**topo.queue_arguments(), "x-queue-type": other})
     # the transport recovers from the closed channel
     assert transport.queue_depth(queue) == 0
+
+
+def test_endpoint_queues_declared_before_a_change_of_queue_type_keep_their_type(
+    env: tuple[Transport, Callable[[], Transport], Topology, str],
+) -> None:
+    transport, _make, topo, queue = env
+    other = dataclasses.replace(topo, queue_type="classic" if topo.queue_type == "quorum" else "quorum")
+    queues = topo.endpoint_queues(uuid.UUID(queue.split(".")[2]), queue.split(".")[3])
+    other.declare_endpoint(transport, queues)  # a forwarder restarted with the other queue_type
+    transport.publish(_msg(topo, queue, b"still here")).result(timeout=10)
+    collector = Collector(transport)
+    transport.consume(queue, collector, prefetch=1)
+    wait_until(lambda: collector.bodies == [b"still here"], what="the queue working as before")
 
 
 def test_queue_depth_of_missing_queue_is_not_found(

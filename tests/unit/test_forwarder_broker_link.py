@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from taskfabric.broker_config import broker_username, endpoint_id_of_username, new_queue_secret
+from taskfabric.errors import BrokerUnavailable, ConfigError
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.testing import MemoryEndpointUsers
@@ -70,3 +71,53 @@ def test_task_messages_reach_the_endpoints_queue_signed_by_the_forwarder(link: A
     wait_until(lambda: len(received) == 2, what="both task messages")
     assert [delivery.body for delivery in received] == [b"first", b"second"]
     assert {delivery.user_id for delivery in received} == {"forwarder"}
+
+
+class _Cluster(MemoryEndpointUsers):
+    def __init__(self, nodes: list[str] | None) -> None:
+        super().__init__()
+        self.nodes = nodes
+
+    def cluster_nodes(self) -> list[str]:
+        if self.nodes is None:
+            raise BrokerUnavailable("management API unreachable")
+        return self.nodes
+
+
+_THREE = ["rabbit@a", "rabbit@b", "rabbit@c"]
+
+
+@pytest.mark.parametrize(
+    ("wanted", "nodes", "chosen"),
+    [
+        ("auto", ["rabbit@a"], "classic"),  # the single-node default
+        ("auto", _THREE, "quorum"),
+        ("auto", None, "quorum"),  # cannot tell: the type that is safe everywhere
+        ("classic", ["rabbit@a"], "classic"),
+        ("classic", None, "classic"),
+        ("classic", _THREE, None),  # refused
+        ("quorum", ["rabbit@a"], "quorum"),
+        ("quorum", _THREE, "quorum"),
+    ],
+)
+def test_the_queue_type_is_chosen_at_start_and_classic_is_refused_on_a_cluster(
+    wanted: str, nodes: list[str] | None, chosen: str | None
+) -> None:
+    settings = ForwarderSettings.from_mapping({"topology_prefix": "unit", "queue_type": wanted})
+    link = AdminBrokerLink(settings, transport=MemoryTransport(MemoryBroker()), management=_Cluster(nodes))
+    try:
+        if chosen is None:
+            with pytest.raises(ConfigError, match=r"cluster of 3 nodes.*queue_type quorum"):
+                link.start()
+        else:
+            link.start()
+            assert link.topology.queue_type == chosen
+            queues = link.queues_of(uuid.uuid4(), new_queue_secret())
+            access = link.topology.broker_access(queues, amqp_url="amqp://x/", username="ep")
+            assert access.queue_type == chosen  # what registrations tell the agents
+    finally:
+        link.close()
+
+
+def test_auto_keeps_quorum_queues_with_a_management_stand_in_that_cannot_tell(link: AdminBrokerLink) -> None:
+    assert link.topology.queue_type == "quorum"

@@ -109,3 +109,29 @@ def test_quota_settings_load_from_their_section_and_environment_and_name_a_bad_k
         ForwarderSettings.from_mapping({"quotas": {"max_endpoints_per_user": -1}})
     with pytest.raises(ConfigError, match=r"quotas\.consumers_per_connection: must be at most 2000"):
         ForwarderSettings.from_mapping({"quotas": {"consumers_per_connection": 5000}})
+
+
+def test_the_queue_type_is_a_deployment_setting_checked_eagerly(tmp_home: Path) -> None:
+    assert ForwarderSettings().queue_type == "auto"  # chosen at start: AdminBrokerLink
+    assert ForwarderSettings().topology.queue_type == "quorum"  # until then, the safe one
+    settings = ForwarderSettings.load(environ={"TASKFABRIC_FORWARDER_QUEUE_TYPE": "classic"})
+    assert settings.queue_type == "classic"
+    assert settings.topology.queue_type == "classic"
+    assert settings.topology.queue_arguments()["x-queue-type"] == "classic"
+    with pytest.raises(ConfigError, match=r"queue_type"):
+        ForwarderSettings.from_mapping({"queue_type": "lazy"})
+
+
+def test_classic_queues_are_refused_for_a_broker_of_several_urls(tmp_home: Path) -> None:
+    """The hook for several AMQP URLs (a cluster): classic queues live on one node."""
+    from taskfabric.forwarder import settings as settings_module
+
+    class Clustered:
+        queue_type = "classic"
+        amqp_urls = ("amqp://a/", "amqp://b/")
+
+    with pytest.raises(ConfigError, match="queue_type quorum"):
+        settings_module._check_queue_type(Clustered())  # type: ignore[arg-type]
+    for fine in ("quorum", "auto"):
+        Clustered.queue_type = fine
+        settings_module._check_queue_type(Clustered())  # type: ignore[arg-type]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from taskfabric.forwarder.records import TaskRecord, TaskStatus
 from taskfabric.forwarder.stream import ResultHub, StreamLimits, StreamSubscriber
 
@@ -94,3 +96,29 @@ def test_frames_are_bounded_in_results() -> None:
         sizes.append(len(frame["results"]))
     assert sizes == [1000, 1000, 500]
     assert subscriber.outbox_bytes == 0
+
+
+def test_a_subscription_just_after_its_task_finished_is_answered_from_memory() -> None:
+    hub = ResultHub()
+    done, theirs, big, later = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    hub.publish([_finished(done), _finished(theirs, owner=uuid.uuid4()), _finished(big, value=b"x" * 70_000)])
+    subscriber = StreamSubscriber(OWNER, StreamLimits())
+    wanted = subscriber.want([done, theirs, big, later])
+    hub.watch(subscriber, wanted)
+
+    to_look_up = hub.deliver_remembered(subscriber, wanted)
+
+    # another owner's task and a large outcome are not answered from memory: the store decides
+    assert to_look_up == [theirs, big, later]
+    assert _sent_ids(subscriber) == [str(done)]
+    assert set(subscriber.pending) == {theirs, big, later}
+    assert hub.watched == 3  # the delivered one is no longer watched
+
+
+def test_the_memory_of_finished_records_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("taskfabric.forwarder.stream._REMEMBERED_RECORDS", 3)
+    hub = ResultHub()
+    ids = [uuid.uuid4() for _ in range(5)]
+    hub.publish([_finished(task_id) for task_id in ids])
+    subscriber = StreamSubscriber(OWNER, StreamLimits())
+    assert hub.deliver_remembered(subscriber, subscriber.want(ids)) == ids[:2]  # the oldest were forgotten

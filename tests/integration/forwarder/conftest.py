@@ -88,6 +88,7 @@ class ForwarderPool:
     def _start(self, backend: str) -> RunningForwarder:
         folder = self._directory / backend
         is_postgres = backend == "postgres"
+        queue_type = "classic" if backend == "sqlite-classic" else "quorum"
         database_url = self._postgres_url() if is_postgres else f"sqlite:///{folder / 'forwarder.db'}"
         assert self._broker.management_url, "the forwarder needs the broker's management API"
         values = {
@@ -96,6 +97,7 @@ class ForwarderPool:
             "amqp_url": self._broker.amqp_url,
             "management_url": self._broker.management_url,
             "topology_prefix": unique_name(f"fw-{backend}"),
+            "queue_type": queue_type,
         }
         process = ForwarderProcess(folder, values)
         self._stack.enter_context(process)
@@ -134,6 +136,12 @@ def forwarder(request: pytest.FixtureRequest, forwarder_pool: ForwarderPool) -> 
 def sqlite_forwarder(forwarder_pool: ForwarderPool) -> RunningForwarder:
     """The forwarder on SQLite only."""
     return forwarder_pool.get("sqlite")
+
+
+@pytest.fixture(scope="session")
+def classic_forwarder(forwarder_pool: ForwarderPool) -> RunningForwarder:
+    """The forwarder on SQLite with `queue_type: classic`."""
+    return forwarder_pool.get("sqlite-classic")
 
 
 @pytest.fixture

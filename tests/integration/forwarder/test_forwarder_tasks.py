@@ -14,9 +14,12 @@ from typing import Any
 import msgpack
 import pytest
 
+from taskfabric.endpoint_agent.broker_link import redelivery_limit_of
+from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.forwarder.records import NewTask, TaskStatus
 from taskfabric.forwarder.tasks import submission_task_ids
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi
+from taskfabric.inbox import Inbox
 from taskfabric.protocol import Result, Task, TaskBatch, TaskError, pack
 from taskfabric.testing import wait_until
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
@@ -189,6 +192,48 @@ def test_dead_lettered_task_batches_fail_their_tasks(
         assert error["code"] == "DEAD_LETTERED"
         assert reason in error["message"]
     assert len(deliveries) == (forwarder.settings.delivery_limit + 1 if requeue else 1)
+
+
+def test_on_classic_queues_poison_task_batches_are_dead_lettered_and_results_land(
+    classic_forwarder: Any, users: Users, fake_endpoints: FakeEndpoints
+) -> None:
+    """queue_type classic: the broker counts no deliveries; a consumer counting as the agent does
+    (`Inbox` with the registration's limit) still gets a poison message dead-lettered after
+    delivery_limit returns, and its tasks fail with the typed DEAD_LETTERED error."""
+    alice = users(classic_forwarder)
+    registration = alice.register_endpoint("classic-poisoned")
+    assert (registration["broker"]["queue_type"], registration["broker"]["delivery_limit"]) == ("classic", 2)
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    task_ids = alice.submit(registration["endpoint_id"], function_id, [b"x", b"y"])
+    endpoint = fake_endpoints(registration)
+    connection = EndpointConnection.of(uuid.UUID(registration["endpoint_id"]), endpoint.broker)
+    deliveries: list[Delivery] = []
+
+    def cannot_handle(batch: TaskBatch, delivery: Delivery) -> None:  # an agent dying before every ack
+        deliveries.append(delivery)
+        endpoint.transport.nack(delivery, requeue=True)
+
+    inbox = Inbox(
+        endpoint.transport,
+        endpoint.broker.task_queue,
+        cannot_handle,
+        accepts=(TaskBatch,),
+        prefetch=1,
+        redelivery=redelivery_limit_of(connection),
+    )
+    wait_until(lambda: alice.task(task_ids[0])["status"] == "failed", what="tasks failed by the dead letter")
+    inbox.cancel()
+    for task_id in task_ids:
+        error = alice.task(task_id)["error"]
+        assert error["code"] == "DEAD_LETTERED"
+        assert "delivery_limit" in error["message"] and "after 3 deliveries" in error["message"]
+    assert [d.delivery_count for d in deliveries] == [0, 1, 2]
+
+    # the forwarder consumes the classic result queue: a result lands once
+    more = alice.submit(registration["endpoint_id"], function_id, [b"z"])
+    endpoint.publish_results([_ok(more[0], b"fine")])
+    wait_until(lambda: alice.task(more[0])["status"] == "success", what="the result on a classic queue")
+    assert base64.b64decode(alice.task(more[0])["result"]) == b"fine"
 
 
 def test_a_batch_the_broker_does_not_take_is_not_accepted(
