@@ -123,15 +123,11 @@ def test_the_queue_type_is_a_deployment_setting_checked_eagerly(tmp_home: Path) 
 
 
 def test_classic_queues_are_refused_for_a_broker_of_several_urls(tmp_home: Path) -> None:
-    """The hook for several AMQP URLs (a cluster): classic queues live on one node."""
-    from taskfabric.forwarder import settings as settings_module
-
-    class Clustered:
-        queue_type = "classic"
-        amqp_urls = ("amqp://a/", "amqp://b/")
-
-    with pytest.raises(ConfigError, match="queue_type quorum"):
-        settings_module._check_queue_type(Clustered())  # type: ignore[arg-type]
+    """Several AMQP URLs name a cluster: classic queues live on one node."""
+    urls = ["amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:guest@127.0.0.1:5673/"]
+    with pytest.raises(ConfigError, match="queue_type quorum") as refused:
+        ForwarderSettings.from_mapping({"amqp_urls": urls, "queue_type": "classic"})
+    assert str(refused.value).startswith("queue_type:")
     for fine in ("quorum", "auto"):
-        Clustered.queue_type = fine
-        settings_module._check_queue_type(Clustered())  # type: ignore[arg-type]
+        assert ForwarderSettings.from_mapping({"amqp_urls": urls, "queue_type": fine}).queue_type == fine
+    assert ForwarderSettings.from_mapping({"amqp_urls": urls[:1], "queue_type": "classic"}).queue_type == "classic"
