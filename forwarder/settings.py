@@ -349,6 +349,17 @@ class ForwarderSettings:
     data_ref_key_file: Path | None = setting(
         None, help="the HMAC key signing data references (default: data-ref.key in the forwarder's data folder)"
     )
+    # --- large results uploaded by workers (issue 15, PUT /v1/tasks/{id}/result-blob) ---
+    worker_result_uploads: bool = setting(
+        True,
+        help="workers upload results larger than blob_threshold_bytes straight to this forwarder's blob store "
+        "(only a reference rides the broker); needs result_upload_url or a fixed host and port",
+    )
+    result_upload_url: str | None = setting(
+        None,
+        help="this forwarder's URL as endpoints' workers reach it, for result uploads (default: http://host:port "
+        "when host is not a wildcard address and port is not 0)",
+    )
     cleanup_period_s: float = setting(3600.0, help="how often expired tasks are deleted", min=1)
     endpoint_offline_after_s: float = setting(
         30.0, help="an endpoint without a status report for this long is offline", min=0.1
@@ -422,6 +433,8 @@ class ForwarderSettings:
             raise ConfigError(str(exc), key="blob_store_url") from None
         if self.blob_s3_endpoint_url is not None:
             _check_url(self.blob_s3_endpoint_url, ("http", "https"), "blob_s3_endpoint_url")
+        if self.result_upload_url is not None:
+            _check_url(self.result_upload_url, ("http", "https"), "result_upload_url")
         if self.endpoint_offline_after_s <= self.status_period_s:
             raise ValueError("endpoint_offline_after_s must be longer than status_period_s")
         needed = int(max(self.max_payload_bytes, self.max_function_bytes) * _BASE64_GROWTH) + _REQUEST_SLACK_BYTES
@@ -531,6 +544,17 @@ class ForwarderSettings:
         if urllib.parse.urlsplit(self.management_url).scheme != "https" or self.broker_ca_file is None:
             return None
         return client_ssl_context(self.broker_ca_file, key="broker_ca_file")
+
+    def worker_upload_url(self) -> str | None:
+        """Where workers upload large results (None: they send them through the broker)."""
+        if not self.worker_result_uploads:
+            return None
+        if self.result_upload_url is not None:
+            return self.result_upload_url.rstrip("/")
+        if self.port == 0 or self.host in ("", "0.0.0.0", "::"):
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def endpoint_broker_ca_pem(self) -> str | None:
         """The PEM text of the CA endpoints should trust for the broker (sent at registration)."""

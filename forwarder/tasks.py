@@ -64,6 +64,7 @@ from taskfabric.forwarder.metrics import ForwarderMetrics
 from taskfabric.forwarder.quotas import SubmitRateLimiter, check_pending_tasks, check_result_bytes, utc_day
 from taskfabric.forwarder.records import Identity, NewTask, TaskActivity, TaskPage, TaskQuery, TaskRecord
 from taskfabric.forwarder.requests import SubmitRequest
+from taskfabric.forwarder.result_uploads import UploadOffer
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreConflict, StoreRunner
 from taskfabric.forwarder.ttl_cache import TTLCache
@@ -142,8 +143,10 @@ class TaskService:
         cache: FunctionBodyCache,
         metrics: ForwarderMetrics | None = None,
         sharing: FunctionSharing | None = None,
+        upload_offer: UploadOffer | None = None,
     ) -> None:
         self._settings = settings
+        self._upload_offer = upload_offer
         self._sharing = sharing or FunctionSharing(store, runner)
         self._metrics = metrics or ForwarderMetrics()
         self._store = store
@@ -295,6 +298,7 @@ class TaskService:
             submitted_at=now,
             task_group_id=request.task_group_id,
             user=identity.username,
+            offer=self._upload_offer,
         )
         queues = self._broker.queues_of(endpoint_id, queue_secret)
         try:

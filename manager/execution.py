@@ -26,7 +26,8 @@ import cloudpickle
 from taskfabric.errors import ErrorCode
 from taskfabric.manager.data_refs import DataFetcher, DataFetchError
 from taskfabric.manager.globus_compute import ComputeCodec, GlobusComputeUnavailable, is_compute_body
-from taskfabric.protocol import FunctionBody, Result, Task, TaskError
+from taskfabric.manager.result_uploads import ResultUploadError, should_upload, upload_result
+from taskfabric.protocol import FunctionBody, Result, ResultBlob, Task, TaskError
 from taskfabric.protocol.data_refs import DataRef
 from taskfabric.protocol.payloads import DEFAULT_COMPRESSION, Compression, decode_payload, encode_payload
 
@@ -168,6 +169,24 @@ class TaskRunner:
                 "",
                 received_at,
                 started_at,
+            )
+        blob: ResultBlob | None = None
+        if should_upload(task, len(data)):
+            try:
+                blob = upload_result(task, data)
+            except ResultUploadError as exc:
+                if exc.too_large or len(data) > self.max_result_bytes:
+                    return self._failure(task, ErrorCode.RESULT_TOO_LARGE, str(exc), "", received_at, started_at)
+                log.warning("task %s: %s; sending the result through the broker instead", task.task_id, exc)
+        if blob is not None:
+            return Result(
+                task_id=task.task_id,
+                ok=True,
+                value_blob=blob,
+                worker_python=WORKER_PYTHON,
+                received_at=received_at,
+                started_at=started_at,
+                finished_at=finished_at,
             )
         if len(data) > self.max_result_bytes:
             message = (
