@@ -27,12 +27,14 @@ import uuid
 from collections.abc import AsyncIterator
 
 from taskfabric.errors import InvalidRequest, PayloadTooLarge, PermissionDenied, ServiceError
-from taskfabric.forwarder.blobs import BlobRef, BlobStore, blob_name
+from taskfabric.forwarder.blobs import BlobRef, BlobStore, BlobWriter, blob_name
 from taskfabric.protocol import ResultBlob
 
 __all__ = ["GrantClaims", "ResultUploadSigner", "ResultUploads", "UploadOffer"]
 
 _DERIVATION = b"taskfabric result uploads v1"
+#: an upload's chunks are gathered to this size before a write (one thread hop per write)
+_WRITE_BYTES = 4 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,23 +124,34 @@ class ResultUploads:
         if self.blobs is None:
             raise ServiceError("this forwarder has no blob store", status=503, code="SERVICE_UNAVAILABLE")
         claims = self.signer.verify_grant(grant, task_id=task_id, now=now)
-        writer = await asyncio.to_thread(self.blobs.open_writer, blob_name(task_id))
+        writer = self.blobs.open_writer(blob_name(task_id))
+        pending = bytearray()  # the body's small chunks, written a few MiB at a time
+        received = 0
         try:
             async for chunk in body:
-                if writer.size + len(chunk) > claims.max_bytes:
+                received += len(chunk)
+                if received > claims.max_bytes:
                     raise PayloadTooLarge(
                         f"the result is over the limit of {claims.max_bytes} bytes (quotas.max_result_bytes)",
                         code="PAYLOAD_TOO_LARGE",
                     )
-                if chunk:
-                    await asyncio.to_thread(writer.write, chunk)
-            if writer.size == 0:
+                pending += chunk
+                if len(pending) >= _WRITE_BYTES:
+                    await asyncio.to_thread(writer.write, bytes(pending))
+                    pending.clear()
+            if received == 0:
                 raise InvalidRequest("the uploaded result is empty")
-            ref = await asyncio.to_thread(writer.commit)
+            ref = await asyncio.to_thread(_finish, writer, bytes(pending))
         except BaseException:
             await asyncio.to_thread(writer.abort)
             raise
         return ResultBlob(name=ref.name, size=ref.size, sha256=ref.sha256, receipt=self.signer.receipt(task_id, ref))
+
+
+def _finish(writer: BlobWriter, last: bytes) -> BlobRef:
+    if last:
+        writer.write(last)
+    return writer.commit()
 
 
 def _invalid(message: str) -> PermissionDenied:

@@ -26,7 +26,7 @@ import cloudpickle
 from taskfabric.errors import ErrorCode
 from taskfabric.manager.data_refs import DataFetcher, DataFetchError
 from taskfabric.manager.globus_compute import ComputeCodec, GlobusComputeUnavailable, is_compute_body
-from taskfabric.manager.result_uploads import ResultUploadError, should_upload, upload_result
+from taskfabric.manager.result_uploads import ResultUploader, ResultUploadError, should_upload
 from taskfabric.protocol import FunctionBody, Result, ResultBlob, Task, TaskError
 from taskfabric.protocol.data_refs import DataRef
 from taskfabric.protocol.payloads import DEFAULT_COMPRESSION, Compression, decode_payload, encode_payload
@@ -57,6 +57,7 @@ class TaskRunner:
         self._functions: dict[uuid.UUID, Callable[..., Any]] = {}
         self._compute = ComputeCodec()  # Globus-Compute-format tasks (manager/globus_compute.py)
         self._data = DataFetcher()  # arguments passed by reference (manager/data_refs.py)
+        self._uploads = ResultUploader()  # large results (manager/result_uploads.py)
 
     def add_functions(self, bodies: list[FunctionBody]) -> None:
         """Remember function bodies (deserialized lazily, on first use)."""
@@ -173,7 +174,7 @@ class TaskRunner:
         blob: ResultBlob | None = None
         if should_upload(task, len(data)):
             try:
-                blob = upload_result(task, data)
+                blob = self._uploads.upload(task, data)
             except ResultUploadError as exc:
                 if exc.too_large or len(data) > self.max_result_bytes:
                     return self._failure(task, ErrorCode.RESULT_TOO_LARGE, str(exc), "", received_at, started_at)

@@ -14,7 +14,7 @@ import httpx
 from taskfabric.protocol import ResultBlob, Task
 from taskfabric.protocol.result_uploads import RESULT_GRANT_HEADER, result_upload_path
 
-__all__ = ["ResultUploadError", "should_upload", "upload_result"]
+__all__ = ["ResultUploadError", "ResultUploader", "should_upload", "upload_result"]
 
 
 class ResultUploadError(Exception):
@@ -30,12 +30,32 @@ def should_upload(task: Task, size: int) -> bool:
     return bool(task.result_upload_grant and task.result_upload_url) and size >= task.result_upload_min_bytes
 
 
-def upload_result(task: Task, data: bytes, *, timeout_s: float = 300.0) -> ResultBlob:
-    """Send `data` as `task`'s result; the forwarder's answer. Raises `ResultUploadError`."""
+class ResultUploader:
+    """Uploads results over one kept HTTP client (making an `httpx.Client` costs 20-40 ms: more
+    than sending a MiB over it)."""
+
+    def __init__(self, *, timeout_s: float = 300.0) -> None:
+        self.timeout_s = timeout_s
+        self._http: httpx.Client | None = None
+
+    def upload(self, task: Task, data: bytes) -> ResultBlob:
+        """Send `data` as `task`'s result; the forwarder's answer. Raises `ResultUploadError`."""
+        if self._http is None:
+            self._http = httpx.Client(timeout=self.timeout_s)
+        return upload_result(task, data, http=self._http)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+
+def upload_result(task: Task, data: bytes, *, http: httpx.Client) -> ResultBlob:
+    """Send `data` as `task`'s result with `http`; the forwarder's answer. Raises `ResultUploadError`."""
     url = task.result_upload_url.rstrip("/") + result_upload_path(task.task_id)
     headers = {RESULT_GRANT_HEADER: task.result_upload_grant, "Content-Type": "application/octet-stream"}
     try:
-        response = httpx.put(url, content=data, headers=headers, timeout=timeout_s)
+        response = http.put(url, content=data, headers=headers)
     except httpx.HTTPError as exc:
         raise ResultUploadError(f"cannot upload the result to {task.result_upload_url}: {exc}") from None
     if response.status_code >= 400:

@@ -8,6 +8,8 @@ Scenarios (each run `--runs` times; the median is reported):
 - **cold-start**: `taskfabric endpoint start` (broker and forwarder already up) to the first result.
 - **backlog**: N tasks sent to a stopped endpoint, which is then started; all must complete; the
   forwarder's and the agent's peak memory (RSS) are sampled throughout.
+- **payload** (only when named): data-heavy tasks, 1 MiB echoes and numpy arrays, with client,
+  forwarder and agent memory, store growth and blob disk (`taskfabric/tools/bench_payload.py`).
 
 By default it brings up a private local fabric (`taskfabric dev up` in a temporary
 `TASKFABRIC_HOME`) and tears it down afterwards; `--url/--token/--endpoint` point it at a running
@@ -35,10 +37,13 @@ import click
 
 from taskfabric import __version__
 from taskfabric.protocol import TaskStatus
+from taskfabric.tools.bench_payload import PAYLOAD_TASKS
 
 __all__ = ["BenchConfig", "bench", "run_bench"]
 
 SCENARIOS = ("throughput", "latency", "cold-start", "backlog")
+#: run only when named (`--scenarios payload`): data-heavy tasks, see bench_payload.py
+EXTRA_SCENARIOS = ("payload",)
 
 
 def noop() -> None:
@@ -201,6 +206,22 @@ def backlog(fabric: Fabric, tasks: int, progress: Callable[[int], None]) -> dict
     }
 
 
+def payload_scenario(fabric: Fabric, progress: Callable[[int], None]) -> dict[str, Any]:
+    from taskfabric.endpoint_agent.local import LocalEndpoint
+    from taskfabric.paths import taskfabric_home
+    from taskfabric.tools.bench_payload import payload
+
+    sampler = _PeakMemory()
+    if fabric.forwarder_pid:
+        sampler.watch("forwarder", fabric.forwarder_pid)
+    agent_pid = LocalEndpoint(fabric.endpoint_name).pid() if fabric.endpoint_name else None
+    if agent_pid:
+        sampler.watch("agent", agent_pid)
+    dev_root = taskfabric_home() / "dev" if fabric.forwarder_pid else None
+    with sampler:
+        return payload(fabric, progress, sampler=sampler, dev_root=dev_root)
+
+
 def _submit_many(
     client: Any, endpoint_id: str, function_id: Any, tasks: int, progress: Callable[[int], None]
 ) -> list[Any]:
@@ -326,6 +347,7 @@ _HEADLINE: dict[str, tuple[str, str, str]] = {
     "latency": ("p50_ms", "ms p50", "p50 ≤ 2 ms, p99 ≤ 10 ms"),
     "cold-start": ("start_to_first_result_s", "s", "≤ 3 s"),
     "backlog": ("drain_tasks_per_s", "tasks/s draining", "none lost; RSS ≤ 300 / 150 MB"),
+    "payload": ("echo_1mib_tasks_per_s", "tasks/s (1 MiB echo)", "≥ 2x Celery; client RSS ≤ 3x in flight"),
 }
 
 
@@ -395,6 +417,7 @@ def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = click.echo) 
             "latency": (config.latency_calls, lambda p: latency(fabric, config.latency_calls, p)),
             "cold-start": (1, lambda p: cold_start(fabric, p)),
             "backlog": (config.backlog_tasks, lambda p: backlog(fabric, config.backlog_tasks, p)),
+            "payload": (2 * PAYLOAD_TASKS, lambda p: payload_scenario(fabric, p)),
         }
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -500,7 +523,7 @@ def bench(**options: Any) -> None:
         _compare(peer, options)
         return
     scenarios = tuple(name.strip() for name in options.pop("scenarios").split(",") if name.strip())
-    unknown = set(scenarios) - set(SCENARIOS)
+    unknown = set(scenarios) - set(SCENARIOS) - set(EXTRA_SCENARIOS)
     if unknown:
-        raise click.BadParameter(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
+        raise click.BadParameter(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS + EXTRA_SCENARIOS)}")
     run_bench(BenchConfig(scenarios=scenarios, **options))
