@@ -525,5 +525,6 @@ def bench(**options: Any) -> None:
     scenarios = tuple(name.strip() for name in options.pop("scenarios").split(",") if name.strip())
     unknown = set(scenarios) - set(SCENARIOS) - set(EXTRA_SCENARIOS)
     if unknown:
-        raise click.BadParameter(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS + EXTRA_SCENARIOS)}")
+        known = ", ".join(SCENARIOS + EXTRA_SCENARIOS)
+        raise click.BadParameter(f"unknown scenario(s) {', '.join(sorted(unknown))}; known: {known}")
     run_bench(BenchConfig(scenarios=scenarios, **options))

@@ -201,7 +201,7 @@ class CeleryPeer:
         return _percentile(samples, 50), _percentile(samples, 99)
 
     def echo_1mib(self, tasks: int) -> float:
-        """`tasks` echoes of one 1 MiB bytes argument (pickled, as ours), all sent, then collected."""
+        """`tasks` echoes of one 1 MiB bytes argument (msgpack: bytes as they are), all sent, then collected."""
         echo = self._app_module.echo
         data = os.urandom(_MIB)
         echo.delay(b"warm").get(timeout=60)
