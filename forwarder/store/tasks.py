@@ -451,6 +451,12 @@ class TaskTable:
         for _ in self.blob_chunks(ref):
             pass
 
+    def read_blob(self, ref: BlobRef) -> bytes:
+        """The whole blob, checked (raises `BlobIntegrityError`, `BlobMissing`, `BlobError`)."""
+        if self.blobs is None:
+            raise BlobError("the forwarder has no blob store configured")
+        return read_verified(self.blobs, ref)
+
     def blob_chunks(self, ref: BlobRef) -> Iterator[bytes]:
         """The blob's chunks, checked at the end (see `BlobStore.stream_verified`)."""
         if self.blobs is None:
