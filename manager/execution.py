@@ -172,7 +172,9 @@ class TaskRunner:
                 started_at,
             )
         blob: ResultBlob | None = None
-        if should_upload(task, len(data)):
+        # a Globus-Compute-format result goes through the broker: the forwarder relays its bytes
+        # to the SDK's result queue as soon as it stores them
+        if not compute and should_upload(task, len(data)):
             try:
                 blob = self._uploads.upload(task, data)
             except ResultUploadError as exc:
