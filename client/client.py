@@ -499,6 +499,22 @@ class Client:
             )
         return value_from_result(data, worker_python=headers.get(RESULT_WORKER_PYTHON_HEADER, ""), task_id=task_id)
 
+    def fetch_uploaded_result(self, task_id: uuid.UUID | str, *, sha256: str, worker_python: str = "") -> Any:
+        """The value of a result the worker uploaded (the results stream names only its sha256):
+        downloaded from `GET /v1/tasks/{id}/result`, streamed into one buffer, and checked against
+        the `sha256` the stream sent (`ResultIntegrityError` when it does not match)."""
+        try:
+            data, _headers = self._http.get_bytes(f"/v1/tasks/{task_id}/result")
+        except ServiceError as exc:
+            if exc.code == ErrorCode.RESULT_INTEGRITY:
+                raise ResultIntegrityError(str(exc), task_id=task_id) from None
+            raise
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ResultIntegrityError(
+                f"the result of task {task_id} does not match the sha256 its worker uploaded", task_id=task_id
+            )
+        return value_from_result(data, worker_python=worker_python, task_id=task_id)
+
     def get_batch_result(self, task_ids: Iterable[uuid.UUID | str]) -> dict[uuid.UUID, dict[str, Any]]:
         """For each task: `{"status", "pending": bool, "result"}` or `{"status", "pending",
         "exception"}` (the exception object, not raised). Unknown ids are left out."""

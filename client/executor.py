@@ -97,6 +97,8 @@ class _Queued:
 _STOP = object()
 #: the most function-body bytes an Executor remembers beyond the functions still in use
 _BODY_CACHE_BYTES = 64 * 1024 * 1024
+#: uploaded results downloaded at once by one Executor
+_DOWNLOAD_THREADS = 4
 #: the function id of a queued call whose function the submitter has not registered yet
 _UNREGISTERED = uuid.UUID(int=0)
 #: the service's limits a batch can exceed as a whole (a 413 naming one: send the batch in halves)
@@ -166,6 +168,11 @@ class Executor(concurrent.futures.Executor):
             on_unknown=self._on_unknown,
             on_fatal=self._on_fatal,
             ssl_context=self.client.ssl_context,
+        )
+        # results the workers uploaded arrive as references: downloaded (streamed, sha256 checked)
+        # off the stream's thread, a few at a time
+        self._downloads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=_DOWNLOAD_THREADS, thread_name_prefix="result-download"
         )
         self._stream.start()
         self._submitter = threading.Thread(target=self._submit_loop, name="task-submitter", daemon=True)
@@ -391,6 +398,7 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             waiting = list(self._waiting.values())
         concurrent.futures.wait(waiting)
+        self._downloads.shutdown(wait=True)  # futures taken off `_waiting` by a download in flight
         self._stream.close()
         if self._owns_client:
             self.client.close()
@@ -512,10 +520,25 @@ class Executor(concurrent.futures.Executor):
                 continue
             future.stdout = frame.stdout
             future.stderr = frame.stderr
+            if frame.ok and frame.value is None and frame.value_sha256:
+                self._downloads.submit(self._download, future, frame)
+                continue
             try:
                 future.set_result(_value(frame))
             except BaseException as exc:
                 future.set_exception(exc)
+
+    @wrap_with_logs
+    def _download(self, future: TaskFuture, frame: ResultFrame) -> None:
+        """Resolve `future` with a result the worker uploaded (downloaded, its sha256 checked)."""
+        try:
+            future.set_result(
+                self.client.fetch_uploaded_result(
+                    frame.task_id, sha256=frame.value_sha256 or "", worker_python=frame.details.worker_python
+                )
+            )
+        except BaseException as exc:
+            future.set_exception(exc)
 
     def _on_unknown(self, task_ids: set[uuid.UUID]) -> None:
         for task_id in task_ids:

@@ -115,18 +115,16 @@ class ServiceHTTP:
     def get(self, path: str, **kwargs: Any) -> Any:
         return self._json(self._send("GET", path, retries=self._read_retries, **kwargs))
 
-    def get_bytes(self, path: str) -> tuple[bytes, httpx.Headers]:
-        """A binary body, read in chunks into one buffer (no intermediate copies), and its headers."""
+    def get_bytes(self, path: str) -> tuple[bytearray, httpx.Headers]:
+        """A binary body, read in chunks into one buffer (sized from Content-Length when given: no
+        regrowth, and no final copy), and its headers."""
         http = self._http
         try:
             with http.stream("GET", path) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _error_from(response)
-                buffer = bytearray()
-                for chunk in response.iter_bytes(_CHUNK_BYTES):
-                    buffer += chunk
-                return bytes(buffer), response.headers
+                return _read_into_buffer(response), response.headers
         except httpx.HTTPError as exc:
             self._fail_over(http, exc)
             where = self._url_of(http)
@@ -228,3 +226,29 @@ def _retry_after_s(value: str | None) -> float:
         return max(0.0, float(value)) if value is not None else _DEFAULT_RETRY_AFTER_S
     except ValueError:
         return _DEFAULT_RETRY_AFTER_S
+
+
+def _read_into_buffer(response: httpx.Response) -> bytearray:
+    try:
+        expected = int(response.headers.get("content-length", ""))
+    except ValueError:
+        expected = -1
+    if expected < 0:
+        buffer = bytearray()
+        for chunk in response.iter_bytes(_CHUNK_BYTES):
+            buffer += chunk
+        return buffer
+    buffer = bytearray(expected)
+    view = memoryview(buffer)
+    filled = 0
+    for chunk in response.iter_bytes(_CHUNK_BYTES):
+        if filled + len(chunk) > expected:  # more than announced: fall back to growing
+            tail = bytearray(view[:filled])
+            view.release()
+            return tail + chunk + b"".join(response.iter_bytes(_CHUNK_BYTES))
+        view[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+    view.release()
+    if filled < expected:
+        del buffer[filled:]
+    return buffer

@@ -106,7 +106,7 @@ def content_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def value_from_result(value: bytes, *, worker_python: str = "", task_id: object = None) -> Any:
+def value_from_result(value: bytes | bytearray, *, worker_python: str = "", task_id: object = None) -> Any:
     """Unpickle a task's return value (naming a Python version mismatch if that is the cause)."""
     try:
         return cloudpickle.loads(decode_payload(value))

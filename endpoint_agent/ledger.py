@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     result BLOB,
     task_group_id BLOB,
     user TEXT NOT NULL DEFAULT '',
-    resource_specification TEXT NOT NULL DEFAULT '{}'
+    resource_specification TEXT NOT NULL DEFAULT '{}',
+    result_upload TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS cancelled (
     task_id BLOB PRIMARY KEY,
@@ -88,6 +89,8 @@ _ADDED_COLUMNS = {
     "task_group_id": "BLOB",
     "user": "TEXT NOT NULL DEFAULT ''",
     "resource_specification": "TEXT NOT NULL DEFAULT '{}'",
+    # the task's result upload grant (issue 15): a recovered task still uploads a large result
+    "result_upload": "TEXT NOT NULL DEFAULT ''",
 }
 
 
@@ -176,6 +179,7 @@ class Ledger:
                     task.task_group_id.bytes if task.task_group_id is not None else None,
                     task.user,
                     json.dumps(task.resource_specification),
+                    _upload_column(task),
                     0,  # attempts: last (see set_attempts)
                 ]
         return fresh
@@ -200,8 +204,8 @@ class Ledger:
             if self._staged:
                 self._db.executemany(
                     "INSERT INTO tasks (seq, task_id, function_id, payload, walltime_s, submitted_at, client_python, "
-                    "received_at, task_group_id, user, resource_specification, attempts) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "received_at, task_group_id, user, resource_specification, result_upload, attempts) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     list(self._staged.values()),
                 )
             if self._deletes:
@@ -295,14 +299,15 @@ class Ledger:
         to_publish: list[Result] = []
         rows = self._db.execute(
             "SELECT task_id, function_id, payload, walltime_s, submitted_at, client_python, attempts, result, "
-            "task_group_id, user, resource_specification FROM tasks ORDER BY seq"
+            "task_group_id, user, resource_specification, result_upload FROM tasks ORDER BY seq"
         )
         for row in rows:
             task_id, function_id, payload, walltime_s, submitted_at, client_python, attempts, result = row[:8]
             if result is not None:
                 to_publish.extend(unpack_as(result, ResultBatch).results)
                 continue
-            task_group_id, user, resource_specification = row[8:]
+            task_group_id, user, resource_specification, result_upload = row[8:]
+            upload = json.loads(result_upload) if result_upload else {}
             task = Task(
                 task_id=uuid.UUID(bytes=task_id),
                 function_id=uuid.UUID(bytes=function_id),
@@ -312,6 +317,9 @@ class Ledger:
                 task_group_id=uuid.UUID(bytes=task_group_id) if task_group_id is not None else None,
                 user=user,
                 resource_specification=json.loads(resource_specification),
+                result_upload_url=str(upload.get("url", "")),
+                result_upload_grant=str(upload.get("grant", "")),
+                result_upload_min_bytes=int(upload.get("min_bytes", 0)),
             )
             to_run.append(HeldTask(task, client_python, attempts))
         return to_run, to_publish
@@ -372,3 +380,12 @@ class _Transaction:
                 self._db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass  # SQLite rolled back by itself
+
+
+def _upload_column(task: Task) -> str:
+    """The task's result upload grant as the ledger keeps it ('' when it has none)."""
+    if not task.result_upload_grant:
+        return ""
+    return json.dumps(
+        {"url": task.result_upload_url, "grant": task.result_upload_grant, "min_bytes": task.result_upload_min_bytes}
+    )

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
 from taskfabric.forwarder.records import NewTask
+from taskfabric.forwarder.result_uploads import UploadOffer
 from taskfabric.protocol import FunctionBody, Task, TaskBatch
 
 __all__ = ["FunctionBodyCache", "plan_task_batches"]
@@ -32,9 +34,12 @@ def plan_task_batches(
     submitted_at: float | None = None,
     task_group_id: uuid.UUID | None = None,
     user: str = "",
+    offer: UploadOffer | None = None,
 ) -> list[TaskBatch]:
     """Split `tasks` (in order) into messages of at most `max_tasks` tasks and about `max_bytes`;
-    each task names the submitting `user` (a username: the worker shows it as TASKFABRIC_TASK_USER)."""
+    each task names the submitting `user` (a username: the worker shows it as TASKFABRIC_TASK_USER)
+    and, with an `offer`, carries its own grant to upload a large result (`result_uploads.py`)."""
+    signed_at = submitted_at if submitted_at is not None else time.time()
     batches: list[TaskBatch] = []
     current: list[Task] = []
     functions: dict[uuid.UUID, FunctionBody] = {}
@@ -58,6 +63,9 @@ def plan_task_batches(
                 task_group_id=task_group_id,
                 resource_specification=new.resource_specification or {},
                 user=user,
+                result_upload_url=offer.url if offer is not None else "",
+                result_upload_grant=offer.grant_for(new.task_id, signed_at) if offer is not None else "",
+                result_upload_min_bytes=offer.threshold_bytes + 1 if offer is not None else 0,
             )
         )
         functions.setdefault(new.function_id, body)

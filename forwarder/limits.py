@@ -65,6 +65,8 @@ class BodyLimits:
     unauthenticated: BodyLimit
     authenticated: BodyLimit
     by_route: Mapping[tuple[str, str], BodyLimit]
+    #: routes opened by a signed grant instead of a token, with their own limit
+    granted: Mapping[tuple[str, str], BodyLimit] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: ForwarderSettings) -> BodyLimits:
@@ -77,11 +79,17 @@ class BodyLimits:
                 # uploads by reference: large on purpose, bounded by their own setting
                 ("PUT", "/v1/data/{sha256}"): BodyLimit(settings.max_data_bytes, "max_data_bytes"),
             },
+            granted={
+                # results uploaded by workers: no user token, a signed grant checked by the route
+                ("PUT", "/v1/tasks/{task_id}/result-blob"): BodyLimit(
+                    settings.quotas.max_result_bytes, "quotas.max_result_bytes"
+                ),
+            },
         )
 
     def of(self, method: str, template: str, *, needs_token: bool) -> BodyLimit:
         if not needs_token:
-            return self.unauthenticated
+            return self.granted.get((method, template), self.unauthenticated)
         return self.by_route.get((method, template), self.authenticated)
 
 

@@ -172,6 +172,9 @@ class TaskRecord:
     stderr: str | None = None
     #: the size of a result kept in the blob store, known without reading it (see `result_bytes`)
     result_size: int | None = None
+    #: the sha256 (hex) of a result kept in the blob store and not read (a worker uploaded it): the
+    #: results stream sends this reference and the client downloads the bytes and checks them
+    result_sha256: str | None = None
 
     @property
     def result_bytes(self) -> int | None:

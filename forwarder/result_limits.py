@@ -9,6 +9,9 @@ endpoint is not trusted to: its agent may be old, misconfigured or hostile).
   split: its size is the abuse), with a typed outcome for each task it names: `RESULT_TOO_LARGE`
   naming the count and the limit. The message is acknowledged like any other: the tasks have
   their outcome, and the agent forgets results the broker confirmed, so no task is left pending.
+- A result naming a blob the worker uploaded (`Result.value_blob`) is stored as a reference only if
+  its receipt is this forwarder's for that task, name, size and digest; otherwise it is stored as a
+  `RESULT_INTEGRITY` error (an endpoint cannot make a task point at a blob it was not given).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Iterable, Sequence
 
 from taskfabric.errors import ErrorCode
 from taskfabric.forwarder.records import TaskRecord
+from taskfabric.forwarder.result_uploads import ResultUploadSigner
 from taskfabric.protocol import Result, TaskError
 
 __all__ = ["ResultLimits", "result_bytes_by_owner"]
@@ -30,14 +34,37 @@ class ResultLimits:
 
     max_result_bytes: int
     max_results_per_message: int
+    #: checks the receipts of uploaded results (None: no result may name a blob)
+    receipts: ResultUploadSigner | None = None
 
     def screen(self, results: Sequence[Result]) -> Sequence[Result]:
         """The results to store for one broker message (see the module docstring)."""
         if len(results) > self.max_results_per_message:
             return [self._refused(result.task_id, len(results)) for result in results]
-        if all(_size(result) <= self.max_result_bytes for result in results):
+        if all(_size(result) <= self.max_result_bytes and result.value_blob is None for result in results):
             return results  # the common case: no copy
-        return [self._oversized(result) if _size(result) > self.max_result_bytes else result for result in results]
+        return [self._screened(result) for result in results]
+
+    def _screened(self, result: Result) -> Result:
+        if _size(result) > self.max_result_bytes:
+            return self._oversized(result)
+        blob = result.value_blob
+        if blob is None:
+            return result
+        if self.receipts is not None and result.value is None and self.receipts.check_receipt(result.task_id, blob):
+            return result
+        return _with_times(
+            Result(
+                task_id=result.task_id,
+                ok=False,
+                error=TaskError(
+                    code=ErrorCode.RESULT_INTEGRITY.value,
+                    message=f"task {result.task_id}: the endpoint named an uploaded result blob without this "
+                    "forwarder's valid receipt for it; the result was dropped at ingest",
+                ),
+            ),
+            result,
+        )
 
     def _refused(self, task_id: uuid.UUID, count: int) -> Result:
         return _error_result(
@@ -48,18 +75,25 @@ class ResultLimits:
         )
 
     def _oversized(self, result: Result) -> Result:
-        return dataclasses.replace(
+        return _with_times(
             _error_result(
                 result.task_id,
                 f"the task's result is {_size(result)} bytes, above the forwarder's limit of "
                 f"{self.max_result_bytes} bytes (quotas.max_result_bytes): it was dropped at ingest",
             ),
-            worker_python=result.worker_python,
-            received_at=result.received_at,
-            started_at=result.started_at,
-            finished_at=result.finished_at,
-            attempts=result.attempts,
+            result,
         )
+
+
+def _with_times(error: Result, result: Result) -> Result:
+    return dataclasses.replace(
+        error,
+        worker_python=result.worker_python,
+        received_at=result.received_at,
+        started_at=result.started_at,
+        finished_at=result.finished_at,
+        attempts=result.attempts,
+    )
 
 
 def _size(result: Result) -> int:
@@ -77,7 +111,7 @@ def result_bytes_by_owner(records: Iterable[TaskRecord]) -> dict[uuid.UUID, int]
     """Bytes of stored results (values and pickled exceptions) per task owner, for the daily quota."""
     totals: dict[uuid.UUID, int] = {}
     for record in records:
-        size = len(record.result or b"") + len(record.error_exception or b"")
+        size = (record.result_bytes or 0) + len(record.error_exception or b"")
         if size:
             totals[record.owner_id] = totals.get(record.owner_id, 0) + size
     return totals

@@ -55,6 +55,7 @@ from taskfabric.protocol.api import (
     render,
 )
 from taskfabric.protocol.data_refs import DATA_REF_HEADER
+from taskfabric.protocol.result_uploads import RESULT_GRANT_HEADER
 
 __all__ = [
     "API_VERSION",
@@ -581,6 +582,22 @@ async def get_task_result(task_id: uuid.UUID, identity: Caller, service: Service
     if body.chunks is None:
         return Response(body.data or b"", media_type=_OCTETS, headers=headers)
     return StreamingResponse(body.chunks, media_type=_OCTETS, headers=headers)
+
+
+@router.put(
+    "/tasks/{task_id}/result-blob",
+    responses={200: {"model": schemas.ResultUploaded}, 400: {"model": schemas.ErrorBody}, 403: {}, 413: {}},
+    openapi_extra={"requestBody": {"content": {_OCTETS: {}}, "required": True}},
+)
+async def put_result_blob(task_id: uuid.UUID, request: Request, service: Service) -> JSONResponse:
+    """A worker uploads a large result (the raw serialized bytes) with the task's grant in
+    `X-Taskfabric-Result-Grant` (no bearer token). Streamed into the blob store; answers the blob's
+    name, size, sha256 and the receipt the worker's result must carry. 403 `RESULT_GRANT_INVALID`
+    (missing, altered, another task's or expired grant); 413 above `quotas.max_result_bytes`."""
+    blob = await service.result_uploads.put(
+        task_id, request.headers.get(RESULT_GRANT_HEADER), request.stream(), now=time.time()
+    )
+    return JSONResponse(dataclasses.asdict(blob))
 
 
 # --- arguments by reference (issue 15) -----------------------------------------------------

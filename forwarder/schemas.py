@@ -40,6 +40,7 @@ __all__ = [
     "GroupDetails",
     "GroupList",
     "MemberAddition",
+    "ResultUploaded",
     "TaskIds",
     "TaskList",
     "TaskSubmitted",
@@ -234,6 +235,13 @@ class DataUploaded(BaseModel):
     size: int = Field(description="bytes stored")
     token: str = Field(description="the signed read reference a worker presents in X-Taskfabric-Data-Ref")
     expires_at: float = Field(description="when the reference stops working (epoch seconds)")
+
+
+class ResultUploaded(BaseModel):
+    name: str = Field(description="the blob the result was stored as")
+    size: int = Field(description="bytes stored")
+    sha256: str = Field(description="their sha256 (hex)")
+    receipt: str = Field(description="the forwarder's receipt, carried by the worker's result message")
 
 
 class BatchStatus(BaseModel):

@@ -47,6 +47,7 @@ from taskfabric.forwarder.quotas import utc_day
 from taskfabric.forwarder.records import Identity, TaskRecord
 from taskfabric.forwarder.replicas import ReplicaFanout
 from taskfabric.forwarder.result_limits import ResultLimits
+from taskfabric.forwarder.result_uploads import ResultUploads, ResultUploadSigner, UploadOffer
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreRunner
 from taskfabric.forwarder.store.engine import redact_db_url
@@ -98,6 +99,8 @@ class Forwarder:
         # set by start()
         self.store: Store
         self.data: DataUploads
+        self.result_uploads: ResultUploads
+        self.upload_offer: UploadOffer | None
         self.runner: StoreRunner
         self.auth: AuthProvider
         self.audit: AuditLog
@@ -236,6 +239,20 @@ class Forwarder:
             max_bytes=settings.max_data_bytes,
             ttl_s=min(settings.data_ref_ttl_s, settings.result_ttl_s),
         )
+        signer = ResultUploadSigner(key)
+        self.result_uploads = ResultUploads(blobs, signer)
+        upload_url = settings.worker_upload_url()
+        self.upload_offer = (
+            UploadOffer(
+                url=upload_url,
+                threshold_bytes=settings.blob_threshold_bytes,
+                max_bytes=settings.quotas.max_result_bytes,
+                ttl_s=settings.result_ttl_s,
+                signer=signer,
+            )
+            if upload_url is not None
+            else None
+        )
         self.runner = StoreRunner(read_threads=settings.db_read_threads, on_error=self.metrics.store_error)
         self._cleanups.append(self.runner.close)
         self.auth = make_provider(settings.auth, self.store.users)
@@ -287,6 +304,7 @@ class Forwarder:
             limits=ResultLimits(
                 max_result_bytes=self.settings.quotas.max_result_bytes,
                 max_results_per_message=self.settings.quotas.max_results_per_message,
+                receipts=self.result_uploads.signer,
             ),
             group_results=self.settings.quotas.ingest_group_results,
             transaction_s=self.settings.quotas.ingest_transaction_s,
@@ -323,6 +341,7 @@ class Forwarder:
             cache=cache,
             metrics=self.metrics,
             sharing=self.functions.sharing,
+            upload_offer=self.upload_offer,
         )
         self.groups = GroupService(self.store, self.runner)
 

@@ -380,6 +380,17 @@ class ForwarderSettings:
     data_ref_key_file: Path | None = setting(
         None, help="the HMAC key signing data references (default: data-ref.key in the forwarder's data folder)"
     )
+    # --- large results uploaded by workers (issue 15, PUT /v1/tasks/{id}/result-blob) ---
+    worker_result_uploads: bool = setting(
+        True,
+        help="workers upload results larger than blob_threshold_bytes straight to this forwarder's blob store "
+        "(only a reference rides the broker); needs result_upload_url or a fixed host and port",
+    )
+    result_upload_url: str | None = setting(
+        None,
+        help="this forwarder's URL as endpoints' workers reach it, for result uploads (default: http://host:port "
+        "when host is not a wildcard address and port is not 0)",
+    )
     cleanup_period_s: float = setting(3600.0, help="how often expired tasks are deleted", min=1)
     endpoint_offline_after_s: float = setting(
         30.0, help="an endpoint without a status report for this long is offline", min=0.1
@@ -464,6 +475,8 @@ class ForwarderSettings:
             raise ConfigError(str(exc), key="blob_store_url") from None
         if self.blob_s3_endpoint_url is not None:
             _check_url(self.blob_s3_endpoint_url, ("http", "https"), "blob_s3_endpoint_url")
+        if self.result_upload_url is not None:
+            _check_url(self.result_upload_url, ("http", "https"), "result_upload_url")
         if self.endpoint_offline_after_s <= self.status_period_s:
             raise ValueError("endpoint_offline_after_s must be longer than status_period_s")
         needed = int(max(self.max_payload_bytes, self.max_function_bytes) * _BASE64_GROWTH) + _REQUEST_SLACK_BYTES
@@ -478,21 +491,7 @@ class ForwarderSettings:
             raise ConfigError(str(exc), key="topology_prefix") from None
         if self.metrics_token is not None and len(self.metrics_token) < _METRICS_TOKEN_MIN_CHARS:
             raise ConfigError(f"must be at least {_METRICS_TOKEN_MIN_CHARS} characters long", key="metrics_token")
-        _check_url(self.amqp_url, ("amqp", "amqps"), "amqp_url")
-        _check_url(self.management_url, ("http", "https"), "management_url")
-        if self.endpoint_amqp_url is not None:
-            _check_url(self.endpoint_amqp_url, ("amqp", "amqps"), "endpoint_amqp_url")
-        _settle_url_list(self, "amqp_url", "amqp_urls", ("amqp", "amqps"), _AMQP_DEFAULT)
-        _settle_url_list(self, "management_url", "management_urls", ("http", "https"), _MANAGEMENT_DEFAULT)
-        for index, url in enumerate(self.endpoint_amqp_urls):
-            _check_url(url, ("amqp", "amqps"), f"endpoint_amqp_urls[{index}]")
-        _check_same_broker(self.broker_urls, "amqp_urls")
-        _check_same_broker(self.endpoint_urls, "endpoint_amqp_urls")
-        _check_queue_type(self)
-        if self.broker_ca_file is not None:
-            client_ssl_context(self.broker_ca_file, key="broker_ca_file")
-        if self.endpoint_broker_ca_file is not None:
-            client_ssl_context(self.endpoint_broker_ca_file, key="endpoint_broker_ca_file")
+        _check_broker(self)
         _check_body_limits(self)
 
     # --- loading ------------------------------------------------------------------------
@@ -607,6 +606,17 @@ class ForwarderSettings:
             return None
         return client_ssl_context(self.broker_ca_file, key="broker_ca_file")
 
+    def worker_upload_url(self) -> str | None:
+        """Where workers upload large results (None: they send them through the broker)."""
+        if not self.worker_result_uploads:
+            return None
+        if self.result_upload_url is not None:
+            return self.result_upload_url.rstrip("/")
+        if self.port == 0 or self.host in ("", "0.0.0.0", "::"):
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
     def endpoint_broker_ca_pem(self) -> str | None:
         """The PEM text of the CA endpoints should trust for the broker (sent at registration)."""
         ca_file = self.endpoint_broker_ca_file
@@ -676,6 +686,25 @@ def _check_body_limits(settings: ForwarderSettings) -> None:
         needed = int(largest * _BASE64_GROWTH) + _REQUEST_SLACK_BYTES
         if limit < needed:
             raise ConfigError(f"must be at least {needed} to fit one base64-encoded body of the maximum size", key=key)
+
+
+def _check_broker(settings: ForwarderSettings) -> None:
+    """The broker's URLs (one, or a cluster's several), the queue type they allow, the CA files."""
+    _check_url(settings.amqp_url, ("amqp", "amqps"), "amqp_url")
+    _check_url(settings.management_url, ("http", "https"), "management_url")
+    if settings.endpoint_amqp_url is not None:
+        _check_url(settings.endpoint_amqp_url, ("amqp", "amqps"), "endpoint_amqp_url")
+    _settle_url_list(settings, "amqp_url", "amqp_urls", ("amqp", "amqps"), _AMQP_DEFAULT)
+    _settle_url_list(settings, "management_url", "management_urls", ("http", "https"), _MANAGEMENT_DEFAULT)
+    for index, url in enumerate(settings.endpoint_amqp_urls):
+        _check_url(url, ("amqp", "amqps"), f"endpoint_amqp_urls[{index}]")
+    _check_same_broker(settings.broker_urls, "amqp_urls")
+    _check_same_broker(settings.endpoint_urls, "endpoint_amqp_urls")
+    _check_queue_type(settings)
+    if settings.broker_ca_file is not None:
+        client_ssl_context(settings.broker_ca_file, key="broker_ca_file")
+    if settings.endpoint_broker_ca_file is not None:
+        client_ssl_context(settings.endpoint_broker_ca_file, key="endpoint_broker_ca_file")
 
 
 def _check_queue_type(settings: ForwarderSettings) -> None:

@@ -64,6 +64,7 @@ from taskfabric.forwarder.metrics import ForwarderMetrics
 from taskfabric.forwarder.quotas import SubmitRateLimiter, check_pending_tasks, check_result_bytes, utc_day
 from taskfabric.forwarder.records import Identity, NewTask, TaskActivity, TaskPage, TaskQuery, TaskRecord
 from taskfabric.forwarder.requests import SubmitRequest
+from taskfabric.forwarder.result_uploads import UploadOffer
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store, StoreConflict, StoreRunner
 from taskfabric.forwarder.ttl_cache import TTLCache
@@ -128,6 +129,11 @@ class ResultBody:
     chunks: Iterator[bytes] | None = None
 
 
+#: a result blob up to this size is read (and checked) whole before it is sent, larger ones are
+#: checked in a first pass and then streamed
+_READ_WHOLE_BYTES = 8 * 1024 * 1024
+
+
 class TaskService:
     """Submit batches; read tasks (the caller's only)."""
 
@@ -142,8 +148,10 @@ class TaskService:
         cache: FunctionBodyCache,
         metrics: ForwarderMetrics | None = None,
         sharing: FunctionSharing | None = None,
+        upload_offer: UploadOffer | None = None,
     ) -> None:
         self._settings = settings
+        self._upload_offer = upload_offer
         self._sharing = sharing or FunctionSharing(store, runner)
         self._metrics = metrics or ForwarderMetrics()
         self._store = store
@@ -295,6 +303,7 @@ class TaskService:
             submitted_at=now,
             task_group_id=request.task_group_id,
             user=identity.username,
+            offer=self._upload_offer,
         )
         queues = self._broker.queues_of(endpoint_id, queue_secret)
         try:
@@ -460,6 +469,9 @@ class TaskService:
         if ref is None:
             raise ServiceError(f"task {task_id} has no result", status=409, code=RESULT_NOT_AVAILABLE)
         try:
+            if ref.size <= _READ_WHOLE_BYTES:  # one read and one digest, not two
+                data = await self._runner.read(self._store.tasks.read_blob, ref)
+                return ResultBody(task_id, ref.size, ref.sha256, worker, data=data)
             await self._runner.read(self._store.tasks.check_blob, ref)
         except (BlobIntegrityError, BlobMissing) as exc:
             log.error("result of task %s is unusable: %s", task_id, exc)

@@ -148,10 +148,13 @@ def task_result_frame(record: TaskRecord, *, binary_id: bool = False) -> dict[st
             "exception_type": record.error_exception_type or "",
             "exception": record.error_exception,
         }
+    # a result the worker uploaded travels by reference: the client downloads it (streamed) and
+    # checks its sha256; the forwarder never reads it into memory for the stream
+    uploaded = ok and record.result is None and record.result_sha256 is not None
     return {
         "task_id": record.task_id.bytes if binary_id else str(record.task_id),
         "ok": ok,
-        "value": (record.result or b"") if ok else None,
+        "value": None if uploaded else (record.result or b"") if ok else None,
         "error": error,
         "details": {
             "worker_python": record.worker_python,
@@ -163,6 +166,8 @@ def task_result_frame(record: TaskRecord, *, binary_id: bool = False) -> dict[st
         },
         "stdout": record.stdout or "",
         "stderr": record.stderr or "",
+        "value_size": record.result_size if uploaded else None,
+        "value_sha256": record.result_sha256 if uploaded else None,
     }
 
 

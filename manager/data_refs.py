@@ -32,9 +32,10 @@ class DataFetcher:
 
     def __init__(self, *, timeout_s: float = 300.0) -> None:
         self.timeout_s = timeout_s
-        self._last: tuple[str, bytes] | None = None  # (token, checked bytes)
+        self._last: tuple[str, bytes | bytearray] | None = None  # (token, checked bytes)
+        self._http: httpx.Client | None = None
 
-    def fetch(self, ref: DataRef) -> bytes:
+    def fetch(self, ref: DataRef) -> bytes | bytearray:
         """The referenced bytes, checked. Raises `DataFetchError`."""
         # keyed by the token too: a worker may run tasks of several users (a shared endpoint), and
         # a digest alone must not stand in for a reference the forwarder has not accepted
@@ -50,11 +51,13 @@ class DataFetcher:
         self._last = (ref.token, data)
         return data
 
-    def _download(self, ref: DataRef) -> bytes:
+    def _download(self, ref: DataRef) -> bytearray:
         url = f"{ref.url.rstrip('/')}/v1/data/{ref.sha256}"
         buffer = bytearray()
         try:
-            with httpx.stream("GET", url, headers={DATA_REF_HEADER: ref.token}, timeout=self.timeout_s) as response:
+            if self._http is None:  # kept: making a client costs more than a small download
+                self._http = httpx.Client(timeout=self.timeout_s)
+            with self._http.stream("GET", url, headers={DATA_REF_HEADER: ref.token}) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise DataFetchError(ErrorCode.DATA_UNAVAILABLE, _refusal(ref, response))
@@ -66,7 +69,7 @@ class DataFetcher:
             raise DataFetchError(
                 ErrorCode.DATA_UNAVAILABLE, f"cannot download the argument {ref.sha256} from {ref.url}: {exc}"
             ) from None
-        return bytes(buffer)
+        return buffer  # not copied: a 200 MB argument is held once
 
 
 def _refusal(ref: DataRef, response: httpx.Response) -> str:

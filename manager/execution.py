@@ -26,7 +26,8 @@ import cloudpickle
 from taskfabric.errors import ErrorCode
 from taskfabric.manager.data_refs import DataFetcher, DataFetchError
 from taskfabric.manager.globus_compute import ComputeCodec, GlobusComputeUnavailable, is_compute_body
-from taskfabric.protocol import FunctionBody, Result, Task, TaskError
+from taskfabric.manager.result_uploads import ResultUploader, ResultUploadError, should_upload
+from taskfabric.protocol import FunctionBody, Result, ResultBlob, Task, TaskError
 from taskfabric.protocol.data_refs import DataRef
 from taskfabric.protocol.payloads import DEFAULT_COMPRESSION, Compression, decode_payload, encode_payload
 
@@ -56,6 +57,7 @@ class TaskRunner:
         self._functions: dict[uuid.UUID, Callable[..., Any]] = {}
         self._compute = ComputeCodec()  # Globus-Compute-format tasks (manager/globus_compute.py)
         self._data = DataFetcher()  # arguments passed by reference (manager/data_refs.py)
+        self._uploads = ResultUploader()  # large results (manager/result_uploads.py)
 
     def add_functions(self, bodies: list[FunctionBody]) -> None:
         """Remember function bodies (deserialized lazily, on first use)."""
@@ -168,6 +170,26 @@ class TaskRunner:
                 "",
                 received_at,
                 started_at,
+            )
+        blob: ResultBlob | None = None
+        # a Globus-Compute-format result goes through the broker: the forwarder relays its bytes
+        # to the SDK's result queue as soon as it stores them
+        if not compute and should_upload(task, len(data)):
+            try:
+                blob = self._uploads.upload(task, data)
+            except ResultUploadError as exc:
+                if exc.too_large or len(data) > self.max_result_bytes:
+                    return self._failure(task, ErrorCode.RESULT_TOO_LARGE, str(exc), "", received_at, started_at)
+                log.warning("task %s: %s; sending the result through the broker instead", task.task_id, exc)
+        if blob is not None:
+            return Result(
+                task_id=task.task_id,
+                ok=True,
+                value_blob=blob,
+                worker_python=WORKER_PYTHON,
+                received_at=received_at,
+                started_at=started_at,
+                finished_at=finished_at,
             )
         if len(data) > self.max_result_bytes:
             message = (

@@ -1,4 +1,4 @@
-"""The Celery peer for `taskfabric bench --compare celery`: one no-op task on the same RabbitMQ.
+"""The Celery peer for `taskfabric bench --compare celery`: a no-op and an echo task on the same RabbitMQ.
 
 Configured from the environment (set by taskfabric/tools/bench_compare.py):
 TASKFABRIC_PEER_AMQP_URL (the broker) and TASKFABRIC_PEER_QUEUE (a queue of this run's own).
@@ -17,6 +17,11 @@ app.conf.update(
     task_default_queue=os.environ.get("TASKFABRIC_PEER_QUEUE", "taskfabric-bench-peer"),
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    # bytes arguments and results (the 1 MiB echo): msgpack carries bytes as they are (JSON cannot;
+    # pickle would be the same work, but a Celery worker refuses it when run as root, as CI does)
+    task_serializer="msgpack",
+    result_serializer="msgpack",
+    accept_content=["msgpack", "json"],
 )
 
 
@@ -24,3 +29,9 @@ app.conf.update(
 def noop() -> None:
     """Nothing, so the figures measure the system."""
     return
+
+
+@app.task(name="echo")
+def echo(value: bytes) -> bytes:
+    """Its argument back (the 1 MiB echo scenario, issue 15)."""
+    return value

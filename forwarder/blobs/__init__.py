@@ -21,6 +21,7 @@ from taskfabric.forwarder.blobs.base import (
     BlobMissing,
     BlobRef,
     BlobStore,
+    BlobWriter,
     blob_name,
     read_verified,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "BlobMissing",
     "BlobRef",
     "BlobStore",
+    "BlobWriter",
     "FilesystemBlobStore",
     "MemoryBlobStore",
     "blob_name",

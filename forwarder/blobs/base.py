@@ -11,7 +11,16 @@ from collections.abc import Iterator
 
 from taskfabric.errors import StoreError
 
-__all__ = ["BlobError", "BlobIntegrityError", "BlobMissing", "BlobRef", "BlobStore", "blob_name", "read_verified"]
+__all__ = [
+    "BlobError",
+    "BlobIntegrityError",
+    "BlobMissing",
+    "BlobRef",
+    "BlobStore",
+    "BlobWriter",
+    "blob_name",
+    "read_verified",
+]
 
 #: bytes per chunk when a blob is streamed
 CHUNK_BYTES = 1024 * 1024
@@ -52,6 +61,38 @@ def blob_name(task_id: uuid.UUID) -> str:
     return f"{task_id.hex[:2]}/{task_id.hex}-{secrets.token_hex(8)}"
 
 
+class BlobWriter:
+    """One blob written a chunk at a time (an upload streamed in): `commit()` makes it visible
+    as a whole and answers its reference; `abort()` drops it. This one buffers the chunks and
+    stores them at commit (memory, S3); `FilesystemBlobStore` writes them to disk as they come."""
+
+    def __init__(self, store: BlobStore, name: str) -> None:
+        self.store = store
+        self.name = name
+        self.size = 0
+        self._digest = hashlib.sha256()
+        self._buffer = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        self.size += len(chunk)
+        self._write(chunk)
+
+    def _write(self, chunk: bytes) -> None:
+        self._buffer += chunk
+
+    def commit(self) -> BlobRef:
+        self._commit()
+        return BlobRef(name=self.name, size=self.size, sha256=self._digest.hexdigest())
+
+    def _commit(self) -> None:
+        self.store._write(self.name, memoryview(self._buffer))
+        self._buffer = bytearray()
+
+    def abort(self) -> None:
+        self._buffer = bytearray()
+
+
 class BlobStore(abc.ABC):
     """Where large results live. Implementations are thread-safe (the store's threads share one)."""
 
@@ -60,6 +101,10 @@ class BlobStore(abc.ABC):
         digest = hashlib.sha256(data).hexdigest()
         self._write(name, data)
         return BlobRef(name=name, size=len(data), sha256=digest)
+
+    def open_writer(self, name: str) -> BlobWriter:
+        """A writer for blob `name`, filled a chunk at a time (see `BlobWriter`)."""
+        return BlobWriter(self, name)
 
     @abc.abstractmethod
     def _write(self, name: str, data: bytes | memoryview) -> None: ...

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from taskfabric.forwarder.blobs.base import CHUNK_BYTES, BlobError, BlobMissing, BlobStore
+from taskfabric.forwarder.blobs.base import CHUNK_BYTES, BlobError, BlobMissing, BlobStore, BlobWriter
 
 __all__ = ["FilesystemBlobStore"]
 
@@ -58,6 +58,9 @@ class FilesystemBlobStore(BlobStore):
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise BlobError(f"cannot write blob {name}: {exc}") from None
+
+    def open_writer(self, name: str) -> BlobWriter:
+        return _FileWriter(self, name, self._path(name))
 
     def open_chunks(self, name: str) -> Iterator[bytes]:
         path = self._path(name)
@@ -104,6 +107,44 @@ class FilesystemBlobStore(BlobStore):
         for folder in self.root.iterdir():
             if folder.is_dir() and len(folder.name) == 2:
                 yield from (path for path in folder.iterdir() if path.is_file())
+
+
+class _FileWriter(BlobWriter):
+    """Chunks straight to a temporary file beside the blob, renamed over it at commit: an upload
+    never sits whole in the forwarder's memory."""
+
+    def __init__(self, store: FilesystemBlobStore, name: str, path: Path) -> None:
+        super().__init__(store, name)
+        self._path = path
+        self._tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise BlobError(f"cannot write blob {name}: {exc}") from None
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+
+    def _write(self, chunk: bytes) -> None:
+        try:
+            self._file.write(chunk)
+        except OSError as exc:
+            self.abort()
+            raise BlobError(f"cannot write blob {self.name}: {exc}") from None
+
+    def _commit(self) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self._path)
+            _sync_folder(self._path.parent)
+        except OSError as exc:
+            self.abort()
+            raise BlobError(f"cannot write blob {self.name}: {exc}") from None
+
+    def abort(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 def _sync_folder(folder: Path) -> None:

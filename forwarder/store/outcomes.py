@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from taskfabric.errors import ErrorCode
+from taskfabric.forwarder.blobs import BlobRef
 from taskfabric.forwarder.records import TaskRecord, TaskStatus
 from taskfabric.forwarder.store._sql import clean_text
 from taskfabric.protocol import Result
@@ -52,10 +53,12 @@ class Outcome:
     attempts: int = 0
     stdout: str | None = None
     stderr: str | None = None
+    #: a result the worker uploaded (its receipt checked at ingest): the row keeps this reference
+    blob: BlobRef | None = None
 
 
-#: the outcome's columns, in the order of `Outcome`'s fields
-OUTCOME_FIELDS = [field.name for field in dataclasses.fields(Outcome)]
+#: the outcome's columns, in the order of `Outcome`'s fields (`blob` goes to its own columns)
+OUTCOME_FIELDS = [field.name for field in dataclasses.fields(Outcome) if field.name != "blob"]
 
 
 def outcome_of_result(endpoint_id: uuid.UUID, result: Result, now: float) -> Outcome:
@@ -72,6 +75,10 @@ def outcome_of_result(endpoint_id: uuid.UUID, result: Result, now: float) -> Out
     }
     error = result.error
     if result.ok or error is None:
+        uploaded = result.value_blob
+        if uploaded is not None and result.value is None:
+            blob = BlobRef(name=uploaded.name, size=uploaded.size, sha256=uploaded.sha256)
+            return Outcome(status=TaskStatus.SUCCESS, result=None, blob=blob, **common)
         return Outcome(status=TaskStatus.SUCCESS, result=result.value or b"", **common)
     code = clean_text(error.code, 64) or "TASK_FAILED"
     return Outcome(

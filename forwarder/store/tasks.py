@@ -101,7 +101,7 @@ class _Spilled:
     """A result written to the blob store before its row is updated."""
 
     ref: BlobRef
-    data: bytes
+    data: bytes | None  # None: the worker uploaded it (the forwarder never held the bytes)
     kept: bool = False
 
 
@@ -254,9 +254,13 @@ class TaskTable:
                         _keep_blobs(connection, stored, outcomes, spilled)
                     done.extend(stored)
         except BaseException:
-            self._delete_blobs([blob.ref.name for blob in spilled.values()])
+            # an uploaded blob stays: the result's delivery comes back and names it again (the
+            # expiry sweep removes it if it never does)
+            self._delete_blobs([blob.ref.name for blob in spilled.values() if blob.data is not None])
             raise
-        self._delete_blobs([blob.ref.name for blob in spilled.values() if not blob.kept])
+        # an uploaded blob not kept is left to the expiry sweep: a redelivered result names the
+        # blob its first delivery already recorded, which must not be deleted
+        self._delete_blobs([blob.ref.name for blob in spilled.values() if not blob.kept and blob.data is not None])
         claimed = sum(len(outcomes) for outcomes in rounds)
         ignored = claimed - len(done)
         if ignored:
@@ -272,13 +276,16 @@ class TaskTable:
         try:
             for outcomes in rounds:
                 for task_id, outcome in outcomes.items():
+                    if outcome.blob is not None:
+                        spilled[id(outcome)] = _Spilled(ref=outcome.blob, data=None)
+                        continue
                     data = outcome.result
                     if data is not None and len(data) > self._blob_threshold_bytes:
                         ref = self.blobs.put(blob_name(task_id), data)
                         spilled[id(outcome)] = _Spilled(ref=ref, data=data)
                         outcome.result = None
         except BaseException:
-            self._delete_blobs([blob.ref.name for blob in spilled.values()])
+            self._delete_blobs([blob.ref.name for blob in spilled.values() if blob.data is not None])
             raise
         return spilled
 
@@ -443,6 +450,12 @@ class TaskTable:
         digest: raises `BlobIntegrityError`, `BlobMissing` (or `BlobError` without a blob store)."""
         for _ in self.blob_chunks(ref):
             pass
+
+    def read_blob(self, ref: BlobRef) -> bytes:
+        """The whole blob, checked (raises `BlobIntegrityError`, `BlobMissing`, `BlobError`)."""
+        if self.blobs is None:
+            raise BlobError("the forwarder has no blob store configured")
+        return read_verified(self.blobs, ref)
 
     def blob_chunks(self, ref: BlobRef) -> Iterator[bytes]:
         """The blob's chunks, checked at the end (see `BlobStore.stream_verified`)."""
@@ -724,6 +737,9 @@ def _keep_blobs(
             continue
         blob.kept = True
         record.result = blob.data
+        record.result_size = blob.ref.size
+        if blob.data is None:
+            record.result_sha256 = blob.ref.sha256
         params.append(
             {"b_task_id": record.task_id, "b_blob": blob.ref.name, "b_size": blob.ref.size, "b_sha256": blob.ref.sha256}
         )

@@ -63,12 +63,14 @@ State vocabularies (`states.py`): `TaskStatus` (waiting, running, success, faile
 Records inside them:
 
 ``Task``          task_id, function_id, payload: bin, walltime_s?: float > 0, submitted_at?,
-                  task_group_id?, user?: str, resource_specification?: {str: int >= 0}
+                  task_group_id?, user?: str, resource_specification?: {str: int >= 0},
+                  result_upload_url?: str, result_upload_grant?: str, result_upload_min_bytes?: int >= 0
 ``TaskStarted``   task_id, started_at, attempt?: int >= 1
 ``FunctionBody``  function_id, body: bin, python_version?
-``Result``        task_id, ok: bool, value?: bin (required when ok), error?: TaskError (required
-                  when not ok), worker_python?, received_at?, started_at?, finished_at?, attempts?, stdout?: str,
-                  stderr?: str
+``Result``        task_id, ok: bool, value?: bin (value or value_blob required when ok), error?: TaskError
+                  (required when not ok), worker_python?, received_at?, started_at?, finished_at?, attempts?,
+                  stdout?: str, stderr?: str, value_blob?: ResultBlob
+``ResultBlob``    name: str, size: int >= 0, sha256: str, receipt: str (a result the worker uploaded)
 ``TaskError``     code: str (see `taskfabric.errors.ErrorCode`), message, traceback?,
                   exception_type?, exception?: bin
 """
@@ -104,6 +106,7 @@ from taskfabric.protocol.messages import (
     Message,
     Result,
     ResultBatch,
+    ResultBlob,
     StartUserEndpoint,
     Task,
     TaskBatch,
@@ -147,6 +150,7 @@ __all__ = [
     "ProtocolError",
     "Result",
     "ResultBatch",
+    "ResultBlob",
     "ResultFrame",
     "StartUserEndpoint",
     "Task",

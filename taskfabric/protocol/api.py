@@ -214,6 +214,11 @@ class ResultFrame:
     details: TaskDetails
     stdout: str = ""
     stderr: str = ""
+    value_size: int | None = None
+    """a result the worker uploaded (`value` is then null): its size in bytes; the client
+    downloads it from `GET /v1/tasks/{id}/result`"""
+    value_sha256: str | None = None
+    """... and the sha256 (hex) the downloaded bytes must have"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -33,6 +33,7 @@ __all__ = [
     "Message",
     "Result",
     "ResultBatch",
+    "ResultBlob",
     "StartUserEndpoint",
     "Task",
     "TaskBatch",
@@ -93,10 +94,18 @@ class Task:
     user: str = ""
     #: best-effort resource request, e.g. {"num_cores": 2}; carried to the worker's environment
     resource_specification: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: where the worker uploads a result of at least `result_upload_min_bytes` bytes (the
+    #: forwarder's URL; "" = the result rides the broker), with the forwarder's signed, expiring
+    #: grant for this task alone (`protocol/result_uploads.py`)
+    result_upload_url: str = ""
+    result_upload_grant: str = ""
+    result_upload_min_bytes: int = 0
 
     def check(self) -> None:
         if self.walltime_s is not None and not self.walltime_s > 0:
             raise ValueError("walltime_s must be positive")
+        if self.result_upload_min_bytes < 0:
+            raise ValueError("result_upload_min_bytes must not be negative")
         for key, value in self.resource_specification.items():
             if value < 0:
                 raise ValueError(f"resource_specification.{key} must not be negative")
@@ -122,8 +131,25 @@ class TaskError:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ResultBlob:
+    """A result the worker uploaded to the forwarder's blob store: the blob's `name`, `size` and
+    `sha256` (hex), and the forwarder's `receipt` (its HMAC over the task id and those three), so
+    an endpoint cannot name a blob the forwarder did not write for that task."""
+
+    name: str
+    size: int
+    sha256: str
+    receipt: str
+
+    def check(self) -> None:
+        if self.size < 0:
+            raise ValueError("size must not be negative")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
-    """The outcome of one task: a pickled value when `ok`, else a `TaskError`."""
+    """The outcome of one task: a pickled value (or the blob it was uploaded to) when `ok`, else a
+    `TaskError`."""
 
     task_id: uuid.UUID
     ok: bool
@@ -137,10 +163,12 @@ class Result:
     #: the task's own captured output (the last `max_output_bytes` of each, with a note when cut)
     stdout: str = ""
     stderr: str = ""
+    #: the value, uploaded by the worker (`value` is then None): only this reference rides the broker
+    value_blob: ResultBlob | None = None
 
     def check(self) -> None:
-        if self.ok and self.value is None:
-            raise ValueError("an ok result needs a value")
+        if self.ok and self.value is None and self.value_blob is None:
+            raise ValueError("an ok result needs a value or a value_blob")
         if not self.ok and self.error is None:
             raise ValueError("a failed result needs an error")
 

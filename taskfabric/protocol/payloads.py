@@ -69,7 +69,7 @@ DEFAULT_COMPRESSION = Compression()
 OFF = Compression(enabled=False)
 
 
-def is_compressed(data: bytes | memoryview) -> bool:
+def is_compressed(data: bytes | bytearray | memoryview) -> bool:
     """Whether `data` is a compressed frame."""
     return bytes(data[: len(COMPRESSION_MAGIC)]) == COMPRESSION_MAGIC
 
@@ -94,7 +94,7 @@ def _sample_pays(compressor: zstandard.ZstdCompressor, data: bytes, policy: Comp
     return len(compressor.compress(sample)) <= policy.max_sample_ratio * len(sample)
 
 
-def decode_payload(data: bytes, *, max_bytes: int | None = None) -> bytes:
+def decode_payload(data: bytes | bytearray, *, max_bytes: int | None = None) -> bytes | bytearray:
     """The payload inside a compressed frame, or `data` itself when it is not framed.
 
     Raises `ProtocolError` for a malformed frame, an unknown codec, a declared size above

@@ -11,6 +11,8 @@ Scenarios (each run `--runs` times; the median is reported):
 - **endpoints** (only when named, once): `--endpoints` N registered endpoints heartbeating through
   simulated agents, tasks submitted to a random subset and drained; registration rate, broker
   memory and queue count, forwarder RSS and heartbeat ingest cost (taskfabric/tools/bench_endpoints.py).
+- **payload** (only when named): data-heavy tasks, 1 MiB echoes and numpy arrays, with client,
+  forwarder and agent memory, store growth and blob disk (`taskfabric/tools/bench_payload.py`).
 
 By default it brings up a private local fabric (`taskfabric dev up` in a temporary
 `TASKFABRIC_HOME`) and tears it down afterwards; `--url/--token/--endpoint` point it at a running
@@ -38,12 +40,14 @@ import click
 
 from taskfabric import __version__
 from taskfabric.protocol import TaskStatus
+from taskfabric.tools.bench_payload import PAYLOAD_TASKS
 
 __all__ = ["BenchConfig", "bench", "run_bench"]
 
 SCENARIOS = ("throughput", "latency", "cold-start", "backlog")
-#: scenarios run only when named (`--scenarios endpoints`); each runs once, whatever `--runs`
-EXTRA_SCENARIOS = ("endpoints",)
+#: scenarios run only when named (`--scenarios endpoints`, `--scenarios payload`); endpoints runs
+#: once, whatever `--runs` (bench_endpoints.py); payload: data-heavy tasks (bench_payload.py)
+EXTRA_SCENARIOS = ("endpoints", "payload")
 
 
 def noop() -> None:
@@ -208,6 +212,22 @@ def backlog(fabric: Fabric, tasks: int, progress: Callable[[int], None]) -> dict
     }
 
 
+def payload_scenario(fabric: Fabric, progress: Callable[[int], None]) -> dict[str, Any]:
+    from taskfabric.endpoint_agent.local import LocalEndpoint
+    from taskfabric.paths import taskfabric_home
+    from taskfabric.tools.bench_payload import payload
+
+    sampler = _PeakMemory()
+    if fabric.forwarder_pid:
+        sampler.watch("forwarder", fabric.forwarder_pid)
+    agent_pid = LocalEndpoint(fabric.endpoint_name).pid() if fabric.endpoint_name else None
+    if agent_pid:
+        sampler.watch("agent", agent_pid)
+    dev_root = taskfabric_home() / "dev" if fabric.forwarder_pid else None
+    with sampler:
+        return payload(fabric, progress, sampler=sampler, dev_root=dev_root)
+
+
 def _submit_many(
     client: Any, endpoint_id: str, function_id: Any, tasks: int, progress: Callable[[int], None]
 ) -> list[Any]:
@@ -353,6 +373,7 @@ _HEADLINE: dict[str, tuple[str, str, str]] = {
     "cold-start": ("start_to_first_result_s", "s", "≤ 3 s"),
     "backlog": ("drain_tasks_per_s", "tasks/s draining", "none lost; RSS ≤ 300 / 150 MB"),
     "endpoints": ("broker_kb_per_endpoint_heartbeating", "KB broker memory per endpoint", "10,000 on one node"),
+    "payload": ("echo_1mib_tasks_per_s", "tasks/s (1 MiB echo)", "≥ 2x Celery; client RSS ≤ 3x in flight"),
 }
 
 
@@ -423,6 +444,7 @@ def run_bench(config: BenchConfig, *, echo: Callable[[str], None] = click.echo) 
             "cold-start": (1, lambda p: cold_start(fabric, p)),
             "backlog": (config.backlog_tasks, lambda p: backlog(fabric, config.backlog_tasks, p)),
             "endpoints": (config.endpoints, lambda p: endpoints(fabric, config, p)),
+            "payload": (2 * PAYLOAD_TASKS, lambda p: payload_scenario(fabric, p)),
         }
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console

@@ -61,6 +61,7 @@ METRICS = (
     Metric("latency_p99_ms", "round trip p99 (ms)", "lower", "ratio ≤ 2"),
     Metric("throughput_tasks_per_s", "throughput (tasks/s)", "higher", "ratio ≥ 10"),
     Metric("cold_start_s", "cold start to first result (s)", "lower", "ratio ≤ 1"),
+    Metric("echo_1mib_tasks_per_s", "1 MiB echo (tasks/s)", "higher", "ratio ≥ 2"),
 )
 
 
@@ -70,6 +71,8 @@ class CompareConfig:
     rounds: int = 3
     latency_calls: int = 1_000
     throughput_tasks: int = 5_000
+    #: tasks of the 1 MiB echo scenario (issue 15); 0 leaves it out
+    echo_tasks: int = 1_000
     workers: int = 2
     peers_dir: Path = DEFAULT_PEERS_DIR
 
@@ -197,6 +200,18 @@ class CeleryPeer:
         samples.sort()
         return _percentile(samples, 50), _percentile(samples, 99)
 
+    def echo_1mib(self, tasks: int) -> float:
+        """`tasks` echoes of one 1 MiB bytes argument (msgpack: bytes as they are), all sent, then collected."""
+        echo = self._app_module.echo
+        data = os.urandom(_MIB)
+        echo.delay(b"warm").get(timeout=60)
+        started = time.perf_counter()
+        pending = [echo.delay(data) for _ in range(tasks)]
+        for result in pending:
+            if len(result.get(timeout=600)) != _MIB:
+                raise RuntimeError("a Celery echo came back with the wrong size")
+        return tasks / (time.perf_counter() - started)
+
     def throughput(self, tasks: int) -> float:
         noop = self._app_module.noop
         noop.delay().get(timeout=60)
@@ -205,6 +220,9 @@ class CeleryPeer:
         for result in pending:
             result.get(timeout=600)
         return tasks / (time.perf_counter() - started)
+
+
+_MIB = 1024 * 1024
 
 
 def _percentile(sorted_samples: list[float], percent: float) -> float:
@@ -217,6 +235,7 @@ def _percentile(sorted_samples: list[float], percent: float) -> float:
 
 def _round_taskfabric(fabric: Any, config: CompareConfig) -> dict[str, float]:
     from taskfabric.tools.bench import cold_start, latency, throughput
+    from taskfabric.tools.bench_payload import echo_1mib
 
     def quiet(_n: int) -> None:
         return None
@@ -224,20 +243,26 @@ def _round_taskfabric(fabric: Any, config: CompareConfig) -> dict[str, float]:
     started = cold_start(fabric, quiet)
     trip = latency(fabric, config.latency_calls, quiet)
     rate = throughput(fabric, config.throughput_tasks, quiet)
-    return {
+    figures = {
         "cold_start_s": started["start_to_first_result_s"],
         "latency_p50_ms": trip["p50_ms"],
         "latency_p99_ms": trip["p99_ms"],
         "throughput_tasks_per_s": rate["tasks_per_s"],
         **{key: value for key, value in trip.items() if key.startswith("hop_")},
     }
+    if config.echo_tasks:
+        figures["echo_1mib_tasks_per_s"] = echo_1mib(fabric, config.echo_tasks)
+    return figures
 
 
 def _round_peer(peer: CeleryPeer, config: CompareConfig) -> dict[str, float]:
     started = peer.cold_start()
     p50, p99 = peer.latency(config.latency_calls)
     rate = peer.throughput(config.throughput_tasks)
-    return {"cold_start_s": started, "latency_p50_ms": p50, "latency_p99_ms": p99, "throughput_tasks_per_s": rate}
+    figures = {"cold_start_s": started, "latency_p50_ms": p50, "latency_p99_ms": p99, "throughput_tasks_per_s": rate}
+    if config.echo_tasks:
+        figures["echo_1mib_tasks_per_s"] = peer.echo_1mib(config.echo_tasks)
+    return figures
 
 
 @contextlib.contextmanager
@@ -287,6 +312,7 @@ def run_compare(config: CompareConfig, *, echo: Callable[[str], None] = click.ec
             "rounds": config.rounds,
             "latency_calls": config.latency_calls,
             "throughput_tasks": config.throughput_tasks,
+            "echo_tasks": config.echo_tasks,
             "workers": config.workers,
             "load_1min_before": load_before,
             "load_1min_after": os.getloadavg()[0],

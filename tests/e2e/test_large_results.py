@@ -2,6 +2,11 @@
 as a blob (not in the SQL store), the same bytes at the client (digest checked end to end), still
 there after a forwarder restart, and a tampered blob is a typed `ResultIntegrityError`.
 
+A 200 MB argument and a 200 MB result through the data path: the argument uploaded by reference,
+the result uploaded by the worker (above the endpoint's max_result_bytes, so it cannot have ridden
+the broker), the forwarder recording the blob, the client downloading it, digests checked; a
+result upload grant opens only its own task, and only while it is valid.
+
 Arguments by reference through the same fabric: a 64 MB argument uploaded once
 (`Client.put_data`), used by two tasks, digest checked on the worker and at the client; another
 user's reference does not open it; an expired reference and a tampered blob fail the task with
@@ -18,6 +23,7 @@ import re
 import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,7 @@ from taskfabric.endpoint_agent.local import (
 )
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
 from taskfabric.forwarder.data_refs import DataRefSigner
+from taskfabric.forwarder.result_uploads import GrantClaims, ResultUploadSigner
 from taskfabric.forwarder.testing import ForwarderProcess
 from taskfabric.testing import BrokerUnderTest, unique_name
 
@@ -95,7 +102,9 @@ def blob_fabric(broker: BrokerUnderTest, tmp_path_factory: pytest.TempPathFactor
         "amqp_url": broker.amqp_url,
         "management_url": broker.management_url,
         "topology_prefix": unique_name("e2e-blobs"),
-        "quotas": {"max_result_bytes": 64 * _MIB},
+        # above the endpoint's own max_result_bytes (64 MiB): a larger result can only arrive
+        # uploaded by the worker, never through the broker
+        "quotas": {"max_result_bytes": 256 * _MIB},
     }
     patch = pytest.MonkeyPatch()
     patch.setenv("TASKFABRIC_HOME", str(folder / "home"))
@@ -251,3 +260,57 @@ def test_an_expired_or_tampered_reference_fails_the_task_with_a_typed_error(blob
         blob.write_bytes(bytes(tampered))
         with pytest.raises(DataIntegrityError, match=ref.sha256):
             executor.submit(sha256_of, ref).result(timeout=60)
+
+
+# --- the 200 MB data path: argument by reference, result uploaded by the worker -----------
+
+HUGE = 200 * 1000 * 1000
+
+
+def echo(data: bytes) -> bytes:
+    return data
+
+
+def test_a_200_mb_argument_and_result_travel_the_data_path(blob_fabric: BlobFabric) -> None:
+    huge = random.Random(21).randbytes(HUGE)
+    expected = sha256_of(huge)
+    with blob_fabric.client() as client, Executor(blob_fabric.endpoint_id, client=client) as executor:
+        ref = client.put_data(huge)
+        del huge
+        future = executor.submit(echo, ref)
+        value = future.result(timeout=180)
+        task_id = str(future.task_id)
+    assert len(value) == HUGE and sha256_of(value) == expected
+    del value
+
+    result, name, size, digest = _row(blob_fabric.database, task_id)
+    assert result is None and size > HUGE  # the row names the blob the worker uploaded
+    blob = blob_fabric.blobs / name
+    assert blob.stat().st_size == size and blob.stat().st_mode & 0o777 == 0o600
+    hasher = hashlib.sha256()
+    with blob.open("rb") as file:
+        while chunk := file.read(8 * _MIB):
+            hasher.update(chunk)
+    assert hasher.hexdigest() == digest
+
+
+def test_a_result_upload_grant_opens_only_its_own_task_while_valid(blob_fabric: BlobFabric) -> None:
+    signer = ResultUploadSigner((blob_fabric.database.parent / "data-ref.key").read_bytes())
+    mine, other = uuid.uuid4(), uuid.uuid4()
+    grant = signer.grant(GrantClaims(task_id=mine, max_bytes=1024, expires_at=time.time() + 60))
+    expired = signer.grant(GrantClaims(task_id=mine, max_bytes=1024, expires_at=time.time() - 1))
+    with httpx.Client(base_url=blob_fabric.forwarder.url) as raw:
+
+        def put(task_id: uuid.UUID, body: bytes, token: str | None) -> httpx.Response:
+            headers = {"X-Taskfabric-Result-Grant": token} if token is not None else {}
+            return raw.put(f"/v1/tasks/{task_id}/result-blob", content=body, headers=headers)
+
+        for task_id, token in ((mine, None), (other, grant), (mine, expired), (mine, grant[:-2] + "xx")):
+            refused = put(task_id, b"bytes", token)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (403, "RESULT_GRANT_INVALID")
+        assert put(mine, b"x" * 2048, grant).status_code == 413  # more than the grant allows
+        stored = put(mine, b"a result", grant)
+        assert stored.status_code == 200
+        answer = stored.json()
+        assert answer["size"] == 8 and answer["sha256"] == sha256_of(b"a result")
+        assert (blob_fabric.blobs / answer["name"]).read_bytes() == b"a result"

@@ -168,3 +168,28 @@ def test_missing_body_and_bad_payload_are_typed_errors() -> None:
     runner.add_functions([body])
     result = runner.run(Task(task_id=uuid.uuid4(), function_id=body.function_id, payload=cloudpickle.dumps([1, 2])))
     assert result.error is not None and "not an (args, kwargs) pair" in result.error.message
+
+
+def _unreachable_upload(fn: object, *, max_result_bytes: int) -> Result:
+    """A task whose grant names a forwarder nobody listens on (a closed local port)."""
+    body = FunctionBody(function_id=uuid.uuid4(), body=cloudpickle.dumps(fn), python_version=WORKER_PYTHON)
+    runner = TaskRunner(max_result_bytes=max_result_bytes)
+    runner.add_functions([body])
+    return runner.run(
+        Task(
+            task_id=uuid.uuid4(),
+            function_id=body.function_id,
+            payload=cloudpickle.dumps(((), {})),
+            result_upload_url="http://127.0.0.1:9",
+            result_upload_grant="grant",
+            result_upload_min_bytes=1000,
+        )
+    )
+
+
+def test_a_failed_result_upload_falls_back_to_the_broker_when_the_result_fits() -> None:
+    fits = _unreachable_upload(lambda: b"x" * 5000, max_result_bytes=1 << 20)
+    assert fits.value_blob is None and value(fits) == b"x" * 5000
+    too_large = _unreachable_upload(lambda: b"x" * 5000, max_result_bytes=2000)
+    assert not too_large.ok and too_large.error is not None
+    assert too_large.error.code == ErrorCode.RESULT_TOO_LARGE and "cannot upload" in too_large.error.message

@@ -40,6 +40,7 @@ EXPECTED: dict[str, list[str]] = {
         "ProtocolError",
         "Result",
         "ResultBatch",
+        "ResultBlob",
         "ResultFrame",
         "StartUserEndpoint",
         "Task",

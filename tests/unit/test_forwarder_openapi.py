@@ -28,6 +28,7 @@ from taskfabric.broker_config import broker_username
 from taskfabric.forwarder.admin import create_token, create_user
 from taskfabric.forwarder.app import create_app
 from taskfabric.forwarder.broker import AdminBrokerLink
+from taskfabric.forwarder.result_uploads import GrantClaims, ResultUploadSigner
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.testing import MemoryEndpointUsers
 from taskfabric.protocol import (
@@ -39,6 +40,7 @@ from taskfabric.protocol import (
     pack,
     parse,
 )
+from taskfabric.protocol.result_uploads import RESULT_GRANT_HEADER
 from taskfabric.transport import MemoryBroker, MemoryTransport, OutgoingMessage
 
 pytestmark = pytest.mark.timeout(60)
@@ -215,6 +217,18 @@ async def _exercise_data(api: Conformance) -> None:
     await api.call("GET", "/v1/data/{sha256}", ids=digest, headers=forged, expect=403)
 
 
+async def _exercise_result_upload(api: Conformance, key_file: Path) -> None:
+    """A worker's result upload (issue 15): stored with a valid grant, 403 with a forged one."""
+    task = {"task_id": str(uuid.uuid4())}
+    grant = ResultUploadSigner(key_file.read_bytes()).grant(
+        GrantClaims(task_id=uuid.UUID(task["task_id"]), max_bytes=1024, expires_at=time.time() + 60)
+    )
+    path = "/v1/tasks/{task_id}/result-blob"
+    stored = await api.call("PUT", path, ids=task, content=b"result", headers={RESULT_GRANT_HEADER: grant}, expect=200)
+    assert stored.json()["size"] == 6
+    await api.call("PUT", path, ids=task, content=b"result", headers={RESULT_GRANT_HEADER: "e30.AAAA"}, expect=403)
+
+
 async def _exercise_groups(api: Conformance) -> None:
     """Sharing: groups (issue 13)."""
     created = await api.call("POST", "/v1/groups", json={"name": "lab", "description": "my lab"}, expect=201)
@@ -237,6 +251,7 @@ def test_every_route_answers_as_its_openapi_schema_says(tmp_path: Path) -> None:
     async def run() -> Conformance:
         async with running_app(tmp_path) as (api, _token, memory):
             await _exercise(api, memory)
+            await _exercise_result_upload(api, tmp_path / "data-ref.key")
             async with httpx.AsyncClient(transport=api.http._transport, base_url="http://forwarder") as anonymous:
                 response = await anonymous.get("/v1/whoami")
             assert response.status_code == 401

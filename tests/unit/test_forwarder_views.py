@@ -26,6 +26,8 @@ def _record(status: TaskStatus, **fields: object) -> TaskRecord:
 RECORDS = [
     _record(TaskStatus.SUCCESS, result=b"\x80\x05N.", completed_at=2.0, received_at=1.5, attempts=1, stdout="out"),
     _record(TaskStatus.SUCCESS),  # no result bytes stored: an empty value
+    # uploaded by the worker: a reference (size, sha256), no bytes
+    _record(TaskStatus.SUCCESS, result_size=300_000_000, result_sha256="ab" * 32),
     _record(
         TaskStatus.FAILED,
         error_code="TASK_FAILED",
@@ -46,13 +48,16 @@ RECORDS = [
 @pytest.mark.parametrize("binary_id", [False, True])
 def test_the_stream_frame_is_the_rendered_record(record: TaskRecord, binary_id: bool) -> None:
     ok = record.status is TaskStatus.SUCCESS
+    uploaded = ok and record.result_sha256 is not None
     expected = ResultFrame(
         task_id=record.task_id,
         ok=ok,
-        value=(record.result or b"") if ok else None,
+        value=None if uploaded else (record.result or b"") if ok else None,
         error=task_error(record),
         details=task_details(record),
         stdout=record.stdout or "",
         stderr=record.stderr or "",
+        value_size=record.result_size if uploaded else None,
+        value_sha256=record.result_sha256 if uploaded else None,
     )
     assert task_result_frame(record, binary_id=binary_id) == render(expected, binary=True, binary_ids=binary_id)

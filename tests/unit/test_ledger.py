@@ -159,7 +159,7 @@ def test_a_refused_write_raises_ledger_error_and_keeps_everything_staged(tmp_pat
     ledger.close()
 
 
-def test_a_recovered_task_keeps_its_group_user_and_resource_specification(tmp_path: Path) -> None:
+def test_a_recovered_task_keeps_its_group_user_resource_specification_and_upload_grant(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
     ledger = Ledger(path)
     task = Task(
@@ -169,6 +169,9 @@ def test_a_recovered_task_keeps_its_group_user_and_resource_specification(tmp_pa
         task_group_id=uuid.uuid4(),
         user="alice",
         resource_specification={"num_cores": 4, "memory_mb": 512},
+        result_upload_url="http://forwarder:8470",
+        result_upload_grant="claims.mac",
+        result_upload_min_bytes=65537,
     )
     ledger.record([TaskBatch(tasks=[task], functions=[])])
     ledger.set_attempts(task.task_id, 1)

@@ -1,6 +1,7 @@
 """Large results in the blob store, on real SQLite and PostgreSQL with a filesystem blob store:
 the row keeps a reference, size and sha256; reads give the same bytes; blobs are deleted with
-their task, at expiry and when a duplicate loses; a tampered blob is a typed failure."""
+their task, at expiry and when a duplicate loses; a tampered blob is a typed failure; a result the
+worker uploaded is recorded by reference, without the forwarder reading it."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from pathlib import Path
 from sqlalchemy import inspect, select, text
 
 from taskfabric.errors import ErrorCode
-from taskfabric.forwarder.blobs import BlobStore, FilesystemBlobStore
+from taskfabric.forwarder.blobs import BlobStore, FilesystemBlobStore, blob_name
 from taskfabric.forwarder.records import NewTask, TaskStatus
 from taskfabric.forwarder.store import Store
 from taskfabric.forwarder.store.schema import MIGRATIONS, tasks
-from taskfabric.protocol import Result
+from taskfabric.protocol import Result, ResultBlob
 
 THRESHOLD = 1024
 
@@ -146,3 +147,25 @@ def test_results_in_an_s3_bucket(tmp_path: Path, s3_blobs: BlobStore) -> None:
             pass
         store.tasks.delete([kept_id, tampered_id])
         assert s3_blobs.usage_bytes() == 0
+
+
+def test_an_uploaded_result_is_recorded_without_copying_and_kept_when_delivered_again(
+    store: Store, tmp_path: Path
+) -> None:
+    blobbed = _with_blobs(store, tmp_path / "blobs")
+    assert blobbed.tasks.blobs is not None
+    endpoint, (task_id,) = _submit(blobbed, 1)
+    value = os.urandom(3 * 1024 * 1024)
+    ref = blobbed.tasks.blobs.put(blob_name(task_id), value)  # what PUT /v1/tasks/{id}/result-blob did
+    uploaded = ResultBlob(name=ref.name, size=ref.size, sha256=ref.sha256, receipt="checked at ingest")
+    result = Result(task_id=task_id, ok=True, value_blob=uploaded, worker_python="3.11.9")
+    (record,) = blobbed.tasks.store_results([(endpoint, [result])], now=time.time())
+    # the stream gets the reference, not the bytes
+    assert record.result is None and (record.result_size, record.result_sha256) == (ref.size, ref.sha256)
+    with store.engine.connect() as connection:
+        row = connection.execute(select(tasks).where(tasks.c.task_id == task_id)).one()
+    assert (row.result, row.result_blob, row.result_size, row.result_sha256) == (None, ref.name, ref.size, ref.sha256)
+    # the same delivery again (its ack was lost): ignored, and the recorded blob stays
+    assert blobbed.tasks.store_results([(endpoint, [result])], now=time.time()) == []
+    assert blobbed.tasks.get_many([task_id])[task_id].result == value
+    assert blobbed.tasks.blobs.usage_bytes() == len(value)

@@ -1,0 +1,105 @@
+"""Result uploads by workers (issue 15): grants open one task until they expire, receipts bind a
+blob to its task, and the ingest screen turns a result naming a blob without a valid receipt into a
+typed failure."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from taskfabric.errors import ErrorCode, PayloadTooLarge, PermissionDenied
+from taskfabric.forwarder.blobs import BlobRef, MemoryBlobStore
+from taskfabric.forwarder.result_limits import ResultLimits
+from taskfabric.forwarder.result_uploads import GrantClaims, ResultUploads, ResultUploadSigner
+from taskfabric.manager.result_uploads import should_upload
+from taskfabric.protocol import Result, ResultBlob, Task
+
+KEY = b"k" * 32
+
+
+def _grant(signer: ResultUploadSigner, task_id: uuid.UUID, *, max_bytes: int = 100, ttl_s: float = 60) -> str:
+    return signer.grant(GrantClaims(task_id=task_id, max_bytes=max_bytes, expires_at=time.time() + ttl_s))
+
+
+def test_a_grant_opens_its_own_task_only_until_it_expires() -> None:
+    signer, task_id = ResultUploadSigner(KEY), uuid.uuid4()
+    grant = _grant(signer, task_id)
+    assert signer.verify_grant(grant, task_id=task_id, now=time.time()).max_bytes == 100
+    refused = [
+        (None, task_id),
+        (grant, uuid.uuid4()),  # another task
+        (_grant(signer, task_id, ttl_s=-1), task_id),  # expired
+        (_grant(ResultUploadSigner(b"x" * 32), task_id), task_id),  # another forwarder's key
+        (grant.replace(".", ".A"), task_id),
+        ("not-a-grant", task_id),
+    ]
+    for token, target in refused:
+        with pytest.raises(PermissionDenied) as caught:
+            signer.verify_grant(token, task_id=target, now=time.time())
+        assert caught.value.code == "RESULT_GRANT_INVALID"
+
+
+def test_a_receipt_binds_name_size_and_digest_to_the_task() -> None:
+    signer, task_id = ResultUploadSigner(KEY), uuid.uuid4()
+    ref = BlobRef(name="ab/" + "0" * 32 + "-" + "1" * 16, size=10, sha256="2" * 64)
+    blob = ResultBlob(name=ref.name, size=ref.size, sha256=ref.sha256, receipt=signer.receipt(task_id, ref))
+    assert signer.check_receipt(task_id, blob)
+    assert not signer.check_receipt(uuid.uuid4(), blob)
+    for changed in (
+        dataclasses.replace(blob, size=11),
+        dataclasses.replace(blob, sha256="3" * 64),
+        dataclasses.replace(blob, name=ref.name[:-1] + "2"),
+    ):
+        assert not signer.check_receipt(task_id, changed)
+
+
+def test_the_ingest_keeps_only_uploads_with_a_valid_receipt() -> None:
+    signer, task_id = ResultUploadSigner(KEY), uuid.uuid4()
+    ref = BlobRef(name="n", size=5, sha256="s")
+    good = ResultBlob(name="n", size=5, sha256="s", receipt=signer.receipt(task_id, ref))
+    forged = ResultBlob(name="other", size=5, sha256="s", receipt=good.receipt)
+    limits = ResultLimits(max_result_bytes=10, max_results_per_message=10, receipts=signer)
+    results = [
+        Result(task_id=task_id, ok=True, value_blob=good),
+        Result(task_id=task_id, ok=True, value_blob=forged, started_at=1.0),
+    ]
+    kept, dropped = limits.screen(results)
+    assert kept is results[0]
+    assert dropped.error is not None and dropped.error.code == ErrorCode.RESULT_INTEGRITY and dropped.started_at == 1.0
+    no_signer = ResultLimits(max_result_bytes=10, max_results_per_message=10)
+    assert not no_signer.screen(results[:1])[0].ok
+
+
+async def _body(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
+
+
+def test_an_upload_is_stored_under_the_task_and_bounded_by_the_grant() -> None:
+    signer, blobs, task_id = ResultUploadSigner(KEY), MemoryBlobStore(), uuid.uuid4()
+    uploads = ResultUploads(blobs, signer)
+    blob = asyncio.run(uploads.put(task_id, _grant(signer, task_id), _body(b"abc", b"def"), now=time.time()))
+    assert blob.size == 6 and blob.name.startswith(f"{task_id.hex[:2]}/{task_id.hex}-")
+    assert signer.check_receipt(task_id, blob) and blobs.blobs[blob.name][0] == b"abcdef"
+    with pytest.raises(PayloadTooLarge):
+        asyncio.run(uploads.put(task_id, _grant(signer, task_id, max_bytes=4), _body(b"abc", b"def"), now=time.time()))
+    assert len(blobs.blobs) == 1  # the refused upload left nothing
+
+
+def test_a_worker_uploads_only_with_a_grant_and_above_the_threshold() -> None:
+    task = Task(task_id=uuid.uuid4(), function_id=uuid.uuid4(), payload=b"")
+    granted = Task(
+        task_id=task.task_id,
+        function_id=task.function_id,
+        payload=b"",
+        result_upload_url="http://127.0.0.1:1",
+        result_upload_grant="g",
+        result_upload_min_bytes=1000,
+    )
+    assert not should_upload(task, 10**9)
+    assert should_upload(granted, 1000) and not should_upload(granted, 999)
