@@ -23,9 +23,11 @@ slurm_files=(tests/integration/test_blocks_slurm.py tests/integration/test_slurm
 # end-to-end tests that run in group B, to balance the two groups' wall times (the slowest tests
 # of each group are printed at the end of its log: move files here when one group grows)
 e2e_in_b=(tests/e2e/forwarder)
-group_a=(tests/e2e "${slurm_files[@]}")
+# integration files that run in group A, for the same reason (the 3-node cluster's module)
+integration_in_a=(tests/integration/test_broker_cluster.py)
+group_a=(tests/e2e "${slurm_files[@]}" "${integration_in_a[@]}")
 group_b=(tests/faults tests/integration tests/unit "${e2e_in_b[@]}")
-for file in "${slurm_files[@]}"; do group_b+=(--ignore="$file"); done
+for file in "${slurm_files[@]}" "${integration_in_a[@]}"; do group_b+=(--ignore="$file"); done
 for file in "${e2e_in_b[@]}"; do group_a+=(--ignore="$file"); done
 
 run_group() {  # name, then pytest arguments
