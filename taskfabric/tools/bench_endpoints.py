@@ -73,6 +73,8 @@ class EndpointsConfig:
     consumers_timeout_s: float = 900.0
 
 
+#: endpoints registered in bulk between waits for the forwarder to consume them
+_BULK_CHUNK = 1000
 #: listing 30,000 queues with their statistics takes the management API tens of seconds
 _MANAGEMENT_TIMEOUT_S = 180.0
 
@@ -142,11 +144,20 @@ def _register(
     endpoints = _register_by_api(client, by_api, progress)
     figures["api_registrations_per_s"] = by_api / (time.perf_counter() - started) if by_api else None
     started = time.perf_counter()
-    bulk = _register_in_bulk(target, config.endpoints - by_api, progress)
-    bulk_s = time.perf_counter() - started
-    figures["bulk_registrations_per_s"] = len(bulk) / bulk_s if bulk else None
-    endpoints += [_Endpoint(r.endpoint_id, _queues(target.settings, r.endpoint_id, r.queue_secret)) for r in bulk]
-    _wait_consumed(management, endpoints, timeout_s=config.consumers_timeout_s)
+    bulk_s = 0.0
+    bulk_count = 0
+    remaining = config.endpoints - by_api
+    while remaining > 0:
+        # a chunk at a time, each consumed before the next: the forwarder opens a consumer
+        # connection per `consumers_per_connection` endpoints, while the node still takes them
+        chunk_started = time.perf_counter()
+        bulk = _register_in_bulk(target, min(_BULK_CHUNK, remaining), progress)
+        bulk_s += time.perf_counter() - chunk_started
+        bulk_count += len(bulk)
+        remaining -= len(bulk)
+        endpoints += [_Endpoint(r.endpoint_id, _queues(target.settings, r.endpoint_id, r.queue_secret)) for r in bulk]
+        _wait_consumed(management, endpoints, timeout_s=config.consumers_timeout_s)
+    figures["bulk_registrations_per_s"] = bulk_count / bulk_s if bulk_count else None
     figures["registered_and_consumed_s"] = time.perf_counter() - started
     figures.update(_snapshot("registered", management, forwarder, before=before, endpoints=len(endpoints)))
     return endpoints
