@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -122,7 +123,13 @@ class ManagementClient:
     def node_memory(self) -> dict[str, Any]:
         """The first node's `mem_used` (bytes) and object totals (queues, connections,
         channels, consumers), from `/api/nodes` and `/api/overview`: what a benchmark reports."""
-        nodes = self._request("GET", "/nodes", params={"columns": "name,mem_used"}).json()
+        for _ in range(30):  # a node that just started has no statistics for a few seconds
+            nodes = self._request("GET", "/nodes", params={"columns": "name,mem_used"}).json()
+            if nodes and "mem_used" in nodes[0]:
+                break
+            time.sleep(1.0)
+        else:
+            raise BrokerError("the management API reports no mem_used for the node")
         totals = self.overview().get("object_totals", {})
         return {"node": nodes[0]["name"], "mem_used": int(nodes[0]["mem_used"]), **totals}
 

@@ -131,6 +131,10 @@ class NodeInfo:
         return f"http://{self.username}:{self.password}@127.0.0.1:{self.management_port}"
 
 
+#: open files asked for the node (see `RabbitNode._started`): room for ~80,000 quorum queues
+_OPEN_FILES = 262_144
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClusterMember:
     """What makes a node one member of a private cluster (see cluster.py): its fixed name, the
@@ -229,9 +233,20 @@ class RabbitNode:
         (self.directory / "rabbitmq.pid").unlink(missing_ok=True)  # stale: the node is not running
         (self.directory / "log").mkdir(exist_ok=True)
         startup_log = self.directory / "log" / "startup.log"
-        # a shell starts the server in the background and exits at once: the node outlives us
+        # a shell starts the server in the background and exits at once: the node outlives us.
+        # RabbitMQ sizes its file handle cache from the open-files limit, and every quorum queue
+        # keeps ~3 handles of it; a connection needs one too, so with this machine's 20,000 the
+        # node stopped answering new connections past ~10,000 quorum queues (3,500 endpoints;
+        # benchmarks/README.md "Endpoints at scale"). The node gets _OPEN_FILES, or the hard limit.
         launcher = subprocess.run(
-            ["sh", "-c", 'nohup "$0" >>"$1" 2>&1 </dev/null &', str(bin_dir / "rabbitmq-server"), str(startup_log)],
+            [
+                "sh",
+                "-c",
+                f'ulimit -n {_OPEN_FILES} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; '
+                'nohup "$0" >>"$1" 2>&1 </dev/null &',
+                str(bin_dir / "rabbitmq-server"),
+                str(startup_log),
+            ],
             env=self._env(info),
             cwd=self.directory,
             start_new_session=True,
