@@ -33,7 +33,7 @@ from taskfabric.errors import BrokerError, ConfigError, PublishTimeout
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.transport import OutgoingMessage, RabbitTransport, Transport
 
-__all__ = ["TASK_BATCH_CONTENT_TYPE", "AdminBrokerLink", "EndpointUsers"]
+__all__ = ["TASK_BATCH_CONTENT_TYPE", "AdminBrokerLink", "EndpointUsers", "choose_queue_type"]
 
 log = logging.getLogger(__name__)
 
@@ -107,27 +107,11 @@ class AdminBrokerLink:
         self.topology.declare_shared(self.transport)
 
     def _queue_type(self, nodes: list[str] | None) -> QueueType:
-        """The type of the endpoint queues. Classic queues live on one node: on a cluster only
-        quorum queues keep the guarantees (a crashed node would hold the only copy), so classic is
-        refused there, and `auto` means classic on a single node (a third of a quorum queue's cost
-        per hop, crash-safe there; see docs/operator.md) and quorum on a cluster."""
-        wanted = self._settings.queue_type
-        if wanted == "quorum":
-            return "quorum"
-        if len(self._settings.broker_urls) > 1:  # several URLs name a cluster
-            return "quorum"  # (classic with several URLs is refused by the settings)
-        if wanted == "classic":
-            if nodes is not None and len(nodes) > 1:
-                raise ConfigError(
-                    f"the broker is a cluster of {len(nodes)} nodes: classic queues live on one node; "
-                    "use queue_type quorum (or auto)",
-                    key="queue_type",
-                )
-            return "classic"
-        chosen: QueueType = "classic" if nodes is not None and len(nodes) == 1 else "quorum"
-        log.info(
-            "queue_type auto: %s queues (broker nodes: %s)", chosen, len(nodes) if nodes is not None else "unknown"
-        )
+        chosen = choose_queue_type(self._settings, nodes)
+        if self._settings.queue_type == "auto":
+            log.info(
+                "queue_type auto: %s queues (broker nodes: %s)", chosen, len(nodes) if nodes is not None else "unknown"
+            )
         return chosen
 
     def _cluster_nodes(self) -> list[str] | None:
@@ -244,3 +228,24 @@ class AdminBrokerLink:
             )
             for body in bodies
         )
+
+
+def choose_queue_type(settings: ForwarderSettings, nodes: list[str] | None) -> QueueType:
+    """The type of the endpoint queues, from `queue_type` and the broker's nodes (`nodes`: as the
+    management API lists them; None when it cannot tell). Classic queues live on one node: on a
+    cluster only quorum queues keep the guarantees (a crashed node would hold the only copy), so
+    classic is refused there, and `auto` means classic on a single node (a third of a quorum
+    queue's cost per hop, crash-safe there; see docs/operator.md) and quorum on a cluster or when
+    the nodes are unknown."""
+    wanted = settings.queue_type
+    if wanted == "quorum" or len(settings.broker_urls) > 1:
+        return "quorum"  # several URLs name a cluster (classic with several URLs is refused by the settings)
+    if wanted == "classic":
+        if nodes is not None and len(nodes) > 1:
+            raise ConfigError(
+                f"the broker is a cluster of {len(nodes)} nodes: classic queues live on one node; "
+                "use queue_type quorum (or auto)",
+                key="queue_type",
+            )
+        return "classic"
+    return "classic" if nodes is not None and len(nodes) == 1 else "quorum"

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 from taskfabric.broker_config import EndpointQueues, ManagementClient, Topology, broker_username, new_queue_secret
 from taskfabric.errors import BrokerError
+from taskfabric.forwarder.broker import choose_queue_type
 from taskfabric.forwarder.records import EndpointRecord
 from taskfabric.forwarder.settings import ForwarderSettings
 from taskfabric.forwarder.store import Store
@@ -57,7 +58,6 @@ def register_in_bulk(
 ) -> list[EndpointRecord]:
     """Register endpoints `names` of `owner_id` (see the module docstring); returns their records.
     `progress` is called with how many more endpoints have their queues."""
-    topology = Topology(prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit)
     now = time.time()
     records = [
         EndpointRecord(
@@ -74,6 +74,11 @@ def register_in_bulk(
     with ManagementClient(
         settings.management_url, vhost=settings.vhost, ssl_context=settings.management_ssl_context
     ) as management:
+        # the queue type the forwarder chose at start (`queue_type: auto`: by the broker's nodes)
+        queue_type = choose_queue_type(settings, management.cluster_nodes())
+        topology = Topology(
+            prefix=settings.topology_prefix, delivery_limit=settings.delivery_limit, queue_type=queue_type
+        )
         for start in range(0, len(records), _USERS_PER_IMPORT):
             _import_users(management, topology, settings.vhost, records[start : start + _USERS_PER_IMPORT])
     _declare_queues(settings, topology, records, connections=connections, progress=progress)
