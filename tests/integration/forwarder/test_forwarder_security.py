@@ -65,6 +65,12 @@ def test_every_operation_needs_a_valid_token(
                 forged = anonymous.get(f"/v1/data/{'0' * 64}", headers={"X-Taskfabric-Data-Ref": "e30.AAAA"})
                 assert (forged.status_code, forged.json()["error"]["code"]) == (403, "DATA_REF_INVALID")
                 continue
+            if method == "PUT" and path.startswith("/v1/tasks/") and path.endswith("/result-blob"):
+                # a worker's upload: the task's signed result grant is its credential, not a user token
+                for grant in ({}, {"X-Taskfabric-Result-Grant": "e30.AAAA"}):
+                    refused = anonymous.put(path, content=b"x", headers=grant)
+                    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "RESULT_GRANT_INVALID")
+                continue
             # endpoint operations aim at alice's real endpoint
             target = path.replace(path.split("/")[3], endpoint_id) if path.startswith("/v1/endpoints/") else path
             body = {"name": "x", "body": "eA==", "tasks": [], "task_ids": []}
