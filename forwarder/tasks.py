@@ -375,10 +375,21 @@ class TaskService:
             ) from None
         moved = await self._runner.write(self._store.tasks.cancel, identity.user_id, list(task_ids), now=time.time())
         cancelled = {record.task_id for record in moved}
+        cancelled |= await self._cancelled_by_their_endpoint(heads, cancelled)
         self._metrics.tasks_finished(moved)
         if moved:
             log.info("%s cancelled %d tasks", identity.username, len(moved))
         return {task_id: task_id in cancelled for task_id in task_ids}, moved
+
+    async def _cancelled_by_their_endpoint(self, heads: Sequence[TaskRecord], moved: set[uuid.UUID]) -> set[uuid.UUID]:
+        """Tasks this call announced that their endpoint cancelled first: the agent answers the
+        control message with a cancelled outcome, which a result consumer may store before this
+        call's own write (a fast hop on a busy machine). This call cancelled those too."""
+        announced = [head.task_id for head in heads if head.task_id not in moved]
+        if not announced:
+            return set()
+        records = await self._runner.read(self._store.tasks.get_many, announced, results=False)
+        return {task_id for task_id, record in records.items() if record.status == TaskStatus.CANCELLED}
 
     async def _announce_cancels(self, by_endpoint: dict[uuid.UUID, list[uuid.UUID]]) -> None:
         """One `CancelTasks` per endpoint on its control queue; await every confirm together.
