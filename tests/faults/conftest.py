@@ -13,7 +13,7 @@ from taskfabric.broker_config import QUEUE_TYPES, RabbitNode
 from taskfabric.testing.campaign import Campaign
 
 
-@pytest.fixture(scope="module", params=QUEUE_TYPES)
+@pytest.fixture(scope="module")
 def campaign(
     private_node: RabbitNode, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Campaign]:
@@ -30,13 +30,9 @@ def campaign(
         patch.undo()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Collect a case on classic queues only when it is marked `every_queue_type`."""
-    kept, dropped = [], []
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        classic = callspec is not None and callspec.params.get("campaign") == "classic"
-        (dropped if classic and item.get_closest_marker("every_queue_type") is None else kept).append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = kept
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every case runs on quorum queues; a case marked `every_queue_type` on classic queues too
+    (the other cases exercise what only quorum queues have, e.g. a leaderless queue)."""
+    if "campaign" in metafunc.fixturenames:
+        every = metafunc.definition.get_closest_marker("every_queue_type") is not None
+        metafunc.parametrize("campaign", QUEUE_TYPES if every else ("quorum",), indirect=True, scope="module")
