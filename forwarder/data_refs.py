@@ -18,8 +18,6 @@ created on first start; replicas share it by pointing at the same file. Pure cod
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import hashlib
 import hmac
@@ -31,6 +29,7 @@ import uuid
 from pathlib import Path
 
 from taskfabric.errors import ConfigError, PermissionDenied
+from taskfabric.forwarder import b64url
 
 __all__ = [
     "DataClaims",
@@ -77,8 +76,8 @@ class DataRefSigner:
             {"u": claims.user_id.hex, "s": claims.sha256, "n": claims.size, "e": claims.expires_at},
             separators=(",", ":"),
         ).encode()
-        encoded = _b64(body)
-        return f"{encoded}.{_b64(self._mac(encoded))}"
+        encoded = b64url.encode(body)
+        return f"{encoded}.{b64url.encode(self._mac(encoded))}"
 
     def verify(self, token: str, *, sha256: str, now: float) -> DataClaims:
         """The token's claims; raises `PermissionDenied` (code `DATA_REF_INVALID` or
@@ -88,7 +87,7 @@ class DataRefSigner:
         if not encoded or not mac or len(token) > 1024:
             raise _invalid("the data reference is malformed")
         try:
-            given = _unb64(mac)
+            given = b64url.decode(mac)
         except ValueError:
             raise _invalid("the data reference is malformed") from None
         if not hmac.compare_digest(given, self._mac(encoded)):
@@ -106,7 +105,7 @@ class DataRefSigner:
 
 def _claims(encoded: str) -> DataClaims:
     try:
-        raw = json.loads(_unb64(encoded))
+        raw = json.loads(b64url.decode(encoded))
         return DataClaims(
             user_id=uuid.UUID(hex=str(raw["u"])),
             sha256=str(raw["s"]),
@@ -119,17 +118,6 @@ def _claims(encoded: str) -> DataClaims:
 
 def _invalid(message: str) -> PermissionDenied:
     return PermissionDenied(message, code="DATA_REF_INVALID")
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64url") from None
 
 
 def load_or_create_key(path: Path) -> bytes:

@@ -17,8 +17,6 @@ Pure signing code and one async method; no HTTP framework here.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import dataclasses
 import hashlib
 import hmac
@@ -27,6 +25,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from taskfabric.errors import InvalidRequest, PayloadTooLarge, PermissionDenied, ServiceError
+from taskfabric.forwarder import b64url
 from taskfabric.forwarder.blobs import BlobRef, BlobStore, BlobWriter, blob_name
 from taskfabric.protocol import ResultBlob
 
@@ -56,8 +55,8 @@ class ResultUploadSigner:
         body = json.dumps(
             {"t": claims.task_id.hex, "n": claims.max_bytes, "e": round(claims.expires_at, 3)}, separators=(",", ":")
         ).encode()
-        encoded = _b64(body)
-        return f"{encoded}.{_b64(self._mac(encoded.encode()))}"
+        encoded = b64url.encode(body)
+        return f"{encoded}.{b64url.encode(self._mac(encoded.encode()))}"
 
     def verify_grant(self, grant: str | None, *, task_id: uuid.UUID, now: float) -> GrantClaims:
         """The grant's claims; raises `PermissionDenied` (`RESULT_GRANT_INVALID`) when it is missing,
@@ -66,13 +65,13 @@ class ResultUploadSigner:
             raise _invalid("the X-Taskfabric-Result-Grant header is missing or malformed")
         encoded, _, mac = grant.partition(".")
         try:
-            given = _unb64(mac)
+            given = b64url.decode(mac)
         except ValueError:
             raise _invalid("the result upload grant is malformed") from None
         if not hmac.compare_digest(given, self._mac(encoded.encode())):
             raise _invalid("the result upload grant's signature does not match (altered, or from another forwarder)")
         try:
-            raw = json.loads(_unb64(encoded))
+            raw = json.loads(b64url.decode(encoded))
             claims = GrantClaims(
                 task_id=uuid.UUID(hex=str(raw["t"])), max_bytes=int(raw["n"]), expires_at=float(raw["e"])
             )
@@ -85,7 +84,7 @@ class ResultUploadSigner:
         return claims
 
     def receipt(self, task_id: uuid.UUID, ref: BlobRef) -> str:
-        return _b64(self._mac(f"{task_id.hex}|{ref.name}|{ref.size}|{ref.sha256}".encode()))
+        return b64url.encode(self._mac(f"{task_id.hex}|{ref.name}|{ref.size}|{ref.sha256}".encode()))
 
     def check_receipt(self, task_id: uuid.UUID, blob: ResultBlob) -> bool:
         """Whether `blob` is one this forwarder wrote for `task_id` (name, size and digest)."""
@@ -156,14 +155,3 @@ def _finish(writer: BlobWriter, last: bytes) -> BlobRef:
 
 def _invalid(message: str) -> PermissionDenied:
     return PermissionDenied(message, code="RESULT_GRANT_INVALID")
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64url") from None
