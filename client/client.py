@@ -419,9 +419,11 @@ class Client:
         *,
         task_group_id: uuid.UUID | None = None,
         user_endpoint_config: dict[str, Any] | None = None,
+        submission_id: uuid.UUID | None = None,
     ) -> list[uuid.UUID]:
         """One submit request (the Executor's fast path: msgpack, raw bytes), every task joining
-        task group `task_group_id` when given; retried with the same `submission_id` through short
+        task group `task_group_id` when given; retried with the same `submission_id` (a new one
+        unless given: the task ids follow from it, `taskfabric.protocol.task_ids`) through short
         outages (see `taskfabric.client.retry`)."""
         tasks = []
         for call in calls:
@@ -431,7 +433,11 @@ class Client:
             if call.resource_specification:
                 entry["resource_specification"] = call.resource_specification
             tasks.append(entry)
-        body: dict[str, Any] = {"tasks": tasks, "client_python": CLIENT_PYTHON, "submission_id": str(uuid.uuid4())}
+        body: dict[str, Any] = {
+            "tasks": tasks,
+            "client_python": CLIENT_PYTHON,
+            "submission_id": str(submission_id or uuid.uuid4()),
+        }
         if task_group_id is not None:
             body["task_group_id"] = str(task_group_id)
         if user_endpoint_config is not None:

@@ -46,6 +46,7 @@ from taskfabric.client.stream import ResultStream
 from taskfabric.errors import InvalidRequest, NotFoundError, PayloadTooLarge, TaskCancelled, TaskfabricError
 from taskfabric.logs import wrap_with_logs
 from taskfabric.protocol import ResultFrame, render
+from taskfabric.protocol.task_ids import submission_task_ids
 
 __all__ = ["Executor", "ExecutorOptions", "TaskFuture"]
 
@@ -95,6 +96,8 @@ class _Queued:
 
 
 _STOP = object()
+#: the caller's user id was not asked for yet
+_UNASKED = object()
 #: the most function-body bytes an Executor remembers beyond the functions still in use
 _BODY_CACHE_BYTES = 64 * 1024 * 1024
 #: uploaded results downloaded at once by one Executor
@@ -158,6 +161,7 @@ class Executor(concurrent.futures.Executor):
         self._register_lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiting: dict[uuid.UUID, TaskFuture] = {}
+        self._owner: uuid.UUID | object | None = _UNASKED
         self._lock = threading.Lock()
         self._shutdown = False
         self._fatal: BaseException | None = None
@@ -436,7 +440,13 @@ class Executor(concurrent.futures.Executor):
 
     def _submit(self, live: list[_Queued], *, registered_again: bool = False) -> None:
         """One request; a batch the service finds too large is split and sent in halves; a batch
-        naming a function id the service no longer knows is registered again and resent once."""
+        naming a function id the service no longer knows is registered again and resent once.
+
+        The task ids follow from the request's `submission_id` and the caller's user id: they are
+        watched on the results stream before the request goes out (`ResultStream.expect`), so a
+        result that comes before the answer resolves its future at once."""
+        submission_id = uuid.uuid4()
+        expected = self._expect(live, submission_id)
         try:
             calls = [item.call for item in live]
             task_ids = self.client.submit_calls(
@@ -444,8 +454,10 @@ class Executor(concurrent.futures.Executor):
                 calls,
                 task_group_id=self.task_group_id,
                 user_endpoint_config=self.user_endpoint_config,
+                submission_id=submission_id,
             )
         except PayloadTooLarge as exc:
+            self._withdraw(expected)
             if len(live) > 1 and any(limit in str(exc) for limit in _BATCH_LIMITS):
                 half = len(live) // 2
                 self._submit(live[:half], registered_again=registered_again)
@@ -455,6 +467,7 @@ class Executor(concurrent.futures.Executor):
                 item.future.set_exception(exc)
             return
         except NotFoundError as exc:
+            self._withdraw(expected)
             stale = self._forget_unknown_functions(live, exc) if not registered_again else False
             if stale:
                 live = self._register_needed(live)
@@ -465,14 +478,52 @@ class Executor(concurrent.futures.Executor):
                 item.future.set_exception(exc)
             return
         except (TaskfabricError, ValueError) as exc:
+            self._withdraw(expected)
             for item in live:
                 item.future.set_exception(exc)
             return
-        with self._lock:
-            for item, task_id in zip(live, task_ids, strict=True):
-                item.future.task_id = task_id
-                self._waiting[task_id] = item.future
+        if task_ids != expected:  # a service that names its tasks otherwise
+            self._withdraw(expected)
+            with self._lock:
+                for item, task_id in zip(live, task_ids, strict=True):
+                    self._waiting[task_id] = item.future
+        for item, task_id in zip(live, task_ids, strict=True):
+            item.future.task_id = task_id
         self._stream.subscribe(task_ids)
+
+    def _expect(self, live: list[_Queued], submission_id: uuid.UUID) -> list[uuid.UUID]:
+        """The batch's task ids, their futures waiting and the stream watching them (none when
+        the caller's user id is unknown)."""
+        owner_id = self._owner_id()
+        if owner_id is None:
+            return []
+        expected = submission_task_ids(owner_id, submission_id, len(live))
+        with self._lock:
+            for item, task_id in zip(live, expected, strict=True):
+                item.future.task_id = task_id  # known before the result can come
+                self._waiting[task_id] = item.future
+        self._stream.expect(expected)
+        return expected
+
+    def _withdraw(self, expected: list[uuid.UUID]) -> None:
+        if not expected:
+            return
+        with self._lock:
+            for task_id in expected:
+                future = self._waiting.pop(task_id, None)
+                if future is not None:
+                    future.task_id = None
+        self._stream.withdraw(expected)
+
+    def _owner_id(self) -> uuid.UUID | None:
+        """The caller's user id (asked once; None if the service does not say)."""
+        if self._owner is _UNASKED:
+            try:
+                self._owner = uuid.UUID(str(self.client.whoami()["user_id"]))
+            except (TaskfabricError, KeyError, TypeError, ValueError) as exc:
+                log.info("the results of submits are watched after their answer (no user id: %s)", exc)
+                self._owner = None
+        return self._owner if isinstance(self._owner, uuid.UUID) else None
 
     def _forget_unknown_functions(self, live: list[_Queued], error: NotFoundError) -> bool:
         """Forget the ids of this Executor's functions that `error` names (deleted on the

@@ -69,6 +69,8 @@ class ResultStream:
         self._on_fatal = on_fatal
         self._max_backoff_s = max_backoff_s
         self._wanted: set[uuid.UUID] = set()
+        #: ids of submits in flight: watched on the service, never reported unknown (`expect`)
+        self._expected: set[uuid.UUID] = set()
         self._lock = threading.Lock()
         self._connection: ClientConnection | None = None
         self._stopping = threading.Event()
@@ -98,13 +100,37 @@ class ResultStream:
         ids = list(task_ids)
         with self._lock:
             self._wanted.update(ids)
+            self._expected.difference_update(ids)
             connection = self._connection
         if connection is not None and ids:
             self._send(connection, ids)
 
-    def forget(self, task_ids: Iterable[uuid.UUID]) -> None:
+    def expect(self, task_ids: Iterable[uuid.UUID]) -> None:
+        """Watch the ids of a submit about to be sent (`taskfabric.protocol.task_ids`), so that a
+        result that comes before the submit's answer is pushed at once; `subscribe` them when the
+        answer comes, `withdraw` them if the submit fails."""
+        ids = list(task_ids)
         with self._lock:
-            self._wanted.difference_update(task_ids)
+            self._expected.update(ids)
+            connection = self._connection
+        if connection is not None and ids:
+            self._send(connection, ids, verb="expect")
+
+    def withdraw(self, task_ids: Iterable[uuid.UUID]) -> None:
+        """Stop waiting for these ids here and on the service."""
+        ids = list(task_ids)
+        with self._lock:
+            self._wanted.difference_update(ids)
+            self._expected.difference_update(ids)
+            connection = self._connection
+        if connection is not None and ids:
+            self._send(connection, ids, verb="forget")
+
+    def forget(self, task_ids: Iterable[uuid.UUID]) -> None:
+        ids = list(task_ids)
+        with self._lock:
+            self._wanted.difference_update(ids)
+            self._expected.difference_update(ids)
 
     # --- the stream thread --------------------------------------------------------------
 
@@ -161,6 +187,9 @@ class ResultStream:
         with self._lock:
             self._connection = connection
             wanted = list(self._wanted)
+            expected = list(self._expected)
+        if expected:
+            self._send(connection, expected, verb="expect")
         if wanted:
             self._send(connection, wanted)
         self._connected.set()
@@ -193,11 +222,9 @@ class ResultStream:
             if self._on_unknown is not None:
                 self._on_unknown(ids)
 
-    def _send(self, connection: ClientConnection, ids: list[uuid.UUID]) -> None:
+    def _send(self, connection: ClientConnection, ids: list[uuid.UUID], *, verb: str = "subscribe") -> None:
         for start in range(0, len(ids), 5000):
-            frame = msgpack.packb(
-                {"subscribe": [task_id.bytes for task_id in ids[start : start + 5000]]}, use_bin_type=True
-            )
+            frame = msgpack.packb({verb: [task_id.bytes for task_id in ids[start : start + 5000]]}, use_bin_type=True)
             try:
                 connection.send(frame)
             except (ConnectionClosed, OSError):

@@ -14,8 +14,9 @@ so a transaction stays short on a slow or busy machine too), and for each group:
    other forwarder replicas' fan-out, forwarder/replicas.py): before the acks, so that a
    replica killed after acking has at least handed them on;
 3. acks the deliveries: only after the commit, so a crash re-delivers instead of losing;
-4. adds the stored result bytes to each owner's daily count (`quotas.max_result_bytes_per_day`;
-   best effort: a failure is logged, the results are not stored twice);
+4. adds the stored result bytes to each owner's daily count (`quotas.max_result_bytes_per_day`):
+   in memory, written with the status reports every `status_flush_s` (best effort: a failure is
+   logged, the results are not stored twice);
 5. for re-delivered messages (a replica died between its commit and its acks), reads the tasks
    they report that were finished already and hands them to `on_replayed`: the dead replica may
    never have announced them, and streams on the other replicas would wait for their store poll.
@@ -186,6 +187,8 @@ class Ingestor:
         self._sizer = GroupSizer(max_results=group_results, target_s=transaction_s)
         self._contended_s = min(contended_transaction_s, transaction_s)
         self.statuses = StatusBook()
+        #: result bytes stored and not yet added to the daily counts: day -> owner -> bytes
+        self._result_bytes: dict[int, dict[uuid.UUID, int]] = {}
         self._queue: FairQueue[Incoming | DeadLetter] = FairQueue(weight=_weight)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
@@ -207,6 +210,7 @@ class Ingestor:
         if self._thread.is_alive():
             self._thread.join(timeout_s)
         self._flush_statuses()
+        self._flush_result_bytes()
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -292,15 +296,25 @@ class Ingestor:
             self._on_replayed(replayed)
 
     def _count_result_bytes(self, finished: Sequence[TaskRecord]) -> None:
-        """Add stored result bytes to their owners' daily counts. Apart from the results'
-        transaction: retrying it after a failure here would find them stored and stream nothing."""
+        """Add stored result bytes to their owners' daily counts, in memory; written with the
+        status reports (`_flush_result_bytes`). Apart from the results' transaction: retrying it
+        after a failure here would find them stored and stream nothing."""
         by_owner = result_bytes_by_owner(finished)
         if not by_owner:
             return
-        try:
-            self._runner.write_blocking(self._store.quotas.add_result_bytes, by_owner, utc_day(time.time()))
-        except (StoreError, RuntimeError) as exc:
-            log.warning("could not count %d users' result bytes: %s", len(by_owner), exc)
+        counts = self._result_bytes.setdefault(utc_day(time.time()), {})
+        for owner, size in by_owner.items():
+            counts[owner] = counts.get(owner, 0) + size
+
+    def _flush_result_bytes(self) -> None:
+        """Write the counted result bytes (best effort: a failure is logged, and those bytes are
+        not counted; a forwarder killed -9 loses at most one flush interval of them)."""
+        pending, self._result_bytes = self._result_bytes, {}
+        for day, by_owner in pending.items():
+            try:
+                self._runner.write_blocking(self._store.quotas.add_result_bytes, by_owner, day)
+            except (StoreError, RuntimeError) as exc:
+                log.warning("could not count %d users' result bytes: %s", len(by_owner), exc)
 
     def _store_events(self, items: Sequence[Incoming]) -> None:
         batches = [(item.endpoint_id, item.message.started) for item in items if isinstance(item.message, TaskEvents)]
@@ -358,6 +372,7 @@ class Ingestor:
         if now - self._last_flush >= self._status_flush_s:
             self._last_flush = now
             self._flush_statuses()
+            self._flush_result_bytes()
 
     def _flush_statuses(self) -> None:
         dirty = self.statuses.take_dirty()

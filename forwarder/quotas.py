@@ -14,6 +14,11 @@ and its value) before anything is recorded; a quota set to 0 is off. What each o
   free). Each endpoint costs the broker a user, two quorum queues and a forwarder consumer channel.
 - `quotas.max_result_bytes_per_day`: result bytes the ingest stored for the user this UTC day; past
   it, that user's submits answer 429 until midnight UTC (results already running still land).
+
+The two store-backed counts are read at most once a second per user while they leave room
+(`QuotaReads`): a submit that the last read (plus what this replica accepted since) clearly lets
+through does not wait for the store, and every refusal comes from a fresh read. The bound above
+grows by what other replicas accept, and the results stored, in that second.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from taskfabric.errors import QuotaExceeded
 from taskfabric.forwarder.settings import QuotaSettings
 
 __all__ = [
+    "QUOTA_READ_FRESH_S",
     "SECONDS_PER_DAY",
+    "QuotaReads",
     "SubmitRateLimiter",
     "check_endpoint_count",
     "check_pending_tasks",
@@ -43,6 +50,10 @@ _PENDING_RETRY_AFTER_S = 30.0
 _ENDPOINTS_RETRY_AFTER_S = 3600.0
 #: sweep forgotten buckets once the table holds this many
 _SWEEP_AT_BUCKETS = 10_000
+#: how long a store read of a user's counts may stand in for a new one (while it leaves room)
+QUOTA_READ_FRESH_S = 1.0
+#: users whose last counts are remembered (the oldest are forgotten first)
+_REMEMBERED_USERS = 10_000
 
 
 def utc_day(now: float) -> int:
@@ -143,3 +154,50 @@ def check_result_bytes(quotas: QuotaSettings, *, used: int, now: float) -> None:
             limit=limit,
             retry_after_s=until_midnight_s,
         )
+
+
+@dataclasses.dataclass(slots=True)
+class _Counts:
+    pending: int
+    result_bytes: int
+    day: int
+    read_at: float
+
+
+class QuotaReads:
+    """The last store read of each user's unfinished tasks and today's result bytes, so that a
+    submit far from both limits does not wait for two store reads (thread-safe).
+
+    `passes` answers True only while the last read is at most `fresh_s` old, is of the same UTC
+    day, and leaves room for the batch counting what this replica accepted since (`accepted`);
+    otherwise the caller reads the store, checks exactly, and records the counts (`record`)."""
+
+    def __init__(self, *, fresh_s: float = QUOTA_READ_FRESH_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._fresh_s = fresh_s
+        self._clock = clock
+        self._counts: dict[uuid.UUID, _Counts] = {}
+        self._lock = threading.Lock()
+
+    def passes(self, quotas: QuotaSettings, user_id: uuid.UUID, *, adding: int, day: int) -> bool:
+        with self._lock:
+            counts = self._counts.get(user_id)
+            if counts is None or counts.day != day or self._clock() - counts.read_at > self._fresh_s:
+                return False
+            pending_limit, bytes_limit = quotas.max_pending_tasks_per_user, quotas.max_result_bytes_per_day
+            if pending_limit and counts.pending + adding > pending_limit:
+                return False
+            return not (bytes_limit and counts.result_bytes >= bytes_limit)
+
+    def record(self, user_id: uuid.UUID, *, pending: int, result_bytes: int, day: int) -> None:
+        """Counts just read from the store (before this submit's tasks are added)."""
+        with self._lock:
+            if user_id not in self._counts and len(self._counts) >= _REMEMBERED_USERS:
+                del self._counts[next(iter(self._counts))]
+            self._counts[user_id] = _Counts(pending, result_bytes, day, self._clock())
+
+    def accepted(self, user_id: uuid.UUID, count: int) -> None:
+        """This replica stored `count` new tasks of the user."""
+        with self._lock:
+            counts = self._counts.get(user_id)
+            if counts is not None:
+                counts.pending += count

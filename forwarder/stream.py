@@ -14,9 +14,11 @@
   the connection's token every `recheck_s` (a revoked or expired token, a disabled or deleted
   user: the connection is closed with code 1008 and the refusal's error code as the reason).
 
-Frames (all binary msgpack maps): client -> server ``{"subscribe": [ids]}``, ``{"ping": x}``;
-server -> client ``{"results": [...]}``, ``{"unknown": [ids]}``, ``{"pong": x}``,
-``{"error": {"code", "message"}}``.
+Frames (all binary msgpack maps): client -> server ``{"subscribe": [ids]}``, ``{"expect": [ids]}``
+(the ids of a submit in flight, `taskfabric.protocol.task_ids`: watched without a store lookup and
+never reported unknown; a `subscribe` of them after the submit's answer confirms them),
+``{"forget": [ids]}`` (stop waiting: a submit that failed), ``{"ping": x}``; server -> client
+``{"results": [...]}``, ``{"unknown": [ids]}``, ``{"pong": x}``, ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ class StreamSubscriber:
         self.limits = limits
         self.binary_ids = False
         self._pending: dict[int, uuid.UUID] = {}
+        #: pending ids only expected (a submit in flight), not yet confirmed by a subscription
+        self._expected: set[int] = set()
         self._sent: collections.OrderedDict[int, None] = collections.OrderedDict()
         # frames in order: results (grouped when sent) and control frames (unknown, pong, error)
         self._outbox: collections.deque[tuple[bool, dict[str, Any]]] = collections.deque()
@@ -112,11 +116,32 @@ class StreamSubscriber:
         pending.update((task_id.int, task_id) for task_id in new)
         return new
 
+    def expect(self, task_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+        """Wait for the ids of a submit in flight; returns those new to this connection."""
+        pending, sent, expected = self._pending, self._sent, self._expected
+        new = [task_id for task_id in task_ids if (key := task_id.int) not in pending and key not in sent]
+        for task_id in new:
+            pending[task_id.int] = task_id
+            expected.add(task_id.int)
+        return new
+
+    def confirm(self, task_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+        """Subscribed ids that were only expected until now (their submit was answered): they get
+        a subscription's checks (finished before the expectation came, or unknown after all)."""
+        expected = self._expected
+        if not expected:
+            return []
+        confirmed = [task_id for task_id in task_ids if task_id.int in expected]
+        expected.difference_update(task_id.int for task_id in confirmed)
+        return confirmed
+
     def drop(self, task_id: uuid.UUID) -> None:
         self._pending.pop(task_id.int, None)
+        self._expected.discard(task_id.int)
 
     def clear(self) -> None:
         self._pending.clear()
+        self._expected.clear()
 
     def deliver(self, record: TaskRecord) -> bool:
         """Queue a finished task's result if this connection waits for it; True if queued."""
@@ -124,6 +149,7 @@ class StreamSubscriber:
         if key not in self._pending or record.owner_id != self.owner_id:
             return False
         del self._pending[key]
+        self._expected.discard(key)
         self._remember_sent(key)
         self._outbox.append((True, task_result_frame(record, binary_id=self.binary_ids)))
         self.outbox_bytes += _frame_size(record)
@@ -251,13 +277,17 @@ class ResultHub:
         """Hand finished tasks (read from the store) to their watchers; announces nothing."""
         records = list(records)
         self.recently_finished.add_many((record.task_id for record in records), True)
-        self._remember(records)
+        unwatched: list[TaskRecord] = []
         for record in records:
             watchers = self._watchers.pop(record.task_id.int, None)
             if watchers is None:
+                unwatched.append(record)
                 continue
             for subscriber in watchers if isinstance(watchers, list) else (watchers,):
                 subscriber.deliver(record)
+        # only results nobody here waited for: a watcher got its result already (and each
+        # connection sends a result once), a client that subscribes a moment late did not
+        self._remember(unwatched)
 
     def _remember(self, records: Sequence[TaskRecord]) -> None:
         finished = self._finished
@@ -384,8 +414,12 @@ class _Connection:
             self.subscriber.control({"pong": frame["ping"]})
         if "subscribe" in frame:
             await self.subscribe(frame["subscribe"])
+        elif "expect" in frame:
+            self.expect(frame["expect"])
+        elif "forget" in frame:
+            self.forget(frame["forget"])
         elif "ping" not in frame:
-            self._error("unknown frame: expected 'subscribe' or 'ping'")
+            self._error("unknown frame: expected 'subscribe', 'expect', 'forget' or 'ping'")
 
     async def subscribe(self, raw_ids: Any) -> None:
         limits = self.subscriber.limits
@@ -399,8 +433,10 @@ class _Connection:
         if len(ids) > room:
             self._error(f"subscribe: at most {limits.max_subscriptions} unfinished subscriptions per connection")
             ids = ids[: max(0, room)]
+        confirmed = self.subscriber.confirm(ids)
         new = self.subscriber.want(ids)
         self.hub.watch(self.subscriber, new)
+        new.extend(confirmed)
         new = self.hub.deliver_remembered(self.subscriber, self._needing_a_lookup(new))
         for start in range(0, len(new), _REPLAY_CHUNK):
             chunk = new[start : start + _REPLAY_CHUNK]
@@ -409,6 +445,38 @@ class _Connection:
             await self.subscriber.wait_for_room()
         if unknown:
             self.subscriber.control({"unknown": unknown})
+
+    def expect(self, raw_ids: Any) -> None:
+        """Watch the ids of the client's submit in flight (no lookup: they may not exist yet)."""
+        ids = self._checked_ids("expect", raw_ids)
+        if ids is None:
+            return
+        self.hub.watch(self.subscriber, self.subscriber.expect(ids))
+
+    def forget(self, raw_ids: Any) -> None:
+        """Stop waiting for these ids (the client's submit failed, or it gave up on them)."""
+        ids = self._checked_ids("forget", raw_ids, room=False)
+        if ids is None:
+            return
+        for task_id in ids:
+            self.subscriber.drop(task_id)
+        self.hub.unwatch(self.subscriber, ids)
+
+    def _checked_ids(self, verb: str, raw_ids: Any, *, room: bool = True) -> list[uuid.UUID] | None:
+        limits = self.subscriber.limits
+        if type(raw_ids) is not list or len(raw_ids) > limits.max_ids_per_frame:
+            self._error(f"{verb}: expected a list of at most {limits.max_ids_per_frame} task ids")
+            return None
+        ids, malformed = _parse_ids(raw_ids)
+        if malformed:
+            self._error(f"{verb}: {len(malformed)} entries are not task ids (UUID strings or 16-byte bin)")
+            return None
+        if raw_ids and type(raw_ids[0]) is bytes:
+            self.subscriber.binary_ids = True
+        if room and len(ids) > limits.max_subscriptions - len(self.subscriber.pending):
+            self._error(f"{verb}: at most {limits.max_subscriptions} unfinished subscriptions per connection")
+            return None
+        return ids
 
     def _needing_a_lookup(self, task_ids: list[uuid.UUID]) -> list[uuid.UUID]:
         """Tasks this forwarder accepted from this owner moments ago and has not seen finish

@@ -61,7 +61,13 @@ from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.endpoints import EndpointRegistry
 from taskfabric.forwarder.functions import NOT_FOUND, FunctionSharing
 from taskfabric.forwarder.metrics import ForwarderMetrics
-from taskfabric.forwarder.quotas import SubmitRateLimiter, check_pending_tasks, check_result_bytes, utc_day
+from taskfabric.forwarder.quotas import (
+    QuotaReads,
+    SubmitRateLimiter,
+    check_pending_tasks,
+    check_result_bytes,
+    utc_day,
+)
 from taskfabric.forwarder.records import Identity, NewTask, TaskActivity, TaskPage, TaskQuery, TaskRecord
 from taskfabric.forwarder.requests import SubmitRequest
 from taskfabric.forwarder.result_uploads import UploadOffer
@@ -72,6 +78,7 @@ from taskfabric.forwarder.user_endpoints import is_multi_user, parent_of
 from taskfabric.ids import new_uuid4s
 from taskfabric.protocol import CancelTasks, FunctionBody, TaskStatus, pack
 from taskfabric.protocol.api import RESULT_NOT_AVAILABLE
+from taskfabric.protocol.task_ids import submission_task_ids
 
 __all__ = [
     "ACTIVITY_UNFINISHED_CACHE_S",
@@ -80,7 +87,6 @@ __all__ = [
     "SUBMISSION_CONFLICT",
     "USER_ENDPOINT",
     "TaskService",
-    "submission_task_ids",
 ]
 
 log = logging.getLogger(__name__)
@@ -102,18 +108,6 @@ ACTIVITY_UNFINISHED_COST_RATIO = 10.0
 def new_task_ids(count: int) -> list[uuid.UUID]:
     """`count` fresh random task ids."""
     return new_uuid4s(count)
-
-
-def submission_task_ids(owner_id: uuid.UUID, submission_id: uuid.UUID, count: int) -> list[uuid.UUID]:
-    """The task ids of a submission with an idempotency key: the same for every retry of it, and
-    different for another user, or another batch size, using the same key. One name-based (v5)
-    id per submission, and the task's index XORed into its low 32 bits (the node field: the
-    version and variant bits stay), so the ids of one submission are distinct by construction and
-    cost no hash each (a uuid5 per task cost more than the rest of a submit)."""
-    if count > 1 << 32:
-        raise ValueError("a submission holds at most 2**32 tasks")
-    base = uuid.uuid5(submission_id, f"{owner_id}:{count}").int
-    return [uuid.UUID(int=base ^ index) for index in range(count)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -167,6 +161,7 @@ class TaskService:
         )
         quotas = settings.quotas
         self._rate = SubmitRateLimiter(quotas.submit_requests_per_s, quotas.submit_burst)
+        self._quota_reads = QuotaReads()
         self.submitted = 0
 
     # --- submission ---------------------------------------------------------------------
@@ -248,6 +243,7 @@ class TaskService:
         if parent is not None and user_key is not None:
             await self._endpoints.announce_user_endpoint(parent, endpoint, user_key)
         self.submitted += len(new_tasks)
+        self._quota_reads.accepted(identity.user_id, len(new_tasks))
         self._metrics.tasks_submitted(endpoint_id, len(new_tasks))
         if not permission.is_owner:
             await self._endpoints.sharing.submitted(identity, shared_id, task_ids, now=now)
@@ -274,14 +270,22 @@ class TaskService:
                 raise
 
     async def _check_store_quotas(self, identity: Identity, adding: int) -> None:
-        """Unfinished tasks and today's result bytes (one read each)."""
+        """Unfinished tasks and today's result bytes (one read each, skipped while the last read,
+        at most a second old, clearly leaves room: `QuotaReads`)."""
         quotas, now = self._settings.quotas, time.time()
+        if not (quotas.max_pending_tasks_per_user or quotas.max_result_bytes_per_day):
+            return
+        day = utc_day(now)
+        if self._quota_reads.passes(quotas, identity.user_id, adding=adding, day=day):
+            return
+        pending = used = 0
         if quotas.max_pending_tasks_per_user:
             pending = await self._runner.read(self._store.quotas.pending_tasks, identity.user_id)
-            check_pending_tasks(quotas, pending=pending, adding=adding)
         if quotas.max_result_bytes_per_day:
-            used = await self._runner.read(self._store.quotas.result_bytes, identity.user_id, utc_day(now))
-            check_result_bytes(quotas, used=used, now=now)
+            used = await self._runner.read(self._store.quotas.result_bytes, identity.user_id, day)
+        self._quota_reads.record(identity.user_id, pending=pending, result_bytes=used, day=day)
+        check_pending_tasks(quotas, pending=pending, adding=adding)
+        check_result_bytes(quotas, used=used, now=now)
 
     async def _publish_or_withdraw(
         self,

@@ -153,6 +153,26 @@ def test_a_task_id_that_is_not_a_function_still_fails_with_not_found(fabric: Fab
             future.result(timeout=60)
 
 
+def test_a_future_names_its_task_as_soon_as_its_result_is_in(fabric: Fabric, endpoint: str) -> None:
+    """The Executor watches a batch's task ids on the results stream before it sends the batch
+    (`ResultStream.expect`): a fast task's result may resolve its future before the submit's answer
+    reaches the client, and the future names its task by then. A refused submit names none."""
+    with fabric.client() as client, Executor(endpoint, client=client) as executor:
+        futures = []
+        for x in range(50):
+            future = executor.submit(cube, x)
+            assert future.result(timeout=60) == x**3
+            assert future.task_id is not None, "a resolved future does not name its task"
+            futures.append(future)
+        assert len({future.task_id for future in futures}) == 50
+        for future in futures[-5:]:
+            assert client.get_task(str(future.task_id))["status"] == "success"
+        refused = executor.submit_to_registered_function(uuid.uuid4(), (1,))
+        with pytest.raises(NotFoundError):
+            refused.result(timeout=60)
+        assert refused.task_id is None
+
+
 def test_an_exception_that_does_not_unpickle_says_why_with_the_remote_traceback(fabric: Fabric, endpoint: str) -> None:
     with (
         fabric.client() as client,

@@ -10,7 +10,7 @@ import pytest
 from taskfabric.client.http import _error_from
 from taskfabric.client.retry import retry_transient
 from taskfabric.errors import InvalidRequest, QuotaExceeded, ServiceError
-from taskfabric.forwarder.tasks import submission_task_ids
+from taskfabric.protocol.task_ids import submission_task_ids
 
 
 class _Clock:

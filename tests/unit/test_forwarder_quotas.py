@@ -15,6 +15,7 @@ from taskfabric.forwarder.http_errors import _service_error
 from taskfabric.forwarder.ingest import GroupSizer
 from taskfabric.forwarder.quotas import (
     SECONDS_PER_DAY,
+    QuotaReads,
     SubmitRateLimiter,
     check_endpoint_count,
     check_pending_tasks,
@@ -294,3 +295,38 @@ def test_the_ingest_takes_short_transactions_while_several_endpoints_send() -> N
     ingestor._queue.put("quiet", "y")  # type: ignore[arg-type]
     contended = ingestor.group_results()
     assert 990 <= alone <= 1010 and 195 <= contended <= 205
+
+
+# --- the store-backed counts, read at most once a second while they leave room ----------------
+
+
+def test_quota_reads_pass_only_a_fresh_read_of_the_same_day_with_room() -> None:
+    clock, alice, bob = _Clock(), uuid.uuid4(), uuid.uuid4()
+    quotas = QuotaSettings(max_pending_tasks_per_user=10, max_result_bytes_per_day=1000)
+    reads = QuotaReads(fresh_s=1.0, clock=clock)
+    assert not reads.passes(quotas, alice, adding=1, day=5), "nothing read yet"
+    reads.record(alice, pending=4, result_bytes=999, day=5)
+    assert reads.passes(quotas, alice, adding=6, day=5)
+    assert not reads.passes(quotas, alice, adding=7, day=5), "no room: the caller must read the store"
+    assert not reads.passes(quotas, bob, adding=1, day=5), "another user's read is not alice's"
+    assert not reads.passes(quotas, alice, adding=1, day=6), "a new UTC day"
+    clock.now += 1.01
+    assert not reads.passes(quotas, alice, adding=1, day=5), "stale"
+
+
+def test_quota_reads_count_what_this_replica_accepted_since_the_read() -> None:
+    clock, alice = _Clock(), uuid.uuid4()
+    quotas = QuotaSettings(max_pending_tasks_per_user=10, max_result_bytes_per_day=0)
+    reads = QuotaReads(clock=clock)
+    reads.record(alice, pending=0, result_bytes=0, day=1)
+    reads.accepted(alice, 8)
+    assert reads.passes(quotas, alice, adding=2, day=1)
+    assert not reads.passes(quotas, alice, adding=3, day=1)
+
+
+def test_quota_reads_never_pass_a_user_past_the_daily_result_bytes() -> None:
+    clock, alice = _Clock(), uuid.uuid4()
+    quotas = QuotaSettings(max_pending_tasks_per_user=0, max_result_bytes_per_day=1000)
+    reads = QuotaReads(clock=clock)
+    reads.record(alice, pending=0, result_bytes=1000, day=1)
+    assert not reads.passes(quotas, alice, adding=1, day=1)

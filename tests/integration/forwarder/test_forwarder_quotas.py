@@ -10,6 +10,7 @@ generous defaults that other tests rely on)."""
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import msgpack
 import pytest
 
 from taskfabric.forwarder import ForwarderSettings, create_token, create_user
+from taskfabric.forwarder.quotas import QUOTA_READ_FRESH_S
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi, ForwarderProcess
 from taskfabric.forwarder.testing.postgres import postgres_for_tests
 from taskfabric.protocol import Result
@@ -226,10 +228,9 @@ def test_result_bytes_beyond_the_daily_quota_refuse_new_submits_until_midnight(
     fake_endpoint(registration).publish_results([_ok(task_id, b"r" * 2000) for task_id in task_ids])
     _wait_finished(alice, task_ids)
 
-    def refused() -> bool:  # the count is written just after the results' transaction
-        return _submit(alice, registration["endpoint_id"], function_id, 1).status_code == 429
-
-    wait_until(refused, timeout_s=10, what="the daily result bytes to be counted")
+    # the count is written with the status reports (every status_flush_s), and a submit re-reads
+    # it once the last read is QUOTA_READ_FRESH_S old: past both, the very next submit is refused
+    time.sleep(QUOTA_READ_FRESH_S + quota_forwarder.settings.status_flush_s + 0.5)
     response = _submit(alice, registration["endpoint_id"], function_id, 1)
     error = _assert_quota_refusal(response, "max_result_bytes_per_day", 4096)
     assert "6000" in error["message"]

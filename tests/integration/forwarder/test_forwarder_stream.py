@@ -16,6 +16,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi
 from taskfabric.protocol import Result, TaskError
+from taskfabric.protocol.task_ids import submission_task_ids
+from taskfabric.testing import wait_until
 
 Users = Callable[[Any], ForwarderApi]
 FakeEndpoints = Callable[..., FakeEndpoint]
@@ -171,3 +173,86 @@ def test_results_stored_by_another_replica_arrive_by_polling(
         )
     assert len(stored) == 1
     assert stream.results(1)[task_id]["value"] == b"from elsewhere"
+
+
+def _submit_with_key(
+    api: ForwarderApi, endpoint_id: str, function_id: str, payloads: list[bytes], key: uuid.UUID
+) -> list[str]:
+    body = {
+        "tasks": [{"function_id": function_id, "payload": payload} for payload in payloads],
+        "client_python": "3.11.7",
+        "submission_id": str(key),
+    }
+    response = api.http.post(
+        f"/v1/endpoints/{endpoint_id}/tasks",
+        content=msgpack.packb(body),
+        headers={"Content-Type": "application/msgpack"},
+    )
+    response.raise_for_status()
+    return [str(task_id) for task_id in msgpack.unpackb(response.content)["task_ids"]]
+
+
+def test_expected_ids_of_a_submit_in_flight_get_their_results_without_a_subscription(
+    forwarder: Any, users: Users, fake_endpoints: FakeEndpoints, streams: Callable[[ForwarderApi], Stream]
+) -> None:
+    alice, bob = users(forwarder), users(forwarder)
+    registration = alice.register_endpoint("lab")
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    alice_id = uuid.UUID(alice.http.get("/v1/whoami").json()["user_id"])
+    key = uuid.uuid4()
+    expected = [str(task_id) for task_id in submission_task_ids(alice_id, key, 3)]
+
+    stream, snoop = streams(alice), streams(bob)
+    stream.send({"expect": expected})
+    snoop.send({"expect": expected})  # another user naming alice's ids gets nothing of hers
+    stream.ping("expected")  # not stored yet: neither a result nor "unknown"
+    assert _submit_with_key(alice, registration["endpoint_id"], function_id, [b"1", b"2", b"3"], key) == expected
+
+    endpoint = fake_endpoints(registration)
+    endpoint.publish_results([_ok(task_id, b"v") for task_id in expected[:2]])
+    assert set(stream.results(2)) == set(expected[:2]), "expected ids were not pushed"
+    # the answer came: the subscription confirms the ids; what was sent is not sent again
+    stream.send({"subscribe": expected})
+    stream.ping("confirmed")
+    endpoint.publish_results([_ok(expected[2], b"v")])
+    assert set(stream.results(1)) == {expected[2]}
+    snoop.ping("nothing of alice's")
+
+
+def test_a_task_that_finished_before_its_expectation_arrives_with_the_confirming_subscription(
+    forwarder: Any, users: Users, fake_endpoints: FakeEndpoints, streams: Callable[[ForwarderApi], Stream]
+) -> None:
+    """The expect frame and the submit travel on two connections: the task may be stored, and
+    even finish, before the forwarder reads the expectation (expected ids get no store lookup);
+    the subscription sent after the submit's answer finds it."""
+    alice = users(forwarder)
+    registration = alice.register_endpoint("lab")
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    (task_id,) = alice.submit(registration["endpoint_id"], function_id, [b"x"])
+    fake_endpoints(registration).publish_results([_ok(task_id, b"early")])
+    wait_until(lambda: alice.task(task_id)["status"] == "success", what="the result to be stored")
+
+    stream = streams(alice)
+    stream.send({"expect": [task_id]})
+    stream.send({"subscribe": [task_id]})
+    assert stream.results(1)[task_id]["value"] == b"early"
+
+
+def test_forget_drops_expected_ids_and_bad_frames_are_named(
+    forwarder: Any, users: Users, fake_endpoints: FakeEndpoints, streams: Callable[[ForwarderApi], Stream]
+) -> None:
+    alice = users(forwarder)
+    registration = alice.register_endpoint("lab")
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    first, second = alice.submit(registration["endpoint_id"], function_id, [b"1", b"2"])
+    stream = streams(alice)
+    stream.send({"expect": [first, second]})
+    stream.send({"forget": [first]})
+    fake_endpoints(registration).publish_results([_ok(first, b"1"), _ok(second, b"2")])
+    assert set(stream.results(1)) == {second}
+    stream.ping("only the second")
+    for frame in ({"expect": "not a list"}, {"expect": [first, "not-a-uuid"]}, {"forget": [42]}):
+        stream.send(frame)
+        error = stream.receive()["error"]
+        assert error["code"] == "INVALID_REQUEST" and next(iter(frame)) in error["message"]
+    stream.ping("still alive")

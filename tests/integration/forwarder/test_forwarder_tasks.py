@@ -17,10 +17,10 @@ import pytest
 from taskfabric.endpoint_agent.broker_link import redelivery_limit_of
 from taskfabric.endpoint_agent.connection import EndpointConnection
 from taskfabric.forwarder.records import NewTask, TaskStatus
-from taskfabric.forwarder.tasks import submission_task_ids
 from taskfabric.forwarder.testing import FakeEndpoint, ForwarderApi
 from taskfabric.inbox import Inbox
 from taskfabric.protocol import Result, Task, TaskBatch, TaskError, pack
+from taskfabric.protocol.task_ids import submission_task_ids
 from taskfabric.testing import wait_until
 from taskfabric.transport import Delivery, OutgoingMessage, RabbitTransport
 
