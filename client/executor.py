@@ -23,6 +23,7 @@ needs no extra request), set on the future before it resolves.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -444,7 +445,8 @@ class Executor(concurrent.futures.Executor):
 
         The task ids follow from the request's `submission_id` and the caller's user id: they are
         watched on the results stream before the request goes out (`ResultStream.expect`), so a
-        result that comes before the answer resolves its future at once."""
+        result that comes before the answer resolves its future at once. A future names its task
+        (`task_id`) once the service has it: when the answer comes, or with its result."""
         submission_id = uuid.uuid4()
         expected = self._expect(live, submission_id)
         try:
@@ -463,8 +465,7 @@ class Executor(concurrent.futures.Executor):
                 self._submit(live[:half], registered_again=registered_again)
                 self._submit(live[half:], registered_again=registered_again)
                 return
-            for item in live:
-                item.future.set_exception(exc)
+            _fail(live, exc)
             return
         except NotFoundError as exc:
             self._withdraw(expected)
@@ -474,13 +475,11 @@ class Executor(concurrent.futures.Executor):
                 if live:
                     self._submit(live, registered_again=True)
                 return
-            for item in live:
-                item.future.set_exception(exc)
+            _fail(live, exc)
             return
         except (TaskfabricError, ValueError) as exc:
             self._withdraw(expected)
-            for item in live:
-                item.future.set_exception(exc)
+            _fail(live, exc)
             return
         if task_ids != expected:  # a service that names its tasks otherwise
             self._withdraw(expected)
@@ -500,7 +499,6 @@ class Executor(concurrent.futures.Executor):
         expected = submission_task_ids(owner_id, submission_id, len(live))
         with self._lock:
             for item, task_id in zip(live, expected, strict=True):
-                item.future.task_id = task_id  # known before the result can come
                 self._waiting[task_id] = item.future
         self._stream.expect(expected)
         return expected
@@ -569,6 +567,8 @@ class Executor(concurrent.futures.Executor):
             future = self._take_waiting(frame.task_id)
             if future is None:
                 continue
+            if future.task_id is None:  # the result came before the submit's answer
+                future.task_id = frame.task_id
             future.stdout = frame.stdout
             future.stderr = frame.stderr
             if frame.ok and frame.value is None and frame.value_sha256:
@@ -664,6 +664,14 @@ class ExecutorOptions(concurrent.futures.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Does nothing: the view owns nothing (shut down its executor)."""
+
+
+def _fail(live: list[_Queued], error: BaseException) -> None:
+    """Fail the futures of a batch the service did not accept; a future that its result resolved
+    already (the broker took a copy before the submit failed) keeps that result."""
+    for item in live:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            item.future.set_exception(error)
 
 
 def _forget(

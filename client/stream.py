@@ -97,40 +97,34 @@ class ResultStream:
 
     def subscribe(self, task_ids: Iterable[uuid.UUID]) -> None:
         """Ask for these tasks' results (sent at once if they are finished)."""
-        ids = list(task_ids)
-        with self._lock:
-            self._wanted.update(ids)
-            self._expected.difference_update(ids)
-            connection = self._connection
-        if connection is not None and ids:
-            self._send(connection, ids)
+        self._change(task_ids, verb="subscribe", want=True)
 
     def expect(self, task_ids: Iterable[uuid.UUID]) -> None:
         """Watch the ids of a submit about to be sent (`taskfabric.protocol.task_ids`), so that a
         result that comes before the submit's answer is pushed at once; `subscribe` them when the
         answer comes, `withdraw` them if the submit fails."""
-        ids = list(task_ids)
-        with self._lock:
-            self._expected.update(ids)
-            connection = self._connection
-        if connection is not None and ids:
-            self._send(connection, ids, verb="expect")
+        self._change(task_ids, verb="expect", expect=True)
 
     def withdraw(self, task_ids: Iterable[uuid.UUID]) -> None:
         """Stop waiting for these ids here and on the service."""
-        ids = list(task_ids)
-        with self._lock:
-            self._wanted.difference_update(ids)
-            self._expected.difference_update(ids)
-            connection = self._connection
-        if connection is not None and ids:
-            self._send(connection, ids, verb="forget")
+        self._change(task_ids, verb="forget")
 
     def forget(self, task_ids: Iterable[uuid.UUID]) -> None:
+        """Stop waiting for these ids here (the service sent their results, or said unknown)."""
+        self._change(task_ids, verb=None)
+
+    def _change(
+        self, task_ids: Iterable[uuid.UUID], *, verb: str | None, want: bool = False, expect: bool = False
+    ) -> None:
+        """Add the ids to the wanted or the expected ones (and drop them from the other), or drop
+        them from both; then tell the service with a `verb` frame, if any and connected."""
         ids = list(task_ids)
         with self._lock:
-            self._wanted.difference_update(ids)
-            self._expected.difference_update(ids)
+            (self._wanted.update if want else self._wanted.difference_update)(ids)
+            (self._expected.update if expect else self._expected.difference_update)(ids)
+            connection = self._connection
+        if verb is not None and connection is not None and ids:
+            self._send(connection, ids, verb=verb)
 
     # --- the stream thread --------------------------------------------------------------
 
