@@ -508,9 +508,7 @@ class Executor(concurrent.futures.Executor):
             return
         with self._lock:
             for task_id in expected:
-                future = self._waiting.pop(task_id, None)
-                if future is not None:
-                    future.task_id = None
+                self._waiting.pop(task_id, None)
         self._stream.withdraw(expected)
 
     def _owner_id(self) -> uuid.UUID | None:

@@ -17,7 +17,6 @@ Pure signing code and one async method; no HTTP framework here.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import hashlib
 import hmac
@@ -56,9 +55,8 @@ class ResultUploadSigner:
         # the claims' JSON (as `json.dumps` with compact separators writes it) built by hand, and a
         # one-shot HMAC: the forwarder mints one grant per task it publishes
         body = f'{{"t":"{claims.task_id.hex}","n":{int(claims.max_bytes)},"e":{round(claims.expires_at, 3)!r}}}'
-        encoded = base64.urlsafe_b64encode(body.encode()).rstrip(b"=")
-        mac = base64.urlsafe_b64encode(hmac.digest(self._key, encoded, "sha256")).rstrip(b"=")
-        return (encoded + b"." + mac).decode()
+        encoded = b64url.encode(body.encode())
+        return f"{encoded}.{b64url.encode(self._mac(encoded.encode()))}"
 
     def verify_grant(self, grant: str | None, *, task_id: uuid.UUID, now: float) -> GrantClaims:
         """The grant's claims; raises `PermissionDenied` (`RESULT_GRANT_INVALID`) when it is missing,

@@ -422,13 +422,11 @@ class _Connection:
             self._error("unknown frame: expected 'subscribe', 'expect', 'forget' or 'ping'")
 
     async def subscribe(self, raw_ids: Any) -> None:
-        limits = self.subscriber.limits
-        if type(raw_ids) is not list or len(raw_ids) > limits.max_ids_per_frame:
-            self._error(f"subscribe: expected a list of at most {limits.max_ids_per_frame} task ids")
+        parsed = self._frame_ids("subscribe", raw_ids)
+        if parsed is None:
             return
-        ids, unknown = _parse_ids(raw_ids)
-        if raw_ids and type(raw_ids[0]) is bytes:
-            self.subscriber.binary_ids = True  # answer in the form the client uses
+        ids, unknown = parsed
+        limits = self.subscriber.limits
         room = limits.max_subscriptions - len(self.subscriber.pending)
         if len(ids) > room:
             self._error(f"subscribe: at most {limits.max_subscriptions} unfinished subscriptions per connection")
@@ -462,17 +460,28 @@ class _Connection:
             self.subscriber.drop(task_id)
         self.hub.unwatch(self.subscriber, ids)
 
-    def _checked_ids(self, verb: str, raw_ids: Any, *, room: bool = True) -> list[uuid.UUID] | None:
+    def _frame_ids(self, verb: str, raw_ids: Any) -> tuple[list[uuid.UUID], list[str]] | None:
+        """A frame's ids and its entries that are not ids; None (an error frame queued) when it is
+        not a list of at most `max_ids_per_frame` entries. Bin ids make the answers use bin ids."""
         limits = self.subscriber.limits
         if type(raw_ids) is not list or len(raw_ids) > limits.max_ids_per_frame:
             self._error(f"{verb}: expected a list of at most {limits.max_ids_per_frame} task ids")
             return None
-        ids, malformed = _parse_ids(raw_ids)
+        if raw_ids and type(raw_ids[0]) is bytes:
+            self.subscriber.binary_ids = True  # answer in the form the client uses
+        return _parse_ids(raw_ids)
+
+    def _checked_ids(self, verb: str, raw_ids: Any, *, room: bool = True) -> list[uuid.UUID] | None:
+        """`_frame_ids` for `expect` and `forget`: refused whole if an entry is not an id or (with
+        `room`) the connection would wait for more than `max_subscriptions` ids."""
+        parsed = self._frame_ids(verb, raw_ids)
+        if parsed is None:
+            return None
+        ids, malformed = parsed
         if malformed:
             self._error(f"{verb}: {len(malformed)} entries are not task ids (UUID strings or 16-byte bin)")
             return None
-        if raw_ids and type(raw_ids[0]) is bytes:
-            self.subscriber.binary_ids = True
+        limits = self.subscriber.limits
         if room and len(ids) > limits.max_subscriptions - len(self.subscriber.pending):
             self._error(f"{verb}: at most {limits.max_subscriptions} unfinished subscriptions per connection")
             return None

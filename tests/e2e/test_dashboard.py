@@ -34,6 +34,8 @@ from taskfabric.forwarder.admin import disable_user, enable_user
 from taskfabric.forwarder.testing import ForwarderProcess
 from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
 
+from .conftest import ENDPOINT_SETTINGS
+
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
@@ -55,14 +57,6 @@ FORWARDER_SETTINGS: dict[str, Any] = {
     "endpoint_offline_after_s": 3.0,
     "status_flush_s": 0.2,
     "confirm_timeout_s": 10.0,
-}
-ENDPOINT_SETTINGS: dict[str, Any] = {
-    "heartbeat_period_s": 0.5,
-    "heartbeat_threshold_s": 3.0,
-    "status_period_s": 0.5,
-    "drain_timeout_s": 20.0,
-    "scaling": {"workers_per_node": 2, "strategy_period_s": 0.5},
-    "provider": {"type": "LocalProvider", "init_blocks": 1, "min_blocks": 1, "max_blocks": 1},
 }
 
 

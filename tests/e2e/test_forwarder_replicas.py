@@ -30,6 +30,8 @@ from taskfabric.forwarder.testing import ForwarderProcess, postgres_for_tests
 from taskfabric.forwarder.testing.haproxy import HAProxy
 from taskfabric.testing import BrokerUnderTest, unique_name, wait_until
 
+from .conftest import ENDPOINT_SETTINGS
+
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 POLL_S = 15.0  # the safety-net store poll: far above the 2 s a fan-out result may take here
@@ -43,14 +45,6 @@ FORWARDER_SETTINGS = {
     "stream_poll_s": POLL_S,
     "lease_ttl_s": LEASE_TTL_S,
     "endpoint_sync_period_s": 0.5,  # the second replica consumes an endpoint registered on the first soon
-}
-ENDPOINT_SETTINGS = {
-    "heartbeat_period_s": 0.5,
-    "heartbeat_threshold_s": 3.0,
-    "status_period_s": 0.5,
-    "drain_timeout_s": 20.0,
-    "scaling": {"workers_per_node": 2, "strategy_period_s": 0.5},
-    "provider": {"type": "LocalProvider", "init_blocks": 1, "min_blocks": 1, "max_blocks": 1},
 }
 
 
