@@ -8,7 +8,8 @@ while each system runs the same three workloads, alternately (taskfabric, then C
 - `sequential`: `--calls` sequential no-op round trips (`submit(noop).result()`, `noop.delay().get()`);
 - `throughput`: `--tasks` no-op tasks submitted at once, then collected;
 - `echo`: `--echoes` echoes of one 1 MiB random bytes argument, all submitted, then collected
-  (taskfabric's default Executor: the argument inline; the result uploaded by the worker).
+  (taskfabric's default Executor: the argument uploaded once and passed by reference, each result
+  uploaded by its worker and pushed on the results stream).
 
 Roles: taskfabric's forwarder, agent, manager and workers; Celery's worker processes (the prefork
 parent and its children); the RabbitMQ node both use (`beam.smp`); and the client (this process:

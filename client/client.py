@@ -10,9 +10,11 @@ client.get_result(tid)                              # raises TaskPending until i
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import datetime
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -44,6 +46,10 @@ from taskfabric.protocol.api import RESULT_NOT_AVAILABLE, RESULT_SHA256_HEADER, 
 from taskfabric.protocol.data_refs import DataRef
 
 __all__ = ["Batch", "Client", "TaskListPage", "resolve_group_name"]
+
+#: `put_data` remembers the digests of the last few `bytes` objects it uploaded (at most this many bytes)
+_DIGEST_MEMORY_BYTES = 64 * 1024 * 1024
+_DIGEST_MEMORY_ITEMS = 8
 
 #: tasks per submit request (the service accepts up to its max_batch_tasks, 10,000 by default)
 SUBMIT_CHUNK = 2000
@@ -130,6 +136,12 @@ class Client:
         self.ssl_context = self.config.ssl_context()
         self._http = ServiceHTTP(self.config.urls, self.config.token, timeout_s=timeout_s, verify=self.ssl_context)
         self._data_refs: dict[str, DataRef] = {}  # sha256 -> the reference of an upload (put_data)
+        # id -> (bytes object, sha256 of its upload): the last few uploaded (see `put_data`)
+        self._digests: collections.OrderedDict[int, tuple[bytes, str]] = collections.OrderedDict()
+        self._digest_lock = threading.Lock()
+        #: the forwarder's URL as endpoints reach it, from the last upload's answer (None: the
+        #: forwarder has none configured, or nothing was uploaded yet)
+        self.data_endpoint_url: str | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -466,17 +478,30 @@ class Client:
 
         The worker downloads it (checking its sha256) and calls `f` with the object itself; only
         the small `DataRef` travels with each task. The same object (same pickled bytes) is uploaded
-        once while its reference has more than `min_ttl_s` to live. Raises `PayloadTooLarge` above
-        the forwarder's `max_data_bytes`. See docs/researcher.md "Large data"."""
-        data = serialize_data(value)
-        digest = hashlib.sha256(data).hexdigest()
+        once while its reference has more than `min_ttl_s` to live; the same `bytes` object is not
+        even pickled and hashed again (the last few are remembered, up to 64 MiB). Raises
+        `PayloadTooLarge` above the forwarder's `max_data_bytes`. See docs/researcher.md "Large data"."""
         now = time.time()
-        cached = self._data_refs.get(digest)
+        digest = self._known_digest(value)
+        cached = self._data_refs.get(digest) if digest is not None else None
         if cached is not None and cached.expires_at - now > min_ttl_s:
             return cached
+        data = serialize_data(value)
+        digest = hashlib.sha256(data).hexdigest()
+        cached = self._data_refs.get(digest)
+        if cached is None or cached.expires_at - now <= min_ttl_s:
+            cached = self._upload_data(digest, data, now)
+        self._remember_digest(value, digest)
+        return cached
+
+    def _upload_data(self, digest: str, data: bytes, now: float) -> DataRef:
         answer = self._http.put_bytes(f"/v1/data/{digest}", data)
+        endpoint_url = answer.get("endpoint_url")
+        self.data_endpoint_url = str(endpoint_url) if endpoint_url else None
         ref = DataRef(
-            url=self._http.url,  # the replica that took the upload (the first URL unless it failed)
+            # the forwarder's URL as workers reach it; else the replica that took the upload (as
+            # this client reaches it: right when the endpoint runs where the client does)
+            url=self.data_endpoint_url or self._http.url,
             sha256=digest,
             size=int(answer["size"]),
             token=str(answer["token"]),
@@ -485,6 +510,27 @@ class Client:
         self._data_refs = {key: old for key, old in self._data_refs.items() if old.expires_at > now}
         self._data_refs[digest] = ref
         return ref
+
+    def _known_digest(self, value: Any) -> str | None:
+        """The digest of this very `bytes` object's upload, if it is one of the last few."""
+        if type(value) is not bytes:
+            return None
+        with self._digest_lock:
+            known = self._digests.get(id(value))
+        return known[1] if known is not None and known[0] is value else None
+
+    def _remember_digest(self, value: Any, digest: str) -> None:
+        """Remember the digest of a `bytes` object (immutable: it cannot change under its id while
+        held here). Holds the last few, at most `_DIGEST_MEMORY_BYTES` of them."""
+        if type(value) is not bytes or len(value) > _DIGEST_MEMORY_BYTES:
+            return
+        with self._digest_lock:
+            self._digests.pop(id(value), None)
+            self._digests[id(value)] = (value, digest)
+            held = sum(len(item[0]) for item in self._digests.values())
+            while len(self._digests) > _DIGEST_MEMORY_ITEMS or held > _DIGEST_MEMORY_BYTES:
+                _key, (oldest, _digest) = self._digests.popitem(last=False)
+                held -= len(oldest)
 
     def download_result(self, task_id: uuid.UUID | str) -> Any:
         """`get_result` for large results: the raw result bytes (`GET /v1/tasks/{id}/result`,

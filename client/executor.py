@@ -32,7 +32,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from taskfabric.client.client import Client, _Call, checked_resource_specification, function_name
 from taskfabric.client.serialization import (
@@ -44,12 +44,20 @@ from taskfabric.client.serialization import (
     value_from_result,
 )
 from taskfabric.client.stream import ResultStream
-from taskfabric.errors import InvalidRequest, NotFoundError, PayloadTooLarge, TaskCancelled, TaskfabricError
+from taskfabric.errors import (
+    InvalidRequest,
+    NotFoundError,
+    PayloadTooLarge,
+    ServiceError,
+    TaskCancelled,
+    TaskfabricError,
+)
 from taskfabric.logs import wrap_with_logs
+from taskfabric.malloc_tuning import tune_malloc
 from taskfabric.protocol import ResultFrame, render
 from taskfabric.protocol.task_ids import submission_task_ids
 
-__all__ = ["Executor", "ExecutorOptions", "TaskFuture"]
+__all__ = ["DEFAULT_BY_REFERENCE_BYTES", "Executor", "ExecutorOptions", "TaskFuture"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +109,8 @@ _STOP = object()
 _UNASKED = object()
 #: the most function-body bytes an Executor remembers beyond the functions still in use
 _BODY_CACHE_BYTES = 64 * 1024 * 1024
+#: `Executor(by_reference_bytes="auto")`: arguments of at least this size go by reference
+DEFAULT_BY_REFERENCE_BYTES = 1024 * 1024
 #: uploaded results downloaded at once by one Executor
 _DOWNLOAD_THREADS = 4
 #: the function id of a queued call whose function the submitter has not registered yet
@@ -117,9 +127,12 @@ class Executor(concurrent.futures.Executor):
     Every task joins the task group `task_group_id`: a new random id unless given; give an earlier
     Executor's id to add to its group and `reload_tasks()` to collect its tasks.
 
-    With `by_reference_bytes`, each top-level argument of at least that many bytes (`bytes`,
-    `bytearray`, `memoryview`, or an object whose type has `nbytes`, such as a numpy array) is
-    uploaded once in `submit` (`Client.put_data`) and passed by reference."""
+    Each top-level argument of at least `by_reference_bytes` (`bytes`, `bytearray`, `memoryview`,
+    or an object whose type has `nbytes`, such as a numpy array) is uploaded once in `submit`
+    (`Client.put_data`) and passed by reference: the broker, the endpoint agent and the manager
+    carry only the reference. The default, `"auto"`, does so from `DEFAULT_BY_REFERENCE_BYTES`
+    while the service can hand such data to endpoints (a blob store and its URL for endpoints
+    configured); otherwise arguments travel inside their tasks, as they do with `None`."""
 
     def __init__(
         self,
@@ -132,11 +145,20 @@ class Executor(concurrent.futures.Executor):
         task_group_id: uuid.UUID | str | None = None,
         resource_specification: dict[str, int] | None = None,
         user_endpoint_config: dict[str, Any] | None = None,
-        by_reference_bytes: int | None = None,
+        by_reference_bytes: int | Literal["auto"] | None = "auto",
     ) -> None:
-        if by_reference_bytes is not None and by_reference_bytes < 1:
-            raise ValueError(f"by_reference_bytes must be a positive number of bytes, got {by_reference_bytes!r}")
-        self.by_reference_bytes = by_reference_bytes
+        if by_reference_bytes == "auto":
+            #: "auto": by reference from the default size, until the service turns out unable to
+            self.by_reference_auto = True
+            by_reference_bytes = DEFAULT_BY_REFERENCE_BYTES
+        elif by_reference_bytes is not None and (not isinstance(by_reference_bytes, int) or by_reference_bytes < 1):
+            raise ValueError(
+                f"by_reference_bytes must be a positive number of bytes, 'auto' or None, got {by_reference_bytes!r}"
+            )
+        else:
+            self.by_reference_auto = False
+        self.by_reference_bytes: int | None = by_reference_bytes
+        tune_malloc()  # payload buffers without page faults (taskfabric.malloc_tuning)
         #: for a multi-user endpoint: the variables of its user config template (each different
         #: value runs in its own user endpoint process; see docs/endpoint-owner.md)
         self.user_endpoint_config = dict(user_endpoint_config) if user_endpoint_config is not None else None
@@ -248,9 +270,28 @@ class Executor(concurrent.futures.Executor):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], min_bytes: int
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         def swap(value: Any) -> Any:
-            return self.client.put_data(value) if buffer_bytes(value) >= min_bytes else value
+            if self.by_reference_bytes is None or buffer_bytes(value) < min_bytes:
+                return value
+            return self._put_data(value) if self.by_reference_auto else self.client.put_data(value)
 
         return tuple(swap(value) for value in args), {key: swap(value) for key, value in kwargs.items()}
+
+    def _put_data(self, value: Any) -> Any:
+        """`by_reference_bytes="auto"`: the reference, or `value` itself (and no more references
+        from this Executor) when the service cannot hand data to endpoints: no blob store (503),
+        no data route (404), no URL for endpoints configured. A 413 sends this value inline."""
+        try:
+            ref = self.client.put_data(value)
+        except ServiceError as exc:
+            if exc.status in (404, 405, 503):
+                log.info("arguments travel inside their tasks: the service stores no data (%s)", exc)
+                self.by_reference_bytes = None
+            return value
+        if self.client.data_endpoint_url is None:
+            log.info("arguments travel inside their tasks: the service names no URL for endpoints to fetch data")
+            self.by_reference_bytes = None
+            return value
+        return ref
 
     def register_function(
         self, fn: Callable[..., Any], *, name: str | None = None, by_value: bool | None = None

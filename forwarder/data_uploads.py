@@ -34,11 +34,22 @@ class DataRead:
 class DataUploads:
     """Stores uploads and serves them to holders of a valid reference."""
 
-    def __init__(self, blobs: BlobStore | None, signer: DataRefSigner, *, max_bytes: int, ttl_s: float) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore | None,
+        signer: DataRefSigner,
+        *,
+        max_bytes: int,
+        ttl_s: float,
+        endpoint_url: str | None = None,
+    ) -> None:
         self.blobs = blobs
         self.signer = signer
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
+        #: this forwarder's URL as endpoints' workers reach it (None: not configured), answered
+        #: with each upload so that the reference names it rather than the client's view
+        self.endpoint_url = endpoint_url
 
     async def put(self, identity: Identity, sha256: str, body: AsyncIterator[bytes]) -> dict[str, object]:
         """Store the body as `identity`'s upload `sha256` and answer its reference (JSON fields).
@@ -54,7 +65,13 @@ class DataUploads:
         await asyncio.to_thread(blobs.put, data_blob_name(identity.user_id, sha256), data)
         expires_at = time.time() + self.ttl_s
         claims = DataClaims(user_id=identity.user_id, sha256=sha256, size=len(data), expires_at=expires_at)
-        return {"sha256": sha256, "size": len(data), "token": self.signer.sign(claims), "expires_at": expires_at}
+        return {
+            "sha256": sha256,
+            "size": len(data),
+            "token": self.signer.sign(claims),
+            "expires_at": expires_at,
+            "endpoint_url": self.endpoint_url,
+        }
 
     def open(self, sha256: str, token: str | None) -> DataRead:
         """The upload a reference token names. 403 `DATA_REF_INVALID` / `DATA_REF_EXPIRED`,

@@ -175,6 +175,8 @@ class TaskRecord:
     #: the sha256 (hex) of a result kept in the blob store and not read (a worker uploaded it): the
     #: results stream sends this reference and the client downloads the bytes and checks them
     result_sha256: str | None = None
+    #: the name of that uploaded blob (set when the result is stored; see `fresh_uploads`)
+    result_blob: str | None = None
 
     @property
     def result_bytes(self) -> int | None:

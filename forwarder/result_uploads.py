@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from taskfabric.errors import InvalidRequest, PayloadTooLarge, PermissionDenied, ServiceError
 from taskfabric.forwarder import b64url
 from taskfabric.forwarder.blobs import BlobRef, BlobStore, BlobWriter, blob_name
+from taskfabric.forwarder.fresh_uploads import FreshUploads
 from taskfabric.protocol import ResultBlob
 
 __all__ = ["GrantClaims", "ResultUploadSigner", "ResultUploads", "UploadOffer"]
@@ -111,40 +112,55 @@ class UploadOffer:
 
 
 class ResultUploads:
-    """Stores results that workers upload with a grant."""
+    """Stores results that workers upload with a grant; with `fresh`, uploads small enough are
+    also kept in memory until their result is reported (see `fresh_uploads`)."""
 
-    def __init__(self, blobs: BlobStore | None, signer: ResultUploadSigner) -> None:
+    def __init__(self, blobs: BlobStore | None, signer: ResultUploadSigner, fresh: FreshUploads | None = None) -> None:
         self.blobs = blobs
         self.signer = signer
+        self.fresh = fresh
 
-    async def put(self, task_id: uuid.UUID, grant: str | None, body: AsyncIterator[bytes], *, now: float) -> ResultBlob:
+    async def put(
+        self, task_id: uuid.UUID, grant: str | None, body: AsyncIterator[bytes], *, now: float, size: int | None = None
+    ) -> ResultBlob:
         """Stream `body` into a new blob for `task_id` and answer its reference and receipt.
-        403 `RESULT_GRANT_INVALID`; 413 above the grant's size; 400 for an empty body."""
+        `size` is the body's declared length, if any (an upload that fits in `fresh` is then read
+        whole and written once). 403 `RESULT_GRANT_INVALID`; 413 above the grant's size; 400 for
+        an empty body."""
         if self.blobs is None:
             raise ServiceError("this forwarder has no blob store", status=503, code="SERVICE_UNAVAILABLE")
         claims = self.signer.verify_grant(grant, task_id=task_id, now=now)
+        if size is not None and size > claims.max_bytes:
+            raise _too_large(claims)
         writer = self.blobs.open_writer(blob_name(task_id))
-        pending = bytearray()  # the body's small chunks, written a few MiB at a time
+        keep = self.fresh is not None and size is not None and self.fresh.fits(size)
+        pending = bytearray()  # the body's small chunks, written a few MiB at a time (or whole)
         received = 0
         try:
             async for chunk in body:
                 received += len(chunk)
                 if received > claims.max_bytes:
-                    raise PayloadTooLarge(
-                        f"the result is over the limit of {claims.max_bytes} bytes (quotas.max_result_bytes)",
-                        code="PAYLOAD_TOO_LARGE",
-                    )
+                    raise _too_large(claims)
                 pending += chunk
-                if len(pending) >= _WRITE_BYTES:
+                if len(pending) >= _WRITE_BYTES and not keep:
                     await asyncio.to_thread(writer.write, bytes(pending))
                     pending.clear()
             if received == 0:
                 raise InvalidRequest("the uploaded result is empty")
-            ref = await asyncio.to_thread(_finish, writer, bytes(pending))
+            last = bytes(pending)
+            ref = await asyncio.to_thread(_finish, writer, last)
         except BaseException:
             await asyncio.to_thread(writer.abort)
             raise
+        if keep and self.fresh is not None and ref.size == len(last):
+            self.fresh.remember(ref.name, last)
         return ResultBlob(name=ref.name, size=ref.size, sha256=ref.sha256, receipt=self.signer.receipt(task_id, ref))
+
+
+def _too_large(claims: GrantClaims) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"the result is over the limit of {claims.max_bytes} bytes (quotas.max_result_bytes)", code="PAYLOAD_TOO_LARGE"
+    )
 
 
 def _finish(writer: BlobWriter, last: bytes) -> BlobRef:

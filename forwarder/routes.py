@@ -595,9 +595,19 @@ async def put_result_blob(task_id: uuid.UUID, request: Request, service: Service
     name, size, sha256 and the receipt the worker's result must carry. 403 `RESULT_GRANT_INVALID`
     (missing, altered, another task's or expired grant); 413 above `quotas.max_result_bytes`."""
     blob = await service.result_uploads.put(
-        task_id, request.headers.get(RESULT_GRANT_HEADER), request.stream(), now=time.time()
+        task_id,
+        request.headers.get(RESULT_GRANT_HEADER),
+        request.stream(),
+        now=time.time(),
+        size=_content_length(request),
     )
     return JSONResponse(dataclasses.asdict(blob))
+
+
+def _content_length(request: Request) -> int | None:
+    """The request's declared body size (None: not declared, or not a number)."""
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else None
 
 
 # --- arguments by reference (issue 15) -----------------------------------------------------

@@ -235,6 +235,10 @@ class DataUploaded(BaseModel):
     size: int = Field(description="bytes stored")
     token: str = Field(description="the signed read reference a worker presents in X-Taskfabric-Data-Ref")
     expires_at: float = Field(description="when the reference stops working (epoch seconds)")
+    endpoint_url: str | None = Field(
+        description="this forwarder's URL as endpoints' workers reach it (the reference names it); null when the "
+        "forwarder has none configured (result_upload_url, or a fixed host and port)"
+    )
 
 
 class ResultUploaded(BaseModel):

@@ -37,6 +37,7 @@ from taskfabric.forwarder.data_refs import DataRefSigner, load_or_create_key
 from taskfabric.forwarder.data_uploads import DataUploads
 from taskfabric.forwarder.endpoint_sharing import EndpointSharing
 from taskfabric.forwarder.endpoints import EndpointRegistry
+from taskfabric.forwarder.fresh_uploads import FreshUploads
 from taskfabric.forwarder.functions import FunctionRegistry
 from taskfabric.forwarder.globus_compute.results import ComputeResultRelay
 from taskfabric.forwarder.groups import GroupService
@@ -238,9 +239,11 @@ class Forwarder:
             DataRefSigner(key),
             max_bytes=settings.max_data_bytes,
             ttl_s=min(settings.data_ref_ttl_s, settings.result_ttl_s),
+            endpoint_url=settings.worker_upload_url(),
         )
         signer = ResultUploadSigner(key)
-        self.result_uploads = ResultUploads(blobs, signer)
+        fresh = FreshUploads(max_bytes=settings.upload_memory_bytes, max_item_bytes=settings.upload_push_bytes)
+        self.result_uploads = ResultUploads(blobs, signer, fresh if fresh.max_item_bytes > 0 else None)
         upload_url = settings.worker_upload_url()
         self.upload_offer = (
             UploadOffer(
@@ -273,7 +276,11 @@ class Forwarder:
 
         relay = self.compute_results
 
+        fresh = self.result_uploads.fresh
+
         def on_finished(records: Sequence[TaskRecord]) -> None:  # called on the ingest thread
+            if fresh is not None:
+                fresh.attach(records)  # uploads still in memory go out whole on the results stream
             self.metrics.tasks_finished(records)
             if relay is not None:
                 relay.relay(records)

@@ -373,7 +373,7 @@ class ForwarderSettings:
         1024 * _MIB, help="largest argument a client may upload by reference (PUT /v1/data)", min=1
     )
     data_ref_ttl_s: float = setting(
-        86400.0,
+        14 * 86400.0,
         help="how long a data reference may be read by workers (capped by result_ttl_s: the blob is swept then)",
         min=1,
     )
@@ -385,6 +385,16 @@ class ForwarderSettings:
         True,
         help="workers upload results larger than blob_threshold_bytes straight to this forwarder's blob store "
         "(only a reference rides the broker); needs result_upload_url or a fixed host and port",
+    )
+    upload_memory_bytes: int = setting(
+        128 * _MIB,
+        help="results workers uploaded are also kept in memory, up to this many bytes in all, until their result is "
+        "reported, and pushed to waiting clients on the results stream (no download request); 0: clients download "
+        "every uploaded result",
+        min=0,
+    )
+    upload_push_bytes: int = setting(
+        8 * _MIB, help="largest uploaded result kept in memory and pushed on the results stream", min=0
     )
     result_upload_url: str | None = setting(
         None,

@@ -42,6 +42,7 @@ from typing import Any
 from taskfabric.errors import ErrorCode, ProtocolError
 from taskfabric.exit_codes import RET_CRASHED
 from taskfabric.logs import run_guarded
+from taskfabric.malloc_tuning import tune_malloc
 from taskfabric.manager.execution import TaskRunner
 from taskfabric.manager.frames import read_frame, write_frame
 from taskfabric.manager.slot import RunningSlot
@@ -349,6 +350,7 @@ def _serve_main(argv: list[str] | None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ["TASKFABRIC_WORKER_ID"] = args.worker_id
+    tune_malloc()  # arguments and results of a MiB and more, task after task, without page faults
     writer = ResultWriter(args.fd_out)
     surroundings = TaskSurroundings(
         max_output_bytes=args.max_output_bytes, workdir_root=args.task_workdir, keep_workdirs=args.keep_task_workdirs

@@ -740,6 +740,7 @@ def _keep_blobs(
         record.result_size = blob.ref.size
         if blob.data is None:
             record.result_sha256 = blob.ref.sha256
+            record.result_blob = blob.ref.name
         params.append(
             {"b_task_id": record.task_id, "b_blob": blob.ref.name, "b_size": blob.ref.size, "b_sha256": blob.ref.sha256}
         )

@@ -2,9 +2,10 @@
 
 One run measures, on the bench's fabric:
 
-- **echo 1 MiB**: 1,000 tasks each echoing a 1 MiB bytes argument (random: not compressible); the
-  argument rides the task, the result is uploaded by the worker and downloaded by the client;
-  tasks/s from the first submit to the last result collected.
+- **echo 1 MiB**: 1,000 tasks each echoing one 1 MiB bytes argument (random: not compressible)
+  with the default Executor: the argument is uploaded once and passed by reference, each result is
+  uploaded by its worker and pushed to the client on the results stream; tasks/s from the first
+  submit to the last result collected.
 - **numpy**: 1,000 tasks echoing float64 arrays of 100 MiB in total (100 KiB each); tasks/s and MB/s.
 - **client memory**: the client's peak RSS above its baseline during the echo, against the peak of
   bytes in flight (arguments submitted and results not yet collected, 1 MiB each): the ratio.

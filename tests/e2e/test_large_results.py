@@ -314,3 +314,39 @@ def test_a_result_upload_grant_opens_only_its_own_task_while_valid(blob_fabric: 
         answer = stored.json()
         assert answer["size"] == 8 and answer["sha256"] == sha256_of(b"a result")
         assert (blob_fabric.blobs / answer["name"]).read_bytes() == b"a result"
+
+
+def _result_downloads(fabric: BlobFabric) -> float:
+    """How many `GET /v1/tasks/{id}/result` requests the forwarder answered with 200."""
+    text = httpx.get(f"{fabric.forwarder.url}/metrics", timeout=10).text
+    route = 'method="GET",route="/v1/tasks/{task_id}/result",status="200"'
+    found = re.search(rf"^taskfabric_http_requests_total\{{{re.escape(route)}\}} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_megabyte_echoes_take_the_data_path_by_default(blob_fabric: BlobFabric) -> None:
+    """The default Executor: a 2 MiB argument sent in five tasks is uploaded once and passed by
+    reference; each 2 MiB result is uploaded by its worker and pushed to the client on the results
+    stream from the forwarder's memory (no download request); a 24 MB result, above
+    `upload_push_bytes`, is still downloaded."""
+    payload = make_bytes(31, 2 * _MIB)
+    uploaded = sha256_of(serialize_data(payload))
+    downloads = _result_downloads(blob_fabric)
+    with blob_fabric.client() as client, Executor(blob_fabric.endpoint_id, client=client) as executor:
+        futures = [executor.submit(echo, payload) for _ in range(5)]
+        assert all(future.result(timeout=120) == payload for future in futures)
+        assert list(client._data_refs) == [uploaded]  # by reference, uploaded once
+        assert client._data_refs[uploaded].url == blob_fabric.forwarder.url  # the forwarder's own URL for endpoints
+        assert _result_downloads(blob_fabric) == downloads  # every result came whole on the stream
+        rows = [_row(blob_fabric.database, str(future.task_id)) for future in futures]
+        assert all(result is None and blob for result, blob, _size, _digest in rows)  # still kept as blobs
+        assert executor.submit(make_bytes, 7, SIZE).result(timeout=120) == make_bytes(7, SIZE)
+        assert _result_downloads(blob_fabric) == downloads + 1
+    assert len(list((blob_fabric.blobs / uploaded[:2]).glob(f"*-{uploaded}"))) == 1
+
+    with (
+        blob_fabric.client() as client,
+        Executor(blob_fabric.endpoint_id, client=client, by_reference_bytes=None) as executor,
+    ):
+        assert executor.submit(echo, payload[:_MIB]).result(timeout=60) == payload[:_MIB]
+        assert client._data_refs == {}  # by_reference_bytes=None: inside the task

@@ -49,6 +49,7 @@ GROUND_FLOOR = (
     "taskfabric.paths",
     "taskfabric.settings",
     "taskfabric.gc_tuning",
+    "taskfabric.malloc_tuning",
     "taskfabric.daemon",
     "taskfabric.inbox",
     "taskfabric.conform",

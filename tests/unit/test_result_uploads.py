@@ -13,11 +13,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from taskfabric.errors import ErrorCode, PayloadTooLarge, PermissionDenied
-from taskfabric.forwarder.blobs import BlobRef, MemoryBlobStore
+from taskfabric.forwarder.blobs import BlobRef, MemoryBlobStore, read_verified
+from taskfabric.forwarder.fresh_uploads import FreshUploads
+from taskfabric.forwarder.records import TaskRecord
 from taskfabric.forwarder.result_limits import ResultLimits
 from taskfabric.forwarder.result_uploads import GrantClaims, ResultUploads, ResultUploadSigner
+from taskfabric.forwarder.views import task_result_frame
 from taskfabric.manager.result_uploads import should_upload
-from taskfabric.protocol import Result, ResultBlob, Task
+from taskfabric.protocol import Result, ResultBlob, Task, TaskStatus
 
 KEY = b"k" * 32
 
@@ -103,3 +106,59 @@ def test_a_worker_uploads_only_with_a_grant_and_above_the_threshold() -> None:
     )
     assert not should_upload(task, 10**9)
     assert should_upload(granted, 1000) and not should_upload(granted, 999)
+
+
+# --- uploads kept in memory for the results stream (forwarder/fresh_uploads.py) -------------
+
+
+def _record(task_id: uuid.UUID, blob: ResultBlob | None) -> TaskRecord:
+    now = time.time()
+    record = TaskRecord(
+        task_id=task_id,
+        owner_id=uuid.uuid4(),
+        endpoint_id=uuid.uuid4(),
+        function_id=uuid.uuid4(),
+        status=TaskStatus.SUCCESS,
+        created_at=now,
+    )
+    if blob is not None:  # as the store returns a result the worker uploaded
+        record.result_size, record.result_sha256, record.result_blob = blob.size, blob.sha256, blob.name
+    return record
+
+
+def test_an_upload_small_enough_is_kept_until_its_result_is_stored() -> None:
+    signer, blobs = ResultUploadSigner(KEY), MemoryBlobStore()
+    fresh = FreshUploads(max_bytes=10, max_item_bytes=6)
+    uploads = ResultUploads(blobs, signer, fresh)
+    kept, streamed, undeclared = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    small = asyncio.run(uploads.put(kept, _grant(signer, kept), _body(b"abc", b"def"), now=time.time(), size=6))
+    large = asyncio.run(
+        uploads.put(streamed, _grant(signer, streamed), _body(b"abcd", b"efg"), now=time.time(), size=7)
+    )
+    blind = asyncio.run(uploads.put(undeclared, _grant(signer, undeclared), _body(b"ab"), now=time.time()))
+    assert fresh.held_bytes == 6  # only the declared upload that fits; every one is in the blob store
+    assert [read_verified(blobs, BlobRef(b.name, b.size, b.sha256)) for b in (small, large, blind)] == [
+        b"abcdef",
+        b"abcdefg",
+        b"ab",
+    ]
+
+    records = [_record(kept, small), _record(streamed, large), _record(undeclared, blind), _record(uuid.uuid4(), None)]
+    assert fresh.attach(records) == 1
+    assert records[0].result == b"abcdef" and fresh.held_bytes == 0  # handed on once, then forgotten
+    assert [record.result for record in records[1:]] == [None, None, None]  # these are downloaded
+    frame = task_result_frame(records[0])
+    assert frame["value"] == b"abcdef" and frame["value_sha256"] is None  # pushed whole, not by reference
+    assert task_result_frame(records[1])["value_sha256"] == large.sha256
+
+
+def test_uploads_kept_in_memory_stay_within_their_budget() -> None:
+    fresh = FreshUploads(max_bytes=10, max_item_bytes=4)
+    for index in range(5):
+        fresh.remember(f"blob-{index}", bytes([index]) * 4)
+    fresh.remember("too-large", b"x" * 5)
+    assert fresh.held_bytes == 8  # the two newest: the oldest went first
+    assert fresh.take("blob-2") is None and fresh.take("too-large") is None
+    assert fresh.take("blob-4") == b"\x04" * 4 and fresh.held_bytes == 4
+    mismatched = _record(uuid.uuid4(), ResultBlob(name="blob-3", size=5, sha256="0" * 64, receipt=""))
+    assert fresh.attach([mismatched]) == 0 and mismatched.result is None  # not the recorded size: not used
