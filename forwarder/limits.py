@@ -217,7 +217,8 @@ class RequestGuard:
             if complete:  # after the body, a receive waits for the client to leave: no deadline
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+                async with asyncio.timeout(self.body_timeout_s):  # (wait_for: a task per chunk)
+                    message = await receive()
             except TimeoutError:
                 refused = _Refused(
                     408,

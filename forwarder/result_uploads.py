@@ -132,29 +132,54 @@ class ResultUploads:
         claims = self.signer.verify_grant(grant, task_id=task_id, now=now)
         if size is not None and size > claims.max_bytes:
             raise _too_large(claims)
-        writer = self.blobs.open_writer(blob_name(task_id))
-        keep = self.fresh is not None and size is not None and self.fresh.fits(size)
-        pending = bytearray()  # the body's small chunks, written a few MiB at a time (or whole)
-        received = 0
-        try:
-            async for chunk in body:
-                received += len(chunk)
-                if received > claims.max_bytes:
-                    raise _too_large(claims)
-                pending += chunk
-                if len(pending) >= _WRITE_BYTES and not keep:
-                    await asyncio.to_thread(writer.write, bytes(pending))
-                    pending.clear()
-            if received == 0:
-                raise InvalidRequest("the uploaded result is empty")
-            last = bytes(pending)
-            ref = await asyncio.to_thread(_finish, writer, last)
-        except BaseException:
-            await asyncio.to_thread(writer.abort)
-            raise
-        if keep and self.fresh is not None and ref.size == len(last):
-            self.fresh.remember(ref.name, last)
+        name = blob_name(task_id)
+        if self.fresh is not None and size is not None and self.fresh.fits(size):
+            # small enough to hold: read whole, stored in one go off the loop, kept for the stream
+            data = await _read_declared(body, size)
+            ref = await asyncio.to_thread(self.blobs.put, name, data)
+            self.fresh.remember(ref.name, data)
+        else:
+            writer = await asyncio.to_thread(self.blobs.open_writer, name)
+            try:
+                ref = await _stream_into(writer, body, claims)
+            except BaseException:
+                await asyncio.to_thread(writer.abort)
+                raise
         return ResultBlob(name=ref.name, size=ref.size, sha256=ref.sha256, receipt=self.signer.receipt(task_id, ref))
+
+
+async def _read_declared(body: AsyncIterator[bytes], size: int) -> bytes:
+    """A body of `size` declared bytes, gathered into one buffer allocated once."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    async for chunk in body:
+        end = received + len(chunk)
+        if end > size:
+            raise InvalidRequest("the uploaded result is longer than its Content-Length")
+        view[received:end] = chunk
+        received = end
+    view.release()
+    if received != size:
+        raise InvalidRequest(f"the uploaded result ended after {received} of its {size} declared bytes")
+    return bytes(buffer)
+
+
+async def _stream_into(writer: BlobWriter, body: AsyncIterator[bytes], claims: GrantClaims) -> BlobRef:
+    """Write `body` a few MiB at a time (never whole in memory) within the grant's size."""
+    pending = bytearray()
+    received = 0
+    async for chunk in body:
+        received += len(chunk)
+        if received > claims.max_bytes:
+            raise _too_large(claims)
+        pending += chunk
+        if len(pending) >= _WRITE_BYTES:
+            await asyncio.to_thread(writer.write, bytes(pending))
+            pending.clear()
+    if received == 0:
+        raise InvalidRequest("the uploaded result is empty")
+    return await asyncio.to_thread(_finish, writer, bytes(pending))
 
 
 def _too_large(claims: GrantClaims) -> PayloadTooLarge:

@@ -398,8 +398,9 @@ class ForwarderSettings:
     )
     result_upload_url: str | None = setting(
         None,
-        help="this forwarder's URL as endpoints' workers reach it, for result uploads (default: http://host:port "
-        "when host is not a wildcard address and port is not 0)",
+        help="this forwarder's URL as endpoints' workers reach it, for result uploads and arguments by reference "
+        "(default: http://host:port when the forwarder serves plain HTTP, host is not a wildcard address and port is "
+        "not 0)",
     )
     cleanup_period_s: float = setting(3600.0, help="how often expired tasks are deleted", min=1)
     endpoint_offline_after_s: float = setting(
@@ -617,12 +618,16 @@ class ForwarderSettings:
         return client_ssl_context(self.broker_ca_file, key="broker_ca_file")
 
     def worker_upload_url(self) -> str | None:
-        """Where workers upload large results (None: they send them through the broker)."""
+        """This forwarder's URL for endpoints' workers: where they upload large results and fetch
+        arguments passed by reference (None: results go through the broker, and clients send
+        arguments inside their tasks). Only a plain-HTTP forwarder on a concrete address names
+        itself: behind TLS, workers may not trust its certificate (or have a client one), so
+        `result_upload_url` must say where and how they reach it."""
         if not self.worker_result_uploads:
             return None
         if self.result_upload_url is not None:
             return self.result_upload_url.rstrip("/")
-        if self.port == 0 or self.host in ("", "0.0.0.0", "::"):
+        if self.tls.enabled or self.port == 0 or self.host in ("", "0.0.0.0", "::"):
             return None
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"

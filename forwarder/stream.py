@@ -28,6 +28,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -60,6 +61,10 @@ _SENT_MEMORY = 200_000
 _REMEMBERED_RECORDS = 4096
 _REMEMBERED_BYTES = 8 * 1024 * 1024
 _REMEMBERED_OUTCOME_BYTES = 64 * 1024
+#: a Packer per thread (per event loop) packs the frames of every connection it serves: its
+#: buffer, grown to the largest frame so far, is reused rather than grown again from 256 KiB for
+#: each large result
+_PACKERS = threading.local()
 #: close code: "try again later" (the client re-subscribes on a new connection)
 _CLOSE_OVERFLOW = 1013
 #: close code: "policy violation" (the token is no longer accepted)
@@ -192,6 +197,13 @@ class StreamSubscriber:
         self._sent[key] = None
         if len(self._sent) > _SENT_MEMORY:
             self._sent.popitem(last=False)
+
+
+def _packer() -> msgpack.Packer:
+    packer: msgpack.Packer | None = getattr(_PACKERS, "packer", None)
+    if packer is None:
+        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+    return packer
 
 
 def _frame_size(record: TaskRecord) -> int:
@@ -519,7 +531,7 @@ class _Connection:
                 await self.websocket.close(code=_CLOSE_OVERFLOW, reason="too many unsent results: re-subscribe")
                 return
             while (frame := subscriber.next_frame()) is not None:
-                await self.websocket.send_bytes(msgpack.packb(frame, use_bin_type=True))
+                await self.websocket.send_bytes(_packer().pack(frame))
 
     async def guard_loop(self, recheck: Recheck, period_s: float) -> None:
         """Close the connection once its token is refused (revoked, expired, user disabled or

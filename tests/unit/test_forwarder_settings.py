@@ -131,3 +131,20 @@ def test_classic_queues_are_refused_for_a_broker_of_several_urls(tmp_home: Path)
     for fine in ("quorum", "auto"):
         assert ForwarderSettings.from_mapping({"amqp_urls": urls, "queue_type": fine}).queue_type == fine
     assert ForwarderSettings.from_mapping({"amqp_urls": urls[:1], "queue_type": "classic"}).queue_type == "classic"
+
+
+def test_workers_are_told_a_url_only_where_they_can_use_it(tmp_path: Path, tmp_home: Path) -> None:
+    """Result uploads and arguments by reference: a plain-HTTP forwarder on a concrete address
+    names itself; behind TLS, or on a wildcard address or port 0, only `result_upload_url` does."""
+    from taskfabric.broker_config.certs import make_ca, make_server_certificate
+
+    def url(**values: object) -> str | None:
+        return ForwarderSettings.from_mapping({"host": "127.0.0.1", "port": 8470, **values}).worker_upload_url()
+
+    server = make_server_certificate(make_ca(tmp_path, name="upload test CA"), tmp_path, hostnames=["127.0.0.1"])
+    tls = {"cert_file": str(server.cert_file), "key_file": str(server.key_file)}
+    assert url() == "http://127.0.0.1:8470"
+    assert url(tls=tls) is None  # never http:// to a TLS listener, and workers may not trust its CA
+    assert url(tls=tls, result_upload_url="https://compute.example.org/") == "https://compute.example.org"
+    assert url(host="0.0.0.0") is None and url(port=0) is None
+    assert url(worker_result_uploads=False, result_upload_url="https://compute.example.org") is None

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.server
+import json
+import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 
@@ -19,8 +23,9 @@ from taskfabric.forwarder.records import TaskRecord
 from taskfabric.forwarder.result_limits import ResultLimits
 from taskfabric.forwarder.result_uploads import GrantClaims, ResultUploads, ResultUploadSigner
 from taskfabric.forwarder.views import task_result_frame
-from taskfabric.manager.result_uploads import should_upload
+from taskfabric.manager.result_uploads import ResultUploader, _proxied, should_upload
 from taskfabric.protocol import Result, ResultBlob, Task, TaskStatus
+from taskfabric.protocol.result_uploads import RESULT_GRANT_HEADER
 
 KEY = b"k" * 32
 
@@ -162,3 +167,67 @@ def test_uploads_kept_in_memory_stay_within_their_budget() -> None:
     assert fresh.take("blob-4") == b"\x04" * 4 and fresh.held_bytes == 4
     mismatched = _record(uuid.uuid4(), ResultBlob(name="blob-3", size=5, sha256="0" * 64, receipt=""))
     assert fresh.attach([mismatched]) == 0 and mismatched.result is None  # not the recorded size: not used
+
+
+# --- the worker's uploader (manager/result_uploads.py) -----------------------------------------
+
+
+class _OneRequestPerConnection(http.server.BaseHTTPRequestHandler):
+    """Answers a result upload as the forwarder does, then drops the connection without saying
+    so (as a forwarder whose keep-alive ran out does between two of a worker's tasks)."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, int, str]] = []
+
+    def do_PUT(self) -> None:
+        size = int(self.headers["Content-Length"])
+        body = self.rfile.read(size)
+        self.seen.append((self.path, len(body), self.headers.get(RESULT_GRANT_HEADER, "")))
+        answer = json.dumps({"name": "ab/blob", "size": len(body), "sha256": "0" * 64, "receipt": "r"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_worker_uploads_over_a_kept_connection_and_reconnects_once_it_was_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OneRequestPerConnection)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    uploader = ResultUploader(timeout_s=10)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/prefix/"
+        tasks = [
+            Task(
+                task_id=uuid.uuid4(),
+                function_id=uuid.uuid4(),
+                payload=b"",
+                result_upload_url=url,
+                result_upload_grant=f"grant-{index}",
+                result_upload_min_bytes=1,
+            )
+            for index in range(3)
+        ]
+        blobs = [uploader.upload(task, b"x" * (1000 + index)) for index, task in enumerate(tasks)]
+    finally:
+        uploader.close()
+        server.shutdown()
+        server.server_close()
+    assert [blob.size for blob in blobs] == [1000, 1001, 1002]
+    assert _OneRequestPerConnection.seen == [
+        (f"/prefix/v1/tasks/{task.task_id}/result-blob", 1000 + index, f"grant-{index}")
+        for index, task in enumerate(tasks)
+    ]
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    assert _proxied(urllib.parse.urlsplit("http://forwarder.example:8470"))  # through httpx, which honours it
+    assert not _proxied(urllib.parse.urlsplit("http://localhost:8470"))
