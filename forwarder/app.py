@@ -20,6 +20,7 @@ from taskfabric.errors import BrokerError
 from taskfabric.forwarder.broker import AdminBrokerLink
 from taskfabric.forwarder.globus_compute import install_globus_compute
 from taskfabric.forwarder.health import health_router
+from taskfabric.forwarder.hot_routes import HotRoutes
 from taskfabric.forwarder.http_errors import install_error_handlers
 from taskfabric.forwarder.limits import BodyLimits, RequestGuard
 from taskfabric.forwarder.metrics import (
@@ -76,6 +77,7 @@ def create_app(settings: ForwarderSettings, *, broker: AdminBrokerLink | None = 
         description=_DESCRIPTION,
         lifespan=lifespan,
     )
+    app.add_middleware(HotRoutes)  # innermost: inside the guard and the metrics
     app.add_middleware(
         RequestGuard,
         limits=BodyLimits.from_settings(settings),

@@ -316,12 +316,16 @@ def test_a_result_upload_grant_opens_only_its_own_task_while_valid(blob_fabric: 
         assert (blob_fabric.blobs / answer["name"]).read_bytes() == b"a result"
 
 
-def _result_downloads(fabric: BlobFabric) -> float:
-    """How many `GET /v1/tasks/{id}/result` requests the forwarder answered with 200."""
+def _requests(fabric: BlobFabric, method: str, route: str) -> float:
+    """How many requests to this route the forwarder answered with 200 (its /metrics)."""
     text = httpx.get(f"{fabric.forwarder.url}/metrics", timeout=10).text
-    route = 'method="GET",route="/v1/tasks/{task_id}/result",status="200"'
-    found = re.search(rf"^taskfabric_http_requests_total\{{{re.escape(route)}\}} (\S+)$", text, re.MULTILINE)
+    labels = f'method="{method}",route="{route}",status="200"'
+    found = re.search(rf"^taskfabric_http_requests_total\{{{re.escape(labels)}\}} (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+def _result_downloads(fabric: BlobFabric) -> float:
+    return _requests(fabric, "GET", "/v1/tasks/{task_id}/result")
 
 
 def test_megabyte_echoes_take_the_data_path_by_default(blob_fabric: BlobFabric) -> None:
@@ -332,9 +336,12 @@ def test_megabyte_echoes_take_the_data_path_by_default(blob_fabric: BlobFabric) 
     payload = make_bytes(31, 2 * _MIB)
     uploaded = sha256_of(serialize_data(payload))
     downloads = _result_downloads(blob_fabric)
+    uploads = _requests(blob_fabric, "PUT", "/v1/tasks/{task_id}/result-blob")
     with blob_fabric.client() as client, Executor(blob_fabric.endpoint_id, client=client) as executor:
         futures = [executor.submit(echo, payload) for _ in range(5)]
         assert all(future.result(timeout=120) == payload for future in futures)
+        # uploaded by the workers (answered before the router, counted under the route's template)
+        assert _requests(blob_fabric, "PUT", "/v1/tasks/{task_id}/result-blob") == uploads + 5
         assert list(client._data_refs) == [uploaded]  # by reference, uploaded once
         assert client._data_refs[uploaded].url == blob_fabric.forwarder.url  # the forwarder's own URL for endpoints
         assert _result_downloads(blob_fabric) == downloads  # every result came whole on the stream
