@@ -149,20 +149,17 @@ class ResultUploads:
 
 
 async def _read_declared(body: AsyncIterator[bytes], size: int) -> bytes:
-    """A body of `size` declared bytes, gathered into one buffer allocated once."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+    """A body of `size` declared bytes, joined once at the end (one copy of it in all)."""
+    chunks: list[bytes] = []
     received = 0
     async for chunk in body:
-        end = received + len(chunk)
-        if end > size:
+        received += len(chunk)
+        if received > size:
             raise InvalidRequest("the uploaded result is longer than its Content-Length")
-        view[received:end] = chunk
-        received = end
-    view.release()
+        chunks.append(chunk)
     if received != size:
         raise InvalidRequest(f"the uploaded result ended after {received} of its {size} declared bytes")
-    return bytes(buffer)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _stream_into(writer: BlobWriter, body: AsyncIterator[bytes], claims: GrantClaims) -> BlobRef:
