@@ -12,8 +12,8 @@ One run measures, on the bench's fabric:
 - **forwarder / agent peak RSS** during both (sampled every 50 ms).
 - **SQL store growth** per 1,000 large results (the SQLite file, its WAL folded in, before and
   after; the growth includes the 2,000 task rows themselves, not only their results).
-- **blob disk** before, after, and after the finished tasks are expired (deleted as the expiry job
-  deletes them): back to the baseline or not.
+- **blob disk** before, after, and after everything expired (the finished tasks deleted and the
+  blobs swept, as the expiry job does once `result_ttl_s` has passed): back to the baseline or not.
 
 Figures are printed, never asserted. Needs a local fabric (not `--url`): it reads the store.
 """
@@ -167,8 +167,9 @@ def _blob_bytes(root: Path | None) -> int | None:
 
 
 def _expire_all(root: Path | None) -> int | None:
-    """Delete every finished task as the expiry job does once `result_ttl_s` has passed (with
-    their blobs); the blob bytes left."""
+    """Expire everything as the expiry job does once `result_ttl_s` has passed: delete the
+    finished tasks (with their blobs), then sweep the blobs written before then (the arguments
+    uploaded by reference among them). The blob bytes left."""
     if root is None:
         return None
     from taskfabric.forwarder.blobs import FilesystemBlobStore
@@ -177,8 +178,10 @@ def _expire_all(root: Path | None) -> int | None:
     blobs = FilesystemBlobStore(root / "blobs")
     store = Store.open(f"sqlite:///{root / 'forwarder.db'}", create=False, blobs=blobs)
     try:
-        while store.tasks.delete_expired(time.time() + 1) > 0:
+        expired_before = time.time() + 1
+        while store.tasks.delete_expired(expired_before) > 0:
             pass
+        store.tasks.sweep_blobs(expired_before)
     finally:
         store.close()
     return blobs.usage_bytes()
