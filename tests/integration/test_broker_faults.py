@@ -198,3 +198,23 @@ def test_a_transport_closed_while_its_connection_is_opening_shuts_down_cleanly()
         for conn in accepted:
             conn.close()
         silent.close()
+
+
+def test_an_exception_raised_through_the_io_loop_does_not_end_the_transport(
+    link: tuple[RabbitTransport, Topology, EndpointQueues],
+) -> None:
+    """pika's own connect sequence can raise through the I/O loop (a socket the broker accepted and
+    dropped at once: `ValueError: Expected connected socket, but getpeername() failed`, seen in a
+    CI run while the broker restarted). The connection is dropped and made again; the transport,
+    its publishes and its consumers carry on."""
+    transport, topo, queues = link
+
+    def raise_inside_the_loop() -> None:
+        raise ValueError("Expected connected socket, but getpeername() failed")
+
+    transport._call_soon(raise_inside_the_loop)  # run on the transport's I/O thread, as pika's callbacks are
+    wait_until(lambda: transport.last_error is not None, timeout_s=15, what="the failure to be noticed")
+    wait_until(lambda: transport.connected, timeout_s=30, what="transport reconnecting by itself")
+    bodies = [b"after-%d" % i for i in range(20)]
+    _publish(transport, topo, queues, bodies)
+    assert sorted(_drain(transport, queues.task_queue, 20)) == sorted(bodies)

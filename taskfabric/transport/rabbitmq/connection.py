@@ -10,6 +10,7 @@ every queue; consumers are re-subscribed on the new member.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import ssl
@@ -206,10 +207,34 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
         try:
             self._connect()
             self._schedule_sweep()
-            self._ioloop.start()
+            while True:
+                try:
+                    self._ioloop.start()
+                    return
+                except Exception as exc:
+                    # a callback raised through the loop (pika's own connect sequence does, when the
+                    # broker drops a socket it has just accepted): the connection is unusable, the
+                    # loop is not. Without this the transport would stay closed for good.
+                    if self._closing:
+                        return
+                    log.warning(
+                        "the broker connection failed inside its I/O loop (%s: %s); reconnecting",
+                        type(exc).__name__,
+                        exc,
+                    )
+                    self._abandon_connection(exc)
         finally:
             self._closed.set()
             self._ioloop.close()  # releases the wake-up socket pair
+
+    def _abandon_connection(self, error: BaseException) -> None:
+        """Drop the current connection as lost (its callbacks, if any still come, are ignored:
+        see `_current`) and schedule the next attempt."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # it may be half open, or closed already
+                connection.close()
+        self._on_connection_closed(None, error)
 
     def _connect(self) -> None:
         self._reconnect_timer = None
@@ -224,8 +249,12 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
             custom_ioloop=self._ioloop,
         )
 
+    def _current(self, connection: Any) -> bool:
+        """Whether `connection` is the one in use (not one abandoned after a failure)."""
+        return connection is None or connection is self._connection
+
     def _on_connection_open(self, connection: Any) -> None:
-        if self._closing:  # closed while it was opening: now it can be closed cleanly
+        if self._closing or not self._current(connection):  # closed while it was opening, or abandoned
             connection.close()
             return
         log.info("connected to %s", redact_url(self._url))
@@ -239,12 +268,16 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
                 self._subscribe(consumer)
 
     def _on_connection_open_error(self, connection: Any, error: BaseException) -> None:
+        if not self._current(connection):
+            return
         self._last_error = translate_error(error, BrokerUnavailable)
         log.warning("cannot connect to %s: %s", redact_url(self._url), self._last_error)
         self._connection = None
         self._after_disconnect()
 
     def _on_connection_closed(self, connection: Any, reason: BaseException) -> None:
+        if not self._current(connection):
+            return
         self._connected.clear()
         self._connection = None
         self._pub_channel = None
