@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from taskfabric.forwarder.limits import declared_length
 from taskfabric.protocol.result_uploads import RESULT_GRANT_HEADER
 
 __all__ = ["HotRoutes"]
@@ -57,15 +58,14 @@ class HotRoutes:
 
     async def _result_blob(self, scope: Scope, receive: Receive, send: Send, task_id: uuid.UUID) -> None:
         scope["route"] = _RESULT_BLOB_ROUTE  # counted by HttpMetrics under its template
-        headers = dict(scope["headers"])
-        grant = headers.get(_GRANT_HEADER)
+        grant = dict(scope["headers"]).get(_GRANT_HEADER)
         try:
             blob = await scope["app"].state.forwarder.result_uploads.put(
                 task_id,
                 grant.decode("latin-1") if grant is not None else None,
                 _body(receive),
                 now=time.time(),
-                size=_declared_size(headers.get(b"content-length")),
+                size=declared_length(scope),  # a number: `RequestGuard` refused anything else
             )
             response: Any = JSONResponse(dataclasses.asdict(blob))
         except ClientDisconnect:
@@ -86,12 +86,6 @@ async def _body(receive: Receive) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
-
-
-def _declared_size(value: bytes | None) -> int | None:
-    if value is None or not value.isdigit() or len(value) >= 20:
-        return None
-    return int(value)
 
 
 async def _handled(scope: Scope, receive: Receive, exc: Exception) -> Any:

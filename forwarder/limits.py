@@ -33,7 +33,7 @@ from taskfabric.forwarder.http_errors import error_response, service_error_code
 from taskfabric.forwarder.records import Identity
 from taskfabric.forwarder.settings import ForwarderSettings
 
-__all__ = ["BodyLimits", "RequestGuard", "RouteTable", "bearer_token", "identity_of", "peer_of"]
+__all__ = ["BodyLimits", "RequestGuard", "RouteTable", "bearer_token", "declared_length", "identity_of", "peer_of"]
 
 #: the key of the authenticated identity in a request's scope state
 _IDENTITY_KEY = "taskfabric.identity"
@@ -251,15 +251,19 @@ class RequestGuard:
             # the route failed on the body we cut off: the 413/408 went out already
 
 
-def _check_declared_length(scope: Scope, limit: BodyLimit) -> None:
+def declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length (None: none declared). Raises `ValueError` when it is not a
+    number: `RequestGuard` answers that 400, so behind it a route may call this freely."""
     value = _header(scope, b"content-length")
-    if value is None:
-        return
+    return None if value is None else int(value)
+
+
+def _check_declared_length(scope: Scope, limit: BodyLimit) -> None:
     try:
-        declared = int(value)
+        declared = declared_length(scope)
     except ValueError:
         raise _Refused(400, "INVALID_REQUEST", "the Content-Length header is not a number") from None
-    if declared > limit.max_bytes:
+    if declared is not None and declared > limit.max_bytes:
         raise _too_large(declared, limit, more=False)
 
 

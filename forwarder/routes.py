@@ -27,7 +27,7 @@ from taskfabric.forwarder.activity import RECENT_FAILURES_S, activity_body, pars
 from taskfabric.forwarder.endpoint_sharing import GrantRequest, audit_event_body, parse_limit, parse_since
 from taskfabric.forwarder.functions import FunctionGrantRequest
 from taskfabric.forwarder.groups import GroupDetails
-from taskfabric.forwarder.limits import bearer_token, identity_of, peer_of
+from taskfabric.forwarder.limits import bearer_token, declared_length, identity_of, peer_of
 from taskfabric.forwarder.listing import page_body, parse_task_query
 from taskfabric.forwarder.records import EndpointRecord, Identity
 from taskfabric.forwarder.requests import (
@@ -599,15 +599,9 @@ async def put_result_blob(task_id: uuid.UUID, request: Request, service: Service
         request.headers.get(RESULT_GRANT_HEADER),
         request.stream(),
         now=time.time(),
-        size=_content_length(request),
+        size=declared_length(request.scope),
     )
     return JSONResponse(dataclasses.asdict(blob))
-
-
-def _content_length(request: Request) -> int | None:
-    """The request's declared body size (None: not declared, or not a number)."""
-    value = request.headers.get("content-length", "")
-    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else None
 
 
 # --- arguments by reference (issue 15) -----------------------------------------------------

@@ -234,17 +234,17 @@ class Forwarder:
         )
         self._cleanups.append(self.store.close)
         key = await asyncio.to_thread(_data_ref_key, settings)
+        upload_url = settings.worker_upload_url()
         self.data = DataUploads(
             blobs,
             DataRefSigner(key),
             max_bytes=settings.max_data_bytes,
             ttl_s=min(settings.data_ref_ttl_s, settings.result_ttl_s),
-            endpoint_url=settings.worker_upload_url(),
+            endpoint_url=upload_url,
         )
         signer = ResultUploadSigner(key)
         fresh = FreshUploads(max_bytes=settings.upload_memory_bytes, max_item_bytes=settings.upload_push_bytes)
         self.result_uploads = ResultUploads(blobs, signer, fresh if fresh.max_item_bytes > 0 else None)
-        upload_url = settings.worker_upload_url()
         self.upload_offer = (
             UploadOffer(
                 url=upload_url,

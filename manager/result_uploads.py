@@ -93,7 +93,7 @@ class ResultUploader:
         raise AssertionError("unreachable")
 
     def _connection(self, url: urllib.parse.SplitResult) -> http.client.HTTPConnection:
-        key = (url.scheme, url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
+        key = _origin(url)
         connection = self._direct.get(key)
         if connection is None:
             if url.scheme == "https":
@@ -104,10 +104,14 @@ class ResultUploader:
         return connection
 
     def _drop(self, url: urllib.parse.SplitResult) -> None:
-        key = (url.scheme, url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
-        connection = self._direct.pop(key, None)
+        connection = self._direct.pop(_origin(url), None)
         if connection is not None:
             connection.close()
+
+
+def _origin(url: urllib.parse.SplitResult) -> tuple[str, str, int]:
+    """(scheme, host, port): one kept connection each."""
+    return url.scheme, url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
 
 
 def _proxied(url: urllib.parse.SplitResult) -> bool:

@@ -230,11 +230,11 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
     def _abandon_connection(self, error: BaseException) -> None:
         """Drop the current connection as lost (its callbacks, if any still come, are ignored:
         see `_current`) and schedule the next attempt."""
-        connection, self._connection = self._connection, None
+        connection = self._connection
+        self._lost(error)  # (forgets the connection first)
         if connection is not None:
             with contextlib.suppress(Exception):  # it may be half open, or closed already
                 connection.close()
-        self._on_connection_closed(None, error)
 
     def _connect(self) -> None:
         self._reconnect_timer = None
@@ -251,7 +251,7 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
 
     def _current(self, connection: Any) -> bool:
         """Whether `connection` is the one in use (not one abandoned after a failure)."""
-        return connection is None or connection is self._connection
+        return connection is self._connection
 
     def _on_connection_open(self, connection: Any) -> None:
         if self._closing or not self._current(connection):  # closed while it was opening, or abandoned
@@ -276,8 +276,11 @@ class RabbitTransport(Publishing, Consuming, Admin, Transport):
         self._after_disconnect()
 
     def _on_connection_closed(self, connection: Any, reason: BaseException) -> None:
-        if not self._current(connection):
-            return
+        if self._current(connection):
+            self._lost(reason)
+
+    def _lost(self, reason: BaseException) -> None:
+        """The connection in use is gone: fail what waited on it, then reconnect (or stop)."""
         self._connected.clear()
         self._connection = None
         self._pub_channel = None
