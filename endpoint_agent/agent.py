@@ -228,6 +228,7 @@ class Agent:
                 else None
             ),
             max_output_bytes=self.config.max_output_bytes,
+            started_report_delay_s=self.config.started_report_delay_s,
             task_workdir=Path(self.config.task_workdir).expanduser() if self.config.task_workdir else None,
             keep_task_workdirs=self.config.keep_task_workdirs,
         )

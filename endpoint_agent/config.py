@@ -63,6 +63,16 @@ class EndpointConfig:
             "this many bytes, after a `[... N bytes truncated ...]` note when cut."
         ),
     )
+    started_report_delay_s: float = setting(
+        0.1,
+        min=0.0,
+        max=3600.0,
+        help=(
+            "A task's start (its `running` state) is reported once it has run this long; a task that ends sooner "
+            "reports only its result, which carries its start time. Saves one message per short task on every "
+            "hop; 0 reports every start at once."
+        ),
+    )
     task_workdir: str | None = setting(
         None,
         help=(

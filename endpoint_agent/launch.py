@@ -49,6 +49,7 @@ class ManagerLaunch:
     #: the interchange's CurveZMQ public key; None when the link is not encrypted
     interchange_key_file: Path | None = None
     max_output_bytes: int = 65536
+    started_report_delay_s: float = 0.1
     #: where tasks run (<task_workdir>/worker-<host>-<pid>); None: under each manager's own run folder
     task_workdir: Path | None = None
     keep_task_workdirs: bool = False
@@ -83,6 +84,8 @@ class ManagerLaunch:
             str(self.log_dir(block_id)),
             "--max-output-bytes",
             str(self.max_output_bytes),
+            "--started-report-delay",
+            f"{self.started_report_delay_s:g}",
             *(["--task-workdir", str(self.task_workdir)] if self.task_workdir else []),
             *(["--keep-task-workdirs"] if self.keep_task_workdirs else []),
         ]

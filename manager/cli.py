@@ -14,6 +14,7 @@ from taskfabric.exit_codes import RET_CRASHED
 from taskfabric.gc_tuning import tune_for_service
 from taskfabric.logs import run_guarded, setup_logging
 from taskfabric.manager.manager import Manager, ManagerSettings
+from taskfabric.manager.pool import REPORT_START_AFTER_S
 from taskfabric.private_files import private_folder
 from taskfabric.protocol import MAX_MANAGER_PREFETCH, MAX_MANAGER_WORKERS
 from taskfabric.secret_env import exec_without_secrets, scrub_environment
@@ -94,6 +95,14 @@ def manager() -> None:
     show_default=True,
     help="Kept of each task's stdout and stderr (the end).",
 )
+@click.option(
+    "--started-report-delay",
+    "started_report_delay_s",
+    type=click.FloatRange(min=0.0, max=3600.0),
+    default=REPORT_START_AFTER_S,
+    show_default=True,
+    help="Report a task's start once it has run this long (a shorter task reports only its result); 0: at once.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def run(
     address: str,
@@ -109,6 +118,7 @@ def run(
     task_workdir: Path | None,
     keep_task_workdirs: bool,
     max_output_bytes: int,
+    started_report_delay_s: float,
     log_level: str,
 ) -> None:
     """Connect to the interchange and run its tasks on WORKERS processes. The registration token
@@ -134,5 +144,6 @@ def run(
         task_workdir=task_workdir,
         keep_task_workdirs=keep_task_workdirs,
         max_output_bytes=max_output_bytes,
+        started_report_delay_s=started_report_delay_s,
     )
     sys.exit(run_manager(settings))

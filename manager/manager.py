@@ -35,7 +35,7 @@ from types import FrameType
 from taskfabric import __version__
 from taskfabric.errors import ErrorCode, ProtocolError
 from taskfabric.manager.cancel import DEFAULT_CANCEL_GRACE_PERIOD_S, CancelBook
-from taskfabric.manager.pool import Worker, WorkerPool
+from taskfabric.manager.pool import REPORT_START_AFTER_S, Worker, WorkerPool
 from taskfabric.manager.zmq_link import InterchangeLink
 from taskfabric.protocol import (
     CancelTasks,
@@ -92,6 +92,8 @@ class ManagerSettings:
     keep_task_workdirs: bool = False
     #: kept of each task's stdout and of its stderr (the end of it)
     max_output_bytes: int = 65536
+    #: a task's start is reported once it has run this long; a shorter task reports only its result
+    started_report_delay_s: float = REPORT_START_AFTER_S
 
 
 @dataclasses.dataclass(slots=True)
@@ -117,6 +119,7 @@ class Manager:
             max_output_bytes=settings.max_output_bytes,
             keep_task_workdirs=settings.keep_task_workdirs,
             log_dir=settings.log_dir,
+            report_start_after_s=settings.started_report_delay_s,
         )
         self.queue: collections.deque[_Queued] = collections.deque()
         self.functions: dict[uuid.UUID, FunctionBody] = {}

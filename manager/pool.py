@@ -42,9 +42,16 @@ from taskfabric.protocol import (
 )
 from taskfabric.secret_env import without_secrets
 
-__all__ = ["Worker", "WorkerPool"]
+__all__ = ["REPORT_START_AFTER_S", "Worker", "WorkerPool"]
 
 log = logging.getLogger(__name__)
+
+#: the default (the endpoint's `started_report_delay_s`, the manager's `--started-report-delay`):
+#: a task's start is reported once it has run this long (a shorter task is reported by its
+#: result). Long enough that a short task whose result upload waits on a busy forwarder's disk
+#: (several ms) still costs one message on every hop, not two; short enough that a person
+#: watching sees `running` at once
+REPORT_START_AFTER_S = 0.1
 
 _EMPTY = bytes(16)
 
@@ -100,6 +107,7 @@ class WorkerPool:
         max_output_bytes: int = 65536,
         keep_task_workdirs: bool = False,
         log_dir: Path | None = None,
+        report_start_after_s: float = REPORT_START_AFTER_S,
     ) -> None:
         if count < 1:
             raise ValueError("a pool needs at least one worker")
@@ -109,6 +117,7 @@ class WorkerPool:
         self.max_output_bytes = max_output_bytes
         self.keep_task_workdirs = keep_task_workdirs
         self.log_dir = log_dir
+        self.report_start_after_s = report_start_after_s
         self.workers: list[Worker] = []
         self._by_fd: dict[int, Worker] = {}
         self.restarts = 0
@@ -281,6 +290,8 @@ class WorkerPool:
             str(index),
             "--max-output-bytes",
             str(self.max_output_bytes),
+            "--report-start-after",
+            f"{self.report_start_after_s:g}",
             "--task-workdir",
             str(self.task_workdir),
             *(["--keep-task-workdirs"] if self.keep_task_workdirs else []),

@@ -2,7 +2,8 @@
 
 Results go back in small batches: a result waits at most `FLUSH_AFTER_S` (10 ms; a background
 thread flushes it even while the next task runs), and all are flushed when the batch is done. A task's
-start is reported (a `TaskEvents` frame) once it has run `REPORT_START_AFTER_S`; a shorter task
+start is reported (a `TaskEvents` frame) once it has run `--report-start-after` seconds (default
+`REPORT_START_AFTER_S`, 0.1); a shorter task
 is reported by its result alone. So that the
 manager knows exactly which task a dead worker was running, the worker writes the id of the task
 it is running into a 16-byte shared-memory *slot* (zeros between tasks): a task is blamed for a
@@ -45,6 +46,7 @@ from taskfabric.logs import run_guarded
 from taskfabric.malloc_tuning import tune_malloc
 from taskfabric.manager.execution import TaskRunner
 from taskfabric.manager.frames import read_frame, write_frame
+from taskfabric.manager.pool import REPORT_START_AFTER_S
 from taskfabric.manager.slot import RunningSlot
 from taskfabric.manager.surroundings import TaskSurroundings
 from taskfabric.protocol import (
@@ -72,12 +74,10 @@ __all__ = [
 ]
 
 #: the longest a finished result waits in the worker while later tasks of its batch run (the last
-#: result of a batch is sent at once). The same as `REPORT_START_AFTER_S`, so that in a batch of
-#: short tasks each result falls due after the flusher's next wake-up, never before it: a batch
-#: wakes the flusher thread once, not once per task
+#: result of a batch is sent at once). Not longer than `REPORT_START_AFTER_S`, so that in a batch
+#: of short tasks each result falls due before the start the flusher sleeps until: a batch wakes
+#: the flusher thread about once per `FLUSH_AFTER_S`, not once per task
 FLUSH_AFTER_S = 0.01
-#: a task's start is reported once it has run this long (a shorter task is reported by its result)
-REPORT_START_AFTER_S = 0.01
 #: a worker ending itself because its running task was cancelled exits like SIGTERM's default
 EXIT_CANCELLED = 128 + signal.SIGTERM
 
@@ -343,6 +343,9 @@ def _serve_main(argv: list[str] | None) -> int:
     parser.add_argument("--max-output-bytes", type=int, default=65536, help="kept of each task's stdout and stderr")
     parser.add_argument("--task-workdir", type=Path, required=True, help="tasks run in TASK_WORKDIR/worker-HOST-PID")
     parser.add_argument("--keep-task-workdirs", action="store_true")
+    parser.add_argument(
+        "--report-start-after", type=float, default=REPORT_START_AFTER_S, help="report a task's start after this (s)"
+    )
     args = parser.parse_args(argv)
     # The manager decides when workers stop: a scheduler cancelling a job signals every process in
     # it, and a task should be lost once (with its manager), not once more with its worker.
@@ -351,7 +354,7 @@ def _serve_main(argv: list[str] | None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ["TASKFABRIC_WORKER_ID"] = args.worker_id
     tune_malloc()  # arguments and results of a MiB and more, task after task, without page faults
-    writer = ResultWriter(args.fd_out)
+    writer = ResultWriter(args.fd_out, report_start_after_s=max(0.0, args.report_start_after))
     surroundings = TaskSurroundings(
         max_output_bytes=args.max_output_bytes, workdir_root=args.task_workdir, keep_workdirs=args.keep_task_workdirs
     )
