@@ -552,9 +552,10 @@ class Client:
         return value_from_result(data, worker_python=headers.get(RESULT_WORKER_PYTHON_HEADER, ""), task_id=task_id)
 
     def fetch_uploaded_result(self, task_id: uuid.UUID | str, *, sha256: str, worker_python: str = "") -> Any:
-        """The value of a result the worker uploaded (the results stream names only its sha256):
-        downloaded from `GET /v1/tasks/{id}/result`, streamed into one buffer, and checked against
-        the `sha256` the stream sent (`ResultIntegrityError` when it does not match)."""
+        """The value of a result kept in the blob store, which the results stream or a batch
+        answer names only by its sha256: downloaded from `GET /v1/tasks/{id}/result`, streamed
+        into one buffer, and checked against that `sha256` (`ResultIntegrityError` when it does
+        not match)."""
         try:
             data, _headers = self._http.get_bytes(f"/v1/tasks/{task_id}/result")
         except ServiceError as exc:
@@ -563,20 +564,37 @@ class Client:
             raise
         if hashlib.sha256(data).hexdigest() != sha256:
             raise ResultIntegrityError(
-                f"the result of task {task_id} does not match the sha256 its worker uploaded", task_id=task_id
+                f"the result of task {task_id} does not match the sha256 the service recorded for it", task_id=task_id
             )
         return value_from_result(data, worker_python=worker_python, task_id=task_id)
 
     def get_batch_result(self, task_ids: Iterable[uuid.UUID | str]) -> dict[uuid.UUID, dict[str, Any]]:
         """For each task: `{"status", "pending": bool, "result"}` or `{"status", "pending",
-        "exception"}` (the exception object, not raised). Unknown ids are left out."""
+        "exception"}` (the exception object, not raised). Unknown ids are left out. Large results
+        the service leaves out of its answer (past 16 MiB of them) are downloaded one by one."""
         ids = [str(task_id) for task_id in task_ids]
         out: dict[uuid.UUID, dict[str, Any]] = {}
         for start in range(0, len(ids), 10_000):
             answer = self._http.post("/v1/tasks/batch", {"task_ids": ids[start : start + 10_000]}, idempotent=True)
             for task_id, info in answer["tasks"].items():
-                out[uuid.UUID(task_id)] = _summary(info)
+                out[uuid.UUID(task_id)] = self._summary(info)
         return out
+
+    def _summary(self, info: dict[str, Any]) -> dict[str, Any]:
+        summary: dict[str, Any] = {"status": info.get("status"), "pending": is_pending(info)}
+        if summary["pending"]:
+            return summary
+        try:
+            if info.get("result") is None and info.get("result_sha256"):  # left out: read it from its route
+                details = info.get("details") or {}
+                summary["result"] = self.fetch_uploaded_result(
+                    info["task_id"], sha256=info["result_sha256"], worker_python=details.get("worker_python", "")
+                )
+            else:
+                summary["result"] = outcome_of(info)
+        except Exception as exc:
+            summary["exception"] = exc
+        return summary
 
     def cancel(self, task_ids: Iterable[uuid.UUID | str]) -> dict[uuid.UUID, bool]:
         """Cancel tasks. For each id: True if this call cancelled it (it will not run, or its
@@ -783,16 +801,6 @@ def outcome_of(info: dict[str, Any]) -> Any:
             error["exception"] = base64.b64decode(error["exception"])
         raise exception_from_error(error, worker_python=details.get("worker_python", ""), task_id=task_id)
     raise TaskPending(task_id, str(info.get("status")))
-
-
-def _summary(info: dict[str, Any]) -> dict[str, Any]:
-    summary: dict[str, Any] = {"status": info.get("status"), "pending": is_pending(info)}
-    if not summary["pending"]:
-        try:
-            summary["result"] = outcome_of(info)
-        except Exception as exc:
-            summary["exception"] = exc
-    return summary
 
 
 def _principal(user: str | None, group: uuid.UUID | str | None) -> dict[str, str]:

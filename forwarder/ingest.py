@@ -287,7 +287,7 @@ class Ingestor:
         if not task_ids:
             return
         try:
-            records = self._store.tasks.get_many(task_ids)
+            records = self._store.tasks.get_many(task_ids, results=False)  # for the streams: blobs by reference
         except StoreError as exc:  # the streams' store poll finds them
             log.warning("could not read %d re-delivered results: %s", len(task_ids), exc)
             return

@@ -73,6 +73,10 @@ MIN_CLIENT_VERSION = "0.1.0"
 MSGPACK = "application/msgpack"
 _MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
 _MAX_TASK_IDS = 10_000
+#: a batch answer inlines results kept in the blob store up to this many bytes in all; the others
+#: come as references (`result_sha256`, `result_size`) to read from GET /v1/tasks/{id}/result, so
+#: one request never makes the forwarder hold 10,000 large results at once
+_BATCH_RESULT_BYTES = 16 * 1024 * 1024
 #: ids per cancel request (each may cost a control message and a guarded update)
 MAX_CANCEL_TASK_IDS = 1000
 #: request bodies from this size on are parsed on a worker thread (see `_sized`)
@@ -634,7 +638,7 @@ async def get_data(sha256: str, request: Request, service: Service) -> Response:
 async def batch_status(body: schemas.TaskIds, identity: Caller, service: Service) -> JSONResponse:
     """Many tasks at once; ids that are unknown or not yours are listed in `unknown`."""
     ids, malformed = parse_task_ids(body.task_ids, limit=_MAX_TASK_IDS)
-    found, unknown = await service.tasks.get_many(identity, ids)
+    found, unknown = await service.tasks.get_many(identity, ids, result_budget_bytes=_BATCH_RESULT_BYTES)
     return JSONResponse(
         {
             "tasks": {str(task_id): render(task_info(record)) for task_id, record in found.items()},

@@ -211,7 +211,8 @@ class Forwarder:
 
     async def _serve_from_store(self, task_ids: list[uuid.UUID]) -> None:
         try:
-            records = await self.runner.read(self.store.tasks.get_many, task_ids)
+            # results kept in the blob store go to the streams as references, not read here
+            records = await self.runner.read(self.store.tasks.get_many, task_ids, results=False)
         except TaskfabricError as exc:  # the store poll delivers them later
             log.warning("could not read %d tasks finished by another replica: %s", len(task_ids), exc)
             return

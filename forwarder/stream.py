@@ -450,9 +450,10 @@ class _Connection:
         new = self.hub.deliver_remembered(self.subscriber, self._needing_a_lookup(new))
         for start in range(0, len(new), _REPLAY_CHUNK):
             chunk = new[start : start + _REPLAY_CHUNK]
-            records = await self.runner.read(self.store.tasks.get_many, chunk)
-            unknown.extend(self._replay(chunk, records))
-            await self.subscriber.wait_for_room()
+            # results kept in the blob store are not read: they go as references (the client
+            # downloads each), so a replay holds no more than the rows' own bytes
+            records = await self.runner.read(self.store.tasks.get_many, chunk, results=False)
+            unknown.extend(await self._replay(chunk, records))
         if unknown:
             self.subscriber.control({"unknown": unknown})
 
@@ -506,7 +507,9 @@ class _Connection:
         accepted, finished, owner = self.hub.recently_accepted, self.hub.recently_finished, self.subscriber.owner_id
         return [task_id for task_id in task_ids if accepted.get(task_id) != owner or task_id in finished]
 
-    def _replay(self, chunk: Sequence[uuid.UUID], records: dict[uuid.UUID, TaskRecord]) -> list[str]:
+    async def _replay(self, chunk: Sequence[uuid.UUID], records: dict[uuid.UUID, TaskRecord]) -> list[str]:
+        """Deliver the finished tasks of `chunk`, each once there is room in the outbox (a replay
+        never overflows it: only results the client does not read do); returns the unknown ids."""
         unknown: list[str] = []
         settled: list[uuid.UUID] = []
         for task_id in chunk:
@@ -516,7 +519,8 @@ class _Connection:
                 self.subscriber.drop(task_id)
                 settled.append(task_id)
             elif record.finished:
-                self.subscriber.deliver(record)
+                await self.subscriber.wait_for_room()
+                self.subscriber.deliver(record)  # False if a live result went first
                 settled.append(task_id)
         self.hub.unwatch(self.subscriber, settled)
         return unknown
@@ -561,7 +565,7 @@ class _Connection:
         hits = [pending[task_hex] for task_hex in finished if task_hex in pending]
         if not hits:
             return
-        records = await self.runner.read(self.store.tasks.get_many, hits)
+        records = await self.runner.read(self.store.tasks.get_many, hits, results=False)  # blobs by reference
         delivered = [task_id for task_id, record in records.items() if self.subscriber.deliver(record)]
         self.hub.unwatch(self.subscriber, delivered)
 

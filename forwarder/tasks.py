@@ -499,10 +499,11 @@ class TaskService:
         return ResultBody(task_id, ref.size, ref.sha256, worker, chunks=chunks)
 
     async def get_many(
-        self, identity: Identity, task_ids: Sequence[uuid.UUID]
+        self, identity: Identity, task_ids: Sequence[uuid.UUID], *, result_budget_bytes: int | None = None
     ) -> tuple[dict[uuid.UUID, TaskRecord], list[uuid.UUID]]:
-        """(the caller's tasks by id, the ids that are unknown or not the caller's)."""
-        found = await self._runner.read(self._store.tasks.get_many, task_ids)
+        """(the caller's tasks by id, the ids that are unknown or not the caller's). Results kept
+        in the blob store are read while they fit in `result_budget_bytes` (None: all)."""
+        found = await self._runner.read(self._store.tasks.get_many, task_ids, result_budget_bytes=result_budget_bytes)
         mine = {task_id: record for task_id, record in found.items() if record.owner_id == identity.user_id}
         unknown = [task_id for task_id in task_ids if task_id not in mine]
         return mine, unknown

@@ -116,7 +116,9 @@ def task_error(record: TaskRecord) -> TaskErrorInfo | None:
 
 
 def task_info(record: TaskRecord) -> TaskInfo:
-    """The task info of GET /v1/tasks/{id} and POST /v1/tasks/batch."""
+    """The task info of GET /v1/tasks/{id} and POST /v1/tasks/batch (where a result kept in the
+    blob store may be left out: `result` null, `result_size` and `result_sha256` name it)."""
+    left_out = record.status is TaskStatus.SUCCESS and record.result is None and record.result_sha256 is not None
     return TaskInfo(
         task_id=record.task_id,
         status=record.status,
@@ -125,11 +127,13 @@ def task_info(record: TaskRecord) -> TaskInfo:
         task_group_id=record.task_group_id,
         created_at=record.created_at,
         completed_at=record.completed_at,
-        result=(record.result or b"") if record.status is TaskStatus.SUCCESS else None,
+        result=None if left_out else (record.result or b"") if record.status is TaskStatus.SUCCESS else None,
         error=task_error(record),
         details=task_details(record),
         stdout=record.stdout or "",
         stderr=record.stderr or "",
+        result_size=record.result_size if left_out else None,
+        result_sha256=record.result_sha256 if left_out else None,
     )
 
 

@@ -418,10 +418,14 @@ class TaskTable:
 
     # --- reads --------------------------------------------------------------------------
 
-    def get_many(self, task_ids: Sequence[uuid.UUID], *, results: bool = True) -> dict[uuid.UUID, TaskRecord]:
+    def get_many(
+        self, task_ids: Sequence[uuid.UUID], *, results: bool = True, result_budget_bytes: int | None = None
+    ) -> dict[uuid.UUID, TaskRecord]:
         """The stored tasks among `task_ids` (chunked `IN` lists, one connection). A result kept
         in the blob store is loaded and checked (`results=False`: left out, for callers that
-        only need the task's identity and state)."""
+        only need the task's identity and state, or send it by reference: `result_sha256` and
+        `result_size` name it). With `result_budget_bytes`, such results are loaded only while
+        their sizes add up to at most that; the others are left out."""
         found: dict[uuid.UUID, TaskRecord] = {}
         in_blobs: list[tuple[TaskRecord, BlobRef]] = []
         with translate_errors("reading tasks"), self._engine.connect() as connection:
@@ -432,7 +436,12 @@ class TaskTable:
                         in_blobs.append(
                             (record, BlobRef(row.result_blob, row.result_size or 0, row.result_sha256 or ""))
                         )
+        budget = result_budget_bytes
         for record, ref in in_blobs:  # outside the connection: reading a blob may take a while
+            if budget is not None:
+                if ref.size > budget:
+                    continue
+                budget -= ref.size
             self._load_blob(record, ref)
         return found
 
@@ -821,4 +830,5 @@ def _task(row: Row[Any]) -> TaskRecord:
         stdout=row.stdout,
         stderr=row.stderr,
         result_size=row.result_size if row.result_blob is not None else None,
+        result_sha256=row.result_sha256 if row.result_blob is not None else None,
     )

@@ -198,6 +198,10 @@ class TaskInfo:
     """the task's captured stdout (the end of it), once finished"""
     stderr: str = ""
     """the task's captured stderr (the end of it), once finished"""
+    result_size: int | None = None
+    """a result left out of a batch answer (its bytes are at GET /v1/tasks/{id}/result): its size"""
+    result_sha256: str | None = None
+    """... and the sha256 (hex) those bytes must have"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -46,8 +46,8 @@ class GatedTasks:
             raise StoreError("the database is unreachable")
         return self._table.store_results(batches, now=now)
 
-    def get_many(self, task_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, TaskRecord]:
-        return self._table.get_many(task_ids)
+    def get_many(self, task_ids: Sequence[uuid.UUID], *, results: bool = True) -> dict[uuid.UUID, TaskRecord]:
+        return self._table.get_many(task_ids, results=results)
 
 
 class Forwarder:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import pickle
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -62,3 +63,48 @@ def test_a_large_result_reads_the_same_on_every_route(
     assert mallory.http.get(f"/v1/tasks/{big_id}/result").status_code == 404
     malformed = alice.http.get("/v1/tasks/not-a-uuid/result")
     assert 400 <= malformed.status_code < 500 and "error" in malformed.json()
+
+
+def test_a_batch_answer_inlines_16_mib_of_large_results_and_names_the_rest(
+    sqlite_forwarder: Any, users: Users, fake_endpoints: FakeEndpoints
+) -> None:
+    """24 results of 1 MiB kept as blobs: POST /v1/tasks/batch reads those that fit in its 16 MiB
+    budget and names the others by size and sha256, so one request never holds 10,000 large
+    results; the client's get_batch_result downloads those and returns every value."""
+    from taskfabric.client import Client
+
+    alice = users(sqlite_forwarder)
+    registration = alice.register_endpoint("batch")
+    function_id = alice.register_function(b"f-batch" + uuid.uuid4().bytes)
+    task_ids = alice.submit(registration["endpoint_id"], function_id, [b"%d" % i for i in range(24)])
+    objects = {task_id: os.urandom(1024 * 1024) for task_id in task_ids}
+    values = {task_id: pickle.dumps(obj, protocol=5) for task_id, obj in objects.items()}  # as a worker sends them
+    endpoint = fake_endpoints(registration)
+    for start in range(0, len(task_ids), 4):
+        endpoint.publish_results(
+            [
+                Result(task_id=uuid.UUID(task_id), ok=True, value=values[task_id], worker_python="3.11.9", attempts=1)
+                for task_id in task_ids[start : start + 4]
+            ]
+        )
+    last = task_ids[-1]
+    wait_until(lambda: alice.task(last)["status"] == "success", timeout_s=60, what="the results stored")
+
+    answer = alice.tasks(task_ids)["tasks"]
+    inline = {task_id for task_id, info in answer.items() if info["result"] is not None}
+    named = {task_id for task_id, info in answer.items() if info["result"] is None}
+    fitting = 16 * 1024 * 1024 // len(values[last])  # 15: each pickle is a little over 1 MiB
+    assert (len(inline), len(named)) == (fitting, len(task_ids) - fitting)
+    for task_id in inline:
+        assert base64.b64decode(answer[task_id]["result"]) == values[task_id]
+        assert answer[task_id]["result_sha256"] is None
+    for task_id in named:
+        assert answer[task_id]["status"] == "success"
+        assert answer[task_id]["result_size"] == len(values[task_id])
+        assert answer[task_id]["result_sha256"] == hashlib.sha256(values[task_id]).hexdigest()
+    one = next(iter(named))
+    assert base64.b64decode(alice.task(one)["result"]) == values[one]  # a single task is read whole
+
+    with Client(url=sqlite_forwarder.url, token=alice.token) as client:
+        summaries = client.get_batch_result(task_ids)
+    assert {str(task_id): summary["result"] for task_id, summary in summaries.items()} == objects

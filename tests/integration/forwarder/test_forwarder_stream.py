@@ -4,6 +4,8 @@ connection, and authentication of the handshake."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -256,3 +258,34 @@ def test_forget_drops_expected_ids_and_bad_frames_are_named(
         error = stream.receive()["error"]
         assert error["code"] == "INVALID_REQUEST" and next(iter(frame)) in error["message"]
     stream.ping("still alive")
+
+
+def test_a_replay_of_large_results_sends_references_and_keeps_the_connection(
+    sqlite_forwarder: Any, users: Users, fake_endpoints: FakeEndpoints
+) -> None:
+    """80 finished 1 MiB results (kept as blobs) are more than a connection's 64 MiB outbox: a
+    subscription to all of them gets 80 references, not 80 MiB read from the blob store and a
+    closed connection (code 1013, after which the client re-subscribed and overflowed again)."""
+    alice = users(sqlite_forwarder)
+    registration = alice.register_endpoint("large")
+    function_id = alice.register_function(b"f" + uuid.uuid4().bytes)
+    task_ids = alice.submit(registration["endpoint_id"], function_id, [b"%d" % i for i in range(80)])
+    values = {task_id: os.urandom(1024 * 1024) for task_id in task_ids}
+    endpoint = fake_endpoints(registration)
+    for start in range(0, len(task_ids), 4):
+        endpoint.publish_results([_ok(task_id, values[task_id]) for task_id in task_ids[start : start + 4]])
+    last = task_ids[-1]
+    wait_until(lambda: alice.task(last)["status"] == "success", timeout_s=60, what="the results stored")
+
+    url = sqlite_forwarder.url.replace("http://", "ws://") + "/v1/results/ws"
+    with connect(url, additional_headers={"Authorization": f"Bearer {alice.token}"}, open_timeout=15) as connection:
+        stream = Stream(connection)
+        stream.send({"subscribe": task_ids})
+        replayed = stream.results(len(task_ids))
+        stream.ping("still open")
+    for task_id, result in replayed.items():
+        assert result["ok"] is True and result["value"] is None
+        assert result["value_size"] == len(values[task_id])
+        assert result["value_sha256"] == hashlib.sha256(values[task_id]).hexdigest()
+    one = task_ids[0]
+    assert alice.http.get(f"/v1/tasks/{one}/result").content == values[one]  # where the reference leads
