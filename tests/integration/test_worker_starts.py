@@ -1,13 +1,12 @@
 """When a task's start is reported (`started_report_delay_s`), through real worker processes.
 
 A task shorter than the delay is reported by its result alone (one message on every hop instead
-of two); a longer one shows `running` once it has run that long. The endpoint's setting reaches
-the workers' command lines through the manager's.
+of two); a longer one shows `running` once it has run that long. (The endpoint's setting reaches
+the manager's command line: tests/unit/test_interchange_link.py.)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import select
 import time
 import uuid
@@ -15,10 +14,8 @@ from pathlib import Path
 
 import cloudpickle
 
-from taskfabric.endpoint_agent.config import EndpointConfig
-from taskfabric.endpoint_agent.launch import ManagerLaunch
 from taskfabric.manager.execution import WORKER_PYTHON
-from taskfabric.manager.pool import REPORT_START_AFTER_S, WorkerPool
+from taskfabric.manager.pool import WorkerPool
 from taskfabric.protocol import FunctionBody, Result, Task, TaskStarted
 
 
@@ -68,20 +65,3 @@ def test_only_a_task_that_runs_past_the_delay_reports_its_start(tmp_path: Path) 
         assert result.started_at is not None and abs(starts[0].started_at - result.started_at) < 0.5
     finally:
         pool.stop()
-
-
-def test_the_endpoint_setting_reaches_the_manager_command_line(tmp_path: Path) -> None:
-    assert EndpointConfig().started_report_delay_s == REPORT_START_AFTER_S
-    launch = ManagerLaunch(
-        interchange_address="tcp://127.0.0.1:55001",
-        workers=1,
-        prefetch=0,
-        heartbeat_period_s=1,
-        heartbeat_threshold_s=5,
-        max_result_bytes=1024,
-        token_file=tmp_path / "manager.token",
-        log_root=tmp_path,
-    )
-    assert launch.started_report_delay_s == REPORT_START_AFTER_S
-    argv = dataclasses.replace(launch, started_report_delay_s=2.5).argv("b-0")
-    assert argv[argv.index("--started-report-delay") + 1] == "2.5"

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from taskfabric.endpoint_agent.config import EndpointConfig
 from taskfabric.endpoint_agent.launch import ManagerLaunch
 from taskfabric.endpoint_agent.zmq_router import ManagerSockets, curve_keypair
+from taskfabric.manager.pool import REPORT_START_AFTER_S
 from taskfabric.manager.zmq_link import InterchangeLink, LinkError
 
 
@@ -86,8 +88,8 @@ def test_a_malformed_public_key_is_a_link_error() -> None:
         InterchangeLink("tcp://127.0.0.1:1", b"m", server_key=b"too short")
 
 
-def test_the_manager_command_names_the_key_file_only_when_encrypted(tmp_path: Path) -> None:
-    plain = ManagerLaunch(
+def _launch(tmp_path: Path) -> ManagerLaunch:
+    return ManagerLaunch(
         interchange_address="tcp://10.0.0.1:55001",
         workers=2,
         prefetch=0,
@@ -97,8 +99,21 @@ def test_the_manager_command_names_the_key_file_only_when_encrypted(tmp_path: Pa
         token_file=tmp_path / "manager.token",
         log_root=tmp_path,
     )
+
+
+def test_the_manager_command_names_the_key_file_only_when_encrypted(tmp_path: Path) -> None:
+    plain = _launch(tmp_path)
     assert "--interchange-key-file" not in plain.argv("b-0")
     key_file = tmp_path / "interchange.key"
     argv = dataclasses.replace(plain, interchange_key_file=key_file).argv("b-0")
     assert argv[argv.index("--interchange-key-file") + 1] == str(key_file)
     assert "--token-file" in argv  # the key adds to the token, never replaces it
+
+
+def test_the_manager_command_carries_the_start_report_delay(tmp_path: Path) -> None:
+    """The endpoint's `started_report_delay_s` reaches the manager (which hands it to each worker,
+    tests/integration/test_worker_starts.py)."""
+    launch = _launch(tmp_path)
+    assert launch.started_report_delay_s == EndpointConfig().started_report_delay_s == REPORT_START_AFTER_S
+    argv = dataclasses.replace(launch, started_report_delay_s=2.5).argv("b-0")
+    assert argv[argv.index("--started-report-delay") + 1] == "2.5"
