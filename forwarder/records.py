@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
+from taskfabric.forwarder.blobs.base import BlobRef
 from taskfabric.protocol.messages import BlockReport
 from taskfabric.protocol.states import EndpointState, TaskStatus
 
@@ -172,11 +173,19 @@ class TaskRecord:
     stderr: str | None = None
     #: the size of a result kept in the blob store, known without reading it (see `result_bytes`)
     result_size: int | None = None
-    #: the sha256 (hex) of a result kept in the blob store and not read (a worker uploaded it): the
-    #: results stream sends this reference and the client downloads the bytes and checks them
+    #: the sha256 (hex) of a result kept in the blob store: when its bytes are not read (`result`
+    #: None), the results stream and batch answers send this reference and the client downloads
+    #: the bytes and checks them
     result_sha256: str | None = None
-    #: the name of that uploaded blob (set when the result is stored; see `fresh_uploads`)
+    #: the name of that blob (`blob_ref`; a worker's upload still in memory is found by it, see
+    #: `fresh_uploads`)
     result_blob: str | None = None
+
+    def blob_ref(self) -> BlobRef | None:
+        """The blob holding the result (None: the row holds it, or there is none)."""
+        if self.result_blob is None:
+            return None
+        return BlobRef(self.result_blob, self.result_size or 0, self.result_sha256 or "")
 
     @property
     def result_bytes(self) -> int | None:

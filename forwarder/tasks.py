@@ -480,7 +480,7 @@ class TaskService:
         if record.result is not None:
             data = record.result
             return ResultBody(task_id, len(data), hashlib.sha256(data).hexdigest(), worker, data=data)
-        ref = await self._runner.read(self._store.tasks.result_blob, task_id)
+        ref = record.blob_ref()  # read with the row above
         if ref is None:
             raise ServiceError(f"task {task_id} has no result", status=409, code=RESULT_NOT_AVAILABLE)
         try:

@@ -1,10 +1,9 @@
 """The worker process: reads task batches from its manager's pipe and runs them one by one.
 
 Results go back in small batches: a result waits at most `FLUSH_AFTER_S` (10 ms; a background
-thread flushes it even while the next task runs), and all are flushed when the batch is done. A task's
-start is reported (a `TaskEvents` frame) once it has run `--report-start-after` seconds (default
-`REPORT_START_AFTER_S`, 0.1); a shorter task
-is reported by its result alone. So that the
+thread flushes it even while the next task runs), and all are flushed when the batch is done. A
+task's start is reported (a `TaskEvents` frame) once it has run `--report-start-after` seconds
+(default `REPORT_START_AFTER_S`, 0.1); a shorter task is reported by its result alone. So that the
 manager knows exactly which task a dead worker was running, the worker writes the id of the task
 it is running into a 16-byte shared-memory *slot* (zeros between tasks): a task is blamed for a
 death only if it was in that slot. Each task runs in its own working directory, environment and

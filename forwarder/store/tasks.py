@@ -432,10 +432,8 @@ class TaskTable:
             for chunk in statement_chunks(task_ids):
                 for row in connection.execute(select(tasks).where(tasks.c.task_id.in_(chunk))):
                     record = found[row.task_id] = _task(row)
-                    if row.result_blob is not None and results:
-                        in_blobs.append(
-                            (record, BlobRef(row.result_blob, row.result_size or 0, row.result_sha256 or ""))
-                        )
+                    if results and (ref := record.blob_ref()) is not None:
+                        in_blobs.append((record, ref))
         budget = result_budget_bytes
         for record, ref in in_blobs:  # outside the connection: reading a blob may take a while
             if budget is not None:
@@ -444,15 +442,6 @@ class TaskTable:
                 budget -= ref.size
             self._load_blob(record, ref)
         return found
-
-    def result_blob(self, task_id: uuid.UUID) -> BlobRef | None:
-        """The blob holding the task's result (None: the row holds it, or there is none)."""
-        query = select(tasks.c.result_blob, tasks.c.result_size, tasks.c.result_sha256).where(
-            tasks.c.task_id == task_id, tasks.c.result_blob.is_not(None)
-        )
-        with translate_errors("reading a result's blob reference"), self._engine.connect() as connection:
-            row = connection.execute(query).first()
-        return BlobRef(row.result_blob, row.result_size or 0, row.result_sha256 or "") if row is not None else None
 
     def check_blob(self, ref: BlobRef) -> None:
         """Read the blob through once, chunk by chunk (no whole copy), checking its size and
@@ -831,4 +820,5 @@ def _task(row: Row[Any]) -> TaskRecord:
         stderr=row.stderr,
         result_size=row.result_size if row.result_blob is not None else None,
         result_sha256=row.result_sha256 if row.result_blob is not None else None,
+        result_blob=row.result_blob,
     )

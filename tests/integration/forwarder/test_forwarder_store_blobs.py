@@ -139,7 +139,7 @@ def test_results_in_an_s3_bucket(tmp_path: Path, s3_blobs: BlobStore) -> None:
         store.tasks.store_results([(endpoint, [_ok(kept_id, kept), _ok(tampered_id, b"t" * 5000)])], now=now)
         assert s3_blobs.usage_bytes() == len(kept) + len(expired) + 5000
         assert store.tasks.get_many([kept_id])[kept_id].result == kept
-        ref = store.tasks.result_blob(tampered_id)
+        ref = store.tasks.get_many([tampered_id], results=False)[tampered_id].blob_ref()
         assert ref is not None
         s3_blobs.put(ref.name, b"T" * 5000)  # the bucket's copy changed behind the forwarder
         assert store.tasks.get_many([tampered_id])[tampered_id].error_code == ErrorCode.RESULT_INTEGRITY
